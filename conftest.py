@@ -1,0 +1,41 @@
+"""Fixtures shared by every app's tests."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.tests.factories import AdminUserFactory, UserFactory
+
+
+@pytest.fixture
+def admin_user(db):
+    return AdminUserFactory()
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def api_client():
+    """An anonymous API client."""
+    return APIClient()
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    """An API client authenticated as an admin with a real bearer token."""
+    from accounts.services import api_token_issue
+
+    _, raw = api_token_issue(user=admin_user, name="tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    client.user = admin_user
+    return client
+
+
+@pytest.fixture
+def admin_browser(client, admin_user):
+    """Django's test client logged into the admin as an admin."""
+    client.force_login(admin_user)
+    return client

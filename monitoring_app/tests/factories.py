@@ -1,0 +1,28 @@
+import factory
+from django.utils import timezone
+
+from monitoring_app.choices import AuditEvent, HealthStatus
+from monitoring_app.models import AuditLog, HealthCheck
+
+
+class HealthCheckFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = HealthCheck
+
+    device = factory.SubFactory("devices_app.tests.factories.DeviceFactory")
+    status = HealthStatus.HEALTHY
+    response_time_ms = 120
+    metrics = factory.LazyFunction(lambda: {"cpu_percent": 12.5, "memory_percent": 40.0})
+    checked_at = factory.LazyFunction(timezone.now)
+
+
+class AuditLogFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = AuditLog
+
+    event_type = AuditEvent.SITE_UPDATED
+    site = factory.SubFactory("sites_app.tests.factories.SiteFactory")
+    site_ref = factory.LazyAttribute(lambda a: a.site.site_id)
+    description = "Site updated"
+    old_values = factory.LazyFunction(lambda: {"name": "Old name"})
+    new_values = factory.LazyFunction(lambda: {"name": "New name"})

@@ -1,0 +1,87 @@
+"""Writes of the sites app. Every change is validated, scoped and audited in one transaction."""
+
+from django.db import transaction
+
+from accounts.scoping import require_site_access
+from homepot.errors import Conflict
+from monitoring_app.choices import AuditEvent
+from monitoring_app.services import audit_record, changes, snapshot
+from sites_app.models import Site
+
+AUDITED_FIELDS = ("site_id", "name", "description", "location", "region", "timezone", "is_active")
+
+
+@transaction.atomic
+def site_create(*, actor, site_id: str, name: str, **fields) -> Site:
+    """Create a site; only admins (or the system, `actor=None`) may. Audited as site.created.
+
+    Raises ValidationError for bad or duplicate values. Not idempotent.
+    """
+    if actor is not None and not actor.is_superuser:
+        from django.core.exceptions import PermissionDenied
+
+        raise PermissionDenied("Only administrators may create sites.")
+    site = Site(site_id=site_id, name=name, **fields)
+    site.full_clean()
+    site.save()
+    audit_record(
+        event_type=AuditEvent.SITE_CREATED,
+        actor=actor,
+        site=site,
+        description=f"Site {site.site_id} created",
+        new_values=snapshot(site, AUDITED_FIELDS),
+    )
+    return site
+
+
+@transaction.atomic
+def site_update(*, actor, site: Site, **fields) -> Site:
+    """Change the given fields of `site`; audited as site.updated with only what changed.
+
+    A repeat with the same values changes nothing and records nothing.
+    """
+    require_site_access(actor, site, "change")
+    site = Site.objects.select_for_update().get(pk=site.pk)
+    before = snapshot(site, AUDITED_FIELDS)
+    for name, value in fields.items():
+        setattr(site, name, value)
+    site.full_clean()
+    old, new = changes(before, snapshot(site, AUDITED_FIELDS))
+    if new:
+        site.save()
+        audit_record(
+            event_type=AuditEvent.SITE_UPDATED,
+            actor=actor,
+            site=site,
+            description=f"Site {site.site_id} updated: {', '.join(new)}",
+            old_values=old,
+            new_values=new,
+        )
+    return site
+
+
+@transaction.atomic
+def site_delete(*, actor, site: Site) -> None:
+    """Delete a site with no devices (Conflict otherwise) and its jobs; audited as
+    site.deleted. The audit history of the site is kept."""
+    if actor is not None and not actor.is_superuser:
+        from django.core.exceptions import PermissionDenied
+
+        raise PermissionDenied("Only administrators may delete sites.")
+    site = Site.objects.select_for_update().get(pk=site.pk)
+    device_count = site.devices.count()
+    if device_count:
+        raise Conflict(
+            f"Site {site.site_id} still has {device_count} device(s); move or delete them first, "
+            "or mark the site inactive.",
+            field="site_id",
+            code="site_has_devices",
+        )
+    audit_record(
+        event_type=AuditEvent.SITE_DELETED,
+        actor=actor,
+        site=site,
+        description=f"Site {site.site_id} deleted",
+        old_values=snapshot(site, AUDITED_FIELDS),
+    )
+    site.delete()
