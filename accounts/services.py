@@ -11,7 +11,7 @@ from accounts.models import ApiToken, User
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record
 
-TOKEN_PREFIX = "hp_"
+TOKEN_PREFIX = "hp_"  # noqa: S105 (a public prefix, not a secret)
 
 
 @transaction.atomic
@@ -41,11 +41,7 @@ def api_token_issue(*, user: User, name: str = "", ttl_days: int | None = None) 
 
 def api_token_authenticate(raw_key: str) -> ApiToken | None:
     """The usable token behind `raw_key`, with its user, or None. One indexed lookup."""
-    token = (
-        ApiToken.objects.select_related("user")
-        .filter(key_hash=ApiToken.hash_key(raw_key))
-        .first()
-    )
+    token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash_key(raw_key)).first()
     if token is None or not token.is_usable or not token.user.is_active:
         return None
     now = timezone.now()

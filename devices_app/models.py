@@ -24,9 +24,7 @@ class Device(models.Model):
         help_text="Business identifier, unique across the fleet, e.g. pos-terminal-009.",
     )
     name = models.CharField(max_length=200)
-    device_type = models.CharField(
-        max_length=32, choices=DeviceType.choices, default=DeviceType.POS_TERMINAL
-    )
+    device_type = models.CharField(max_length=32, choices=DeviceType.choices, default=DeviceType.POS_TERMINAL)
     # PROTECT: a site with devices is closed by moving or retiring them first, never by
     # silently deleting a store's terminals along with it.
     site = models.ForeignKey("sites_app.Site", on_delete=models.PROTECT, related_name="devices")

@@ -19,7 +19,8 @@ class RequestContext:
     request_id: str = ""
 
 
-_current = contextvars.ContextVar("homepot_request_context", default=RequestContext())
+_EMPTY = RequestContext()
+_current = contextvars.ContextVar("homepot_request_context", default=_EMPTY)  # noqa: B039 (frozen)
 
 
 def current() -> RequestContext:

@@ -17,7 +17,7 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 DEBUG = env.bool("DEBUG", default=False)
 
 # Only a development process may fall back to a throw-away key; production must set its own.
-_DEV_SECRET_KEY = "homepot-insecure-development-key-never-use-in-production"
+_DEV_SECRET_KEY = "homepot-insecure-development-key-never-use-in-production"  # noqa: S105 (DEBUG only)
 SECRET_KEY = env.str("SECRET_KEY", default=_DEV_SECRET_KEY if DEBUG else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured(

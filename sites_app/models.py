@@ -18,9 +18,7 @@ class SiteQuerySet(ScopedQuerySet):
             .annotate(n=models.Count("pk"))
             .values("n")
         )
-        return self.annotate(
-            device_count=models.functions.Coalesce(models.Subquery(counts), 0)
-        )
+        return self.annotate(device_count=models.functions.Coalesce(models.Subquery(counts), 0))
 
 
 class Site(models.Model):

@@ -62,9 +62,7 @@ def _from_django_validation(exc: DjangoValidationError) -> exceptions.Validation
     if hasattr(exc, "error_dict"):
         detail = {
             ("non_field_errors" if name == "__all__" else name): [
-                exceptions.ErrorDetail(str(m), code=e.code or "invalid")
-                for e in errors
-                for m in e.messages
+                exceptions.ErrorDetail(str(m), code=e.code or "invalid") for e in errors for m in e.messages
             ]
             for name, errors in exc.error_dict.items()
         }
@@ -87,11 +85,15 @@ def exception_handler(exc, context):
         fields = {exc.field: [exc.message]} if exc.field else None
         return error_response(exc.status_code, exc.code, exc.message, fields)
     if isinstance(exc, ProtectedError):
-        return error_response(status.HTTP_409_CONFLICT, "protected", "Other records still depend on this one.")
+        return error_response(
+            status.HTTP_409_CONFLICT, "protected", "Other records still depend on this one."
+        )
     if isinstance(exc, IntegrityError):
         # A race lost against a concurrent insert of the same unique value.
         logger.info("Integrity error answered with 409: %s", exc)
-        return error_response(status.HTTP_409_CONFLICT, "conflict", "The change conflicts with existing data.")
+        return error_response(
+            status.HTTP_409_CONFLICT, "conflict", "The change conflicts with existing data."
+        )
 
     response = drf_exception_handler(exc, context)
     if response is None:
@@ -103,10 +105,14 @@ def exception_handler(exc, context):
         if codes and codes <= _DUPLICATE_CODES:
             first = next(iter(fields.values()))[0]
             return error_response(status.HTTP_409_CONFLICT, "duplicate", first, fields)
-        return error_response(status.HTTP_400_BAD_REQUEST, "invalid", "The request has invalid fields.", fields)
+        return error_response(
+            status.HTTP_400_BAD_REQUEST, "invalid", "The request has invalid fields.", fields
+        )
 
     detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
     code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
     message = detail if isinstance(detail, str) else str(detail)
     headers = {k: v for k, v in response.items() if k in ("WWW-Authenticate", "Retry-After", "Allow")}
-    return error_response(response.status_code, code if isinstance(code, str) else "error", message, None, headers)
+    return error_response(
+        response.status_code, code if isinstance(code, str) else "error", message, None, headers
+    )
