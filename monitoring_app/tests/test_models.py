@@ -1,0 +1,55 @@
+import datetime
+
+import pytest
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from devices_app.tests.factories import DeviceFactory
+from monitoring_app.models import AuditLog, HealthCheck
+from monitoring_app.services import audit_record
+from monitoring_app.tests.factories import HealthCheckFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_latest_checks_of_a_device_use_the_device_index():
+    device = DeviceFactory()
+    now = timezone.now()
+    for minutes in (30, 10, 20):
+        HealthCheckFactory(device=device, checked_at=now - datetime.timedelta(minutes=minutes))
+    latest = HealthCheck.objects.filter(device=device).order_by("-checked_at")
+    assert [c.checked_at for c in latest] == sorted((c.checked_at for c in latest), reverse=True)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        sql, params = latest.all()[:5].query.sql_with_params()
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    assert "monitoring_health_dev_latest" in plan
+
+
+def test_health_status_is_constrained_in_the_database():
+    with pytest.raises(IntegrityError):
+        HealthCheckFactory(status="on-fire")
+
+
+def test_audit_row_survives_deletion_of_its_device_and_site(admin_user):
+    device = DeviceFactory(device_id="pos-terminal-7")
+    site = device.site
+    audit_record(event_type="device.updated", actor=admin_user, device=device, new_values={"name": "x"})
+
+    device.delete()
+    site.delete()
+
+    log = AuditLog.objects.select_related("site", "device").get()
+    assert (log.device_ref, log.site_ref) == ("pos-terminal-7", site.site_id)
+    assert log.device is None and log.site is None  # the link is gone, the record is not
+
+
+def test_audit_record_is_one_insert(admin_user):
+    device = DeviceFactory()
+    with CaptureQueriesContext(connection) as queries:
+        audit_record(event_type="device.updated", actor=admin_user, device=device)
+    assert len(queries) == 1
