@@ -1,5 +1,10 @@
+import datetime
+import hashlib
+import json
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from accounts.scoping import ScopedQuerySet
 from monitoring_app.choices import AuditEvent, HealthStatus
@@ -39,8 +44,52 @@ class HealthCheck(models.Model):
         return f"{self.device_id} {self.status} at {self.checked_at:%Y-%m-%d %H:%M}"
 
 
+AUDIT_HASHED_FIELDS = (
+    "event_type",
+    "actor_id",
+    "actor_ref",
+    "site_id",
+    "site_ref",
+    "device_id",
+    "device_ref",
+    "job_id",
+    "description",
+    "old_values",
+    "new_values",
+    "source_ip",
+    "user_agent",
+    "request_id",
+    "created_at",
+    "prev_hash",
+)
+
+
+def audit_row_hash(row) -> str:
+    """SHA-256 over an audit row's content and the previous row's hash, as canonical JSON.
+
+    `row` is an AuditLog (or a historical model in migrations). Changing this format
+    breaks every existing chain, so it is written once and never edited.
+    """
+    content = {name: getattr(row, name) for name in AUDIT_HASHED_FIELDS}
+    content["created_at"] = row.created_at.astimezone(datetime.UTC).isoformat()
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or remove an audit row through the application."""
+
+
 class AuditLogQuerySet(ScopedQuerySet):
     scope_path = "site"
+
+    def update(self, **kwargs):
+        raise AppendOnlyError("Audit rows cannot be changed.")
+
+    def delete(self):
+        raise AppendOnlyError("Audit rows cannot be deleted.")
+
+    delete.queryset_only = True
 
 
 def _kept_reference(to: str, related_name: str):
@@ -76,7 +125,10 @@ class AuditLog(models.Model):
     source_ip = models.GenericIPAddressField("source IP", null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Tamper evidence: each row's hash covers its content and the previous row's hash.
+    prev_hash = models.CharField(max_length=64, editable=False)
+    row_hash = models.CharField(max_length=64, unique=True, editable=False)
 
     objects = AuditLogQuerySet.as_manager()
 
@@ -98,3 +150,14 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.event_type} by {self.actor_ref or 'system'}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("Audit rows cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Audit rows cannot be deleted.")
+
+    def compute_hash(self) -> str:
+        return audit_row_hash(self)

@@ -6,7 +6,8 @@ import ipaddress
 import uuid
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
+from django.utils import timezone
 
 from homepot import request_context
 from monitoring_app.choices import AuditEvent
@@ -59,7 +60,7 @@ def audit_record(
     if job is not None and site is None:
         site = job.site
     actor = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
-    return AuditLog.objects.create(
+    entry = AuditLog(
         event_type=AuditEvent(event_type),
         actor=actor,
         actor_ref=actor.get_username() if actor else "",
@@ -71,7 +72,47 @@ def audit_record(
         description=description,
         old_values=old_values,
         new_values=new_values,
-        source_ip=context.source_ip,
+        source_ip=_canonical_ip(context.source_ip),
         user_agent=context.user_agent,
         request_id=context.request_id,
     )
+    with transaction.atomic():
+        append_to_chain(entry)
+    return entry
+
+
+GENESIS_HASH = "0" * 64
+# Any fixed 64-bit number: the key of the advisory lock that serialises audit writers.
+_CHAIN_LOCK_KEY = 0x484F4D45504F54  # "HOMEPOT"
+
+
+def append_to_chain(entry: AuditLog) -> AuditLog:
+    """Link `entry` to the newest row and insert it, one writer at a time. Call inside a
+    transaction (audit_record does); the lock is held until that transaction ends.
+
+    On PostgreSQL a transaction-scoped advisory lock orders concurrent writers, so every
+    row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
+    writers by itself.
+    """
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+    entry.created_at = timezone.now()
+    entry.prev_hash = (
+        AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first() or GENESIS_HASH
+    )
+    entry.row_hash = entry.compute_hash()
+    entry.save(force_insert=True)
+    return entry
+
+
+def _canonical_ip(value: str | None) -> str | None:
+    # Stored as PostgreSQL inet, which prints addresses in their compressed form; hashing
+    # the same form keeps the chain verifiable after a round trip.
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None

@@ -3,6 +3,7 @@ from django.utils import timezone
 
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import AuditLog, HealthCheck
+from monitoring_app.services import append_to_chain
 
 
 class HealthCheckFactory(factory.django.DjangoModelFactory):
@@ -26,3 +27,8 @@ class AuditLogFactory(factory.django.DjangoModelFactory):
     description = "Site updated"
     old_values = factory.LazyFunction(lambda: {"name": "Old name"})
     new_values = factory.LazyFunction(lambda: {"name": "New name"})
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # Rows join the hash chain exactly as the application's writers add them.
+        return append_to_chain(model_class(*args, **kwargs))
