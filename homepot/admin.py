@@ -1,9 +1,49 @@
-"""The HOMEPOT operator console: Django's admin, branded and grouped for store operations."""
+"""The HOMEPOT operator console: Django's admin, branded and grouped for store operations.
 
-from django.contrib import admin
+The pieces every app's admin shares live here, so each rule is written once:
+
+- `ServiceAdminMixin`: writes go through services, and their refusals become messages on
+  the same page instead of errors (`run_service`, `ServiceRefused`).
+- `ScopedAdminMixin`: lists, forms and object permissions follow the one scoping rule
+  (`for_user`).
+- `ScopedAutocompleteJsonView`: autocomplete offers only what the user may change.
+- `SiteListFilter`: a sidebar filter over the user's sites, bounded in size.
+- `EstimatedCountPaginator`: the admin never counts a huge unfiltered table exactly.
+- `ReadOnlyAdminMixin` (history) and `SuperuserOnlyAdminMixin` (people and credentials).
+"""
+
+import json
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.autocomplete import AutocompleteJsonView
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import Model, QuerySet
+from django.http import HttpResponseRedirect
+from django.urls import NoReverseMatch, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.http import urlencode
+from django.utils.text import capfirst
+
+from accounts.scoping import ScopedQuerySet
+from homepot.errors import ServiceError
 
 # The order a store manager thinks in; anything else follows alphabetically.
 APP_ORDER = ["sites_app", "devices_app", "jobs_app", "monitoring_app", "accounts"]
+
+
+class ScopedAutocompleteJsonView(AutocompleteJsonView):
+    """Autocomplete answers fill the choices of forms, and forms write: so on top of the
+    target admin's view scope (its get_queryset) they offer only rows the user may change."""
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if isinstance(queryset, ScopedQuerySet):
+            queryset = queryset.for_user(self.request.user, "change")
+        return queryset
 
 
 class HomepotAdminSite(admin.AdminSite):
@@ -15,3 +55,320 @@ class HomepotAdminSite(admin.AdminSite):
         app_list = super().get_app_list(request, app_label)
         rank = {label: i for i, label in enumerate(APP_ORDER)}
         return sorted(app_list, key=lambda app: (rank.get(app["app_label"], len(rank)), app["name"]))
+
+    def autocomplete_view(self, request):
+        return ScopedAutocompleteJsonView.as_view(admin_site=self)(request)
+
+
+# --- Display helpers ---------------------------------------------------------------------
+
+# One tone per status value, shared by every status badge (devices, jobs, health checks,
+# tokens); values not listed are shown neutral.
+BADGE_TONES = {
+    "online": "ok",
+    "healthy": "ok",
+    "completed": "ok",
+    "active": "ok",
+    "maintenance": "warn",
+    "degraded": "warn",
+    "acknowledged": "info",
+    "queued": "info",
+    "sent": "info",
+    "offline": "bad",
+    "error": "bad",
+    "unhealthy": "bad",
+    "failed": "bad",
+    "revoked": "bad",
+    "expired": "muted",
+    "cancelled": "muted",
+    "unknown": "muted",
+}
+
+
+def status_badge(value: str, label: str):
+    """A coloured pill; the label stays in the text so colour is never the only signal."""
+    tone = BADGE_TONES.get(value, "muted")
+    return format_html('<span class="hp-badge hp-badge--{}">{}</span>', tone, label)
+
+
+def admin_change_url(model: type[Model], pk) -> str | None:
+    opts = model._meta
+    try:
+        return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk])
+    except NoReverseMatch:
+        return None
+
+
+def admin_changelist_url(model: type[Model], **params) -> str:
+    opts = model._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def object_link(obj: Model | None, text=None):
+    """A link to `obj`'s change page, or its text when it has none; "—" for no object."""
+    if obj is None:
+        return "—"
+    text = str(obj) if text is None else text
+    url = admin_change_url(type(obj), obj.pk)
+    return format_html('<a href="{}">{}</a>', url, text) if url else text
+
+
+def ref_link(model: type[Model], pk, text: str):
+    """A link by id to a row that may be gone (audit references): the page says so if it is."""
+    if pk is None:
+        return text or "—"
+    url = admin_change_url(model, pk)
+    return format_html('<a href="{}">{}</a>', url, text or f"#{pk}") if url else text
+
+
+def pretty_json(value):
+    if value in (None, {}, []):
+        return "—"
+    return format_html('<pre class="hp-json">{}</pre>', json.dumps(value, indent=2, sort_keys=True))
+
+
+# --- Counting big tables -------------------------------------------------------------------
+
+
+class EstimatedCountPaginator(Paginator):
+    """Counts exactly, except an unfiltered table above `estimate_above` rows on PostgreSQL,
+    whose size comes from the planner's statistics instead of a full scan.
+
+    An estimate may leave the last page short or empty; nobody pages to the end of a
+    million devices, they filter or search, and filtered lists are counted exactly.
+    """
+
+    estimate_above = 100_000
+
+    @cached_property
+    def count(self):
+        estimate = self._estimated_table_size()
+        if estimate is not None and estimate >= self.estimate_above:
+            return estimate
+        return super().count
+
+    def _estimated_table_size(self) -> int | None:
+        queryset = self.object_list
+        if not isinstance(queryset, QuerySet) or queryset.query.where:
+            return None
+        connection = connections[queryset.db]
+        if connection.vendor != "postgresql":
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                [queryset.model._meta.db_table],
+            )
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+
+# --- Scoped list filter ----------------------------------------------------------------------
+
+
+class SiteListFilter(admin.SimpleListFilter):
+    """Filter by site, offering only the sites the user may view.
+
+    Django's own related-field filter would list every site of the chain to everyone (and
+    `RelatedOnlyFieldListFilter` runs a DISTINCT over the whole device table), so this one
+    reads the user's sites from the sites table, one bounded query. A chain with more than
+    `max_choices` sites in scope sees the first ones plus the current choice; search (site ID
+    is a search field) and the links from a site's page reach every other. The parameter
+    `?site=<pk>` is what those links use, so it always filters, even when not listed.
+    """
+
+    title = "site"
+    parameter_name = "site"
+    site_path = "site"  # the path from the listed model to its site
+    max_choices = 100
+
+    def lookups(self, request, model_admin):
+        from sites_app.models import Site
+
+        sites = Site.objects.for_user(request.user).order_by("site_id").only("pk", "site_id", "name")
+        choices = [(str(site.pk), str(site)) for site in sites[: self.max_choices]]
+        selected = self.value()
+        if selected and selected not in {pk for pk, _ in choices}:
+            current = Site.objects.for_user(request.user).filter(pk=self._selected_pk()).first()
+            if current is not None:
+                choices.append((str(current.pk), str(current)))
+        return choices
+
+    def has_output(self):
+        # Always active, so `?site=` filters even when the site is not among the choices.
+        return True
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        return queryset.filter(**{f"{self.site_path}__pk": self._selected_pk()})
+
+    def _selected_pk(self) -> int:
+        try:
+            return int(self.value())
+        except (TypeError, ValueError):
+            # The admin answers a bad filter value by reloading the list with ?e=1.
+            raise IncorrectLookupParameters(f"Unknown site {self.value()!r}") from None
+
+
+class DeviceSiteListFilter(SiteListFilter):
+    site_path = "device__site"
+
+
+# --- Errors from services ----------------------------------------------------------------------
+
+
+class ServiceRefused(Exception):
+    """A service said no; the admin shows the reason and leaves the data as it was."""
+
+
+def refusal_message(exc: Exception) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        if hasattr(exc, "error_dict"):
+            return "; ".join(
+                f"{field}: {' '.join(errors)}" if field != "__all__" else " ".join(errors)
+                for field, errors in exc.message_dict.items()
+            )
+        return " ".join(exc.messages)
+    return str(exc) or "You may not do this."
+
+
+def run_service(service, /, **kwargs):
+    """Call a service; its refusals (domain errors, validation, scope) become ServiceRefused."""
+    try:
+        return service(**kwargs)
+    except (ServiceError, ValidationError, PermissionDenied) as exc:
+        raise ServiceRefused(refusal_message(exc)) from exc
+
+
+def model_field_values(form, obj: Model, names=None) -> dict:
+    """The values the form put on `obj` for its model fields (all, or only `names`)."""
+    concrete = {field.name for field in obj._meta.concrete_fields}
+    names = form.cleaned_data if names is None else names
+    return {name: getattr(obj, name) for name in names if name in concrete}
+
+
+def adopt_saved(target: Model, saved: Model) -> None:
+    """Copy what a service stored onto the instance the admin keeps using (for its log
+    entry, message and redirect)."""
+    for field in saved._meta.concrete_fields:
+        setattr(target, field.attname, getattr(saved, field.attname))
+    target._state.adding = False
+    target._state.db = saved._state.db
+
+
+# --- Admin mixins ------------------------------------------------------------------------------
+
+
+class ServiceAdminMixin:
+    """For admins whose writes go through services: a `ServiceRefused` raised while saving
+    or deleting rolls the request back and comes back to the operator as an error message
+    on the same page, never as a 500."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ServiceRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_queryset(self, request, queryset):
+        """Bulk delete through `delete_model` (the service), one audited transaction per
+        row; rows a service refuses stay and are reported one by one."""
+        for obj in queryset:
+            try:
+                self.delete_model(request, obj)
+            except ServiceRefused as exc:
+                self.message_user(request, f"{obj} was not deleted: {exc}", messages.ERROR)
+
+
+class ScopedAdminMixin(ServiceAdminMixin):
+    """Applies the one scoping rule to a ModelAdmin of a site-scoped model.
+
+    - lists, change pages and autocomplete see `Model.objects.for_user(user)` (view);
+    - foreign-key choices of forms are what the user may change (`for_user(user, "change")`);
+    - changing or deleting a row needs change rights on its site, on top of Django's
+      model permission, so a viewer's change page renders read-only.
+    """
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).for_user(request.user, "view")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        related = db_field.related_model._default_manager.all()
+        if "queryset" not in kwargs and isinstance(related, ScopedQuerySet):
+            kwargs["queryset"] = related.for_user(request.user, "change")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def may_change_object(self, request, obj) -> bool:
+        if obj is None or request.user.is_superuser:
+            return True
+        return self.model._default_manager.for_user(request.user, "change").filter(pk=obj.pk).exists()
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and self.may_change_object(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self.may_change_object(request, obj)
+
+    def unchangeable_names(self, request, objs) -> set[str]:
+        """The verbose name of the model if any of `objs` is outside the user's change scope
+        (what Django's delete confirmation calls "permissions needed")."""
+        if request.user.is_superuser:
+            return set()
+        pks = {obj.pk for obj in objs}
+        allowed = self.model._default_manager.for_user(request.user, "change").filter(pk__in=pks)
+        if allowed.count() != len(pks):
+            return {self.model._meta.verbose_name}
+        return set()
+
+
+class ReadOnlyAdminMixin:
+    """History (health checks, audit logs) is never added, edited or deleted through the
+    product; users with view permission see it, and its change page renders as a view."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class SuperuserOnlyAdminMixin:
+    """People and their site roles are administered by superusers only."""
+
+    def _is_superuser(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_module_permission(self, request):
+        return self._is_superuser(request)
+
+    def has_view_permission(self, request, obj=None):
+        return self._is_superuser(request)
+
+    def has_add_permission(self, request, *args):
+        return self._is_superuser(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._is_superuser(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._is_superuser(request)
+
+
+def verbose_link(obj: Model):
+    """`Device: <link>`, the way Django's delete confirmation lists objects."""
+    return format_html("{}: {}", capfirst(obj._meta.verbose_name), object_link(obj))

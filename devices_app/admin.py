@@ -1,0 +1,110 @@
+from django.contrib import admin
+from django.contrib.admin import DateFieldListFilter
+from django.db.models import Count
+from django.utils.html import format_html
+
+from devices_app.models import Device
+from devices_app.services import device_create, device_delete, device_update
+from homepot.admin import (
+    EstimatedCountPaginator,
+    ScopedAdminMixin,
+    SiteListFilter,
+    admin_changelist_url,
+    adopt_saved,
+    model_field_values,
+    object_link,
+    run_service,
+    status_badge,
+    verbose_link,
+)
+from monitoring_app.models import HealthCheck
+
+
+@admin.register(Device)
+class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "device_id",
+        "name",
+        "device_type",
+        "status_badge",
+        "site_link",
+        "ip_address",
+        "firmware_version",
+        "last_seen",
+    )
+    list_display_links = ("device_id", "name")
+    # The site filter is SiteListFilter: the user's own sites, read from the sites table and
+    # bounded in size, never a DISTINCT over a million devices (see homepot.admin).
+    list_filter = ("status", "device_type", SiteListFilter, ("last_seen", DateFieldListFilter))
+    search_fields = ("device_id", "name", "ip_address", "mac_address", "site__site_id", "site__name")
+    ordering = ("device_id",)
+    list_select_related = ("site",)
+    autocomplete_fields = ("site",)
+    # The fleet table is big: no second, unfiltered count, and no exact count of all of it.
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
+    paginator = EstimatedCountPaginator
+    readonly_fields = ("health_history_link", "last_seen", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("device_id", "name", "device_type", "site", "status")}),
+        ("Network", {"fields": ("ip_address", "mac_address")}),
+        ("Software", {"fields": ("firmware_version", "config")}),
+        ("Health", {"fields": ("last_seen", "health_history_link")}),
+        ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+    )
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, device):
+        return status_badge(device.status, device.get_status_display())
+
+    @admin.display(description="site", ordering="site__site_id")
+    def site_link(self, device):
+        return object_link(device.site)
+
+    @admin.display(description="health history")
+    def health_history_link(self, device):
+        if device is None or device.pk is None:
+            return "—"
+        url = admin_changelist_url(HealthCheck, device__id__exact=device.pk)
+        return format_html('<a href="{}">Health checks of this device</a>', url)
+
+    # --- Writes go through the services (validated, scoped, audited) ---------------------
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            # The stored row, not the form-edited one: the service checks the rights on the
+            # site the device is at now, and separately on the site it moves to.
+            stored = Device.objects.select_related("site").get(pk=obj.pk)
+            fields = model_field_values(form, obj, form.changed_data)
+            saved = run_service(device_update, actor=request.user, device=stored, **fields)
+        else:
+            saved = run_service(device_create, actor=request.user, **model_field_values(form, obj))
+        adopt_saved(obj, saved)
+
+    def delete_model(self, request, obj):
+        run_service(device_delete, actor=request.user, device=obj)
+
+    def get_deleted_objects(self, objs, request):
+        """A device's health history goes with it (the audit log keeps the deletion).
+
+        Health checks are read-only history, so they need no delete permission of their
+        own, and they are summed up per device instead of listed: a busy terminal has
+        tens of thousands of them.
+        """
+        devices = list(objs)
+        history = dict(
+            HealthCheck.objects.filter(device__in=devices)
+            .order_by()
+            .values("device")
+            .annotate(n=Count("pk"))
+            .values_list("device", "n")
+        )
+        to_delete = []
+        for device in devices:
+            to_delete.append(verbose_link(device))
+            if history.get(device.pk):
+                to_delete.append([f"{history[device.pk]} health check(s) of its history"])
+        model_count = {Device._meta.verbose_name_plural: len(devices)}
+        if history:
+            model_count[HealthCheck._meta.verbose_name_plural] = sum(history.values())
+        return to_delete, model_count, self.unchangeable_names(request, devices), []

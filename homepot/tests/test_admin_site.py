@@ -1,0 +1,95 @@
+"""The operator console as a whole: branding, the index a store manager sees, and the
+pieces every app's admin shares (homepot.admin)."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from accounts.choices import MembershipRole
+from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
+from devices_app.tests.factories import DeviceFactory
+from homepot.admin import EstimatedCountPaginator
+
+pytestmark = pytest.mark.django_db
+
+INDEX = reverse("admin:index")
+
+
+def test_index_groups_apps_the_way_a_store_manager_thinks(admin_browser):
+    response = admin_browser.get(INDEX)
+
+    assert response.status_code == 200
+    labels = [app["app_label"] for app in response.context["app_list"]]
+    assert labels[:5] == ["sites_app", "devices_app", "jobs_app", "monitoring_app", "accounts"]
+    names = [app["name"] for app in response.context["app_list"]][:5]
+    assert names == ["Sites", "Devices", "Jobs", "Monitoring", "Accounts"]
+    positions = [
+        response.text.index(f'id="{name.lower()}-app"' if False else f">{name}</a>") for name in names
+    ]
+    assert positions == sorted(positions)
+
+
+def test_index_lists_every_model(admin_browser):
+    response = admin_browser.get(INDEX)
+
+    models = {model["object_name"] for app in response.context["app_list"] for model in app["models"]}
+    expected = {"Site", "Device", "Job", "HealthCheck", "AuditLog", "User", "SiteMembership", "ApiToken"}
+    assert expected <= models
+
+
+def test_console_is_branded_homepot(admin_browser):
+    response = admin_browser.get(INDEX)
+
+    assert "<title>Your chain at a glance | HOMEPOT</title>" in response.text
+    assert '<span class="hp-brand">HOMEPOT</span>' in response.text
+    assert "Django administration" not in response.text
+
+
+def test_login_page_is_branded_too(client):
+    response = client.get(reverse("admin:login"))
+
+    assert response.status_code == 200
+    assert "HOMEPOT" in response.text
+    assert "Django administration" not in response.text
+
+
+def test_a_site_manager_sees_only_the_apps_they_hold_permissions_for(client):
+    user = UserFactory(is_staff=True)
+    grant_perms(user, "devices_app.view_device", "accounts.view_user")
+    SiteMembershipFactory(user=user, role=MembershipRole.MANAGER)
+    client.force_login(user)
+
+    response = client.get(INDEX)
+
+    # Users are for superusers only, whatever Django permissions say.
+    assert [app["app_label"] for app in response.context["app_list"]] == ["devices_app"]
+
+
+def test_a_non_staff_user_is_sent_to_the_login_page(client):
+    client.force_login(UserFactory(is_staff=False))
+
+    response = client.get(INDEX)
+
+    assert response.status_code == 302
+    assert response.url.startswith(reverse("admin:login"))
+
+
+def test_a_huge_unfiltered_table_is_estimated_not_counted(admin_browser, monkeypatch):
+    DeviceFactory.create_batch(3)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE devices_app_device")
+    monkeypatch.setattr(EstimatedCountPaginator, "estimate_above", 0)
+    changelist = reverse("admin:devices_app_device_changelist")
+
+    with CaptureQueriesContext(connection) as unfiltered:
+        assert admin_browser.get(changelist).status_code == 200
+    with CaptureQueriesContext(connection) as filtered:
+        assert admin_browser.get(changelist, {"status__exact": "online"}).status_code == 200
+
+    def counts(queries):
+        return [q["sql"] for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
+
+    assert counts(unfiltered) == []
+    assert any("reltuples" in q["sql"] for q in unfiltered.captured_queries)
+    assert len(counts(filtered)) == 1

@@ -1,0 +1,119 @@
+from django.contrib import admin
+from django.contrib.admin import DateFieldListFilter
+from django.contrib.auth import get_user_model
+
+from devices_app.models import Device
+from homepot.admin import (
+    DeviceSiteListFilter,
+    EstimatedCountPaginator,
+    ReadOnlyAdminMixin,
+    ScopedAdminMixin,
+    SiteListFilter,
+    object_link,
+    pretty_json,
+    ref_link,
+    status_badge,
+)
+from jobs_app.models import Job
+from monitoring_app.models import AuditLog, HealthCheck
+from sites_app.models import Site
+
+# Both tables grow without end, so neither has a date hierarchy (its year/month/day choices
+# are a DISTINCT over the whole table); the date filters below cost nothing to render.
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("checked_at", "device_link", "site_link", "status_badge", "response_time_ms", "error")
+    list_filter = ("status", DeviceSiteListFilter, ("checked_at", DateFieldListFilter))
+    search_fields = ("device__device_id", "device__name", "device__site__site_id")
+    ordering = ("-checked_at", "-id")
+    list_select_related = ("device__site",)
+    autocomplete_fields = ("device",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
+    paginator = EstimatedCountPaginator
+    fields = (
+        "device_link",
+        "site_link",
+        "status_badge",
+        "checked_at",
+        "response_time_ms",
+        "error_message",
+        "metrics_pretty",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        # The view page shows the device and its site too: one query, not three.
+        return super().get_queryset(request).select_related("device__site")
+
+    @admin.display(description="device", ordering="device__device_id")
+    def device_link(self, check):
+        return object_link(check.device)
+
+    @admin.display(description="site")
+    def site_link(self, check):
+        return object_link(check.device.site)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, check):
+        return status_badge(check.status, check.get_status_display())
+
+    @admin.display(description="error")
+    def error(self, check):
+        text = check.error_message
+        return text if len(text) <= 80 else f"{text[:79]}…"
+
+    @admin.display(description="metrics")
+    def metrics_pretty(self, check):
+        return pretty_json(check.metrics)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "event_type", "actor_link", "site_link", "device_link", "description")
+    list_filter = ("event_type", SiteListFilter, ("created_at", DateFieldListFilter))
+    search_fields = ("description", "actor_ref", "site_ref", "device_ref", "=request_id")
+    ordering = ("-id",)  # the chain's order; every filter above has an index ending in id
+    # No joins: the *_ref columns keep each target's name, also after it is deleted, and
+    # the links go by id (the target's page says so if it is gone).
+    list_select_related = ()
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
+    paginator = EstimatedCountPaginator
+    fieldsets = (
+        (None, {"fields": ("created_at", "event_type", "actor_link", "description")}),
+        ("Subject", {"fields": ("site_link", "device_link", "job_link")}),
+        ("Change", {"fields": ("old_values_pretty", "new_values_pretty")}),
+        ("Request", {"fields": ("source_ip", "user_agent", "request_id")}),
+        # Tamper evidence: each row's hash covers its content and the previous row's hash.
+        ("Integrity", {"fields": ("prev_hash", "row_hash"), "classes": ("collapse",)}),
+    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+
+    @admin.display(description="actor", ordering="actor_ref")
+    def actor_link(self, entry):
+        if entry.actor_id is None:
+            return entry.actor_ref or "system"
+        return ref_link(get_user_model(), entry.actor_id, entry.actor_ref)
+
+    @admin.display(description="site", ordering="site_ref")
+    def site_link(self, entry):
+        return ref_link(Site, entry.site_id, entry.site_ref)
+
+    @admin.display(description="device", ordering="device_ref")
+    def device_link(self, entry):
+        return ref_link(Device, entry.device_id, entry.device_ref)
+
+    @admin.display(description="job")
+    def job_link(self, entry):
+        return ref_link(Job, entry.job_id, f"Job #{entry.job_id}" if entry.job_id else "")
+
+    @admin.display(description="old values")
+    def old_values_pretty(self, entry):
+        return pretty_json(entry.old_values)
+
+    @admin.display(description="new values")
+    def new_values_pretty(self, entry):
+        return pretty_json(entry.new_values)

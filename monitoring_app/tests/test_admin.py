@@ -1,0 +1,209 @@
+"""Health checks and the audit trail in the operator console: read-only history."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from accounts.choices import MembershipRole
+from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
+from devices_app.tests.factories import DeviceFactory
+from monitoring_app.choices import AuditEvent, HealthStatus
+from monitoring_app.models import AuditLog
+from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory
+from sites_app.services import site_delete
+from sites_app.tests.factories import SiteFactory
+
+pytestmark = pytest.mark.django_db
+
+HEALTH = "monitoring_app_healthcheck"
+AUDIT = "monitoring_app_auditlog"
+
+
+def url(model, view, *args):
+    return reverse(f"admin:{model}_{view}", args=args)
+
+
+def listed(response):
+    assert response.status_code == 200
+    return [row.pk for row in response.context["cl"].result_list]
+
+
+def assert_changelist_queries_do_not_grow(client, changelist, make_rows, django_assert_max_num_queries):
+    make_rows(3)
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(changelist).status_code == 200
+    make_rows(27)
+
+    with django_assert_max_num_queries(len(few)):
+        response = client.get(changelist)
+
+    assert len(response.context["cl"].result_list) == 30
+    assert len(few) <= 10
+
+
+# --- Health checks ----------------------------------------------------------------------------
+
+
+def test_health_changelist_shows_device_site_and_status(admin_browser):
+    check = HealthCheckFactory(status=HealthStatus.DEGRADED, error_message="Printer paper low")
+
+    response = admin_browser.get(url(HEALTH, "changelist"))
+
+    assert listed(response) == [check.pk]
+    device_url = reverse("admin:devices_app_device_change", args=[check.device.pk])
+    assert f'<a href="{device_url}">{check.device}</a>' in response.text
+    assert str(check.device.site) in response.text
+    assert '<span class="hp-badge hp-badge--warn">Degraded</span>' in response.text
+
+
+@pytest.mark.parametrize(("term", "found"), [("pos-terminal-042", True), ("site-321", True), ("nope", False)])
+def test_health_search_matches_device_and_site(admin_browser, term, found):
+    check = HealthCheckFactory(
+        device=DeviceFactory(device_id="pos-terminal-042", site=SiteFactory(site_id="site-321"))
+    )
+    HealthCheckFactory()
+
+    assert listed(admin_browser.get(url(HEALTH, "changelist"), {"q": term})) == ([check.pk] if found else [])
+
+
+def test_health_filters_by_device_and_site(admin_browser):
+    check, other = HealthCheckFactory(), HealthCheckFactory()
+
+    assert listed(admin_browser.get(url(HEALTH, "changelist"), {"device__id__exact": check.device.pk})) == [
+        check.pk
+    ]
+    assert listed(admin_browser.get(url(HEALTH, "changelist"), {"site": other.device.site.pk})) == [other.pk]
+
+
+def test_health_view_page_renders_read_only(admin_browser):
+    check = HealthCheckFactory(metrics={"cpu_percent": 12.5})
+
+    response = admin_browser.get(url(HEALTH, "change", check.pk))
+
+    assert response.status_code == 200
+    assert response.context["has_change_permission"] is False
+    assert "cpu_percent" in response.text
+    assert 'name="_save"' not in response.text
+
+
+def test_health_checks_cannot_be_added_changed_or_deleted(admin_browser):
+    check = HealthCheckFactory(status=HealthStatus.HEALTHY)
+
+    assert admin_browser.get(url(HEALTH, "add")).status_code == 403
+    assert admin_browser.post(url(HEALTH, "add"), {"status": "healthy"}).status_code == 403
+    assert admin_browser.post(url(HEALTH, "change", check.pk), {"status": "unhealthy"}).status_code == 403
+    assert admin_browser.post(url(HEALTH, "delete", check.pk), {"post": "yes"}).status_code == 403
+    bulk = admin_browser.post(
+        url(HEALTH, "changelist"),
+        {"action": "delete_selected", "_selected_action": [check.pk], "post": "yes"},
+    )
+    assert bulk.status_code in (200, 302)
+    check.refresh_from_db()
+    assert check.status == HealthStatus.HEALTHY
+
+
+def test_health_changelist_queries_do_not_grow_with_rows(admin_browser, django_assert_max_num_queries):
+    assert_changelist_queries_do_not_grow(
+        admin_browser,
+        url(HEALTH, "changelist"),
+        lambda n: HealthCheckFactory.create_batch(n),  # each on its own device and site
+        django_assert_max_num_queries,
+    )
+
+
+def test_a_site_member_sees_only_their_sites_health_checks(client):
+    mine, theirs = HealthCheckFactory(), HealthCheckFactory()
+    user = UserFactory(is_staff=True)
+    grant_perms(user, "monitoring_app.view_healthcheck")
+    SiteMembershipFactory(user=user, site=mine.device.site, role=MembershipRole.VIEWER)
+    client.force_login(user)
+
+    assert listed(client.get(url(HEALTH, "changelist"))) == [mine.pk]
+    assert client.get(url(HEALTH, "change", theirs.pk)).status_code == 302
+
+
+# --- Audit trail -----------------------------------------------------------------------------
+
+
+def test_audit_changelist_shows_event_actor_and_site(admin_browser, admin_user):
+    entry = AuditLogFactory(actor=admin_user, actor_ref=admin_user.username, description="Renamed the store")
+
+    response = admin_browser.get(url(AUDIT, "changelist"))
+
+    assert listed(response) == [entry.pk]
+    assert admin_user.username in response.text
+    assert entry.site_ref in response.text
+    assert "Renamed the store" in response.text
+
+
+@pytest.mark.parametrize(("term", "found"), [("gateway", True), ("site-321", True), ("unrelated", False)])
+def test_audit_search_matches_description_and_refs(admin_browser, term, found):
+    entry = AuditLogFactory(site=SiteFactory(site_id="site-321"), description="Switched payment gateway")
+    AuditLogFactory(description="Other change")
+
+    assert listed(admin_browser.get(url(AUDIT, "changelist"), {"q": term})) == ([entry.pk] if found else [])
+
+
+def test_audit_view_page_renders_before_and_after(admin_browser):
+    entry = AuditLogFactory(old_values={"name": "Old Harbour"}, new_values={"name": "New Harbour"})
+
+    response = admin_browser.get(url(AUDIT, "change", entry.pk))
+
+    assert response.status_code == 200
+    assert response.context["has_change_permission"] is False
+    assert "Old Harbour" in response.text
+    assert "New Harbour" in response.text
+    assert entry.row_hash in response.text
+
+
+def test_audit_rows_of_a_deleted_site_still_render(admin_browser):
+    site = SiteFactory(site_id="site-gone")
+    site_delete(actor=None, site=site)
+    entry = AuditLog.objects.get(event_type=AuditEvent.SITE_DELETED)
+
+    changelist = admin_browser.get(url(AUDIT, "changelist"))
+    page = admin_browser.get(url(AUDIT, "change", entry.pk))
+
+    assert "site-gone" in changelist.text
+    assert page.status_code == 200
+    assert "site-gone" in page.text
+
+
+def test_audit_rows_cannot_be_added_changed_or_deleted(admin_browser):
+    entry = AuditLogFactory(description="Original")
+
+    assert admin_browser.get(url(AUDIT, "add")).status_code == 403
+    assert admin_browser.post(url(AUDIT, "add"), {"description": "Forged"}).status_code == 403
+    assert admin_browser.post(url(AUDIT, "change", entry.pk), {"description": "Forged"}).status_code == 403
+    assert admin_browser.post(url(AUDIT, "delete", entry.pk), {"post": "yes"}).status_code == 403
+    assert list(AuditLog.objects.values_list("description", flat=True)) == ["Original"]
+
+
+def test_audit_changelist_offers_no_delete_action(admin_browser):
+    AuditLogFactory()
+
+    response = admin_browser.get(url(AUDIT, "changelist"))
+
+    assert "delete_selected" not in response.text
+
+
+def test_audit_changelist_queries_do_not_grow_with_rows(admin_browser, django_assert_max_num_queries):
+    assert_changelist_queries_do_not_grow(
+        admin_browser,
+        url(AUDIT, "changelist"),
+        lambda n: AuditLogFactory.create_batch(n),
+        django_assert_max_num_queries,
+    )
+
+
+def test_a_site_member_sees_only_their_sites_audit_rows(client):
+    mine, theirs = AuditLogFactory(), AuditLogFactory()
+    user = UserFactory(is_staff=True)
+    grant_perms(user, "monitoring_app.view_auditlog")
+    SiteMembershipFactory(user=user, site=mine.site, role=MembershipRole.MANAGER)
+    client.force_login(user)
+
+    assert listed(client.get(url(AUDIT, "changelist"))) == [mine.pk]
+    assert client.get(url(AUDIT, "change", theirs.pk)).status_code == 302
+    assert client.get(url(AUDIT, "add")).status_code == 403

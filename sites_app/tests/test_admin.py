@@ -1,0 +1,263 @@
+"""The Sites pages of the operator console, driven through the admin client."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from accounts.choices import MembershipRole
+from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
+from devices_app.tests.factories import DeviceFactory
+from monitoring_app.choices import AuditEvent
+from monitoring_app.models import AuditLog
+from sites_app.admin import SiteAdmin
+from sites_app.models import Site
+from sites_app.tests.factories import SiteFactory
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:sites_app_site_changelist")
+ADD = reverse("admin:sites_app_site_add")
+
+
+def change_url(site):
+    return reverse("admin:sites_app_site_change", args=[site.pk])
+
+
+def delete_url(site):
+    return reverse("admin:sites_app_site_delete", args=[site.pk])
+
+
+def form_data(**overrides):
+    data = {
+        "site_id": "site-900",
+        "name": "Harbour Street",
+        "is_active": "on",
+        "location": "1 Harbour Street",
+        "region": "Coast",
+        "timezone": "Europe/London",
+        "description": "",
+        "_save": "Save",
+    }
+    data.update(overrides)
+    return data
+
+
+def staff_user(*, site, role=MembershipRole.MANAGER, perms=("view_site", "change_site")):
+    user = UserFactory(is_staff=True)
+    grant_perms(user, *(f"sites_app.{perm}" for perm in perms))
+    SiteMembershipFactory(user=user, site=site, role=role)
+    return user
+
+
+# --- Pages render -----------------------------------------------------------------------------
+
+
+def test_changelist_shows_each_sites_device_count_linked_to_its_devices(admin_browser):
+    busy = SiteFactory(site_id="site-123")
+    SiteFactory(site_id="site-456")
+    DeviceFactory.create_batch(3, site=busy)
+
+    response = admin_browser.get(CHANGELIST)
+
+    assert response.status_code == 200
+    counts = {site.site_id: site.device_count for site in response.context["cl"].result_list}
+    assert counts == {"site-123": 3, "site-456": 0}
+    devices_url = reverse("admin:devices_app_device_changelist")
+    assert f'href="{devices_url}?site={busy.pk}">3</a>' in response.text
+
+
+def test_changelist_sorts_by_device_count(admin_browser):
+    few, many = SiteFactory(), SiteFactory()
+    DeviceFactory(site=few)
+    DeviceFactory.create_batch(4, site=many)
+    column = ["action_checkbox", *SiteAdmin.list_display].index("device_count_link")
+
+    response = admin_browser.get(CHANGELIST, {"o": f"-{column}"})
+
+    assert response.status_code == 200
+    assert [site.pk for site in response.context["cl"].result_list] == [many.pk, few.pk]
+
+
+@pytest.mark.parametrize(("term", "found"), [("harbour", True), ("nowhere-at-all", False)])
+def test_search_matches_name_and_site_id(admin_browser, term, found):
+    site = SiteFactory(name="Harbour Street")
+    SiteFactory(name="Market Square")
+
+    response = admin_browser.get(CHANGELIST, {"q": term})
+
+    assert response.status_code == 200
+    assert [s.pk for s in response.context["cl"].result_list] == ([site.pk] if found else [])
+
+
+def test_add_and_change_pages_render(admin_browser):
+    site = SiteFactory()
+    DeviceFactory(site=site)
+
+    assert admin_browser.get(ADD).status_code == 200
+    response = admin_browser.get(change_url(site))
+    assert response.status_code == 200
+    assert "Jobs of this site" in response.text
+
+
+def test_changelist_queries_do_not_grow_with_rows(admin_browser, django_assert_max_num_queries):
+    for site in SiteFactory.create_batch(3):
+        DeviceFactory(site=site)
+    with CaptureQueriesContext(connection) as few:
+        assert admin_browser.get(CHANGELIST).status_code == 200
+    for site in SiteFactory.create_batch(27):
+        DeviceFactory(site=site)
+
+    with django_assert_max_num_queries(len(few)):
+        response = admin_browser.get(CHANGELIST)
+
+    assert len(response.context["cl"].result_list) == 30
+    assert len(few) <= 10
+
+
+# --- Writes go through the services ---------------------------------------------------------
+
+
+def test_adding_a_site_writes_one_audit_row(admin_browser, admin_user):
+    response = admin_browser.post(ADD, form_data())
+
+    assert response.status_code == 302
+    site = Site.objects.get(site_id="site-900")
+    entry = AuditLog.objects.get()
+    assert entry.event_type == AuditEvent.SITE_CREATED
+    assert entry.actor == admin_user
+    assert entry.site_id == site.pk
+    assert entry.new_values["name"] == "Harbour Street"
+
+
+def test_changing_a_site_writes_one_audit_row_with_before_and_after(admin_browser):
+    site = SiteFactory(
+        site_id="site-900", name="Old Harbour", location="1 Harbour Street", region="Coast", description=""
+    )
+
+    response = admin_browser.post(change_url(site), form_data(name="New Harbour"))
+
+    assert response.status_code == 302
+    site.refresh_from_db()
+    assert site.name == "New Harbour"
+    entry = AuditLog.objects.get()
+    assert entry.event_type == AuditEvent.SITE_UPDATED
+    assert entry.old_values == {"name": "Old Harbour"}
+    assert entry.new_values == {"name": "New Harbour"}
+
+
+def test_invalid_site_is_refused_with_a_form_error_and_nothing_stored(admin_browser):
+    response = admin_browser.post(ADD, form_data(site_id="not a valid id!", timezone="Mars/Olympus"))
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "site_id" in errors
+    assert "timezone" in errors
+    assert not Site.objects.exists()
+    assert not AuditLog.objects.exists()
+
+
+def test_deleting_a_site_with_devices_shows_an_error_and_deletes_nothing(admin_browser):
+    site = SiteFactory(site_id="site-123")
+    DeviceFactory.create_batch(2, site=site)
+
+    page = admin_browser.get(delete_url(site))
+    response = admin_browser.post(delete_url(site), {"post": "yes"})
+
+    assert "site-123 still has 2 device(s)" in page.text
+    assert response.status_code == 200
+    assert "site-123 still has 2 device(s)" in response.text
+    assert Site.objects.filter(pk=site.pk).exists()
+    assert not AuditLog.objects.exists()
+
+
+def test_bulk_delete_refuses_sites_with_devices_and_deletes_nothing(admin_browser):
+    busy, empty = SiteFactory(site_id="site-123"), SiteFactory(site_id="site-456")
+    DeviceFactory(site=busy)
+
+    response = admin_browser.post(
+        CHANGELIST,
+        {"action": "delete_selected", "_selected_action": [busy.pk, empty.pk], "post": "yes"},
+    )
+
+    assert response.status_code == 200
+    assert "site-123 still has 1 device(s)" in response.text
+    assert Site.objects.count() == 2
+    assert not AuditLog.objects.exists()
+
+
+def test_deleting_an_empty_site_goes_through_the_service(admin_browser):
+    site = SiteFactory(site_id="site-123")
+
+    response = admin_browser.post(delete_url(site), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Site.objects.filter(pk=site.pk).exists()
+    entry = AuditLog.objects.get()
+    assert entry.event_type == AuditEvent.SITE_DELETED
+    assert entry.site_ref == "site-123"
+
+
+def test_bulk_delete_of_empty_sites_writes_one_audit_row_each(admin_browser):
+    sites = SiteFactory.create_batch(2)
+
+    response = admin_browser.post(
+        CHANGELIST,
+        {"action": "delete_selected", "_selected_action": [s.pk for s in sites], "post": "yes"},
+    )
+
+    assert response.status_code == 302
+    assert not Site.objects.exists()
+    assert AuditLog.objects.filter(event_type=AuditEvent.SITE_DELETED).count() == 2
+
+
+def test_a_service_refusal_while_deleting_becomes_a_message_not_a_500(admin_browser, monkeypatch):
+    from homepot.errors import Conflict
+
+    def refuse(**kwargs):
+        raise Conflict("The site is busy.")
+
+    monkeypatch.setattr("sites_app.admin.site_delete", refuse)
+    site = SiteFactory()
+
+    response = admin_browser.post(delete_url(site), {"post": "yes"}, follow=True)
+
+    assert response.status_code == 200
+    assert "The site is busy." in [str(m) for m in response.context["messages"]]
+    assert Site.objects.filter(pk=site.pk).exists()
+
+
+# --- Scoping ------------------------------------------------------------------------------------
+
+
+def test_a_site_manager_sees_and_edits_only_their_site_and_cannot_add_or_delete(client):
+    mine, other = SiteFactory(site_id="site-123"), SiteFactory(site_id="site-456")
+    client.force_login(staff_user(site=mine, perms=("view_site", "change_site", "add_site", "delete_site")))
+
+    listed = client.get(CHANGELIST)
+    others_page = client.get(change_url(other))
+    add_page = client.get(ADD)
+    response = client.post(change_url(mine), form_data(site_id="site-123", name="Renamed"))
+
+    assert [s.pk for s in listed.context["cl"].result_list] == [mine.pk]
+    assert others_page.status_code == 302  # "does not exist" for rows out of scope
+    assert add_page.status_code == 403
+    assert client.get(delete_url(mine)).status_code == 403
+    assert response.status_code == 302
+    mine.refresh_from_db()
+    assert mine.name == "Renamed"
+    assert AuditLog.objects.get().event_type == AuditEvent.SITE_UPDATED
+
+
+def test_a_site_viewer_gets_a_read_only_page_and_cannot_post(client):
+    site = SiteFactory(site_id="site-123", name="Harbour")
+    client.force_login(staff_user(site=site, role=MembershipRole.VIEWER))
+
+    page = client.get(change_url(site))
+    response = client.post(change_url(site), form_data(site_id="site-123", name="Renamed"))
+
+    assert page.status_code == 200
+    assert page.context["has_change_permission"] is False
+    assert response.status_code == 403
+    site.refresh_from_db()
+    assert site.name == "Harbour"
