@@ -47,8 +47,9 @@ def device_update(*, actor, device: Device, **fields) -> Device:
 
     Audited as device.updated with only what changed; a repeat records nothing.
     """
-    require_site_access(actor, device.site, "change")
+    # The stored row decides the current site, not a caller's possibly edited instance.
     device = Device.objects.select_for_update().select_related("site").get(pk=device.pk)
+    require_site_access(actor, device.site, "change")
     new_site = fields.get("site")
     if new_site is not None and new_site.pk != device.site_id:
         require_site_access(actor, new_site, "change")

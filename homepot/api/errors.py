@@ -7,8 +7,11 @@
 """
 
 import logging
+import re
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError
@@ -51,6 +54,19 @@ def _codes(codes) -> set[str]:
     return {codes}
 
 
+_UNIQUE_KEY = re.compile(r"^Key \(([\w, ]+)\)=")
+
+
+def _duplicate_columns(exc: IntegrityError) -> list[str]:
+    """The plain columns of a PostgreSQL unique violation ("Key (site_id)=(...) already
+    exists."), which are the API's field names for the unique fields it offers."""
+    diag = getattr(exc.__cause__, "diag", None)
+    if getattr(diag, "sqlstate", None) != "23505":
+        return []
+    match = _UNIQUE_KEY.match(getattr(diag, "message_detail", None) or "")
+    return [column.strip() for column in match.group(1).split(",")] if match else []
+
+
 def error_response(status_code: int, code: str, message: str, fields: dict | None = None, headers=None):
     body = {"error": {"status": status_code, "code": code, "message": message}}
     if fields:
@@ -81,6 +97,13 @@ def exception_handler(exc, context):
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
 
+    if isinstance(exc, RequestDataTooBig):
+        # Django's own check on request.body (DRF reads JSON through it) fires before any parser.
+        return error_response(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            "payload_too_large",
+            f"Request body exceeds the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+        )
     if isinstance(exc, ServiceError):
         fields = {exc.field: [exc.message]} if exc.field else None
         return error_response(exc.status_code, exc.code, exc.message, fields)
@@ -89,8 +112,15 @@ def exception_handler(exc, context):
             status.HTTP_409_CONFLICT, "protected", "Other records still depend on this one."
         )
     if isinstance(exc, IntegrityError):
-        # A race lost against a concurrent insert of the same unique value.
+        # A race lost against a concurrent insert of the same unique value (the serializer's
+        # and the service's checks both passed before the other insert committed).
         logger.info("Integrity error answered with 409: %s", exc)
+        columns = _duplicate_columns(exc)
+        if columns:
+            message = f"Another record already has this {' and '.join(columns)}."
+            return error_response(
+                status.HTTP_409_CONFLICT, "duplicate", message, {column: [message] for column in columns}
+            )
         return error_response(
             status.HTTP_409_CONFLICT, "conflict", "The change conflicts with existing data."
         )

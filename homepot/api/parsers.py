@@ -11,9 +11,12 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 class BoundedJSONParser(parsers.JSONParser):
-    """JSON, refused with 413 above DATA_UPLOAD_MAX_MEMORY_SIZE before it is read.
+    """JSON, refused with 413 above DATA_UPLOAD_MAX_MEMORY_SIZE.
 
-    DRF reads the body as a stream, which bypasses Django's own size check.
+    For JSON, DRF 3.18 reads `request.body`, where Django refuses a declared length above
+    the limit (RequestDataTooBig, which homepot.api.errors answers with 413). This parser
+    checks again whatever stream it is handed, declared length or not, so the bound holds
+    however the body reaches it; it never reads more than the limit plus one byte.
     """
 
     def parse(self, stream, media_type=None, parser_context=None):
@@ -31,4 +34,9 @@ class BoundedJSONParser(parsers.JSONParser):
             if len(body) > limit:
                 raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
             stream = io.BytesIO(body)
-        return super().parse(stream, media_type, parser_context)
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            # `[[[[...` a few thousand deep exhausts Python's stack inside json.loads; that
+            # is the client's malformed input, not a server error.
+            raise exceptions.ParseError("JSON parse error - nesting is too deep.") from None

@@ -1,0 +1,133 @@
+import math
+
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.plumbing import build_basic_type
+from drf_spectacular.types import OpenApiTypes
+from rest_framework import serializers
+
+from devices_app.models import Device
+from devices_app.validators import normalize_mac
+from homepot.api.fields import StrictCharField
+from homepot.api.serializers import StrictModelSerializer
+from sites_app.selectors import site_for_reference
+
+
+class SiteReferenceField(serializers.Field):
+    """The device's site: written as the internal id (`3`, as the guide does) or the
+    business id (`"site-003"`); read back as the internal id.
+
+    Only sites the requesting user may change are found; any other site is reported as
+    unknown, so the answer never reveals another operator's sites.
+    """
+
+    default_error_messages = {
+        "invalid": "Give the site's internal id (a number) or its site_id (a string).",
+        "unknown": "Unknown site {reference!r}.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, str)):
+            self.fail("invalid")
+        request = self.context.get("request")
+        site = site_for_reference(user=getattr(request, "user", None), reference=data, action="change")
+        if site is None:
+            self.fail("unknown", reference=data)
+        return site
+
+    def to_representation(self, value):
+        return value.pk
+
+
+class SiteReferenceFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = SiteReferenceField
+
+    def map_serializer_field(self, auto_schema, direction):
+        if direction == "response":
+            return build_basic_type(OpenApiTypes.INT)
+        return {"oneOf": [build_basic_type(OpenApiTypes.INT), build_basic_type(OpenApiTypes.STR)]}
+
+
+def _check_json_value(value) -> None:
+    """Refuse what PostgreSQL's jsonb cannot store (NUL characters, lone surrogates,
+    NaN/Infinity); walked without recursion, so depth is no risk."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item or any(0xD800 <= ord(ch) <= 0xDFFF for ch in item):
+                raise serializers.ValidationError(
+                    "Text in config may not contain NUL or unpaired surrogates."
+                )
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise serializers.ValidationError("Numbers in config must be finite.")
+
+
+class DeviceSerializer(StrictModelSerializer):
+    """A device as the API shows and accepts it.
+
+    `site_id` is the site's internal id (the guide's spelling); `site` and `site_name` are
+    read-only conveniences. MAC addresses are accepted in the common spellings and stored
+    and shown as 00:1B:44:11:3A:B9.
+    """
+
+    site_id = SiteReferenceField(
+        source="site", help_text="The site: its internal id (3) or business id (site-003)."
+    )
+    site = serializers.CharField(source="site.site_id", read_only=True, help_text="The site's business id.")
+    site_name = serializers.CharField(source="site.name", read_only=True)
+    ip_address = serializers.IPAddressField(required=False, allow_null=True, allow_blank=True)
+    mac_address = StrictCharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=32,
+        help_text="00:1B:44:11:3A:B9, 00-1B-44-11-3A-B9, 001b.4411.3ab9 or 001B44113AB9.",
+    )
+    config = serializers.JSONField(required=False, help_text="A JSON object of device settings.")
+
+    class Meta:
+        model = Device
+        fields = [
+            "id",
+            "device_id",
+            "name",
+            "device_type",
+            "site_id",
+            "site",
+            "site_name",
+            "status",
+            "ip_address",
+            "mac_address",
+            "firmware_version",
+            "config",
+            "last_seen",
+            "created_at",
+            "updated_at",
+        ]
+        # last_seen is reported by the device itself (agent API), not set by operators.
+        read_only_fields = ["id", "last_seen", "created_at", "updated_at"]
+
+    def validate_ip_address(self, value):
+        return value or None
+
+    def validate_mac_address(self, value):
+        if not value:
+            return None
+        mac = normalize_mac(value)
+        others = Device.objects.filter(mac_address=mac)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        if others.exists():
+            raise serializers.ValidationError("Another device already has this MAC address.", code="unique")
+        return mac
+
+    def validate_config(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError('Must be a JSON object, e.g. {"gateway_url": "..."}.')
+        _check_json_value(value)
+        return value

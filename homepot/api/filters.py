@@ -1,0 +1,103 @@
+"""Filter backends and filters shared by the API's lists.
+
+A list answers a malformed query parameter with 400 naming the parameter, never with an
+empty page (which reads as "no such rows") and never with a silently ignored parameter.
+"""
+
+import django_filters
+from django import forms
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import filters
+from rest_framework.exceptions import ValidationError
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+class StrictBooleanFormField(forms.Field):
+    """`true`/`false` (also 1/0, yes/no); anything else is an error, not "no filter"."""
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise DjangoValidationError("Use true or false.", code="invalid")
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class StrictBooleanFilter(django_filters.Filter):
+    """django-filter's BooleanFilter reads an unknown value as "no filter"; this one refuses it."""
+
+    field_class = StrictBooleanFormField
+
+
+class StrictSearchFilter(filters.SearchFilter):
+    """DRF's search, with a bad term (e.g. a NUL character) reported against `search`."""
+
+    def get_search_terms(self, request):
+        try:
+            return super().get_search_terms(request)
+        except ValidationError as exc:
+            raise ValidationError({self.search_param: exc.detail}) from None
+
+    def get_schema_operation_parameters(self, view):
+        params = super().get_schema_operation_parameters(view)
+        fields = [name.lstrip("^=@$") for name in getattr(view, "search_fields", None) or []]
+        for param in params:
+            param["description"] = (
+                f"Words to look for (case-insensitive, all must match) in: {', '.join(fields)}."
+            )
+        return params
+
+
+class StrictOrderingFilter(filters.OrderingFilter):
+    """DRF's ordering, with unknown fields refused (400 on `ordering`) instead of ignored.
+
+    A view may set `ordering_tiebreaker` (e.g. "pk") so pages of a non-unique ordering
+    (site names) stay stable; cursor-paginated views order by unique fields and need none.
+    """
+
+    def remove_invalid_fields(self, queryset, fields, view, request):
+        valid = {name for name, _label in self.get_valid_fields(queryset, view, {"request": request})}
+        terms = [term for term in fields if term]
+        invalid = [term for term in terms if term.removeprefix("-") not in valid]
+        if invalid:
+            raise ValidationError(
+                {
+                    self.ordering_param: [
+                        f"Cannot order by {', '.join(invalid)}; choose from {', '.join(sorted(valid))} "
+                        "(prefix '-' for descending)."
+                    ]
+                }
+            )
+        return terms
+
+    def get_schema_operation_parameters(self, view):
+        params = super().get_schema_operation_parameters(view)
+        fields = getattr(view, "ordering_fields", None) or []
+        choices = [term for name in fields for term in (name, f"-{name}")]
+        default = ", ".join(getattr(view, "ordering", None) or [])
+        for param in params:
+            param["schema"] = {"type": "string", "enum": choices}
+            param["description"] = f"Sort by this field ('-' for descending); default {default}."
+        return params
+
+    def filter_queryset(self, request, queryset, view):
+        ordering = self.get_ordering(request, queryset, view)
+        if not ordering:
+            return queryset
+        tiebreaker = getattr(view, "ordering_tiebreaker", None)
+        if tiebreaker and tiebreaker not in {term.lstrip("-") for term in ordering}:
+            ordering = [*ordering, tiebreaker]
+        return queryset.order_by(*ordering)
+
+
+# The backends every HOMEPOT list uses (filter set, search, ordering, in that order).
+API_FILTER_BACKENDS = [DjangoFilterBackend, StrictSearchFilter, StrictOrderingFilter]

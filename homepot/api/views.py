@@ -1,0 +1,76 @@
+"""The base viewset of the HOMEPOT API: scoped reads, writes through services."""
+
+from django.db import transaction
+from rest_framework import permissions, viewsets
+from rest_framework.exceptions import NotFound
+
+from accounts.scoping import require_site_access
+from homepot.api.filters import API_FILTER_BACKENDS
+from homepot.api.schema import HomepotAutoSchema
+
+
+class ServiceModelViewSet(viewsets.ModelViewSet):
+    """CRUD whose reads go through a selector and whose writes go through services.
+
+    Subclasses set `get_queryset` (a selector already scoped with `for_user`) and implement
+    `create_object`, `update_object`, `delete_object` (each calls one service with
+    `actor=request.user`) and `site_of` (the site an object belongs to).
+
+    Scoping, in order: an object outside the user's `view` scope is a 404 (its existence
+    is not revealed); one they may see but not `change` is a 403 before the body is read;
+    the service re-checks both sites when a write moves an object.
+    """
+
+    filter_backends = API_FILTER_BACKENDS
+    lookup_value_regex = "[^/]+"
+    schema = HomepotAutoSchema()
+
+    def create_object(self, data: dict):
+        raise NotImplementedError
+
+    def update_object(self, instance, data: dict):
+        raise NotImplementedError
+
+    def delete_object(self, instance) -> None:
+        raise NotImplementedError
+
+    def site_of(self, instance):
+        raise NotImplementedError
+
+    def get_object(self):
+        # PostgreSQL text cannot hold NUL, so such an id names nothing (and must not reach
+        # the database, which would refuse the query outright).
+        if "\x00" in self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""):
+            raise NotFound()
+        obj = super().get_object()
+        if self.request.method not in permissions.SAFE_METHODS:
+            require_site_access(self.request.user, self.site_of(obj), "change")
+        return obj
+
+    def _fresh(self, obj):
+        # Re-read through the selector so the answer carries what a GET would (annotations
+        # such as a site's device count, the related site's names).
+        return self.get_queryset().get(pk=obj.pk)
+
+    def perform_create(self, serializer):
+        serializer.instance = self._fresh(self.create_object(serializer.validated_data))
+
+    def perform_update(self, serializer):
+        serializer.instance = self._fresh(self.update_object(serializer.instance, serializer.validated_data))
+
+    def perform_destroy(self, instance):
+        self.delete_object(instance)
+
+    # One transaction per write request: the service's change, its audit row and the answer
+    # built from them succeed together or leave nothing behind.
+    @transaction.atomic
+    def create(self, request, *args, **kwargs):
+        return super().create(request, *args, **kwargs)
+
+    @transaction.atomic
+    def update(self, request, *args, **kwargs):
+        return super().update(request, *args, **kwargs)
+
+    @transaction.atomic
+    def destroy(self, request, *args, **kwargs):
+        return super().destroy(request, *args, **kwargs)

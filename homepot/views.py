@@ -1,0 +1,51 @@
+"""Site-wide plain Django views: the liveness probe and JSON error pages for API paths."""
+
+import logging
+
+from django.db import DatabaseError, connection
+from django.http import JsonResponse
+from django.views import defaults
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+
+logger = logging.getLogger(__name__)
+
+# Paths served by the API; their 404 and 500 pages use the API's JSON error shape.
+API_PATH_PREFIXES = ("/api/", "/sites", "/devices")
+
+
+@never_cache
+@require_safe
+def healthz(request):
+    """Liveness for load balancers and compose: 200 {"status": "ok"} when the process
+    answers and the database runs a trivial query, 503 otherwise. No authentication and
+    no data: it reveals nothing but "up" or "down"."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except DatabaseError:
+        logger.warning("Health check: the database did not answer", exc_info=True)
+        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+    return JsonResponse({"status": "ok"})
+
+
+def _is_api_path(request) -> bool:
+    return request.path.startswith(API_PATH_PREFIXES)
+
+
+def _error(status: int, code: str, message: str) -> JsonResponse:
+    # Mirrors homepot.api.errors.error_response for requests that never reached a DRF view.
+    return JsonResponse({"error": {"status": status, "code": code, "message": message}}, status=status)
+
+
+def not_found(request, exception=None):
+    if _is_api_path(request):
+        return _error(404, "not_found", "No such endpoint.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _is_api_path(request):
+        return _error(500, "server_error", "Something went wrong on our side; it has been logged.")
+    return defaults.server_error(request)
