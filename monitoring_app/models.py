@@ -133,19 +133,22 @@ class AuditLog(models.Model):
     objects = AuditLogQuerySet.as_manager()
 
     class Meta:
-        ordering = ["-created_at", "-id"]
+        ordering = ["-id"]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(event_type__in=AuditEvent.values), name="monitoring_audit_event_valid"
             ),
         ]
+        # The audit list pages by id (newest first; ids follow the chain); each filter it
+        # offers leads an index that ends in id.
         indexes = [
-            models.Index(fields=["-created_at", "-id"], name="monitoring_audit_created"),
-            models.Index(fields=["event_type", "-created_at"], name="monitoring_audit_event"),
-            models.Index(fields=["actor", "-created_at"], name="monitoring_audit_actor"),
-            models.Index(fields=["site", "-created_at"], name="monitoring_audit_site"),
-            models.Index(fields=["device", "-created_at"], name="monitoring_audit_device"),
-            models.Index(fields=["job", "-created_at"], name="monitoring_audit_job"),
+            models.Index(fields=["created_at"], name="monitoring_audit_created"),
+            models.Index(fields=["event_type", "-id"], name="monitoring_audit_event"),
+            models.Index(fields=["actor", "-id"], name="monitoring_audit_actor"),
+            models.Index(fields=["site", "-id"], name="monitoring_audit_site"),
+            models.Index(fields=["site_ref", "-id"], name="monitoring_audit_site_ref"),
+            models.Index(fields=["device_ref", "-id"], name="monitoring_audit_device_ref"),
+            models.Index(fields=["job", "-id"], name="monitoring_audit_job"),
         ]
 
     def __str__(self) -> str:
