@@ -1,6 +1,10 @@
 """Fixtures shared by every app's tests."""
 
+import uuid
+
 import pytest
+import redis
+from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
 from accounts.tests.factories import AdminUserFactory, UserFactory
@@ -39,3 +43,19 @@ def admin_browser(client, admin_user):
     """Django's test client logged into the admin as an admin."""
     client.force_login(admin_user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def isolated_throttle(settings):
+    """Rate-limit counters of this test only: a Redis key prefix of its own, deleted after.
+
+    Without it, tests that log in from the test client's one address would share counters
+    and trip each other's limits.
+    """
+    prefix = f"homepot:throttle:test-{uuid.uuid4().hex}:"
+    settings.HOMEPOT_ACCOUNTS_THROTTLE_KEY_PREFIX = prefix
+    client = redis.Redis.from_url(django_settings.REDIS_URL)  # before a test points it elsewhere
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)

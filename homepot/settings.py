@@ -4,6 +4,9 @@ Every knob is documented in `.env.example`. Secrets have no production default: 
 `DEBUG` off, a missing `SECRET_KEY` stops the process at start-up with a clear message.
 """
 
+import contextlib
+import os
+import re
 from pathlib import Path
 
 import environ
@@ -12,13 +15,18 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# The real environment wins over the file. HOMEPOT_ENV_FILE points elsewhere ("" reads no
+# file), so tests and containers can run without a developer's .env leaking in.
+_ENV_FILE = os.environ.get("HOMEPOT_ENV_FILE", str(BASE_DIR / ".env"))
+if _ENV_FILE:
+    environ.Env.read_env(_ENV_FILE, overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 
 # Only a development process may fall back to a throw-away key; production must set its own.
+# An empty value counts as unset, so `SECRET_KEY=` in a .env cannot slip through.
 _DEV_SECRET_KEY = "homepot-insecure-development-key-never-use-in-production"  # noqa: S105 (DEBUG only)
-SECRET_KEY = env.str("SECRET_KEY", default=_DEV_SECRET_KEY if DEBUG else "")
+SECRET_KEY = env.str("SECRET_KEY", default="") or (_DEV_SECRET_KEY if DEBUG else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured(
         "SECRET_KEY is not set. Set the SECRET_KEY environment variable (or add it to .env); "
@@ -49,6 +57,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (the admin's CSS) from gunicorn, with no web server in front.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -81,19 +91,25 @@ TEMPLATES = [
 # DATABASE_URL selects the database; the older HOMEPOT spelling DATABASE__URL is accepted too.
 # With neither, an embedded SQLite file lets a fresh machine run the demo with no server.
 SQLITE_PATH = BASE_DIR / "var" / "homepot.sqlite3"
-DATABASE_URL = env.str("DATABASE_URL", default="") or env.str("DATABASE__URL", default="")
-if DATABASE_URL:
-    DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+# Lower-case: a module variable, not a setting, so a password in it never shows on a debug page.
+_database_url = env.str("DATABASE_URL", default="") or env.str("DATABASE__URL", default="")
+# SQLAlchemy-style URLs name a driver ("postgresql+psycopg2://", "postgresql+asyncpg://",
+# "sqlite+aiosqlite://"); Django has one backend per engine (psycopg 3 for PostgreSQL), so
+# the driver part is dropped. postgres://, postgresql:// and pgsql:// all work as they are.
+_database_url = re.sub(r"^(postgres|postgresql|pgsql|sqlite)\+[\w-]+://", r"\1://", _database_url)
+if _database_url:
+    DATABASES = {"default": env.db_url_config(_database_url)}
 else:
     SQLITE_PATH.parent.mkdir(exist_ok=True)
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(SQLITE_PATH)}}
-# Old-style URLs name the driver ("postgresql+psycopg://", "postgres://"); all mean psycopg 3.
-if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql_psycopg2"}:
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql_psycopg2":
     DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("TEST", {})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# `manage.py loaddata demo` finds fixtures/demo.json here.
+FIXTURE_DIRS = [BASE_DIR / "fixtures"]
 
 # --- Users and passwords ----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -102,6 +118,8 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.BCryptPasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    # Raw bcrypt hashes carried over from the older HOMEPOT database; re-hashed on first login.
+    "accounts.hashers.LegacyBcryptPasswordHasher",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -119,7 +137,17 @@ USE_TZ = True
 
 # --- Static files -----------------------------------------------------------------------
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+# `collectstatic` copies and gzips files into STATIC_ROOT; WhiteNoise serves them from there.
+# Not the manifest variant: it would make every page fail until collectstatic has run.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# WhiteNoise warns at start-up when STATIC_ROOT is missing, as it is in a checkout until
+# collectstatic runs (runserver and the tests don't need it); an empty one is harmless.
+with contextlib.suppress(OSError):  # read-only deployments have theirs already
+    Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 # --- Request limits ---------------------------------------------------------------------
 # The API refuses bodies above this with 413 (see homepot.api.parsers); Django's own form
@@ -136,13 +164,13 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["homepot.api.parsers.BoundedJSONParser"],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.SearchFilter",
-        "rest_framework.filters.OrderingFilter",
+        "homepot.api.filters.StrictSearchFilter",
+        "homepot.api.filters.StrictOrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "homepot.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "homepot.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "homepot.api.schema.HomepotAutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
@@ -156,6 +184,21 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 HOMEPOT_API_TOKEN_TTL_DAYS = env.int("HOMEPOT_API_TOKEN_TTL_DAYS", default=30)
+
+# --- Accounts: signup and login limits (read by accounts.services and accounts.throttling) ---
+HOMEPOT_ACCOUNTS_OPEN_SIGNUP = env.bool("HOMEPOT_ACCOUNTS_OPEN_SIGNUP", default=True)
+# "<count>/<window>" (s, min, h, day; "20/15min"); empty turns that limit off.
+HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_IP = env.str("HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_IP", default="10/min")
+HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_ACCOUNT = env.str("HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_ACCOUNT", default="5/min")
+HOMEPOT_ACCOUNTS_SIGNUP_RATE_PER_IP = env.str("HOMEPOT_ACCOUNTS_SIGNUP_RATE_PER_IP", default="5/min")
+HOMEPOT_ACCOUNTS_SIGNUP_RATE_PER_ACCOUNT = env.str(
+    "HOMEPOT_ACCOUNTS_SIGNUP_RATE_PER_ACCOUNT", default="3/min"
+)
+HOMEPOT_ACCOUNTS_THROTTLE_KEY_PREFIX = env.str(
+    "HOMEPOT_ACCOUNTS_THROTTLE_KEY_PREFIX", default="homepot:throttle:"
+)
+# With Redis unreachable: keep login working unguarded (True) or answer 503 (False).
+HOMEPOT_ACCOUNTS_THROTTLE_FAIL_OPEN = env.bool("HOMEPOT_ACCOUNTS_THROTTLE_FAIL_OPEN", default=True)
 
 # --- Celery (workers arrive with the jobs issue; broker configured now) ------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -172,6 +215,18 @@ SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Opt-in, because they only make sense once TLS is in front: redirect plain HTTP to HTTPS,
+# tell browsers to insist on HTTPS, and trust the proxy's X-Forwarded-Proto header (only
+# behind a proxy that sets it, or clients could claim HTTPS).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# The liveness probe is called over plain HTTP from inside the deployment (docker-compose.yml).
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("SECURE_PROXY_SSL_HEADER", default=False) else None
+)
 
 LOGGING = {
     "version": 1,

@@ -35,3 +35,18 @@ class SiteMembershipFactory(factory.django.DjangoModelFactory):
     user = factory.SubFactory(UserFactory)
     site = factory.SubFactory("sites_app.tests.factories.SiteFactory")
     role = MembershipRole.MANAGER
+
+
+def grant_perms(user, *perms: str):
+    """Give `user` Django model permissions such as "devices_app.view_device"."""
+    from django.contrib.auth.models import Permission
+
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    # Django caches permissions on the user object; drop the cache so the grant is seen.
+    for cache in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+        user.__dict__.pop(cache, None)
+    return user

@@ -1,0 +1,76 @@
+"""Reads of the accounts app: who a login names, what a user may reach, whose tokens one sees."""
+
+from django.db.models import QuerySet
+
+from accounts.models import ApiToken, SiteMembership, User
+
+
+def _is_admin(user) -> bool:
+    return bool(user is not None and user.is_authenticated and user.is_active and user.is_superuser)
+
+
+def user_for_login(identifier: str) -> User | None:
+    """The account a login form names, by username or email, both without regard to case.
+
+    Something with an "@" is tried as an email first: usernames may contain "@" too, and this
+    order keeps another account's username from shadowing someone's email address.
+    """
+    identifier = (identifier or "").strip()
+    if not identifier:
+        return None
+    if "@" in identifier:
+        user = User.objects.filter(email__iexact=identifier).first()
+        if user is not None:
+            return user
+    return User.objects.filter(username__iexact=identifier).first()
+
+
+def login_account_key(identifier: str) -> str:
+    """What the per-account login limit counts: the account itself when the name resolves,
+    so switching between username and email does not double the allowance."""
+    user = user_for_login(identifier)
+    return f"user:{user.pk}" if user is not None else f"name:{(identifier or '').strip().lower()}"
+
+
+def user_site_access(user: User) -> dict:
+    """What `user` may reach: every site for admins, else their sites with the role on each."""
+    if _is_admin(user):
+        return {"all_sites": True, "sites": []}
+    memberships = SiteMembership.objects.filter(user=user).select_related("site").order_by("site__site_id")
+    return {
+        "all_sites": False,
+        "sites": [
+            {"id": m.site.pk, "site_id": m.site.site_id, "name": m.site.name, "role": m.role}
+            for m in memberships
+        ],
+    }
+
+
+def user_list(*, actor) -> QuerySet[User]:
+    """Every user for admins; nobody else lists users (they see themselves through /auth/me)."""
+    return User.objects.all() if _is_admin(actor) else User.objects.none()
+
+
+def membership_list(*, actor) -> QuerySet[SiteMembership]:
+    """Every membership for admins; nobody else may read who holds which role."""
+    if not _is_admin(actor):
+        return SiteMembership.objects.none()
+    return SiteMembership.objects.select_related("user", "site")
+
+
+def api_token_list(*, actor, user: User | None = None) -> QuerySet[ApiToken]:
+    """`user`'s tokens (default: the actor's own), newest first. Only admins see another
+    user's tokens; for anyone else that answer is empty."""
+    owner = user if user is not None else actor
+    if not actor.is_authenticated or (owner.pk != actor.pk and not _is_admin(actor)):
+        return ApiToken.objects.none()
+    return ApiToken.objects.filter(user=owner).order_by("-created_at", "-id")
+
+
+def api_token_for_actor(*, actor, pk) -> ApiToken:
+    """The token `pk` if `actor` owns it or is an admin; ApiToken.DoesNotExist otherwise, so
+    other people's tokens look exactly like missing ones."""
+    tokens = ApiToken.objects.select_related("user")
+    if not _is_admin(actor):
+        tokens = tokens.filter(user=actor)
+    return tokens.get(pk=pk)
