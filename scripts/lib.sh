@@ -1,0 +1,168 @@
+# shellcheck shell=bash
+# Shared by scripts/run.sh, scripts/test.sh and .ci/run; source it, don't run it.
+#
+# After sourcing, the working directory is the project root and these are available:
+#   setup_venv        create .venv if missing, install requirements.txt when it changed
+#   ensure_postgres   make sure the PostgreSQL of $DATABASE_URL answers (start a local one)
+#   ensure_redis      make sure the Redis of $REDIS_URL answers (start a local one)
+#   manage ARGS...    python manage.py ARGS... inside the venv
+#   django_run CODE   run Python code with Django set up
+#   step / note / die messages in one recognisable style
+
+HOMEPOT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$HOMEPOT_ROOT" || exit 1
+
+VENV_DIR="${VENV_DIR:-$HOMEPOT_ROOT/.venv}"
+VENV_PY="$VENV_DIR/bin/python"
+# The checksum of requirements.txt at the last successful install; a match skips pip.
+REQUIREMENTS_STAMP="$VENV_DIR/.homepot-requirements.sha256"
+
+step() { printf '\n==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() {
+    printf '\nERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+manage() { "$VENV_PY" manage.py "$@"; }
+
+# django_run CODE: run Python code with Django set up (quieter than `manage.py shell -c`).
+django_run() {
+    "$VENV_PY" -c 'import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "homepot.settings")
+import django
+django.setup()
+exec(sys.argv[1])' "$1"
+}
+
+# --- Python and the virtualenv ------------------------------------------------------------
+
+find_python() {
+    # $PYTHON wins; otherwise the first python3 on PATH. Django 5.2 needs 3.10 or newer.
+    local candidate="${PYTHON:-python3}"
+    command -v "$candidate" >/dev/null 2>&1 || die "No '$candidate' on PATH. Install Python 3.11 (or set PYTHON=/path/to/python3)."
+    "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+        die "$("$candidate" --version 2>&1) is too old; HOMEPOT needs Python 3.10 or newer (3.11 recommended)."
+    printf '%s' "$candidate"
+}
+
+requirements_checksum() {
+    "$1" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
+        requirements.txt
+}
+
+setup_venv() {
+    if ! "$VENV_PY" -c 'import sys' >/dev/null 2>&1; then
+        local python
+        python="$(find_python)"
+        step "Creating the virtualenv in ${VENV_DIR#"$HOMEPOT_ROOT"/} ($("$python" --version 2>&1))"
+        # --clear replaces a broken venv (for instance one copied from another machine).
+        "$python" -m venv --clear "$VENV_DIR" || die "Could not create a virtualenv (on Debian/Ubuntu: apt install python3-venv)."
+    fi
+    local wanted
+    wanted="$(requirements_checksum "$VENV_PY")"
+    if [ -f "$REQUIREMENTS_STAMP" ] && [ "$(cat "$REQUIREMENTS_STAMP")" = "$wanted" ]; then
+        return 0
+    fi
+    step "Installing requirements.txt into the virtualenv (first run takes a minute)"
+    local log="$VENV_DIR/pip-install.log"
+    if ! "$VENV_PY" -m pip install --disable-pip-version-check --no-input -r requirements.txt >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        die "pip could not install requirements.txt (full log: $log)."
+    fi
+    printf '%s\n' "$wanted" >"$REQUIREMENTS_STAMP"
+}
+
+# --- Services -----------------------------------------------------------------------------
+
+# "host port" of a URL, with a default port; an empty host (a Unix socket) reads as localhost.
+url_host_port() {
+    "$VENV_PY" - "$1" "$2" <<'PY'
+import sys
+from urllib.parse import urlsplit
+
+url, default_port = sys.argv[1], sys.argv[2]
+parts = urlsplit(url)
+print(parts.hostname or "127.0.0.1", parts.port or default_port)
+PY
+}
+
+is_local_host() {
+    case "$1" in
+    127.* | localhost | ::1 | "[::1]") return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+tcp_answers() {
+    "$VENV_PY" - "$1" "$2" <<'PY'
+import socket
+import sys
+
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+postgres_ready() {
+    if command -v pg_isready >/dev/null 2>&1; then
+        pg_isready -q -h "$1" -p "$2" -t 2
+    else
+        tcp_answers "$1" "$2"
+    fi
+}
+
+redis_ready() {
+    if command -v redis-cli >/dev/null 2>&1; then
+        [ "$(redis-cli -h "$1" -p "$2" ping 2>/dev/null)" = "PONG" ]
+    else
+        tcp_answers "$1" "$2"
+    fi
+}
+
+# wait_until SECONDS COMMAND...: retry COMMAND once a second until it succeeds.
+wait_until() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+
+ensure_postgres() {
+    local url="${DATABASE_URL:-${DATABASE__URL:-}}" host port
+    case "$url" in
+    postgres://* | postgresql://* | pgsql://* | postgres+* | postgresql+*) ;;
+    *) return 0 ;; # SQLite needs no server
+    esac
+    read -r host port <<<"$(url_host_port "$url" 5432)"
+    postgres_ready "$host" "$port" && return 0
+    if is_local_host "$host" && command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+        local version
+        # The newest installed major version (a directory per version).
+        version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)"
+        step "PostgreSQL is not answering on $host:$port; starting cluster $version/main"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start || note "pg_ctlcluster failed; waiting anyway"
+    fi
+    wait_until 30 postgres_ready "$host" "$port" ||
+        die "PostgreSQL is not reachable at $host:$port. Start it, or point DATABASE_URL at one."
+}
+
+ensure_redis() {
+    local url="${REDIS_URL:-redis://127.0.0.1:6379/0}" host port
+    read -r host port <<<"$(url_host_port "$url" 6379)"
+    redis_ready "$host" "$port" && return 0
+    if is_local_host "$host" && command -v redis-server >/dev/null 2>&1; then
+        step "Redis is not answering on $host:$port; starting it"
+        local dir=/var/lib/redis logfile=/var/log/redis/ci.log
+        [ -d "$dir" ] && [ -w "$dir" ] || dir="${TMPDIR:-/tmp}"
+        [ -d "$(dirname "$logfile")" ] && [ -w "$(dirname "$logfile")" ] || logfile="$dir/homepot-redis.log"
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$port" --save "" --appendonly no \
+            --dir "$dir" --logfile "$logfile" || note "redis-server failed to start; waiting anyway"
+    fi
+    wait_until 15 redis_ready "$host" "$port" ||
+        die "Redis is not reachable at $host:$port. Start it, or point REDIS_URL at one."
+}

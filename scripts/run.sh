@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# HOMEPOT in one command: virtualenv, requirements, migrations, demo data, admin account,
+# then the web server on http://127.0.0.1:${PORT:-8000}/. Safe to run again.
+#
+#   ./scripts/run.sh              set up (only what is missing) and serve
+#   ./scripts/run.sh --no-server  set up only (tests, CI, a cron job)
+#   ./scripts/run.sh --reset      empty the database and start over from the demo data
+#
+# With no DATABASE_URL (or DATABASE__URL) it runs on the SQLite file var/homepot.sqlite3, so a
+# fresh machine needs nothing but Python 3.11. Environment: PORT, DATABASE_URL,
+# HOMEPOT_ADMIN_PASSWORD, DEBUG (true here unless set); see .env.example.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+
+SERVE=true
+RESET=false
+for arg in "$@"; do
+    case "$arg" in
+    --no-server) SERVE=false ;;
+    --reset) RESET=true ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        die "Unknown option: $arg"
+        ;;
+    esac
+done
+
+PORT="${PORT:-8000}"
+BASE_URL="http://127.0.0.1:$PORT"
+# The demo is a development server: DEBUG on, so no SECRET_KEY is needed.
+export DEBUG="${DEBUG:-true}"
+
+# The processes `serve` starts, each a function proc_<name> below. Issue 4 adds
+# worker, beat and the fleet simulator: write proc_worker etc. and list them here.
+PROCESSES=(web)
+
+# --- Set-up steps (each safe to repeat) ------------------------------------------------------
+
+migrate() {
+    step "Applying database migrations"
+    manage migrate --no-input -v 0
+}
+
+reset_database() {
+    step "Emptying the database (--reset)"
+    manage flush --no-input
+}
+
+database_is_empty() {
+    # No sites and no audit rows: the demo's audit rows start the hash chain at id 1.
+    [ "$(django_run 'from sites_app.models import Site; from monitoring_app.models import AuditLog; print(Site.objects.exists() or AuditLog.objects.exists())')" = "False" ]
+}
+
+load_demo_data() {
+    # Only into an empty database: a re-run must not undo what people changed in the demo.
+    if database_is_empty; then
+        step "Loading the demo chain (fixtures/demo.json)"
+        manage loaddata demo || die "Could not load the demo data (fixtures/demo.json)."
+    else
+        step "Demo data already loaded (./scripts/run.sh --reset starts over)"
+    fi
+}
+
+ensure_admin() {
+    step "Admin account"
+    manage ensure_admin --with-token --base-url "$BASE_URL"
+}
+
+print_where_to_go() {
+    step "HOMEPOT is ready"
+    note "Operator console : $BASE_URL/admin/   (username and password above)"
+    note "API docs         : $BASE_URL/docs     (ReDoc: $BASE_URL/redoc)"
+    note "API              : $BASE_URL/sites and $BASE_URL/devices with the token above"
+    note "Database         : $(django_run 'from django.db import connection as c; print(c.vendor, c.settings_dict["NAME"])')"
+}
+
+# --- Processes ----------------------------------------------------------------------------------
+
+proc_web() {
+    # runserver serves static files itself with DEBUG on; no collectstatic needed.
+    manage runserver "0.0.0.0:$PORT"
+}
+
+PIDS=()
+NAMES=()
+
+stop_processes() {
+    trap - EXIT INT TERM
+    local pid
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        # Each process leads its own group (set -m), so this also stops runserver's reloader child.
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+
+serve() {
+    step "Starting ${PROCESSES[*]} (Ctrl-C stops everything)"
+    set -m # job control: every process gets its own process group
+    trap stop_processes EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    local name
+    for name in "${PROCESSES[@]}"; do
+        "proc_$name" &
+        PIDS+=("$!")
+        NAMES+=("$name")
+    done
+    set +m
+    # Run until any process ends (then stop the others) or we are interrupted.
+    while true; do
+        local i
+        for i in "${!PIDS[@]}"; do
+            if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+                wait "${PIDS[$i]}" && rc=0 || rc=$?
+                printf '\n%s exited (status %s); stopping the others.\n' "${NAMES[$i]}" "$rc" >&2
+                exit "$rc"
+            fi
+        done
+        sleep 1
+    done
+}
+
+# --- Main ---------------------------------------------------------------------------------------
+
+setup_venv
+migrate
+if "$RESET"; then
+    reset_database
+fi
+load_demo_data
+ensure_admin
+print_where_to_go
+if "$SERVE"; then
+    serve
+fi
