@@ -49,3 +49,11 @@ def require_site_access(user, site, action: str = "change") -> None:
         return
     if not Site.objects.for_user(user, action).filter(pk=site.pk).exists():
         raise PermissionDenied(f"You may not {action} site {site.site_id}.")
+
+
+def require_admin(user, what: str) -> None:
+    """Refuse (PermissionDenied) unless `user` is an admin; `user=None` is the system."""
+    from django.core.exceptions import PermissionDenied
+
+    if user is not None and not user.is_superuser:
+        raise PermissionDenied(f"Only administrators may {what}.")

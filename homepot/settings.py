@@ -113,6 +113,11 @@ FIXTURE_DIRS = [BASE_DIR / "fixtures"]
 
 # --- Users and passwords ----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    # What a site role allows (view/change devices, jobs, ...); accounts.backends.
+    "accounts.backends.SiteRolePermissionBackend",
+]
 # bcrypt with cost 12 (Django's BCryptSHA256 default), as the HOMEPOT guide specifies.
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",

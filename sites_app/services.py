@@ -2,7 +2,7 @@
 
 from django.db import transaction
 
-from accounts.scoping import require_site_access
+from accounts.scoping import require_admin
 from homepot.errors import Conflict
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, changes, snapshot
@@ -17,10 +17,7 @@ def site_create(*, actor, site_id: str, name: str, **fields) -> Site:
 
     Raises ValidationError for bad or duplicate values. Not idempotent.
     """
-    if actor is not None and not actor.is_superuser:
-        from django.core.exceptions import PermissionDenied
-
-        raise PermissionDenied("Only administrators may create sites.")
+    require_admin(actor, "create sites")
     site = Site(site_id=site_id, name=name, **fields)
     site.full_clean()
     site.save()
@@ -36,11 +33,12 @@ def site_create(*, actor, site_id: str, name: str, **fields) -> Site:
 
 @transaction.atomic
 def site_update(*, actor, site: Site, **fields) -> Site:
-    """Change the given fields of `site`; audited as site.updated with only what changed.
+    """Change the given fields of `site`; only admins may (site managers run the site's
+    devices and jobs, not the site record). Audited as site.updated with only what changed.
 
     A repeat with the same values changes nothing and records nothing.
     """
-    require_site_access(actor, site, "change")
+    require_admin(actor, "change sites")
     site = Site.objects.select_for_update().get(pk=site.pk)
     before = snapshot(site, AUDITED_FIELDS)
     for name, value in fields.items():
@@ -64,10 +62,7 @@ def site_update(*, actor, site: Site, **fields) -> Site:
 def site_delete(*, actor, site: Site) -> None:
     """Delete a site with no devices (Conflict otherwise) and its jobs; audited as
     site.deleted. The audit history of the site is kept."""
-    if actor is not None and not actor.is_superuser:
-        from django.core.exceptions import PermissionDenied
-
-        raise PermissionDenied("Only administrators may delete sites.")
+    require_admin(actor, "delete sites")
     site = Site.objects.select_for_update().get(pk=site.pk)
     device_count = site.devices.count()
     if device_count:

@@ -54,16 +54,27 @@ def test_login_page_is_branded_too(client):
     assert "Django administration" not in response.text
 
 
-def test_a_site_manager_sees_only_the_apps_they_hold_permissions_for(client):
+def test_a_site_manager_sees_the_store_apps_their_role_grants_but_not_accounts(client):
     user = UserFactory(is_staff=True)
-    grant_perms(user, "devices_app.view_device", "accounts.view_user")
+    grant_perms(user, "accounts.view_user")
     SiteMembershipFactory(user=user, role=MembershipRole.MANAGER)
     client.force_login(user)
 
     response = client.get(INDEX)
 
-    # Users are for superusers only, whatever Django permissions say.
-    assert [app["app_label"] for app in response.context["app_list"]] == ["devices_app"]
+    # The role grants the store apps; users are for superusers only, whatever Django
+    # permissions say.
+    assert [app["app_label"] for app in response.context["app_list"]] == [
+        "sites_app",
+        "devices_app",
+        "jobs_app",
+        "monitoring_app",
+    ]
+
+
+def test_a_staff_user_without_any_site_sees_no_apps(client):
+    client.force_login(UserFactory(is_staff=True))
+    assert client.get(INDEX).context["app_list"] == []
 
 
 def test_a_non_staff_user_is_sent_to_the_login_page(client):

@@ -12,6 +12,7 @@ from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_p
 from jobs_app.choices import JobStatus
 from jobs_app.models import Job
 from jobs_app.tests.factories import JobFactory
+from monitoring_app.models import AuditLog
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -106,21 +107,56 @@ def test_adding_a_job_records_who_created_it(admin_browser, admin_user):
     assert job.payload == {"gateway_url": "https://payments-v2.example.com"}
 
 
-def test_completion_before_start_is_a_form_error_not_a_500(admin_browser):
-    data = form_data(
-        SiteFactory(),
-        status="completed",
-        started_at_0="2025-01-02",
-        started_at_1="10:00:00",
-        completed_at_0="2025-01-01",
-        completed_at_1="10:00:00",
+def test_adding_a_job_writes_one_audit_row_and_queues_it(admin_browser, admin_user):
+    site = SiteFactory()
+
+    admin_browser.post(ADD, form_data(site, status="completed"))  # progress is not typed in
+
+    job = Job.objects.get()
+    assert job.status == JobStatus.QUEUED
+    log = AuditLog.objects.get()
+    assert (log.event_type, log.actor, log.job_id, log.site_ref) == (
+        "job.created",
+        admin_user,
+        job.pk,
+        site.site_id,
     )
 
-    response = admin_browser.post(ADD, data)
 
-    assert response.status_code == 200
-    assert response.context["adminform"].form.errors
-    assert not Job.objects.exists()
+def test_the_payload_of_a_job_already_sent_cannot_be_edited(admin_browser):
+    job = JobFactory(status=JobStatus.SENT, payload={"gateway_url": "https://old.example.com"})
+
+    response = admin_browser.post(
+        change_url(job),
+        form_data(job.site, payload=json.dumps({"gateway_url": "https://new.example.com"})),
+        follow=True,
+    )
+
+    assert "can no longer change" in response.content.decode()
+    job.refresh_from_db()
+    assert job.payload == {"gateway_url": "https://old.example.com"}
+    assert not AuditLog.objects.exists()
+
+
+def test_cancel_action_cancels_unfinished_jobs_and_reports_finished_ones(admin_browser):
+    queued, done = JobFactory(status=JobStatus.QUEUED), JobFactory(status=JobStatus.COMPLETED)
+
+    response = admin_browser.post(
+        CHANGELIST, {"action": "cancel_jobs", "_selected_action": [queued.pk, done.pk]}, follow=True
+    )
+
+    page = response.content.decode()
+    assert "Cancelled 1 job(s)." in page and "already completed" in page
+    queued.refresh_from_db()
+    done.refresh_from_db()
+    assert (queued.status, done.status) == (JobStatus.CANCELLED, JobStatus.COMPLETED)
+    assert list(AuditLog.objects.values_list("event_type", flat=True)) == ["job.cancelled"]
+
+
+def test_jobs_cannot_be_deleted(admin_browser):
+    job = JobFactory()
+    assert admin_browser.get(reverse("admin:jobs_app_job_delete", args=[job.pk])).status_code == 403
+    assert Job.objects.filter(pk=job.pk).exists()
 
 
 def test_a_site_manager_sees_and_targets_only_their_site(client):

@@ -43,7 +43,8 @@ def form_data(**overrides):
     return data
 
 
-def staff_user(*, site, role=MembershipRole.MANAGER, perms=("view_site", "change_site")):
+def staff_user(*, site, role=MembershipRole.MANAGER, perms=()):
+    """A store's staff member: the role alone decides their permissions unless `perms` adds some."""
     user = UserFactory(is_staff=True)
     grant_perms(user, *(f"sites_app.{perm}" for perm in perms))
     SiteMembershipFactory(user=user, site=site, role=role)
@@ -230,23 +231,36 @@ def test_a_service_refusal_while_deleting_becomes_a_message_not_a_500(admin_brow
 # --- Scoping ------------------------------------------------------------------------------------
 
 
-def test_a_site_manager_sees_and_edits_only_their_site_and_cannot_add_or_delete(client):
-    mine, other = SiteFactory(site_id="site-123"), SiteFactory(site_id="site-456")
-    client.force_login(staff_user(site=mine, perms=("view_site", "change_site", "add_site", "delete_site")))
+def test_a_site_manager_sees_only_their_site_read_only(client):
+    mine, other = SiteFactory(site_id="site-123", name="Harbour"), SiteFactory(site_id="site-456")
+    client.force_login(staff_user(site=mine))
 
     listed = client.get(CHANGELIST)
     others_page = client.get(change_url(other))
-    add_page = client.get(ADD)
+    own_page = client.get(change_url(mine))
     response = client.post(change_url(mine), form_data(site_id="site-123", name="Renamed"))
 
     assert [s.pk for s in listed.context["cl"].result_list] == [mine.pk]
     assert others_page.status_code == 302  # "does not exist" for rows out of scope
-    assert add_page.status_code == 403
+    assert own_page.context["has_change_permission"] is False  # the site record is head office's
+    assert client.get(ADD).status_code == 403
     assert client.get(delete_url(mine)).status_code == 403
-    assert response.status_code == 302
+    assert response.status_code == 403
     mine.refresh_from_db()
-    assert mine.name == "Renamed"
-    assert AuditLog.objects.get().event_type == AuditEvent.SITE_UPDATED
+    assert mine.name == "Harbour"
+    assert not AuditLog.objects.exists()
+
+
+def test_a_manager_given_change_site_by_hand_is_still_refused_by_the_service(client):
+    mine = SiteFactory(site_id="site-123", name="Harbour")
+    client.force_login(staff_user(site=mine, perms=("change_site",)))
+
+    response = client.post(change_url(mine), form_data(site_id="site-123", name="Renamed"), follow=True)
+
+    assert "Only administrators may change sites." in response.content.decode()
+    mine.refresh_from_db()
+    assert mine.name == "Harbour"
+    assert not AuditLog.objects.exists()
 
 
 def test_a_site_viewer_gets_a_read_only_page_and_cannot_post(client):
