@@ -15,7 +15,8 @@ def scoped_site_ids(user, action: str = "view"):
     """A subquery of the site ids `user` may act on; `None` means "every site" (admins)."""
     from accounts.models import SiteMembership
 
-    if user is None or not user.is_authenticated or not user.is_active:
+    if user is None or not user.is_authenticated or not user.is_active or getattr(user, "is_device", False):
+        # Devices act only on themselves, through the agent endpoints, never through scopes.
         return SiteMembership.objects.none().values("site_id")
     if user.is_superuser:
         return None

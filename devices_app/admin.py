@@ -1,13 +1,20 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter
 from django.db.models import Count
 from django.utils.html import format_html
 
 from devices_app.models import Device
-from devices_app.services import device_create, device_delete, device_update
+from devices_app.services import (
+    device_create,
+    device_credential_issue,
+    device_credential_revoke,
+    device_delete,
+    device_update,
+)
 from homepot.admin import (
     EstimatedCountPaginator,
     ScopedAdminMixin,
+    ServiceRefused,
     SiteListFilter,
     admin_changelist_url,
     adopt_saved,
@@ -19,9 +26,13 @@ from homepot.admin import (
 )
 from monitoring_app.models import HealthCheck
 
+# Each rotated secret is shown once in a message; more than this is not something to copy.
+ROTATE_AT_ONCE = 50
+
 
 @admin.register(Device)
 class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    actions = ("rotate_credentials", "revoke_credentials")
     list_display = (
         "device_id",
         "name",
@@ -79,7 +90,42 @@ class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
             saved = run_service(device_update, actor=request.user, device=stored, **fields)
         else:
             saved = run_service(device_create, actor=request.user, **model_field_values(form, obj))
+            self._show_secret(request, saved, saved.issued_secret)
         adopt_saved(obj, saved)
+
+    def _show_secret(self, request, device, secret):
+        self.message_user(
+            request,
+            f"Credential of {device.device_id}: {secret} — configure the device with it now: "
+            "it is stored only as a hash and will not be shown again.",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Issue new credentials (the old ones stop working)", permissions=["change"])
+    def rotate_credentials(self, request, queryset):
+        if queryset.count() > ROTATE_AT_ONCE:
+            self.message_user(
+                request,
+                f"Select at most {ROTATE_AT_ONCE} devices: each new secret is shown once and must be copied.",
+                messages.ERROR,
+            )
+            return
+        for device in queryset.select_related("site"):
+            try:
+                _, secret = run_service(device_credential_issue, actor=request.user, device=device)
+                self._show_secret(request, device, secret)
+            except ServiceRefused as exc:
+                self.message_user(request, f"{device}: {exc}", messages.ERROR)
+
+    @admin.action(description="Revoke credentials (the devices are locked out)", permissions=["change"])
+    def revoke_credentials(self, request, queryset):
+        revoked = 0
+        for device in queryset.select_related("site"):
+            try:
+                revoked += run_service(device_credential_revoke, actor=request.user, device=device)
+            except ServiceRefused as exc:
+                self.message_user(request, f"{device}: {exc}", messages.ERROR)
+        self.message_user(request, f"Revoked {revoked} credential(s).", messages.SUCCESS)
 
     def delete_model(self, request, obj):
         run_service(device_delete, actor=request.user, device=obj)

@@ -1,4 +1,8 @@
+import hashlib
+
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from accounts.scoping import ScopedQuerySet
 from devices_app.choices import DeviceStatus, DeviceType
@@ -68,3 +72,38 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.device_id})"
+
+
+class DeviceCredential(models.Model):
+    """The secret a device authenticates with as itself. Only its SHA-256 is stored.
+
+    A device has at most one usable credential: issuing a new one revokes the old. The
+    secret is high-entropy, so an indexed hash lookup is safe (no per-request bcrypt).
+    """
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="credentials")
+    key_prefix = models.CharField(max_length=12, help_text="First characters, to recognise a credential.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="devices_one_active_credential",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… ({self.device_id})"
+
+    @staticmethod
+    def hash_key(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()

@@ -1,9 +1,13 @@
 """Writes of the devices app. Every change is validated, scoped and audited in one transaction."""
 
+import datetime
+import secrets
+
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.scoping import require_site_access
-from devices_app.models import Device
+from devices_app.models import Device, DeviceCredential
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, changes, snapshot
 from sites_app.models import Site
@@ -23,19 +27,23 @@ AUDITED_FIELDS = (
 
 @transaction.atomic
 def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> Device:
-    """Register a device at `site` (the actor must be allowed to change that site).
+    """Register a device at `site` (the actor must be allowed to change that site) and
+    issue its credential.
 
+    The credential's secret is returned once, on the instance, as `device.issued_secret`.
     Audited as device.created. Raises ValidationError for bad or duplicate values.
     """
     require_site_access(actor, site, "change")
     device = Device(site=site, device_id=device_id, name=name, **fields)
     device.full_clean()
     device.save()
+    credential, device.issued_secret = _new_credential(actor=actor, device=device)
     audit_record(
         event_type=AuditEvent.DEVICE_CREATED,
         actor=actor,
         device=device,
-        description=f"Device {device.device_id} registered at {site.site_id}",
+        description=f"Device {device.device_id} registered at {site.site_id} "
+        f"with credential {credential.key_prefix}…",
         new_values=snapshot(device, AUDITED_FIELDS),
     )
     return device
@@ -83,3 +91,78 @@ def device_delete(*, actor, device: Device) -> None:
         old_values=snapshot(device, AUDITED_FIELDS),
     )
     device.delete()
+
+
+CREDENTIAL_PREFIX = "hpd_"  # noqa: S105 (a public marker, not a secret)
+
+
+@transaction.atomic
+def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential, str]:
+    """Issue a new credential for `device`, revoking any it had, and return it with its
+    secret (shown only now). Audited as device.credential_issued. Each call rotates."""
+    require_site_access(actor, device.site, "change")
+    Device.objects.select_for_update().filter(pk=device.pk).first()  # one rotation at a time
+    revoked = _revoke_active(device)
+    credential, raw_key = _new_credential(actor=actor, device=device)
+    audit_record(
+        event_type=AuditEvent.DEVICE_CREDENTIAL_ISSUED,
+        actor=actor,
+        device=device,
+        description=f"Credential {credential.key_prefix}… issued to {device.device_id}"
+        + (" (the previous one is revoked)" if revoked else ""),
+        new_values={"key_prefix": credential.key_prefix},
+    )
+    return credential, raw_key
+
+
+@transaction.atomic
+def device_credential_revoke(*, actor, device: Device) -> int:
+    """Revoke the device's credential, so it can no longer authenticate until a new one is
+    issued. Returns how many were revoked (0 on a repeat, which records nothing)."""
+    require_site_access(actor, device.site, "change")
+    revoked = _revoke_active(device)
+    if revoked:
+        audit_record(
+            event_type=AuditEvent.DEVICE_CREDENTIAL_REVOKED,
+            actor=actor,
+            device=device,
+            description=f"Credential of {device.device_id} revoked",
+        )
+    return revoked
+
+
+def _new_credential(*, actor, device: Device) -> tuple[DeviceCredential, str]:
+    raw_key = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    credential = DeviceCredential.objects.create(
+        device=device,
+        key_prefix=raw_key[:12],
+        key_hash=DeviceCredential.hash_key(raw_key),
+        created_by=actor if getattr(actor, "pk", None) else None,
+    )
+    return credential, raw_key
+
+
+def _revoke_active(device: Device) -> int:
+    return DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
+def device_credential_authenticate(raw_key: str) -> DeviceCredential | None:
+    """The usable credential behind `raw_key`, with its device and site, or None.
+
+    One indexed lookup per request; use is recorded at most once a minute.
+    """
+    if not raw_key.startswith(CREDENTIAL_PREFIX):
+        return None
+    credential = (
+        DeviceCredential.objects.select_related("device__site")
+        .filter(key_hash=DeviceCredential.hash_key(raw_key), revoked_at__isnull=True)
+        .first()
+    )
+    if credential is None:
+        return None
+    now = timezone.now()
+    if credential.last_used_at is None or now - credential.last_used_at > datetime.timedelta(minutes=1):
+        DeviceCredential.objects.filter(pk=credential.pk).update(last_used_at=now)
+    return credential

@@ -17,6 +17,8 @@ urlpatterns = [
     re_path(r"^docs/?$", SwaggerView.as_view(), name="swagger-ui"),
     re_path(r"^redoc/?$", RedocView.as_view(), name="redoc"),
     path("api/v1/", include("accounts.api.urls")),
+    # Devices calling in as themselves (Authorization: Device <credential>).
+    path("api/v1/agent/", include("devices_app.api.agent_urls")),
     path("api/v1/", include("monitoring_app.api.urls")),
     path("api/v1/", include((api_urls.v1_urlpatterns, "api"), namespace="api-v1")),
     path("", include((api_urls.urlpatterns, "api"), namespace="api")),

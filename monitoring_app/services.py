@@ -59,11 +59,15 @@ def audit_record(
         site = device.site
     if job is not None and site is None:
         site = job.site
-    actor = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    # A device acting as itself is named, but only users are linked as actors.
+    actor_ref = (
+        actor.get_username() if actor is not None and getattr(actor, "is_authenticated", False) else ""
+    )
+    actor = actor if actor_ref and not getattr(actor, "is_device", False) else None
     entry = AuditLog(
         event_type=AuditEvent(event_type),
         actor=actor,
-        actor_ref=actor.get_username() if actor else "",
+        actor_ref=actor_ref,
         site=site,
         site_ref=site.site_id if site else "",
         device=device,

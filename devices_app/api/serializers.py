@@ -67,6 +67,25 @@ def _check_json_value(value) -> None:
             raise serializers.ValidationError("Numbers in config must be finite.")
 
 
+class DeviceCredentialSerializer(serializers.Serializer):
+    """A device's credential, as issued: the secret appears here once and never again."""
+
+    device_id = serializers.CharField(read_only=True)
+    key_prefix = serializers.CharField(read_only=True)
+    credential = serializers.CharField(
+        read_only=True, help_text="Send as `Authorization: Device <credential>`. Shown only now."
+    )
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class RegisteredDeviceSerializer(serializers.Serializer):
+    credential = serializers.CharField(
+        read_only=True,
+        help_text="Only in the answer to POST: the device's credential, shown once "
+        "(send as `Authorization: Device <credential>`).",
+    )
+
+
 class DeviceSerializer(StrictModelSerializer):
     """A device as the API shows and accepts it.
 

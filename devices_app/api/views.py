@@ -1,7 +1,11 @@
+from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import status
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from devices_app import services
-from devices_app.api.serializers import DeviceSerializer
+from devices_app.api.serializers import DeviceCredentialSerializer, DeviceSerializer
 from devices_app.filters import DeviceFilterSet
 from devices_app.selectors import device_list
 from homepot.api.pagination import CursorPagination
@@ -17,7 +21,8 @@ from homepot.api.views import ServiceModelViewSet
     retrieve=extend_schema(summary="Get a device by its device_id"),
     create=extend_schema(
         summary="Register a device",
-        description="`site_id` is the site's internal id (as returned by POST /sites) or its business id.",
+        description="`site_id` is the site's internal id (as returned by POST /sites) or its business id. "
+        "The answer carries the device's `credential`, shown only this once.",
     ),
     update=extend_schema(summary="Replace a device's fields"),
     partial_update=extend_schema(summary="Change some of a device's fields (or move it to another site)"),
@@ -45,6 +50,41 @@ class DeviceViewSet(ServiceModelViewSet):
 
     def create_object(self, data):
         return services.device_create(actor=self.request.user, **data)
+
+    def perform_create(self, serializer):
+        created = self.create_object(serializer.validated_data)
+        serializer.instance = self._fresh(created)
+        self._issued_secret = created.issued_secret
+
+    def create(self, request, *args, **kwargs):
+        response = super().create(request, *args, **kwargs)
+        response.data["credential"] = self._issued_secret
+        return response
+
+    @extend_schema(
+        methods=["POST"],
+        summary="Issue a new credential for a device (the old one stops working)",
+        request=None,
+        responses={201: DeviceCredentialSerializer},
+    )
+    @extend_schema(
+        methods=["DELETE"], summary="Revoke a device's credential", request=None, responses={204: None}
+    )
+    @action(detail=True, methods=["post", "delete"])
+    @transaction.atomic
+    def credential(self, request, device_id=None):
+        device = self.get_object()
+        if request.method == "DELETE":
+            services.device_credential_revoke(actor=request.user, device=device)
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        issued, raw_key = services.device_credential_issue(actor=request.user, device=device)
+        body = {
+            "device_id": device.device_id,
+            "key_prefix": issued.key_prefix,
+            "credential": raw_key,
+            "created_at": issued.created_at,
+        }
+        return Response(DeviceCredentialSerializer(body).data, status=status.HTTP_201_CREATED)
 
     def update_object(self, instance, data):
         return services.device_update(actor=self.request.user, device=instance, **data)

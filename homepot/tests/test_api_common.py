@@ -207,7 +207,13 @@ def test_schema_is_public_and_valid_openapi(schema):
 def test_schema_documents_the_guides_paths_once(schema):
     assert {"/sites", "/sites/{site_id}", "/devices", "/devices/{device_id}"} <= set(schema["paths"])
     resources = [path for path in schema["paths"] if re.search(r"/(sites|devices)\b", path)]
-    assert sorted(resources) == ["/devices", "/devices/{device_id}", "/sites", "/sites/{site_id}"]
+    assert sorted(resources) == [
+        "/devices",
+        "/devices/{device_id}",
+        "/devices/{device_id}/credential",
+        "/sites",
+        "/sites/{site_id}",
+    ]
     assert set(schema["paths"]["/sites"]) == {"get", "post"}
     assert set(schema["paths"]["/devices/{device_id}"]) == {"get", "put", "patch", "delete"}
 
