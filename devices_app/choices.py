@@ -17,3 +17,10 @@ class DeviceStatus(models.TextChoices):
     MAINTENANCE = "maintenance", "Maintenance"
     ERROR = "error", "Error"
     UNKNOWN = "unknown", "Unknown"
+
+
+class PushChannel(models.TextChoices):
+    """How work reaches the device: it polls the agent API, or it listens on MQTT."""
+
+    POLL = "poll", "HTTP poll"
+    MQTT = "mqtt", "MQTT"

@@ -5,7 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.scoping import ScopedQuerySet
-from devices_app.choices import DeviceStatus, DeviceType
+from devices_app.choices import DeviceStatus, DeviceType, PushChannel
 from devices_app.fields import MACAddressField
 from sites_app.validators import business_id_validator
 
@@ -39,6 +39,13 @@ class Device(models.Model):
     )
     firmware_version = models.CharField(max_length=64, blank=True)
     config = models.JSONField(default=dict, blank=True)
+    push_channel = models.CharField(
+        max_length=8,
+        choices=PushChannel.choices,
+        default=PushChannel.POLL,
+        db_default=PushChannel.POLL,  # also for set-based inserts that name no value
+        help_text="How jobs reach the device: it polls the agent API (works behind NAT) or listens on MQTT.",
+    )
     last_seen = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -53,6 +60,9 @@ class Device(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(status__in=DeviceStatus.values), name="devices_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(push_channel__in=PushChannel.values), name="devices_push_channel_valid"
             ),
             models.UniqueConstraint(
                 fields=["mac_address"],

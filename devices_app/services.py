@@ -22,6 +22,7 @@ AUDITED_FIELDS = (
     "mac_address",
     "firmware_version",
     "config",
+    "push_channel",
 )
 
 

@@ -124,6 +124,7 @@ class DeviceSerializer(StrictModelSerializer):
             "mac_address",
             "firmware_version",
             "config",
+            "push_channel",
             "last_seen",
             "created_at",
             "updated_at",
