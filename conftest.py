@@ -29,13 +29,9 @@ def api_client():
 @pytest.fixture
 def admin_api(admin_user):
     """An API client authenticated as an admin with a real bearer token."""
-    from accounts.services import api_token_issue
+    from homepot.tests.api_helpers import token_client
 
-    _, raw = api_token_issue(user=admin_user, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    client.user = admin_user
-    return client
+    return token_client(admin_user)
 
 
 @pytest.fixture

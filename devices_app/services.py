@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts.scoping import require_site_access
 from devices_app.models import Device, DeviceCredential
 from monitoring_app.choices import AuditEvent
-from monitoring_app.services import audit_record, changes, snapshot
+from monitoring_app.services import audit_record, snapshot, update_audited
 from sites_app.models import Site
 
 AUDITED_FIELDS = (
@@ -62,21 +62,15 @@ def device_update(*, actor, device: Device, **fields) -> Device:
     new_site = fields.get("site")
     if new_site is not None and new_site.pk != device.site_id:
         require_site_access(actor, new_site, "change")
-    before = snapshot(device, AUDITED_FIELDS)
-    for name, value in fields.items():
-        setattr(device, name, value)
-    device.full_clean()
-    old, new = changes(before, snapshot(device, AUDITED_FIELDS))
-    if new:
-        device.save()
-        audit_record(
-            event_type=AuditEvent.DEVICE_UPDATED,
-            actor=actor,
-            device=device,
-            description=f"Device {device.device_id} updated: {', '.join(new)}",
-            old_values=old,
-            new_values=new,
-        )
+    update_audited(
+        device,
+        fields,
+        audited_fields=AUDITED_FIELDS,
+        event_type=AuditEvent.DEVICE_UPDATED,
+        actor=actor,
+        description=f"Device {device.device_id} updated",
+        device=device,
+    )
     return device
 
 

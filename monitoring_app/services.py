@@ -37,6 +37,40 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, An
     return {n: before.get(n) for n in changed}, {n: after[n] for n in changed}
 
 
+def update_audited(
+    instance: models.Model,
+    fields: dict[str, Any],
+    *,
+    audited_fields: tuple[str, ...],
+    event_type: AuditEvent | str,
+    actor,
+    description: str,
+    **links,
+) -> dict[str, Any]:
+    """Set `fields` on `instance`, validate, and save with one audit row naming only what
+    changed (`description` is followed by the changed field names). Returns the new values
+    of what changed; a repeat with the same values saves and records nothing.
+
+    Call inside the caller's transaction, on a row it has locked.
+    """
+    before = snapshot(instance, audited_fields)
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    instance.full_clean()
+    old, new = changes(before, snapshot(instance, audited_fields))
+    if new:
+        instance.save()
+        audit_record(
+            event_type=event_type,
+            actor=actor,
+            description=f"{description}: {', '.join(new)}",
+            old_values=old,
+            new_values=new,
+            **links,
+        )
+    return new
+
+
 def audit_record(
     *,
     event_type: AuditEvent | str,

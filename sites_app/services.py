@@ -5,7 +5,7 @@ from django.db import transaction
 from accounts.scoping import require_admin
 from homepot.errors import Conflict
 from monitoring_app.choices import AuditEvent
-from monitoring_app.services import audit_record, changes, snapshot
+from monitoring_app.services import audit_record, snapshot, update_audited
 from sites_app.models import Site
 
 AUDITED_FIELDS = ("site_id", "name", "description", "location", "region", "timezone", "is_active")
@@ -40,21 +40,15 @@ def site_update(*, actor, site: Site, **fields) -> Site:
     """
     require_admin(actor, "change sites")
     site = Site.objects.select_for_update().get(pk=site.pk)
-    before = snapshot(site, AUDITED_FIELDS)
-    for name, value in fields.items():
-        setattr(site, name, value)
-    site.full_clean()
-    old, new = changes(before, snapshot(site, AUDITED_FIELDS))
-    if new:
-        site.save()
-        audit_record(
-            event_type=AuditEvent.SITE_UPDATED,
-            actor=actor,
-            site=site,
-            description=f"Site {site.site_id} updated: {', '.join(new)}",
-            old_values=old,
-            new_values=new,
-        )
+    update_audited(
+        site,
+        fields,
+        audited_fields=AUDITED_FIELDS,
+        event_type=AuditEvent.SITE_UPDATED,
+        actor=actor,
+        description=f"Site {site.site_id} updated",
+        site=site,
+    )
     return site
 
 

@@ -1,16 +1,13 @@
 """What the accounts API accepts and shows. Rules live in accounts.services; these only
 check shapes and types (a wrong JSON type is a 400 naming the field, never a guess)."""
 
-from drf_spectacular.extensions import OpenApiSerializerFieldExtension
-from drf_spectacular.plumbing import build_basic_type
-from drf_spectacular.types import OpenApiTypes
 from rest_framework import serializers
 
 from accounts.choices import MembershipRole
 from accounts.models import ApiToken, SiteMembership, User
 from homepot.api.fields import StrictBooleanField, StrictCharField
 from homepot.api.serializers import StrictModelSerializer
-from sites_app.selectors import site_for_reference
+from sites_app.api.fields import SiteReferenceField
 
 
 class TextField(StrictCharField):
@@ -192,41 +189,11 @@ class UserWriteSerializer(serializers.Serializer):
 # --- memberships -----------------------------------------------------------------------
 
 
-class SiteRefField(serializers.Field):
-    """A site by its internal id (3) or business id ("site-003"); shown as the internal id."""
-
-    default_error_messages = {
-        "invalid": "Give the site's internal id (a number) or its site_id (a string).",
-        "unknown": "Unknown site {reference!r}.",
-    }
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, (int, str)):
-            self.fail("invalid")
-        request = self.context.get("request")
-        site = site_for_reference(user=getattr(request, "user", None), reference=data, action="view")
-        if site is None:
-            self.fail("unknown", reference=data)
-        return site
-
-    def to_representation(self, value):
-        return value.pk
-
-
-class SiteRefFieldSchema(OpenApiSerializerFieldExtension):
-    target_class = SiteRefField
-
-    def map_serializer_field(self, auto_schema, direction):
-        if direction == "response":
-            return build_basic_type(OpenApiTypes.INT)
-        return {"oneOf": [build_basic_type(OpenApiTypes.INT), build_basic_type(OpenApiTypes.STR)]}
-
-
 class MembershipSerializer(StrictModelSerializer):
     """A user's role on a site. `site` may be given as internal id or business id."""
 
     user = serializers.PrimaryKeyRelatedField(queryset=User.objects.all())
-    site = SiteRefField()
+    site = SiteReferenceField(scope_action="view")  # memberships are granted by admins
     username = serializers.CharField(source="user.username", read_only=True)
     site_id = serializers.CharField(source="site.site_id", read_only=True)
     site_name = serializers.CharField(source="site.name", read_only=True)

@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 from accounts.choices import MembershipRole
 from accounts.models import ApiToken, SiteMembership, User
 from accounts.tests.factories import SiteMembershipFactory, UserFactory
+from homepot.tests.api_helpers import bearer
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 from sites_app.tests.factories import SiteFactory
@@ -19,12 +20,6 @@ LOGIN = "/api/v1/auth/login"
 LOGOUT = "/api/v1/auth/logout"
 ME = "/api/v1/auth/me"
 PASSWORD = "correct-horse-battery"  # what UserFactory sets
-
-
-def bearer(raw_key: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-    return client
 
 
 def audit_rows(event_type):

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from accounts.models import ApiToken
 from accounts.services import api_token_issue
 from accounts.tests.factories import UserFactory
+from homepot.tests.api_helpers import bearer
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 
@@ -16,12 +17,6 @@ pytestmark = pytest.mark.django_db
 
 TOKENS = "/api/v1/auth/tokens"
 ME = "/api/v1/auth/me"
-
-
-def bearer(raw_key: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-    return client
 
 
 @pytest.fixture

@@ -16,22 +16,13 @@ from rest_framework.test import APIClient
 from accounts.services import api_token_issue
 from homepot import views
 from homepot.api.parsers import BoundedJSONParser, PayloadTooLarge
+from homepot.tests.api_helpers import assert_error
 from sites_app.models import Site
 
 pytestmark = pytest.mark.django_db
 
 SITE = {"site_id": "site-003", "name": "North Branch"}
 EXTERNAL = ("cdn.", "jsdelivr", "unpkg", "googleapis", "gstatic", "cloudflare")
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["status"] == status and error["message"]
-    if code:
-        assert error["code"] == code
-    return error
 
 
 # --- Authentication ----------------------------------------------------------------------------
@@ -83,18 +74,18 @@ def test_malformed_json_is_a_400(admin_api):
     assert_error(
         admin_api.post("/sites", '{"site_id": "site-003",', content_type="application/json"),
         400,
-        "parse_error",
+        code="parse_error",
     )
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(admin_api):
     body = '{"site_id": "site-003", "name": "x", "description": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    assert_error(admin_api.post("/sites", body, content_type="application/json"), 400, "parse_error")
+    assert_error(admin_api.post("/sites", body, content_type="application/json"), 400, code="parse_error")
 
 
 def test_nan_is_not_json(admin_api):
     body = '{"site_id": "site-003", "name": NaN}'
-    assert_error(admin_api.post("/sites", body, content_type="application/json"), 400, "parse_error")
+    assert_error(admin_api.post("/sites", body, content_type="application/json"), 400, code="parse_error")
 
 
 def test_form_bodies_are_415(admin_api):
@@ -105,7 +96,7 @@ def test_form_bodies_are_415(admin_api):
 
 def test_oversized_body_is_a_413(admin_api, settings):
     body = json.dumps({**SITE, "description": "x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
-    assert_error(admin_api.post("/sites", body, content_type="application/json"), 413, "payload_too_large")
+    assert_error(admin_api.post("/sites", body, content_type="application/json"), 413, code="payload_too_large")
     assert not Site.objects.exists()
 
 
@@ -143,7 +134,7 @@ def test_the_admin_is_still_wired(client, admin_browser):
 
 @pytest.mark.parametrize("path", ["/sites/site-1/extra", "/api/v1/nothing", "/devices/a/b/c", "/api/nothing"])
 def test_unknown_api_paths_answer_in_the_error_shape(admin_api, path):
-    assert_error(admin_api.get(path), 404, "not_found")
+    assert_error(admin_api.get(path), 404, code="not_found")
 
 
 def test_unknown_non_api_paths_keep_the_html_404(client):

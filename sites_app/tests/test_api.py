@@ -2,12 +2,11 @@
 
 import pytest
 from django.contrib.auth.models import Permission
-from rest_framework.test import APIClient
 
 from accounts.choices import MembershipRole
-from accounts.services import api_token_issue
 from accounts.tests.factories import SiteMembershipFactory, UserFactory
 from devices_app.tests.factories import DeviceFactory
+from homepot.tests.api_helpers import GUIDE_SITE, assert_error, token_client
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 from sites_app.models import Site
@@ -15,39 +14,9 @@ from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
 
-# The body of the guide's "Add a new site" example, verbatim.
-GUIDE_SITE = {
-    "site_id": "site-003",
-    "name": "North Branch",
-    "description": "Northern retail location with 4 POS terminals",
-    "location": "789 North Ave, North Side",
-}
-
-
-def assert_error(response, status: int, field: str | None = None, code: str | None = None) -> dict:
-    """The one error shape: {"error": {"status", "code", "message", "fields"?}}."""
-    assert response.status_code == status, response.content
-    error = response.json()["error"]
-    assert error["status"] == status
-    assert error["code"] and error["message"]
-    if code:
-        assert error["code"] == code
-    if field:
-        assert field in error["fields"], error
-        assert error["fields"][field]
-    return error
-
 
 def site_audit_rows():
     return AuditLog.objects.filter(event_type__startswith="site.")
-
-
-def token_client(user) -> APIClient:
-    _, raw = api_token_issue(user=user, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    client.user = user
-    return client
 
 
 def grant_model_perms(user, *codenames):
