@@ -1,4 +1,7 @@
 from django.contrib import admin, messages
+from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.utils.html import format_html, format_html_join
 
 from homepot.admin import (
     EstimatedCountPaginator,
@@ -11,30 +14,151 @@ from homepot.admin import (
     run_service,
     status_badge,
 )
-from jobs_app.models import Job
+from jobs_app import services
+from jobs_app.choices import DELIVERY_FINISHED, DeliveryStatus
+from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job
+from jobs_app.selectors import visible_site_ids
 from jobs_app.services import job_cancel, job_create, job_update
+
+# What the change page lists of a job's deliveries: the newest problems first, bounded.
+DELIVERY_SAMPLE = 20
+# Targets and rollout policy are fixed once the job exists (clone it to change them).
+_FIXED_AFTER_CREATE = (
+    "site",
+    "extra_sites_shown",
+    "segment",
+    "target_devices_shown",
+    "scheduled_at",
+    "ttl",
+    "batch_size",
+    "max_in_flight_per_site",
+    "failure_threshold_percent",
+)
+
+
+def _delivery_count(**filters):
+    counted = (
+        Delivery.objects.filter(job=OuterRef("pk"), **filters)
+        .order_by()
+        .values("job")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
 @admin.register(Job)
 class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
-    list_display = ("__str__", "site_link", "status_badge", "priority", "created_by", "created_at")
+    list_display = (
+        "__str__",
+        "site_link",
+        "status_badge",
+        "progress_bar",
+        "priority",
+        "created_by",
+        "created_at",
+    )
     list_filter = ("status", "action", "priority", SiteListFilter)
     search_fields = ("description", "site__site_id", "site__name", "created_by__username")
     ordering = ("-created_at", "-id")
     list_select_related = ("site", "created_by")
-    autocomplete_fields = ("site",)
+    autocomplete_fields = ("site", "extra_sites", "target_devices")
     date_hierarchy = "created_at"
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
     paginator = EstimatedCountPaginator
     # Progress is the orchestration's to record, never typed in by hand.
-    readonly_fields = ("status", "started_at", "completed_at", "created_by", "created_at", "updated_at")
-    actions = ("cancel_jobs",)
+    readonly_fields = (
+        "status",
+        "status_reason",
+        "preflight",
+        "progress_summary",
+        "deliveries_sample",
+        "started_at",
+        "completed_at",
+        "created_by",
+        "created_at",
+        "updated_at",
+    )
+    actions = ("cancel_jobs", "pause_jobs", "resume_jobs", "retry_jobs", "clone_jobs")
     fieldsets = (
         (None, {"fields": ("site", "action", "priority", "description", "payload")}),
-        ("Progress", {"fields": ("status", "started_at", "completed_at")}),
-        ("Record", {"fields": ("created_by", "created_at", "updated_at")}),
+        (
+            "Targets",
+            {
+                "fields": ("extra_sites", "segment", "target_devices"),
+                "description": "The devices of the site and any extra sites, narrowed by the segment "
+                "and, when any are picked, to the picked devices.",
+            },
+        ),
+        (
+            "Rollout",
+            {
+                "fields": (
+                    "scheduled_at",
+                    "ttl",
+                    "batch_size",
+                    "max_in_flight_per_site",
+                    "failure_threshold_percent",
+                )
+            },
+        ),
+        (
+            "Progress",
+            {"fields": ("status", "status_reason", "preflight", "progress_summary", "deliveries_sample")},
+        ),
+        ("Record", {"fields": ("started_at", "completed_at", "created_by", "created_at", "updated_at")}),
     )
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                delivery_total=_delivery_count(),
+                delivery_finished=_delivery_count(status__in=DELIVERY_FINISHED),
+            )
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return (*fields, *_FIXED_AFTER_CREATE) if obj is not None else fields
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        # A stored job shows its targets read-only, and only the sites the viewer may see.
+        shown = {"extra_sites": "extra_sites_shown", "target_devices": "target_devices_shown"}
+        return [
+            (name, {**options, "fields": tuple(shown.get(f, f) for f in options["fields"])})
+            for name, options in fieldsets
+        ]
+
+    def get_object(self, request, object_id, from_field=None):
+        job = super().get_object(request, object_id, from_field)
+        if job is not None:
+            job._visible_sites = visible_site_ids(request.user)  # for the read-only displays
+        return job
+
+    @staticmethod
+    def _sees(job, site_id) -> bool:
+        visible = getattr(job, "_visible_sites", set())
+        return visible is None or site_id in visible
+
+    @admin.display(description="extra sites")
+    def extra_sites_shown(self, job):
+        return ", ".join(str(s) for s in job.extra_sites.all() if self._sees(job, s.pk)) or "–"
+
+    @admin.display(description="target devices")
+    def target_devices_shown(self, job):
+        return ", ".join(d.device_id for d in job.target_devices.all() if self._sees(job, d.site_id)) or "–"
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if "batch_size" in form.base_fields:
+            form.base_fields["batch_size"].required = False  # empty: the default
+        return form
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, job):
@@ -44,25 +168,142 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
     def site_link(self, job):
         return object_link(job.site)
 
+    @admin.display(description="progress")
+    def progress_bar(self, job):
+        total = getattr(job, "delivery_total", 0)
+        if not total:
+            return "–"
+        done = job.delivery_finished
+        return format_html(
+            '<progress value="{}" max="{}" title="{} of {} finished"></progress> {}%',
+            done,
+            total,
+            done,
+            total,
+            round(100 * done / total),
+        )
+
+    @admin.display(description="pre-flight")
+    def preflight(self, job):
+        """Before launch: what the targets match now, under the rollout policy."""
+        if job.pk is None or job.materialised_at is not None:
+            return "–"
+        numbers = services.job_preview(
+            actor=None,
+            site=job.site,
+            extra_sites=job.extra_sites.all(),
+            segment=job.segment,
+            target_devices=job.target_devices.all(),
+            batch_size=job.batch_size,
+            max_in_flight_per_site=job.max_in_flight_per_site,
+        )
+        return (
+            f"{numbers['matching']} devices match ({numbers['online']} online now, "
+            f"{numbers['with_unfinished_work']} with unfinished work) at {numbers['sites']} site(s); "
+            f"{numbers['batches']} batch(es), about {numbers['expected_duration_seconds']} s expected."
+        )
+
+    @admin.display(description="progress")
+    def progress_summary(self, job):
+        if job.pk is None:
+            return "–"
+        progress = services.job_progress(job)
+        if not progress["total"]:
+            return "No deliveries yet (they are created when the job starts)."
+        counts = format_html_join(", ", "{}: {}", ((s, n) for s, n in progress["counts"].items() if n))
+        rate = f", {progress['rate_per_second']}/s" if progress["rate_per_second"] else ""
+        eta = f", about {progress['eta_seconds']} s to go" if progress["eta_seconds"] else ""
+        return format_html(
+            '<progress value="{}" max="100"></progress> {}% of {} devices ({}){}{}',
+            progress["percent"],
+            progress["percent"],
+            progress["total"],
+            counts,
+            rate,
+            eta,
+        )
+
+    @admin.display(description=f"deliveries (first {DELIVERY_SAMPLE} problems, then the rest)")
+    def deliveries_sample(self, job):
+        if job.pk is None:
+            return "–"
+        problems_first = Case(
+            When(status__in=(DeliveryStatus.FAILED, DeliveryStatus.TIMED_OUT), then=Value(0)),
+            default=Value(1),
+        )
+        visible = getattr(job, "_visible_sites", set())
+        deliveries = Delivery.objects.filter(job=job)
+        if visible is not None:
+            deliveries = deliveries.filter(site__in=visible)
+        sample = list(
+            deliveries.select_related("device")
+            .order_by(problems_first, "id")
+            .only("id", "status", "last_error", "attempts", "device__device_id")[:DELIVERY_SAMPLE]
+        )
+        if not sample:
+            return "–"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((d.device.device_id, d.get_status_display(), d.attempts, d.last_error) for d in sample),
+        )
+        return format_html(
+            "<table><tr><th>device</th><th>status</th><th>attempts</th><th>last error</th></tr>{}</table>"
+            "<p>All of them, filterable by status: <code>GET /jobs/{}/deliveries?status=failed</code></p>",
+            rows,
+            job.pk,
+        )
+
     def save_model(self, request, obj, form, change):
         if change:
             stored = Job.objects.select_related("site").get(pk=obj.pk)
             fields = model_field_values(form, obj, form.changed_data)
             saved = run_service(job_update, actor=request.user, job=stored, **fields)
         else:
-            saved = run_service(job_create, actor=request.user, **model_field_values(form, obj))
+            values = model_field_values(form, obj)
+            if values.get("batch_size") is None:
+                values["batch_size"] = DEFAULT_BATCH_SIZE
+            values["extra_sites"] = form.cleaned_data.get("extra_sites") or ()
+            values["target_devices"] = form.cleaned_data.get("target_devices") or ()
+            saved = run_service(job_create, actor=request.user, **values)
         adopt_saved(obj, saved)
+
+    def save_related(self, request, form, formsets, change):
+        # The service already stored the targets (and they never change afterwards).
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
 
     def has_delete_permission(self, request, obj=None):
         return False  # jobs are history: cancel them instead
 
-    @admin.action(description="Cancel selected jobs", permissions=["change"])
-    def cancel_jobs(self, request, queryset):
-        cancelled = 0
+    def _each(self, request, queryset, service, verb: str, **kwargs):
+        done = 0
         for job in queryset.select_related("site"):
             try:
-                run_service(job_cancel, actor=request.user, job=job)
-                cancelled += 1
+                run_service(service, actor=request.user, job=job, **kwargs)
+                done += 1
             except ServiceRefused as exc:
-                self.message_user(request, f"{job} was not cancelled: {exc}", messages.ERROR)
-        self.message_user(request, f"Cancelled {cancelled} job(s).", messages.SUCCESS)
+                self.message_user(request, f"{job} was not {verb}: {exc}", messages.ERROR)
+        self.message_user(request, f"{verb.capitalize()} {done} job(s).", messages.SUCCESS)
+
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
+    def cancel_jobs(self, request, queryset):
+        self._each(request, queryset, job_cancel, "cancelled")
+
+    @admin.action(description="Pause selected jobs", permissions=["change"])
+    def pause_jobs(self, request, queryset):
+        self._each(request, queryset, services.job_pause, "paused")
+
+    @admin.action(description="Resume selected jobs", permissions=["change"])
+    def resume_jobs(self, request, queryset):
+        self._each(request, queryset, services.job_resume, "resumed")
+
+    @admin.action(
+        description="Retry failed and timed-out deliveries of selected jobs", permissions=["change"]
+    )
+    def retry_jobs(self, request, queryset):
+        self._each(request, queryset, services.job_retry, "retried")
+
+    @admin.action(description="Clone selected jobs (queued now)", permissions=["add"])
+    def clone_jobs(self, request, queryset):
+        self._each(request, queryset, services.job_clone, "cloned")

@@ -17,15 +17,40 @@ class JobPriority(models.TextChoices):
 
 
 class JobStatus(models.TextChoices):
-    """The guide's progression queued → sent → acknowledged → completed, or an end state."""
+    """The guide's progression queued → sent → acknowledged → completed (the rollup of the
+    job's deliveries), plus `scheduled` (waiting for its time), `paused`, and the end states."""
 
+    SCHEDULED = "scheduled", "Scheduled"
     QUEUED = "queued", "Queued"
     SENT = "sent", "Sent"
     ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    PAUSED = "paused", "Paused"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
 
 
-JOB_ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.SENT, JobStatus.ACKNOWLEDGED)
+# Statuses in which the dispatcher hands out work and the rollup moves the job along.
+JOB_RUNNING_STATUSES = (JobStatus.QUEUED, JobStatus.SENT, JobStatus.ACKNOWLEDGED)
+# Unfinished jobs: may still be paused, resumed or cancelled.
+JOB_ACTIVE_STATUSES = (*JOB_RUNNING_STATUSES, JobStatus.SCHEDULED, JobStatus.PAUSED)
 JOB_TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class DeliveryStatus(models.TextChoices):
+    """One device's copy of a job: pending → sent → acknowledged → completed, or an end state."""
+
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# Work the device has (sent) or is doing (acknowledged): what "in flight" counts.
+DELIVERY_IN_FLIGHT = (DeliveryStatus.SENT, DeliveryStatus.ACKNOWLEDGED)
+DELIVERY_UNFINISHED = (DeliveryStatus.PENDING, *DELIVERY_IN_FLIGHT)
+DELIVERY_FAILED = (DeliveryStatus.FAILED, DeliveryStatus.TIMED_OUT)
+DELIVERY_FINISHED = (DeliveryStatus.COMPLETED, *DELIVERY_FAILED, DeliveryStatus.CANCELLED)

@@ -2,7 +2,16 @@ from django.conf import settings
 from django.db import models
 
 from accounts.scoping import ScopedQuerySet
-from jobs_app.choices import JOB_ACTIVE_STATUSES, JobAction, JobPriority, JobStatus
+from jobs_app.choices import (
+    DELIVERY_UNFINISHED,
+    JOB_ACTIVE_STATUSES,
+    DeliveryStatus,
+    JobAction,
+    JobPriority,
+    JobStatus,
+)
+
+DEFAULT_BATCH_SIZE = 500
 
 
 class JobQuerySet(ScopedQuerySet):
@@ -13,13 +22,27 @@ class JobQuerySet(ScopedQuerySet):
 
 
 class Job(models.Model):
-    """A configuration update or other action sent to the devices of a site.
+    """A configuration update or other action sent to devices, tracked per device (Delivery).
 
-    Per-device delivery tracking (one row per job and device) arrives with orchestration;
-    until then the job's own status records where it is in the progression.
+    Targets: the primary `site` (which decides who may see the job), any `extra_sites`,
+    narrowed by `segment` (device_type / status / firmware_version lists) and, when given,
+    by the hand-picked `target_devices`. The deliveries are created from these once, by the
+    dispatcher (`materialised_at`); from then on the deliveries are the truth.
     """
 
     site = models.ForeignKey("sites_app.Site", on_delete=models.CASCADE, related_name="jobs")
+    extra_sites = models.ManyToManyField(
+        "sites_app.Site", blank=True, related_name="extra_site_jobs", help_text="More sites to target."
+    )
+    segment = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Only devices matching all given lists, e.g. {"device_type": ["pos_terminal"], '
+        '"status": ["online"], "firmware_version": ["4.2.1"]}.',
+    )
+    target_devices = models.ManyToManyField(
+        "devices_app.Device", blank=True, related_name="+", help_text="Only these devices (hand-picked)."
+    )
     action = models.CharField(max_length=64, choices=JobAction.choices)
     description = models.TextField(blank=True)
     payload = models.JSONField(default=dict, blank=True)
@@ -36,6 +59,25 @@ class Job(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True, help_text="Start at this time (empty: now).")
+    ttl = models.DurationField(
+        "delivery deadline",
+        null=True,
+        blank=True,
+        help_text="How long each delivery may take before it times out (empty: no deadline).",
+    )
+    batch_size = models.PositiveIntegerField(default=DEFAULT_BATCH_SIZE)
+    max_in_flight_per_site = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many devices per site busy at once (empty: no limit)."
+    )
+    failure_threshold_percent = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Pause the rollout when more than this % of answers are failures."
+    )
+    status_reason = models.TextField(blank=True, help_text="Why the job is paused or failed.")
+    materialised_at = models.DateTimeField(null=True, blank=True, editable=False)
+    cloned_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -53,12 +95,89 @@ class Job(models.Model):
                 | models.Q(completed_at__gte=models.F("started_at")),
                 name="jobs_completed_after_started",
             ),
+            models.CheckConstraint(condition=models.Q(batch_size__gte=1), name="jobs_batch_size_positive"),
+            models.CheckConstraint(
+                condition=models.Q(max_in_flight_per_site__isnull=True)
+                | models.Q(max_in_flight_per_site__gte=1),
+                name="jobs_max_in_flight_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(failure_threshold_percent__isnull=True)
+                | models.Q(failure_threshold_percent__lte=100),
+                name="jobs_failure_threshold_percent",
+            ),
         ]
         indexes = [
             models.Index(fields=["site", "status", "-created_at"], name="jobs_site_status_created"),
             models.Index(fields=["status", "-created_at"], name="jobs_status_created"),
             models.Index(fields=["-created_at"], name="jobs_created"),
+            # The beat task's "scheduled jobs now due" probe.
+            models.Index(
+                fields=["scheduled_at"],
+                condition=models.Q(status=JobStatus.SCHEDULED),
+                name="jobs_scheduled_due",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"Job #{self.pk}: {self.get_action_display()}"
+
+
+class DeliveryQuerySet(ScopedQuerySet):
+    scope_path = "job__site"
+
+    def unfinished(self):
+        return self.filter(status__in=DELIVERY_UNFINISHED)
+
+
+class Delivery(models.Model):
+    """One device's copy of a job, with its own progress. Unique per (job, device).
+
+    Every transition is a conditional UPDATE (`WHERE status IN (allowed sources)`), so a
+    replayed batch or a repeated device report changes nothing.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="deliveries")
+    device = models.ForeignKey("devices_app.Device", on_delete=models.CASCADE, related_name="deliveries")
+    # The device's site when the job was launched: "in flight per site" counts without a join.
+    site = models.ForeignKey("sites_app.Site", on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING, db_index=False
+    )
+    attempts = models.PositiveIntegerField(default=0, help_text="Push attempts made.")
+    last_error = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True, help_text="What the device reported with its outcome.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["job", "device"], name="jobs_delivery_one_per_device"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=DeliveryStatus.values), name="jobs_delivery_status_valid"
+            ),
+        ]
+        indexes = [
+            # Progress counts (index-only), the dispatcher's keyset walk over pending rows
+            # and the deliveries list filtered by status, all one range of this index.
+            models.Index(fields=["job", "status", "id"], name="jobs_delivery_job_status"),
+            # A device's poll: its pending/sent work.
+            models.Index(fields=["device", "status"], name="jobs_delivery_device_status"),
+            # The time-out sweep: unfinished deliveries past their deadline.
+            models.Index(
+                fields=["deadline"],
+                condition=models.Q(status__in=DELIVERY_UNFINISHED, deadline__isnull=False),
+                name="jobs_delivery_deadline",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Delivery #{self.pk} of job #{self.job_id} to device #{self.device_id}"

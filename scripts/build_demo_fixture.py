@@ -273,13 +273,14 @@ JOBS = [
     ("site-123", "software_update", "high", "acknowledged",
      "Pilot POS application 4.2.2 (faster card-present checkout) at the flagship.",
      _software_payload("4.2.2"), datetime(2026, 11, 25, 8, 10), 0.1, None, None),
-    ("site-901", "update_pos_payment_config", "normal", "acknowledged",
+    ("site-901", "update_pos_payment_config", "normal", "paused",
      "Move Evergreen Station to the v2 payment gateway.",
-     _payment_payload("site-901", 100), datetime(2026, 11, 25, 8, 20), 0.2, None, None),
+     _payment_payload("site-901", 100), datetime(2026, 11, 25, 8, 20), 0.2, None,
+     "Paused by the store manager until the evening shift change."),
     ("site-112", "restart_pos_app", "critical", "sent",
      "Restart the POS application: terminal reports a payment module error.",
      {"grace_period_s": 0, "reason": "payment module error"}, datetime(2026, 11, 25, 8, 36), 0.1, None, None),
-    ("site-223", "update_pos_payment_config", "normal", "queued",
+    ("site-223", "update_pos_payment_config", "normal", "scheduled",
      "Move Gulf Landing to the v2 payment gateway after closing time.",
      _payment_payload("site-223", 100), datetime(2026, 11, 25, 8, 40), None, None, None),
     ("site-456", "health_check", "low", "queued",
@@ -294,7 +295,9 @@ def build_jobs(site_pks: dict[str, int]) -> list[dict]:
     rows = []
     for pk, job in enumerate(jobs, start=1):
         site_id, action, priority, status, description, payload, created, start, finish, outcome = job
-        if outcome:
+        # A paused job's outcome is why it is paused; a scheduled one starts after closing.
+        reason = outcome if status == "paused" else ""
+        if outcome and not reason:
             JOB_OUTCOMES[pk] = outcome
         created = created.replace(tzinfo=UTC)
         started = created + timedelta(minutes=start) if start is not None else None
@@ -316,6 +319,8 @@ def build_jobs(site_pks: dict[str, int]) -> list[dict]:
                     "updated_at": iso(updated),
                     "started_at": iso(started) if started else None,
                     "completed_at": iso(completed) if completed else None,
+                    "status_reason": reason,
+                    "scheduled_at": iso(created.replace(hour=23)) if status == "scheduled" else None,
                 },
             }
         )

@@ -38,8 +38,8 @@ BASE_URL="http://127.0.0.1:$PORT"
 # The demo is a development server: DEBUG on, so no SECRET_KEY is needed.
 export DEBUG="${DEBUG:-true}"
 
-# The processes `serve` starts, each a function proc_<name> below. Issue 4 adds
-# worker, beat and the fleet simulator: write proc_worker etc. and list them here.
+# The processes `serve` starts, each a function proc_<name> below; choose_processes adds
+# the jobs' worker, beat and a simulated fleet (or the in-process fallback without Redis).
 PROCESSES=(web)
 
 # --- Set-up steps (each safe to repeat) ------------------------------------------------------
@@ -87,6 +87,33 @@ print_where_to_go() {
 proc_web() {
     # runserver serves static files itself with DEBUG on; no collectstatic needed.
     manage runserver "0.0.0.0:$PORT"
+}
+
+# --- Jobs: a Celery worker and beat when Redis answers, else tasks in-process ---------------
+
+proc_worker() { "$VENV_DIR/bin/celery" -A homepot worker --loglevel INFO --concurrency 2; }
+proc_beat() { "$VENV_DIR/bin/celery" -A homepot beat --loglevel INFO --schedule "${TMPDIR:-/tmp}/homepot-celerybeat"; }
+# Without a broker, `jobs_tick --loop` does beat's periodic work (and dispatches) in-process.
+proc_ticker() { manage jobs_tick --loop "${HOMEPOT_JOBS_TICK_SECONDS:-5}"; }
+proc_fleet() {
+    # A few demo terminals that poll and answer, so a job goes all the way to `completed`.
+    sleep 5 # let the web server come up
+    manage simulate_fleet --devices "${HOMEPOT_SIMULATED_DEVICES:-10}" --base-url "$BASE_URL" --failure-rate 0
+}
+
+choose_processes() {
+    local url="${CELERY_BROKER_URL:-${REDIS_URL:-redis://127.0.0.1:6379/0}}" host port
+    read -r host port <<<"$(url_host_port "$url" 6379)"
+    if redis_ready "$host" "$port"; then
+        step "Redis answers at $host:$port: starting a Celery worker and beat for the jobs"
+        PROCESSES+=(worker beat fleet)
+    else
+        step "No Redis at $host:$port: jobs run IN-PROCESS (CELERY_TASK_ALWAYS_EAGER=true)"
+        note "Dispatch happens inside the web request, periodic work in 'manage.py jobs_tick --loop'."
+        note "Start Redis (or set REDIS_URL) for a real worker; no job is dropped either way."
+        export CELERY_TASK_ALWAYS_EAGER=true
+        PROCESSES+=(ticker fleet)
+    fi
 }
 
 PIDS=()
@@ -140,5 +167,6 @@ load_demo_data
 ensure_admin
 print_where_to_go
 if "$SERVE"; then
+    choose_processes
     serve
 fi

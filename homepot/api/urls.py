@@ -2,9 +2,10 @@
 
 from devices_app.api.urls import resources as device_resources
 from homepot.api.routers import resource_urls
+from jobs_app.api.urls import resources as job_resources
 from sites_app.api.urls import resources as site_resources
 
-RESOURCES = [*site_resources, *device_resources]
+RESOURCES = [*site_resources, *device_resources, *job_resources]
 
 # The guide's paths (/sites, /devices): the ones the OpenAPI schema documents.
 urlpatterns = resource_urls(RESOURCES)

@@ -1,7 +1,7 @@
 import factory
 
-from jobs_app.choices import JobAction, JobPriority, JobStatus
-from jobs_app.models import Job
+from jobs_app.choices import DeliveryStatus, JobAction, JobPriority, JobStatus
+from jobs_app.models import Delivery, Job
 
 
 class JobFactory(factory.django.DjangoModelFactory):
@@ -15,3 +15,15 @@ class JobFactory(factory.django.DjangoModelFactory):
     priority = JobPriority.NORMAL
     status = JobStatus.QUEUED
     created_by = factory.SubFactory("accounts.tests.factories.AdminUserFactory")
+
+
+class DeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Delivery
+
+    job = factory.SubFactory(JobFactory)
+    device = factory.SubFactory(
+        "devices_app.tests.factories.DeviceFactory", site=factory.SelfAttribute("..job.site")
+    )
+    site = factory.SelfAttribute("device.site")
+    status = DeliveryStatus.PENDING

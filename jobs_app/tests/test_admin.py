@@ -175,3 +175,76 @@ def test_a_site_manager_sees_and_targets_only_their_site(client):
     assert client.post(ADD, form_data(mine)).status_code == 302
     assert Job.objects.filter(site=mine).count() == 2
     assert Job.objects.filter(site=other).count() == 1
+
+
+def test_adding_a_job_with_targets_and_policy(admin_browser):
+    from devices_app.tests.factories import DeviceFactory
+
+    site, extra = SiteFactory(), SiteFactory()
+    picked = DeviceFactory(site=extra)
+    response = admin_browser.post(
+        ADD,
+        form_data(
+            site,
+            extra_sites=[extra.pk],
+            target_devices=[picked.pk],
+            segment=json.dumps({"device_type": ["pos_terminal"]}),
+            batch_size="50",
+            max_in_flight_per_site="2",
+            failure_threshold_percent="10",
+            ttl="00:10:00",
+        ),
+    )
+
+    assert response.status_code == 302
+    job = Job.objects.get()
+    assert list(job.extra_sites.all()) == [extra] and list(job.target_devices.all()) == [picked]
+    assert (job.batch_size, job.max_in_flight_per_site, job.segment) == (
+        50,
+        2,
+        {"device_type": ["pos_terminal"]},
+    )
+    assert list(AuditLog.objects.values_list("event_type", flat=True)) == ["job.created"]
+
+
+def test_job_page_shows_progress_and_a_bounded_list_of_deliveries(admin_browser, admin_user):
+    from devices_app.tests.factories import DeviceFactory
+    from jobs_app import dispatch, services
+
+    site = SiteFactory()
+    DeviceFactory.create_batch(25, site=site)
+    job = services.job_create(actor=admin_user, site=site, action="update_config")
+    dispatch.dispatch_pass(job.pk)
+
+    page = admin_browser.get(change_url(job)).content.decode()
+    assert "0.0% of 25 devices (sent: 25)" in page
+    assert page.count("<td>Sent</td>") == 20
+    assert "<progress" in admin_browser.get(CHANGELIST).content.decode()
+
+
+def test_pause_resume_retry_and_clone_actions(admin_browser):
+    job = JobFactory(status=JobStatus.SENT)
+
+    def act(action):
+        return admin_browser.post(
+            CHANGELIST, {"action": action, "_selected_action": [job.pk]}, follow=True
+        ).content.decode()
+
+    assert "Paused 1 job(s)." in act("pause_jobs")
+    assert "Resumed 1 job(s)." in act("resume_jobs")
+    assert "has no failed or timed-out deliveries" in act("retry_jobs")
+    assert "Cloned 1 job(s)." in act("clone_jobs")
+    assert Job.objects.filter(cloned_from=job).count() == 1
+    events = sorted(AuditLog.objects.values_list("event_type", flat=True))
+    assert events == ["job.cloned", "job.paused", "job.resumed"]
+
+
+def test_a_job_not_yet_started_shows_its_pre_flight_numbers(admin_browser):
+    from devices_app.tests.factories import DeviceFactory
+
+    job = JobFactory()
+    DeviceFactory.create_batch(2, site=job.site, status="online")
+    DeviceFactory(site=job.site, status="offline")
+
+    page = admin_browser.get(change_url(job)).content.decode()
+    assert "3 devices match (2 online now, 0 with unfinished work) at 1 site(s)" in page

@@ -1,0 +1,256 @@
+"""Serializers of the jobs API: jobs as shown, jobs as created, deliveries, agent messages."""
+
+import datetime
+
+from rest_framework import serializers
+
+from devices_app.api.serializers import _check_json_value
+from devices_app.models import Device
+from homepot.api.fields import StrictCharField
+from jobs_app.choices import DeliveryStatus, JobAction, JobPriority
+from jobs_app.models import Delivery, Job
+from sites_app.api.fields import SiteReferenceField
+
+
+class JobSerializer(serializers.ModelSerializer):
+    """A job as the API shows it; `progress` only on a single job (detail and actions)."""
+
+    site_id = serializers.IntegerField(read_only=True)
+    site = serializers.CharField(source="site.site_id", read_only=True)
+    extra_sites = serializers.SerializerMethodField(help_text="More targeted sites (those you may see).")
+    target_devices = serializers.SerializerMethodField(help_text="Hand-picked devices (those you may see).")
+    ttl_seconds = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "site_id",
+            "site",
+            "extra_sites",
+            "segment",
+            "target_devices",
+            "action",
+            "description",
+            "payload",
+            "priority",
+            "status",
+            "status_reason",
+            "scheduled_at",
+            "ttl_seconds",
+            "batch_size",
+            "max_in_flight_per_site",
+            "failure_threshold_percent",
+            "cloned_from",
+            "created_by",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "completed_at",
+        ]
+        read_only_fields = fields
+
+    def _visible_sites(self):
+        # Computed once per response: a member sees only their own stores' side of a job an
+        # admin spread over other stores too.
+        if "_visible_sites" not in self.context:
+            from jobs_app.selectors import visible_site_ids
+
+            request = self.context.get("request")
+            self.context["_visible_sites"] = visible_site_ids(getattr(request, "user", None))
+        return self.context["_visible_sites"]
+
+    def get_extra_sites(self, job) -> list[str]:
+        visible = self._visible_sites()
+        return [s.site_id for s in job.extra_sites.all() if visible is None or s.pk in visible]
+
+    def get_target_devices(self, job) -> list[str]:
+        visible = self._visible_sites()
+        return [d.device_id for d in job.target_devices.all() if visible is None or d.site_id in visible]
+
+    def get_ttl_seconds(self, job) -> int | None:
+        return int(job.ttl.total_seconds()) if job.ttl else None
+
+
+class ProgressSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField())
+    percent = serializers.FloatField()
+    rate_per_second = serializers.FloatField(allow_null=True)
+    eta_seconds = serializers.FloatField(allow_null=True)
+
+
+class JobDetailSerializer(JobSerializer):
+    progress = serializers.SerializerMethodField()
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "progress"]
+        read_only_fields = fields
+
+    def get_progress(self, job) -> ProgressSerializer:
+        from jobs_app.services import job_progress
+
+        return job_progress(job)
+
+
+class TargetsSerializer(serializers.Serializer):
+    """Targets and rollout policy, shared by create and preview."""
+
+    site_id = SiteReferenceField(help_text="The primary site: internal id (3) or business id (site-003).")
+    extra_sites = serializers.ListField(
+        child=SiteReferenceField(), required=False, default=list, max_length=1000, help_text="More sites."
+    )
+    segment = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text='Only devices matching every list, e.g. {"device_type": ["pos_terminal"]}.',
+    )
+    target_devices = serializers.ListField(
+        child=StrictCharField(max_length=64),
+        required=False,
+        default=list,
+        max_length=10000,
+        help_text="Hand-picked devices (device_id), at the job's sites.",
+    )
+    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+    max_in_flight_per_site = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+    def validate_target_devices(self, value):
+        if not value:
+            return []
+        request = self.context.get("request")
+        found = {
+            d.device_id: d
+            for d in Device.objects.for_user(getattr(request, "user", None), "change").filter(
+                device_id__in=value
+            )
+        }
+        unknown = sorted(set(value) - set(found))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown device(s): {', '.join(unknown[:10])}.")
+        return list(found.values())
+
+    def validate_segment(self, value):
+        from django.core.exceptions import ValidationError
+
+        from jobs_app.services import clean_segment
+
+        try:
+            return clean_segment(value)
+        except ValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["segment"]) from None
+
+
+class JobCreateSerializer(TargetsSerializer):
+    action = serializers.ChoiceField(choices=JobAction.choices)
+    payload = serializers.DictField(required=False, default=dict, help_text="The configuration (an object).")
+    description = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
+    priority = serializers.ChoiceField(
+        choices=JobPriority.choices, required=False, default=JobPriority.NORMAL
+    )
+    scheduled_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    ttl_seconds = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=365 * 86400, help_text="Delivery deadline."
+    )
+    failure_threshold_percent = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=100
+    )
+
+    def validate_payload(self, value):
+        _check_json_value(value)
+        return value
+
+    def to_service_kwargs(self) -> dict:
+        data = dict(self.validated_data)
+        data["site"] = data.pop("site_id")
+        ttl = data.pop("ttl_seconds", None)
+        if ttl:
+            data["ttl"] = datetime.timedelta(seconds=ttl)
+        return data
+
+
+class JobUpdateSerializer(serializers.Serializer):
+    description = StrictCharField(required=False, allow_blank=True, max_length=10000)
+    priority = serializers.ChoiceField(choices=JobPriority.choices, required=False)
+    action = serializers.ChoiceField(choices=JobAction.choices, required=False)
+    payload = serializers.DictField(required=False)
+
+    def validate_payload(self, value):
+        _check_json_value(value)
+        return value
+
+
+class PauseSerializer(serializers.Serializer):
+    reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class PreviewSerializer(serializers.Serializer):
+    matching = serializers.IntegerField()
+    online = serializers.IntegerField()
+    with_unfinished_work = serializers.IntegerField()
+    sites = serializers.IntegerField()
+    largest_site_devices = serializers.IntegerField()
+    batches = serializers.IntegerField()
+    expected_duration_seconds = serializers.IntegerField()
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    device = serializers.CharField(source="device.device_id", read_only=True)
+    site = serializers.CharField(source="site.site_id", read_only=True)
+
+    class Meta:
+        model = Delivery
+        fields = [
+            "id",
+            "job",
+            "device",
+            "site",
+            "status",
+            "attempts",
+            "last_error",
+            "result",
+            "created_at",
+            "sent_at",
+            "acknowledged_at",
+            "completed_at",
+            "failed_at",
+            "deadline",
+        ]
+        read_only_fields = fields
+
+
+# --- Agent ------------------------------------------------------------------------------------
+
+
+class CommandSerializer(serializers.Serializer):
+    """One piece of work in a device's mailbox."""
+
+    delivery_id = serializers.IntegerField(source="pk")
+    job_id = serializers.IntegerField()
+    action = serializers.CharField(source="job.action")
+    payload = serializers.JSONField(source="job.payload")
+    priority = serializers.CharField(source="job.priority")
+    status = serializers.CharField()
+    deadline = serializers.DateTimeField(allow_null=True)
+
+
+class CommandListSerializer(serializers.Serializer):
+    commands = CommandSerializer(many=True)
+
+
+class DeliveryStateSerializer(serializers.Serializer):
+    """Where a delivery stands after the device's report (`cancelled`: drop the work)."""
+
+    delivery_id = serializers.IntegerField(source="pk")
+    status = serializers.CharField()
+
+
+class ResultSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=[DeliveryStatus.COMPLETED, DeliveryStatus.FAILED])
+    details = serializers.JSONField(required=False, default=None, help_text="Anything the device wants kept.")
+    error = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
+
+    def validate_details(self, value):
+        _check_json_value(value)
+        return value

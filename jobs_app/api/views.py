@@ -1,0 +1,196 @@
+"""The jobs API: create, list, detail with progress, operator controls, deliveries, preview.
+
+Scoping as everywhere: a job outside the caller's `view` scope is a 404; one they may see
+but not `change` is a 403 on every write. Every action goes through an audited service.
+"""
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+
+from homepot.api.pagination import CursorPagination
+from homepot.api.views import ServiceModelViewSet
+from jobs_app import services
+from jobs_app.api.serializers import (
+    DeliverySerializer,
+    JobCreateSerializer,
+    JobDetailSerializer,
+    JobSerializer,
+    JobUpdateSerializer,
+    PauseSerializer,
+    PreviewSerializer,
+    TargetsSerializer,
+)
+from jobs_app.choices import DeliveryStatus
+from jobs_app.filters import DeliveryFilterSet, JobFilterSet
+from jobs_app.selectors import job_deliveries, job_list
+
+
+class JobPagination(CursorPagination):
+    ordering = "-id"  # newest first; id follows creation order and is the primary key
+
+
+class RetriedSerializer(JobDetailSerializer):
+    retried = serializers.IntegerField(read_only=True)
+
+    class Meta(JobDetailSerializer.Meta):
+        fields = [*JobDetailSerializer.Meta.fields, "retried"]
+        read_only_fields = fields
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List jobs",
+        description="Jobs of the sites you may see, newest first, in keyset (cursor) pages. "
+        "`device=<device_id>` lists the jobs of one device.",
+    ),
+    retrieve=extend_schema(summary="Get a job with its progress", responses=JobDetailSerializer),
+    create=extend_schema(
+        summary="Create a job",
+        description="Targets: `site_id`, optional `extra_sites`, a `segment` and hand-picked "
+        "`target_devices`; rollout policy: `batch_size`, `max_in_flight_per_site`, "
+        "`failure_threshold_percent`; optional `scheduled_at` and `ttl_seconds`. You must "
+        "manage every targeted site.",
+        request=JobCreateSerializer,
+        responses={201: JobDetailSerializer},
+    ),
+    partial_update=extend_schema(
+        summary="Change a job's description or priority (its work only while still queued)",
+        request=JobUpdateSerializer,
+        responses=JobDetailSerializer,
+    ),
+)
+class JobViewSet(ServiceModelViewSet):
+    """Configuration jobs, addressed by their id (`/jobs/42`)."""
+
+    serializer_class = JobSerializer
+    filterset_class = JobFilterSet
+    pagination_class = JobPagination
+    ordering_fields = ["id"]
+    ordering = ["-id"]
+    lookup_value_regex = "[0-9]+"
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return job_list(user=self.request.user)
+
+    def get_serializer_class(self):
+        if self.action == "list":
+            return JobSerializer
+        if self.action in ("create", "preview"):
+            return JobCreateSerializer if self.action == "create" else TargetsSerializer
+        if self.action == "partial_update":
+            return JobUpdateSerializer
+        return JobDetailSerializer
+
+    def site_of(self, instance):
+        return instance.site
+
+    def _answer(self, job, code=status.HTTP_200_OK, **extra):
+        data = JobDetailSerializer(self._fresh(job), context=self.get_serializer_context()).data
+        return Response({**data, **extra}, status=code)
+
+    @transaction.atomic
+    def create(self, request, *args, **kwargs):
+        serializer = JobCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        job = services.job_create(actor=request.user, **serializer.to_service_kwargs())
+        return self._answer(job, status.HTTP_201_CREATED)
+
+    @transaction.atomic
+    def partial_update(self, request, *args, **kwargs):
+        job = self.get_object()
+        serializer = JobUpdateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        return self._answer(services.job_update(actor=request.user, job=job, **serializer.validated_data))
+
+    def update(self, request, *args, **kwargs):
+        if not kwargs.get("partial"):
+            return self.http_method_not_allowed(request, *args, **kwargs)
+        return self.partial_update(request, *args, **kwargs)
+
+    @extend_schema(summary="Pause the rollout", request=PauseSerializer, responses=JobDetailSerializer)
+    @action(detail=True, methods=["post"])
+    @transaction.atomic
+    def pause(self, request, pk=None):
+        job = self.get_object()
+        serializer = PauseSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return self._answer(services.job_pause(actor=request.user, job=job, **serializer.validated_data))
+
+    @extend_schema(summary="Resume a paused rollout", request=None, responses=JobDetailSerializer)
+    @action(detail=True, methods=["post"])
+    @transaction.atomic
+    def resume(self, request, pk=None):
+        return self._answer(services.job_resume(actor=request.user, job=self.get_object()))
+
+    @extend_schema(
+        summary="Cancel a job (pending and unacknowledged deliveries are cancelled)",
+        request=None,
+        responses=JobDetailSerializer,
+    )
+    @action(detail=True, methods=["post"])
+    @transaction.atomic
+    def cancel(self, request, pk=None):
+        return self._answer(services.job_cancel(actor=request.user, job=self.get_object()))
+
+    @extend_schema(
+        summary="Retry the failed and timed-out deliveries", request=None, responses=RetriedSerializer
+    )
+    @action(detail=True, methods=["post"])
+    @transaction.atomic
+    def retry(self, request, pk=None):
+        job = self.get_object()
+        retried = services.job_retry(actor=request.user, job=job)
+        return self._answer(job, retried=retried)
+
+    @extend_schema(
+        summary="Clone a job (same work, targets and policy; queued now)",
+        request=None,
+        responses={201: JobDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    @transaction.atomic
+    def clone(self, request, pk=None):
+        job = self.get_object()
+        return self._answer(services.job_clone(actor=request.user, job=job), status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Deliveries of a job",
+        description="One row per targeted device, in keyset (cursor) pages by id.",
+        parameters=[
+            OpenApiParameter(
+                "status", str, many=True, enum=DeliveryStatus.values, description="Only these statuses."
+            )
+        ],
+        responses=DeliverySerializer(many=True),
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def deliveries(self, request, pk=None):
+        job = self.get_object()
+        filterset = DeliveryFilterSet(
+            request.query_params, queryset=job_deliveries(job=job, user=request.user)
+        )
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        paginator = CursorPagination()
+        page = paginator.paginate_queryset(filterset.qs, request, view=self)
+        return paginator.get_paginated_response(DeliverySerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Pre-flight numbers for a job about to be created",
+        description="How many devices match, how many are online now, how many already have "
+        "unfinished work, and the expected duration under the rollout policy. Creates nothing.",
+        request=TargetsSerializer,
+        responses=PreviewSerializer,
+    )
+    @action(detail=False, methods=["post"], filter_backends=[])
+    def preview(self, request):
+        serializer = TargetsSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        numbers = services.job_preview(actor=request.user, site=data.pop("site_id"), **data)
+        return Response(PreviewSerializer(numbers).data)

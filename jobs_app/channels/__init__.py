@@ -1,0 +1,69 @@
+"""Push channels: how a batch of deliveries reaches its devices. One interface, chosen per
+device (`Device.push_channel`); the names map to classes in HOMEPOT_JOBS_CHANNELS.
+
+A channel's `push` either succeeds for the whole batch or raises `PushError`; the
+dispatcher then leaves the batch pending and retries it with backoff. A channel never
+changes delivery rows itself: the dispatcher marks the batch `sent` in one UPDATE.
+"""
+
+from dataclasses import dataclass
+from functools import cache
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+DEFAULT_CHANNELS = {
+    "poll": "jobs_app.channels.poll.PollChannel",
+    "mqtt": "jobs_app.channels.mqtt.MqttChannel",
+}
+
+
+class PushError(Exception):
+    """The channel could not hand the batch over (broker down, timeout): worth a retry."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One delivery on its way: what a channel needs to address and describe it."""
+
+    delivery_id: int
+    device_id: str  # the business id (pos-terminal-009), as devices know themselves
+    job_id: int
+    action: str
+    payload: dict
+    priority: str
+    deadline: str | None = None
+
+    def message(self) -> dict:
+        return {
+            "delivery_id": self.delivery_id,
+            "job_id": self.job_id,
+            "action": self.action,
+            "payload": self.payload,
+            "priority": self.priority,
+            "deadline": self.deadline,
+        }
+
+
+class Channel:
+    name = ""
+
+    def push(self, batch: list[Outgoing]) -> None:
+        """Hand `batch` to its devices, or raise PushError."""
+        raise NotImplementedError
+
+    def cancel(self, batch: list[Outgoing]) -> None:
+        """Tell devices to drop work they were sent (where the channel can); optional."""
+
+
+@cache
+def _load(path: str) -> Channel:
+    return import_string(path)()
+
+
+def get_channel(name: str) -> Channel:
+    paths = {**DEFAULT_CHANNELS, **getattr(settings, "HOMEPOT_JOBS_CHANNELS", {})}
+    try:
+        return _load(paths[name])
+    except KeyError:
+        raise PushError(f"No push channel named {name!r}.") from None

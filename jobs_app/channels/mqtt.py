@@ -1,0 +1,69 @@
+"""The MQTT channel: each delivery is published, QoS 1, to
+`homepot/devices/<device_id>/commands` on the broker at HOMEPOT_JOBS_MQTT_HOST:PORT.
+
+The push succeeds only when the broker has acknowledged every message of the batch
+(PUBACK); a refused connection or a missing acknowledgement raises PushError, so the
+dispatcher leaves the batch pending and retries it with backoff. Devices answer on
+`homepot/devices/<device_id>/events`, which `manage.py mqtt_bridge` turns into the same
+service calls as the HTTP agent API.
+"""
+
+import json
+import threading
+
+from django.conf import settings
+
+from jobs_app.channels import Channel, Outgoing, PushError
+
+COMMANDS_TOPIC = "homepot/devices/{device_id}/commands"
+EVENTS_TOPIC = "homepot/devices/+/events"
+
+
+def connect(client_id: str = ""):
+    """A connected paho client with its network loop running, or PushError."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    try:
+        client.connect(
+            getattr(settings, "HOMEPOT_JOBS_MQTT_HOST", "127.0.0.1"),
+            getattr(settings, "HOMEPOT_JOBS_MQTT_PORT", 1883),
+            keepalive=30,
+        )
+    except OSError as exc:
+        raise PushError(f"MQTT broker unreachable: {exc}") from exc
+    client.loop_start()
+    return client
+
+
+class MqttChannel(Channel):
+    name = "mqtt"
+
+    def __init__(self):
+        self._client = None
+        self._lock = threading.Lock()
+
+    def _connected(self):
+        with self._lock:
+            if self._client is None or not self._client.is_connected():
+                if self._client is not None:
+                    self._client.loop_stop()
+                self._client = connect()
+            return self._client
+
+    def push(self, batch: list[Outgoing]) -> None:
+        client = self._connected()
+        timeout = getattr(settings, "HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS", 10)
+        published = [
+            client.publish(COMMANDS_TOPIC.format(device_id=item.device_id), json.dumps(item.message()), qos=1)
+            for item in batch
+        ]
+        for info in published:
+            try:
+                info.wait_for_publish(timeout=timeout)
+            except (RuntimeError, ValueError) as exc:
+                raise PushError(f"MQTT publish failed: {exc}") from exc
+            if not info.is_published():
+                with self._lock:
+                    self._client = None  # reconnect next time
+                raise PushError("MQTT broker did not acknowledge the publish in time.")

@@ -1,0 +1,134 @@
+"""The dispatcher: creates a job's deliveries and hands them out in keyset-paged batches,
+honouring the rollout policy. Called by the `dispatch_job` task (jobs_app.tasks) and, in
+tests and eager mode, directly.
+
+Who owns a batch is decided by the database: each batch is claimed with
+`SELECT ... FOR UPDATE SKIP LOCKED` inside its own transaction, pushed, and marked `sent`
+with one conditional UPDATE before the transaction commits. Two dispatchers at once take
+different rows; a worker that dies mid-batch rolls back, leaving the batch pending for
+the re-queued task (acks_late). So each delivery is marked sent exactly once; a device may
+be offered the same delivery twice after such a crash and recognises it by its id.
+"""
+
+import dataclasses
+import random
+from collections import defaultdict
+
+from django.conf import settings
+from django.db import transaction
+
+from jobs_app import services
+from jobs_app.channels import Outgoing, PushError, get_channel
+from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus
+from jobs_app.models import Delivery, Job
+
+
+@dataclasses.dataclass
+class PassResult:
+    sent: int = 0
+    held: int = 0  # left pending by the per-site in-flight limit
+    push_failures: int = 0  # left pending after a failed push (to retry)
+    failed: int = 0  # out of push attempts
+    batches: int = 0
+    max_attempts_seen: int = 0
+
+    @property
+    def retry_push(self) -> bool:
+        return self.push_failures > 0
+
+
+def max_push_attempts() -> int:
+    return getattr(settings, "HOMEPOT_JOBS_PUSH_MAX_ATTEMPTS", 5)
+
+
+def push_backoff(attempt: int) -> float:
+    """Seconds before push attempt `attempt + 1`: exponential, capped, with jitter (half
+    fixed, half random, so retries of many batches spread out instead of arriving together)."""
+    base = getattr(settings, "HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS", 2.0)
+    cap = getattr(settings, "HOMEPOT_JOBS_PUSH_BACKOFF_MAX_SECONDS", 300.0)
+    delay = min(cap, base * 2 ** max(attempt - 1, 0))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def dispatch_pass(job_id: int) -> PassResult:
+    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`).
+    Safe to run again or concurrently; does nothing for a job that is not running."""
+    result = PassResult()
+    job = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).first()
+    if job is None:
+        return result
+    services.deliveries_materialise(job_id)
+    services.job_mark_started(job_id)
+    last_id = 0
+    while True:
+        with transaction.atomic():
+            # Pause or cancel between batches stops the rollout here.
+            if not Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exists():
+                break
+            rows = _claim_batch(job, last_id)
+            if not rows:
+                break
+            last_id = rows[-1]["id"]
+            result.batches += 1
+            _dispatch_batch(job, rows, result)
+    services.job_rollup(job_id)
+    return result
+
+
+def _claim_batch(job: Job, last_id: int) -> list[dict]:
+    return list(
+        Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
+        .order_by("id")
+        .values("id", "site_id", "attempts", "deadline", "device__device_id", "device__push_channel")[
+            : job.batch_size
+        ]
+    )
+
+
+def _within_site_limits(job: Job, rows: list[dict], result: PassResult) -> list[dict]:
+    """Keep the store selling: never more than `max_in_flight_per_site` devices of a site
+    busy with this job. The rest stay pending for a later pass."""
+    limit = job.max_in_flight_per_site
+    if not limit:
+        return rows
+    busy = services.in_flight_by_site(job.pk, {row["site_id"] for row in rows})
+    allowed = []
+    for row in rows:
+        if busy.get(row["site_id"], 0) < limit:
+            busy[row["site_id"]] = busy.get(row["site_id"], 0) + 1
+            allowed.append(row)
+        else:
+            result.held += 1
+    return allowed
+
+
+def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
+    by_channel: dict[str, list[dict]] = defaultdict(list)
+    for row in _within_site_limits(job, rows, result):
+        by_channel[row["device__push_channel"]].append(row)
+    for channel_name, channel_rows in by_channel.items():
+        batch = [
+            Outgoing(
+                delivery_id=row["id"],
+                device_id=row["device__device_id"],
+                job_id=job.pk,
+                action=job.action,
+                payload=job.payload,
+                priority=job.priority,
+                deadline=row["deadline"].isoformat() if row["deadline"] else None,
+            )
+            for row in channel_rows
+        ]
+        ids = [row["id"] for row in channel_rows]
+        try:
+            get_channel(channel_name).push(batch)
+        except PushError as exc:
+            retry, failed = services.deliveries_push_failed(ids, f"Push failed: {exc}", max_push_attempts())
+            result.push_failures += retry
+            result.failed += failed
+            result.max_attempts_seen = max(
+                result.max_attempts_seen, *(row["attempts"] + 1 for row in channel_rows)
+            )
+            continue
+        result.sent += services.deliveries_mark_sent(ids)

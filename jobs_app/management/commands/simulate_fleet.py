@@ -1,0 +1,170 @@
+"""Play N terminals as real clients: over HTTP (`--channel poll`, the default) each polls
+`GET /api/v1/agent/commands`, acknowledges each delivery, waits a while and reports it
+`completed` (or `failed`, at --failure-rate); over MQTT (`--channel mqtt`) each listens on
+`homepot/devices/<id>/commands` and answers on `.../events` (run `manage.py mqtt_bridge`).
+
+Each simulated device gets a fresh credential (issuing one revokes the device's previous
+credential: use it on demo and benchmark fleets, not on real terminals).
+
+    python manage.py simulate_fleet --devices 20 --base-url http://127.0.0.1:8000
+"""
+
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from django.core.management.base import BaseCommand, CommandError
+
+from devices_app.models import Device
+from devices_app.services import device_credential_issue
+
+
+class Terminal(threading.Thread):
+    def __init__(self, device_id, secret, options, stats, stop):
+        super().__init__(daemon=True, name=device_id)
+        self.device_id, self.secret, self.options, self.stats, self.stop = (
+            device_id,
+            secret,
+            options,
+            stats,
+            stop,
+        )
+        self.rng = random.Random(device_id)  # noqa: S311 - simulation, not security
+
+    def call(self, method, path, body=None):
+        request = urllib.request.Request(  # noqa: S310 - the operator's own base URL
+            self.options["base_url"].rstrip("/") + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Device {self.secret}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read() or b"null")
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                for command in self.call("GET", "/api/v1/agent/commands")["commands"]:
+                    self.handle(command)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                self.stats["errors"] += 1
+                if self.options["verbosity"] > 1:
+                    print(f"{self.device_id}: {exc}")
+            self.stop.wait(self.options["poll_interval"] * self.rng.uniform(0.5, 1.5))
+
+    def handle(self, command):
+        delivery = command["delivery_id"]
+        if command["status"] == "sent":
+            if self.call("POST", f"/api/v1/agent/deliveries/{delivery}/ack")["status"] == "cancelled":
+                return
+            self.stats["acknowledged"] += 1
+        time.sleep(self.options["work_seconds"] * self.rng.uniform(0.5, 1.5))
+        if self.rng.random() < self.options["failure_rate"]:
+            body = {"status": "failed", "error": "simulated failure", "details": {"simulated": True}}
+            self.stats["failed"] += 1
+        else:
+            body = {"status": "completed", "details": {"applied": command["action"]}}
+            self.stats["completed"] += 1
+        self.call("POST", f"/api/v1/agent/deliveries/{delivery}/result", body)
+
+
+class MqttFleet:
+    """MQTT terminals: one broker connection listening on each simulated device's topic."""
+
+    def __init__(self, device_ids, options, stats):
+        from jobs_app.channels.mqtt import connect
+
+        self.options, self.stats, self.rng = options, stats, random.Random(0)  # noqa: S311
+        self.client = connect()
+        self.client.on_message = self.on_message
+        for device_id in device_ids:
+            self.client.subscribe(f"homepot/devices/{device_id}/commands", qos=1)
+
+    def on_message(self, client, userdata, message):
+        device_id = message.topic.split("/")[2]
+        try:
+            command = json.loads(message.payload)
+        except ValueError:
+            return
+        threading.Thread(target=self.answer, args=(device_id, command), daemon=True).start()
+
+    def answer(self, device_id, command):
+        events = f"homepot/devices/{device_id}/events"
+        delivery = command.get("delivery_id")
+        self.client.publish(events, json.dumps({"delivery_id": delivery, "event": "ack"}), qos=1)
+        self.stats["acknowledged"] += 1
+        time.sleep(self.options["work_seconds"] * self.rng.uniform(0.5, 1.5))
+        failed = self.rng.random() < self.options["failure_rate"]
+        result = {"delivery_id": delivery, "event": "result", "status": "failed" if failed else "completed"}
+        if failed:
+            result["error"] = "simulated failure"
+        self.client.publish(events, json.dumps(result), qos=1)
+        self.stats["failed" if failed else "completed"] += 1
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Command(BaseCommand):
+    help = "Simulate N terminals polling the agent API over HTTP and answering their jobs."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--devices", type=int, default=10, help="How many terminals to play.")
+        parser.add_argument("--site", help="Only devices of this site (its site_id).")
+        parser.add_argument(
+            "--channel", choices=["poll", "mqtt"], default="poll", help="Which terminals to play."
+        )
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+        parser.add_argument("--poll-interval", type=float, default=2.0, help="Seconds between polls.")
+        parser.add_argument("--work-seconds", type=float, default=1.0, help="Time to apply a job.")
+        parser.add_argument("--failure-rate", type=float, default=0.0, help="0..1: share reported failed.")
+        parser.add_argument(
+            "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
+        )
+
+    def handle(self, *args, **options):
+        if not 0 <= options["failure_rate"] <= 1:
+            raise CommandError("--failure-rate is a share between 0 and 1.")
+        devices = Device.objects.filter(push_channel=options["channel"]).select_related("site").order_by("id")
+        if options["site"]:
+            devices = devices.filter(site__site_id=options["site"])
+        devices = list(devices[: options["devices"]])
+        if not devices:
+            raise CommandError(f"No {options['channel']} devices to simulate.")
+        stats = {"acknowledged": 0, "completed": 0, "failed": 0, "errors": 0}
+        stop = threading.Event()
+        if options["channel"] == "mqtt":
+            fleet = MqttFleet([d.device_id for d in devices], options, stats)
+            self.stdout.write(f"Simulating {len(devices)} MQTT terminals")
+            self._run_for(options["duration"])
+            fleet.close()
+            self.stdout.write(json.dumps(stats))
+            return
+        terminals = [
+            Terminal(
+                device.device_id, device_credential_issue(actor=None, device=device)[1], options, stats, stop
+            )
+            for device in devices
+        ]
+        self.stdout.write(f"Simulating {len(terminals)} terminals against {options['base_url']}")
+        for terminal in terminals:
+            terminal.start()
+        try:
+            self._run_for(options["duration"])
+        finally:
+            stop.set()
+            for terminal in terminals:
+                terminal.join(timeout=15)
+        self.stdout.write(json.dumps(stats))
+
+    def _run_for(self, duration: float) -> None:
+        started = time.monotonic()
+        try:
+            while not duration or time.monotonic() - started < duration:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,50 @@
+"""Reads of the jobs app. Every read is scoped with the one rule, `for_user`."""
+
+from django.db.models import Prefetch, QuerySet
+
+from accounts.scoping import scoped_site_ids
+from devices_app.models import Device
+from jobs_app.models import Delivery, Job
+from sites_app.models import Site
+
+
+def visible_site_ids(user) -> set[int] | None:
+    """The ids of the sites `user` may see; None for "every site" (admins). A job spread
+    over several stores shows each member only its own stores' side."""
+    site_ids = scoped_site_ids(user, "view")
+    return None if site_ids is None else set(site_ids.values_list("site_id", flat=True))
+
+
+def job_list(*, user) -> QuerySet[Job]:
+    """The jobs `user` may see (by the job's primary site), with what a page shows."""
+    return (
+        Job.objects.for_user(user)
+        .select_related("site", "created_by")
+        .prefetch_related(
+            Prefetch("extra_sites", queryset=Site.objects.only("pk", "site_id")),
+            Prefetch("target_devices", queryset=Device.objects.only("pk", "device_id", "site_id")),
+        )
+    )
+
+
+def job_deliveries(*, job: Job, user=None) -> QuerySet[Delivery]:
+    """The deliveries of a job the caller may already see, with device and site ids: only
+    those at sites `user` may see (a job can reach other stores too)."""
+    deliveries = Delivery.objects.filter(job=job).select_related("device", "site").order_by("id")
+    if user is not None:
+        site_ids = scoped_site_ids(user, "view")
+        if site_ids is not None:
+            deliveries = deliveries.filter(site__in=site_ids)
+    return deliveries
+
+
+def device_commands(*, device: Device, limit: int) -> list[Delivery]:
+    """A polling device's mailbox: its deliveries sent to it or acknowledged and not yet
+    finished, oldest first (the (device, status) index)."""
+    from jobs_app.choices import DELIVERY_IN_FLIGHT
+
+    return list(
+        Delivery.objects.filter(device=device, status__in=DELIVERY_IN_FLIGHT)
+        .select_related("job")
+        .order_by("id")[:limit]
+    )

@@ -1,0 +1,143 @@
+"""Dispatch, push retry and time-out through a real Celery worker against Redis.
+
+The worker runs in a thread of this process (celery.contrib.testing), consuming a queue of
+its own on a separate Redis database, so it never meets the development worker's messages.
+Data must be committed for the worker's connection to see it: transaction=True.
+"""
+
+import time
+import uuid
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+from django.db import close_old_connections, connection
+
+from devices_app.tests.factories import DeviceFactory
+from homepot.celery import app
+from jobs_app import services, tasks
+from jobs_app.channels import PushError
+from jobs_app.choices import DeliveryStatus, JobStatus
+from jobs_app.models import Delivery, Job
+from sites_app.tests.factories import SiteFactory
+
+TEST_BROKER = "redis://127.0.0.1:6379/14"
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _close_connection(**kwargs):
+    # The worker thread's own database connection must not outlive the test (the test
+    # database is flushed and, at the end, dropped).
+    connection.close()
+
+
+def _reset_broker_connections():
+    # Connections to the previous broker URL must not be reused for the new one. (Not
+    # force-closed: kombu's shared producer pools may still hold them.)
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def worker(settings):
+    settings.HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 0.05
+    settings.HOMEPOT_JOBS_REDISPATCH_SECONDS = 0.05
+    queue = f"homepot-test-{uuid.uuid4().hex}"
+    saved = {key: app.conf[key] for key in ("broker_url", "task_default_queue", "task_always_eager")}
+    app.conf.update(broker_url=TEST_BROKER, task_default_queue=queue, task_always_eager=False)
+    _reset_broker_connections()
+    task_postrun.connect(_close_connection, weak=False)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue]):
+            yield
+    finally:
+        task_postrun.disconnect(_close_connection)
+        app.conf.update(saved)
+        _reset_broker_connections()
+        close_old_connections()
+
+
+def wait_for(predicate, timeout=20.0):
+    """Poll until `predicate()` holds; fail (not a timing assertion: a generous deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"gave up waiting after {timeout} s")
+
+
+def launch(admin_user, devices=5, **fields):
+    site = SiteFactory()
+    DeviceFactory.create_batch(devices, site=site)
+    # job_create enqueues the dispatcher on commit: the real path, through the broker.
+    return services.job_create(actor=admin_user, site=site, action="update_config", **fields)
+
+
+def counts(job):
+    return {s: n for s, n in services.job_progress(job)["counts"].items() if n}
+
+
+def test_the_worker_dispatches_a_committed_job(worker, admin_user):
+    job = launch(admin_user, devices=7, batch_size=3)
+
+    wait_for(lambda: counts(job) == {"sent": 7})
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.SENT)
+    assert set(Delivery.objects.filter(job=job).values_list("attempts", flat=True)) == {1}
+
+
+def test_held_work_is_dispatched_as_devices_finish(worker, admin_user):
+    job = launch(admin_user, devices=3, max_in_flight_per_site=1)
+    wait_for(lambda: counts(job) == {"sent": 1, "pending": 2})
+
+    for _ in range(3):
+        wait_for(lambda: Delivery.objects.filter(job=job, status=DeliveryStatus.SENT).exists())
+        delivery = Delivery.objects.select_related("device").get(job=job, status=DeliveryStatus.SENT)
+        services.delivery_report(device=delivery.device, delivery_id=delivery.pk, outcome="completed")
+
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED)
+
+
+class FlakyChannel:
+    failures_left = 2
+
+    def push(self, batch):
+        if FlakyChannel.failures_left > 0:
+            FlakyChannel.failures_left -= 1
+            raise PushError("broker unreachable")
+
+
+def test_transient_push_failures_are_retried_with_backoff(worker, admin_user, monkeypatch):
+    FlakyChannel.failures_left = 2
+    monkeypatch.setattr("jobs_app.dispatch.get_channel", lambda name: FlakyChannel())
+    job = launch(admin_user, devices=2)
+
+    wait_for(lambda: counts(job) == {"sent": 2})
+    assert set(Delivery.objects.filter(job=job).values_list("attempts", flat=True)) == {3}
+
+
+def test_pushes_that_keep_failing_fail_the_delivery_with_the_error(worker, admin_user, monkeypatch, settings):
+    settings.HOMEPOT_JOBS_PUSH_MAX_ATTEMPTS = 3
+    FlakyChannel.failures_left = 10**6
+    monkeypatch.setattr("jobs_app.dispatch.get_channel", lambda name: FlakyChannel())
+    job = launch(admin_user, devices=2)
+
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.FAILED)
+    assert list(
+        Delivery.objects.filter(job=job).order_by().values_list("status", "attempts", "last_error").distinct()
+    ) == [("failed", 3, "Push failed: broker unreachable")]
+
+
+def test_the_periodic_task_times_out_late_deliveries(worker, admin_user):
+    import datetime
+
+    from django.utils import timezone
+
+    job = launch(admin_user, devices=2, ttl=datetime.timedelta(hours=1))
+    wait_for(lambda: counts(job) == {"sent": 2})
+    Delivery.objects.filter(job=job).update(deadline=timezone.now() - datetime.timedelta(seconds=1))
+
+    tasks.jobs_tick.delay()
+
+    wait_for(lambda: counts(job) == {"timed_out": 2})
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.FAILED)
