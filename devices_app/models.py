@@ -7,6 +7,7 @@ from django.utils import timezone
 from accounts.scoping import ScopedQuerySet
 from devices_app.choices import DeviceStatus, DeviceType, PushChannel
 from devices_app.fields import MACAddressField
+from monitoring_app.choices import HealthStatus
 from sites_app.validators import business_id_validator
 
 
@@ -46,7 +47,30 @@ class Device(models.Model):
         db_default=PushChannel.POLL,  # also for set-based inserts that name no value
         help_text="How jobs reach the device: it polls the agent API (works behind NAT) or listens on MQTT.",
     )
-    last_seen = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True, help_text="Server time of the last report.")
+    # The latest state reported by the device (history lives in monitoring_app.HealthCheck).
+    # db_default: the set-based INSERTs of devices_app.bulk name explicit columns.
+    health_status = models.CharField(
+        max_length=16,
+        choices=HealthStatus.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Latest reported health; empty until the first health report.",
+    )
+    health_changed_at = models.DateTimeField(null=True, blank=True, help_text="When the health last changed.")
+    last_health_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the latest health (the one shown) was measured: the report's time.",
+    )
+    connectivity_changed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the status last moved between online and offline."
+    )
+    reported_at = models.DateTimeField(
+        null=True, blank=True, help_text="The device's own clock at its last report (kept, never trusted)."
+    )
+    app_version = models.CharField(max_length=64, blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -64,6 +88,10 @@ class Device(models.Model):
             models.CheckConstraint(
                 condition=models.Q(push_channel__in=PushChannel.values), name="devices_push_channel_valid"
             ),
+            models.CheckConstraint(
+                condition=models.Q(health_status__in=["", *HealthStatus.values]),
+                name="devices_health_status_valid",
+            ),
             models.UniqueConstraint(
                 fields=["mac_address"],
                 condition=models.Q(mac_address__isnull=False),
@@ -78,6 +106,11 @@ class Device(models.Model):
             models.Index(fields=["status", "id"], name="devices_status"),
             models.Index(fields=["device_type", "id"], name="devices_type"),
             models.Index(fields=["last_seen"], name="devices_last_seen"),
+            # The sweep: online devices whose last report is older than the cutoff.
+            models.Index(fields=["status", "last_seen"], name="devices_status_last_seen"),
+            # "Which terminals are unhealthy", fleet-wide and per site.
+            models.Index(fields=["health_status", "id"], name="devices_health"),
+            models.Index(fields=["site", "health_status", "id"], name="devices_site_health"),
         ]
 
     def __str__(self) -> str:

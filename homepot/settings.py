@@ -215,6 +215,76 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
+# --- Jobs (read by jobs_app: dispatcher, beat tick, agent API) ----------------------------
+# Push attempts per delivery before it is failed, and the exponential backoff between them.
+HOMEPOT_JOBS_PUSH_MAX_ATTEMPTS = 5
+HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 2.0
+HOMEPOT_JOBS_PUSH_BACKOFF_MAX_SECONDS = 300.0
+# How soon the dispatcher looks again at work held back by the per-site in-flight limit.
+HOMEPOT_JOBS_REDISPATCH_SECONDS = 5.0
+# Beat period of: start due scheduled jobs, time out deliveries, finish rollups.
+HOMEPOT_JOBS_TICK_SECONDS = 10.0
+# A failure threshold is judged only once this many devices have answered.
+HOMEPOT_JOBS_FAILURE_MIN_SAMPLE = 10
+# The preview's duration estimate: seconds a device takes to apply a job.
+HOMEPOT_JOBS_EXPECTED_SECONDS_PER_DEVICE = 30
+# Most commands one poll of GET /api/v1/agent/commands returns.
+HOMEPOT_JOBS_POLL_LIMIT = 50
+# The MQTT push channel's broker (Mosquitto), and how long a publish may wait for its PUBACK.
+HOMEPOT_JOBS_MQTT_HOST = "127.0.0.1"
+HOMEPOT_JOBS_MQTT_PORT = 1883
+HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = 10
+# Jobs, deliveries and devices each have a `status`: name their OpenAPI enums apart.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "JobStatusEnum": "jobs_app.choices.JobStatus",
+        "DeliveryStatusEnum": "jobs_app.choices.DeliveryStatus",
+        "DeviceStatusEnum": "devices_app.choices.DeviceStatus",
+        "DeliveryOutcomeEnum": [("completed", "Completed"), ("failed", "Failed")],
+    }
+)
+
+# --- Monitoring (read by monitoring_app: ingest, sweep, alerts, retention) ---------------
+# A device is online while seen within its expected report interval plus the grace period.
+HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS = env.int(
+    "HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS", default=60
+)
+HOMEPOT_MONITORING_GRACE_SECONDS = env.int("HOMEPOT_MONITORING_GRACE_SECONDS", default=120)
+# Beat period of the sweep (offline marking) and the alert evaluation.
+HOMEPOT_MONITORING_SWEEP_SECONDS = env.float("HOMEPOT_MONITORING_SWEEP_SECONDS", default=30.0)
+# A heartbeat rewrites the device row only when something changed or last_seen is older.
+HOMEPOT_MONITORING_TOUCH_SECONDS = env.int("HOMEPOT_MONITORING_TOUCH_SECONDS", default=30)
+# Device clocks: a report stamped further ahead than this is refused (400), one older than
+# the max age too (it would be pruned anyway).
+HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS = env.int("HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS", default=300)
+HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS = env.int("HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS", default=72)
+HOMEPOT_MONITORING_BATCH_MAX_REPORTS = env.int("HOMEPOT_MONITORING_BATCH_MAX_REPORTS", default=500)
+HOMEPOT_MONITORING_METRICS_MAX_BYTES = env.int("HOMEPOT_MONITORING_METRICS_MAX_BYTES", default=4096)
+# Alerts open after a device has been offline / unhealthy this long.
+HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = env.int("HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS", default=300)
+HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS = env.int(
+    "HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS", default=600
+)
+# One site alert instead of one per terminal when this fraction of a site's monitored
+# devices (at least the minimum) is offline.
+HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION = env.float("HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION", default=0.6)
+HOMEPOT_MONITORING_SITE_OUTAGE_MIN_DEVICES = env.int("HOMEPOT_MONITORING_SITE_OUTAGE_MIN_DEVICES", default=2)
+# Optional: alerts are also POSTed as JSON to this URL.
+HOMEPOT_MONITORING_WEBHOOK_URL = env.str("HOMEPOT_MONITORING_WEBHOOK_URL", default="")
+HOMEPOT_MONITORING_WEBHOOK_TIMEOUT_SECONDS = env.float(
+    "HOMEPOT_MONITORING_WEBHOOK_TIMEOUT_SECONDS", default=5.0
+)
+# Health history older than this is pruned, in batches of the given size.
+HOMEPOT_MONITORING_RETENTION_DAYS = env.int("HOMEPOT_MONITORING_RETENTION_DAYS", default=30)
+HOMEPOT_MONITORING_PRUNE_BATCH = env.int("HOMEPOT_MONITORING_PRUNE_BATCH", default=5000)
+# Device health and site health each have a `status`: name their OpenAPI enums apart.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "HealthStatusEnum": "monitoring_app.choices.HealthStatus",
+        "SiteHealthStatusEnum": "monitoring_app.choices.SiteHealthStatus",
+    }
+)
+
 # --- Security headers for deployments behind TLS -----------------------------------------
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)

@@ -19,6 +19,9 @@ urlpatterns = [
     path("api/v1/", include("accounts.api.urls")),
     # Devices calling in as themselves (Authorization: Device <credential>).
     path("api/v1/agent/", include("devices_app.api.agent_urls")),
+    path("api/v1/agent/", include("jobs_app.api.agent_urls")),
+    path("api/v1/agent/", include("monitoring_app.api.agent_urls")),
+    path("api/v1/fleet/", include("monitoring_app.api.fleet_urls")),
     path("api/v1/", include("monitoring_app.api.urls")),
     path("api/v1/", include((api_urls.v1_urlpatterns, "api"), namespace="api-v1")),
     path("", include((api_urls.urlpatterns, "api"), namespace="api")),

@@ -1,6 +1,9 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path
 
 from devices_app.models import Device
 from homepot.admin import (
@@ -8,14 +11,18 @@ from homepot.admin import (
     EstimatedCountPaginator,
     ReadOnlyAdminMixin,
     ScopedAdminMixin,
+    ServiceRefused,
     SiteListFilter,
     object_link,
     pretty_json,
     ref_link,
+    run_service,
     status_badge,
 )
 from jobs_app.models import Job
-from monitoring_app.models import AuditLog, HealthCheck
+from monitoring_app.alerts import alert_acknowledge, alert_resolve
+from monitoring_app.api.fleet import fleet_summary
+from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck
 from sites_app.models import Site
 
 # Both tables grow without end, so neither has a date hierarchy (its year/month/day choices
@@ -117,3 +124,123 @@ class AuditLogAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     @admin.display(description="new values")
     def new_values_pretty(self, entry):
         return pretty_json(entry.new_values)
+
+
+class AlertNoteInline(admin.TabularInline):
+    model = AlertNote
+    fields = ("created_at", "author", "text")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0  # notes are added through the audited service (API), never edited here
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("author")
+
+
+class AlertStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return (("open", "Open"), ("unacknowledged", "Open, not acknowledged"), ("resolved", "Resolved"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "open":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "unacknowledged":
+            return queryset.filter(resolved_at__isnull=True, acknowledged_at__isnull=True)
+        if self.value() == "resolved":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+    """Alerts are opened and closed by monitoring; operators acknowledge and resolve them
+    here (actions call the audited services; each alert's outcome is reported)."""
+
+    list_display = ("opened_at", "severity", "kind", "site_link", "device_link", "message", "state")
+    list_filter = (AlertStateFilter, "severity", "kind", SiteListFilter, ("opened_at", DateFieldListFilter))
+    search_fields = ("message", "site__site_id", "device__device_id")
+    ordering = ("-opened_at", "-id")
+    list_select_related = ("site", "device")
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    actions = ("acknowledge_alerts", "resolve_alerts")
+    inlines = (AlertNoteInline,)
+    fields = (
+        "kind",
+        "severity",
+        "message",
+        "site_link",
+        "device_link",
+        "opened_at",
+        "last_seen_at",
+        "acknowledged_at",
+        "acknowledged_by",
+        "resolved_at",
+        "resolved_by",
+        "notified_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="site", ordering="site__site_id")
+    def site_link(self, alert):
+        return object_link(alert.site)
+
+    @admin.display(description="device", ordering="device__device_id")
+    def device_link(self, alert):
+        return object_link(alert.device) if alert.device_id else "—"
+
+    @admin.display(description="state")
+    def state(self, alert):
+        return status_badge(alert.state, alert.state.capitalize())
+
+    def _run(self, request, queryset, service, verb):
+        done = 0
+        for alert in queryset.select_related("site", "device"):
+            try:
+                run_service(service, actor=request.user, alert=alert)
+                done += 1
+            except ServiceRefused as exc:
+                self.message_user(request, f"{alert}: {exc}", messages.ERROR)
+        self.message_user(request, f"{verb} {done} alert(s).", messages.SUCCESS)
+
+    @admin.action(description="Acknowledge selected alerts")
+    def acknowledge_alerts(self, request, queryset):
+        self._run(request, queryset, alert_acknowledge, "Acknowledged")
+
+    @admin.action(description="Resolve selected alerts")
+    def resolve_alerts(self, request, queryset):
+        self._run(request, queryset, alert_resolve, "Resolved")
+
+    # --- The fleet dashboard: /admin/monitoring_app/alert/fleet/ ----------------------------
+
+    DASHBOARD_ALERTS = 20
+
+    def get_urls(self):
+        dashboard = self.admin_site.admin_view(self.fleet_dashboard)
+        return [path("fleet/", dashboard, name="monitoring_fleet_dashboard"), *super().get_urls()]
+
+    def fleet_dashboard(self, request):
+        """Counts by connectivity and health, the sites most in trouble, open alerts: the
+        caller's sites only, a constant number of queries (see fleet_summary)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        alerts = (
+            Alert.objects.for_user(request.user)
+            .open()
+            .select_related("site")
+            .order_by("severity", "-opened_at", "-id")[: self.DASHBOARD_ALERTS]
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Fleet health",
+            "summary": fleet_summary(user=request.user),
+            "alerts": alerts,
+        }
+        return TemplateResponse(request, "admin/monitoring_app/fleet_dashboard.html", context)

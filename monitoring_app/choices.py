@@ -46,3 +46,31 @@ class AuditEvent(models.TextChoices):
     TOKEN_ISSUED = "token.issued", "API token issued"
     TOKEN_REVOKED = "token.revoked", "API token revoked"
     HEALTH_REPORTED = "health.reported", "Health reported"
+
+
+class ConnectivityReason(models.TextChoices):
+    """Why a device's status changed (DeviceStatusChange.reason)."""
+
+    REPORT = "report", "Device reported"
+    SWEEP = "sweep", "Silent past its interval"
+
+
+class AlertKind(models.TextChoices):
+    DEVICE_OFFLINE = "device_offline", "Device offline"
+    DEVICE_UNHEALTHY = "device_unhealthy", "Device unhealthy"
+    SITE_OFFLINE = "site_offline", "Site offline"
+
+
+# Alerts about one device; a site alert has no device.
+DEVICE_ALERT_KINDS = (AlertKind.DEVICE_OFFLINE, AlertKind.DEVICE_UNHEALTHY)
+
+
+class AlertSeverity(models.TextChoices):
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+
+
+class SiteHealthStatus(models.TextChoices):
+    HEALTHY = "healthy", "Healthy"
+    DEGRADED = "degraded", "Degraded"
+    DOWN = "down", "Down"

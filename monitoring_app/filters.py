@@ -1,7 +1,7 @@
 import django_filters
 
-from monitoring_app.choices import AuditEvent
-from monitoring_app.models import AuditLog
+from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent
+from monitoring_app.models import Alert, AuditLog
 
 
 class AuditLogFilter(django_filters.FilterSet):
@@ -18,3 +18,29 @@ class AuditLogFilter(django_filters.FilterSet):
     class Meta:
         model = AuditLog
         fields = ["event_type", "actor", "site", "device", "job", "since", "until"]
+
+
+class AlertFilter(django_filters.FilterSet):
+    """Filters of the alert list; the site and device filters are backed by indexes."""
+
+    state = django_filters.ChoiceFilter(
+        choices=[("open", "Open (not resolved)"), ("acknowledged", "Acknowledged"), ("resolved", "Resolved")],
+        method="filter_state",
+        help_text="open: not resolved (acknowledged or not).",
+    )
+    kind = django_filters.ChoiceFilter(choices=AlertKind.choices)
+    severity = django_filters.ChoiceFilter(choices=AlertSeverity.choices)
+    site = django_filters.CharFilter(field_name="site__site_id", help_text="The site's business id.")
+    device = django_filters.CharFilter(field_name="device__device_id", help_text="The device's business id.")
+    since = django_filters.IsoDateTimeFilter(field_name="opened_at", lookup_expr="gte")
+
+    class Meta:
+        model = Alert
+        fields = ["state", "kind", "severity", "site", "device", "since"]
+
+    def filter_state(self, queryset, name, value):
+        if value == "open":
+            return queryset.filter(resolved_at__isnull=True)
+        if value == "acknowledged":
+            return queryset.filter(resolved_at__isnull=True, acknowledged_at__isnull=False)
+        return queryset.filter(resolved_at__isnull=False)

@@ -7,7 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.scoping import ScopedQuerySet
-from monitoring_app.choices import AuditEvent, HealthStatus
+from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, ConnectivityReason, HealthStatus
 
 
 class HealthCheckQuerySet(ScopedQuerySet):
@@ -164,3 +164,147 @@ class AuditLog(models.Model):
 
     def compute_hash(self) -> str:
         return audit_row_hash(self)
+
+
+class DeviceStatusChangeQuerySet(ScopedQuerySet):
+    scope_path = "device__site"
+
+
+class DeviceStatusChange(models.Model):
+    """One connectivity transition of a device (online ↔ offline), written set-based by the
+    sweep and by the ingest when a device comes back. A table of its own rather than audit
+    rows: a site outage moves hundreds of devices at once, and the audit chain serialises
+    its writers."""
+
+    device = models.ForeignKey("devices_app.Device", on_delete=models.CASCADE, related_name="status_changes")
+    old_status = models.CharField(max_length=16)
+    new_status = models.CharField(max_length=16)
+    reason = models.CharField(max_length=16, choices=ConnectivityReason.choices)
+    changed_at = models.DateTimeField()
+
+    objects = DeviceStatusChangeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        indexes = [
+            models.Index(fields=["device", "-changed_at"], name="monitoring_stchg_device"),
+            models.Index(fields=["-changed_at"], name="monitoring_stchg_changed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.old_status} → {self.new_status} at {self.changed_at:%Y-%m-%d %H:%M}"
+
+
+class MonitoringState(models.Model):
+    """One row (pk=1): when the sweep last ran, and when monitoring last resumed after a gap.
+
+    After the server was down, every device looks silent; `resumed_at` gives them a fresh
+    grace period instead of declaring the fleet offline."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_sweep_at = models.DateTimeField(null=True, blank=True)
+    resumed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="monitoring_state_single_row")]
+
+    def __str__(self) -> str:
+        return f"Monitoring state (last sweep {self.last_sweep_at})"
+
+
+class AlertQuerySet(ScopedQuerySet):
+    scope_path = "site"
+
+    def open(self):
+        return self.filter(resolved_at__isnull=True)
+
+
+class Alert(models.Model):
+    """Something an operator should look at: a device offline or unhealthy for too long, or
+    a whole site offline. Opened and closed by monitoring_app.alerts; acknowledged, resolved
+    and annotated by operators (audited)."""
+
+    site = models.ForeignKey("sites_app.Site", on_delete=models.CASCADE, related_name="alerts")
+    device = models.ForeignKey(
+        "devices_app.Device", on_delete=models.CASCADE, null=True, blank=True, related_name="alerts"
+    )
+    kind = models.CharField(max_length=24, choices=AlertKind.choices)
+    severity = models.CharField(max_length=16, choices=AlertSeverity.choices)
+    message = models.CharField(max_length=500)
+    opened_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(help_text="The last time the condition was observed.")
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Claimed with a conditional UPDATE before sending, so an alert is notified at most once.
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AlertQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=AlertKind.values), name="monitoring_alert_kind_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(severity__in=AlertSeverity.values), name="monitoring_alert_severity_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind=AlertKind.SITE_OFFLINE, device__isnull=True)
+                | (~models.Q(kind=AlertKind.SITE_OFFLINE) & models.Q(device__isnull=False)),
+                name="monitoring_alert_device_matches_kind",
+            ),
+            # At most one open alert per device and kind, and per site for site alerts: the
+            # evaluator's INSERT ... ON CONFLICT DO NOTHING relies on these.
+            models.UniqueConstraint(
+                fields=["device", "kind"],
+                condition=models.Q(resolved_at__isnull=True, device__isnull=False),
+                name="monitoring_alert_one_open_per_device",
+            ),
+            models.UniqueConstraint(
+                fields=["site", "kind"],
+                condition=models.Q(resolved_at__isnull=True, device__isnull=True),
+                name="monitoring_alert_one_open_per_site",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["site", "-opened_at"], name="monitoring_alert_site"),
+            models.Index(
+                fields=["-opened_at"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="monitoring_alert_open",
+            ),
+            models.Index(fields=["device", "-opened_at"], name="monitoring_alert_device"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.message}"
+
+    @property
+    def state(self) -> str:
+        if self.resolved_at:
+            return "resolved"
+        return "acknowledged" if self.acknowledged_at else "open"
+
+
+class AlertNote(models.Model):
+    """An operator's note on an alert (append-only, like the audit it is recorded in)."""
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.text[:60]

@@ -1,3 +1,17 @@
 """This app's periodic tasks, merged into Celery beat's schedule by homepot/celery.py."""
 
-BEAT_SCHEDULE: dict = {}
+from celery.schedules import crontab
+from django.conf import settings
+
+BEAT_SCHEDULE: dict = {
+    "monitoring-tick": {
+        "task": "monitoring_app.tasks.monitoring_tick",
+        "schedule": settings.HOMEPOT_MONITORING_SWEEP_SECONDS,
+        "options": {"expires": settings.HOMEPOT_MONITORING_SWEEP_SECONDS},
+    },
+    # Nightly, off trading hours for most of the chain.
+    "monitoring-prune-health": {
+        "task": "monitoring_app.tasks.prune_health_history",
+        "schedule": crontab(hour=3, minute=17),
+    },
+}

@@ -32,3 +32,84 @@ def audit_chain_verify(*, chunk_size: int = 5000) -> ChainReport:
         expected_prev = row.row_hash
         checked += 1
     return ChainReport(checked)
+
+
+# --- Timelines ---------------------------------------------------------------------------
+
+
+def _event(at, kind: str, summary: str, **extra) -> dict:
+    return {"at": at, "type": kind, "summary": summary, **extra}
+
+
+def _alert_events(alerts) -> list[dict]:
+    events = []
+    for alert in alerts:
+        events.append(_event(alert.opened_at, "alert", f"Alert opened: {alert.message}", alert=alert.pk))
+        if alert.resolved_at:
+            events.append(
+                _event(alert.resolved_at, "alert", f"Alert resolved: {alert.message}", alert=alert.pk)
+            )
+    return events
+
+
+def _job_events(deliveries) -> list[dict]:
+    return [
+        _event(d.created_at, "job", f"Job #{d.job_id} {d.job.action}: {d.status}", job=d.job_id)
+        for d in deliveries
+    ]
+
+
+def _audit_events(entries) -> list[dict]:
+    return [
+        _event(e.created_at, "operator", e.description, actor=e.actor_ref or "system", event=e.event_type)
+        for e in entries
+    ]
+
+
+def device_timeline(*, device, limit: int = 50) -> list[dict]:
+    """One device's history, newest first: health reports, connectivity changes, alerts,
+    jobs and audited actions. One bounded query per source (each served by a (device, time)
+    index), merged in Python: at most 5 × `limit` rows read."""
+    from devices_app.models import Device  # noqa: F401 (documentation: `device` is a Device)
+    from jobs_app.models import Delivery
+    from monitoring_app.models import Alert, DeviceStatusChange, HealthCheck
+
+    events = [
+        _event(c.checked_at, "health", f"{c.status}" + (f": {c.error_message}" if c.error_message else ""))
+        for c in HealthCheck.objects.filter(device=device).order_by("-checked_at", "-id")[:limit]
+    ]
+    events += [
+        _event(c.changed_at, "connectivity", f"{c.old_status} → {c.new_status} ({c.get_reason_display()})")
+        for c in DeviceStatusChange.objects.filter(device=device).order_by("-changed_at", "-id")[:limit]
+    ]
+    events += _alert_events(Alert.objects.filter(device=device).order_by("-opened_at", "-id")[:limit])
+    events += _job_events(
+        Delivery.objects.filter(device=device).select_related("job").order_by("-id")[:limit]
+    )
+    events += _audit_events(AuditLog.objects.filter(device_ref=device.device_id).order_by("-id")[:limit])
+    return sorted(events, key=lambda e: e["at"], reverse=True)[:limit]
+
+
+def site_timeline(*, site, limit: int = 50) -> list[dict]:
+    """One site's history, newest first: its devices' connectivity changes, alerts, jobs and
+    audited actions (health reports stay on the device timelines: a site has thousands)."""
+    from jobs_app.models import Job
+    from monitoring_app.models import Alert, DeviceStatusChange
+
+    events = [
+        _event(
+            c.changed_at,
+            "connectivity",
+            f"{c.device.device_id}: {c.old_status} → {c.new_status} ({c.get_reason_display()})",
+        )
+        for c in DeviceStatusChange.objects.filter(device__site=site)
+        .select_related("device")
+        .order_by("-changed_at", "-id")[:limit]
+    ]
+    events += _alert_events(Alert.objects.filter(site=site).order_by("-opened_at", "-id")[:limit])
+    events += [
+        _event(j.created_at, "job", f"Job #{j.pk} {j.action}: {j.status}", job=j.pk)
+        for j in Job.objects.filter(site=site).order_by("-id")[:limit]
+    ]
+    events += _audit_events(AuditLog.objects.filter(site=site).order_by("-id")[:limit])
+    return sorted(events, key=lambda e: e["at"], reverse=True)[:limit]

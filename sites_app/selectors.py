@@ -1,7 +1,10 @@
 """Reads of the sites app. Every read is scoped with the one rule, `for_user`."""
 
-from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.conf import settings
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
+from devices_app.choices import DeviceStatus
+from monitoring_app.choices import HealthStatus, SiteHealthStatus
 from sites_app.models import Site
 
 # Internal ids are PostgreSQL bigints; a larger number can match nothing (and must not
@@ -10,8 +13,80 @@ _MAX_ID = 2**63 - 1
 
 
 def site_list(*, user) -> QuerySet[Site]:
-    """The sites `user` may see, each with its `device_count`."""
-    return Site.objects.for_user(user).with_device_count()
+    """The sites `user` may see, each with its `device_count` and health counts."""
+    return with_health(Site.objects.for_user(user).with_device_count())
+
+
+# --- Site health ---------------------------------------------------------------------------
+# Devices in maintenance (an operator's choice) and never heard from (`unknown`) are not
+# monitored: they count in `total` but in neither online nor offline.
+_NOT_MONITORED = (DeviceStatus.MAINTENANCE, DeviceStatus.UNKNOWN)
+_BAD_HEALTH = (HealthStatus.DEGRADED, HealthStatus.UNHEALTHY)
+
+
+def health_counts(prefix: str = "") -> dict:
+    """Aggregates over devices (reached through `prefix`, e.g. "devices__") that one
+    GROUP BY computes: total, online, offline, maintenance, and the health of online
+    devices (an online device without a report yet counts as healthy)."""
+
+    def on(**lookups):
+        return Q(**{f"{prefix}{name}": value for name, value in lookups.items()})
+
+    online = on(status=DeviceStatus.ONLINE)
+    pk = f"{prefix}pk" if prefix else "pk"
+    return {
+        "health_total": Count(pk),
+        "health_online": Count(pk, filter=online),
+        "health_offline": Count(pk, filter=~on(status__in=[*_NOT_MONITORED, DeviceStatus.ONLINE])),
+        "health_maintenance": Count(pk, filter=on(status=DeviceStatus.MAINTENANCE)),
+        "health_healthy": Count(pk, filter=online & ~on(health_status__in=_BAD_HEALTH)),
+        "health_degraded": Count(pk, filter=online & on(health_status=HealthStatus.DEGRADED)),
+        "health_unhealthy": Count(pk, filter=online & on(health_status=HealthStatus.UNHEALTHY)),
+    }
+
+
+def with_health(queryset: QuerySet[Site]) -> QuerySet[Site]:
+    """Sites annotated with their health counts, in the same single query."""
+    return queryset.annotate(**health_counts("devices__"))
+
+
+def health_summary(counts: dict) -> dict:
+    """The health answer for one site or many, from health_counts' numbers (no query).
+
+    `health_percentage`: healthy share of the monitored devices (None when none is
+    monitored). `status`: down when no monitored device is online or the offline share
+    reaches the site-outage fraction; degraded when anything is offline or not healthy;
+    healthy otherwise.
+    """
+    total, online, offline = counts["health_total"], counts["health_online"], counts["health_offline"]
+    healthy, degraded, unhealthy = (
+        counts["health_healthy"],
+        counts["health_degraded"],
+        counts["health_unhealthy"],
+    )
+    monitored = online + offline
+    if monitored and (online == 0 or offline >= settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION * monitored):
+        status = SiteHealthStatus.DOWN
+    elif offline or degraded or unhealthy:
+        status = SiteHealthStatus.DEGRADED
+    else:
+        status = SiteHealthStatus.HEALTHY
+    return {
+        "total": total,
+        "online": online,
+        "offline": offline,
+        "maintenance": counts["health_maintenance"],
+        "healthy": healthy,
+        "degraded": degraded,
+        "unhealthy": unhealthy,
+        "health_percentage": round(100.0 * healthy / monitored, 1) if monitored else None,
+        "status": status.value,
+    }
+
+
+def site_health(site: Site) -> dict:
+    """One site's health summary, from the annotations site_list put on it."""
+    return health_summary({name: getattr(site, name) for name in health_counts()})
 
 
 def _internal_id(reference) -> int | None:
@@ -52,3 +127,36 @@ def site_for_reference(*, user, reference: int | str, action: str = "change") ->
     reveals that another operator's site exists.
     """
     return sites_by_reference(reference, Site.objects.for_user(user, action)).first()
+
+
+SITE_HEALTH_DEVICES_LIMIT = 500
+
+
+def site_health_devices(site: Site, limit: int = SITE_HEALTH_DEVICES_LIMIT) -> tuple[list[dict], bool]:
+    """The site's devices, worst first (offline, then unhealthy, degraded, the rest), at most
+    `limit` of them, and whether there were more. One query (served by the site indexes)."""
+    from devices_app.models import Device
+
+    rank = Case(
+        When(status__in=[DeviceStatus.OFFLINE, DeviceStatus.ERROR], then=Value(0)),
+        When(health_status=HealthStatus.UNHEALTHY, then=Value(1)),
+        When(health_status=HealthStatus.DEGRADED, then=Value(2)),
+        default=Value(3),
+        output_field=IntegerField(),
+    )
+    rows = list(
+        Device.objects.filter(site=site)
+        .annotate(rank=rank)
+        .order_by("rank", "device_id")
+        .values(
+            "device_id",
+            "name",
+            "device_type",
+            "status",
+            "health_status",
+            "last_seen",
+            "last_health_at",
+            "connectivity_changed_at",
+        )[: limit + 1]
+    )
+    return rows[:limit], len(rows) > limit

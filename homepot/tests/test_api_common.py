@@ -96,7 +96,9 @@ def test_form_bodies_are_415(admin_api):
 
 def test_oversized_body_is_a_413(admin_api, settings):
     body = json.dumps({**SITE, "description": "x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
-    assert_error(admin_api.post("/sites", body, content_type="application/json"), 413, code="payload_too_large")
+    assert_error(
+        admin_api.post("/sites", body, content_type="application/json"), 413, code="payload_too_large"
+    )
     assert not Site.objects.exists()
 
 
@@ -199,11 +201,14 @@ def test_schema_documents_the_guides_paths_once(schema):
     assert {"/sites", "/sites/{site_id}", "/devices", "/devices/{device_id}"} <= set(schema["paths"])
     resources = [path for path in schema["paths"] if re.search(r"/(sites|devices)\b", path)]
     assert sorted(resources) == [
+        "/api/v1/fleet/devices/{device_id}/timeline/",
+        "/api/v1/fleet/sites/{site_id}/timeline/",
         "/devices",
         "/devices/{device_id}",
         "/devices/{device_id}/credential",
         "/sites",
         "/sites/{site_id}",
+        "/sites/{site_id}/health",
     ]
     assert set(schema["paths"]["/sites"]) == {"get", "post"}
     assert set(schema["paths"]["/devices/{device_id}"]) == {"get", "put", "patch", "delete"}

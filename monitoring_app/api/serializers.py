@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
-from monitoring_app.models import AuditLog
+from homepot.api.fields import StrictCharField
+from monitoring_app.models import Alert, AlertNote, AuditLog
 
 
 class AuditLogSerializer(serializers.ModelSerializer):
@@ -28,3 +29,55 @@ class AuditLogSerializer(serializers.ModelSerializer):
             "row_hash",
         ]
         read_only_fields = fields
+
+
+class AlertNoteSerializer(serializers.ModelSerializer):
+    author = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AlertNote
+        fields = ["id", "author", "text", "created_at"]
+        read_only_fields = fields
+
+    def get_author(self, note) -> str:
+        return note.author.get_username() if note.author else ""
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    site = serializers.CharField(source="site.site_id", read_only=True)
+    device = serializers.CharField(source="device.device_id", read_only=True, allow_null=True, default=None)
+    state = serializers.CharField(read_only=True, help_text="open, acknowledged or resolved.")
+    acknowledged_by = serializers.SerializerMethodField()
+    resolved_by = serializers.SerializerMethodField()
+    notes = AlertNoteSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id",
+            "kind",
+            "severity",
+            "state",
+            "message",
+            "site",
+            "device",
+            "opened_at",
+            "last_seen_at",
+            "acknowledged_at",
+            "acknowledged_by",
+            "resolved_at",
+            "resolved_by",
+            "notified_at",
+            "notes",
+        ]
+        read_only_fields = fields
+
+    def get_acknowledged_by(self, alert) -> str | None:
+        return alert.acknowledged_by.get_username() if alert.acknowledged_by else None
+
+    def get_resolved_by(self, alert) -> str | None:
+        return alert.resolved_by.get_username() if alert.resolved_by else None
+
+
+class AlertNoteInputSerializer(serializers.Serializer):
+    text = StrictCharField(max_length=5000)

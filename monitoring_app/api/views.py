@@ -1,17 +1,24 @@
 import csv
 import json
 
+from django.db.models import Prefetch
 from django.http import StreamingHttpResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from homepot.api.pagination import CursorPagination
-from monitoring_app.api.serializers import AuditLogSerializer
-from monitoring_app.filters import AuditLogFilter
-from monitoring_app.models import AuditLog
+from monitoring_app import alerts
+from monitoring_app.api.serializers import (
+    AlertNoteInputSerializer,
+    AlertSerializer,
+    AuditLogSerializer,
+)
+from monitoring_app.filters import AlertFilter, AuditLogFilter
+from monitoring_app.models import Alert, AlertNote, AuditLog
 
 CSV_COLUMNS = [
     "id",
@@ -96,3 +103,65 @@ class AuditLogViewSet(viewsets.ReadOnlyModelViewSet):
         response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="homepot-audit.csv"'
         return response
+
+
+class AlertPermissions(permissions.BasePermission):
+    """Reading alerts needs what reading device health needs; handling them (acknowledge,
+    resolve, note) what changing a device needs (site managers). Which alerts: for_user."""
+
+    def has_permission(self, request, view):
+        user = request.user
+        if not (user and user.is_authenticated) or getattr(user, "is_device", False):
+            return False
+        if request.method in permissions.SAFE_METHODS:
+            return user.has_perm("monitoring_app.view_healthcheck")
+        return user.has_perm("devices_app.change_device")
+
+
+class AlertCursorPagination(CursorPagination):
+    ordering = "-id"  # newest first; ids follow opening order
+
+
+class AlertViewSet(viewsets.ReadOnlyModelViewSet):
+    """Alerts of the caller's sites, newest first; acknowledge, resolve and annotate them.
+
+    An alert of a site the caller cannot see is a 404; one they see but may not change
+    (viewers) is a 403.
+    """
+
+    serializer_class = AlertSerializer
+    filterset_class = AlertFilter
+    pagination_class = AlertCursorPagination
+    filter_backends = [DjangoFilterBackend]
+    permission_classes = [AlertPermissions]
+    queryset = Alert.objects.none()  # for the schema; get_queryset scopes per request
+    lookup_value_regex = "[0-9]{1,18}"
+
+    def get_queryset(self):
+        return (
+            Alert.objects.for_user(self.request.user)
+            .select_related("site", "device", "acknowledged_by", "resolved_by")
+            .prefetch_related(Prefetch("notes", queryset=AlertNote.objects.select_related("author")))
+        )
+
+    def _answer(self, alert, status_code=200):
+        return Response(AlertSerializer(self.get_queryset().get(pk=alert.pk)).data, status=status_code)
+
+    @extend_schema(request=None, responses=AlertSerializer, summary="Acknowledge an alert")
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request, pk=None):
+        return self._answer(alerts.alert_acknowledge(actor=request.user, alert=self.get_object()))
+
+    @extend_schema(request=None, responses=AlertSerializer, summary="Resolve an alert by hand")
+    @action(detail=True, methods=["post"])
+    def resolve(self, request, pk=None):
+        return self._answer(alerts.alert_resolve(actor=request.user, alert=self.get_object()))
+
+    @extend_schema(request=AlertNoteInputSerializer, responses={201: AlertSerializer}, summary="Add a note")
+    @action(detail=True, methods=["post"])
+    def notes(self, request, pk=None):
+        alert = self.get_object()
+        serializer = AlertNoteInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        alerts.alert_add_note(actor=request.user, alert=alert, text=serializer.validated_data["text"])
+        return self._answer(alert, status.HTTP_201_CREATED)

@@ -1,13 +1,44 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from homepot.api.serializers import StrictModelSerializer
+from monitoring_app.choices import SiteHealthStatus
 from sites_app.models import Site
+from sites_app.selectors import site_health
+
+
+class HealthSummarySerializer(serializers.Serializer):
+    """Connectivity and health of a set of devices (a site, or all of a user's sites)."""
+
+    total = serializers.IntegerField(help_text="Every device, monitored or not.")
+    online = serializers.IntegerField()
+    offline = serializers.IntegerField(help_text="Offline or in error.")
+    maintenance = serializers.IntegerField(help_text="In maintenance: not monitored, no alerts.")
+    healthy = serializers.IntegerField(
+        help_text="Online and reporting healthy (or not reporting health yet)."
+    )
+    degraded = serializers.IntegerField(help_text="Online, reporting degraded.")
+    unhealthy = serializers.IntegerField(help_text="Online, reporting unhealthy.")
+    health_percentage = serializers.FloatField(
+        allow_null=True, help_text="Healthy share of the monitored devices; null when none is monitored."
+    )
+    status = serializers.ChoiceField(choices=SiteHealthStatus.choices)
+
+
+@extend_schema_field(HealthSummarySerializer)
+class SiteHealthField(serializers.Field):
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, value):
+        return site_health(value)
 
 
 class SiteSerializer(StrictModelSerializer):
     """A site as the API shows and accepts it. `id` is the internal id devices refer to."""
 
     device_count = serializers.IntegerField(read_only=True, help_text="How many devices the site has.")
+    health = SiteHealthField(help_text="Connectivity and health of the site's devices.")
 
     class Meta:
         model = Site
@@ -21,7 +52,26 @@ class SiteSerializer(StrictModelSerializer):
             "timezone",
             "is_active",
             "device_count",
+            "health",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class SiteHealthDeviceSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    name = serializers.CharField()
+    device_type = serializers.CharField()
+    status = serializers.CharField()
+    health_status = serializers.CharField()
+    last_seen = serializers.DateTimeField(allow_null=True)
+    last_health_at = serializers.DateTimeField(allow_null=True)
+    connectivity_changed_at = serializers.DateTimeField(allow_null=True)
+
+
+class SiteHealthSerializer(HealthSummarySerializer):
+    site_id = serializers.CharField()
+    name = serializers.CharField()
+    devices = SiteHealthDeviceSerializer(many=True, help_text="The devices behind the numbers, worst first.")
+    devices_truncated = serializers.BooleanField(help_text="More devices than listed.")

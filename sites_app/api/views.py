@@ -1,11 +1,13 @@
 from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from homepot.api.pagination import PageNumberPagination
 from homepot.api.views import ServiceModelViewSet
 from sites_app import services
-from sites_app.api.serializers import SiteSerializer
+from sites_app.api.serializers import SiteHealthSerializer, SiteSerializer
 from sites_app.filters import SiteFilterSet
-from sites_app.selectors import site_list
+from sites_app.selectors import site_health, site_health_devices, site_list
 
 
 @extend_schema_view(
@@ -34,6 +36,20 @@ class SiteViewSet(ServiceModelViewSet):
 
     def get_queryset(self):
         return site_list(user=self.request.user)
+
+    @extend_schema(
+        summary="A site's health",
+        description="Online/offline and health counts of the site's devices, a health percentage and a "
+        "status (healthy, degraded, down), with the devices behind them, worst first.",
+        responses=SiteHealthSerializer,
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def health(self, request, site_id=None):
+        site = self.get_object()
+        devices, truncated = site_health_devices(site)
+        body = {"site_id": site.site_id, "name": site.name, **site_health(site)}
+        body.update(devices=devices, devices_truncated=truncated)
+        return Response(SiteHealthSerializer(body).data)
 
     def site_of(self, instance):
         return instance

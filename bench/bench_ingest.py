@@ -1,0 +1,254 @@
+"""Benchmark the agent ingest (heartbeat, health, health batch) through gunicorn.
+
+    python bench/bench_ingest.py                       # 4 and 32 connections, 15 s per run
+    python bench/bench_ingest.py --duration 30 --workers 4 --json result.json
+
+What it does:
+  1. recreates a scratch database (`--database`, default homepot_bench_ingest; DROPPED), migrates
+     it, creates a fleet (`--devices`, default 10,000) with `manage.py create_fleet`, and gives
+     every device a credential (rows inserted directly; the secrets stay in this process);
+  2. starts gunicorn on 127.0.0.1 with the same settings (`--workers` sync workers) twice: once
+     with a bare WSGI "hello" (`bench.bench_ingest:hello_app`, the ceiling of the HTTP stack),
+     once with HOMEPOT (`homepot.wsgi`);
+  3. drives each with an asyncio HTTP/1.1 client at 4 and 32 concurrent connections, devices in
+     round-robin, and reports requests per second, p50/p99 latency and errors for:
+     hello; heartbeat (default: the row is rewritten at most every 30 s per device);
+     heartbeat with HOMEPOT_MONITORING_TOUCH_SECONDS=0 (every heartbeat writes the row);
+     a health report (one HealthCheck INSERT + the conditional UPDATE);
+     a batch of `--batch` reports from one device (reports per second).
+
+The client runs on the same machine and takes CPU from the server; on a 2-CPU machine the
+numbers are a floor. Compare the ratio to "hello" rather than the absolute figures.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hello_app(environ, start_response):
+    """The ceiling: a WSGI app that answers a fixed JSON body (reads the request body first)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length:
+        environ["wsgi.input"].read(length)
+    body = b'{"status": "ok"}'
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", default="homepot_bench_ingest", help="Scratch database (dropped!).")
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers.")
+    parser.add_argument("--connections", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--duration", type=float, default=15.0, help="Seconds per run.")
+    parser.add_argument("--batch", type=int, default=50, help="Reports per batch request.")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--json", type=Path)
+    return parser.parse_args()
+
+
+# --- setup --------------------------------------------------------------------------------------
+
+
+def issue_credentials() -> list[str]:
+    """One credential per device, inserted in bulk; returns the secrets (device order)."""
+    from devices_app.models import Device, DeviceCredential
+
+    secrets_by_device = []
+    rows = []
+    for pk in Device.objects.order_by("pk").values_list("pk", flat=True).iterator():
+        raw = "hpd_" + secrets.token_urlsafe(32)
+        secrets_by_device.append(raw)
+        rows.append(
+            DeviceCredential(device_id=pk, key_prefix=raw[:12], key_hash=DeviceCredential.hash_key(raw))
+        )
+    DeviceCredential.objects.bulk_create(rows, batch_size=5000)
+    return secrets_by_device
+
+
+# --- load -----------------------------------------------------------------------------------------
+
+
+async def _one(host, port, request: bytes) -> tuple[float, int]:
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        await reader.read()  # sync workers close the connection after each answer
+        status = int(status_line.split()[1]) if status_line else 0
+    finally:
+        writer.close()
+    return time.perf_counter() - start, status
+
+
+def _request(path: str, secret: str | None, body: dict | None) -> bytes:
+    payload = json.dumps(body or {}).encode()
+    headers = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+        "Connection: close",
+    ]
+    if secret:
+        headers.append(f"Authorization: Device {secret}")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
+
+
+async def _drive(port, connections, duration, make_request) -> dict:
+    latencies, statuses, counter = [], {}, [0]
+    deadline = time.perf_counter() + duration
+
+    async def worker():
+        while time.perf_counter() < deadline:
+            counter[0] += 1
+            try:
+                latency, status = await _one("127.0.0.1", port, make_request(counter[0]))
+            except OSError:
+                latency, status = 0.0, 0
+            latencies.append(latency)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - start
+    ok = sorted(latency for latency in latencies if latency)
+    errors = sum(count for status, count in statuses.items() if not 200 <= status < 300)
+    return {
+        "requests": len(latencies),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(statistics.median(ok) * 1000, 2) if ok else None,
+        "p99_ms": round(ok[int(len(ok) * 0.99) - 1] * 1000, 2) if ok else None,
+        "errors": errors,
+        "statuses": statuses,
+    }
+
+
+def start_gunicorn(app: str, port: int, workers: int, env: dict) -> subprocess.Popen:
+    server = subprocess.Popen(  # noqa: S603 (fixed arguments)
+        [
+            str(Path(sys.executable).with_name("gunicorn")),
+            app,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    for _ in range(100):
+        try:
+            asyncio.run(_one("127.0.0.1", port, _request("/healthz", None, None)))
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"gunicorn {app} did not start")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_create_fleet import command_env, drop_database, machine, manage, recreate_database
+
+    args = parse_args()
+    recreate_database(args.database)
+    env = command_env(args.database)
+    manage(env, "migrate", "--noinput")
+    manage(env, "create_fleet", "--sites", str(max(1, args.devices // 50)), "--devices-per-site", "50")
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "homepot.settings"
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    device_secrets = issue_credentials()
+    connections.close_all()
+    n = len(device_secrets)
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    report = {"status": "healthy", "cpu_percent": 12.5, "memory_percent": 40.1, "app_version": "7.3.0"}
+    batch = {"reports": [{**report, "timestamp": now} for _ in range(args.batch)]}
+    scenarios = [
+        ("hello", "bench.bench_ingest:hello_app", {}, lambda i: _request("/", None, {})),
+        (
+            "heartbeat",
+            "homepot.wsgi",
+            {},
+            lambda i: _request("/api/v1/agent/heartbeat", device_secrets[i % n], {}),
+        ),
+        (
+            "heartbeat_every_write",
+            "homepot.wsgi",
+            {"HOMEPOT_MONITORING_TOUCH_SECONDS": "0"},
+            lambda i: _request("/api/v1/agent/heartbeat", device_secrets[i % n], {}),
+        ),
+        (
+            "health",
+            "homepot.wsgi",
+            {},
+            lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
+        ),
+        (
+            f"health_batch_{args.batch}",
+            "homepot.wsgi",
+            {},
+            lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batch),
+        ),
+    ]
+    results = {"devices": n, "workers": args.workers, "duration_s": args.duration, "runs": {}}
+    try:
+        for name, app, extra_env, make_request in scenarios:
+            server = start_gunicorn(app, args.port, args.workers, {**env, **extra_env})
+            try:
+                for connections_count in args.connections:
+                    outcome = asyncio.run(_drive(args.port, connections_count, args.duration, make_request))
+                    if name.startswith("health_batch"):
+                        outcome["reports_per_s"] = round(outcome["rps"] * args.batch, 1)
+                    results["runs"][f"{name}@{connections_count}"] = outcome
+                    print(f"{name:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
+            finally:
+                stop(server)
+    finally:
+        if not args.keep:
+            drop_database(args.database)
+    for connections_count in args.connections:
+        hello = results["runs"][f"hello@{connections_count}"]["rps"]
+        for key, outcome in results["runs"].items():
+            if key.endswith(f"@{connections_count}") and hello:
+                outcome["ratio_to_hello"] = round(outcome["rps"] / hello, 3)
+    results["machine"] = machine()
+    print(json.dumps(results, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Alerts: opened and closed by the evaluator (set-based SQL over the device rows), handled
+by operators (acknowledge, resolve, note: audited), delivered at most once by email to the
+site's managers and to an optional webhook.
+
+Rules (settings HOMEPOT_MONITORING_*):
+- device_offline: a device offline for longer than ALERT_OFFLINE_SECONDS; closes when it is
+  back (or put into maintenance).
+- device_unhealthy: an online device reporting `unhealthy` for longer than
+  ALERT_UNHEALTHY_SECONDS; closes when it reports better, goes offline or into maintenance.
+- site_offline: at least SITE_OUTAGE_FRACTION of a site's monitored devices (and at least
+  SITE_OUTAGE_MIN_DEVICES) offline for longer than ALERT_OFFLINE_SECONDS: "the store is
+  offline, probably its network". While it is open, no device_offline alert opens there.
+  Monitored = not in maintenance and not `unknown` (never heard from).
+"""
+
+import datetime
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.choices import MembershipRole
+from accounts.scoping import require_site_access
+from devices_app.choices import DeviceStatus
+from homepot.errors import ServiceError
+from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
+from monitoring_app.models import Alert, AlertNote
+from monitoring_app.services import audit_record
+
+logger = logging.getLogger(__name__)
+
+# Above this many alerts opened or closed at once, the planner statistics are refreshed.
+ANALYZE_AFTER_CHANGES = 100
+# An open alert's last_seen_at is refreshed at most this often (not on every evaluation).
+LAST_SEEN_REFRESH = datetime.timedelta(minutes=5)
+
+_NOT_MONITORED = (DeviceStatus.MAINTENANCE, DeviceStatus.UNKNOWN)
+
+
+@dataclass
+class EvaluationResult:
+    opened: list[int]
+    resolved: list[int]
+
+
+def _params(now: datetime.datetime) -> dict:
+    return {
+        "now": now,
+        "offline_cut": now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS),
+        "unhealthy_cut": now
+        - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS),
+        "refresh_cut": now - LAST_SEEN_REFRESH,
+        "fraction": settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION,
+        "min_devices": settings.HOMEPOT_MONITORING_SITE_OUTAGE_MIN_DEVICES,
+        "offline": DeviceStatus.OFFLINE,
+        "online": DeviceStatus.ONLINE,
+        "not_monitored": list(_NOT_MONITORED),
+        "unhealthy": HealthStatus.UNHEALTHY,
+        "k_offline": AlertKind.DEVICE_OFFLINE,
+        "k_unhealthy": AlertKind.DEVICE_UNHEALTHY,
+        "k_site": AlertKind.SITE_OFFLINE,
+        "warning": AlertSeverity.WARNING,
+        "critical": AlertSeverity.CRITICAL,
+    }
+
+
+# Each statement is set-based: one pass over the rows it concerns, whatever the fleet size.
+_RESOLVE_SQL = [
+    # Devices back online (or in maintenance, or gone from offline otherwise).
+    """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
+       FROM devices_app_device d
+       WHERE a.device_id = d.id AND a.kind = %(k_offline)s AND a.resolved_at IS NULL
+         AND d.status <> %(offline)s
+       RETURNING a.id""",
+    """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
+       FROM devices_app_device d
+       WHERE a.device_id = d.id AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL
+         AND (d.health_status <> %(unhealthy)s OR d.status <> %(online)s)
+       RETURNING a.id""",
+    # A site whose offline share fell below the outage fraction.
+    """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
+       WHERE a.kind = %(k_site)s AND a.resolved_at IS NULL AND NOT EXISTS (
+           SELECT 1 FROM devices_app_device d WHERE d.site_id = a.site_id
+           HAVING count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)) >= %(min_devices)s
+              AND count(*) FILTER (WHERE d.status = %(offline)s)
+                  >= %(fraction)s * count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)))
+       RETURNING a.id""",
+]
+
+_OPEN_SQL = [
+    # Site outages first, so their devices get no alert of their own. Only sites with an
+    # offline device are counted (the (site, status) index finds them).
+    """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
+       SELECT c.site_id, NULL, %(k_site)s, %(critical)s,
+              format('%%s of %%s devices offline at %%s: the store is probably offline (network or power).',
+                     c.offline_long, c.monitored, s.site_id),
+              %(now)s, %(now)s
+       FROM (
+           SELECT d.site_id,
+                  count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)) AS monitored,
+                  count(*) FILTER (WHERE d.status = %(offline)s
+                                   AND d.connectivity_changed_at <= %(offline_cut)s)
+                      AS offline_long
+           FROM devices_app_device d
+           WHERE d.site_id IN (SELECT site_id FROM devices_app_device WHERE status = %(offline)s)
+           GROUP BY d.site_id
+       ) c JOIN sites_app_site s ON s.id = c.site_id
+       WHERE c.monitored >= %(min_devices)s AND c.offline_long >= %(fraction)s * c.monitored
+       ON CONFLICT (site_id, kind) WHERE resolved_at IS NULL AND device_id IS NULL DO NOTHING
+       RETURNING id""",
+    """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
+       SELECT d.site_id, d.id, %(k_offline)s, %(warning)s,
+              format('%%s (%%s) offline since %%s.', d.name, d.device_id,
+                     to_char(d.connectivity_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')),
+              %(now)s, %(now)s
+       FROM devices_app_device d
+       WHERE d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
+         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
+                         AND a.kind = %(k_offline)s AND a.resolved_at IS NULL)
+         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = d.site_id
+                         AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
+       ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
+       RETURNING id""",
+    """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
+       SELECT d.site_id, d.id, %(k_unhealthy)s, %(warning)s,
+              format('%%s (%%s) unhealthy since %%s.', d.name, d.device_id,
+                     to_char(d.health_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')),
+              %(now)s, %(now)s
+       FROM devices_app_device d
+       WHERE d.health_status = %(unhealthy)s AND d.status = %(online)s
+         AND d.health_changed_at <= %(unhealthy_cut)s
+         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
+                         AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL)
+       ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
+       RETURNING id""",
+]
+
+_REFRESH_SQL = """UPDATE monitoring_app_alert SET last_seen_at = %(now)s
+                  WHERE resolved_at IS NULL AND last_seen_at < %(refresh_cut)s"""
+
+
+def _run(cursor, statements, params) -> list[int]:
+    ids = []
+    for sql in statements:
+        cursor.execute(sql, params)
+        ids += [row[0] for row in cursor.fetchall()]
+    return ids
+
+
+def _audit_system(alert_ids: list[int], event_type: AuditEvent, verb: str) -> None:
+    for alert in Alert.objects.filter(pk__in=alert_ids).select_related("site", "device").order_by("pk"):
+        audit_record(
+            event_type=event_type,
+            site=alert.site,
+            device=alert.device,
+            description=f"Alert {alert.pk} {verb}: {alert.message}",
+            new_values={"alert": alert.pk, "kind": alert.kind, "severity": alert.severity},
+        )
+
+
+def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult:
+    """Close alerts whose condition ended, open alerts for conditions that lasted past their
+    threshold, refresh `last_seen_at` of the rest (at most every few minutes). Each opening
+    and automatic resolution is audited (system actor). Enqueues nothing: notification is
+    alerts_notify_pending's job. Safe to repeat: an open alert is never opened twice (the
+    partial unique constraints), a resolved one is not resolved again.
+    """
+    params = _params(now or timezone.now())
+    with transaction.atomic(), connection.cursor() as cursor:
+        resolved = _run(cursor, _RESOLVE_SQL, params)
+        opened = _run(cursor, _OPEN_SQL, params)
+        cursor.execute(_REFRESH_SQL, params)
+        if len(opened) + len(resolved) >= ANALYZE_AFTER_CHANGES:
+            # The anti-joins above plan with the alert table's statistics; after a burst
+            # of openings stale ones turn them into nested loops over every open alert.
+            cursor.execute("ANALYZE monitoring_app_alert")
+        _audit_system(resolved, AuditEvent.ALERT_RESOLVED, "resolved itself")
+        _audit_system(opened, AuditEvent.ALERT_OPENED, "opened")
+    return EvaluationResult(opened=opened, resolved=resolved)
+
+
+# --- Notification ------------------------------------------------------------------------
+
+
+def _claim_notification(alert_id: int) -> bool:
+    """Take the right to notify about this alert: a conditional UPDATE only one caller wins."""
+    return bool(
+        Alert.objects.filter(pk=alert_id, notified_at__isnull=True).update(notified_at=timezone.now())
+    )
+
+
+def _manager_emails(alert: Alert) -> list[str]:
+    from accounts.models import SiteMembership
+
+    return sorted(
+        set(
+            SiteMembership.objects.filter(
+                site_id=alert.site_id, role=MembershipRole.MANAGER, user__is_active=True
+            )
+            .exclude(user__email="")
+            .values_list("user__email", flat=True)
+        )
+    )
+
+
+def alert_payload(alert: Alert) -> dict:
+    return {
+        "id": alert.pk,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "message": alert.message,
+        "site": alert.site.site_id,
+        "device": alert.device.device_id if alert.device else None,
+        "opened_at": alert.opened_at.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+
+
+def _post_webhook(url: str, payload: dict) -> bool:
+    if not url.startswith(("http://", "https://")):
+        logger.warning("Alert webhook URL %r is not http(s); not called.", url)
+        return False
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "HOMEPOT-monitoring"},
+        method="POST",
+    )
+    try:
+        timeout = settings.HOMEPOT_MONITORING_WEBHOOK_TIMEOUT_SECONDS
+        with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310
+            return 200 <= reply.status < 300
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        logger.warning("Alert webhook to %s failed: %s", url, exc)
+        return False
+
+
+def alert_notify(*, alert_id: int) -> bool:
+    """Tell the site's managers (email) and the webhook (if configured) about an alert, at
+    most once: the notification is claimed first, so a repeat or a concurrent worker sends
+    nothing; a failed delivery is logged, not retried. Returns whether this call sent it."""
+    if not _claim_notification(alert_id):
+        return False
+    alert = Alert.objects.select_related("site", "device").filter(pk=alert_id).first()
+    if alert is None:
+        return False
+    payload = alert_payload(alert)
+    recipients = _manager_emails(alert)
+    if recipients:
+        send_mail(
+            subject=f"[HOMEPOT] {alert.get_severity_display()}: {alert.get_kind_display()} "
+            f"at {alert.site.name}",
+            message=f"{alert.message}\n\nSite: {alert.site}\nOpened: {alert.opened_at:%Y-%m-%d %H:%M} UTC\n",
+            from_email=None,
+            recipient_list=recipients,
+            fail_silently=True,
+        )
+    if settings.HOMEPOT_MONITORING_WEBHOOK_URL:
+        _post_webhook(settings.HOMEPOT_MONITORING_WEBHOOK_URL, payload)
+    return True
+
+
+def alerts_notify_pending(*, limit: int = 500) -> int:
+    """Notify every open alert not notified yet (oldest first, at most `limit` per call)."""
+    ids = list(
+        Alert.objects.filter(notified_at__isnull=True, resolved_at__isnull=True)
+        .order_by("opened_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(alert_notify(alert_id=alert_id) for alert_id in ids)
+
+
+# --- Operator actions --------------------------------------------------------------------
+
+
+def _locked(alert: Alert, actor) -> Alert:
+    require_site_access(actor, alert.site, "change")
+    return Alert.objects.select_for_update(of=("self",)).select_related("site", "device").get(pk=alert.pk)
+
+
+def alert_acknowledge(*, actor, alert: Alert) -> Alert:
+    """Mark an alert as seen by `actor` (audited). A repeat, or acknowledging a resolved
+    alert, changes nothing and records nothing."""
+    with transaction.atomic():
+        alert = _locked(alert, actor)
+        if alert.acknowledged_at is None and alert.resolved_at is None:
+            alert.acknowledged_at = timezone.now()
+            alert.acknowledged_by = actor
+            alert.save(update_fields=["acknowledged_at", "acknowledged_by"])
+            audit_record(
+                event_type=AuditEvent.ALERT_ACKNOWLEDGED,
+                actor=actor,
+                site=alert.site,
+                device=alert.device,
+                description=f"Alert {alert.pk} acknowledged",
+                new_values={"alert": alert.pk, "acknowledged_at": alert.acknowledged_at.isoformat()},
+            )
+    return alert
+
+
+def alert_resolve(*, actor, alert: Alert) -> Alert:
+    """Close an alert by hand (audited). If the condition persists, the evaluator opens a
+    new alert. A repeat changes nothing."""
+    with transaction.atomic():
+        alert = _locked(alert, actor)
+        if alert.resolved_at is None:
+            alert.resolved_at = timezone.now()
+            alert.resolved_by = actor
+            alert.save(update_fields=["resolved_at", "resolved_by"])
+            audit_record(
+                event_type=AuditEvent.ALERT_RESOLVED,
+                actor=actor,
+                site=alert.site,
+                device=alert.device,
+                description=f"Alert {alert.pk} resolved",
+                new_values={"alert": alert.pk, "resolved_at": alert.resolved_at.isoformat()},
+            )
+    return alert
+
+
+def alert_add_note(*, actor, alert: Alert, text: str) -> AlertNote:
+    """Append an operator's note to an alert (audited). Not idempotent: each call adds one."""
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({"text": ["Write something."]})
+    if len(text) > 5000:
+        raise ValidationError({"text": ["At most 5000 characters."]})
+    if "\x00" in text:
+        raise ServiceError("The note must not contain NUL characters.", field="text")
+    with transaction.atomic():
+        alert = _locked(alert, actor)
+        note = AlertNote.objects.create(alert=alert, author=actor, text=text)
+        audit_record(
+            event_type=AuditEvent.ALERT_NOTE_ADDED,
+            actor=actor,
+            site=alert.site,
+            device=alert.device,
+            description=f"Note on alert {alert.pk}",
+            new_values={"alert": alert.pk, "note": text},
+        )
+    return note

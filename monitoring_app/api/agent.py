@@ -1,0 +1,218 @@
+"""Agent endpoints of the monitoring app: heartbeats and health reports (device credentials).
+
+A device reports about itself; a gateway device may also report for devices of its own
+site (the batch form). Bad input answers 400 naming the field, and nothing is stored.
+"""
+
+import datetime
+import json
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from devices_app.api.agent import AgentView
+from devices_app.choices import DeviceType
+from devices_app.models import Device
+from homepot.api.fields import StrictCharField
+from monitoring_app import ingest
+from monitoring_app.choices import HealthStatus
+
+
+def validate_device_clock(value: datetime.datetime) -> datetime.datetime:
+    """The device's timestamp, refused when in the future (beyond the allowed skew) or older
+    than the max report age: a wrong clock must never keep a device "online" or write
+    history that retention would remove at once."""
+    now = timezone.now()
+    skew = datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS)
+    max_age = datetime.timedelta(hours=settings.HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS)
+    if value > now + skew:
+        raise serializers.ValidationError(
+            f"Is in the future (server time {now.isoformat()}); check the device clock."
+        )
+    if value < now - max_age:
+        raise serializers.ValidationError(
+            f"Is more than {settings.HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS} hours old; "
+            "such reports are not kept."
+        )
+    return value
+
+
+class RejectUnknownFields:
+    """A typo'd field name is a 400 naming it, not a silently dropped measurement."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class HeartbeatSerializer(RejectUnknownFields, serializers.Serializer):
+    timestamp = serializers.DateTimeField(
+        required=False, validators=[validate_device_clock], help_text="The device's clock (ISO 8601)."
+    )
+
+
+class HealthReportSerializer(RejectUnknownFields, serializers.Serializer):
+    status = serializers.ChoiceField(choices=HealthStatus.choices)
+    timestamp = serializers.DateTimeField(
+        required=False,
+        validators=[validate_device_clock],
+        help_text="When the device measured this (its clock); defaults to the server's time.",
+    )
+    response_time_ms = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=3_600_000
+    )
+    cpu_percent = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=100)
+    memory_percent = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=100)
+    disk_percent = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=100)
+    app_version = StrictCharField(required=False, max_length=64, allow_blank=True)
+    firmware_version = StrictCharField(required=False, max_length=64, allow_blank=True)
+    error_message = StrictCharField(required=False, max_length=2000, allow_blank=True)
+    metrics = serializers.DictField(required=False, help_text="Free-form measurements (small JSON object).")
+
+    def validate_metrics(self, value):
+        text = json.dumps(value)
+        if len(text.encode()) > settings.HOMEPOT_MONITORING_METRICS_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"Must be at most {settings.HOMEPOT_MONITORING_METRICS_MAX_BYTES} bytes as JSON."
+            )
+        if "\\u0000" in text:  # PostgreSQL's jsonb cannot hold NUL
+            raise serializers.ValidationError("Must not contain NUL characters.")
+        return value
+
+    def to_report(self, data=None) -> ingest.HealthReport:
+        data = self.validated_data if data is None else data
+        metrics = {"extra": data["metrics"]} if data.get("metrics") else {}
+        for name in ("cpu_percent", "memory_percent", "disk_percent", "app_version", "firmware_version"):
+            if data.get(name) is not None:
+                metrics[name] = data[name]
+        return ingest.HealthReport(
+            status=data["status"],
+            checked_at=data.get("timestamp") or timezone.now(),
+            response_time_ms=data.get("response_time_ms"),
+            error_message=data.get("error_message", ""),
+            metrics=metrics,
+            app_version=data.get("app_version"),
+            firmware_version=data.get("firmware_version"),
+        )
+
+
+class BatchReportSerializer(HealthReportSerializer):
+    device_id = StrictCharField(
+        required=False,
+        max_length=64,
+        help_text="Whose report (a gateway reports for its site); default: the caller.",
+    )
+
+
+class HealthBatchSerializer(RejectUnknownFields, serializers.Serializer):
+    reports = serializers.ListField(child=BatchReportSerializer(), allow_empty=False)
+
+    def validate_reports(self, value):
+        if len(value) > settings.HOMEPOT_MONITORING_BATCH_MAX_REPORTS:
+            raise serializers.ValidationError(
+                f"At most {settings.HOMEPOT_MONITORING_BATCH_MAX_REPORTS} reports per request."
+            )
+        return value
+
+
+class HeartbeatAnswerSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    status = serializers.CharField()
+    server_time = serializers.DateTimeField()
+    next_report_in = serializers.IntegerField(help_text="Seconds until the next report is expected.")
+
+
+class StoredAnswerSerializer(serializers.Serializer):
+    stored = serializers.IntegerField(help_text="How many health reports were stored.")
+
+
+def _answer(device) -> dict:
+    return {
+        "device_id": device.device_id,
+        "status": device.status,
+        "server_time": timezone.now(),
+        "next_report_in": settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS,
+    }
+
+
+class HeartbeatView(AgentView):
+    @extend_schema(
+        summary="I am alive",
+        description="Marks the calling device as seen now (server time). Cheap: the device row "
+        "is written only when its state changes or every few seconds.",
+        request=HeartbeatSerializer,
+        responses=HeartbeatAnswerSerializer,
+    )
+    def post(self, request):
+        serializer = HeartbeatSerializer(data=request.data if request.data else {})
+        serializer.is_valid(raise_exception=True)
+        device = request.user.device
+        ingest.heartbeat_record(device=device, reported_at=serializer.validated_data.get("timestamp"))
+        return Response(HeartbeatAnswerSerializer(_answer(device)).data)
+
+
+class HealthView(AgentView):
+    @extend_schema(
+        summary="Report my health",
+        description="Stores one health report (history) and the device's latest health; "
+        "also counts as a heartbeat.",
+        request=HealthReportSerializer,
+        responses={201: StoredAnswerSerializer},
+    )
+    def post(self, request):
+        serializer = HealthReportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        stored = ingest.health_reports_record(
+            device_reports=[(request.user.device.pk, serializer.to_report())]
+        )
+        return Response({"stored": stored}, status=status.HTTP_201_CREATED)
+
+
+class HealthBatchView(AgentView):
+    @extend_schema(
+        summary="Report many health reports at once",
+        description="For a terminal catching up after an outage, or a store gateway reporting for "
+        "the devices of its own site (`device_id` per report). All or nothing.",
+        request=HealthBatchSerializer,
+        responses={201: StoredAnswerSerializer},
+    )
+    def post(self, request):
+        serializer = HealthBatchSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reports = serializer.validated_data["reports"]
+        caller = request.user.device
+        targets = self._targets(caller, reports)
+        item = BatchReportSerializer()
+        device_reports = [(targets[index], item.to_report(report)) for index, report in enumerate(reports)]
+        stored = ingest.health_reports_record(device_reports=device_reports)
+        return Response({"stored": stored}, status=status.HTTP_201_CREATED)
+
+    @staticmethod
+    def _targets(caller, reports) -> dict[int, int]:
+        """Report index -> device pk. Devices act as themselves; only a gateway may name
+        other devices, and only of its own site. Others are "unknown" (never revealed)."""
+        named = {r["device_id"] for r in reports if r.get("device_id") and r["device_id"] != caller.device_id}
+        known = {}
+        if named and caller.device_type == DeviceType.GATEWAY:
+            known = dict(
+                Device.objects.filter(site_id=caller.site_id, device_id__in=named).values_list(
+                    "device_id", "pk"
+                )
+            )
+        known[caller.device_id] = caller.pk
+        targets, errors = {}, {}
+        for index, report in enumerate(reports):
+            device_id = report.get("device_id") or caller.device_id
+            if device_id not in known:
+                errors[f"reports.{index}.device_id"] = [f"Unknown device {device_id!r}."]
+            else:
+                targets[index] = known[device_id]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return targets

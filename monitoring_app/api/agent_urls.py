@@ -1,0 +1,11 @@
+"""/api/v1/agent/... endpoints of the monitoring app (mounted by homepot.urls)."""
+
+from django.urls import re_path
+
+from monitoring_app.api.agent import HealthBatchView, HealthView, HeartbeatView
+
+urlpatterns = [
+    re_path(r"^heartbeat/?$", HeartbeatView.as_view(), name="agent-heartbeat"),
+    re_path(r"^health/?$", HealthView.as_view(), name="agent-health"),
+    re_path(r"^health/batch/?$", HealthBatchView.as_view(), name="agent-health-batch"),
+]

@@ -1,0 +1,33 @@
+"""Periodic tasks of the monitoring app (scheduled in monitoring_app/schedule.py).
+
+Thin: each calls the service that holds the rule. Overlapping runs are harmless: the sweep
+locks its state row, alert opening is guarded by unique constraints, notifications are
+claimed by a conditional UPDATE.
+"""
+
+from celery import shared_task
+
+from monitoring_app.alerts import alerts_evaluate, alerts_notify_pending
+from monitoring_app.retention import health_history_prune
+from monitoring_app.sweep import sweep_offline
+
+
+@shared_task(ignore_result=True, soft_time_limit=120, time_limit=180)
+def monitoring_tick() -> dict:
+    """Mark silent devices offline, then open/close alerts, then notify new alerts."""
+    sweep = sweep_offline()
+    evaluation = alerts_evaluate()
+    notified = alerts_notify_pending()
+    return {
+        "marked_offline": sweep.marked_offline,
+        "resumed": sweep.resumed,
+        "opened": len(evaluation.opened),
+        "resolved": len(evaluation.resolved),
+        "notified": notified,
+    }
+
+
+@shared_task(ignore_result=True, soft_time_limit=3000, time_limit=3600)
+def prune_health_history() -> int:
+    """Remove health history past its retention, in batches; one audit row per run."""
+    return health_history_prune()

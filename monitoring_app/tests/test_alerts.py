@@ -1,0 +1,364 @@
+"""Alerts: opened and closed by the evaluator, notified once, handled through the API."""
+
+import datetime
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from accounts.choices import MembershipRole
+from accounts.tests.factories import SiteMembershipFactory, UserFactory
+from devices_app.choices import DeviceStatus
+from devices_app.models import Device
+from devices_app.tests.factories import DeviceFactory
+from homepot.tests.api_helpers import assert_error, token_client
+from monitoring_app.alerts import alert_notify, alerts_evaluate, alerts_notify_pending
+from monitoring_app.models import Alert, AlertNote, AuditLog
+from sites_app.tests.factories import SiteFactory
+
+pytestmark = pytest.mark.django_db
+
+ALERTS = "/api/v1/alerts"
+
+
+@pytest.fixture(autouse=True)
+def thresholds(settings):
+    settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = 300
+    settings.HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS = 600
+    settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION = 0.6
+    settings.HOMEPOT_MONITORING_SITE_OUTAGE_MIN_DEVICES = 2
+    settings.HOMEPOT_MONITORING_WEBHOOK_URL = ""
+
+
+def ago(seconds):
+    return timezone.now() - datetime.timedelta(seconds=seconds)
+
+
+def offline(site, seconds=600, **kwargs):
+    return DeviceFactory(
+        site=site, status=DeviceStatus.OFFLINE, connectivity_changed_at=ago(seconds), **kwargs
+    )
+
+
+def online(site, **kwargs):
+    return DeviceFactory(site=site, status=DeviceStatus.ONLINE, last_seen=timezone.now(), **kwargs)
+
+
+@pytest.fixture
+def site():
+    return SiteFactory()
+
+
+# --- Opening and closing ----------------------------------------------------------------------
+
+
+def test_a_device_offline_past_the_threshold_opens_one_alert_and_a_repeat_opens_none(site):
+    till = offline(site)
+    online(site)
+    online(site)
+
+    first = alerts_evaluate()
+    second = alerts_evaluate()
+
+    alert = Alert.objects.get()
+    assert (alert.kind, alert.device, alert.site, alert.severity) == ("device_offline", till, site, "warning")
+    assert till.device_id in alert.message
+    assert len(first.opened) == 1 and second.opened == []
+    assert AuditLog.objects.filter(event_type="alert.opened", device_ref=till.device_id).count() == 1
+
+
+def test_a_device_offline_for_less_than_the_threshold_opens_nothing(site):
+    offline(site, seconds=200)
+    online(site)
+    online(site)
+    assert alerts_evaluate().opened == []
+
+
+def test_the_alert_closes_itself_when_the_device_is_back(site):
+    till = offline(site)
+    online(site)
+    online(site)
+    alerts_evaluate()
+
+    Device.objects.filter(pk=till.pk).update(status=DeviceStatus.ONLINE)
+    result = alerts_evaluate()
+
+    alert = Alert.objects.get()
+    assert alert.resolved_at is not None and alert.resolved_by is None
+    assert result.resolved == [alert.pk]
+    assert AuditLog.objects.filter(event_type="alert.resolved").count() == 1
+
+
+def test_maintenance_suppresses_and_closes_alerts(site):
+    till = offline(site)
+    online(site)
+    online(site)
+    alerts_evaluate()
+    Device.objects.filter(pk=till.pk).update(status=DeviceStatus.MAINTENANCE)
+
+    alerts_evaluate()
+
+    assert Alert.objects.open().count() == 0
+    assert alerts_evaluate().opened == []
+
+
+def test_an_unhealthy_device_opens_an_alert_after_the_threshold_and_closes_on_recovery(site):
+    sick = online(site, health_status="unhealthy", health_changed_at=ago(900))
+    online(site, health_status="unhealthy", health_changed_at=ago(100))  # not long enough yet
+
+    alerts_evaluate()
+    alert = Alert.objects.get()
+    assert (alert.kind, alert.device) == ("device_unhealthy", sick)
+
+    Device.objects.filter(pk=sick.pk).update(health_status="healthy")
+    alerts_evaluate()
+    assert Alert.objects.open().count() == 0
+
+
+def test_when_most_of_a_site_drops_together_one_site_alert_opens_instead_of_one_per_terminal(site):
+    for _ in range(4):
+        offline(site)
+    online(site)
+    other_site = SiteFactory()
+    lone = offline(other_site)
+    online(other_site)
+    online(other_site)
+
+    alerts_evaluate()
+
+    site_alerts = Alert.objects.filter(kind="site_offline")
+    assert [(a.site, a.device, a.severity) for a in site_alerts] == [(site, None, "critical")]
+    assert "4 of 5" in site_alerts[0].message
+    assert not Alert.objects.filter(kind="device_offline", site=site).exists()
+    assert Alert.objects.get(kind="device_offline").device == lone
+
+
+def test_the_site_alert_closes_when_the_store_comes_back(site):
+    tills = [offline(site) for _ in range(3)]
+    alerts_evaluate()
+    Device.objects.filter(pk__in=[t.pk for t in tills[:2]]).update(status=DeviceStatus.ONLINE)
+
+    alerts_evaluate()
+
+    assert Alert.objects.get(kind="site_offline").resolved_at is not None
+    # The one till still offline now gets its own alert.
+    assert Alert.objects.open().get().device == tills[2]
+
+
+def test_a_single_device_site_never_opens_a_site_alert(site):
+    offline(site)
+    alerts_evaluate()
+    assert list(Alert.objects.values_list("kind", flat=True)) == ["device_offline"]
+
+
+# --- Notification -----------------------------------------------------------------------------
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        _Hook.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook(settings):
+    _Hook.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.HOMEPOT_MONITORING_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
+    yield _Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_alert_is_mailed_to_the_sites_managers_and_posted_to_the_webhook_once(site, webhook):
+    manager = UserFactory(email="manager@example.com")
+    SiteMembershipFactory(user=manager, site=site, role=MembershipRole.MANAGER)
+    viewer = UserFactory(email="viewer@example.com")
+    SiteMembershipFactory(user=viewer, site=site, role=MembershipRole.VIEWER)
+    stranger = UserFactory(email="stranger@example.com")
+    SiteMembershipFactory(user=stranger, site=SiteFactory(), role=MembershipRole.MANAGER)
+    till = offline(site)
+    online(site)
+    online(site)
+    alerts_evaluate()
+
+    assert alerts_notify_pending() == 1
+    assert alerts_notify_pending() == 0
+    assert alert_notify(alert_id=Alert.objects.get().pk) is False
+
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == ["manager@example.com"]
+    assert till.device_id in mail.outbox[0].body
+    assert len(webhook) == 1
+    assert webhook[0]["kind"] == "device_offline" and webhook[0]["device"] == till.device_id
+    assert Alert.objects.get().notified_at is not None
+
+
+def test_a_failing_webhook_is_not_retried_and_breaks_nothing(site, settings):
+    settings.HOMEPOT_MONITORING_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
+    offline(site)
+    online(site)
+    online(site)
+    alerts_evaluate()
+
+    assert alerts_notify_pending() == 1
+    assert alerts_notify_pending() == 0
+
+
+# --- API ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_sites():
+    mine, theirs = SiteFactory(site_id="site-mine"), SiteFactory(site_id="site-theirs")
+    for s in (mine, theirs):
+        offline(s)
+        online(s)
+        online(s)
+    alerts_evaluate()
+    return mine, theirs
+
+
+def member(site, role):
+    user = UserFactory()
+    SiteMembershipFactory(user=user, site=site, role=role)
+    return token_client(user)
+
+
+def test_the_list_shows_only_the_callers_sites(two_sites, django_assert_max_num_queries):
+    mine, theirs = two_sites
+    client = member(mine, MembershipRole.VIEWER)
+
+    with django_assert_max_num_queries(8):
+        response = client.get(ALERTS)
+
+    assert response.status_code == 200
+    assert [a["site"] for a in response.json()["results"]] == ["site-mine"]
+
+
+def test_an_admin_sees_every_alert_and_filters(two_sites, admin_api):
+    assert len(admin_api.get(ALERTS).json()["results"]) == 2
+    assert [a["site"] for a in admin_api.get(ALERTS, {"site": "site-theirs"}).json()["results"]] == [
+        "site-theirs"
+    ]
+    assert admin_api.get(ALERTS, {"state": "resolved"}).json()["results"] == []
+    assert_error(admin_api.get(ALERTS, {"state": "bogus"}), 400, field="state")
+
+
+def test_another_sites_alert_is_a_404_for_every_verb(two_sites):
+    mine, theirs = two_sites
+    client = member(mine, MembershipRole.MANAGER)
+    alert = Alert.objects.get(site=theirs)
+
+    assert client.get(f"{ALERTS}/{alert.pk}").status_code == 404
+    for verb in ("acknowledge", "resolve", "notes"):
+        assert client.post(f"{ALERTS}/{alert.pk}/{verb}", {"text": "hi"}, format="json").status_code == 404
+    alert.refresh_from_db()
+    assert alert.acknowledged_at is None and alert.resolved_at is None
+
+
+def test_a_viewer_may_read_but_not_handle_an_alert(two_sites):
+    mine, _ = two_sites
+    client = member(mine, MembershipRole.VIEWER)
+    alert = Alert.objects.get(site=mine)
+
+    assert client.get(f"{ALERTS}/{alert.pk}").status_code == 200
+    assert client.post(f"{ALERTS}/{alert.pk}/acknowledge").status_code == 403
+    assert Alert.objects.get(pk=alert.pk).acknowledged_at is None
+
+
+def test_a_manager_acknowledges_notes_and_resolves_an_alert_each_audited(two_sites):
+    mine, _ = two_sites
+    client = member(mine, MembershipRole.MANAGER)
+    alert = Alert.objects.get(site=mine)
+
+    ack = client.post(f"{ALERTS}/{alert.pk}/acknowledge")
+    again = client.post(f"{ALERTS}/{alert.pk}/acknowledge")
+    note = client.post(f"{ALERTS}/{alert.pk}/notes", {"text": "Engineer on the way"}, format="json")
+    resolved = client.post(f"{ALERTS}/{alert.pk}/resolve")
+
+    assert ack.status_code == 200 and ack.json()["state"] == "acknowledged"
+    assert again.status_code == 200
+    assert note.status_code == 201 and note.json()["notes"][0]["text"] == "Engineer on the way"
+    assert resolved.json()["state"] == "resolved"
+    assert resolved.json()["resolved_by"] == client.user.username
+    events = list(
+        AuditLog.objects.filter(event_type__startswith="alert.", actor=client.user).values_list(
+            "event_type", flat=True
+        )
+    )
+    assert sorted(events) == ["alert.acknowledged", "alert.note_added", "alert.resolved"]
+
+
+@pytest.mark.parametrize(("body", "field"), [({}, "text"), ({"text": ""}, "text"), ({"text": 5}, "text")])
+def test_a_bad_note_is_a_400_naming_the_field(two_sites, body, field):
+    mine, _ = two_sites
+    client = member(mine, MembershipRole.MANAGER)
+    alert = Alert.objects.get(site=mine)
+
+    assert_error(client.post(f"{ALERTS}/{alert.pk}/notes", body, format="json"), 400, field=field)
+    assert not AlertNote.objects.exists()
+
+
+def test_anonymous_and_devices_get_no_alerts(two_sites, api_client):
+    assert api_client.get(ALERTS).status_code == 401
+
+
+# --- Admin ----------------------------------------------------------------------------------
+
+
+def test_the_admin_lists_alerts_and_acknowledges_them_through_the_service(two_sites, admin_browser):
+    changelist = "/admin/monitoring_app/alert/"
+    assert admin_browser.get(changelist).status_code == 200
+    alert = Alert.objects.first()
+    assert admin_browser.get(f"{changelist}{alert.pk}/change/").status_code == 200
+
+    response = admin_browser.post(
+        changelist, {"action": "acknowledge_alerts", "_selected_action": [alert.pk]}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert Alert.objects.get(pk=alert.pk).acknowledged_at is not None
+    assert AuditLog.objects.filter(event_type="alert.acknowledged").count() == 1
+
+
+def test_the_fleet_dashboard_shows_the_callers_sites_only(two_sites, client, django_assert_max_num_queries):
+    mine, theirs = two_sites
+    user = UserFactory(is_staff=True)
+    SiteMembershipFactory(user=user, site=mine, role=MembershipRole.MANAGER)
+    client.force_login(user)
+
+    response = client.get("/admin/monitoring_app/alert/fleet/")
+
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "site-mine" in text and "site-theirs" not in text
+
+
+def test_the_admin_sees_the_whole_fleet_on_the_dashboard(
+    two_sites, admin_browser, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(15):
+        response = admin_browser.get("/admin/monitoring_app/alert/fleet/")
+
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "site-mine" in text and "site-theirs" in text
+    assert 'id="open-alerts"' in text
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(client):
+    response = client.get("/admin/monitoring_app/alert/fleet/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]

@@ -1,0 +1,195 @@
+"""Site health (/sites/{id}/health, the site list) and the fleet summary, scoped."""
+
+import pytest
+from django.utils import timezone
+
+from accounts.choices import MembershipRole
+from accounts.tests.factories import SiteMembershipFactory, UserFactory
+from devices_app.choices import DeviceStatus
+from devices_app.tests.factories import DeviceFactory
+from homepot.tests.api_helpers import token_client
+from monitoring_app.alerts import alerts_evaluate
+from sites_app.tests.factories import SiteFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def device(site, status=DeviceStatus.ONLINE, health="healthy", **kwargs):
+    return DeviceFactory(site=site, status=status, health_status=health, last_seen=timezone.now(), **kwargs)
+
+
+@pytest.fixture
+def store():
+    """10 devices: 6 online (4 healthy, 1 degraded, 1 unhealthy), 3 offline, 1 in maintenance."""
+    site = SiteFactory(site_id="site-store")
+    for _ in range(4):
+        device(site)
+    device(site, health="degraded")
+    device(site, health="unhealthy")
+    for _ in range(3):
+        device(site, status=DeviceStatus.OFFLINE)
+    device(site, status=DeviceStatus.MAINTENANCE)
+    return site
+
+
+def member(site, role=MembershipRole.VIEWER):
+    user = UserFactory()
+    SiteMembershipFactory(user=user, site=site, role=role)
+    return token_client(user)
+
+
+EXPECTED = {
+    "total": 10,
+    "online": 6,
+    "offline": 3,
+    "maintenance": 1,
+    "healthy": 4,
+    "degraded": 1,
+    "unhealthy": 1,
+    "health_percentage": 44.4,
+    "status": "degraded",
+}
+
+
+def test_site_health_counts_and_lists_the_devices_worst_first(store, django_assert_max_num_queries):
+    client = member(store)
+
+    with django_assert_max_num_queries(8):
+        response = client.get("/sites/site-store/health")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert {k: body[k] for k in EXPECTED} == EXPECTED
+    assert [d["status"] for d in body["devices"][:3]] == ["offline"] * 3
+    assert body["devices"][3]["health_status"] == "unhealthy"
+    assert len(body["devices"]) == 10 and body["devices_truncated"] is False
+
+
+def test_the_site_list_and_detail_carry_the_same_health(store, django_assert_max_num_queries):
+    client = member(store)
+    for _ in range(3):
+        SiteMembershipFactory(user=client.user, site=device(SiteFactory()).site)
+
+    with django_assert_max_num_queries(8):
+        listed = client.get("/sites")
+
+    assert listed.status_code == 200
+    by_id = {s["site_id"]: s for s in listed.json()["results"]}
+    assert by_id["site-store"]["health"] == EXPECTED
+    assert client.get("/api/v1/sites/site-store").json()["health"] == EXPECTED
+
+
+def test_a_site_mostly_offline_is_down_and_an_empty_one_has_no_percentage():
+    down = SiteFactory(site_id="site-down")
+    device(down, status=DeviceStatus.OFFLINE)
+    device(down, status=DeviceStatus.OFFLINE)
+    device(down)
+    empty = SiteFactory(site_id="site-empty")
+    client = member(down)
+    SiteMembershipFactory(user=client.user, site=empty)
+
+    assert client.get("/sites/site-down/health").json()["status"] == "down"
+    body = client.get("/sites/site-empty/health").json()
+    assert (body["total"], body["health_percentage"], body["status"]) == (0, None, "healthy")
+
+
+def test_another_sites_health_is_a_404_like_a_missing_one(store):
+    client = member(SiteFactory())
+    hidden = client.get("/sites/site-store/health")
+    missing = client.get("/sites/site-nowhere/health")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json() == missing.json()
+
+
+def test_devices_get_no_site_health(store):
+    from devices_app.services import device_credential_issue
+
+    _, secret = device_credential_issue(actor=None, device=store.devices.first())
+    client = token_client(UserFactory())
+    client.credentials(HTTP_AUTHORIZATION=f"Device {secret}")
+    assert client.get("/sites/site-store/health").status_code in (401, 403)
+
+
+def test_the_fleet_summary_covers_only_the_callers_sites(store, django_assert_max_num_queries):
+    other = SiteFactory(site_id="site-other")
+    for _ in range(5):
+        device(other, status=DeviceStatus.OFFLINE, connectivity_changed_at=timezone.now())
+    client = member(store)
+
+    with django_assert_max_num_queries(10):  # constant: auth, per-site GROUP BY, names, count, alerts
+        response = client.get("/api/v1/fleet/summary")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert {k: body[k] for k in EXPECTED} == EXPECTED
+    assert body["sites"] == 1 and body["sites_down"] == 0
+    assert [s["site_id"] for s in body["sites_in_trouble"]] == ["site-store"]
+
+
+def test_the_fleet_summary_of_an_admin_puts_the_sites_in_most_trouble_first(store, admin_api, settings):
+    settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = 0
+    other = SiteFactory(site_id="site-other")
+    for _ in range(5):
+        device(other, status=DeviceStatus.OFFLINE, connectivity_changed_at=timezone.now())
+    SiteFactory(site_id="site-fine")
+    alerts_evaluate()
+
+    body = admin_api.get("/api/v1/fleet/summary").json()
+
+    assert body["sites"] == 3 and body["sites_down"] == 1
+    assert [s["site_id"] for s in body["sites_in_trouble"]] == ["site-other", "site-store"]
+    assert body["open_alerts"]["critical"] == 1  # site-other's outage
+
+
+def test_anonymous_callers_get_no_fleet_summary(api_client):
+    assert api_client.get("/api/v1/fleet/summary").status_code == 401
+
+
+# --- Timelines --------------------------------------------------------------------------------
+
+
+def test_a_device_timeline_merges_its_history_newest_first(store, django_assert_max_num_queries):
+    from monitoring_app.models import DeviceStatusChange
+    from monitoring_app.tests.factories import HealthCheckFactory
+
+    till = store.devices.filter(status=DeviceStatus.OFFLINE).first()
+    now = timezone.now()
+    HealthCheckFactory(device=till, checked_at=now - timezone.timedelta(minutes=10), status="unhealthy")
+    DeviceStatusChange.objects.create(
+        device=till, old_status="online", new_status="offline", reason="sweep", changed_at=now
+    )
+    client = member(store)
+
+    with django_assert_max_num_queries(12):
+        response = client.get(f"/api/v1/fleet/devices/{till.device_id}/timeline")
+
+    assert response.status_code == 200, response.content
+    events = response.json()["events"]
+    assert [e["type"] for e in events[:2]] == ["connectivity", "health"]
+    assert "online → offline" in events[0]["summary"]
+
+
+def test_a_site_timeline_shows_alerts_and_transitions(store, settings):
+    settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = 0
+    from devices_app.models import Device
+
+    Device.objects.filter(site=store, status=DeviceStatus.OFFLINE).update(
+        connectivity_changed_at=timezone.now()
+    )
+    alerts_evaluate()
+    client = member(store)
+
+    events = client.get("/api/v1/fleet/sites/site-store/timeline").json()["events"]
+
+    assert {e["type"] for e in events} >= {"alert", "operator"}
+
+
+def test_timelines_of_another_site_are_404_like_missing_ones(store):
+    client = member(SiteFactory())
+    till = store.devices.first()
+    for hidden, missing in (
+        (f"/api/v1/fleet/devices/{till.device_id}/timeline", "/api/v1/fleet/devices/nope/timeline"),
+        ("/api/v1/fleet/sites/site-store/timeline", "/api/v1/fleet/sites/nope/timeline"),
+    ):
+        assert client.get(hidden).status_code == client.get(missing).status_code == 404
+        assert client.get(hidden).json() == client.get(missing).json()

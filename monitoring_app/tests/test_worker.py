@@ -1,0 +1,76 @@
+"""The monitoring tick through a real Celery worker (a thread of this process) on Redis.
+
+A queue of its own on a separate Redis database, so it never meets another worker's
+messages. Data must be committed for the worker's connection to see it: transaction=True.
+"""
+
+import datetime
+import time
+import uuid
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from devices_app.choices import DeviceStatus
+from devices_app.models import Device
+from devices_app.tests.factories import DeviceFactory
+from homepot.celery import app
+from monitoring_app import tasks
+from monitoring_app.models import DeviceStatusChange, MonitoringState
+
+TEST_BROKER = "redis://127.0.0.1:6379/13"
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _close_connection(**kwargs):
+    connection.close()
+
+
+def _reset_broker_connections():
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def worker():
+    queue = f"homepot-monitoring-test-{uuid.uuid4().hex}"
+    saved = {key: app.conf[key] for key in ("broker_url", "task_default_queue", "task_always_eager")}
+    app.conf.update(broker_url=TEST_BROKER, task_default_queue=queue, task_always_eager=False)
+    _reset_broker_connections()
+    task_postrun.connect(_close_connection, weak=False)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue]):
+            yield
+    finally:
+        task_postrun.disconnect(_close_connection)
+        app.conf.update(saved)
+        _reset_broker_connections()
+        close_old_connections()
+
+
+def wait_for(predicate, timeout=20.0):
+    """Poll until `predicate()` holds (a generous deadline, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"gave up waiting after {timeout} s")
+
+
+def test_the_tick_runs_in_a_worker_and_marks_silent_devices_offline(worker):
+    now = timezone.now()
+    MonitoringState.objects.create(
+        pk=1, last_sweep_at=now - datetime.timedelta(seconds=20), resumed_at=now - datetime.timedelta(days=1)
+    )
+    silent = DeviceFactory(status=DeviceStatus.ONLINE, last_seen=now - datetime.timedelta(hours=1))
+    alive = DeviceFactory(status=DeviceStatus.ONLINE, last_seen=now)
+
+    tasks.monitoring_tick.delay()
+
+    wait_for(lambda: Device.objects.get(pk=silent.pk).status == DeviceStatus.OFFLINE)
+    assert Device.objects.get(pk=alive.pk).status == DeviceStatus.ONLINE
+    assert DeviceStatusChange.objects.filter(device=silent, reason="sweep").count() == 1
