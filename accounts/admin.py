@@ -11,7 +11,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import forms as auth_forms
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
@@ -25,6 +27,7 @@ from accounts.services import (
     membership_grant,
     membership_revoke,
     user_create,
+    user_deactivate,
     user_update,
 )
 from homepot.admin import (
@@ -167,6 +170,27 @@ class UserAdmin(SuperuserOnlyAdminMixin, ServiceAdminMixin, DjangoUserAdmin):
     def site_count(self, user):
         return user.site_count
 
+    # Users are deactivated, never deleted: there is no audited way to delete one, their
+    # audit history keeps pointing at them, and the API refuses DELETE too. Untick "active"
+    # on the change page or use the "Deactivate" action on the list.
+    actions = ("deactivate_users",)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(
+        description="Deactivate selected users (no login, tokens stop working)", permissions=["change"]
+    )
+    def deactivate_users(self, request, queryset):
+        deactivated = 0
+        for user in queryset.filter(is_active=True):
+            try:
+                run_service(user_deactivate, actor=request.user, user=user)
+                deactivated += 1
+            except ServiceRefused as exc:
+                self.message_user(request, f"{user} was not deactivated: {exc}", messages.ERROR)
+        self.message_user(request, f"Deactivated {deactivated} user(s).", messages.SUCCESS)
+
     def get_inline_instances(self, request, obj=None):
         # Like the rest of the add page, kept short: roles are granted once the user exists
         # (saving the add page opens the change page).
@@ -252,6 +276,19 @@ class SiteMembershipAdmin(SuperuserOnlyAdminMixin, ServiceAdminMixin, admin.Mode
 
     def delete_model(self, request, obj):
         run_service(membership_revoke, actor=request.user, membership=obj)
+
+
+# --- Permission groups ------------------------------------------------------------------------
+
+# HOMEPOT's rights come from site roles (accounts.backends), not groups; Django's group admin
+# stays for the rare hand-made grant, and like users and roles it is for superusers only (a
+# group's permissions are a way to give someone rights).
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(SuperuserOnlyAdminMixin, DjangoGroupAdmin):
+    pass
 
 
 # --- API tokens ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ _READ = {
     "devices_app.view_device",
     "jobs_app.view_job",
     "monitoring_app.view_healthcheck",
+    "monitoring_app.view_alert",
     "monitoring_app.view_auditlog",
 }
 

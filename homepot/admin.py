@@ -20,7 +20,7 @@ from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 from django.http import HttpResponseRedirect
 from django.urls import NoReverseMatch, reverse
 from django.utils.functional import cached_property
@@ -38,6 +38,14 @@ APP_ORDER = ["sites_app", "devices_app", "jobs_app", "monitoring_app", "accounts
 class ScopedAutocompleteJsonView(AutocompleteJsonView):
     """Autocomplete answers fill the choices of forms, and forms write: so on top of the
     target admin's view scope (its get_queryset) they offer only rows the user may change."""
+
+    def process_request(self, request):
+        term, model_admin, source_field, to_field_name = super().process_request(request)
+        # Django accepts any relation name, reverse ones too, and then fails on those with
+        # a 500; only a model's own relation fields are form fields that autocomplete.
+        if not isinstance(source_field, Field):
+            raise PermissionDenied
+        return term, model_admin, source_field, to_field_name
 
     def get_queryset(self):
         queryset = super().get_queryset()
@@ -296,7 +304,8 @@ class ScopedAdminMixin(ServiceAdminMixin):
     """Applies the one scoping rule to a ModelAdmin of a site-scoped model.
 
     - lists, change pages and autocomplete see `Model.objects.for_user(user)` (view);
-    - foreign-key choices of forms are what the user may change (`for_user(user, "change")`);
+    - foreign-key and many-to-many choices of forms are what the user may change
+      (`for_user(user, "change")`);
     - changing or deleting a row needs change rights on its site, on top of Django's
       model permission, so a viewer's change page renders read-only.
     """
@@ -309,6 +318,12 @@ class ScopedAdminMixin(ServiceAdminMixin):
         if "queryset" not in kwargs and isinstance(related, ScopedQuerySet):
             kwargs["queryset"] = related.for_user(request.user, "change")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        related = db_field.related_model._default_manager.all()
+        if "queryset" not in kwargs and isinstance(related, ScopedQuerySet):
+            kwargs["queryset"] = related.for_user(request.user, "change")
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def may_change_object(self, request, obj) -> bool:
         if obj is None or request.user.is_superuser:
@@ -348,10 +363,19 @@ class ReadOnlyAdminMixin:
 
 
 class SuperuserOnlyAdminMixin:
-    """People and their site roles are administered by superusers only."""
+    """People and their site roles are administered by superusers only.
+
+    To everyone else their rows do not exist: Django's history page looks a row up before
+    it checks permissions, so an unscoped queryset would answer 403 for an existing user and
+    "doesn't exist" for a missing one, telling a store manager which accounts exist.
+    """
 
     def _is_superuser(self, request) -> bool:
         return request.user.is_active and request.user.is_superuser
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset if self._is_superuser(request) else queryset.none()
 
     def has_module_permission(self, request):
         return self._is_superuser(request)
