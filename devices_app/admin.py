@@ -24,6 +24,7 @@ from homepot.admin import (
     status_badge,
     verbose_link,
 )
+from jobs_app.admin_links import MAX_PICKED, redirect_to_new_job
 from monitoring_app.models import HealthCheck
 
 # Each rotated secret is shown once in a message; more than this is not something to copy.
@@ -32,7 +33,7 @@ ROTATE_AT_ONCE = 50
 
 @admin.register(Device)
 class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
-    actions = ("rotate_credentials", "revoke_credentials")
+    actions = ("push_configuration", "rotate_credentials", "revoke_credentials")
     list_display = (
         "device_id",
         "name",
@@ -100,6 +101,20 @@ class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
             "it is stored only as a hash and will not be shown again.",
             messages.WARNING,
         )
+
+    @admin.action(description="Push configuration to selected devices", permissions=["add_job"])
+    def push_configuration(self, request, queryset):
+        # Only devices the user may change end up as targets; the job form shows the rest.
+        picked = queryset.for_user(request.user, "change").order_by("site_id", "id")
+        rows = list(picked.values_list("pk", "site_id")[: MAX_PICKED + 1])
+        if not rows:
+            self.message_user(request, "None of the selected devices is yours to change.", messages.ERROR)
+            return None
+        sites = list(dict.fromkeys(site for _, site in rows))
+        return redirect_to_new_job(self, request, site_pks=sites, device_pks=[pk for pk, _ in rows])
+
+    def has_add_job_permission(self, request):
+        return request.user.has_perm("jobs_app.add_job")
 
     @admin.action(description="Issue new credentials (the old ones stop working)", permissions=["change"])
     def rotate_credentials(self, request, queryset):

@@ -210,11 +210,15 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
                 self.message_user(request, f"{alert}: {exc}", messages.ERROR)
         self.message_user(request, f"{verb} {done} alert(s).", messages.SUCCESS)
 
-    @admin.action(description="Acknowledge selected alerts")
+    def has_handle_permission(self, request):
+        # Handling an alert is a store manager's job: the same right as changing devices.
+        return request.user.has_perm("devices_app.change_device")
+
+    @admin.action(description="Acknowledge selected alerts", permissions=["handle"])
     def acknowledge_alerts(self, request, queryset):
         self._run(request, queryset, alert_acknowledge, "Acknowledged")
 
-    @admin.action(description="Resolve selected alerts")
+    @admin.action(description="Resolve selected alerts", permissions=["handle"])
     def resolve_alerts(self, request, queryset):
         self._run(request, queryset, alert_resolve, "Resolved")
 

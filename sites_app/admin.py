@@ -1,4 +1,4 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils.html import format_html
 
@@ -10,6 +10,7 @@ from homepot.admin import (
     model_field_values,
     run_service,
 )
+from jobs_app.admin_links import redirect_to_new_job
 from jobs_app.models import Job
 from sites_app.models import Site
 from sites_app.services import site_create, site_delete, site_update
@@ -17,6 +18,7 @@ from sites_app.services import site_create, site_delete, site_update
 
 @admin.register(Site)
 class SiteAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    actions = ("create_job",)
     list_display = (
         "site_id",
         "name",
@@ -99,3 +101,16 @@ class SiteAdmin(ScopedAdminMixin, admin.ModelAdmin):
         if blocked:
             return [], {}, set(), blocked
         return super().get_deleted_objects(sites, request)
+
+    @admin.action(description="Create job for selected sites", permissions=["add_job"])
+    def create_job(self, request, queryset):
+        sites = list(
+            queryset.for_user(request.user, "change").order_by("site_id").values_list("pk", flat=True)
+        )
+        if not sites:
+            self.message_user(request, "None of the selected sites is yours to run jobs on.", messages.ERROR)
+            return None
+        return redirect_to_new_job(self, request, site_pks=sites)
+
+    def has_add_job_permission(self, request):
+        return request.user.has_perm("jobs_app.add_job")

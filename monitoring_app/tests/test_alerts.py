@@ -362,3 +362,21 @@ def test_the_admin_sees_the_whole_fleet_on_the_dashboard(
 def test_anonymous_visitors_are_sent_to_the_login_page(client):
     response = client.get("/admin/monitoring_app/alert/fleet/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+@pytest.mark.parametrize(
+    ("role", "offered"), [(MembershipRole.VIEWER, False), (MembershipRole.MANAGER, True)]
+)
+def test_the_admin_offers_alert_handling_only_to_those_who_may_handle(two_sites, client, role, offered):
+    from django.urls import reverse
+
+    user = UserFactory(is_staff=True)
+    SiteMembershipFactory(user=user, site=two_sites[0], role=role)
+    client.force_login(user)
+
+    page = client.get(reverse("admin:monitoring_app_alert_changelist"))
+
+    assert page.status_code == 200
+    form = page.context["action_form"]  # None when no action is offered at all
+    actions = dict(form.fields["action"].choices) if form else {}
+    assert ("acknowledge_alerts" in actions, "resolve_alerts" in actions) == (offered, offered)
