@@ -25,6 +25,7 @@ from homepot.admin import (
     verbose_link,
 )
 from jobs_app.admin_links import MAX_PICKED, redirect_to_new_job
+from monitoring_app.admin_timeline import device_timeline_html
 from monitoring_app.models import HealthCheck
 
 # Each rotated secret is shown once in a message; more than this is not something to copy.
@@ -56,13 +57,14 @@ class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
     paginator = EstimatedCountPaginator
-    readonly_fields = ("health_history_link", "last_seen", "created_at", "updated_at")
+    readonly_fields = ("health_history_link", "last_seen", "created_at", "updated_at", "timeline")
     fieldsets = (
         (None, {"fields": ("device_id", "name", "device_type", "site", "status")}),
         ("Network", {"fields": ("ip_address", "mac_address")}),
         ("Software", {"fields": ("firmware_version", "config")}),
         ("Health", {"fields": ("last_seen", "health_history_link")}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+        ("Timeline", {"fields": ("timeline",)}),
     )
 
     @admin.display(description="status", ordering="status")
@@ -79,6 +81,11 @@ class DeviceAdmin(ScopedAdminMixin, admin.ModelAdmin):
             return "—"
         url = admin_changelist_url(HealthCheck, device__id__exact=device.pk)
         return format_html('<a href="{}">Health checks of this device</a>', url)
+
+    @admin.display(description="newest first")
+    def timeline(self, device):
+        # The same selector as GET /api/v1/fleet/devices/{device_id}/timeline.
+        return device_timeline_html(device)
 
     # --- Writes go through the services (validated, scoped, audited) ---------------------
 

@@ -23,6 +23,8 @@ from jobs_app.models import Job
 from monitoring_app.alerts import alert_acknowledge, alert_resolve
 from monitoring_app.api.fleet import fleet_summary
 from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck
+from monitoring_app.rollup import HEALTH_SERIES, ONLINE_SERIES, chart, fleet_history
+from monitoring_app.selectors import jobs_in_progress
 from sites_app.models import Site
 
 # Both tables grow without end, so neither has a date hierarchy (its year/month/day choices
@@ -225,14 +227,16 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     # --- The fleet dashboard: /admin/monitoring_app/alert/fleet/ ----------------------------
 
     DASHBOARD_ALERTS = 20
+    DASHBOARD_JOBS = 20
 
     def get_urls(self):
         dashboard = self.admin_site.admin_view(self.fleet_dashboard)
         return [path("fleet/", dashboard, name="monitoring_fleet_dashboard"), *super().get_urls()]
 
     def fleet_dashboard(self, request):
-        """Counts by connectivity and health, the sites most in trouble, open alerts: the
-        caller's sites only, a constant number of queries (see fleet_summary)."""
+        """Counts by connectivity and health, the sites most in trouble, open alerts, jobs in
+        progress, and charts of the last 24 hours and 7 days (from the FleetSnapshot rollup,
+        drawn as inline SVG): the caller's sites only, a constant number of queries."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         alerts = (
@@ -246,5 +250,25 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
             "title": "Fleet health",
             "summary": fleet_summary(user=request.user),
             "alerts": alerts,
+            "jobs": jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS),
+            "charts": self._charts(request.user),
         }
         return TemplateResponse(request, "admin/monitoring_app/fleet_dashboard.html", context)
+
+    @staticmethod
+    def _charts(user) -> list[dict]:
+        """Two windows (every 15-minute snapshot of the last day; the hourly ones of the last
+        week), one query each, drawn as two charts each: connectivity and health."""
+        windows = (
+            ("24h", "last 24 hours", fleet_history(user=user, hours=24)),
+            ("7d", "last 7 days", fleet_history(user=user, hours=24 * 7, hourly=True)),
+        )
+        return [
+            {
+                "key": key,
+                "window": window,
+                "online": chart(history, ONLINE_SERIES),
+                "health": chart(history, HEALTH_SERIES),
+            }
+            for key, window, history in windows
+        ]

@@ -308,3 +308,39 @@ class AlertNote(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+
+class FleetSnapshotQuerySet(ScopedQuerySet):
+    scope_path = "site"
+
+
+class FleetSnapshot(models.Model):
+    """The device counts of one site at one moment (a bucket boundary): the rollup behind the
+    dashboard's charts. Written set-based by the monitoring tick (one INSERT ... SELECT ...
+    GROUP BY site per bucket), pruned by retention; the charts never read devices or health
+    history, so they cost the same at 10 or 10,000,000 health checks."""
+
+    site = models.ForeignKey("sites_app.Site", on_delete=models.CASCADE, related_name="+")
+    bucket_at = models.DateTimeField()
+    total = models.PositiveIntegerField()
+    online = models.PositiveIntegerField()
+    offline = models.PositiveIntegerField()
+    maintenance = models.PositiveIntegerField()
+    healthy = models.PositiveIntegerField()
+    degraded = models.PositiveIntegerField()
+    unhealthy = models.PositiveIntegerField()
+
+    objects = FleetSnapshotQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["bucket_at", "site"]
+        constraints = [
+            # One row per site and bucket: a second tick in the same bucket inserts nothing.
+            models.UniqueConstraint(fields=["site", "bucket_at"], name="monitoring_snapshot_one_per_bucket"),
+        ]
+        # The (site, bucket_at) unique index serves a manager's sites; this one the admin's
+        # whole fleet and the pruning.
+        indexes = [models.Index(fields=["bucket_at"], name="monitoring_snapshot_bucket")]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} at {self.bucket_at:%Y-%m-%d %H:%M}: {self.online}/{self.total} online"

@@ -2,6 +2,7 @@
 
 Deleted in small batches, each its own short transaction, so no lock is held long and the
 ingest keeps writing meanwhile. Device rows (the latest state) and alerts are never touched.
+The dashboard's rollup (FleetSnapshot) goes after SNAPSHOT_KEEP_DAYS.
 """
 
 import datetime
@@ -11,6 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from monitoring_app.choices import AuditEvent
+from monitoring_app.rollup import SNAPSHOT_KEEP_DAYS
 from monitoring_app.services import audit_record
 
 
@@ -44,12 +46,16 @@ def health_history_prune(
     cutoff = (now or timezone.now()) - datetime.timedelta(days=days)
     total = _prune_batches("monitoring_app_healthcheck", "checked_at", cutoff, batch_size)
     transitions = _prune_batches("monitoring_app_devicestatuschange", "changed_at", cutoff, batch_size)
+    # The chart rollup has its own, shorter age: the charts show at most 7 days.
+    snapshot_cutoff = (now or timezone.now()) - datetime.timedelta(days=SNAPSHOT_KEEP_DAYS)
+    snapshots = _prune_batches("monitoring_app_fleetsnapshot", "bucket_at", snapshot_cutoff, batch_size)
     audit_record(
         event_type=AuditEvent.HEALTH_PRUNED,
         description=f"Pruned {total} health checks and {transitions} status changes older than {days} days",
         new_values={
             "deleted": total,
             "status_changes_deleted": transitions,
+            "snapshots_deleted": snapshots,
             "older_than": cutoff.isoformat(),
             "retention_days": days,
         },

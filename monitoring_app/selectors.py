@@ -113,3 +113,48 @@ def site_timeline(*, site, limit: int = 50) -> list[dict]:
     ]
     events += _audit_events(AuditLog.objects.filter(site=site).order_by("-id")[:limit])
     return sorted(events, key=lambda e: e["at"], reverse=True)[:limit]
+
+
+# --- The fleet dashboard ------------------------------------------------------------------
+
+
+def _delivery_count(**filters):
+    """A job's deliveries (matching `filters`) counted in a correlated subquery, served by
+    the (job, status, id) index: an index-only count per listed job."""
+    from django.db.models import Count, IntegerField, OuterRef, Subquery
+    from django.db.models.functions import Coalesce
+
+    from jobs_app.models import Delivery
+
+    counted = (
+        Delivery.objects.filter(job=OuterRef("pk"), **filters)
+        .order_by()
+        .values("job")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def jobs_in_progress(*, user, limit: int = 20) -> list:
+    """The unfinished jobs of the user's sites (by the job's site, like the jobs list),
+    newest first, at most `limit`, each with `delivery_total` and `delivery_finished`:
+    ONE query (two correlated counts per listed job)."""
+    from jobs_app.choices import DELIVERY_FINISHED, JOB_ACTIVE_STATUSES
+    from jobs_app.models import Job
+
+    jobs = (
+        Job.objects.for_user(user)
+        .filter(status__in=JOB_ACTIVE_STATUSES)
+        .select_related("site")
+        .annotate(
+            delivery_total=_delivery_count(), delivery_finished=_delivery_count(status__in=DELIVERY_FINISHED)
+        )
+        .order_by("-created_at", "-id")[:limit]
+    )
+    jobs = list(jobs)
+    for job in jobs:
+        job.delivery_percent = (
+            round(100 * job.delivery_finished / job.delivery_total) if job.delivery_total else None
+        )
+    return jobs

@@ -9,21 +9,26 @@ from celery import shared_task
 
 from monitoring_app.alerts import alerts_evaluate, alerts_notify_pending
 from monitoring_app.retention import health_history_prune
+from monitoring_app.rollup import fleet_snapshot_take
 from monitoring_app.sweep import sweep_offline
 
 
 @shared_task(ignore_result=True, soft_time_limit=120, time_limit=180)
 def monitoring_tick() -> dict:
-    """Mark silent devices offline, then open/close alerts, then notify new alerts."""
+    """Mark silent devices offline, then open/close alerts, then notify new alerts, then
+    take the dashboard's snapshot of the counts (once per bucket, after the sweep so it
+    counts the devices as they are now)."""
     sweep = sweep_offline()
     evaluation = alerts_evaluate()
     notified = alerts_notify_pending()
+    snapshot_rows = fleet_snapshot_take()
     return {
         "marked_offline": sweep.marked_offline,
         "resumed": sweep.resumed,
         "opened": len(evaluation.opened),
         "resolved": len(evaluation.resolved),
         "notified": notified,
+        "snapshot_rows": snapshot_rows,
     }
 
 

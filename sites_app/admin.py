@@ -12,6 +12,7 @@ from homepot.admin import (
 )
 from jobs_app.admin_links import redirect_to_new_job
 from jobs_app.models import Job
+from monitoring_app.admin_timeline import site_timeline_html
 from sites_app.models import Site
 from sites_app.services import site_create, site_delete, site_update
 
@@ -35,13 +36,14 @@ class SiteAdmin(ScopedAdminMixin, admin.ModelAdmin):
     search_fields = ("site_id", "name", "location", "region")
     ordering = ("site_id",)
     list_select_related = ()  # no foreign keys; the device count is one annotated subquery
-    readonly_fields = ("device_count_link", "jobs_link", "created_at", "updated_at")
+    readonly_fields = ("device_count_link", "jobs_link", "created_at", "updated_at", "timeline")
     fieldsets = (
         (None, {"fields": ("site_id", "name", "is_active")}),
         ("Location", {"fields": ("location", "region", "timezone")}),
         ("Notes", {"fields": ("description",)}),
         ("Fleet", {"fields": ("device_count_link", "jobs_link")}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+        ("Timeline", {"fields": ("timeline",)}),
     )
 
     def get_queryset(self, request):
@@ -59,6 +61,11 @@ class SiteAdmin(ScopedAdminMixin, admin.ModelAdmin):
         if site is None or site.pk is None:
             return "—"
         return format_html('<a href="{}">Jobs of this site</a>', admin_changelist_url(Job, site=site.pk))
+
+    @admin.display(description="newest first")
+    def timeline(self, site):
+        # The same selector as GET /api/v1/fleet/sites/{site_id}/timeline.
+        return site_timeline_html(site)
 
     # Sites are created and deleted by administrators only (the rule lives in
     # sites_app.services); hiding the buttons spares others a refusal.

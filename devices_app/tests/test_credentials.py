@@ -153,3 +153,16 @@ def test_admin_actions_rotate_and_revoke(admin_browser):
 
     admin_browser.post(changelist, {"action": "revoke_credentials", "_selected_action": [device.pk]})
     assert device_client(secret).get(ME).status_code == 401
+
+
+def test_the_authenticated_device_carries_its_stored_values(admin_user):
+    """The agent's view of itself comes from the same lookup that authenticates it."""
+    device = DeviceFactory(
+        device_id="till-json", config={"gateway_url": "https://payments.example.com", "retries": 3}
+    )
+    _, secret = device_credential_issue(actor=admin_user, device=device)
+
+    body = device_client(secret).get(ME).json()
+
+    assert body["config"] == {"gateway_url": "https://payments.example.com", "retries": 3}
+    assert (body["device_id"], body["site"]) == ("till-json", device.site.site_id)

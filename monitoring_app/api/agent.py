@@ -150,11 +150,17 @@ class HeartbeatView(AgentView):
         responses=HeartbeatAnswerSerializer,
     )
     def post(self, request):
-        serializer = HeartbeatSerializer(data=request.data if request.data else {})
-        serializer.is_valid(raise_exception=True)
+        # The hot path of the whole agent API (every terminal, every minute): an empty body
+        # skips the serializer, and the answer is a plain dict (the same JSON the answer
+        # serializer would give), rendered once.
+        reported_at = None
+        if request.data:
+            serializer = HeartbeatSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            reported_at = serializer.validated_data.get("timestamp")
         device = request.user.device
-        ingest.heartbeat_record(device=device, reported_at=serializer.validated_data.get("timestamp"))
-        return Response(HeartbeatAnswerSerializer(_answer(device)).data)
+        ingest.heartbeat_record(device=device, reported_at=reported_at)
+        return Response(_answer(device))
 
 
 class HealthView(AgentView):
