@@ -14,6 +14,7 @@ For each size (default 10,000 and 100,000 devices, 50 per site) the script
 Usage (from the project root, PostgreSQL reachable as a superuser via PGHOST/PGPORT/PGUSER):
     .venv/bin/python bench/bench_fanout.py
     .venv/bin/python bench/bench_fanout.py --sizes 100000 --batch-size 1000 --json bench/fanout.json
+    .venv/bin/python bench/bench_fanout.py --round-trip 500 [--channel mqtt]
 Results go to stdout; docs/performance.md records a run.
 """
 
@@ -43,7 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database", default="homepot_bench_fanout", help="Scratch database (dropped!).")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="Devices per run.")
     parser.add_argument("--devices-per-site", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=500, help="The job's rollout batch size.")
+    parser.add_argument(
+        "--batch-size", type=int, default=2000, help="The job's rollout batch size (the default's)."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the scratch database afterwards.")
     parser.add_argument("--json", type=Path, help="Also write the results here as JSON.")
     parser.add_argument(
@@ -51,8 +54,15 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=0,
         metavar="N",
-        help="Instead: N simulated terminals (simulate_fleet over HTTP, gunicorn) answer one job; "
+        help="Instead: N simulated terminals (simulate_fleet, see --channel) answer one job; "
         "time until `completed` and acknowledgements per second.",
+    )
+    parser.add_argument(
+        "--channel",
+        choices=["poll", "mqtt"],
+        default="poll",
+        help="With --round-trip: terminals polling over HTTP (gunicorn) or answering over MQTT "
+        "(the local broker, with `manage.py mqtt_bridge`).",
     )
     parser.add_argument("--port", type=int, default=8799, help="Port of the web server for --round-trip.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -168,8 +178,24 @@ def run(args: argparse.Namespace, size: int) -> dict:
     }
 
 
+def _start(env, *command, reads_banner=True) -> subprocess.Popen:
+    """A manage.py command in the background; waits for its first line (it is ready)."""
+    process = subprocess.Popen(  # noqa: S603 (fixed arguments)
+        [sys.executable, str(ROOT / "manage.py"), *command],
+        cwd=ROOT,
+        env={**env, "PYTHONUNBUFFERED": "1"},  # the banner arrives when written
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    if reads_banner:
+        process.stdout.readline()
+    return process
+
+
 def round_trip(args: argparse.Namespace) -> dict:
-    """One job to N polling terminals played by `simulate_fleet` against gunicorn."""
+    """One job to N terminals played by `simulate_fleet`: polling gunicorn over HTTP, or
+    answering over MQTT through `mqtt_bridge`."""
     import psycopg
 
     size = args.round_trip
@@ -187,38 +213,40 @@ def round_trip(args: argparse.Namespace) -> dict:
         "-v",
         "0",
     )
-    base_url = f"http://127.0.0.1:{args.port}"
-    web = subprocess.Popen(  # noqa: S603 (fixed arguments)
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "homepot.wsgi",
-            "-w",
-            "3",
-            "-b",
-            f"127.0.0.1:{args.port}",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    fleet = subprocess.Popen(  # noqa: S603 (fixed arguments)
-        [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "simulate_fleet",
-            "--devices",
-            str(sites * args.devices_per_site),
-        ]
-        + ["--base-url", base_url, "--poll-interval", "1", "--work-seconds", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    url = env["DATABASE_URL"].replace("postgres://", "postgresql://")
+    devices = sites * args.devices_per_site
+    if args.channel == "mqtt":
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE devices_app_device SET push_channel = 'mqtt'")
+        # The bridge (one process, one thread, as `run.sh` starts it) and the MQTT terminals.
+        web = _start(env, "mqtt_bridge")  # "Bridging homepot/devices/+/events"
+        fleet = _start(
+            env, "simulate_fleet", "--channel", "mqtt", "--devices", str(devices), "--work-seconds", "0"
+        )
+        time.sleep(2)  # let the broker acknowledge every subscription
+    else:
+        web = subprocess.Popen(  # noqa: S603 (fixed arguments)
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "homepot.wsgi",
+                "-w",
+                "3",
+                "-b",
+                f"127.0.0.1:{args.port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base_url = f"http://127.0.0.1:{args.port}"
+        # "Simulating N terminals": credentials issued, polling starts.
+        fleet = _start(
+            env,
+            *("simulate_fleet", "--devices", str(devices), "--base-url", base_url),
+            *("--poll-interval", "1", "--work-seconds", "0"),
+        )
     try:
-        fleet.stdout.readline()  # "Simulating N terminals": credentials issued, polling starts
         started = time.perf_counter()
         out = subprocess.run(  # noqa: S603 (this script, fixed arguments)
             [sys.executable, __file__, "--child", "--batch-size", str(args.batch_size)],
@@ -229,7 +257,6 @@ def round_trip(args: argparse.Namespace) -> dict:
             check=True,
         )
         job = json.loads(out.stdout.strip().splitlines()[-1])["job"]
-        url = env["DATABASE_URL"].replace("postgres://", "postgresql://")
         with psycopg.connect(url, autocommit=True) as conn:
             while True:
                 status = conn.execute("SELECT status FROM jobs_app_job WHERE id = %s", [job]).fetchone()[0]
@@ -242,13 +269,14 @@ def round_trip(args: argparse.Namespace) -> dict:
         web.terminate()
         fleet.wait(timeout=30)
         web.wait(timeout=30)
-    devices = sites * args.devices_per_site
     return {
         "devices": devices,
+        "channel": args.channel,
         "final_status": status,
         "seconds_until_completed": round(elapsed, 2),
         "acknowledgements_per_second": round(devices / elapsed, 1),
-        "http_requests_per_second": round(devices * 2 / elapsed, 1),
+        # HTTP: ack + result requests; MQTT: ack + result events through the bridge.
+        "device_reports_per_second": round(devices * 2 / elapsed, 1),
     }
 
 

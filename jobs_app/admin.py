@@ -1,8 +1,10 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils.html import format_html, format_html_join
 
+from accounts.scoping import scoped_site_ids
 from homepot.admin import (
     EstimatedCountPaginator,
     ScopedAdminMixin,
@@ -11,12 +13,13 @@ from homepot.admin import (
     adopt_saved,
     model_field_values,
     object_link,
+    refusal_message,
     run_service,
     status_badge,
 )
 from jobs_app import services
 from jobs_app.choices import DELIVERY_FINISHED, DeliveryStatus
-from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job
+from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job, SavedSegment
 from jobs_app.selectors import visible_site_ids
 from jobs_app.services import job_cancel, job_create, job_update
 
@@ -26,6 +29,7 @@ DELIVERY_SAMPLE = 20
 _FIXED_AFTER_CREATE = (
     "site",
     "extra_sites_shown",
+    "saved_segment",
     "segment",
     "target_devices_shown",
     "scheduled_at",
@@ -45,6 +49,46 @@ def _delivery_count(**filters):
         .values("n")
     )
     return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def preflight_text(numbers: dict) -> str:
+    return (
+        f"{numbers['matching']} devices match ({numbers['online']} online now, "
+        f"{numbers['with_unfinished_work']} with unfinished work) at {numbers['sites']} site(s); "
+        f"{numbers['batches']} batch(es), about {numbers['expected_duration_seconds']} s expected."
+    )
+
+
+def _preview_form(form_class, user):
+    """The add form, for the "Preview targets" button: once the fields are valid it reports
+    the pre-flight numbers of the chosen targets as the form's message and stays invalid,
+    so the admin re-renders it with everything entered and saves nothing."""
+
+    class PreviewForm(form_class):
+        def clean(self):
+            data = super().clean()
+            if self.errors or not data.get("site"):
+                return data
+            try:
+                numbers = services.job_preview(
+                    actor=user,
+                    site=data["site"],
+                    extra_sites=data.get("extra_sites") or (),
+                    segment=data.get("segment"),
+                    saved_segment=data.get("saved_segment"),
+                    target_devices=data.get("target_devices") or (),
+                    batch_size=data.get("batch_size"),
+                    max_in_flight_per_site=data.get("max_in_flight_per_site"),
+                )
+            except (ValidationError, PermissionDenied) as exc:
+                raise ValidationError(f"Preview: {refusal_message(exc)}") from exc
+            raise ValidationError(
+                f"Preview only, nothing saved yet: {preflight_text(numbers)}", code="preview"
+            )
+
+    if "batch_size" in PreviewForm.base_fields:
+        PreviewForm.base_fields["batch_size"].required = False  # rebuilt for the subclass
+    return PreviewForm
 
 
 @admin.register(Job)
@@ -86,9 +130,10 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         (
             "Targets",
             {
-                "fields": ("extra_sites", "segment", "target_devices"),
+                "fields": ("extra_sites", "saved_segment", "segment", "target_devices"),
                 "description": "The devices of the site and any extra sites, narrowed by the segment "
-                "and, when any are picked, to the picked devices.",
+                "(or a saved segment, whose filter is copied onto the job) and, when any are picked, "
+                "to the picked devices.",
             },
         ),
         (
@@ -154,10 +199,18 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
     def target_devices_shown(self, job):
         return ", ".join(d.device_id for d in job.target_devices.all() if self._sees(job, d.site_id)) or "–"
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "saved_segment":
+            # The segments this operator may use (their sites' and the site-less ones).
+            kwargs["queryset"] = SavedSegment.objects.for_user(request.user).order_by("name", "id")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
         if "batch_size" in form.base_fields:
             form.base_fields["batch_size"].required = False  # empty: the default
+        if obj is None and request.method == "POST" and "_preview" in request.POST:
+            return _preview_form(form, request.user)
         return form
 
     @admin.display(description="status", ordering="status")
@@ -197,11 +250,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             batch_size=job.batch_size,
             max_in_flight_per_site=job.max_in_flight_per_site,
         )
-        return (
-            f"{numbers['matching']} devices match ({numbers['online']} online now, "
-            f"{numbers['with_unfinished_work']} with unfinished work) at {numbers['sites']} site(s); "
-            f"{numbers['batches']} batch(es), about {numbers['expected_duration_seconds']} s expected."
-        )
+        return preflight_text(numbers)
 
     @admin.display(description="progress")
     def progress_summary(self, job):
@@ -307,3 +356,55 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
     @admin.action(description="Clone selected jobs (queued now)", permissions=["add"])
     def clone_jobs(self, request, queryset):
         self._each(request, queryset, services.job_clone, "cloned")
+
+
+@admin.register(SavedSegment)
+class SavedSegmentAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    """Saved filters to target jobs with. Whoever may create jobs may keep them; a segment
+    of a site is its managers', a site-less one everyone's who runs a site (its owner edits
+    it)."""
+
+    list_display = ("name", "site", "segment", "owner", "updated_at")
+    search_fields = ("name",)
+    list_select_related = ("site", "owner")
+    autocomplete_fields = ("site",)
+    fields = ("name", "site", "segment", "owner", "created_at", "updated_at")
+    readonly_fields = ("owner", "created_at", "updated_at")
+
+    def _runs_jobs(self, request) -> bool:
+        return request.user.is_active and request.user.has_perm("jobs_app.add_job")
+
+    def get_queryset(self, request):
+        if self._runs_jobs(request):
+            return super().get_queryset(request)
+        # Someone who may not use segments is refused every page (403); their own sites'
+        # rows stay findable so the answer is the same refusal as on any other store
+        # model, while another store's rows are still "doesn't exist".
+        return SavedSegment.objects.filter(site__in=scoped_site_ids(request.user, "view"))
+
+    def has_module_permission(self, request):
+        return self._runs_jobs(request)
+
+    def has_view_permission(self, request, obj=None):
+        return self._runs_jobs(request)
+
+    def has_add_permission(self, request):
+        return self._runs_jobs(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._runs_jobs(request) and self.may_change_object(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._runs_jobs(request) and self.may_change_object(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        values = model_field_values(form, obj, ("name", "site", "segment"))
+        if change:
+            stored = SavedSegment.objects.get(pk=obj.pk)
+            saved = run_service(services.segment_update, actor=request.user, saved=stored, **values)
+        else:
+            saved = run_service(services.segment_create, actor=request.user, **values)
+        adopt_saved(obj, saved)
+
+    def delete_model(self, request, obj):
+        run_service(services.segment_delete, actor=request.user, saved=obj)

@@ -9,17 +9,18 @@ workers can never both move the same row. Deliveries are not audited one by one 
 """
 
 import datetime
+import json
 import logging
 import math
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.scoping import require_site_access
+from accounts.scoping import require_site_access, scoped_site_ids
 from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.models import Device
 from homepot.errors import Conflict
@@ -32,7 +33,7 @@ from jobs_app.choices import (
     DeliveryStatus,
     JobStatus,
 )
-from jobs_app.models import Delivery, Job
+from jobs_app.models import Delivery, Job, SavedSegment
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, changes, snapshot
 from sites_app.models import Site
@@ -136,6 +137,112 @@ def _check_targets(actor, site: Site, extra_sites, devices) -> list[int]:
     return site_ids
 
 
+def _segment_for_job(actor, segment, saved_segment: SavedSegment | None) -> dict:
+    """The segment a new job gets: the one given, or a copy of the saved segment's filter
+    (one the actor may use; a later edit of the saved segment leaves the job alone)."""
+    if saved_segment is None:
+        return clean_segment(segment)
+    if segment:
+        raise ValidationError({"saved_segment": "Give either a segment or a saved segment, not both."})
+    if actor is not None and not SavedSegment.objects.for_user(actor).filter(pk=saved_segment.pk).exists():
+        raise ValidationError({"saved_segment": f"Unknown saved segment {saved_segment.pk}."})
+    return clean_segment(saved_segment.segment)
+
+
+# --- Saved segments ---------------------------------------------------------------------------
+
+
+def _check_segment_scope(actor, site: Site | None) -> None:
+    """A site-scoped segment needs change rights on its site; a site-less one, change
+    rights on some site (the people who create jobs)."""
+    if site is not None:
+        require_site_access(actor, site, "change")
+        return
+    managed = scoped_site_ids(actor, "change") if actor is not None else None
+    if managed is not None and not managed.exists():
+        raise PermissionDenied("Only those who run a site may save segments.")
+
+
+def _clean_saved_segment(saved: SavedSegment) -> None:
+    saved.name = (saved.name or "").strip()
+    saved.segment = clean_segment(saved.segment)
+    if not saved.segment:
+        raise ValidationError({"segment": "A saved segment needs at least one list to match."})
+    saved.full_clean()
+
+
+SEGMENT_AUDITED_FIELDS = ("name", "segment", "site")
+
+
+@transaction.atomic
+def segment_create(*, actor, name: str, segment: dict, site: Site | None = None) -> SavedSegment:
+    """Save a named filter, for `site`'s managers or (site-less) for everyone who runs a
+    site. Audited as segment.created; a job made from it also records the segment's id and
+    name in its job.created row."""
+    _check_segment_scope(actor, site)
+    saved = SavedSegment(name=name, segment=segment, site=site, owner=actor)
+    _clean_saved_segment(saved)
+    saved.save()
+    audit_record(
+        event_type=AuditEvent.SEGMENT_CREATED,
+        actor=actor,
+        site=site,
+        description=f"Saved segment #{saved.pk} '{saved.name}' created",
+        new_values=snapshot(saved, SEGMENT_AUDITED_FIELDS),
+    )
+    return saved
+
+
+def _segment_for_change(actor, saved: SavedSegment) -> SavedSegment:
+    saved = SavedSegment.objects.select_for_update().get(pk=saved.pk)
+    if actor is not None and not SavedSegment.objects.for_user(actor, "change").filter(pk=saved.pk).exists():
+        raise PermissionDenied("You may not change this saved segment.")
+    return saved
+
+
+@transaction.atomic
+def segment_update(*, actor, saved: SavedSegment, **fields) -> SavedSegment:
+    """Rename, re-filter or re-scope a saved segment. Jobs already made from it keep the
+    filter they copied. Audited as segment.updated with only what changed."""
+    saved = _segment_for_change(actor, saved)
+    unknown = set(fields) - {"name", "segment", "site"}
+    if unknown:
+        raise ValidationError({sorted(unknown)[0]: "This cannot be changed."})
+    if "site" in fields and fields["site"] != saved.site:
+        _check_segment_scope(actor, fields["site"])
+    before = snapshot(saved, SEGMENT_AUDITED_FIELDS)
+    for name, value in fields.items():
+        setattr(saved, name, value)
+    _clean_saved_segment(saved)
+    old, new = changes(before, snapshot(saved, SEGMENT_AUDITED_FIELDS))
+    if new:
+        saved.save()
+        audit_record(
+            event_type=AuditEvent.SEGMENT_UPDATED,
+            actor=actor,
+            site=saved.site,
+            description=f"Saved segment #{saved.pk} updated: {', '.join(new)}",
+            old_values=old,
+            new_values=new,
+        )
+    return saved
+
+
+@transaction.atomic
+def segment_delete(*, actor, saved: SavedSegment) -> None:
+    """Delete a saved segment; jobs made from it keep their copied filter. Audited as
+    segment.deleted."""
+    saved = _segment_for_change(actor, saved)
+    audit_record(
+        event_type=AuditEvent.SEGMENT_DELETED,
+        actor=actor,
+        site=saved.site,
+        description=f"Saved segment #{saved.pk} '{saved.name}' deleted",
+        old_values=snapshot(saved, SEGMENT_AUDITED_FIELDS),
+    )
+    saved.delete()
+
+
 # --- Operator actions --------------------------------------------------------------------------
 
 
@@ -166,10 +273,12 @@ def job_create(
     segment: dict | None = None,
     target_devices=(),
     scheduled_at: datetime.datetime | None = None,
+    saved_segment: SavedSegment | None = None,
     **fields,
 ) -> Job:
     """Create a job for `site` (and `extra_sites`, narrowed by `segment` and
-    `target_devices`); every targeted site must be one the actor may change.
+    `target_devices`); every targeted site must be one the actor may change. A
+    `saved_segment` the actor may use gives the segment instead (copied onto the job).
 
     Queued now, or `scheduled` when `scheduled_at` is in the future; the dispatcher starts
     after commit. Audited as job.created. Not idempotent: each call creates a new job.
@@ -177,12 +286,14 @@ def job_create(
     extra_sites = [s for s in extra_sites if s.pk != site.pk]
     target_devices = list(target_devices)
     _check_targets(actor, site, extra_sites, target_devices)
+    segment = _segment_for_job(actor, segment, saved_segment)
     scheduled = scheduled_at is not None and scheduled_at > timezone.now()
     job = Job(
         site=site,
         action=action,
         payload=payload or {},
-        segment=clean_segment(segment),
+        segment=segment,
+        saved_segment=saved_segment,
         scheduled_at=scheduled_at,
         created_by=actor,
         status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
@@ -204,6 +315,7 @@ def job_create(
             **_job_snapshot(job),
             "extra_sites": [s.site_id for s in extra_sites],
             "target_devices": [d.device_id for d in target_devices],
+            "saved_segment": {"id": saved_segment.pk, "name": saved_segment.name} if saved_segment else None,
         },
     )
     if not scheduled:
@@ -263,7 +375,8 @@ def _refuse_finished(job: Job, verb: str) -> None:
 @transaction.atomic
 def job_cancel(*, actor, job: Job) -> Job:
     """Cancel an unfinished job: its pending deliveries are cancelled, and so are those sent
-    but not yet acknowledged (a polling device is told `cancelled` when it reports; work a
+    but not yet acknowledged (a polling device is told `cancelled` when it acknowledges; a
+    device on a push channel such as MQTT is sent a cancel message after commit; work a
     device has acknowledged runs to its end). Audited as job.cancelled.
 
     A repeat on a cancelled job is a no-op; a finished job raises Conflict.
@@ -275,9 +388,9 @@ def job_cancel(*, actor, job: Job) -> Job:
         raise Conflict(f"Job #{job.pk} is already {job.get_status_display().lower()}.", code="job_finished")
     old_status = job.status
     now = timezone.now()
-    dropped = Delivery.objects.filter(
-        job=job, status__in=(DeliveryStatus.PENDING, DeliveryStatus.SENT)
-    ).update(status=DeliveryStatus.CANCELLED, failed_at=now)
+    dropped, told = _deliveries_cancel(job.pk, now)
+    if told:
+        _notify_cancelled(job, told)
     job.status = JobStatus.CANCELLED
     job.completed_at = max(now, job.started_at) if job.started_at else now
     job.save(update_fields=["status", "completed_at", "updated_at"])
@@ -290,6 +403,55 @@ def job_cancel(*, actor, job: Job) -> Job:
         new_values={"status": job.status, "deliveries_cancelled": dropped},
     )
     return job
+
+
+def _deliveries_cancel(job_id: int, now) -> tuple[int, list[tuple[int, str, str]]]:
+    """pending|sent → cancelled in one UPDATE. Returns how many moved and, for those a push
+    channel had already delivered (`sent_at` set), (delivery id, device id, channel): the
+    devices to tell. Poll devices are left out: they learn `cancelled` from their next ack."""
+    table = Delivery._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH moved AS (UPDATE {table} SET status = %s, failed_at = %s "  # noqa: S608
+            "WHERE job_id = %s AND status = ANY(%s) RETURNING id, device_id, sent_at) "
+            "SELECT count(*), coalesce(json_agg(json_build_array(m.id, d.device_id, d.push_channel)) "
+            "FILTER (WHERE m.sent_at IS NOT NULL AND d.push_channel <> 'poll'), '[]') "
+            f"FROM moved m JOIN {Device._meta.db_table} d ON d.id = m.device_id",
+            [DeliveryStatus.CANCELLED, now, job_id, [DeliveryStatus.PENDING, DeliveryStatus.SENT]],
+        )
+        dropped, told = cursor.fetchone()
+    if isinstance(told, str):
+        told = json.loads(told)
+    return dropped, [tuple(row) for row in told]
+
+
+def _notify_cancelled(job: Job, told: list[tuple[int, str, str]]) -> None:
+    """After commit (the cancel must be the truth before a device hears of it), publish a
+    cancel to each device through its channel. Best effort: a broker that is down is
+    logged; the delivery stays cancelled and the device's report on it is ignored."""
+    from jobs_app.channels import Outgoing, get_channel
+
+    by_channel: dict[str, list[Outgoing]] = {}
+    for delivery_id, device_id, channel in told:
+        by_channel.setdefault(channel, []).append(
+            Outgoing(
+                delivery_id=delivery_id,
+                device_id=device_id,
+                job_id=job.pk,
+                action=job.action,
+                payload={},
+                priority=job.priority,
+            )
+        )
+
+    def send():
+        for channel, batch in by_channel.items():
+            try:
+                get_channel(channel).cancel(batch)
+            except Exception:  # noqa: BLE001 - any channel failure; the cancel itself stands
+                logger.exception("Could not tell %d %s device(s) to drop job %s", len(batch), channel, job.pk)
+
+    transaction.on_commit(send)
 
 
 @transaction.atomic
@@ -433,6 +595,7 @@ def job_preview(
     target_devices=(),
     batch_size: int | None = None,
     max_in_flight_per_site: int | None = None,
+    saved_segment: SavedSegment | None = None,
 ) -> dict:
     """Pre-flight numbers for a job not yet created: how many devices match, how many are
     online now, how many already have unfinished work, and the expected duration under the
@@ -440,7 +603,9 @@ def job_preview(
     devices = list(target_devices)
     site_ids = _check_targets(actor, site, list(extra_sites), devices)
     targets = target_devices_query(
-        site_ids=site_ids, segment=clean_segment(segment), device_ids=[d.pk for d in devices] or None
+        site_ids=site_ids,
+        segment=_segment_for_job(actor, segment, saved_segment),
+        device_ids=[d.pk for d in devices] or None,
     )
     busy = Delivery.objects.filter(status__in=DELIVERY_UNFINISHED).values("device_id")
     numbers = targets.aggregate(

@@ -101,6 +101,28 @@ proc_fleet() {
     manage simulate_fleet --devices "${HOMEPOT_SIMULATED_DEVICES:-10}" --base-url "$BASE_URL" --failure-rate 0
 }
 
+# With an MQTT broker: the bridge turning device events into delivery updates, and a few
+# demo terminals switched to the MQTT channel, so both channels are seen completing jobs.
+proc_bridge() { manage mqtt_bridge; }
+proc_fleet_mqtt() {
+    manage simulate_fleet --channel mqtt --adopt --devices "${HOMEPOT_SIMULATED_MQTT_DEVICES:-3}" --failure-rate 0
+}
+
+choose_mqtt_processes() {
+    # Where homepot/settings.py looks for the broker (HOMEPOT_JOBS_MQTT_HOST/PORT).
+    local host=127.0.0.1 port=1883
+    if tcp_answers "$host" "$port"; then
+        step "MQTT broker answers at $host:$port: starting manage.py mqtt_bridge"
+        note "${HOMEPOT_SIMULATED_MQTT_DEVICES:-3} demo terminals use the MQTT channel (the rest poll over HTTP)."
+        PROCESSES+=(bridge fleet_mqtt)
+    else
+        step "No MQTT broker at $host:$port: every simulated terminal polls over HTTP"
+        note "Devices set to the mqtt channel get no work until a broker answers: their pushes"
+        note "retry with backoff and then fail with the error (nothing is dropped silently)."
+        note "Start Mosquitto on $host:$port to see the MQTT channel too."
+    fi
+}
+
 choose_processes() {
     local url="${CELERY_BROKER_URL:-${REDIS_URL:-redis://127.0.0.1:6379/0}}" host port
     read -r host port <<<"$(url_host_port "$url" 6379)"
@@ -114,6 +136,7 @@ choose_processes() {
         export CELERY_TASK_ALWAYS_EAGER=true
         PROCESSES+=(ticker fleet)
     fi
+    choose_mqtt_processes
 }
 
 PIDS=()

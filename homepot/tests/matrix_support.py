@@ -19,7 +19,7 @@ from accounts.tests.factories import AdminUserFactory, SiteMembershipFactory, Us
 from devices_app.models import Device
 from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
-from jobs_app.models import Delivery, Job
+from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.tests.factories import JobFactory
 from monitoring_app.models import Alert, AuditLog, HealthCheck
 from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory
@@ -105,6 +105,8 @@ class World:
     delivery_b: Delivery
     alert_a: Alert
     alert_b: Alert
+    segment_a: SavedSegment | None = None  # saved job filters (jobs_app), one per store
+    segment_b: SavedSegment | None = None
     tokens: dict[str, ApiToken] = field(default_factory=dict)  # actor -> their token row
     secrets: dict[str, str] = field(default_factory=dict)  # actor -> "Bearer ..." / "Device ..."
 
@@ -157,6 +159,12 @@ def build_world() -> World:
         delivery_b=Delivery.objects.create(job=job_b, device=device_b, site=site_b, status="sent"),
         alert_a=_offline_alert(device_a, "Alpha till offline"),
         alert_b=_offline_alert(device_b, "Zebra till offline"),
+    )
+    world.segment_a = SavedSegment.objects.create(
+        name="Alpha tills", site=site_a, owner=manager, segment={"device_type": ["pos_terminal"]}
+    )
+    world.segment_b = SavedSegment.objects.create(
+        name="Zebra tills", site=site_b, owner=manager_b, segment={"device_type": ["pos_terminal"]}
     )
     for actor, user in (("viewer", viewer), ("manager", manager), ("admin", admin), ("manager_b", manager_b)):
         token, raw = api_token_issue(user=user, name=f"{actor} matrix")

@@ -206,6 +206,7 @@ def test_schema_documents_the_guides_paths_once(schema):
         "/devices",
         "/devices/{device_id}",
         "/devices/{device_id}/credential",
+        "/devices/{device_id}/jobs",
         "/sites",
         "/sites/{site_id}",
         "/sites/{site_id}/health",

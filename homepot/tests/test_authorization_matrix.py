@@ -46,7 +46,7 @@ from homepot.tests.matrix_support import (
     submitted_form,
     view_of,
 )
-from jobs_app.models import Delivery, Job
+from jobs_app.models import Delivery, Job, SavedSegment
 from monitoring_app.models import Alert, AuditLog, HealthCheck
 from sites_app.models import Site
 
@@ -132,6 +132,10 @@ def job_of(w, target, actor):
     return _pick(target, w.job_a.pk, w.job_b.pk, MISSING_PK)
 
 
+def segment_of(w, target, actor):
+    return _pick(target, w.segment_a.pk, w.segment_b.pk, MISSING_PK)
+
+
 def alert_of(w, target, actor):
     return _pick(target, w.alert_a.pk, w.alert_b.pk, MISSING_PK)
 
@@ -179,6 +183,12 @@ def job_body(w, method, target, actor):
     if method == "POST":
         return {"site_id": site_of(w, target, actor), "action": "update_config", "payload": {"volume": 3}}
     return {"priority": "high"}
+
+
+def segment_body(w, method, target, actor):
+    if method == "POST":
+        return {"name": "Tills", "site_id": site_of(w, target, actor), "segment": {"status": ["online"]}}
+    return {"name": "Renamed tills"}
 
 
 def note_body(w, method, target, actor):
@@ -279,6 +289,20 @@ def job_rows(w, actor, text):
     rows = json.loads(text)["results"]
     listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
     return scoped_listing(actor, listed, w.job_a.pk, w.job_b.pk, sites, w.site_a.site_id)
+
+
+def device_job_rows(w, actor, text):
+    """A device's jobs are exactly the one job sent to it: A's device lists A's job (B's
+    device, which only the admin reaches, lists B's), never both."""
+    listed = {row["id"] for row in json.loads(text)["results"]}
+    allowed = [{w.job_a.pk}, {w.job_b.pk}] if actor == "admin" else [{w.job_a.pk}]
+    return [] if listed in allowed else [f"the device's jobs are {sorted(listed)}"]
+
+
+def segment_rows(w, actor, text):
+    rows = json.loads(text)["results"]
+    listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows} - {None}
+    return scoped_listing(actor, listed, w.segment_a.pk, w.segment_b.pk, sites, w.site_a.site_id)
 
 
 def alert_rows(w, actor, text):
@@ -425,6 +449,34 @@ API = [
         # A queued job: pausing, resuming (nothing to do) and cancelling work; there is
         # nothing to retry yet (409, past the permission checks); a clone is a new job.
         for control, ok in (("pause", 200), ("resume", 200), ("cancel", 200), ("retry", 409), ("clone", 201))
+    ),
+    Api(
+        "devices/<device_id>/jobs",  # an alias of jobs?device=<device_id>
+        {"GET": members("200/404", "200/404", "200/200")},
+        target=device_of,
+        rows=device_job_rows,
+        aliases=at_root_and_v1("devices/<device_id>/jobs"),
+    ),
+    # Saved segments: a job-targeting tool of those who create jobs (not viewers).
+    Api(
+        "segments",
+        {"GET": members(403, 200, 200), "POST": members("403/403", "201/400", "201/201")},
+        body=segment_body,
+        body_targets=True,
+        rows=segment_rows,
+        aliases=at_root_and_v1("segments"),
+    ),
+    Api(
+        "segments/<pk>",
+        {
+            "GET": members("403/403", "200/404", "200/200"),
+            "PATCH": members("403/403", "200/404", "200/200"),
+            "PUT": members("403/403", "405/405", "405/405"),
+            "DELETE": members("403/403", "204/404", "204/204"),
+        },
+        target=segment_of,
+        body=segment_body,
+        aliases=at_root_and_v1("segments/<pk>"),
     ),
     # Health and alerts: members read their sites' health; managers handle the alerts.
     Api(
@@ -783,6 +835,9 @@ ADMIN = [
     ),
     AdminModel(Device, perms("v", "vacd", "vacd"), lambda w, a: (w.device_a, w.device_b), site_path="site"),
     AdminModel(Job, perms("v", "vac", "vac"), lambda w, a: (w.job_a, w.job_b), site_path="site"),
+    AdminModel(
+        SavedSegment, perms("", "vacd", "vacd"), lambda w, a: (w.segment_a, w.segment_b), site_path="site"
+    ),
     AdminModel(
         HealthCheck, perms("v", "v", "v"), lambda w, a: (w.check_a, w.check_b), site_path="device__site"
     ),

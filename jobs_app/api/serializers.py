@@ -8,7 +8,7 @@ from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
 from homepot.api.fields import StrictCharField
 from jobs_app.choices import DeliveryStatus, JobAction, JobPriority
-from jobs_app.models import Delivery, Job
+from jobs_app.models import Delivery, Job, SavedSegment
 from sites_app.api.fields import SiteReferenceField
 
 
@@ -43,6 +43,7 @@ class JobSerializer(serializers.ModelSerializer):
             "max_in_flight_per_site",
             "failure_threshold_percent",
             "cloned_from",
+            "saved_segment",
             "created_by",
             "created_at",
             "updated_at",
@@ -113,8 +114,22 @@ class TargetsSerializer(serializers.Serializer):
         max_length=10000,
         help_text="Hand-picked devices (device_id), at the job's sites.",
     )
+    saved_segment = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="A saved segment's id: its filter is copied onto the job (instead of `segment`).",
+    )
     batch_size = serializers.IntegerField(required=False, min_value=1, max_value=10000)
     max_in_flight_per_site = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+    def validate_saved_segment(self, value):
+        if value is None:
+            return None
+        request = self.context.get("request")
+        saved = SavedSegment.objects.for_user(getattr(request, "user", None)).filter(pk=value).first()
+        if saved is None:
+            raise serializers.ValidationError(f"Unknown saved segment {value}.")
+        return saved
 
     def validate_target_devices(self, value):
         if not value:
@@ -193,6 +208,31 @@ class PreviewSerializer(serializers.Serializer):
     largest_site_devices = serializers.IntegerField()
     batches = serializers.IntegerField()
     expected_duration_seconds = serializers.IntegerField()
+
+
+class SavedSegmentSerializer(serializers.ModelSerializer):
+    """A saved filter. `site_id` scopes it to one site's managers; null: everyone who runs a site."""
+
+    site_id = SiteReferenceField(
+        source="site",
+        required=False,
+        allow_null=True,
+        help_text="The site whose managers may use it (id or site_id); null for everyone who runs a site.",
+    )
+    site = serializers.CharField(source="site.site_id", read_only=True, default=None)
+    name = StrictCharField(max_length=100)
+    segment = serializers.JSONField(
+        help_text='Devices matching every list, e.g. {"device_type": ["pos_terminal"], "status": ["online"]}.'
+    )
+    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+
+    class Meta:
+        model = SavedSegment
+        fields = ["id", "name", "site_id", "site", "segment", "owner", "created_at", "updated_at"]
+        read_only_fields = ["id", "site", "owner", "created_at", "updated_at"]
+
+    def validate_segment(self, value):
+        return TargetsSerializer.validate_segment(self, value)
 
 
 class DeliverySerializer(serializers.ModelSerializer):

@@ -4,14 +4,17 @@ Scoping as everywhere: a job outside the caller's `view` scope is a 404; one the
 but not `change` is a 403 on every write. Every action goes through an audited service.
 """
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import serializers, status
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
+from devices_app.models import Device
 from homepot.api.pagination import CursorPagination
+from homepot.api.permissions import ModelPermissions
 from homepot.api.views import ServiceModelViewSet
 from jobs_app import services
 from jobs_app.api.serializers import (
@@ -22,10 +25,12 @@ from jobs_app.api.serializers import (
     JobUpdateSerializer,
     PauseSerializer,
     PreviewSerializer,
+    SavedSegmentSerializer,
     TargetsSerializer,
 )
 from jobs_app.choices import DeliveryStatus
 from jobs_app.filters import DeliveryFilterSet, JobFilterSet
+from jobs_app.models import SavedSegment
 from jobs_app.selectors import job_deliveries, job_list
 
 
@@ -194,3 +199,99 @@ class JobViewSet(ServiceModelViewSet):
         data = dict(serializer.validated_data)
         numbers = services.job_preview(actor=request.user, site=data.pop("site_id"), **data)
         return Response(PreviewSerializer(numbers).data)
+
+
+class SegmentPermissions(ModelPermissions):
+    """Saved segments are a job-targeting tool: whoever may create jobs may keep and use
+    them (no separate model permission to grant). Which ones is the scoping rule's."""
+
+    perms_map = dict.fromkeys(
+        ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"), ["jobs_app.add_job"]
+    )
+
+
+class SegmentPagination(CursorPagination):
+    ordering = "-id"
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List saved segments",
+        description="The saved filters you may use: those of the sites you manage and the site-less ones.",
+    ),
+    retrieve=extend_schema(summary="Get a saved segment"),
+    create=extend_schema(
+        summary="Save a segment",
+        description="A named filter (`segment`, as on a job); `site_id` limits it to that site's "
+        "managers, null shares it with everyone who runs a site. Create a job from it with "
+        "`saved_segment=<id>`.",
+    ),
+    partial_update=extend_schema(summary="Change a saved segment (jobs made from it keep their copy)"),
+    destroy=extend_schema(summary="Delete a saved segment (jobs made from it keep their copy)"),
+)
+class SavedSegmentViewSet(ServiceModelViewSet):
+    """Saved device filters (`/segments/42`), to create jobs with `saved_segment=42`."""
+
+    serializer_class = SavedSegmentSerializer
+    permission_classes = [SegmentPermissions]
+    pagination_class = SegmentPagination
+    filter_backends = []
+    lookup_value_regex = "[0-9]+"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        return SavedSegment.objects.for_user(self.request.user).select_related("site", "owner")
+
+    def get_object(self):
+        obj = super(ServiceModelViewSet, self).get_object()
+        # Seen but not changeable (a site-less segment of someone else): 403.
+        writing = self.request.method not in ("GET", "HEAD", "OPTIONS")
+        if (
+            writing
+            and not SavedSegment.objects.for_user(self.request.user, "change").filter(pk=obj.pk).exists()
+        ):
+            raise PermissionDenied("You may not change this saved segment.")
+        return obj
+
+    def create_object(self, data):
+        return services.segment_create(actor=self.request.user, **data)
+
+    def update_object(self, instance, data):
+        return services.segment_update(actor=self.request.user, saved=instance, **data)
+
+    def delete_object(self, instance):
+        services.segment_delete(actor=self.request.user, saved=instance)
+
+    def update(self, request, *args, **kwargs):
+        if not kwargs.get("partial"):
+            return self.http_method_not_allowed(request, *args, **kwargs)
+        return super().update(request, *args, **kwargs)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Jobs of a device",
+        description="The jobs with a delivery to this device, newest first: the same as "
+        "`GET /jobs?device=<device_id>` (which takes the other filters too). A device you may "
+        "not see is a 404.",
+    )
+)
+class DeviceJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """`/devices/<device_id>/jobs`, an alias of `/jobs?device=<device_id>`."""
+
+    serializer_class = JobSerializer
+    pagination_class = JobPagination
+    filter_backends = []
+
+    def get_queryset(self):
+        return job_list(user=self.request.user)
+
+    def list(self, request, *args, **kwargs):
+        device_id = kwargs.get("device_id", "")
+        visible = Device.objects.for_user(request.user).filter(device_id=device_id)
+        if "\x00" in device_id or not visible.exists():
+            raise NotFound()
+        jobs = JobFilterSet({"device": device_id}, queryset=self.get_queryset()).qs
+        page = self.paginate_queryset(jobs)
+        data = JobSerializer(page, many=True, context=self.get_serializer_context()).data
+        return self.get_paginated_response(data)

@@ -36,6 +36,7 @@ class Outgoing:
 
     def message(self) -> dict:
         return {
+            "type": "deliver",
             "delivery_id": self.delivery_id,
             "job_id": self.job_id,
             "action": self.action,
@@ -43,6 +44,10 @@ class Outgoing:
             "priority": self.priority,
             "deadline": self.deadline,
         }
+
+    def cancel_message(self) -> dict:
+        """Drop this delivery: the job was cancelled after the device was sent the work."""
+        return {"type": "cancel", "delivery_id": self.delivery_id, "job_id": self.job_id}
 
 
 class Channel:

@@ -6,6 +6,9 @@ The push succeeds only when the broker has acknowledged every message of the bat
 dispatcher leaves the batch pending and retries it with backoff. Devices answer on
 `homepot/devices/<device_id>/events`, which `manage.py mqtt_bridge` turns into the same
 service calls as the HTTP agent API.
+
+Messages on the commands topic carry a `type`: `deliver` (the work) or `cancel` (drop
+delivery `delivery_id`: its job was cancelled after the work was sent).
 """
 
 import json
@@ -52,10 +55,18 @@ class MqttChannel(Channel):
             return self._client
 
     def push(self, batch: list[Outgoing]) -> None:
+        self._publish(batch, Outgoing.message)
+
+    def cancel(self, batch: list[Outgoing]) -> None:
+        """Publish `{"type": "cancel", "delivery_id": ...}` on each device's commands topic
+        (QoS 1, after the push it cancels: the broker keeps the order per topic)."""
+        self._publish(batch, Outgoing.cancel_message)
+
+    def _publish(self, batch: list[Outgoing], render) -> None:
         client = self._connected()
         timeout = getattr(settings, "HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS", 10)
         published = [
-            client.publish(COMMANDS_TOPIC.format(device_id=item.device_id), json.dumps(item.message()), qos=1)
+            client.publish(COMMANDS_TOPIC.format(device_id=item.device_id), json.dumps(render(item)), qos=1)
             for item in batch
         ]
         for info in published:

@@ -328,3 +328,18 @@ def test_a_member_sees_only_their_own_stores_side_of_a_job_spread_wider(admin_ap
     assert detail["extra_sites"] == [] and detail["progress"]["total"] == 4
     sites = {d["site"] for d in manager.get(f"/jobs/{job_id}/deliveries").json()["results"]}
     assert sites == {"site-123"}
+
+
+def test_the_jobs_of_a_device_are_an_alias_of_the_device_filter(admin_api, manager, site):
+    device = site.devices.order_by("id").first()
+    job = JobFactory(site=site)
+    Delivery.objects.create(job=job, device=device, site=site)
+    JobFactory(site=site)  # not sent to this device
+    for prefix in ("", "/api/v1"):
+        alias = manager.get(f"{prefix}/devices/{device.device_id}/jobs").json()["results"]
+        filtered = manager.get(f"{prefix}/jobs", {"device": device.device_id}).json()["results"]
+        assert [row["id"] for row in alias] == [row["id"] for row in filtered] == [job.pk]
+    other = DeviceFactory()  # another store's device
+    assert_error(manager.get(f"/devices/{other.device_id}/jobs"), 404)
+    assert_error(manager.get("/devices/no-such-device/jobs"), 404)
+    assert admin_api.get(f"/devices/{other.device_id}/jobs").json()["results"] == []

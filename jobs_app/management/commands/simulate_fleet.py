@@ -1,7 +1,8 @@
 """Play N terminals as real clients: over HTTP (`--channel poll`, the default) each polls
 `GET /api/v1/agent/commands`, acknowledges each delivery, waits a while and reports it
 `completed` (or `failed`, at --failure-rate); over MQTT (`--channel mqtt`) each listens on
-`homepot/devices/<id>/commands` and answers on `.../events` (run `manage.py mqtt_bridge`).
+`homepot/devices/<id>/commands` and answers on `.../events` (run `manage.py mqtt_bridge`);
+a `{"type": "cancel"}` message there makes it drop the delivery instead of reporting it.
 
 Each simulated device gets a fresh credential (issuing one revokes the device's previous
 credential: use it on demo and benchmark fleets, not on real terminals).
@@ -19,7 +20,7 @@ import urllib.request
 from django.core.management.base import BaseCommand, CommandError
 
 from devices_app.models import Device
-from devices_app.services import device_credential_issue
+from devices_app.services import device_credential_issue, device_update
 
 
 class Terminal(threading.Thread):
@@ -78,6 +79,7 @@ class MqttFleet:
         from jobs_app.channels.mqtt import connect
 
         self.options, self.stats, self.rng = options, stats, random.Random(0)  # noqa: S311
+        self.cancelled: set = set()  # deliveries the server told us to drop
         self.client = connect()
         self.client.on_message = self.on_message
         for device_id in device_ids:
@@ -89,6 +91,11 @@ class MqttFleet:
             command = json.loads(message.payload)
         except ValueError:
             return
+        if command.get("type") == "cancel":
+            # The job was cancelled: drop the work if it has not been reported yet.
+            self.cancelled.add(command.get("delivery_id"))
+            self.stats["cancelled"] += 1
+            return
         threading.Thread(target=self.answer, args=(device_id, command), daemon=True).start()
 
     def answer(self, device_id, command):
@@ -97,6 +104,8 @@ class MqttFleet:
         self.client.publish(events, json.dumps({"delivery_id": delivery, "event": "ack"}), qos=1)
         self.stats["acknowledged"] += 1
         time.sleep(self.options["work_seconds"] * self.rng.uniform(0.5, 1.5))
+        if delivery in self.cancelled:
+            return
         failed = self.rng.random() < self.options["failure_rate"]
         result = {"delivery_id": delivery, "event": "result", "status": "failed" if failed else "completed"}
         if failed:
@@ -125,17 +134,25 @@ class Command(BaseCommand):
         parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
         )
+        parser.add_argument(
+            "--adopt",
+            action="store_true",
+            help="Demo fleets: if fewer than --devices use --channel, switch others to it first "
+            "(lowest ids; through the audited device update).",
+        )
 
     def handle(self, *args, **options):
         if not 0 <= options["failure_rate"] <= 1:
             raise CommandError("--failure-rate is a share between 0 and 1.")
-        devices = Device.objects.filter(push_channel=options["channel"]).select_related("site").order_by("id")
+        devices = Device.objects.select_related("site")
         if options["site"]:
             devices = devices.filter(site__site_id=options["site"])
-        devices = list(devices[: options["devices"]])
+        if options["adopt"]:
+            self._adopt(devices, options["channel"], options["devices"])
+        devices = list(devices.filter(push_channel=options["channel"]).order_by("id")[: options["devices"]])
         if not devices:
             raise CommandError(f"No {options['channel']} devices to simulate.")
-        stats = {"acknowledged": 0, "completed": 0, "failed": 0, "errors": 0}
+        stats = {"acknowledged": 0, "completed": 0, "failed": 0, "cancelled": 0, "errors": 0}
         stop = threading.Event()
         if options["channel"] == "mqtt":
             fleet = MqttFleet([d.device_id for d in devices], options, stats)
@@ -160,6 +177,16 @@ class Command(BaseCommand):
             for terminal in terminals:
                 terminal.join(timeout=15)
         self.stdout.write(json.dumps(stats))
+
+    def _adopt(self, devices, channel: str, wanted: int) -> None:
+        """Switch the lowest-id devices to `channel` until `wanted` use it (a re-run finds
+        them already switched and changes nothing)."""
+        missing = wanted - devices.filter(push_channel=channel).count()
+        if missing <= 0:
+            return
+        for device in devices.exclude(push_channel=channel).order_by("id")[:missing]:
+            device_update(actor=None, device=device, push_channel=channel)
+            self.stdout.write(f"{device.device_id} now uses {channel}")
 
     def _run_for(self, duration: float) -> None:
         started = time.monotonic()
