@@ -3,13 +3,16 @@
 import datetime
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory
 from devices_app.choices import DeviceStatus, DeviceType
-from devices_app.models import Device
+from devices_app.models import Device, DeviceCredential
 from devices_app.services import device_credential_issue, device_credential_revoke
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import assert_error, token_client
@@ -101,6 +104,34 @@ def test_a_heartbeat_costs_a_bounded_number_of_queries(agent, django_assert_max_
     agent.post(HEARTBEAT, {}, format="json")
     with django_assert_max_num_queries(5):
         agent.post(HEARTBEAT, {}, format="json")
+
+
+def test_a_repeated_heartbeat_is_one_query_and_answers_the_devices_state(agent, device):
+    agent.post(HEARTBEAT, {}, format="json")  # first contact: the row and the credential's use are written
+
+    with CaptureQueriesContext(connection) as queries:
+        response = agent.post(HEARTBEAT, {}, format="json")
+
+    assert len(queries) == 1  # the credential, its device and its site, together
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"device_id", "status", "server_time", "next_report_in"}
+    assert (body["device_id"], body["status"], body["next_report_in"]) == (device.device_id, "online", 60)
+    assert abs(parse_datetime(body["server_time"]) - timezone.now()) < datetime.timedelta(seconds=30)
+
+
+def test_the_credentials_use_is_recorded_at_most_every_15_minutes(agent, device):
+    credential = DeviceCredential.objects.get(device=device, revoked_at__isnull=True)
+
+    agent.post(HEARTBEAT, {}, format="json")
+    first_use = DeviceCredential.objects.get(pk=credential.pk).last_used_at
+    agent.post(HEARTBEAT, {}, format="json")
+
+    assert first_use is not None
+    assert DeviceCredential.objects.get(pk=credential.pk).last_used_at == first_use
+    DeviceCredential.objects.filter(pk=credential.pk).update(last_used_at=ago(minutes=16))
+    agent.post(HEARTBEAT, {}, format="json")
+    assert DeviceCredential.objects.get(pk=credential.pk).last_used_at > first_use
 
 
 def test_maintenance_is_kept_when_the_device_reports(agent, device):
