@@ -5,23 +5,28 @@
 #   ./scripts/run.sh              set up (only what is missing) and serve
 #   ./scripts/run.sh --no-server  set up only (tests, CI, a cron job)
 #   ./scripts/run.sh --reset      empty the database and start over from the demo data
+#   ./scripts/run.sh --sqlite     use the embedded SQLite file even when PostgreSQL answers
 #
-# With no DATABASE_URL (or DATABASE__URL) it runs on the SQLite file var/homepot.sqlite3, so a
-# fresh machine needs nothing but Python 3.11. Environment: PORT, DATABASE_URL,
-# HOMEPOT_ADMIN_PASSWORD, DEBUG (true here unless set); see .env.example.
+# The database: DATABASE_URL (or DATABASE__URL) when set; else a local PostgreSQL at
+# 127.0.0.1:5432 when one lets us in (database homepot_demo, created if missing); else the
+# embedded SQLite file var/homepot.sqlite3, so a fresh machine needs nothing but Python 3.11.
+# On SQLite the admin and the API work, but job dispatch and fleet monitoring (PostgreSQL
+# features) are not started. Environment: PORT, DATABASE_URL, HOMEPOT_ADMIN_PASSWORD, DEBUG.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SERVE=true
 RESET=false
+FORCE_SQLITE=false
 for arg in "$@"; do
     case "$arg" in
     --no-server) SERVE=false ;;
     --reset) RESET=true ;;
+    --sqlite) FORCE_SQLITE=true ;;
     -h | --help)
         usage
         exit 0
@@ -43,6 +48,39 @@ export DEBUG="${DEBUG:-true}"
 PROCESSES=(web)
 
 # --- Set-up steps (each safe to repeat) ------------------------------------------------------
+
+DEMO_PG_URL="postgres://postgres@127.0.0.1:5432/homepot_demo"
+
+# Prints "ok" when the local PostgreSQL lets us in and homepot_demo exists (created if missing).
+local_postgres_demo_db() {
+    "$VENV_PY" - <<'PY' 2>/dev/null || true
+import psycopg
+
+try:
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3, autocommit=True) as c:
+        if not c.execute("SELECT 1 FROM pg_database WHERE datname = 'homepot_demo'").fetchone():
+            c.execute("CREATE DATABASE homepot_demo")
+    print("ok")
+except Exception:
+    pass
+PY
+}
+
+choose_database() {
+    if [ -n "${DATABASE_URL:-}${DATABASE__URL:-}" ]; then
+        step "Database: from DATABASE_URL"
+    elif ! $FORCE_SQLITE && postgres_ready 127.0.0.1 5432 && [ "$(local_postgres_demo_db)" = "ok" ]; then
+        export DATABASE_URL="$DEMO_PG_URL"
+        step "Database: the local PostgreSQL, database homepot_demo (--sqlite uses the embedded file)"
+    else
+        step "Database: embedded SQLite (var/homepot.sqlite3)"
+        note "The admin and the API work. Job dispatch and fleet monitoring use PostgreSQL"
+        note "features, so the worker, beat and simulated fleet are not started on SQLite: set"
+        note "DATABASE_URL or start PostgreSQL on 127.0.0.1:5432 to see jobs delivered."
+        ON_SQLITE=true
+    fi
+}
+ON_SQLITE=false
 
 migrate() {
     step "Applying database migrations"
@@ -124,6 +162,9 @@ choose_mqtt_processes() {
 }
 
 choose_processes() {
+    if $ON_SQLITE; then
+        return # see choose_database: the web server alone
+    fi
     local url="${CELERY_BROKER_URL:-${REDIS_URL:-redis://127.0.0.1:6379/0}}" host port
     read -r host port <<<"$(url_host_port "$url" 6379)"
     if redis_ready "$host" "$port"; then
@@ -182,6 +223,7 @@ serve() {
 # --- Main ---------------------------------------------------------------------------------------
 
 setup_venv
+choose_database
 migrate
 if "$RESET"; then
     reset_database
