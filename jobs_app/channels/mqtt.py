@@ -22,16 +22,50 @@ COMMANDS_TOPIC = "homepot/devices/{device_id}/commands"
 EVENTS_TOPIC = "homepot/devices/+/events"
 
 
-def connect(client_id: str = ""):
-    """A connected paho client with its network loop running, or PushError."""
-    import paho.mqtt.client as mqtt
+def connect(
+    client_id: str = "",
+    *,
+    persistent_seconds: int = 0,
+    receive_maximum: int | None = None,
+    manual_ack: bool = False,
+    on_message=None,
+    on_connect=None,
+):
+    """A connected paho client (MQTT 5) with its network loop running, or PushError.
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    `persistent_seconds` > 0 asks the broker to keep the session (subscriptions and QoS 1
+    messages not yet acknowledged) that long after a disconnect, so a restarted bridge
+    picks up where it stopped. `receive_maximum` is how many QoS 1 messages the broker may
+    have in flight to this client at once (the broker's own default is small). With
+    `manual_ack` a received message is acknowledged only when the caller says so.
+
+    Callbacks are given here, not set afterwards: a resumed session's messages arrive right
+    after the connection is made, and one arriving before `on_message` is set is lost.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.on_message = on_message
+    client.on_connect = on_connect
+    properties = Properties(PacketTypes.CONNECT)
+    if persistent_seconds:
+        properties.SessionExpiryInterval = persistent_seconds
+    if receive_maximum:
+        properties.ReceiveMaximum = receive_maximum
     try:
         client.connect(
             getattr(settings, "HOMEPOT_JOBS_MQTT_HOST", "127.0.0.1"),
             getattr(settings, "HOMEPOT_JOBS_MQTT_PORT", 1883),
             keepalive=30,
+            clean_start=not persistent_seconds,
+            properties=properties,
         )
     except OSError as exc:
         raise PushError(f"MQTT broker unreachable: {exc}") from exc

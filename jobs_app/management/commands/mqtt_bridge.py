@@ -1,61 +1,134 @@
-"""Turn devices' MQTT replies into the agent API's service calls.
+"""Turn devices' MQTT replies into delivery updates, in batches.
 
-Subscribes (QoS 1) to `homepot/devices/+/events`. A message is JSON:
+Subscribes (QoS 1) to `homepot/devices/+/events` through the shared subscription
+`$share/<group>/homepot/devices/+/events`: run several bridges with the same group and the
+broker spreads the events among them. A message is JSON:
     {"delivery_id": 42, "event": "ack"}
     {"delivery_id": 42, "event": "result", "status": "completed"|"failed", "details": {...}, "error": "..."}
 The device is the one named in the topic, so a device can only answer its own deliveries
 (restrict each device to its own topics with the broker's ACLs). Repeats, reports out of
 order and unknown or foreign deliveries are as harmless as over HTTP.
+
+Events are collected for up to --linger-ms (or --batch of them) and applied together
+(`jobs_app.events`): a few statements per batch instead of one per event. A message is
+acknowledged to the broker only after its batch has committed, and the session outlives a
+restart of the bridge (--session-seconds), so a bridge that dies mid-batch loses nothing:
+the broker hands the unacknowledged events out again and applying them twice changes nothing.
 """
 
-import json
 import logging
+import queue
+import socket
+import threading
 import time
+from dataclasses import dataclass
 
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand
-from django.db import close_old_connections
-from django.http import Http404
+from django.core.management.base import BaseCommand, CommandError
+from django.db import OperationalError, close_old_connections
 
-from devices_app.models import Device
-from jobs_app import services
+from jobs_app import events
+from jobs_app.channels import PushError
 from jobs_app.channels.mqtt import EVENTS_TOPIC, connect
 
 logger = logging.getLogger(__name__)
 
+APPLY_ATTEMPTS = 3
+
 
 def handle_event(topic: str, payload: bytes) -> str:
-    """Apply one device event; returns what happened (for logs and tests)."""
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[:2] != ["homepot", "devices"] or parts[3] != "events":
-        return "ignored: topic"
-    try:
-        message = json.loads(payload)
-        delivery_id = int(message["delivery_id"])
-        event = message["event"]
-    except (ValueError, KeyError, TypeError):
-        return "ignored: malformed"
-    device = Device.objects.filter(device_id=parts[2]).first()
-    if device is None:
-        return "ignored: unknown device"
-    try:
-        if event == "ack":
-            delivery = services.delivery_acknowledge(device=device, delivery_id=delivery_id)
-        elif event == "result":
-            delivery = services.delivery_report(
-                device=device,
-                delivery_id=delivery_id,
-                outcome=message.get("status"),
-                details=message.get("details"),
-                error=str(message.get("error") or ""),
-            )
-        else:
-            return "ignored: event"
-    except Http404:
-        return "ignored: unknown delivery"
-    except ValidationError:
-        return "ignored: bad status"
-    return delivery.status
+    """Apply one device event on its own; returns what happened (for logs and tests)."""
+    event = events.parse_event(topic, payload)
+    if isinstance(event, str):
+        return event
+    counts = events.deliveries_apply_events([event])
+    moved = [status for status, n in counts.items() if n and status != "unchanged"]
+    return moved[0] if moved else "ignored: unknown delivery or no change"
+
+
+@dataclass(frozen=True)
+class Received:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+class Bridge:
+    """One broker connection feeding a queue; the caller's thread drains it in batches."""
+
+    def __init__(self, *, client_id: str, group: str, session_seconds: int, batch: int):
+        self.inbox: queue.Queue[Received] = queue.Queue()
+        self.batch = batch
+        self.topic = f"$share/{group}/{EVENTS_TOPIC}" if group else EVENTS_TOPIC
+        self.subscribed = threading.Event()
+        self.client = connect(
+            client_id,
+            persistent_seconds=session_seconds,
+            # Let the broker stream a couple of batches ahead instead of its default handful.
+            receive_maximum=min(max(batch * 2, 20), 65535),
+            manual_ack=True,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+        self.stats = {"events": 0, "batches": 0, "ignored": 0}
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.subscribe(self.topic, qos=1)  # on every (re)connect
+        self.subscribed.set()
+
+    def _on_message(self, client, userdata, message):
+        self.inbox.put(Received(message.mid, message.qos, message.topic, message.payload))
+
+    def drain(self, linger: float) -> int:
+        """Apply what arrived within `linger` seconds of the first message (at most `batch`
+        messages), then acknowledge those to the broker. Returns how many were handled."""
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return 0
+        received = [first]
+        deadline = time.monotonic() + linger
+        while len(received) < self.batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                received.append(self.inbox.get(timeout=remaining))
+            except queue.Empty:
+                break
+        parsed = [events.parse_event(item.topic, item.payload) for item in received]
+        good = [event for event in parsed if not isinstance(event, str)]
+        for item, event in zip(received, parsed, strict=True):
+            if isinstance(event, str):
+                logger.info("%s -> %s", item.topic, event)
+        counts = self._apply(good)
+        for item in received:
+            if item.qos:
+                self.client.ack(item.mid, item.qos)
+        self.stats["events"] += len(received)
+        self.stats["batches"] += 1
+        self.stats["ignored"] += len(received) - len(good)
+        logger.info("Applied %d device events: %s", len(good), counts)
+        return len(received)
+
+    def _apply(self, batch: list[events.DeviceEvent]) -> dict:
+        for attempt in range(1, APPLY_ATTEMPTS + 1):
+            close_old_connections()  # a long-lived process: drop a connection the server closed
+            try:
+                return events.deliveries_apply_events(batch)
+            except OperationalError:
+                # A deadlock with another bridge or a database restart: the batch is safe
+                # to apply again. After the last attempt the bridge stops, leaving these
+                # events unacknowledged for the broker to hand out again.
+                if attempt == APPLY_ATTEMPTS:
+                    raise
+                logger.warning("Applying %d events failed (attempt %d); retrying", len(batch), attempt)
+                time.sleep(0.5 * attempt)
+        return {}
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 class Command(BaseCommand):
@@ -65,28 +138,44 @@ class Command(BaseCommand):
         parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
         )
+        parser.add_argument(
+            "--group",
+            default="homepot-bridge",
+            help="Shared-subscription group: bridges with the same group split the events "
+            "between them. Empty: an ordinary subscription (every bridge sees every event).",
+        )
+        parser.add_argument(
+            "--client-id",
+            default=f"homepot-bridge-{socket.gethostname()}",
+            help="Broker client id; give each bridge of a group its own (its session is kept by it).",
+        )
+        parser.add_argument(
+            "--session-seconds",
+            type=int,
+            default=600,
+            help="How long the broker keeps this bridge's session (and unacknowledged events) "
+            "after it stops. 0: none.",
+        )
+        parser.add_argument("--batch", type=int, default=500, help="Most events applied together.")
+        parser.add_argument(
+            "--linger-ms", type=float, default=50, help="How long to wait for more events to batch."
+        )
 
-    def handle(self, *args, duration, **options):
-        client = connect(client_id="homepot-mqtt-bridge")
-
-        def on_message(client, userdata, message):
-            close_old_connections()  # a long-lived thread: drop a connection the server closed
-            outcome = handle_event(message.topic, message.payload)
-            logger.info("%s -> %s", message.topic, outcome)
-
-        def on_connect(client, userdata, flags, reason_code, properties):
-            client.subscribe(EVENTS_TOPIC, qos=1)  # again after every reconnect
-
-        client.on_message = on_message
-        client.on_connect = on_connect
-        client.subscribe(EVENTS_TOPIC, qos=1)
-        self.stdout.write(f"Bridging {EVENTS_TOPIC}")
+    def handle(self, *args, duration, group, client_id, session_seconds, batch, linger_ms, **options):
+        if batch < 1:
+            raise CommandError("--batch must be at least 1.")
+        try:
+            bridge = Bridge(client_id=client_id, group=group, session_seconds=session_seconds, batch=batch)
+        except PushError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Bridging {bridge.topic} as {client_id}")
         started = time.monotonic()
         try:
             while not duration or time.monotonic() - started < duration:
-                time.sleep(0.1)
+                bridge.drain(linger_ms / 1000)
         except KeyboardInterrupt:
             pass
         finally:
-            client.loop_stop()
-            client.disconnect()
+            bridge.close()
+        if options["verbosity"] > 1:
+            self.stdout.write(f"{bridge.stats}")

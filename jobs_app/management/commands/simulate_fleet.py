@@ -10,6 +10,8 @@ credential: use it on demo and benchmark fleets, not on real terminals).
     python manage.py simulate_fleet --devices 20 --base-url http://127.0.0.1:8000
 """
 
+import heapq
+import itertools
 import json
 import random
 import threading
@@ -73,17 +75,31 @@ class Terminal(threading.Thread):
 
 
 class MqttFleet:
-    """MQTT terminals: one broker connection listening on each simulated device's topic."""
+    """MQTT terminals: one broker connection per --per-connection devices (a real terminal
+    has its own; sharing keeps thousands of them in one process). Each acknowledges a
+    command at once and reports its outcome --work-seconds later, from one scheduler thread."""
 
     def __init__(self, device_ids, options, stats):
         from jobs_app.channels.mqtt import connect
 
         self.options, self.stats, self.rng = options, stats, random.Random(0)  # noqa: S311
         self.cancelled: set = set()  # deliveries the server told us to drop
-        self.client = connect()
-        self.client.on_message = self.on_message
-        for device_id in device_ids:
-            self.client.subscribe(f"homepot/devices/{device_id}/commands", qos=1)
+        self.due: list = []  # heap of (when, sequence, client, device_id, delivery)
+        self.sequence = itertools.count()
+        self.wake = threading.Condition()
+        self.stopping = False
+        per = max(1, options["per_connection"])
+        self.clients = []
+        for start in range(0, len(device_ids), per):
+            client = connect(on_message=self.on_message)
+            subscribed = threading.Event()
+            client.on_subscribe = lambda *args, done=subscribed: done.set()
+            client.subscribe([(f"homepot/devices/{d}/commands", 1) for d in device_ids[start : start + per]])
+            if not subscribed.wait(30):
+                raise CommandError("The MQTT broker did not confirm the subscriptions.")
+            self.clients.append(client)
+        self.reporter = threading.Thread(target=self.report_when_due, daemon=True)
+        self.reporter.start()
 
     def on_message(self, client, userdata, message):
         device_id = message.topic.split("/")[2]
@@ -91,31 +107,49 @@ class MqttFleet:
             command = json.loads(message.payload)
         except ValueError:
             return
+        delivery = command.get("delivery_id")
         if command.get("type") == "cancel":
             # The job was cancelled: drop the work if it has not been reported yet.
-            self.cancelled.add(command.get("delivery_id"))
+            self.cancelled.add(delivery)
             self.stats["cancelled"] += 1
             return
-        threading.Thread(target=self.answer, args=(device_id, command), daemon=True).start()
-
-    def answer(self, device_id, command):
         events = f"homepot/devices/{device_id}/events"
-        delivery = command.get("delivery_id")
-        self.client.publish(events, json.dumps({"delivery_id": delivery, "event": "ack"}), qos=1)
+        client.publish(events, json.dumps({"delivery_id": delivery, "event": "ack"}), qos=1)
         self.stats["acknowledged"] += 1
-        time.sleep(self.options["work_seconds"] * self.rng.uniform(0.5, 1.5))
-        if delivery in self.cancelled:
-            return
-        failed = self.rng.random() < self.options["failure_rate"]
-        result = {"delivery_id": delivery, "event": "result", "status": "failed" if failed else "completed"}
-        if failed:
-            result["error"] = "simulated failure"
-        self.client.publish(events, json.dumps(result), qos=1)
-        self.stats["failed" if failed else "completed"] += 1
+        when = time.monotonic() + self.options["work_seconds"] * self.rng.uniform(0.5, 1.5)
+        with self.wake:
+            heapq.heappush(self.due, (when, next(self.sequence), client, device_id, delivery))
+            self.wake.notify()
+
+    def report_when_due(self):
+        while True:
+            with self.wake:
+                while not self.stopping and (not self.due or self.due[0][0] > time.monotonic()):
+                    self.wake.wait(timeout=(self.due[0][0] - time.monotonic()) if self.due else None)
+                if self.stopping:
+                    return
+                _when, _seq, client, device_id, delivery = heapq.heappop(self.due)
+            if delivery in self.cancelled:
+                continue
+            failed = self.rng.random() < self.options["failure_rate"]
+            result = {
+                "delivery_id": delivery,
+                "event": "result",
+                "status": "failed" if failed else "completed",
+            }
+            if failed:
+                result["error"] = "simulated failure"
+            client.publish(f"homepot/devices/{device_id}/events", json.dumps(result), qos=1)
+            self.stats["failed" if failed else "completed"] += 1
 
     def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.reporter.join(timeout=5)
+        for client in self.clients:
+            client.loop_stop()
+            client.disconnect()
 
 
 class Command(BaseCommand):
@@ -133,6 +167,9 @@ class Command(BaseCommand):
         parser.add_argument("--failure-rate", type=float, default=0.0, help="0..1: share reported failed.")
         parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
+        )
+        parser.add_argument(
+            "--per-connection", type=int, default=250, help="MQTT: terminals sharing one broker connection."
         )
         parser.add_argument(
             "--adopt",
