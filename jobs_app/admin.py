@@ -1,8 +1,12 @@
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
 from django.db.models.functions import Coalesce
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from accounts.scoping import scoped_site_ids
 from homepot.admin import (
@@ -20,7 +24,7 @@ from homepot.admin import (
 from jobs_app import services
 from jobs_app.choices import DELIVERY_FINISHED, DeliveryStatus
 from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job, SavedSegment
-from jobs_app.selectors import visible_site_ids
+from jobs_app.selectors import job_deliveries, visible_site_ids
 from jobs_app.services import job_cancel, job_create, job_update
 
 # What the change page lists of a job's deliveries: the newest problems first, bounded.
@@ -291,17 +295,95 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         )
         if not sample:
             return "–"
+        may_cancel = getattr(job, "_may_cancel_deliveries", False)
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((d.device.device_id, d.get_status_display(), d.attempts, d.last_error) for d in sample),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}</tr>",
+            (
+                (
+                    d.device.device_id,
+                    d.get_status_display(),
+                    d.attempts,
+                    d.last_error,
+                    self._cancel_cell(job, d) if may_cancel else "",
+                )
+                for d in sample
+            ),
         )
         return format_html(
-            "<table><tr><th>device</th><th>status</th><th>attempts</th><th>last error</th></tr>{}</table>"
+            "<table><tr><th>device</th><th>status</th><th>attempts</th><th>last error</th>{}</tr>{}</table>"
             "<p>All of them, filterable by status: <code>GET /jobs/{}/deliveries?status=failed</code></p>",
+            format_html("<th>{}</th>", "cancel") if may_cancel else "",
             rows,
             job.pk,
         )
+
+    @staticmethod
+    def _cancel_cell(job, delivery):
+        """A button for a delivery the device has not taken yet. It belongs to the
+        `delivery-cancel-form` after the job form (change_form.html): forms cannot nest,
+        and a button of its own form is never the job form's default (Enter) button."""
+        if delivery.status not in services.DELIVERY_CANCELLABLE:
+            return mark_safe("<td></td>")  # noqa: S308 - a constant
+        url = reverse("admin:jobs_app_job_cancel_delivery", args=[job.pk, delivery.pk])
+        return format_html(
+            '<td><button type="submit" form="delivery-cancel-form" formaction="{}" class="button" '
+            'title="Cancel delivery #{} to {}">Cancel</button></td>',
+            url,
+            delivery.pk,
+            delivery.device.device_id,
+        )
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        response = super().render_change_form(request, context, add, change, form_url, obj)
+        if obj is not None:
+            # Read by deliveries_sample when the page renders: rows get a cancel button only
+            # for those who may change this job (the change_job permission and its site).
+            obj._may_cancel_deliveries = bool(response.context_data.get("has_change_permission"))
+        return response
+
+    # --- Cancelling one delivery: POST .../job/<id>/deliveries/<delivery_id>/cancel/ -------------
+
+    def get_urls(self):
+        cancel = self.admin_site.admin_view(self.cancel_delivery_view)
+        return [
+            path(
+                "<path:object_id>/deliveries/<int:delivery_id>/cancel/",
+                cancel,
+                name="jobs_app_job_cancel_delivery",
+            ),
+            *super().get_urls(),
+        ]
+
+    def cancel_delivery_view(self, request, object_id, delivery_id):
+        """Cancel one delivery through `delivery_cancel`, then back to the job's page with
+        the outcome. Answers like the change page: 403 without the right to change the job,
+        "doesn't exist" for a job out of reach; a delivery not of this job (or at a site
+        the user may not see) is reported on the job's page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self.get_object(request, unquote(object_id))
+        if not self.has_change_permission(request, job):
+            raise PermissionDenied
+        if job is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        back = HttpResponseRedirect(reverse("admin:jobs_app_job_change", args=[job.pk]))
+        delivery = job_deliveries(job=job, user=request.user).filter(pk=delivery_id).first()
+        if delivery is None:
+            self.message_user(request, f"Job #{job.pk} has no delivery #{delivery_id}.", messages.ERROR)
+            return back
+        was = delivery.status
+        try:
+            run_service(services.delivery_cancel, actor=request.user, delivery=delivery)
+        except ServiceRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return back
+        device_id = delivery.device.device_id
+        if was == DeliveryStatus.CANCELLED:
+            self.message_user(request, f"Delivery #{delivery.pk} to {device_id} was already cancelled.")
+        else:
+            self.message_user(request, f"Cancelled delivery #{delivery.pk} to {device_id}.", messages.SUCCESS)
+        return back
 
     def save_model(self, request, obj, form, change):
         if change:

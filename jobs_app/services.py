@@ -5,7 +5,8 @@ Operator actions are scoped, validated and audited once each. Delivery transitio
 conditional UPDATEs (`... WHERE status IN (allowed sources)`): a replayed batch, a repeated
 device report or a report arriving out of order changes nothing it should not, and two
 workers can never both move the same row. Deliveries are not audited one by one (a
-100,000-device job would write 100,000 audit rows); the job's transitions are.
+100,000-device job would write 100,000 audit rows); the job's transitions are, and so is an
+operator cancelling a single delivery (delivery_cancel).
 """
 
 import datetime
@@ -452,6 +453,71 @@ def _notify_cancelled(job: Job, told: list[tuple[int, str, str]]) -> None:
                 logger.exception("Could not tell %d %s device(s) to drop job %s", len(batch), channel, job.pk)
 
     transaction.on_commit(send)
+
+
+# Deliveries an operator may still cancel one by one: the device has not taken the work.
+DELIVERY_CANCELLABLE = (DeliveryStatus.PENDING, DeliveryStatus.SENT)
+
+
+@transaction.atomic
+def delivery_cancel(*, actor, delivery: Delivery) -> Delivery:
+    """Cancel one device's copy of a job: pending|sent → cancelled (`failed_at` set), in one
+    conditional UPDATE. Scoped like job_cancel (the actor must change the job's site), and
+    the delivery must be at a site the actor sees.
+
+    A device on a push channel (MQTT) that was sent the work is sent a cancel message after
+    commit; a polling device hears `cancelled` when it next acknowledges. The job is rolled
+    up afterwards, so cancelling its last open delivery finishes it. Audited as
+    delivery.cancelled (with the job, the device and the delivery's site).
+
+    A repeat on a cancelled delivery is a no-op; an acknowledged or finished delivery raises
+    Conflict (`delivery_not_cancellable`).
+    """
+    # Job row first, then the delivery row: the same order as job_cancel, so the two never
+    # wait on each other crosswise; a device's ack waits for this lock and then sees
+    # `cancelled`.
+    job = _locked_job(actor, delivery.job)
+    delivery = (
+        Delivery.objects.select_for_update(of=("self",))
+        .select_related("device", "site")
+        .get(pk=delivery.pk, job_id=job.pk)
+    )
+    if actor is not None:
+        require_site_access(actor, delivery.site, "view")
+    if delivery.status == DeliveryStatus.CANCELLED:
+        return delivery
+    if delivery.status not in DELIVERY_CANCELLABLE:
+        why = (
+            "the device has already taken the work"
+            if delivery.status == DeliveryStatus.ACKNOWLEDGED
+            else "it is finished"
+        )
+        raise Conflict(
+            f"Delivery #{delivery.pk} to {delivery.device.device_id} is "
+            f"{delivery.get_status_display().lower()}: it cannot be cancelled ({why}).",
+            code="delivery_not_cancellable",
+        )
+    old_status = delivery.status
+    now = timezone.now()
+    Delivery.objects.filter(pk=delivery.pk, status__in=DELIVERY_CANCELLABLE).update(
+        status=DeliveryStatus.CANCELLED, failed_at=now
+    )
+    delivery.status, delivery.failed_at = DeliveryStatus.CANCELLED, now
+    device = delivery.device
+    if delivery.sent_at is not None and device.push_channel != "poll":
+        _notify_cancelled(job, [(delivery.pk, device.device_id, device.push_channel)])
+    audit_record(
+        event_type=AuditEvent.DELIVERY_CANCELLED,
+        actor=actor,
+        job=job,
+        device=device,
+        site=delivery.site,
+        description=f"Delivery #{delivery.pk} of job #{job.pk} to {device.device_id} cancelled",
+        old_values={"status": old_status},
+        new_values={"status": delivery.status},
+    )
+    job_rollup(job.pk)
+    return delivery
 
 
 @transaction.atomic

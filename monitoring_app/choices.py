@@ -29,6 +29,7 @@ class AuditEvent(models.TextChoices):
     JOB_RESUMED = "job.resumed", "Job resumed"
     JOB_RETRIED = "job.retried", "Job deliveries retried"
     JOB_CLONED = "job.cloned", "Job cloned"
+    DELIVERY_CANCELLED = "delivery.cancelled", "Job delivery cancelled"
     SEGMENT_CREATED = "segment.created", "Saved segment created"
     SEGMENT_UPDATED = "segment.updated", "Saved segment updated"
     SEGMENT_DELETED = "segment.deleted", "Saved segment deleted"

@@ -2,6 +2,7 @@
 the routes the URL resolver serves, the two-store world the matrix runs in, a savepoint
 per request, and reading an admin form the way a browser submits it."""
 
+import itertools
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,10 +54,12 @@ def routes(patterns=None, prefix: str = ""):
 
 
 def concrete(route: str, value=None) -> str:
-    """The URL of a normalized route, with its one placeholder (if any) set to `value`."""
+    """The URL of a normalized route, with its placeholder (if any) set to `value`; a route
+    with several placeholders (a job's delivery) takes a tuple, one value each, in order."""
     path = route.replace("/?", "")
     if "<" in path:
-        path = re.sub(r"<\w+>", str(value), path)
+        values = iter(value) if isinstance(value, tuple) else itertools.repeat(value)
+        path = re.sub(r"<\w+>", lambda _placeholder: str(next(values)), path)
     return "/" + path
 
 

@@ -145,6 +145,13 @@ def delivery_of(w, target, actor):
     return _pick(target, w.delivery_a.pk, w.delivery_b.pk, MISSING_PK)
 
 
+def job_delivery_of(w, target, actor):
+    # (job, delivery): each store's job with its own delivery to that store's device.
+    return _pick(
+        target, (w.job_a.pk, w.delivery_a.pk), (w.job_b.pk, w.delivery_b.pk), (MISSING_PK, MISSING_PK)
+    )
+
+
 def membership_of(w, target, actor):
     return _pick(target, w.membership_a.pk, w.membership_b.pk, MISSING_PK)
 
@@ -449,6 +456,13 @@ API = [
         # A queued job: pausing, resuming (nothing to do) and cancelling work; there is
         # nothing to retry yet (409, past the permission checks); a clone is a new job.
         for control, ok in (("pause", 200), ("resume", 200), ("cancel", 200), ("retry", 409), ("clone", 201))
+    ),
+    # Cancelling one delivery (sent, not yet acknowledged): a job control like the others.
+    Api(
+        "jobs/<pk>/deliveries/<delivery_id>/cancel",
+        {"POST": members("403/403", "200/404", "200/200")},
+        target=job_delivery_of,
+        aliases=at_root_and_v1("jobs/<pk>/deliveries/<delivery_id>/cancel"),
     ),
     Api(
         "devices/<device_id>/jobs",  # an alias of jobs?device=<device_id>
@@ -815,6 +829,8 @@ class AdminModel:
     own_rows: bool = False  # members see their own rows (API tokens) but no one else's
     deleted_answer: int = 302  # a permitted delete: to the changelist (200: protected, page says why)
     pages: tuple[tuple[str, str], ...] = ()  # the admin's own views: (path under the model, letter needed)
+    # The admin's own POST views of one row (paths under `<object_id>/`), each with its own test.
+    object_pages: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -834,7 +850,14 @@ ADMIN = [
         Site, perms("v", "v", "vacd"), lambda w, a: (w.site_a, w.site_b), site_path="pk", deleted_answer=200
     ),
     AdminModel(Device, perms("v", "vacd", "vacd"), lambda w, a: (w.device_a, w.device_b), site_path="site"),
-    AdminModel(Job, perms("v", "vac", "vac"), lambda w, a: (w.job_a, w.job_b), site_path="site"),
+    AdminModel(
+        Job,
+        perms("v", "vac", "vac"),
+        lambda w, a: (w.job_a, w.job_b),
+        site_path="site",
+        # The job page's per-delivery cancel button (test_admin_delivery_cancel_...).
+        object_pages=("deliveries/<delivery_id>/cancel/",),
+    ),
     AdminModel(
         SavedSegment, perms("", "vacd", "vacd"), lambda w, a: (w.segment_a, w.segment_b), site_path="site"
     ),
@@ -883,6 +906,7 @@ def admin_routes_of(entry: AdminModel) -> set[str]:
     found = {base, f"{base}add/", *(f"{base}<object_id>/{view}/" for view in ("history", "delete", "change"))}
     found.add(f"{base}<object_id>/")  # Django's redirect from the old change URL
     found.update(f"{base}{page}" for page, _ in entry.pages)
+    found.update(f"{base}<object_id>/{page}" for page in entry.object_pages)
     if entry.model is User:
         found.add(f"{base}<id>/password/")
     return found
@@ -1164,6 +1188,77 @@ def test_admin_actions_of_members_never_touch_site_b_and_never_write_for_a_viewe
             problems.append(f"{what} changed {changed}")
         if B_MARKER in text.lower():
             problems.append(f"{what} shows something of site B's side")
+
+    assert problems == [], "\n".join(problems)
+
+
+def test_admin_delivery_cancel_answers_every_caller_as_the_policy_says(world, browsers):
+    """The job page's per-delivery cancel button posts to `<job>/deliveries/<delivery>/cancel/`.
+    Like saving the job it needs the right to change it: anonymous callers are sent to log
+    in, a viewer is refused, B's job "doesn't exist" for A's members (as a missing one), and
+    a permitted post cancels the one delivery it names and goes back to the job's page."""
+    job_admin = ADMIN_BY_LABEL["jobs_app.job"]
+    targets = {
+        A: (world.job_a.pk, world.delivery_a.pk),
+        B: (world.job_b.pk, world.delivery_b.pk),
+        MISSING: (MISSING_PK, MISSING_PK),
+    }
+
+    def expected(actor, which) -> str:
+        if actor == "anon":
+            return "login"
+        if not _letter(job_admin, actor, "c"):
+            return "403"
+        if actor != "admin" and which != A:
+            return "gone"
+        return f"302 {job_admin.url('change', targets[which][0])}"
+
+    def stored() -> dict:
+        return dict(
+            Delivery.objects.filter(pk__in=[world.delivery_a.pk, world.delivery_b.pk]).values_list(
+                "pk", "status"
+            )
+        )
+
+    before = stored()
+    problems = []
+    for actor in ("anon", "viewer", "manager", "admin"):
+        answers = {}
+        for which in (A, B, MISSING):
+            if which == MISSING and actor in ("anon", "admin"):
+                continue
+            job_pk, delivery_pk = targets[which]
+            url = reverse("admin:jobs_app_job_cancel_delivery", args=[job_pk, delivery_pk])
+            with rolled_back():
+                response = browsers[actor].post(url)
+                got = outcome(response)
+                after = stored()
+                shown = " ".join(_messages(response)) + response.content.decode(errors="replace")
+            answers[which] = got
+            want = expected(actor, which)
+            if got != want:
+                problems.append(f"POST {url} as {actor}: {got}, expected {want}")
+            cancelled = {pk for pk, status in after.items() if status == "cancelled" and before[pk] != status}
+            if cancelled != ({delivery_pk} if want.startswith("302 ") else set()):
+                problems.append(f"POST {url} as {actor} cancelled {sorted(cancelled)}")
+            if actor in MEMBERS and B_MARKER in shown.lower():
+                problems.append(f"POST {url} as {actor} shows something of site B's side")
+            with rolled_back():
+                fetched = outcome(browsers[actor].get(url))
+            if fetched != ("login" if actor == "anon" else "405"):
+                problems.append(f"GET {url} as {actor}: {fetched}")
+        if MISSING in answers and answers[B] != answers[MISSING]:
+            problems.append(f"as {actor}: B's job answers {answers[B]}, a missing one {answers[MISSING]}")
+
+    # A's manager naming B's delivery on A's own job: back to A's page, nothing of B changed
+    # or named.
+    url = reverse("admin:jobs_app_job_cancel_delivery", args=[world.job_a.pk, world.delivery_b.pk])
+    with rolled_back():
+        response = browsers["manager"].post(url)
+        if outcome(response) != f"302 {job_admin.url('change', world.job_a.pk)}" or stored() != before:
+            problems.append(f"POST {url} as manager: {outcome(response)}, {stored()}")
+        if B_MARKER in " ".join(_messages(response)).lower():
+            problems.append(f"POST {url} as manager names site B's side")
 
     assert problems == [], "\n".join(problems)
 

@@ -1,4 +1,5 @@
-"""The jobs API: create, list, detail with progress, operator controls, deliveries, preview.
+"""The jobs API: create, list, detail with progress, operator controls, deliveries (and
+cancelling one), preview.
 
 Scoping as everywhere: a job outside the caller's `view` scope is a 404; one they may see
 but not `change` is a 403 on every write. Every action goes through an audited service.
@@ -184,6 +185,41 @@ class JobViewSet(ServiceModelViewSet):
         paginator = CursorPagination()
         page = paginator.paginate_queryset(filterset.qs, request, view=self)
         return paginator.get_paginated_response(DeliverySerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Cancel one delivery of a job",
+        description="A pending or sent delivery (the device has not acknowledged it) becomes "
+        "`cancelled`; a device on a push channel (MQTT) that was sent the work is told to drop "
+        "it. A repeat is a no-op; an acknowledged or finished delivery answers 409 "
+        "(`delivery_not_cancellable`). A delivery of another job, or at a site you may not "
+        "see, is a 404. The job finishes when its last open delivery is cancelled.",
+        parameters=[
+            OpenApiParameter(
+                "delivery_id",
+                int,
+                OpenApiParameter.PATH,
+                description="The delivery's id, as listed by `GET /jobs/<id>/deliveries`.",
+            )
+        ],
+        request=None,
+        responses=DeliverySerializer,
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=r"deliveries/(?P<delivery_id>[0-9]+)/cancel",
+        url_name="delivery-cancel",
+        filter_backends=[],
+    )
+    @transaction.atomic
+    def cancel_delivery(self, request, pk=None, delivery_id=None):
+        job = self.get_object()
+        deliveries = job_deliveries(job=job, user=request.user)
+        delivery = deliveries.filter(pk=delivery_id).first()
+        if delivery is None:
+            raise NotFound()
+        services.delivery_cancel(actor=request.user, delivery=delivery)
+        return Response(DeliverySerializer(deliveries.get(pk=delivery.pk)).data)
 
     @extend_schema(
         summary="Pre-flight numbers for a job about to be created",
