@@ -64,6 +64,12 @@ def parse_args() -> argparse.Namespace:
         help="With --round-trip: terminals polling over HTTP (gunicorn) or answering over MQTT "
         "(the local broker, with `manage.py mqtt_bridge`).",
     )
+    parser.add_argument(
+        "--bridges",
+        type=int,
+        default=1,
+        help="With --channel mqtt: how many `mqtt_bridge` processes share the events.",
+    )
     parser.add_argument("--port", type=int, default=8799, help="Port of the web server for --round-trip.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -218,8 +224,13 @@ def round_trip(args: argparse.Namespace) -> dict:
     if args.channel == "mqtt":
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE devices_app_device SET push_channel = 'mqtt'")
-        # The bridge (one process, one thread, as `run.sh` starts it) and the MQTT terminals.
-        web = _start(env, "mqtt_bridge")  # "Bridging homepot/devices/+/events"
+        # The bridges (one, as `run.sh` starts it, or several on one shared subscription
+        # group of the bench's own) and the MQTT terminals.
+        group = f"bench-{os.getpid()}"
+        bridges = [
+            _start(env, "mqtt_bridge", f"--group={group}", f"--client-id={group}-{n}", "--session-seconds=0")
+            for n in range(args.bridges)
+        ]
         fleet = _start(
             env, "simulate_fleet", "--channel", "mqtt", "--devices", str(devices), "--work-seconds", "0"
         )
@@ -265,13 +276,15 @@ def round_trip(args: argparse.Namespace) -> dict:
                 time.sleep(0.1)
         elapsed = time.perf_counter() - started
     finally:
-        fleet.terminate()
-        web.terminate()
-        fleet.wait(timeout=30)
-        web.wait(timeout=30)
+        servers = [fleet, *bridges] if args.channel == "mqtt" else [fleet, web]
+        for process in servers:
+            process.terminate()
+        for process in servers:
+            process.wait(timeout=30)
     return {
         "devices": devices,
         "channel": args.channel,
+        "bridges": args.bridges if args.channel == "mqtt" else None,
         "final_status": status,
         "seconds_until_completed": round(elapsed, 2),
         "acknowledgements_per_second": round(devices / elapsed, 1),

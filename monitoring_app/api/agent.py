@@ -18,6 +18,7 @@ from devices_app.choices import DeviceType
 from devices_app.models import Device
 from homepot.api.fields import StrictCharField
 from monitoring_app import ingest
+from monitoring_app.api.heartbeat_fast import with_fast_path
 from monitoring_app.choices import HealthStatus
 
 
@@ -161,6 +162,12 @@ class HeartbeatView(AgentView):
         device = request.user.device
         ingest.heartbeat_record(device=device, reported_at=reported_at)
         return Response(_answer(device))
+
+
+# The URL's view: well-formed heartbeats skip DRF's machinery; everything else is the DRF view.
+heartbeat_endpoint = with_fast_path(
+    HeartbeatView.as_view(), serializer_class=HeartbeatSerializer, answer=_answer
+)
 
 
 class HealthView(AgentView):

@@ -2,10 +2,10 @@
 
 from django.urls import re_path
 
-from monitoring_app.api.agent import HealthBatchView, HealthView, HeartbeatView
+from monitoring_app.api.agent import HealthBatchView, HealthView, heartbeat_endpoint
 
 urlpatterns = [
-    re_path(r"^heartbeat/?$", HeartbeatView.as_view(), name="agent-heartbeat"),
+    re_path(r"^heartbeat/?$", heartbeat_endpoint, name="agent-heartbeat"),
     re_path(r"^health/?$", HealthView.as_view(), name="agent-health"),
     re_path(r"^health/batch/?$", HealthBatchView.as_view(), name="agent-health-batch"),
 ]

@@ -56,7 +56,7 @@ class Received:
 class Bridge:
     """One broker connection feeding a queue; the caller's thread drains it in batches."""
 
-    def __init__(self, *, client_id: str, group: str, session_seconds: int, batch: int):
+    def __init__(self, *, client_id: str, group: str, session_seconds: int, batch: int, in_flight: int):
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.batch = batch
         self.topic = f"$share/{group}/{EVENTS_TOPIC}" if group else EVENTS_TOPIC
@@ -64,8 +64,10 @@ class Bridge:
         self.client = connect(
             client_id,
             persistent_seconds=session_seconds,
-            # Let the broker stream a couple of batches ahead instead of its default handful.
-            receive_maximum=min(max(batch * 2, 20), 65535),
+            # A burst (two events per terminal of a fleet-wide job) must flow to the bridge,
+            # not wait in the broker's per-client queue, which drops what does not fit
+            # (Mosquitto: max_queued_messages, 1,000 by default).
+            receive_maximum=in_flight,
             manual_ack=True,
             on_message=self._on_message,
             on_connect=self._on_connect,
@@ -158,14 +160,32 @@ class Command(BaseCommand):
         )
         parser.add_argument("--batch", type=int, default=500, help="Most events applied together.")
         parser.add_argument(
+            "--in-flight",
+            type=int,
+            default=65535,
+            help="Events the broker may hand this bridge before it acknowledges them (MQTT 5 "
+            "Receive Maximum, at most 65535). They wait in the bridge's memory, unacknowledged: "
+            "a bridge that dies is handed them again.",
+        )
+        parser.add_argument(
             "--linger-ms", type=float, default=50, help="How long to wait for more events to batch."
         )
 
-    def handle(self, *args, duration, group, client_id, session_seconds, batch, linger_ms, **options):
+    def handle(
+        self, *args, duration, group, client_id, session_seconds, batch, linger_ms, in_flight, **options
+    ):
         if batch < 1:
             raise CommandError("--batch must be at least 1.")
+        if not 1 <= in_flight <= 65535:
+            raise CommandError("--in-flight is between 1 and 65535.")
         try:
-            bridge = Bridge(client_id=client_id, group=group, session_seconds=session_seconds, batch=batch)
+            bridge = Bridge(
+                client_id=client_id,
+                group=group,
+                session_seconds=session_seconds,
+                batch=batch,
+                in_flight=in_flight,
+            )
         except PushError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Bridging {bridge.topic} as {client_id}")

@@ -13,6 +13,7 @@ credential: use it on demo and benchmark fleets, not on real terminals).
 import heapq
 import itertools
 import json
+import math
 import random
 import threading
 import time
@@ -74,6 +75,9 @@ class Terminal(threading.Thread):
         self.call("POST", f"/api/v1/agent/deliveries/{delivery}/result", body)
 
 
+MAX_CONNECTIONS = 200
+
+
 class MqttFleet:
     """MQTT terminals: one broker connection per --per-connection devices (a real terminal
     has its own; sharing keeps thousands of them in one process). Each acknowledges a
@@ -88,7 +92,9 @@ class MqttFleet:
         self.sequence = itertools.count()
         self.wake = threading.Condition()
         self.stopping = False
-        per = max(1, options["per_connection"])
+        # paho's network loop uses select(), which cannot watch file descriptors past 1,024
+        # (three per client): beyond MAX_CONNECTIONS clients, more terminals share each one.
+        per = max(1, options["per_connection"], math.ceil(len(device_ids) / MAX_CONNECTIONS))
         self.clients = []
         for start in range(0, len(device_ids), per):
             client = connect(on_message=self.on_message)
