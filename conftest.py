@@ -55,3 +55,16 @@ def isolated_throttle(settings):
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def isolated_heartbeat_buffer(settings):
+    """Buffered heartbeats of this test only (a key prefix of its own, deleted after): a
+    leftover entry would be flushed onto another test's device with the same id."""
+    prefix = f"homepot:seen:test-{uuid.uuid4().hex}:"
+    settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX = prefix
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)

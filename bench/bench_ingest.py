@@ -12,8 +12,11 @@ What it does:
      once with HOMEPOT (`homepot.wsgi`);
   3. drives each with an asyncio HTTP/1.1 client at 4 and 32 concurrent connections, devices in
      round-robin, and reports requests per second, p50/p99 latency and errors for:
-     hello; heartbeat (default: the row is rewritten at most every 30 s per device);
-     heartbeat with HOMEPOT_MONITORING_TOUCH_SECONDS=0 (every heartbeat writes the row);
+     hello; a heartbeat at first contact (device offline, credential never used: the row
+     and the credential are written), and with HOMEPOT_MONITORING_TOUCH_SECONDS=0; a
+     heartbeat in the steady state (device online, last seen 60 s ago, credential used a
+     minute ago: the fleet's normal minute), buffered in Redis (the default) and unbuffered
+     (HOMEPOT_MONITORING_BUFFER_HEARTBEATS=false: each writes the device row);
      a health report (one HealthCheck INSERT + the conditional UPDATE);
      a batch of `--batch` reports from one device (reports per second).
 
@@ -58,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per run.")
     parser.add_argument("--batch", type=int, default=50, help="Reports per batch request.")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="Run only these scenarios (hello always runs)."
+    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
@@ -80,6 +86,25 @@ def issue_credentials() -> list[str]:
         )
     DeviceCredential.objects.bulk_create(rows, batch_size=5000)
     return secrets_by_device
+
+
+def steady_state() -> None:
+    """Every device online and last seen 60 s ago, every credential used a minute ago: what
+    a heartbeat meets when 100,000 terminals report every minute. Clears the heartbeat
+    buffer (nothing flushes it during the benchmark)."""
+    from django.conf import settings
+    from django.db import connection
+
+    from monitoring_app import seen_buffer
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE devices_app_device SET status = 'online', last_seen = now() - interval '60 seconds'"
+        )
+        cursor.execute("UPDATE devices_app_devicecredential SET last_used_at = now() - interval '1 minute'")
+    seen_buffer._client().delete(seen_buffer._key())
+    connection.close()
+    assert settings.REDIS_URL
 
 
 # --- load -----------------------------------------------------------------------------------------
@@ -196,36 +221,49 @@ def main() -> None:
     now = datetime.datetime.now(datetime.UTC).isoformat()
     report = {"status": "healthy", "cpu_percent": 12.5, "memory_percent": 40.1, "app_version": "7.3.0"}
     batch = {"reports": [{**report, "timestamp": now} for _ in range(args.batch)]}
+    heartbeat = lambda i: _request("/api/v1/agent/heartbeat", device_secrets[i % n], {})  # noqa: E731
     scenarios = [
-        ("hello", "bench.bench_ingest:hello_app", {}, lambda i: _request("/", None, {})),
+        ("hello", "bench.bench_ingest:hello_app", {}, None, lambda i: _request("/", None, {})),
+        # First contact: every device is offline, its credential never used.
+        ("heartbeat_first_contact", "homepot.wsgi", {}, None, heartbeat),
         (
-            "heartbeat",
-            "homepot.wsgi",
-            {},
-            lambda i: _request("/api/v1/agent/heartbeat", device_secrets[i % n], {}),
-        ),
-        (
-            "heartbeat_every_write",
+            "heartbeat_first_contact_every_write",
             "homepot.wsgi",
             {"HOMEPOT_MONITORING_TOUCH_SECONDS": "0"},
-            lambda i: _request("/api/v1/agent/heartbeat", device_secrets[i % n], {}),
+            None,
+            heartbeat,
+        ),
+        # The fleet's normal minute: online, last seen 60 s ago, credential used recently.
+        ("heartbeat_steady", "homepot.wsgi", {}, steady_state, heartbeat),
+        (
+            "heartbeat_steady_unbuffered",
+            "homepot.wsgi",
+            {"HOMEPOT_MONITORING_BUFFER_HEARTBEATS": "false"},
+            steady_state,
+            heartbeat,
         ),
         (
             "health",
             "homepot.wsgi",
             {},
+            None,
             lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
         ),
         (
             f"health_batch_{args.batch}",
             "homepot.wsgi",
             {},
+            None,
             lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batch),
         ),
     ]
     results = {"devices": n, "workers": args.workers, "duration_s": args.duration, "runs": {}}
     try:
-        for name, app, extra_env, make_request in scenarios:
+        for name, app, extra_env, prepare, make_request in scenarios:
+            if args.only and name != "hello" and name not in args.only:
+                continue
+            if prepare:
+                prepare()
             server = start_gunicorn(app, args.port, args.workers, {**env, **extra_env})
             try:
                 for connections_count in args.connections:

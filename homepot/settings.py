@@ -254,6 +254,11 @@ HOMEPOT_MONITORING_GRACE_SECONDS = env.int("HOMEPOT_MONITORING_GRACE_SECONDS", d
 HOMEPOT_MONITORING_SWEEP_SECONDS = env.float("HOMEPOT_MONITORING_SWEEP_SECONDS", default=30.0)
 # A heartbeat rewrites the device row only when something changed or last_seen is older.
 HOMEPOT_MONITORING_TOUCH_SECONDS = env.int("HOMEPOT_MONITORING_TOUCH_SECONDS", default=30)
+# Heartbeats of online devices go to a Redis hash and reach the rows in one UPDATE this
+# often (and before every sweep); off, or with Redis down, each is written at once.
+HOMEPOT_MONITORING_BUFFER_HEARTBEATS = env.bool("HOMEPOT_MONITORING_BUFFER_HEARTBEATS", default=True)
+HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS = env.float("HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS", default=10.0)
+HOMEPOT_MONITORING_SEEN_KEY_PREFIX = env.str("HOMEPOT_MONITORING_SEEN_KEY_PREFIX", default="homepot:seen:")
 # Device clocks: a report stamped further ahead than this is refused (400), one older than
 # the max age too (it would be pruned anyway).
 HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS = env.int("HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS", default=300)

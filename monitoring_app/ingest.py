@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
+from monitoring_app import seen_buffer
 from monitoring_app.choices import ConnectivityReason
 from monitoring_app.models import HealthCheck
 
@@ -144,12 +145,18 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
 
     `device` was loaded by this request's authentication a moment ago; when it is already
     online and freshly seen, nothing is written and no transaction is opened at all (a row
-    lock alone would cost a WAL flush per heartbeat). A sweep that marked the device offline
-    in that moment is corrected by its next heartbeat, at most a touch window later.
+    lock alone would cost a WAL flush per heartbeat). When only `last_seen` would move (the
+    device is online or in maintenance), the heartbeat goes to the Redis buffer instead
+    (monitoring_app.seen_buffer), flushed to the rows together. A sweep that marked the
+    device offline in that moment is corrected by its next heartbeat.
     """
     now = timezone.now()
     if _row_is_current(device, now):
         return device.status
+    if device.status in (DeviceStatus.ONLINE, *_KEPT_ON_REPORT) and seen_buffer.note_seen(
+        device.pk, now, reported_at
+    ):
+        return device.status  # only last_seen moves: it reaches the row with the next flush
     with transaction.atomic():
         written = _touch_device(device_id=device.pk, now=now, reported_at=reported_at)
     if written:

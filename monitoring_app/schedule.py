@@ -9,6 +9,11 @@ BEAT_SCHEDULE: dict = {
         "schedule": settings.HOMEPOT_MONITORING_SWEEP_SECONDS,
         "options": {"expires": settings.HOMEPOT_MONITORING_SWEEP_SECONDS},
     },
+    "monitoring-flush-heartbeats": {
+        "task": "monitoring_app.tasks.flush_heartbeats",
+        "schedule": settings.HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS,
+        "options": {"expires": settings.HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS},
+    },
     # Nightly, off trading hours for most of the chain.
     "monitoring-prune-health": {
         "task": "monitoring_app.tasks.prune_health_history",

@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
+from monitoring_app import seen_buffer
 from monitoring_app.choices import ConnectivityReason
 from monitoring_app.models import MonitoringState
 
@@ -55,6 +56,8 @@ def sweep_offline(*, now: datetime.datetime | None = None) -> SweepResult:
     does not declare the whole fleet offline. Maintenance devices are left alone.
     Safe to repeat: a device already offline is not touched again.
     """
+    # Heartbeats waiting in the buffer first: a device that reported is not silent.
+    seen_buffer.flush_seen()
     now = now or timezone.now()
     with transaction.atomic():
         state, resumed = _claim_state(now)

@@ -10,6 +10,7 @@ from celery import shared_task
 from monitoring_app.alerts import alerts_evaluate, alerts_notify_pending
 from monitoring_app.retention import health_history_prune
 from monitoring_app.rollup import fleet_snapshot_take
+from monitoring_app.seen_buffer import flush_seen
 from monitoring_app.sweep import sweep_offline
 
 
@@ -30,6 +31,12 @@ def monitoring_tick() -> dict:
         "notified": notified,
         "snapshot_rows": snapshot_rows,
     }
+
+
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
+def flush_heartbeats() -> int:
+    """Write the buffered heartbeats to the device rows (one UPDATE); returns how many."""
+    return flush_seen()
 
 
 @shared_task(ignore_result=True, soft_time_limit=3000, time_limit=3600)
