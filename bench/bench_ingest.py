@@ -152,9 +152,11 @@ async def _drive(port, connections, duration, make_request) -> dict:
             latencies.append(latency)
             statuses[status] = statuses.get(status, 0) + 1
 
+    busy_before, own_before = _machine_busy_seconds(), _own_cpu_seconds()
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - start
+    server_cpu = (_machine_busy_seconds() - busy_before) - (_own_cpu_seconds() - own_before)
     ok = sorted(latency for latency in latencies if latency)
     errors = sum(count for status, count in statuses.items() if not 200 <= status < 300)
     return {
@@ -164,7 +166,26 @@ async def _drive(port, connections, duration, make_request) -> dict:
         "p99_ms": round(ok[int(len(ok) * 0.99) - 1] * 1000, 2) if ok else None,
         "errors": errors,
         "statuses": statuses,
+        # CPU the machine spent on everything but this load generator (gunicorn, PostgreSQL,
+        # Redis), per request: what a server with the clients elsewhere would spend.
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / max(len(latencies), 1), 3),
+        "capacity_rps_on_this_machine": round(len(latencies) * os.cpu_count() / server_cpu)
+        if server_cpu
+        else None,
     }
+
+
+def _machine_busy_seconds() -> float:
+    """Non-idle CPU time of the whole machine (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def start_gunicorn(app: str, port: int, workers: int, env: dict) -> subprocess.Popen:

@@ -13,7 +13,9 @@ What it does:
      the same sweep again with nothing to do (the steady state, every 30 s), the alert
      evaluation that opens site and device alerts, and again in the steady state;
   4. times the reads: the fleet summary of an admin (every device), the fleet summary and
-     site list of a manager of 100 sites, and one site's health page.
+     site list of a manager of 100 sites, and one site's health page; then the same reads
+     of that manager through the API (Django's test client with a real bearer token: the
+     whole request path but the socket).
 
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
@@ -93,7 +95,7 @@ def measure(args: argparse.Namespace) -> dict:
     from monitoring_app.api.fleet import fleet_summary
     from monitoring_app.sweep import sweep_offline
     from sites_app.models import Site
-    from sites_app.selectors import site_health, site_health_devices, site_list
+    from sites_app.selectors import attach_health, site_health, site_health_devices, site_list
 
     now = timezone.now()
     prepare_fleet(now)
@@ -116,13 +118,51 @@ def measure(args: argparse.Namespace) -> dict:
     results["fleet_summary_admin_ms"] = best_of(args.repeat, fleet_summary, user=admin)
     results["fleet_summary_100_sites_ms"] = best_of(args.repeat, fleet_summary, user=manager)
     results["site_list_100_sites_page_ms"] = best_of(
-        args.repeat, lambda: [site_health(s) for s in site_list(user=manager).order_by("site_id")[:50]]
+        args.repeat,
+        lambda: [
+            site_health(s) for s in attach_health(list(site_list(user=manager).order_by("site_id")[:50]))
+        ],
     )
     one = site_list(user=manager).get(pk=site_ids[0])
     results["site_health_one_site_ms"] = best_of(
-        args.repeat, lambda: (site_health(site_list(user=manager).get(pk=one.pk)), site_health_devices(one))
+        args.repeat,
+        lambda: (
+            site_health(attach_health([site_list(user=manager).get(pk=one.pk)])[0]),
+            site_health_devices(one),
+        ),
     )
+    results["api_100_site_manager"] = time_api(manager, one.site_id, args.repeat)
     return results
+
+
+def time_api(user, site_id: str, repeat: int) -> dict:
+    """The same reads through the API as an integration calls it: Django's whole request path
+    (middleware, DRF, bearer-token authentication, scoping, serializers, JSON), no socket.
+    Median of `repeat` requests after one warm-up; status 200 checked."""
+    import statistics
+
+    from django.test import Client
+
+    from accounts.services import api_token_issue
+
+    _, raw = api_token_issue(user=user, name="bench")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw}", HTTP_HOST="localhost")
+    urls = {
+        "site_list_page_50_ms": "/api/v1/sites/?page_size=50",
+        "site_health_ms": f"/api/v1/sites/{site_id}/health",
+        "fleet_summary_ms": "/api/v1/fleet/summary",
+    }
+    timings = {}
+    for name, url in urls.items():
+        samples = []
+        for _ in range(repeat + 1):
+            start = time.perf_counter()
+            response = client.get(url)
+            samples.append((time.perf_counter() - start) * 1000)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: HTTP {response.status_code} {response.content[:300]!r}")
+        timings[name] = round(statistics.median(samples[1:]), 1)
+    return timings
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from homepot.api.views import ServiceModelViewSet
 from sites_app import services
 from sites_app.api.serializers import SiteHealthSerializer, SiteSerializer
 from sites_app.filters import SiteFilterSet
-from sites_app.selectors import site_health, site_health_devices, site_list
+from sites_app.selectors import attach_health, site_health, site_health_devices, site_list
 
 
 @extend_schema_view(
@@ -36,6 +36,18 @@ class SiteViewSet(ServiceModelViewSet):
 
     def get_queryset(self):
         return site_list(user=self.request.user)
+
+    # Health is counted for the sites answered, after filtering and pagination (one
+    # GROUP BY over the page's devices), never for every site the caller has.
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        return attach_health(list(page)) if page is not None else None
+
+    def get_object(self):
+        return attach_health([super().get_object()])[0]
+
+    def _fresh(self, obj):
+        return attach_health([super()._fresh(obj)])[0]
 
     @extend_schema(
         summary="A site's health",

@@ -325,10 +325,30 @@ def test_page_number_pagination_counts_and_walks_all_pages(admin_api):
 def test_list_query_count_does_not_grow_with_sites(admin_api, django_assert_max_num_queries):
     for site in SiteFactory.create_batch(30):
         DeviceFactory(site=site)
-    # token lookup, count, page (device counts are a subquery of the page query)
-    with django_assert_max_num_queries(4):
+    # token lookup, count, page, then one GROUP BY for the health of the page's sites
+    with django_assert_max_num_queries(5):
         response = admin_api.get("/sites?page_size=30")
     assert len(response.json()["results"]) == 30
+    assert {site["device_count"] for site in response.json()["results"]} == {1}
+
+
+def test_health_is_counted_for_the_page_not_for_every_site(admin_api):
+    sites = SiteFactory.create_batch(3)
+    DeviceFactory.create_batch(2, site=sites[0], status="online")
+    DeviceFactory(site=sites[1], status="offline")
+
+    page = admin_api.get("/sites?page_size=2&ordering=site_id").json()["results"]
+    one = admin_api.get(f"/sites/{sites[0].site_id}").json()
+
+    by_id = {site["site_id"]: site for site in page}
+    first = sorted(s.site_id for s in sites)[:2]
+    assert sorted(by_id) == first
+    for site in sites:
+        if site.site_id in by_id:
+            expected = {sites[0].pk: 2, sites[1].pk: 1}.get(site.pk, 0)
+            assert by_id[site.site_id]["device_count"] == expected
+            assert by_id[site.site_id]["health"]["total"] == expected
+    assert one["device_count"] == 2 and one["health"]["online"] == 2
 
 
 # --- Authentication and scoping -----------------------------------------------------------------
