@@ -102,8 +102,13 @@ if _database_url:
 else:
     SQLITE_PATH.parent.mkdir(exist_ok=True)
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(SQLITE_PATH)}}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql_psycopg2":
-    DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
+if DATABASES["default"]["ENGINE"] in (
+    "django.db.backends.postgresql",
+    "django.db.backends.postgresql_psycopg2",
+):
+    # Django's PostgreSQL backend with a health check that needs no round trip when the
+    # connection's socket is quiet (homepot/db/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "homepot.db.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("TEST", {})

@@ -93,7 +93,7 @@ def test_the_guides_database__url_spelling_selects_postgresql():
         SECRET_KEY="k",
         DATABASE__URL="postgresql://homepot_user:homepot_dev_password@localhost:5432/homepot_db",
     )
-    assert loaded["ENGINE"] == "django.db.backends.postgresql"
+    assert loaded["ENGINE"] == "homepot.db.postgresql"
     assert (loaded["NAME"], loaded["USER"], loaded["PASSWORD"]) == (
         "homepot_db",
         "homepot_user",
@@ -124,7 +124,7 @@ def test_database_url_wins_over_the_alias():
 )
 def test_every_postgresql_url_spelling_means_the_psycopg3_backend(url):
     loaded = settings_with(SECRET_KEY="k", DATABASE_URL=url)
-    assert loaded["ENGINE"] == "django.db.backends.postgresql"
+    assert loaded["ENGINE"] == "homepot.db.postgresql"
     assert (loaded["NAME"], loaded["USER"], loaded["PASSWORD"], loaded["HOST"]) == ("d", "u", "p", "h")
 
 

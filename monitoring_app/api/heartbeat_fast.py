@@ -2,7 +2,8 @@
 for 100,000 terminals).
 
 A well-formed heartbeat from a device with a usable credential is answered here, in plain
-Django: the same credential lookup, the same service call, the same JSON answer, without
+Django: the same credential rule (a narrower lookup: devices_app.services.device_identify),
+the same service call, the same JSON answer, without
 Django REST framework's request machinery (request wrapper, negotiation, parsers, renderers),
 which costs more than the work itself. Everything else (a missing or bad credential, a body
 this path does not recognise, a clock refused, another method) is handed to the DRF view,
@@ -15,7 +16,7 @@ import json
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from devices_app.services import device_credential_authenticate
+from devices_app.services import device_identify
 from monitoring_app import ingest
 
 # Larger bodies are not heartbeats this path needs to understand; the DRF view bounds them.
@@ -48,10 +49,9 @@ def _heartbeat(request, serializer_class, answer):
     reported_at = _reported_at(request, serializer_class)
     if reported_at is _NOT_HANDLED:
         return _NOT_HANDLED
-    credential = device_credential_authenticate(key)
-    if credential is None:
+    device = device_identify(key)
+    if device is None:
         return _NOT_HANDLED
-    device = credential.device
     ingest.heartbeat_record(device=device, reported_at=reported_at)
     body = answer(device)
     # DRF's rendering of a datetime (ISO 8601, microseconds kept, UTC as "Z").
