@@ -16,6 +16,7 @@ that fails leaves its batch in Redis under a `:flushing:` key, taken again next 
 
 import contextlib
 import logging
+import time
 import uuid
 
 import redis
@@ -23,6 +24,9 @@ from django.conf import settings
 from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 10
+_down_until = 0.0  # monotonic time before which this process does not try Redis again
 
 
 def _client() -> redis.Redis:
@@ -57,17 +61,21 @@ def enabled() -> bool:
 def note_seen(device_pk: int, seen_at, reported_at) -> bool:
     """Buffer "device `device_pk` was heard from at `seen_at`" (and its own clock, if sent).
     False when the buffer is off or Redis cannot take it: the caller writes the row itself."""
-    if not enabled():
+    global _down_until
+    if not enabled() or time.monotonic() < _down_until:
         return False
-    value = (
-        f"{seen_at.timestamp():.6f}|{reported_at.timestamp():.6f}"
-        if reported_at
-        else f"{seen_at.timestamp():.6f}|"
-    )
+    value = f"{seen_at.timestamp():.6f}|" + (f"{reported_at.timestamp():.6f}" if reported_at else "")
     try:
         _client().hset(_key(), str(device_pk), value)
     except redis.RedisError as exc:
-        logger.warning("Heartbeat buffer unavailable, writing the device row directly: %s", exc)
+        # Leave Redis alone for a while: a heartbeat must not wait on a timeout each time,
+        # nor the log repeat the same line for every terminal.
+        _down_until = time.monotonic() + RETRY_AFTER_SECONDS
+        logger.warning(
+            "Heartbeat buffer unavailable, writing device rows directly for %d s: %s",
+            RETRY_AFTER_SECONDS,
+            exc,
+        )
         return False
     return True
 

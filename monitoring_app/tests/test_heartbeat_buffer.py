@@ -99,13 +99,22 @@ def test_an_offline_device_is_back_online_at_once_not_after_a_flush(online_devic
     assert DeviceStatusChange.objects.filter(device_id=online_device.pk, new_status="online").count() == 2
 
 
-def test_without_redis_each_heartbeat_is_written_directly(online_device, settings):
+def test_without_redis_each_heartbeat_is_written_directly(online_device, settings, monkeypatch, caplog):
+    monkeypatch.setattr(seen_buffer, "_down_until", 0.0)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
 
     assert online_device.agent.post(HEARTBEAT, {}, format="json").status_code == 200
-
     assert timezone.now() - last_seen(online_device) < datetime.timedelta(seconds=5)
     assert flush_heartbeats() == 0
+
+    # Redis is then left alone for a while: later heartbeats go straight to the row, and
+    # the warning is not repeated for each of them.
+    other = DeviceFactory(status=DeviceStatus.OFFLINE, last_seen=None)
+    agent = agent_for(other)
+    Device.objects.filter(pk=other.pk).update(last_seen=ago(minutes=2))
+    agent.post(HEARTBEAT, {}, format="json")
+    assert timezone.now() - last_seen(other) < datetime.timedelta(seconds=5)
+    assert caplog.text.count("writing device rows directly") == 1
 
 
 def test_a_failed_flush_keeps_its_batch_for_the_next_one(online_device, monkeypatch):
