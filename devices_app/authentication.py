@@ -8,7 +8,7 @@ so every operator endpoint refuses it; agent endpoints require `IsDevice` and ac
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from devices_app.services import device_credential_authenticate
+from devices_app.services import device_credential_authenticate, device_identify
 
 
 class DevicePrincipal:
@@ -56,10 +56,21 @@ class DeviceCredentialAuthentication(authentication.BaseAuthentication):
             raw_key = header[1].decode()
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid device credential.") from None
-        credential = device_credential_authenticate(raw_key)
-        if credential is None:
+        device, credential = self.lookup(raw_key, request)
+        if device is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked device credential.")
-        return DevicePrincipal(credential.device), credential
+        return DevicePrincipal(device), credential
+
+    def lookup(self, raw_key: str, request):
+        """(device, credential) behind the key, or (None, None). A view whose class says
+        `device_lookup = "identity"` (the ingest endpoints, which every terminal calls every
+        minute and which read nothing else) gets the narrower lookup of the same rule,
+        `device_identify`, and `request.auth` None."""
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        if getattr(view, "device_lookup", "full") == "identity":
+            return device_identify(raw_key), None
+        credential = device_credential_authenticate(raw_key)
+        return (credential.device, credential) if credential else (None, None)
 
     def authenticate_header(self, request):
         return 'Device realm="agent"'

@@ -10,6 +10,7 @@ The server's clock decides `last_seen`. The device's own timestamp is kept (`rep
 """
 
 import datetime
+import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -44,6 +45,7 @@ def _touch_device(
     now: datetime.datetime,
     reported_at: datetime.datetime | None,
     health: HealthReport | None = None,
+    store_history: bool = False,
 ) -> str | None:
     """Record that the device was heard from: at most ONE conditional UPDATE of its row.
 
@@ -52,6 +54,9 @@ def _touch_device(
     online is recorded as a DeviceStatusChange in the same statement. A health report
     older than the latest one on the row (a catch-up batch) leaves the latest health alone.
     Returns the device's status if the row was written, else None. A repeat is harmless.
+
+    With `store_history`, the same statement also inserts `health` as a HealthCheck row: one
+    statement, so one round trip and its own transaction, for a single report.
     """
     stale_before = now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_TOUCH_SECONDS)
     params = {
@@ -69,8 +74,21 @@ def _touch_device(
     }
     # `newer`: this health report was measured no earlier than the one the row holds
     # (last_health_at), so a catch-up batch arriving late never hides the current health.
-    sql = """
-        WITH prev AS (
+    history = ""
+    if store_history:
+        history = """
+        inserted AS (
+            INSERT INTO monitoring_app_healthcheck
+                (device_id, status, response_time_ms, metrics, error_message, checked_at)
+            VALUES (%(id)s, %(health)s, %(response_time)s, %(metrics)s::jsonb, %(error)s, %(health_at)s)
+        ),"""
+        params.update(
+            response_time=health.response_time_ms,
+            metrics=json.dumps(health.metrics),
+            error=health.error_message,
+        )
+    sql = f"""
+        WITH {history} prev AS (
             SELECT id, status, health_status, app_version, firmware_version, last_seen, reported_at,
                    last_health_at
             FROM devices_app_device WHERE id = %(id)s FOR UPDATE
@@ -121,7 +139,7 @@ def _touch_device(
             WHERE old_status <> new_status
         )
         SELECT new_status FROM changed
-    """
+    """  # noqa: S608 - `history` is fixed SQL with the model's table name; values are parameters
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -173,6 +191,13 @@ def health_reports_record(*, device_reports: list[tuple[int, HealthReport]]) -> 
     Not idempotent: each call appends history rows.
     """
     now = timezone.now()
+    if len(device_reports) == 1:
+        # The common case (a terminal's own report): history and latest state in one statement.
+        device_pk, report = device_reports[0]
+        _touch_device(
+            device_id=device_pk, now=now, reported_at=report.checked_at, health=report, store_history=True
+        )
+        return 1
     rows = [
         HealthCheck(
             device_id=device_pk,

@@ -142,7 +142,14 @@ def _answer(device) -> dict:
     }
 
 
-class HeartbeatView(AgentView):
+class IngestView(AgentView):
+    """Heartbeats and health reports read only the device's identity and state: the
+    narrower lookup of the same credential rule (every terminal calls these every minute)."""
+
+    device_lookup = "identity"  # see DeviceCredentialAuthentication.lookup
+
+
+class HeartbeatView(IngestView):
     @extend_schema(
         summary="I am alive",
         description="Marks the calling device as seen now (server time). Cheap: the device row "
@@ -170,7 +177,7 @@ heartbeat_endpoint = with_fast_path(
 )
 
 
-class HealthView(AgentView):
+class HealthView(IngestView):
     @extend_schema(
         summary="Report my health",
         description="Stores one health report (history) and the device's latest health; "
@@ -187,7 +194,7 @@ class HealthView(AgentView):
         return Response({"stored": stored}, status=status.HTTP_201_CREATED)
 
 
-class HealthBatchView(AgentView):
+class HealthBatchView(IngestView):
     @extend_schema(
         summary="Report many health reports at once",
         description="For a terminal catching up after an outage, or a store gateway reporting for "

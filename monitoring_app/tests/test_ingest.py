@@ -219,6 +219,20 @@ def test_a_health_report_is_stored_as_history_and_as_the_latest_state(agent, dev
     assert device.last_health_at and device.health_changed_at
 
 
+def test_a_single_health_report_is_one_statement_after_the_lookup(agent, device, django_assert_num_queries):
+    agent.post(HEALTH, FULL_REPORT, format="json")  # first contact: the credential's use is recorded
+
+    # The credential lookup, then history + latest state in one statement (its own
+    # transaction: no BEGIN/COMMIT round trips).
+    with django_assert_num_queries(2):
+        response = agent.post(HEALTH, {**FULL_REPORT, "status": "unhealthy"}, format="json")
+
+    assert response.status_code == 201
+    assert HealthCheck.objects.filter(device=device).count() == 2
+    device.refresh_from_db()
+    assert device.health_status == "unhealthy"
+
+
 def test_a_change_of_health_is_written_even_inside_the_touch_window(agent, device):
     agent.post(HEALTH, {"status": "healthy"}, format="json")
     agent.post(HEALTH, {"status": "unhealthy"}, format="json")
