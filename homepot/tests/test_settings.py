@@ -249,7 +249,10 @@ def compose():
 
 
 def test_compose_file_names_the_expected_services(compose):
-    assert {"db", "redis", "migrate", "web", "worker", "beat"} <= set(compose["services"])
+    assert {"db", "redis", "mqtt", "migrate", "web", "worker", "beat", "bridge"} <= set(compose["services"])
+    assert compose["services"]["bridge"]["command"][:3] == ["python", "manage.py", "mqtt_bridge"]
+    # Every process finds the broker by its service name.
+    assert compose["services"]["worker"]["environment"]["HOMEPOT_JOBS_MQTT_HOST"] == "mqtt"
     assert compose["services"]["db"]["image"].startswith("postgres:16")
     assert "postgres_data" in compose["volumes"]
 
