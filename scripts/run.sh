@@ -147,8 +147,8 @@ proc_fleet_mqtt() {
 }
 
 choose_mqtt_processes() {
-    # Where homepot/settings.py looks for the broker (HOMEPOT_JOBS_MQTT_HOST/PORT).
-    local host=127.0.0.1 port=1883
+    # Where homepot/settings.py looks for the broker.
+    local host="${HOMEPOT_JOBS_MQTT_HOST:-127.0.0.1}" port="${HOMEPOT_JOBS_MQTT_PORT:-1883}"
     if tcp_answers "$host" "$port"; then
         step "MQTT broker answers at $host:$port: starting manage.py mqtt_bridge"
         note "${HOMEPOT_SIMULATED_MQTT_DEVICES:-3} demo terminals use the MQTT channel (the rest poll over HTTP)."
