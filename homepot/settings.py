@@ -238,7 +238,9 @@ HOMEPOT_JOBS_POLL_LIMIT = 50
 # The MQTT push channel's broker (Mosquitto), and how long a publish may wait for its PUBACK.
 HOMEPOT_JOBS_MQTT_HOST = env.str("HOMEPOT_JOBS_MQTT_HOST", default="127.0.0.1")
 HOMEPOT_JOBS_MQTT_PORT = env.int("HOMEPOT_JOBS_MQTT_PORT", default=1883)
-HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = env.float("HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0)
+HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = env.float(
+    "HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0
+)
 # Jobs, deliveries and devices each have a `status`: name their OpenAPI enums apart.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {

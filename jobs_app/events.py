@@ -30,6 +30,7 @@ ACK = "ack"
 RESULT = "result"
 DEFAULT_FAILURE_ERROR = "The device reported a failure."
 _OUTCOMES = (DeliveryStatus.COMPLETED, DeliveryStatus.FAILED)
+MAX_ID = 2**63  # delivery ids are bigint: anything larger names nothing
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def parse_event(topic: str, payload: bytes) -> DeviceEvent | str:
         delivery_id = int(message["delivery_id"])
         kind = message["event"]
     except (ValueError, KeyError, TypeError):
+        return "ignored: malformed"
+    if not 0 < delivery_id < MAX_ID:
         return "ignored: malformed"
     if kind == ACK:
         return DeviceEvent(device_id=parts[2], delivery_id=delivery_id, kind=ACK)

@@ -131,6 +131,10 @@ def test_malformed_messages_are_named_not_applied():
     assert parse("homepot/devices/d1/events", b'{"delivery_id": 1, "event": "boot"}') == "ignored: event"
     body = b'{"delivery_id": 1, "event": "result", "status": "done"}'
     assert parse("homepot/devices/d1/events", body) == "ignored: bad status"
+    assert parse("homepot/devices/d1/events", b'{"delivery_id": 99999999999999999999, "event": "ack"}') == (
+        "ignored: malformed"
+    )
+    assert parse("homepot/devices/d1/events", b'{"delivery_id": -3, "event": "ack"}') == "ignored: malformed"
     assert parse("homepot/devices/d1/events", b'{"delivery_id": "7", "event": "ack"}') == DeviceEvent(
         "d1", 7, ACK
     )
@@ -233,3 +237,21 @@ def test_one_event_through_the_bridge_helper_says_what_happened(admin_user):
     assert handle_event(topic, json.dumps(body).encode()) == "failed"
     failed = Delivery.objects.get(pk=delivery.pk)
     assert failed.last_error == events.DEFAULT_FAILURE_ERROR
+
+
+@pytest.mark.django_db(transaction=True)  # the bridge manages its connection as a process does
+def test_an_event_the_database_refuses_is_dropped_and_the_rest_of_its_batch_applied(admin_user):
+    from jobs_app.management.commands.mqtt_bridge import Bridge
+
+    _job, (first, second) = sent_job(admin_user, devices=2)
+    # A text the database cannot store (PostgreSQL text holds no NUL): without care, the
+    # whole batch would fail, go back to the broker and fail again for ever.
+    poison = result(first, FAILED, error="bad\x00byte")
+    bridge = Bridge.__new__(Bridge)  # the batch logic alone, no broker connection
+    bridge.stats = {"events": 0, "batches": 0, "ignored": 0}
+
+    counts = bridge._apply([poison, ack(second)])
+
+    assert counts.get("acknowledged") == 1 and bridge.stats["ignored"] == 1
+    assert Delivery.objects.get(pk=first.pk).status == DeliveryStatus.SENT
+    assert Delivery.objects.get(pk=second.pk).status == DeliveryStatus.ACKNOWLEDGED

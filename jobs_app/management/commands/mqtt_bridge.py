@@ -19,12 +19,11 @@ the broker hands the unacknowledged events out again and applying them twice cha
 import logging
 import queue
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import OperationalError, close_old_connections
+from django.db import DataError, IntegrityError, OperationalError, close_old_connections
 
 from jobs_app import events
 from jobs_app.channels import PushError
@@ -60,7 +59,6 @@ class Bridge:
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.batch = batch
         self.topic = f"$share/{group}/{EVENTS_TOPIC}" if group else EVENTS_TOPIC
-        self.subscribed = threading.Event()
         self.client = connect(
             client_id,
             persistent_seconds=session_seconds,
@@ -76,7 +74,6 @@ class Bridge:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         client.subscribe(self.topic, qos=1)  # on every (re)connect
-        self.subscribed.set()
 
     def _on_message(self, client, userdata, message):
         self.inbox.put(Received(message.mid, message.qos, message.topic, message.payload))
@@ -118,6 +115,11 @@ class Bridge:
             close_old_connections()  # a long-lived process: drop a connection the server closed
             try:
                 return events.deliveries_apply_events(batch)
+            except (DataError, IntegrityError):
+                # Something in the batch the database refuses: apply the events one by one,
+                # so one bad message is dropped (and logged) instead of being handed back
+                # forever and stopping every bridge that receives it.
+                return self._apply_one_by_one(batch)
             except OperationalError:
                 # A deadlock with another bridge or a database restart: the batch is safe
                 # to apply again. After the last attempt the bridge stops, leaving these
@@ -127,6 +129,17 @@ class Bridge:
                 logger.warning("Applying %d events failed (attempt %d); retrying", len(batch), attempt)
                 time.sleep(0.5 * attempt)
         return {}
+
+    def _apply_one_by_one(self, batch: list[events.DeviceEvent]) -> dict:
+        counts: dict = {}
+        for event in batch:
+            try:
+                for status, n in events.deliveries_apply_events([event]).items():
+                    counts[status] = counts.get(status, 0) + n
+            except (DataError, IntegrityError) as exc:
+                logger.warning("Dropped an event the database refuses: %s (%s)", event, exc)
+                self.stats["ignored"] += 1
+        return counts
 
     def close(self):
         self.client.loop_stop()
