@@ -26,6 +26,7 @@ from django.db import connection, transaction
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 10
+FLUSH_CHUNK = 5000  # rows per UPDATE (and transaction) when writing the buffer out
 _down_until = 0.0  # monotonic time before which this process does not try Redis again
 
 
@@ -111,14 +112,24 @@ def _take_batches() -> list[tuple[str, dict]]:
 
 
 def _apply(entries: dict) -> int:
-    if not entries:
-        return 0
-    ids, seen, reported = [], [], []
-    for device_pk, value in entries.items():
-        seen_at, _, reported_at = value.decode().partition("|")
-        ids.append(int(device_pk))
-        seen.append(float(seen_at))
-        reported.append(float(reported_at) if reported_at else None)
+    """Write the entries in chunks of FLUSH_CHUNK rows, each its own UPDATE and transaction,
+    in device id order: row locks are held for a fraction of a second, not for the whole
+    flush (100,000 rows take about 5 s here), and two flushes never lock crosswise."""
+    rows = sorted(
+        (int(device_pk), *value.decode().partition("|")[::2]) for device_pk, value in entries.items()
+    )
+    written = 0
+    for start in range(0, len(rows), FLUSH_CHUNK):
+        chunk = rows[start : start + FLUSH_CHUNK]
+        written += _update_chunk(
+            ids=[pk for pk, _seen, _reported in chunk],
+            seen=[float(seen) for _pk, seen, _reported in chunk],
+            reported=[float(reported) if reported else None for _pk, _seen, reported in chunk],
+        )
+    return written
+
+
+def _update_chunk(*, ids, seen, reported) -> int:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             """

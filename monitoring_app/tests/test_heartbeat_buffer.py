@@ -131,3 +131,17 @@ def test_a_failed_flush_keeps_its_batch_for_the_next_one(online_device, monkeypa
 
     assert flush_heartbeats() == 1
     assert timezone.now() - last_seen(online_device) < datetime.timedelta(seconds=5)
+
+
+def test_a_large_flush_is_written_in_chunks_and_misses_nobody(monkeypatch):
+    monkeypatch.setattr(seen_buffer, "FLUSH_CHUNK", 2)
+    devices = [DeviceFactory(status=DeviceStatus.ONLINE, last_seen=ago(minutes=2)) for _ in range(5)]
+    for device in devices:
+        assert seen_buffer.note_seen(device.pk, timezone.now(), None)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert flush_heartbeats() == 5
+
+    assert sum(q["sql"].lstrip().startswith("UPDATE devices_app_device") for q in queries) == 3
+    for device in devices:
+        assert timezone.now() - last_seen(device) < datetime.timedelta(seconds=5)
