@@ -4,8 +4,8 @@ rows together, so 100,000 terminals reporting every minute do not become 1,667 r
 
 A heartbeat that changes nothing but `last_seen` (the device is online, or in maintenance)
 is one `HSET` of its time into a Redis hash; `flush_seen` swaps the hash out atomically and
-applies every entry in ONE set-based UPDATE. The sweep flushes before it judges anyone
-offline, so a device is never marked offline while its heartbeat waits in the buffer, and
+applies the entries in set-based UPDATEs of 5,000 rows. The sweep flushes before it judges
+anyone offline, so a device is never marked offline while its heartbeat waits in the buffer, and
 the beat task flushes every HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS. A heartbeat that changes
 the device's state (offline → online) never goes through here: it is written at once.
 
@@ -82,7 +82,8 @@ def note_seen(device_pk: int, seen_at, reported_at) -> bool:
 
 
 def flush_seen() -> int:
-    """Write every buffered heartbeat to its device row in one UPDATE; returns how many rows.
+    """Write every buffered heartbeat to its device row, in set-based UPDATEs of FLUSH_CHUNK
+    rows; returns how many rows.
 
     `last_seen` only moves forward, and the device's own clock (`reported_at`) likewise; the
     status is not touched (the heartbeat found the device online; the sweep runs after this).
