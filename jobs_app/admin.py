@@ -22,7 +22,7 @@ from homepot.admin import (
     status_badge,
 )
 from jobs_app import services
-from jobs_app.choices import DELIVERY_FINISHED, DeliveryStatus
+from jobs_app.choices import DELIVERY_FINISHED, DELIVERY_NOT_TAKEN, DeliveryStatus
 from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job, SavedSegment
 from jobs_app.selectors import job_deliveries, visible_site_ids
 from jobs_app.services import job_cancel, job_create, job_update
@@ -323,7 +323,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         """A button for a delivery the device has not taken yet. It belongs to the
         `delivery-cancel-form` after the job form (change_form.html): forms cannot nest,
         and a button of its own form is never the job form's default (Enter) button."""
-        if delivery.status not in services.DELIVERY_CANCELLABLE:
+        if delivery.status not in DELIVERY_NOT_TAKEN:
             return mark_safe("<td></td>")  # noqa: S308 - a constant
         url = reverse("admin:jobs_app_job_cancel_delivery", args=[job.pk, delivery.pk])
         return format_html(

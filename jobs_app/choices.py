@@ -50,6 +50,8 @@ class DeliveryStatus(models.TextChoices):
 
 
 # Work the device has (sent) or is doing (acknowledged): what "in flight" counts.
+# The device has not acknowledged the work yet: an ack moves these, a cancel may drop them.
+DELIVERY_NOT_TAKEN = (DeliveryStatus.PENDING, DeliveryStatus.SENT)
 DELIVERY_IN_FLIGHT = (DeliveryStatus.SENT, DeliveryStatus.ACKNOWLEDGED)
 DELIVERY_UNFINISHED = (DeliveryStatus.PENDING, *DELIVERY_IN_FLIGHT)
 DELIVERY_FAILED = (DeliveryStatus.FAILED, DeliveryStatus.TIMED_OUT)

@@ -1,11 +1,12 @@
-"""Device answers in bulk: many acknowledgements and outcomes applied in a few set-based
-statements, with the same rules as `services.delivery_acknowledge` and
-`services.delivery_report`.
+"""Device answers: acknowledgements and outcomes of deliveries, applied in set-based
+statements. The one implementation of those transitions: the HTTP agent API
+(`services.delivery_acknowledge`, `services.delivery_report`) applies a batch of one, the
+MQTT bridge whatever arrived together.
 
 A fleet-wide job brings two answers per terminal within seconds. Applied one UPDATE at a
-time (the HTTP agent API's way) one process manages about 90 a second, far behind what a
-broker delivers to the MQTT bridge. The bridge collects what arrived and hands the lot here:
-one UPDATE for the acknowledgements, one for the outcomes, then one rollup per job touched.
+time, one process manages about 90 a second, far behind what a broker delivers to the MQTT
+bridge; in batches it is one UPDATE for the acknowledgements, one for the outcomes, then
+one rollup per job touched.
 
 Every event names its device (the MQTT topic) and a delivery id; an event about a delivery
 that is unknown or belongs to another device changes nothing, as over HTTP.
@@ -21,7 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.models import Device
-from jobs_app.choices import DELIVERY_UNFINISHED, DeliveryStatus
+from jobs_app.choices import DELIVERY_NOT_TAKEN, DELIVERY_UNFINISHED, DeliveryStatus
 from jobs_app.models import Delivery
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def parse_event(topic: str, payload: bytes) -> DeviceEvent | str:
         kind=RESULT,
         outcome=outcome,
         details=message.get("details"),
-        error=str(message.get("error") or "")[:2000],
+        error=str(message.get("error") or ""),
     )
 
 
@@ -132,7 +133,7 @@ def _apply_acks(acks: list[DeviceEvent], now) -> list[tuple[int, str, int]]:
             "devices": [e.device_id for e in acks],
             "acknowledged": DeliveryStatus.ACKNOWLEDGED,
             "now": now,
-            "from": [DeliveryStatus.PENDING, DeliveryStatus.SENT],
+            "from": list(DELIVERY_NOT_TAKEN),
         },
     )
 
@@ -169,7 +170,7 @@ def _apply_results(results: list[DeviceEvent], now) -> list[tuple[int, str, int]
             "outcomes": [e.outcome for e in results],
             "details": [None if e.details is None else json.dumps(e.details) for e in results],
             "errors": [
-                "" if e.outcome == DeliveryStatus.COMPLETED else (e.error or DEFAULT_FAILURE_ERROR)
+                "" if e.outcome == DeliveryStatus.COMPLETED else (e.error or DEFAULT_FAILURE_ERROR)[:2000]
                 for e in results
             ],
             "completed": DeliveryStatus.COMPLETED,

@@ -28,6 +28,7 @@ from homepot.errors import Conflict
 from jobs_app.choices import (
     DELIVERY_FAILED,
     DELIVERY_IN_FLIGHT,
+    DELIVERY_NOT_TAKEN,
     DELIVERY_UNFINISHED,
     JOB_ACTIVE_STATUSES,
     JOB_RUNNING_STATUSES,
@@ -418,7 +419,7 @@ def _deliveries_cancel(job_id: int, now) -> tuple[int, list[tuple[int, str, str]
             "SELECT count(*), coalesce(json_agg(json_build_array(m.id, d.device_id, d.push_channel)) "
             "FILTER (WHERE m.sent_at IS NOT NULL AND d.push_channel <> 'poll'), '[]') "
             f"FROM moved m JOIN {Device._meta.db_table} d ON d.id = m.device_id",
-            [DeliveryStatus.CANCELLED, now, job_id, [DeliveryStatus.PENDING, DeliveryStatus.SENT]],
+            [DeliveryStatus.CANCELLED, now, job_id, list(DELIVERY_NOT_TAKEN)],
         )
         dropped, told = cursor.fetchone()
     if isinstance(told, str):
@@ -455,10 +456,6 @@ def _notify_cancelled(job: Job, told: list[tuple[int, str, str]]) -> None:
     transaction.on_commit(send)
 
 
-# Deliveries an operator may still cancel one by one: the device has not taken the work.
-DELIVERY_CANCELLABLE = (DeliveryStatus.PENDING, DeliveryStatus.SENT)
-
-
 @transaction.atomic
 def delivery_cancel(*, actor, delivery: Delivery) -> Delivery:
     """Cancel one device's copy of a job: pending|sent → cancelled (`failed_at` set), in one
@@ -486,7 +483,7 @@ def delivery_cancel(*, actor, delivery: Delivery) -> Delivery:
         require_site_access(actor, delivery.site, "view")
     if delivery.status == DeliveryStatus.CANCELLED:
         return delivery
-    if delivery.status not in DELIVERY_CANCELLABLE:
+    if delivery.status not in DELIVERY_NOT_TAKEN:
         why = (
             "the device has already taken the work"
             if delivery.status == DeliveryStatus.ACKNOWLEDGED
@@ -499,7 +496,7 @@ def delivery_cancel(*, actor, delivery: Delivery) -> Delivery:
         )
     old_status = delivery.status
     now = timezone.now()
-    Delivery.objects.filter(pk=delivery.pk, status__in=DELIVERY_CANCELLABLE).update(
+    Delivery.objects.filter(pk=delivery.pk, status__in=DELIVERY_NOT_TAKEN).update(
         status=DeliveryStatus.CANCELLED, failed_at=now
     )
     delivery.status, delivery.failed_at = DeliveryStatus.CANCELLED, now
@@ -796,14 +793,12 @@ def _device_delivery(device: Device, delivery_id) -> Delivery:
 
 def delivery_acknowledge(*, device: Device, delivery_id) -> Delivery:
     """The device has the work: pending|sent → acknowledged. A repeat, or an ack arriving
-    after the outcome, changes nothing. Unknown or foreign delivery: Http404."""
+    after the outcome, changes nothing. Unknown or foreign delivery: Http404. The transition
+    is the one the MQTT bridge applies in bulk (jobs_app.events)."""
+    from jobs_app import events
+
     delivery = _device_delivery(device, delivery_id)
-    now = timezone.now()
-    moved = Delivery.objects.filter(
-        pk=delivery.pk, status__in=(DeliveryStatus.PENDING, DeliveryStatus.SENT)
-    ).update(status=DeliveryStatus.ACKNOWLEDGED, acknowledged_at=now, sent_at=Coalesce("sent_at", now))
-    if moved:
-        job_rollup(delivery.job_id)
+    events.deliveries_apply_events([events.DeviceEvent(device.device_id, delivery.pk, events.ACK)])
     delivery.refresh_from_db()
     return delivery
 
@@ -811,28 +806,16 @@ def delivery_acknowledge(*, device: Device, delivery_id) -> Delivery:
 def delivery_report(*, device: Device, delivery_id, outcome: str, details=None, error: str = "") -> Delivery:
     """The device's outcome: `completed`, or `failed` with an error. Accepted from pending,
     sent, acknowledged (an ack may be lost) and timed_out (a late answer is still the
-    truth); a repeat or a report on a finished delivery changes nothing."""
+    truth); a repeat or a report on a finished delivery changes nothing. The transition is
+    the one the MQTT bridge applies in bulk (jobs_app.events)."""
+    from jobs_app import events
+
     if outcome not in (DeliveryStatus.COMPLETED, DeliveryStatus.FAILED):
         raise ValidationError({"status": "Report completed or failed."})
     delivery = _device_delivery(device, delivery_id)
-    now = timezone.now()
-    values = {
-        "status": outcome,
-        "result": details,
-        "sent_at": Coalesce("sent_at", now),
-        "acknowledged_at": Coalesce("acknowledged_at", now),
-    }
-    if outcome == DeliveryStatus.COMPLETED:
-        values.update(completed_at=now, failed_at=None, last_error="")
-    else:
-        values.update(failed_at=now, last_error=(error or "The device reported a failure.")[:2000])
-    moved = Delivery.objects.filter(
-        pk=delivery.pk, status__in=(*DELIVERY_UNFINISHED, DeliveryStatus.TIMED_OUT)
-    ).update(**values)
-    if moved:
-        if outcome == DeliveryStatus.FAILED:
-            job_check_failure_threshold(delivery.job_id)
-        job_rollup(delivery.job_id)
+    events.deliveries_apply_events(
+        [events.DeviceEvent(device.device_id, delivery.pk, events.RESULT, outcome, details, error)]
+    )
     delivery.refresh_from_db()
     return delivery
 
