@@ -26,7 +26,6 @@ Settings (read on every call, so tests and operators can change them):
 - HOMEPOT_ACCOUNTS_THROTTLE_FAIL_OPEN (default True).
 """
 
-import functools
 import hashlib
 import logging
 import math
@@ -39,6 +38,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework import exceptions, status
 
+from homepot.redis_clients import redis_client
 from homepot.request_context import client_ip
 
 logger = logging.getLogger(__name__)
@@ -79,12 +79,6 @@ class ThrottleUnavailable(exceptions.APIException):
     default_code = "throttle_unavailable"
 
 
-@functools.lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    # Short timeouts: a hung Redis must not hold a login request (and a worker) for long.
-    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-
-
 def _setting(name: str):
     # Defaults live in homepot/settings.py, the one place they are written.
     return getattr(settings, f"HOMEPOT_ACCOUNTS_{name}")
@@ -114,7 +108,7 @@ def hit(counters: Iterable[tuple[str, str, Rate | None]]) -> int | None:
     if not counters:
         return None
     try:
-        pipe = _client(settings.REDIS_URL).pipeline(transaction=True)
+        pipe = redis_client(settings.REDIS_URL, timeout=0.5).pipeline(transaction=True)
         for scope, identity, rate in counters:
             key = _key(scope, identity)
             pipe.set(key, 0, px=rate.window_ms, nx=True)

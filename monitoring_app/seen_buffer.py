@@ -23,6 +23,8 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 
+from homepot.redis_clients import redis_client
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 10
@@ -31,17 +33,7 @@ _down_until = 0.0  # monotonic time before which this process does not try Redis
 
 
 def _client() -> redis.Redis:
-    return _redis(settings.REDIS_URL)
-
-
-_clients: dict[str, redis.Redis] = {}
-
-
-def _redis(url: str) -> redis.Redis:
-    # Short timeouts: a hung Redis must not hold a heartbeat (and a worker) for long.
-    if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.3)
-    return _clients[url]
+    return redis_client(settings.REDIS_URL, timeout=0.3)  # a heartbeat waits no longer
 
 
 def _key() -> str:

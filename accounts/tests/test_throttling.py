@@ -10,6 +10,7 @@ from django.conf import settings as django_settings
 from accounts import throttling
 from accounts.models import ApiToken, User
 from accounts.tests.factories import UserFactory
+from homepot import redis_clients
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 
@@ -127,9 +128,9 @@ def test_the_counter_is_shared_by_every_worker(api_client, rates, isolated_throt
     rates(login_rate_per_ip="2/min", login_rate_per_account="")
     login(api_client, "ann")
     # A second worker process has its own Redis connection: drop ours to play one.
-    throttling._client.cache_clear()
+    redis_clients.redis_client.cache_clear()
     login(api_client, "ann")
-    throttling._client.cache_clear()
+    redis_clients.redis_client.cache_clear()
 
     assert_throttled(login(api_client, "ann"), max_wait=60)
     [key] = redis_client().keys(isolated_throttle + "*")
