@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from devices_app.models import Device
 from monitoring_app.models import FleetSnapshot
-from sites_app.selectors import health_counts
+from sites_app.selectors import health_counts_per_site
 
 SNAPSHOT_MINUTES = 15
 # Kept a little longer than the longest chart (7 days); retention removes older rows.
@@ -35,7 +35,7 @@ def fleet_snapshot_take(*, now: datetime.datetime | None = None) -> int:
     bucket = bucket_start(now or timezone.now())
     if FleetSnapshot.objects.filter(bucket_at=bucket).exists():
         return 0  # already taken this bucket: skip the GROUP BY over every device
-    per_site = Device.objects.order_by().values("site_id").annotate(**health_counts())
+    per_site = health_counts_per_site(Device.objects.all())
     select_sql, params = per_site.query.sql_with_params()
     columns = ", ".join(COUNTS)
     sources = ", ".join(f"c.health_{name}" for name in COUNTS)

@@ -25,10 +25,7 @@ def attach_health(sites: list[Site]) -> list[Site]:
 
     counted = {
         row.pop("site_id"): row
-        for row in Device.objects.filter(site_id__in=[site.pk for site in sites])
-        .order_by()
-        .values("site_id")
-        .annotate(**health_counts())
+        for row in health_counts_per_site(Device.objects.filter(site_id__in=[site.pk for site in sites]))
     }
     none = dict.fromkeys(health_counts(), 0)
     for site in sites:
@@ -46,30 +43,25 @@ _NOT_MONITORED = (DeviceStatus.MAINTENANCE, DeviceStatus.UNKNOWN)
 _BAD_HEALTH = (HealthStatus.DEGRADED, HealthStatus.UNHEALTHY)
 
 
-def health_counts(prefix: str = "") -> dict:
-    """Aggregates over devices (reached through `prefix`, e.g. "devices__") that one
-    GROUP BY computes: total, online, offline, maintenance, and the health of online
-    devices (an online device without a report yet counts as healthy)."""
-
-    def on(**lookups):
-        return Q(**{f"{prefix}{name}": value for name, value in lookups.items()})
-
-    online = on(status=DeviceStatus.ONLINE)
-    pk = f"{prefix}pk" if prefix else "pk"
+def health_counts() -> dict:
+    """Aggregates over devices that one GROUP BY computes: total, online, offline,
+    maintenance, and the health of online devices (an online device without a report yet
+    counts as healthy)."""
+    online = Q(status=DeviceStatus.ONLINE)
     return {
-        "health_total": Count(pk),
-        "health_online": Count(pk, filter=online),
-        "health_offline": Count(pk, filter=~on(status__in=[*_NOT_MONITORED, DeviceStatus.ONLINE])),
-        "health_maintenance": Count(pk, filter=on(status=DeviceStatus.MAINTENANCE)),
-        "health_healthy": Count(pk, filter=online & ~on(health_status__in=_BAD_HEALTH)),
-        "health_degraded": Count(pk, filter=online & on(health_status=HealthStatus.DEGRADED)),
-        "health_unhealthy": Count(pk, filter=online & on(health_status=HealthStatus.UNHEALTHY)),
+        "health_total": Count("pk"),
+        "health_online": Count("pk", filter=online),
+        "health_offline": Count("pk", filter=~Q(status__in=[*_NOT_MONITORED, DeviceStatus.ONLINE])),
+        "health_maintenance": Count("pk", filter=Q(status=DeviceStatus.MAINTENANCE)),
+        "health_healthy": Count("pk", filter=online & ~Q(health_status__in=_BAD_HEALTH)),
+        "health_degraded": Count("pk", filter=online & Q(health_status=HealthStatus.DEGRADED)),
+        "health_unhealthy": Count("pk", filter=online & Q(health_status=HealthStatus.UNHEALTHY)),
     }
 
 
-def with_health(queryset: QuerySet[Site]) -> QuerySet[Site]:
-    """Sites annotated with their health counts, in the same single query."""
-    return queryset.annotate(**health_counts("devices__"))
+def health_counts_per_site(devices: QuerySet) -> QuerySet:
+    """One row per site of `devices`: its `site_id` and the health_counts, from ONE GROUP BY."""
+    return devices.order_by().values("site_id").annotate(**health_counts())
 
 
 def health_summary(counts: dict) -> dict:

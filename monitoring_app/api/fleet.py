@@ -13,7 +13,7 @@ from monitoring_app.models import Alert
 from monitoring_app.selectors import device_timeline, site_timeline
 from sites_app.api.serializers import HealthSummarySerializer
 from sites_app.models import Site
-from sites_app.selectors import health_counts, health_summary
+from sites_app.selectors import health_counts, health_counts_per_site, health_summary
 
 TROUBLED_SITES = 10
 
@@ -58,7 +58,7 @@ def fleet_summary(*, user) -> dict:
     totals are the sums), the names of the worst sites, the number of sites, and the open
     alerts. The query count does not grow with the fleet; Python handles one row per site."""
     names = list(health_counts())
-    per_site = list(Device.objects.for_user(user).order_by().values("site_id").annotate(**health_counts()))
+    per_site = list(health_counts_per_site(Device.objects.for_user(user)))
     totals = {name: sum(row[name] for row in per_site) for name in names}
     summaries = [(row["site_id"], health_summary(row)) for row in per_site]
     troubled = sorted(
