@@ -146,15 +146,17 @@ def _touch_device(
         return row[0] if row else None
 
 
+def _stays_as_it_is(device) -> bool:
+    """Whether a report leaves the device's status alone: it is online, or an operator's
+    maintenance window keeps it."""
+    return device.status in (DeviceStatus.ONLINE, *_KEPT_ON_REPORT)
+
+
 def _row_is_current(device, now: datetime.datetime) -> bool:
-    """Whether a heartbeat would change nothing on `device` as just loaded: online (or in
-    maintenance) and seen within the touch window."""
+    """Whether a heartbeat would change nothing on `device` as just loaded: its status stays
+    and it was seen within the touch window."""
     stale_before = now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_TOUCH_SECONDS)
-    return (
-        device.status in (DeviceStatus.ONLINE, *_KEPT_ON_REPORT)
-        and device.last_seen is not None
-        and device.last_seen >= stale_before
-    )
+    return _stays_as_it_is(device) and device.last_seen is not None and device.last_seen >= stale_before
 
 
 def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) -> str:
@@ -171,9 +173,7 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     now = timezone.now()
     if _row_is_current(device, now):
         return device.status
-    if device.status in (DeviceStatus.ONLINE, *_KEPT_ON_REPORT) and seen_buffer.note_seen(
-        device.pk, now, reported_at
-    ):
+    if _stays_as_it_is(device) and seen_buffer.note_seen(device.pk, now, reported_at):
         return device.status  # only last_seen moves: it reaches the row with the next flush
     with transaction.atomic():
         written = _touch_device(device_id=device.pk, now=now, reported_at=reported_at)
