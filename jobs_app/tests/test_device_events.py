@@ -255,3 +255,17 @@ def test_an_event_the_database_refuses_is_dropped_and_the_rest_of_its_batch_appl
     assert counts.get("acknowledged") == 1 and bridge.stats["ignored"] == 1
     assert Delivery.objects.get(pk=first.pk).status == DeliveryStatus.SENT
     assert Delivery.objects.get(pk=second.pk).status == DeliveryStatus.ACKNOWLEDGED
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--batch=0", "--batch must be at least 1"),
+        ("--in-flight=70000", "--in-flight is between 1 and 65535"),
+    ],
+)
+def test_the_bridge_refuses_bad_options_before_it_connects(option, message):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match=message):
+        call_command("mqtt_bridge", option, "--duration=0.1")
