@@ -38,6 +38,7 @@ from devices_app.tests.factories import DeviceFactory
 from jobs_app import dispatch
 from jobs_app import services as job_services
 from jobs_app.channels import get_channel
+from jobs_app.channels.mqtt import connect
 from jobs_app.choices import JobStatus
 from jobs_app.models import Delivery, Job
 from jobs_app.tests.test_worker import wait_for
@@ -439,3 +440,57 @@ def test_with_logins_off_credentials_never_contact_a_broker(settings, admin_user
     _, secret = device_credential_issue(actor=admin_user, device=device)
     assert device_credential_revoke(actor=admin_user, device=device) == 1
     device_delete(actor=admin_user, device=device)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simulated_terminals_log_in_with_their_own_credentials(broker, admin_user):
+    site = SiteFactory()
+    device = DeviceFactory(device_id=f"mqtt-{uuid.uuid4().hex[:12]}", push_channel="mqtt", site=site)
+    job = job_services.job_create(actor=admin_user, site=site, action="update_config")
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    out = io.StringIO()
+    threads = [
+        threading.Thread(
+            target=call_command,
+            args=(
+                "mqtt_bridge",
+                "--duration=6",
+                f"--group={name}",
+                f"--client-id={name}",
+                "--session-seconds=0",
+            ),
+            daemon=True,
+        ),
+        threading.Thread(
+            target=call_command,
+            args=("simulate_fleet", "--channel=mqtt", "--devices=1", "--work-seconds=0", "--duration=6"),
+            kwargs={"site": site.site_id, "stdout": out},
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    # The simulator issues the terminal's credential, which creates its login.
+    wait_for(lambda: DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).exists())
+
+    job_services.deliveries_materialise(job.pk)
+    delivery = Delivery.objects.get(job=job)
+    publisher = connect()  # as the bridge, like the push channel
+    command = json.dumps(
+        {"delivery_id": delivery.pk, "job_id": job.pk, "action": "update_config", "payload": {}}
+    )
+
+    def answered():
+        # The first push may precede the terminal's subscription; a repeat is harmless.
+        publisher.publish(commands_of(device), command, qos=1)
+        time.sleep(0.3)
+        return Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+    try:
+        wait_for(answered)
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+        for thread in threads:
+            thread.join(timeout=15)
+    assert json.loads(out.getvalue().strip().splitlines()[-1])["completed"] >= 1
