@@ -494,3 +494,14 @@ def test_simulated_terminals_log_in_with_their_own_credentials(broker, admin_use
         for thread in threads:
             thread.join(timeout=15)
     assert json.loads(out.getvalue().strip().splitlines()[-1])["completed"] >= 1
+
+
+@pytest.mark.django_db
+def test_the_api_answers_503_when_a_rotation_cannot_reach_the_broker(broker, settings, admin_api, admin_user):
+    device, _ = device_with_login(admin_user)
+    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()
+
+    response = admin_api.post(f"/devices/{device.device_id}/credential")
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "broker_unavailable"
