@@ -8,6 +8,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.scoping import require_site_access
+from devices_app import mqtt_auth
 from devices_app.models import Device, DeviceCredential
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, snapshot, update_audited
@@ -30,7 +31,7 @@ AUDITED_FIELDS = (
 @transaction.atomic
 def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> Device:
     """Register a device at `site` (the actor must be allowed to change that site) and
-    issue its credential.
+    issue its credential (and its broker login, as device_credential_issue does).
 
     The credential's secret is returned once, on the instance, as `device.issued_secret`.
     Audited as device.created. Raises ValidationError for bad or duplicate values.
@@ -40,6 +41,8 @@ def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> 
     device.full_clean()
     device.save()
     credential, device.issued_secret = _new_credential(actor=actor, device=device)
+    # Before the audit row: the broker call must not hold the audit chain's lock.
+    mqtt_auth.device_login_set(device_id=device.device_id, password=device.issued_secret)
     audit_record(
         event_type=AuditEvent.DEVICE_CREATED,
         actor=actor,
@@ -77,8 +80,10 @@ def device_update(*, actor, device: Device, **fields) -> Device:
 
 @transaction.atomic
 def device_delete(*, actor, device: Device) -> None:
-    """Delete a device and its health history; audited as device.deleted (history kept)."""
+    """Delete a device and its health history; audited as device.deleted (history kept).
+    Its broker login goes after commit, as on revocation."""
     require_site_access(actor, device.site, "change")
+    mqtt_auth.device_login_remove_later(device_id=device.device_id)
     audit_record(
         event_type=AuditEvent.DEVICE_DELETED,
         actor=actor,
@@ -96,11 +101,17 @@ CREDENTIAL_USE_RESOLUTION = datetime.timedelta(minutes=15)
 @transaction.atomic
 def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential, str]:
     """Issue a new credential for `device`, revoking any it had, and return it with its
-    secret (shown only now). Audited as device.credential_issued. Each call rotates."""
+    secret (shown only now). Audited as device.credential_issued. Each call rotates.
+
+    With HOMEPOT_MQTT_AUTH on, the broker login is replaced before commit (the old secret
+    and any session of it stop working on MQTT); BrokerUnavailable (503) if it cannot be."""
     require_site_access(actor, device.site, "change")
     Device.objects.select_for_update().filter(pk=device.pk).first()  # one rotation at a time
     revoked = _revoke_active(device)
     credential, raw_key = _new_credential(actor=actor, device=device)
+    # With the row lock held and before the audit chain's lock: rotations reach the broker
+    # in commit order, and an unreachable broker refuses the rotation (BrokerUnavailable).
+    mqtt_auth.device_login_set(device_id=device.device_id, password=raw_key)
     audit_record(
         event_type=AuditEvent.DEVICE_CREDENTIAL_ISSUED,
         actor=actor,
@@ -115,9 +126,14 @@ def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential,
 @transaction.atomic
 def device_credential_revoke(*, actor, device: Device) -> int:
     """Revoke the device's credential, so it can no longer authenticate until a new one is
-    issued. Returns how many were revoked (0 on a repeat, which records nothing)."""
+    issued. Returns how many were revoked (0 on a repeat, which records nothing).
+
+    With HOMEPOT_MQTT_AUTH on, the device's broker login is removed after commit (and its
+    open session dropped); a broker that is away does not hold up the revocation, a task
+    retries (devices_app.mqtt_auth)."""
     require_site_access(actor, device.site, "change")
     revoked = _revoke_active(device)
+    mqtt_auth.device_login_remove_later(device_id=device.device_id)
     if revoked:
         audit_record(
             event_type=AuditEvent.DEVICE_CREDENTIAL_REVOKED,

@@ -241,6 +241,22 @@ HOMEPOT_JOBS_MQTT_PORT = env.int("HOMEPOT_JOBS_MQTT_PORT", default=1883)
 HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = env.float(
     "HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS", default=10.0
 )
+# Broker logins (devices_app.mqtt_auth, docs/operations.md "MQTT broker authentication"):
+# off by default, for a development broker that lets anyone in. On: each device logs in as
+# its device_id with its credential and may use only its own topics (Mosquitto's dynamic
+# security plugin, managed as HOMEPOT_MQTT_ADMIN_*); the bridge and the push channel log in
+# as HOMEPOT_MQTT_BRIDGE_*. Both passwords have no default.
+HOMEPOT_MQTT_AUTH = env.bool("HOMEPOT_MQTT_AUTH", default=False)
+HOMEPOT_MQTT_ADMIN_USERNAME = env.str("HOMEPOT_MQTT_ADMIN_USERNAME", default="homepot-admin")
+HOMEPOT_MQTT_ADMIN_PASSWORD = env.str("HOMEPOT_MQTT_ADMIN_PASSWORD", default="")
+HOMEPOT_MQTT_BRIDGE_USERNAME = env.str("HOMEPOT_MQTT_BRIDGE_USERNAME", default="homepot-bridge")
+HOMEPOT_MQTT_BRIDGE_PASSWORD = env.str("HOMEPOT_MQTT_BRIDGE_PASSWORD", default="")
+# How long a command to the broker's dynamic security plugin may wait for its answer.
+HOMEPOT_MQTT_ADMIN_TIMEOUT_SECONDS = env.float("HOMEPOT_MQTT_ADMIN_TIMEOUT_SECONDS", default=10.0)
+if HOMEPOT_MQTT_AUTH and not (HOMEPOT_MQTT_ADMIN_PASSWORD and HOMEPOT_MQTT_BRIDGE_PASSWORD):
+    raise ImproperlyConfigured(
+        "HOMEPOT_MQTT_AUTH is on: set HOMEPOT_MQTT_ADMIN_PASSWORD and HOMEPOT_MQTT_BRIDGE_PASSWORD."
+    )
 # Jobs, deliveries and devices each have a `status`: name their OpenAPI enums apart.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {

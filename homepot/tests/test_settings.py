@@ -301,10 +301,29 @@ def test_docker_compose_accepts_the_file_and_insists_on_a_secret_key():
             check=False,
         )
 
-    assert config(SECRET_KEY="k").returncode == 0
-    refused = config()
+    broker = {"MQTT_ADMIN_PASSWORD": "a", "MQTT_BRIDGE_PASSWORD": "b"}
+    assert config(SECRET_KEY="k", **broker).returncode == 0
+    refused = config(**broker)
     assert refused.returncode != 0
     assert "Set SECRET_KEY" in refused.stderr
+    refused = config(SECRET_KEY="k", MQTT_BRIDGE_PASSWORD="b")
+    assert refused.returncode != 0
+    assert "Set MQTT_ADMIN_PASSWORD" in refused.stderr
+
+
+def test_compose_broker_refuses_anonymous_clients_and_homepot_manages_its_logins(compose):
+    services = compose["services"]
+    env = services["web"]["environment"]
+    assert env["HOMEPOT_MQTT_AUTH"] == "true"
+    assert env["HOMEPOT_MQTT_ADMIN_PASSWORD"].startswith("${MQTT_ADMIN_PASSWORD:?")
+    assert env["HOMEPOT_MQTT_BRIDGE_PASSWORD"].startswith("${MQTT_BRIDGE_PASSWORD:?")
+    mounts = services["mqtt"]["volumes"]
+    assert "./deploy/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in mounts
+    conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    assert "allow_anonymous false" in conf
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so" in conf
+    assert services["mqtt-auth"]["command"] == ["python", "manage.py", "mqtt_sync_auth"]
+    assert services["bridge"]["depends_on"]["mqtt-auth"]["condition"] == "service_completed_successfully"
 
 
 def test_dockerfile_installs_the_pinned_requirements_and_collects_static_files():

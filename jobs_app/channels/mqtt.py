@@ -30,8 +30,14 @@ def connect(
     manual_ack: bool = False,
     on_message=None,
     on_connect=None,
+    username: str | None = None,
+    password: str | None = None,
 ):
     """A connected paho client (MQTT 5) with its network loop running, or PushError.
+
+    It logs in as `username`/`password` when given (a device: its device_id and credential,
+    with `client_id` its device_id); otherwise, with HOMEPOT_MQTT_AUTH on, as the bridge
+    (HOMEPOT_MQTT_BRIDGE_USERNAME/PASSWORD), and anonymously with it off.
 
     `persistent_seconds` > 0 asks the broker to keep the session (subscriptions and QoS 1
     messages not yet acknowledged) that long after a disconnect, so a restarted bridge
@@ -54,6 +60,10 @@ def connect(
     )
     client.on_message = on_message
     client.on_connect = on_connect
+    if username is None and getattr(settings, "HOMEPOT_MQTT_AUTH", False):
+        username, password = settings.HOMEPOT_MQTT_BRIDGE_USERNAME, settings.HOMEPOT_MQTT_BRIDGE_PASSWORD
+    if username is not None:
+        client.username_pw_set(username, password)
     properties = Properties(PacketTypes.CONNECT)
     if persistent_seconds:
         properties.SessionExpiryInterval = persistent_seconds

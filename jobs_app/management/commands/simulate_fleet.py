@@ -5,7 +5,9 @@
 a `{"type": "cancel"}` message there makes it drop the delivery instead of reporting it.
 
 Each simulated device gets a fresh credential (issuing one revokes the device's previous
-credential: use it on demo and benchmark fleets, not on real terminals).
+credential: use it on demo and benchmark fleets, not on real terminals). Over MQTT that is
+only needed with broker logins on (HOMEPOT_MQTT_AUTH): each terminal then logs in as itself,
+one connection each; with them off, terminals share connections (--per-connection).
 
     python manage.py simulate_fleet --devices 20 --base-url http://127.0.0.1:8000
 """
@@ -20,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from devices_app.models import Device
@@ -83,7 +86,9 @@ class MqttFleet:
     has its own; sharing keeps thousands of them in one process). Each acknowledges a
     command at once and reports its outcome --work-seconds later, from one scheduler thread."""
 
-    def __init__(self, device_ids, options, stats):
+    def __init__(self, device_ids, options, stats, secrets=None):
+        """`secrets` (device_id -> credential), when the broker wants logins: each terminal
+        then connects as itself (client id and username its device_id), one connection each."""
         from jobs_app.channels.mqtt import connect
 
         self.options, self.stats, self.rng = options, stats, random.Random(0)  # noqa: S311
@@ -95,9 +100,20 @@ class MqttFleet:
         # paho's network loop uses select(), which cannot watch file descriptors past 1,024
         # (three per client): beyond MAX_CONNECTIONS clients, more terminals share each one.
         per = max(1, options["per_connection"], math.ceil(len(device_ids) / MAX_CONNECTIONS))
+        if secrets is not None:
+            per = 1
         self.clients = []
         for start in range(0, len(device_ids), per):
-            client = connect(on_message=self.on_message)
+            if secrets is None:
+                client = connect(on_message=self.on_message)
+            else:
+                device_id = device_ids[start]
+                client = connect(
+                    device_id,
+                    on_message=self.on_message,
+                    username=device_id,
+                    password=secrets[device_id],
+                )
             subscribed = threading.Event()
             client.on_subscribe = lambda *args, done=subscribed: done.set()
             client.subscribe([(f"homepot/devices/{d}/commands", 1) for d in device_ids[start : start + per]])
@@ -198,7 +214,16 @@ class Command(BaseCommand):
         stats = {"acknowledged": 0, "completed": 0, "failed": 0, "cancelled": 0, "errors": 0}
         stop = threading.Event()
         if options["channel"] == "mqtt":
-            fleet = MqttFleet([d.device_id for d in devices], options, stats)
+            secrets = None
+            if getattr(settings, "HOMEPOT_MQTT_AUTH", False):
+                # Broker logins on: each terminal logs in with its own credential.
+                if len(devices) > MAX_CONNECTIONS:
+                    raise CommandError(
+                        f"With broker logins on, each MQTT terminal has its own connection: "
+                        f"at most {MAX_CONNECTIONS} per simulator (run several)."
+                    )
+                secrets = {d.device_id: device_credential_issue(actor=None, device=d)[1] for d in devices}
+            fleet = MqttFleet([d.device_id for d in devices], options, stats, secrets)
             self.stdout.write(f"Simulating {len(devices)} MQTT terminals")
             self._run_for(options["duration"])
             fleet.close()
