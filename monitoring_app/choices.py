@@ -39,6 +39,8 @@ class AuditEvent(models.TextChoices):
     ALERT_RESOLVED = "alert.resolved", "Alert resolved"
     ALERT_NOTE_ADDED = "alert.note_added", "Alert note added"
     HEALTH_PRUNED = "health.pruned", "Health history pruned"
+    NOTIFICATION_FAILED = "notification.failed", "Alert notification failed"
+    NOTIFICATION_RETRIED = "notification.retried", "Alert notification retried"
     USER_CREATED = "user.created", "User created"
     USER_UPDATED = "user.updated", "User updated"
     USER_DELETED = "user.deleted", "User deleted"
@@ -78,3 +80,22 @@ class SiteHealthStatus(models.TextChoices):
     HEALTHY = "healthy", "Healthy"
     DEGRADED = "degraded", "Degraded"
     DOWN = "down", "Down"
+
+
+class NotificationChannel(models.TextChoices):
+    EMAIL = "email", "Email to the site's managers"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    RETRYING = "retrying", "Retrying"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+# A notification in one of these is still to be delivered (due once next_attempt_at passed;
+# for `sending`, that is when the sender's claim lapses).
+NOTIFICATION_OPEN = (NotificationStatus.PENDING, NotificationStatus.SENDING, NotificationStatus.RETRYING)
