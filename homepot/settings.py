@@ -277,6 +277,9 @@ HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = env.int("HOMEPOT_MONITORING_ALERT_OFF
 HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS = env.int(
     "HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS", default=600
 )
+# A device in `error` (set by an operator or integration) opens an alert after this long, so
+# a status corrected at once pages nobody.
+HOMEPOT_MONITORING_ALERT_ERROR_SECONDS = env.int("HOMEPOT_MONITORING_ALERT_ERROR_SECONDS", default=60)
 # One site alert instead of one per terminal when this fraction of a site's monitored
 # devices (at least the minimum) is offline.
 HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION = env.float("HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION", default=0.6)

@@ -11,6 +11,10 @@ Rules (settings HOMEPOT_MONITORING_*):
   SITE_OUTAGE_MIN_DEVICES) offline for longer than ALERT_OFFLINE_SECONDS: "the store is
   offline, probably its network". While it is open, no device_offline alert opens there.
   Monitored = not in maintenance and not `unknown` (never heard from).
+- device_error: a device whose status is `error` (set through the device API or admin by an
+  operator or an integration; its own reports keep it there) for longer than
+  ALERT_ERROR_SECONDS; closes when its status is anything else. Not held back by an open
+  site_offline alert: a device in error is a fault of its own, not the store's network.
 """
 
 import datetime
@@ -52,6 +56,9 @@ def _params(now: datetime.datetime) -> dict:
         "offline_cut": now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS),
         "unhealthy_cut": now
         - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS),
+        "error_cut": now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_ERROR_SECONDS),
+        "error": DeviceStatus.ERROR,
+        "k_error": AlertKind.DEVICE_ERROR,
         "refresh_cut": now - LAST_SEEN_REFRESH,
         "fraction": settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION,
         "min_devices": settings.HOMEPOT_MONITORING_SITE_OUTAGE_MIN_DEVICES,
@@ -79,6 +86,12 @@ _RESOLVE_SQL = [
        FROM devices_app_device d
        WHERE a.device_id = d.id AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL
          AND (d.health_status <> %(unhealthy)s OR d.status <> %(online)s)
+       RETURNING a.id""",
+    # Devices out of error (fixed, or in maintenance).
+    """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
+       FROM devices_app_device d
+       WHERE a.device_id = d.id AND a.kind = %(k_error)s AND a.resolved_at IS NULL
+         AND d.status <> %(error)s
        RETURNING a.id""",
     # A site whose offline share fell below the outage fraction.
     """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
@@ -134,6 +147,21 @@ _OPEN_SQL = [
          AND d.health_changed_at <= %(unhealthy_cut)s
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL)
+       ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
+       RETURNING id""",
+    # Devices in error past the threshold (the (status, id) index finds them; a device whose
+    # status changed before changes were stamped counts as in error for long enough).
+    """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
+       SELECT d.site_id, d.id, %(k_error)s, %(warning)s,
+              format('%%s (%%s) in error since %%s.', d.name, d.device_id,
+                     coalesce(to_char(d.connectivity_changed_at AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD HH24:MI "UTC"'), 'an unknown time')),
+              %(now)s, %(now)s
+       FROM devices_app_device d
+       WHERE d.status = %(error)s
+         AND (d.connectivity_changed_at IS NULL OR d.connectivity_changed_at <= %(error_cut)s)
+         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
+                         AND a.kind = %(k_error)s AND a.resolved_at IS NULL)
        ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
        RETURNING id""",
 ]

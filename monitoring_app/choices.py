@@ -59,16 +59,18 @@ class ConnectivityReason(models.TextChoices):
 
     REPORT = "report", "Device reported"
     SWEEP = "sweep", "Silent past its interval"
+    OPERATOR = "operator", "Set by an operator or integration"
 
 
 class AlertKind(models.TextChoices):
     DEVICE_OFFLINE = "device_offline", "Device offline"
     DEVICE_UNHEALTHY = "device_unhealthy", "Device unhealthy"
+    DEVICE_ERROR = "device_error", "Device in error"
     SITE_OFFLINE = "site_offline", "Site offline"
 
 
 # Alerts about one device; a site alert has no device.
-DEVICE_ALERT_KINDS = (AlertKind.DEVICE_OFFLINE, AlertKind.DEVICE_UNHEALTHY)
+DEVICE_ALERT_KINDS = (AlertKind.DEVICE_OFFLINE, AlertKind.DEVICE_UNHEALTHY, AlertKind.DEVICE_ERROR)
 
 
 class AlertSeverity(models.TextChoices):
