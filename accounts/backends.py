@@ -15,6 +15,7 @@ _READ = {
     "jobs_app.view_job",
     "monitoring_app.view_healthcheck",
     "monitoring_app.view_alert",
+    "monitoring_app.view_notification",
     "monitoring_app.view_auditlog",
 }
 

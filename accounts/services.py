@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts import selectors
+from accounts import selectors, throttling
 from accounts.hashers import LegacyBcryptPasswordHasher, is_legacy_bcrypt_hash
 from accounts.models import ApiToken, SiteMembership, User
 from homepot.errors import Conflict, ServiceError
@@ -373,36 +373,77 @@ def _hash_algorithm(encoded: str) -> str | None:
         return None
 
 
-def user_login(
-    *,
-    identifier: str,
-    password: str,
-    token_name: str = "login",  # noqa: S107 (a token's label, not a secret)
-) -> tuple[User, ApiToken, str]:
-    """Check a username-or-email and password and issue a fresh API token (secret returned
-    only now). Inactive users are refused like wrong passwords.
+def _audit_login_failed(identifier: str, *, known_account: bool, door: str, reason: str) -> None:
+    audit_record(
+        event_type=AuditEvent.USER_LOGIN_FAILED,
+        description=f"Failed login for {identifier[:150]!r} ({door}: {reason})",
+        new_values={
+            "identifier": identifier[:150],
+            "known_account": known_account,
+            "door": door,
+            "reason": reason,
+        },
+    )
+
+
+def user_authenticate(*, request, identifier: str, password: str, door: str) -> User:
+    """THE login rule, shared by every door (the API's token login, the admin's login page):
+    count the attempt against the per-address and per-account limits
+    (accounts.throttling.enforce_login: the same Redis counters whichever door is used),
+    then check the username-or-email and password. Inactive users are refused like wrong
+    passwords.
+
+    Raises TooManyAttempts past a limit (the first refused attempt of a window is audited as
+    user.login_failed, reason "locked out"; later ones only logged, so a flood cannot
+    swamp the audit chain's one-at-a-time writer), or InvalidCredentials (audited as
+    user.login_failed: no actor, the attempted name). The caller audits the success, which
+    differs by door. Not atomic on purpose: the failure's audit row stays although the
+    request fails. Every call counts against the limits.
 
     A correct password stored with an outdated hasher (a legacy bcrypt import) is re-hashed
-    in the preferred format by Django during the check. Audited as user.login (naming the
-    token) or as user.login_failed (no actor; names the attempted account) before
-    InvalidCredentials is raised. Not atomic as a whole on purpose: the failure's audit row
-    must stay although the request fails. Each success issues a new token.
+    in the preferred format by Django during the check; `user._rehashed_from` names it.
     """
     identifier = (identifier or "").strip()
+    try:
+        throttling.enforce_login(request, selectors.login_account_key(identifier))
+    except throttling.TooManyAttempts as exc:
+        if exc.lockout_starts:
+            _audit_login_failed(
+                identifier,
+                known_account=selectors.user_for_login(identifier) is not None,
+                door=door,
+                reason="locked out",
+            )
+        raise
     candidate = selectors.user_for_login(identifier)
     previous_algorithm = _hash_algorithm(candidate.password) if candidate is not None else None
     # The backend does the password check, the is_active rule and, for unknown names, a
     # dummy hash so that response times do not reveal which accounts exist.
     user = authenticate(
-        None, username=candidate.get_username() if candidate else identifier, password=password
+        request, username=candidate.get_username() if candidate else identifier, password=password
     )
     if user is None:
-        audit_record(
-            event_type=AuditEvent.USER_LOGIN_FAILED,
-            description=f"Failed login for {identifier[:150]!r}",
-            new_values={"identifier": identifier[:150], "known_account": candidate is not None},
+        _audit_login_failed(
+            identifier, known_account=candidate is not None, door=door, reason="invalid credentials"
         )
         raise InvalidCredentials("Invalid credentials.")
+    rehashed = previous_algorithm and _hash_algorithm(user.password) != previous_algorithm
+    user._rehashed_from = previous_algorithm if rehashed else None
+    return user
+
+
+def user_login(
+    *,
+    request,
+    identifier: str,
+    password: str,
+    token_name: str = "login",  # noqa: S107 (a token's label, not a secret)
+) -> tuple[User, ApiToken, str]:
+    """The API's door: user_authenticate (limits, password, failure audit), then a fresh
+    API token (secret returned only now). Audited as user.login naming the token. Each
+    success issues a new token.
+    """
+    user = user_authenticate(request=request, identifier=identifier, password=password, door="api")
     with transaction.atomic():
         update_last_login(None, user)
         token, raw_key = _token_create(user=user, name=token_name, ttl_days=None)
@@ -410,8 +451,8 @@ def user_login(
             "token": token.key_prefix,
             "expires_at": token.expires_at.isoformat() if token.expires_at else None,
         }
-        if previous_algorithm and _hash_algorithm(user.password) != previous_algorithm:
-            new_values["password_rehashed_from"] = previous_algorithm
+        if user._rehashed_from:
+            new_values["password_rehashed_from"] = user._rehashed_from
         audit_record(
             event_type=AuditEvent.USER_LOGIN,
             actor=user,
@@ -419,6 +460,27 @@ def user_login(
             new_values=new_values,
         )
     return user, token, raw_key
+
+
+def user_session_login_check(*, request, identifier: str, password: str, staff_only: bool) -> User:
+    """The session door (the admin's login page): user_authenticate, then the console's own
+    rule that only staff may sign in there (refused and audited like a wrong password, but
+    with its reason). Audits the success as user.login; the caller starts the session.
+    """
+    user = user_authenticate(request=request, identifier=identifier, password=password, door="admin")
+    if staff_only and not user.is_staff:
+        _audit_login_failed(identifier, known_account=True, door="admin", reason="not staff")
+        raise InvalidCredentials("Invalid credentials.")
+    new_values = {"session": True}
+    if user._rehashed_from:
+        new_values["password_rehashed_from"] = user._rehashed_from
+    audit_record(
+        event_type=AuditEvent.USER_LOGIN,
+        actor=user,
+        description=f"{user.get_username()} signed in to the operator console",
+        new_values=new_values,
+    )
+    return user
 
 
 # --- Site memberships ------------------------------------------------------------------

@@ -104,9 +104,15 @@ def hit(counters: Iterable[tuple[str, str, Rate | None]]) -> int | None:
     Not idempotent: every call counts. Returns None (fail open) or raises ThrottleUnavailable
     (fail closed) when Redis cannot be reached.
     """
+    return _hit(counters)[0]
+
+
+def _hit(counters: Iterable[tuple[str, str, Rate | None]]) -> tuple[int | None, bool]:
+    """hit(), and also whether this attempt is the first one a counter refuses in its
+    window (the moment a lockout starts: audited once, not once per refused attempt)."""
     counters = [(scope, identity, rate) for scope, identity, rate in counters if rate and identity]
     if not counters:
-        return None
+        return None, False
     try:
         pipe = redis_client(settings.REDIS_URL, timeout=0.5).pipeline(transaction=True)
         for scope, identity, rate in counters:
@@ -118,19 +124,30 @@ def hit(counters: Iterable[tuple[str, str, Rate | None]]) -> int | None:
     except redis.RedisError as exc:
         if _setting("THROTTLE_FAIL_OPEN"):
             logger.warning("Rate limiter unavailable, letting the attempt through unthrottled: %s", exc)
-            return None
+            return None, False
         logger.error("Rate limiter unavailable, refusing the attempt (fail closed): %s", exc)
         raise ThrottleUnavailable() from exc
 
     wait_ms = 0
+    lockout_starts = False
     for index, (_, _, rate) in enumerate(counters):
         count, ttl_ms = replies[3 * index + 1], replies[3 * index + 2]
         if count > rate.limit:
             # A key without a lifetime (-1) cannot come from this code; wait a window anyway.
             wait_ms = max(wait_ms, ttl_ms if ttl_ms > 0 else rate.window_ms)
+            lockout_starts = lockout_starts or count == rate.limit + 1
     if not wait_ms:
-        return None
-    return max(1, math.ceil(wait_ms / 1000))
+        return None, False
+    return max(1, math.ceil(wait_ms / 1000)), lockout_starts
+
+
+class TooManyAttempts(exceptions.Throttled):
+    """Too many login or signup attempts (429 with Retry-After in the API, a form error on the
+    admin's login page). `lockout_starts` is true for the first refused attempt of a window."""
+
+    def __init__(self, *, wait: int, detail: str, lockout_starts: bool):
+        super().__init__(wait=wait, detail=detail)
+        self.lockout_starts = lockout_starts
 
 
 def _enforce(scope: str, request, accounts: Iterable[str], message: str) -> None:
@@ -138,16 +155,17 @@ def _enforce(scope: str, request, accounts: Iterable[str], message: str) -> None
     counters = [(f"{scope}:ip", ip or "", _rate(f"{scope.upper()}_RATE_PER_IP"))]
     account_rate = _rate(f"{scope.upper()}_RATE_PER_ACCOUNT")
     counters += [(f"{scope}:account", account, account_rate) for account in accounts]
-    wait = hit(counters)
+    wait, lockout_starts = _hit(counters)
     if wait is not None:
         logger.warning("%s throttled for %s", scope, ip)
-        raise exceptions.Throttled(wait=wait, detail=message)
+        raise TooManyAttempts(wait=wait, detail=message, lockout_starts=lockout_starts)
 
 
 def enforce_login(request, account_key: str) -> None:
-    """Count a login attempt for the client address and the account; raise Throttled (429
-    with Retry-After) past either limit. `account_key` identifies the account however it was
-    named (see accounts.selectors.login_account_key)."""
+    """Count a login attempt for the client address and the account; raise TooManyAttempts
+    (429 with Retry-After) past either limit. `account_key` identifies the account however it
+    was named (see accounts.selectors.login_account_key). Every login door calls this through
+    accounts.services.user_authenticate, never on its own."""
     _enforce("login", request, [account_key], "Too many login attempts.")
 
 

@@ -10,7 +10,8 @@ from django.utils import timezone
 from accounts.scoping import require_site_access
 from devices_app import mqtt_auth
 from devices_app.models import Device, DeviceCredential
-from monitoring_app.choices import AuditEvent
+from monitoring_app.choices import AuditEvent, ConnectivityReason
+from monitoring_app.models import DeviceStatusChange
 from monitoring_app.services import audit_record, snapshot, update_audited
 from sites_app.models import Site
 
@@ -66,6 +67,7 @@ def device_update(*, actor, device: Device, **fields) -> Device:
     new_site = fields.get("site")
     if new_site is not None and new_site.pk != device.site_id:
         require_site_access(actor, new_site, "change")
+    old_status = device.status
     update_audited(
         device,
         fields,
@@ -75,7 +77,24 @@ def device_update(*, actor, device: Device, **fields) -> Device:
         description=f"Device {device.device_id} updated",
         device=device,
     )
+    if device.status != old_status:
+        _status_set_by_operator(device, old_status)
     return device
+
+
+def _status_set_by_operator(device: Device, old_status: str) -> None:
+    # Stamped like the sweep's and the ingest's transitions: the alert thresholds (a device
+    # in error for longer than ALERT_ERROR_SECONDS) measure from it, and the timeline shows it.
+    now = timezone.now()
+    Device.objects.filter(pk=device.pk).update(connectivity_changed_at=now)
+    device.connectivity_changed_at = now
+    DeviceStatusChange.objects.create(
+        device=device,
+        old_status=old_status,
+        new_status=device.status,
+        reason=ConnectivityReason.OPERATOR,
+        changed_at=now,
+    )
 
 
 @transaction.atomic

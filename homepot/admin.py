@@ -59,6 +59,14 @@ class HomepotAdminSite(admin.AdminSite):
     site_title = "HOMEPOT"
     index_title = "Your chain at a glance"
 
+    @property
+    def login_form(self):
+        # The login page goes through the same limits and audit as the API login (one rule
+        # for every door). Imported late: this module is loaded before the apps' models.
+        from accounts.forms import GuardedAdminLoginForm
+
+        return GuardedAdminLoginForm
+
     def get_app_list(self, request, app_label=None):
         app_list = super().get_app_list(request, app_label)
         rank = {label: i for i, label in enumerate(APP_ORDER)}

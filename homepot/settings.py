@@ -293,6 +293,9 @@ HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = env.int("HOMEPOT_MONITORING_ALERT_OFF
 HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS = env.int(
     "HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS", default=600
 )
+# A device in `error` (set by an operator or integration) opens an alert after this long, so
+# a status corrected at once pages nobody.
+HOMEPOT_MONITORING_ALERT_ERROR_SECONDS = env.int("HOMEPOT_MONITORING_ALERT_ERROR_SECONDS", default=60)
 # One site alert instead of one per terminal when this fraction of a site's monitored
 # devices (at least the minimum) is offline.
 HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION = env.float("HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION", default=0.6)
@@ -302,6 +305,32 @@ HOMEPOT_MONITORING_WEBHOOK_URL = env.str("HOMEPOT_MONITORING_WEBHOOK_URL", defau
 HOMEPOT_MONITORING_WEBHOOK_TIMEOUT_SECONDS = env.float(
     "HOMEPOT_MONITORING_WEBHOOK_TIMEOUT_SECONDS", default=5.0
 )
+# Outgoing mail (alert notifications). A timeout, so a silent mail server cannot hold a
+# worker: a send that times out is retried like any failed one.
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="homepot@localhost")
+# Alert notifications (email, webhook) are delivered at least once: a failed send is tried
+# again after an exponential backoff with jitter (base doubling per attempt, capped), at most
+# MAX_ATTEMPTS times, then the notification is `failed` (visible in the admin, audited).
+HOMEPOT_MONITORING_NOTIFY_MAX_ATTEMPTS = env.int("HOMEPOT_MONITORING_NOTIFY_MAX_ATTEMPTS", default=8)
+HOMEPOT_MONITORING_NOTIFY_BACKOFF_SECONDS = env.float(
+    "HOMEPOT_MONITORING_NOTIFY_BACKOFF_SECONDS", default=30.0
+)
+HOMEPOT_MONITORING_NOTIFY_BACKOFF_MAX_SECONDS = env.float(
+    "HOMEPOT_MONITORING_NOTIFY_BACKOFF_MAX_SECONDS", default=3600.0
+)
+# A sender's claim on a notification; after it lapses (the worker died mid-send) another
+# sender takes it. Longer than the delivery task's hard time limit.
+HOMEPOT_MONITORING_NOTIFY_LEASE_SECONDS = env.int("HOMEPOT_MONITORING_NOTIFY_LEASE_SECONDS", default=600)
+# Beat period of the delivery task (it is also enqueued as soon as alerts open), and the
+# most notifications one run sends.
+HOMEPOT_MONITORING_NOTIFY_SECONDS = env.float("HOMEPOT_MONITORING_NOTIFY_SECONDS", default=15.0)
+HOMEPOT_MONITORING_NOTIFY_BATCH = env.int("HOMEPOT_MONITORING_NOTIFY_BATCH", default=100)
 # Health history older than this is pruned, in batches of the given size.
 HOMEPOT_MONITORING_RETENTION_DAYS = env.int("HOMEPOT_MONITORING_RETENTION_DAYS", default=30)
 HOMEPOT_MONITORING_PRUNE_BATCH = env.int("HOMEPOT_MONITORING_PRUNE_BATCH", default=5000)

@@ -22,7 +22,8 @@ from homepot.admin import (
 from jobs_app.models import Job
 from monitoring_app.alerts import alert_acknowledge, alert_resolve
 from monitoring_app.api.fleet import fleet_summary
-from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck
+from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck, Notification
+from monitoring_app.notifications import notification_retry
 from monitoring_app.rollup import HEALTH_SERIES, ONLINE_SERIES, chart, fleet_history
 from monitoring_app.selectors import jobs_in_progress
 from sites_app.models import Site
@@ -128,6 +129,12 @@ class AuditLogAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         return pretty_json(entry.new_values)
 
 
+class AlertSiteListFilter(SiteListFilter):
+    """The site filter for rows that reach their site through an alert."""
+
+    site_path = "alert__site"
+
+
 class AlertNoteInline(admin.TabularInline):
     model = AlertNote
     fields = ("created_at", "author", "text")
@@ -141,6 +148,26 @@ class AlertNoteInline(admin.TabularInline):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("author")
+
+
+class NotificationInline(admin.TabularInline):
+    """How the alert was told, channel by channel (read-only; "retry now" is on the
+    notifications list)."""
+
+    model = Notification
+    fields = ("channel", "status_badge", "attempts", "next_attempt_at", "sent_at", "last_error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="status")
+    def status_badge(self, notification):
+        return status_badge(notification.status, notification.get_status_display())
 
 
 class AlertStateFilter(admin.SimpleListFilter):
@@ -173,7 +200,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     actions = ("acknowledge_alerts", "resolve_alerts")
-    inlines = (AlertNoteInline,)
+    inlines = (NotificationInline, AlertNoteInline)
     fields = (
         "kind",
         "severity",
@@ -272,3 +299,75 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
             }
             for key, window, history in windows
         ]
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+    """Every alert notification and how its delivery went: sent, retrying (when next), failed
+    (with the last error), skipped (why). Read-only; "retry now" calls the audited service."""
+
+    list_display = (
+        "created_at",
+        "alert_link",
+        "site_link",
+        "channel",
+        "status_badge",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "error",
+    )
+    list_filter = ("status", "channel", AlertSiteListFilter, ("created_at", DateFieldListFilter))
+    search_fields = ("alert__message", "alert__site__site_id", "alert__device__device_id", "last_error")
+    ordering = ("-created_at", "-id")
+    list_select_related = ("alert__site",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator
+    actions = ("retry_now",)
+    fields = (
+        "alert_link",
+        "site_link",
+        "channel",
+        "status_badge",
+        "attempts",
+        "created_at",
+        "last_attempt_at",
+        "next_attempt_at",
+        "sent_at",
+        "last_error",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="alert", ordering="alert__opened_at")
+    def alert_link(self, notification):
+        return object_link(notification.alert)
+
+    @admin.display(description="site", ordering="alert__site__site_id")
+    def site_link(self, notification):
+        return object_link(notification.alert.site)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, notification):
+        return status_badge(notification.status, notification.get_status_display())
+
+    @admin.display(description="last error")
+    def error(self, notification):
+        text = notification.last_error
+        return text if len(text) <= 80 else f"{text[:79]}…"
+
+    def has_handle_permission(self, request):
+        # The same right as handling the alert itself (a store manager's).
+        return request.user.has_perm("devices_app.change_device")
+
+    @admin.action(description="Retry now", permissions=["handle"])
+    def retry_now(self, request, queryset):
+        done = 0
+        for notification in queryset.select_related("alert__site", "alert__device"):
+            try:
+                run_service(notification_retry, actor=request.user, notification=notification)
+                done += 1
+            except ServiceRefused as exc:
+                self.message_user(request, f"{notification}: {exc}", messages.ERROR)
+        if done:
+            self.message_user(request, f"{done} notification(s) will be sent again now.", messages.SUCCESS)

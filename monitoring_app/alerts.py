@@ -1,6 +1,6 @@
 """Alerts: opened and closed by the evaluator (set-based SQL over the device rows), handled
-by operators (acknowledge, resolve, note: audited), delivered at most once by email to the
-site's managers and to an optional webhook.
+by operators (acknowledge, resolve, note: audited), told by email to the site's managers and
+to an optional webhook, at least once (monitoring_app.notifications).
 
 Rules (settings HOMEPOT_MONITORING_*):
 - device_offline: a device offline for longer than ALERT_OFFLINE_SECONDS; closes when it is
@@ -11,27 +11,27 @@ Rules (settings HOMEPOT_MONITORING_*):
   SITE_OUTAGE_MIN_DEVICES) offline for longer than ALERT_OFFLINE_SECONDS: "the store is
   offline, probably its network". While it is open, no device_offline alert opens there.
   Monitored = not in maintenance and not `unknown` (never heard from).
+- device_error: a device whose status is `error` (set through the device API or admin by an
+  operator or an integration; its own reports keep it there) for longer than
+  ALERT_ERROR_SECONDS; closes when its status is anything else. Not held back by an open
+  site_offline alert: a device in error is a fault of its own, not the store's network.
 """
 
 import datetime
-import json
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.choices import MembershipRole
 from accounts.scoping import require_site_access
 from devices_app.choices import DeviceStatus
 from homepot.errors import ServiceError
 from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
 from monitoring_app.models import Alert, AlertNote
+from monitoring_app.notifications import notifications_create
 from monitoring_app.services import audit_record
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def _params(now: datetime.datetime) -> dict:
         "offline_cut": now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS),
         "unhealthy_cut": now
         - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_UNHEALTHY_SECONDS),
+        "error_cut": now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_ERROR_SECONDS),
+        "error": DeviceStatus.ERROR,
+        "k_error": AlertKind.DEVICE_ERROR,
         "refresh_cut": now - LAST_SEEN_REFRESH,
         "fraction": settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION,
         "min_devices": settings.HOMEPOT_MONITORING_SITE_OUTAGE_MIN_DEVICES,
@@ -83,6 +86,12 @@ _RESOLVE_SQL = [
        FROM devices_app_device d
        WHERE a.device_id = d.id AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL
          AND (d.health_status <> %(unhealthy)s OR d.status <> %(online)s)
+       RETURNING a.id""",
+    # Devices out of error (fixed, or in maintenance).
+    """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
+       FROM devices_app_device d
+       WHERE a.device_id = d.id AND a.kind = %(k_error)s AND a.resolved_at IS NULL
+         AND d.status <> %(error)s
        RETURNING a.id""",
     # A site whose offline share fell below the outage fraction.
     """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
@@ -140,6 +149,21 @@ _OPEN_SQL = [
                          AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL)
        ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
        RETURNING id""",
+    # Devices in error past the threshold (the (status, id) index finds them; a device whose
+    # status changed before changes were stamped counts as in error for long enough).
+    """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
+       SELECT d.site_id, d.id, %(k_error)s, %(warning)s,
+              format('%%s (%%s) in error since %%s.', d.name, d.device_id,
+                     coalesce(to_char(d.connectivity_changed_at AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD HH24:MI "UTC"'), 'an unknown time')),
+              %(now)s, %(now)s
+       FROM devices_app_device d
+       WHERE d.status = %(error)s
+         AND (d.connectivity_changed_at IS NULL OR d.connectivity_changed_at <= %(error_cut)s)
+         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
+                         AND a.kind = %(k_error)s AND a.resolved_at IS NULL)
+       ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
+       RETURNING id""",
 ]
 
 _REFRESH_SQL = """UPDATE monitoring_app_alert SET last_seen_at = %(now)s
@@ -168,14 +192,16 @@ def _audit_system(alert_ids: list[int], event_type: AuditEvent, verb: str) -> No
 def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult:
     """Close alerts whose condition ended, open alerts for conditions that lasted past their
     threshold, refresh `last_seen_at` of the rest (at most every few minutes). Each opening
-    and automatic resolution is audited (system actor). Enqueues nothing: notification is
-    alerts_notify_pending's job. Safe to repeat: an open alert is never opened twice (the
-    partial unique constraints), a resolved one is not resolved again.
+    and automatic resolution is audited (system actor). Each opened alert gets its pending
+    notifications (one per channel) in the same transaction, so none is lost between the two;
+    sending them is the delivery task's job. Safe to repeat: an open alert is never opened
+    twice (the partial unique constraints), a resolved one is not resolved again.
     """
     params = _params(now or timezone.now())
     with transaction.atomic(), connection.cursor() as cursor:
         resolved = _run(cursor, _RESOLVE_SQL, params)
         opened = _run(cursor, _OPEN_SQL, params)
+        notifications_create(alert_ids=opened, now=params["now"])
         cursor.execute(_REFRESH_SQL, params)
         if len(opened) + len(resolved) >= ANALYZE_AFTER_CHANGES:
             # The anti-joins above plan with the alert table's statistics; after a burst
@@ -184,97 +210,6 @@ def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult
         _audit_system(resolved, AuditEvent.ALERT_RESOLVED, "resolved itself")
         _audit_system(opened, AuditEvent.ALERT_OPENED, "opened")
     return EvaluationResult(opened=opened, resolved=resolved)
-
-
-# --- Notification ------------------------------------------------------------------------
-
-
-def _claim_notification(alert_id: int) -> bool:
-    """Take the right to notify about this alert: a conditional UPDATE only one caller wins."""
-    return bool(
-        Alert.objects.filter(pk=alert_id, notified_at__isnull=True).update(notified_at=timezone.now())
-    )
-
-
-def _manager_emails(alert: Alert) -> list[str]:
-    from accounts.models import SiteMembership
-
-    return sorted(
-        set(
-            SiteMembership.objects.filter(
-                site_id=alert.site_id, role=MembershipRole.MANAGER, user__is_active=True
-            )
-            .exclude(user__email="")
-            .values_list("user__email", flat=True)
-        )
-    )
-
-
-def alert_payload(alert: Alert) -> dict:
-    return {
-        "id": alert.pk,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "message": alert.message,
-        "site": alert.site.site_id,
-        "device": alert.device.device_id if alert.device else None,
-        "opened_at": alert.opened_at.isoformat(),
-        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
-    }
-
-
-def _post_webhook(url: str, payload: dict) -> bool:
-    if not url.startswith(("http://", "https://")):
-        logger.warning("Alert webhook URL %r is not http(s); not called.", url)
-        return False
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": "HOMEPOT-monitoring"},
-        method="POST",
-    )
-    try:
-        timeout = settings.HOMEPOT_MONITORING_WEBHOOK_TIMEOUT_SECONDS
-        with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310
-            return 200 <= reply.status < 300
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        logger.warning("Alert webhook to %s failed: %s", url, exc)
-        return False
-
-
-def alert_notify(*, alert_id: int) -> bool:
-    """Tell the site's managers (email) and the webhook (if configured) about an alert, at
-    most once: the notification is claimed first, so a repeat or a concurrent worker sends
-    nothing; a failed delivery is logged, not retried. Returns whether this call sent it."""
-    if not _claim_notification(alert_id):
-        return False
-    alert = Alert.objects.select_related("site", "device").filter(pk=alert_id).first()
-    if alert is None:
-        return False
-    payload = alert_payload(alert)
-    recipients = _manager_emails(alert)
-    if recipients:
-        send_mail(
-            subject=f"[HOMEPOT] {alert.get_severity_display()}: {alert.get_kind_display()} "
-            f"at {alert.site.name}",
-            message=f"{alert.message}\n\nSite: {alert.site}\nOpened: {alert.opened_at:%Y-%m-%d %H:%M} UTC\n",
-            from_email=None,
-            recipient_list=recipients,
-            fail_silently=True,
-        )
-    if settings.HOMEPOT_MONITORING_WEBHOOK_URL:
-        _post_webhook(settings.HOMEPOT_MONITORING_WEBHOOK_URL, payload)
-    return True
-
-
-def alerts_notify_pending(*, limit: int = 500) -> int:
-    """Notify every open alert not notified yet (oldest first, at most `limit` per call)."""
-    ids = list(
-        Alert.objects.filter(notified_at__isnull=True, resolved_at__isnull=True)
-        .order_by("opened_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
-    return sum(alert_notify(alert_id=alert_id) for alert_id in ids)
 
 
 # --- Operator actions --------------------------------------------------------------------

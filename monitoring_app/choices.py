@@ -39,6 +39,8 @@ class AuditEvent(models.TextChoices):
     ALERT_RESOLVED = "alert.resolved", "Alert resolved"
     ALERT_NOTE_ADDED = "alert.note_added", "Alert note added"
     HEALTH_PRUNED = "health.pruned", "Health history pruned"
+    NOTIFICATION_FAILED = "notification.failed", "Alert notification failed"
+    NOTIFICATION_RETRIED = "notification.retried", "Alert notification retried"
     USER_CREATED = "user.created", "User created"
     USER_UPDATED = "user.updated", "User updated"
     USER_DELETED = "user.deleted", "User deleted"
@@ -57,16 +59,18 @@ class ConnectivityReason(models.TextChoices):
 
     REPORT = "report", "Device reported"
     SWEEP = "sweep", "Silent past its interval"
+    OPERATOR = "operator", "Set by an operator or integration"
 
 
 class AlertKind(models.TextChoices):
     DEVICE_OFFLINE = "device_offline", "Device offline"
     DEVICE_UNHEALTHY = "device_unhealthy", "Device unhealthy"
+    DEVICE_ERROR = "device_error", "Device in error"
     SITE_OFFLINE = "site_offline", "Site offline"
 
 
 # Alerts about one device; a site alert has no device.
-DEVICE_ALERT_KINDS = (AlertKind.DEVICE_OFFLINE, AlertKind.DEVICE_UNHEALTHY)
+DEVICE_ALERT_KINDS = (AlertKind.DEVICE_OFFLINE, AlertKind.DEVICE_UNHEALTHY, AlertKind.DEVICE_ERROR)
 
 
 class AlertSeverity(models.TextChoices):
@@ -78,3 +82,22 @@ class SiteHealthStatus(models.TextChoices):
     HEALTHY = "healthy", "Healthy"
     DEGRADED = "degraded", "Degraded"
     DOWN = "down", "Down"
+
+
+class NotificationChannel(models.TextChoices):
+    EMAIL = "email", "Email to the site's managers"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    RETRYING = "retrying", "Retrying"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+# A notification in one of these is still to be delivered (due once next_attempt_at passed;
+# for `sending`, that is when the sender's claim lapses).
+NOTIFICATION_OPEN = (NotificationStatus.PENDING, NotificationStatus.SENDING, NotificationStatus.RETRYING)

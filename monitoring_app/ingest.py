@@ -22,8 +22,10 @@ from monitoring_app import seen_buffer
 from monitoring_app.choices import ConnectivityReason
 from monitoring_app.models import HealthCheck
 
-# Statuses a report does not override: an operator's maintenance window.
-_KEPT_ON_REPORT = (DeviceStatus.MAINTENANCE,)
+# Statuses a report does not override: an operator's maintenance window, and `error`, which
+# an operator or an integration sets (the payment module is down) and clears: a heartbeat says
+# the device is alive, not that it is fine. Both are set and cleared through the device API.
+_KEPT_ON_REPORT = (DeviceStatus.MAINTENANCE, DeviceStatus.ERROR)
 
 
 @dataclass

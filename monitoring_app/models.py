@@ -7,7 +7,16 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.scoping import ScopedQuerySet
-from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, ConnectivityReason, HealthStatus
+from monitoring_app.choices import (
+    NOTIFICATION_OPEN,
+    AlertKind,
+    AlertSeverity,
+    AuditEvent,
+    ConnectivityReason,
+    HealthStatus,
+    NotificationChannel,
+    NotificationStatus,
+)
 
 
 class HealthCheckQuerySet(ScopedQuerySet):
@@ -241,7 +250,7 @@ class Alert(models.Model):
     resolved_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # Claimed with a conditional UPDATE before sending, so an alert is notified at most once.
+    # When the first of its notifications (monitoring_app.Notification) was delivered.
     notified_at = models.DateTimeField(null=True, blank=True)
 
     objects = AlertQuerySet.as_manager()
@@ -308,6 +317,64 @@ class AlertNote(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+
+class NotificationQuerySet(ScopedQuerySet):
+    scope_path = "alert__site"
+
+
+class Notification(models.Model):
+    """One alert told over one channel (email to the site's managers, or the webhook),
+    delivered at least once: created with the alert, claimed by a sender in the database,
+    marked `sent` only after the send succeeded, else retried with backoff until it is
+    `failed` (monitoring_app.notifications). The admin lists them and can retry one."""
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications")
+    channel = models.CharField(max_length=16, choices=NotificationChannel.choices)
+    status = models.CharField(
+        max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the next attempt is due; while sending, when the sender's claim lapses.",
+    )
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = NotificationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alert", "channel"], name="monitoring_notification_one_per_channel"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(channel__in=NotificationChannel.values),
+                name="monitoring_notification_channel",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=NotificationStatus.values),
+                name="monitoring_notification_status",
+            ),
+        ]
+        indexes = [
+            # The sender's "what is due": only the few rows still to deliver are indexed.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=models.Q(status__in=NOTIFICATION_OPEN),
+                name="monitoring_notif_due",
+            ),
+            models.Index(fields=["status", "-created_at"], name="monitoring_notif_status"),
+            models.Index(fields=["-created_at"], name="monitoring_notif_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} for alert {self.alert_id}: {self.status}"
 
 
 class FleetSnapshotQuerySet(ScopedQuerySet):

@@ -14,6 +14,12 @@ BEAT_SCHEDULE: dict = {
         "schedule": settings.HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS,
         "options": {"expires": settings.HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS},
     },
+    # Retries of failed notifications come due here (new alerts also enqueue it at once).
+    "monitoring-deliver-notifications": {
+        "task": "monitoring_app.tasks.deliver_notifications",
+        "schedule": settings.HOMEPOT_MONITORING_NOTIFY_SECONDS,
+        "options": {"expires": settings.HOMEPOT_MONITORING_NOTIFY_SECONDS},
+    },
     # Nightly, off trading hours for most of the chain.
     "monitoring-prune-health": {
         "task": "monitoring_app.tasks.prune_health_history",

@@ -1,13 +1,15 @@
 """Periodic tasks of the monitoring app (scheduled in monitoring_app/schedule.py).
 
 Thin: each calls the service that holds the rule. Overlapping runs are harmless: the sweep
-locks its state row, alert opening is guarded by unique constraints, notifications are
-claimed by a conditional UPDATE.
+locks its state row, alert opening is guarded by unique constraints, each notification is
+claimed in the database (FOR UPDATE SKIP LOCKED) by one sender at a time.
 """
 
 from celery import shared_task
+from django.db import transaction
 
-from monitoring_app.alerts import alerts_evaluate, alerts_notify_pending
+from monitoring_app.alerts import alerts_evaluate
+from monitoring_app.notifications import notifications_deliver_due
 from monitoring_app.retention import health_history_prune
 from monitoring_app.rollup import fleet_snapshot_take
 from monitoring_app.seen_buffer import flush_seen
@@ -16,21 +18,32 @@ from monitoring_app.sweep import sweep_offline
 
 @shared_task(ignore_result=True, soft_time_limit=120, time_limit=180)
 def monitoring_tick() -> dict:
-    """Mark silent devices offline, then open/close alerts, then notify new alerts, then
-    take the dashboard's snapshot of the counts (once per bucket, after the sweep so it
-    counts the devices as they are now)."""
+    """Mark silent devices offline, then open/close alerts (with their pending
+    notifications), then take the dashboard's snapshot of the counts (once per bucket, after
+    the sweep so it counts the devices as they are now). New alerts enqueue the delivery
+    task at once rather than waiting for its beat; sending is not done here, so a slow mail
+    server never delays the sweep."""
     sweep = sweep_offline()
     evaluation = alerts_evaluate()
-    notified = alerts_notify_pending()
+    if evaluation.opened:
+        transaction.on_commit(deliver_notifications.delay)
     snapshot_rows = fleet_snapshot_take()
     return {
         "marked_offline": sweep.marked_offline,
         "resumed": sweep.resumed,
         "opened": len(evaluation.opened),
         "resolved": len(evaluation.resolved),
-        "notified": notified,
         "snapshot_rows": snapshot_rows,
     }
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def deliver_notifications() -> dict:
+    """Send the due alert notifications (each claimed in the database, marked sent only after
+    the send succeeded, else retried later with backoff: see monitoring_app.notifications).
+    Retries live in the rows, not in Celery, so they survive a worker's restart; several
+    runs at once share the work. Returns the count per outcome."""
+    return notifications_deliver_due().outcomes
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)

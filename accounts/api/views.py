@@ -89,9 +89,9 @@ class LoginView(AccountsView):
         serializer = s.LoginSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         identifier = serializer.validated_data["identifier"]
-        throttling.enforce_login(request, selectors.login_account_key(identifier))
+        # The limits and the failure audit are the service's: the same rule at every door.
         user, token, raw_key = services.user_login(
-            identifier=identifier, password=serializer.validated_data["password"]
+            request=request, identifier=identifier, password=serializer.validated_data["password"]
         )
         return Response(
             {

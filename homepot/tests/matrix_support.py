@@ -22,7 +22,7 @@ from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.tests.factories import JobFactory
-from monitoring_app.models import Alert, AuditLog, HealthCheck
+from monitoring_app.models import Alert, AuditLog, HealthCheck, Notification
 from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory
 from sites_app.models import Site
 from sites_app.tests.factories import SiteFactory
@@ -108,6 +108,8 @@ class World:
     delivery_b: Delivery
     alert_a: Alert
     alert_b: Alert
+    notification_a: Notification | None = None  # how alert_a / alert_b were told
+    notification_b: Notification | None = None
     segment_a: SavedSegment | None = None  # saved job filters (jobs_app), one per store
     segment_b: SavedSegment | None = None
     tokens: dict[str, ApiToken] = field(default_factory=dict)  # actor -> their token row
@@ -162,6 +164,12 @@ def build_world() -> World:
         delivery_b=Delivery.objects.create(job=job_b, device=device_b, site=site_b, status="sent"),
         alert_a=_offline_alert(device_a, "Alpha till offline"),
         alert_b=_offline_alert(device_b, "Zebra till offline"),
+    )
+    world.notification_a = Notification.objects.create(
+        alert=world.alert_a, channel="email", status="failed", attempts=8, last_error="HTTP 500"
+    )
+    world.notification_b = Notification.objects.create(
+        alert=world.alert_b, channel="email", status="failed", attempts=8, last_error="HTTP 500"
     )
     world.segment_a = SavedSegment.objects.create(
         name="Alpha tills", site=site_a, owner=manager, segment={"device_type": ["pos_terminal"]}

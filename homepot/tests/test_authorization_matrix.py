@@ -47,7 +47,7 @@ from homepot.tests.matrix_support import (
     view_of,
 )
 from jobs_app.models import Delivery, Job, SavedSegment
-from monitoring_app.models import Alert, AuditLog, HealthCheck
+from monitoring_app.models import Alert, AuditLog, HealthCheck, Notification
 from sites_app.models import Site
 
 pytestmark = pytest.mark.django_db
@@ -872,6 +872,13 @@ ADMIN = [
         lambda w, a: (w.alert_a, w.alert_b),
         site_path="site",
         pages=(("fleet/", "v"),),  # the fleet dashboard: counts and open alerts of the caller's sites
+    ),
+    # How each alert was told: read-only; "retry now" is an action (the audited service).
+    AdminModel(
+        Notification,
+        perms("v", "v", "v"),
+        lambda w, a: (w.notification_a, w.notification_b),
+        site_path="alert__site",
     ),
     # People, roles and credentials: administrators only. Users are deactivated, not deleted.
     AdminModel(User, perms("", "", "vac"), lambda w, a: (w.viewer, w.manager_b)),

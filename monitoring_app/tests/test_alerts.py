@@ -1,12 +1,9 @@
-"""Alerts: opened and closed by the evaluator, notified once, handled through the API."""
+"""Alerts: opened and closed by the evaluator, handled through the API (notifications:
+test_notifications.py)."""
 
 import datetime
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from django.core import mail
 from django.utils import timezone
 
 from accounts.choices import MembershipRole
@@ -15,7 +12,7 @@ from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import assert_error, token_client
-from monitoring_app.alerts import alert_notify, alerts_evaluate, alerts_notify_pending
+from monitoring_app.alerts import alerts_evaluate
 from monitoring_app.models import Alert, AlertNote, AuditLog
 from sites_app.tests.factories import SiteFactory
 
@@ -152,69 +149,6 @@ def test_a_single_device_site_never_opens_a_site_alert(site):
     offline(site)
     alerts_evaluate()
     assert list(Alert.objects.values_list("kind", flat=True)) == ["device_offline"]
-
-
-# --- Notification -----------------------------------------------------------------------------
-
-
-class _Hook(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):
-        length = int(self.headers["Content-Length"])
-        _Hook.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook(settings):
-    _Hook.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    settings.HOMEPOT_MONITORING_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
-    yield _Hook.received
-    server.shutdown()
-    server.server_close()
-
-
-def test_an_alert_is_mailed_to_the_sites_managers_and_posted_to_the_webhook_once(site, webhook):
-    manager = UserFactory(email="manager@example.com")
-    SiteMembershipFactory(user=manager, site=site, role=MembershipRole.MANAGER)
-    viewer = UserFactory(email="viewer@example.com")
-    SiteMembershipFactory(user=viewer, site=site, role=MembershipRole.VIEWER)
-    stranger = UserFactory(email="stranger@example.com")
-    SiteMembershipFactory(user=stranger, site=SiteFactory(), role=MembershipRole.MANAGER)
-    till = offline(site)
-    online(site)
-    online(site)
-    alerts_evaluate()
-
-    assert alerts_notify_pending() == 1
-    assert alerts_notify_pending() == 0
-    assert alert_notify(alert_id=Alert.objects.get().pk) is False
-
-    assert len(mail.outbox) == 1
-    assert mail.outbox[0].to == ["manager@example.com"]
-    assert till.device_id in mail.outbox[0].body
-    assert len(webhook) == 1
-    assert webhook[0]["kind"] == "device_offline" and webhook[0]["device"] == till.device_id
-    assert Alert.objects.get().notified_at is not None
-
-
-def test_a_failing_webhook_is_not_retried_and_breaks_nothing(site, settings):
-    settings.HOMEPOT_MONITORING_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
-    offline(site)
-    online(site)
-    online(site)
-    alerts_evaluate()
-
-    assert alerts_notify_pending() == 1
-    assert alerts_notify_pending() == 0
 
 
 # --- API ------------------------------------------------------------------------------------

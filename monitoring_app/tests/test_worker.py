@@ -19,7 +19,10 @@ from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
 from homepot.celery import app
 from monitoring_app import tasks
-from monitoring_app.models import DeviceStatusChange, MonitoringState
+from monitoring_app.choices import NotificationStatus
+from monitoring_app.models import DeviceStatusChange, MonitoringState, Notification
+from monitoring_app.tests.peers import WebhookPeer
+from sites_app.tests.factories import SiteFactory
 
 TEST_BROKER = "redis://127.0.0.1:6379/13"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,3 +77,35 @@ def test_the_tick_runs_in_a_worker_and_marks_silent_devices_offline(worker):
     wait_for(lambda: Device.objects.get(pk=silent.pk).status == DeviceStatus.OFFLINE)
     assert Device.objects.get(pk=alive.pk).status == DeviceStatus.ONLINE
     assert DeviceStatusChange.objects.filter(device=silent, reason="sweep").count() == 1
+
+
+def test_a_worker_delivers_a_notification_whose_first_send_failed(worker, settings):
+    """The tick opens the alert and enqueues the delivery; the webhook answers 500, so the
+    notification waits for its retry; once due, the beat's run delivers it."""
+    now = timezone.now()
+    MonitoringState.objects.create(
+        pk=1, last_sweep_at=now - datetime.timedelta(seconds=20), resumed_at=now - datetime.timedelta(days=1)
+    )
+    site = SiteFactory()
+    DeviceFactory(
+        site=site, status=DeviceStatus.OFFLINE, connectivity_changed_at=now - datetime.timedelta(hours=1)
+    )
+    DeviceFactory(site=site, status=DeviceStatus.ONLINE, last_seen=now)
+    DeviceFactory(site=site, status=DeviceStatus.ONLINE, last_seen=now)
+
+    def webhook():
+        return Notification.objects.filter(channel="webhook").first()
+
+    with WebhookPeer(script=[500, 200]) as hook:
+        settings.HOMEPOT_MONITORING_WEBHOOK_URL = hook.url
+        tasks.monitoring_tick.delay()
+        wait_for(lambda: webhook() is not None and webhook().status == NotificationStatus.RETRYING)
+        assert hook.delivered() == []
+
+        Notification.objects.filter(pk=webhook().pk).update(
+            next_attempt_at=timezone.now()
+        )  # its wait is over
+        tasks.deliver_notifications.delay()
+        wait_for(lambda: webhook().status == NotificationStatus.SENT)
+
+    assert webhook().attempts == 2 and len(hook.delivered()) == 1
