@@ -19,11 +19,14 @@ the connection close and rolls back) leaves no claim behind that would have to e
 """
 
 import dataclasses
+import datetime
 import random
 from collections import defaultdict
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from jobs_app import services
 from jobs_app.channels import Outgoing, PushError, get_channel
@@ -39,10 +42,9 @@ _DISPATCH_LOCK_NAMESPACE = 0x484D5054  # "HMPT"
 class PassResult:
     sent: int = 0
     held: int = 0  # left pending by the per-site in-flight limit
-    push_failures: int = 0  # left pending after a failed push (to retry)
+    push_failures: int = 0  # left pending after a failed push (to retry after a backoff)
     failed: int = 0  # out of push attempts
     batches: int = 0
-    max_attempts_seen: int = 0
     busy: bool = False  # stopped: another pass of the job holds its dispatch lock
 
     @property
@@ -63,10 +65,39 @@ def push_backoff(attempt: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+def dispatch_run(job_id: int, *, ticket: str | None = None, follow_up: bool = True) -> PassResult:
+    """What the `dispatch_job` task does: release the job's dispatch ticket if this is the
+    requested pass, walk the job once (dispatch_pass), then ask for the follow-up pass the
+    job needs (work held by the site limit, another pass busy, pushes waiting out their
+    backoff); services.dispatch_request enqueues it only if no pass is pending already.
+    Safe to repeat."""
+    services.dispatch_ticket_release(job_id, ticket)
+    result = dispatch_pass(job_id)
+    if follow_up:
+        at = _follow_up_at(job_id, result)
+        if at is not None:
+            services.dispatch_request(job_id, at=at)
+    return result
+
+
+def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
+    now = timezone.now()
+    soon = now + datetime.timedelta(seconds=getattr(settings, "HOMEPOT_JOBS_REDISPATCH_SECONDS", 5))
+    if result.busy or result.held:
+        return soon
+    first = services.deliveries_next_attempt_at(job_id)
+    if first is None:
+        return None
+    # Work that could go now but this pass did not take (made pending behind its keyset
+    # walk) is looked at soon rather than in a tight loop; work in backoff when it is due.
+    return soon if first <= now else first
+
+
 def dispatch_pass(job_id: int) -> PassResult:
-    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`).
-    Safe to run again or concurrently: a pass that meets another pass of the same job stops
-    (`busy`). Does nothing for a job that is not running."""
+    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`),
+    skipping those waiting out a push backoff. Safe to run again or concurrently: a pass
+    that meets another pass of the same job stops (`busy`). Does nothing for a job that is
+    not running."""
     result = PassResult()
     job = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).first()
     if job is None:
@@ -109,6 +140,7 @@ def _claim_batch(job: Job, last_id: int) -> list[dict]:
     return list(
         Delivery.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
         .order_by("id")
         .values("id", "site_id", "attempts", "deadline", "device__device_id", "device__push_channel")[
             : job.batch_size
@@ -155,11 +187,12 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
         try:
             get_channel(channel_name).push(batch)
         except PushError as exc:
-            retry, failed = services.deliveries_push_failed(ids, f"Push failed: {exc}", max_push_attempts())
+            attempts = max(row["attempts"] for row in channel_rows) + 1
+            retry_at = timezone.now() + datetime.timedelta(seconds=push_backoff(attempts))
+            retry, failed = services.deliveries_push_failed(
+                ids, f"Push failed: {exc}", max_push_attempts(), retry_at
+            )
             result.push_failures += retry
             result.failed += failed
-            result.max_attempts_seen = max(
-                result.max_attempts_seen, *(row["attempts"] + 1 for row in channel_rows)
-            )
             continue
         result.sent += services.deliveries_mark_sent(ids)
