@@ -227,6 +227,9 @@ HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 2.0
 HOMEPOT_JOBS_PUSH_BACKOFF_MAX_SECONDS = 300.0
 # How soon the dispatcher looks again at work held back by the per-site in-flight limit.
 HOMEPOT_JOBS_REDISPATCH_SECONDS = 5.0
+# A requested dispatch pass that has not started this long after its time is taken for lost
+# (its message went with a broker or a worker) and the beat tick requests another.
+HOMEPOT_JOBS_DISPATCH_LOST_SECONDS = 30.0
 # Beat period of: start due scheduled jobs, time out deliveries, finish rollups.
 HOMEPOT_JOBS_TICK_SECONDS = 10.0
 # A failure threshold is judged only once this many devices have answered.

@@ -4,33 +4,48 @@ tests and eager mode, directly.
 
 Who owns a batch is decided by the database: each batch is claimed with
 `SELECT ... FOR UPDATE SKIP LOCKED` inside its own transaction, pushed, and marked `sent`
-with one conditional UPDATE before the transaction commits. Two dispatchers at once take
-different rows; a worker that dies mid-batch rolls back, leaving the batch pending for
-the re-queued task (acks_late). So each delivery is marked sent exactly once; a device may
-be offered the same delivery twice after such a crash and recognises it by its id.
+with one conditional UPDATE before the transaction commits. A worker that dies mid-batch
+rolls back, leaving the batch pending for the next pass. So each delivery is marked sent
+exactly once; a device may be offered the same delivery twice after such a crash and
+recognises it by its id.
+
+One dispatcher per job at a time: each batch transaction first takes the job's
+transaction-scoped advisory lock (`pg_try_advisory_xact_lock`). Counting what a site has
+in flight, choosing what fits and marking it sent all happen under that lock, so two
+passes can never both fill the same free slot of a store. A pass that finds the lock
+taken stops at once without sending anything more (`busy`): the holder is doing the work.
+The lock ends with its transaction, so a worker killed mid-batch (kill -9: the server sees
+the connection close and rolls back) leaves no claim behind that would have to expire.
 """
 
 import dataclasses
+import datetime
 import random
 from collections import defaultdict
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from jobs_app import services
 from jobs_app.channels import Outgoing, PushError, get_channel
 from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus
 from jobs_app.models import Delivery, Job
 
+# The advisory lock's key is (this namespace, job id): PostgreSQL's two-integer key space,
+# apart from the single-number keys of the project's other advisory locks.
+_DISPATCH_LOCK_NAMESPACE = 0x484D5054  # "HMPT"
+
 
 @dataclasses.dataclass
 class PassResult:
     sent: int = 0
     held: int = 0  # left pending by the per-site in-flight limit
-    push_failures: int = 0  # left pending after a failed push (to retry)
+    push_failures: int = 0  # left pending after a failed push (to retry after a backoff)
     failed: int = 0  # out of push attempts
     batches: int = 0
-    max_attempts_seen: int = 0
+    busy: bool = False  # stopped: another pass of the job holds its dispatch lock
 
     @property
     def retry_push(self) -> bool:
@@ -50,9 +65,39 @@ def push_backoff(attempt: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
+def dispatch_run(job_id: int, *, ticket: str | None = None, follow_up: bool = True) -> PassResult:
+    """What the `dispatch_job` task does: release the job's dispatch ticket if this is the
+    requested pass, walk the job once (dispatch_pass), then ask for the follow-up pass the
+    job needs (work held by the site limit, another pass busy, pushes waiting out their
+    backoff); services.dispatch_request enqueues it only if no pass is pending already.
+    Safe to repeat."""
+    services.dispatch_ticket_release(job_id, ticket)
+    result = dispatch_pass(job_id)
+    if follow_up:
+        at = _follow_up_at(job_id, result)
+        if at is not None:
+            services.dispatch_request(job_id, at=at)
+    return result
+
+
+def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
+    now = timezone.now()
+    soon = now + datetime.timedelta(seconds=getattr(settings, "HOMEPOT_JOBS_REDISPATCH_SECONDS", 5))
+    if result.busy or result.held:
+        return soon
+    first = services.deliveries_next_attempt_at(job_id)
+    if first is None:
+        return None
+    # Work that could go now but this pass did not take (made pending behind its keyset
+    # walk) is looked at soon rather than in a tight loop; work in backoff when it is due.
+    return soon if first <= now else first
+
+
 def dispatch_pass(job_id: int) -> PassResult:
-    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`).
-    Safe to run again or concurrently; does nothing for a job that is not running."""
+    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`),
+    skipping those waiting out a push backoff. Safe to run again or concurrently: a pass
+    that meets another pass of the same job stops (`busy`). Does nothing for a job that is
+    not running."""
     result = PassResult()
     job = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).first()
     if job is None:
@@ -62,6 +107,9 @@ def dispatch_pass(job_id: int) -> PassResult:
     last_id = 0
     while True:
         with transaction.atomic():
+            if not _lock_job(job_id):
+                result.busy = True
+                break
             # Pause or cancel between batches stops the rollout here.
             if not Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exists():
                 break
@@ -75,10 +123,24 @@ def dispatch_pass(job_id: int) -> PassResult:
     return result
 
 
+def _lock_job(job_id: int) -> bool:
+    """Take the job's dispatch lock until the current transaction ends, or say it is taken."""
+    if connection.vendor != "postgresql":
+        return True  # the SQLite demo: it lets one writer in at a time anyway
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s::integer, %s::integer)",
+            # Ids past 2**31 wrap: two jobs sharing a key only take turns, which is safe.
+            [_DISPATCH_LOCK_NAMESPACE, job_id & 0x7FFFFFFF],
+        )
+        return cursor.fetchone()[0]
+
+
 def _claim_batch(job: Job, last_id: int) -> list[dict]:
     return list(
         Delivery.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
         .order_by("id")
         .values("id", "site_id", "attempts", "deadline", "device__device_id", "device__push_channel")[
             : job.batch_size
@@ -88,7 +150,8 @@ def _claim_batch(job: Job, last_id: int) -> list[dict]:
 
 def _within_site_limits(job: Job, rows: list[dict], result: PassResult) -> list[dict]:
     """Keep the store selling: never more than `max_in_flight_per_site` devices of a site
-    busy with this job. The rest stay pending for a later pass."""
+    busy with this job. The rest stay pending for a later pass. Correct only under the
+    job's dispatch lock: another pass's sends are committed before it lets go."""
     limit = job.max_in_flight_per_site
     if not limit:
         return rows
@@ -124,11 +187,12 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
         try:
             get_channel(channel_name).push(batch)
         except PushError as exc:
-            retry, failed = services.deliveries_push_failed(ids, f"Push failed: {exc}", max_push_attempts())
+            attempts = max(row["attempts"] for row in channel_rows) + 1
+            retry_at = timezone.now() + datetime.timedelta(seconds=push_backoff(attempts))
+            retry, failed = services.deliveries_push_failed(
+                ids, f"Push failed: {exc}", max_push_attempts(), retry_at
+            )
             result.push_failures += retry
             result.failed += failed
-            result.max_attempts_seen = max(
-                result.max_attempts_seen, *(row["attempts"] + 1 for row in channel_rows)
-            )
             continue
         result.sent += services.deliveries_mark_sent(ids)

@@ -78,6 +78,10 @@ class Job(models.Model):
     )
     status_reason = models.TextField(blank=True, help_text="Why the job is paused or failed.")
     materialised_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the one dispatch pass that is due to run for this job (enqueued, or about to be)
+    # should start; empty: none is. Also the pass's ticket: the message carries this value,
+    # and only the pass holding it clears it (jobs_app.services.dispatch_request).
+    dispatch_due_at = models.DateTimeField(null=True, blank=True, editable=False)
     cloned_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -166,6 +170,8 @@ class Delivery(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
+    # After a failed push: not offered again before this time (the push backoff).
+    next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = DeliveryQuerySet.as_manager()
 

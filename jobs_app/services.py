@@ -17,7 +17,7 @@ import math
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -249,19 +249,65 @@ def segment_delete(*, actor, saved: SavedSegment) -> None:
 
 
 def _enqueue_dispatch(job_id: int) -> None:
-    """Start the dispatcher once the job's transaction has committed (a worker must see the
-    row). A broker that is down is logged, not raised: the beat tick re-enqueues every
-    running job that still has work, so nothing is dropped."""
+    """Start the dispatcher now, once the operator's transaction has committed (a worker
+    must see the row). An operator action wants its effect at once, so this takes the job's
+    dispatch ticket even from a follow-up already due later (that message then runs as a
+    stray once, harmlessly: see dispatch_request)."""
+    dispatch_request(job_id, force=True)
+
+
+def dispatch_request(
+    job_id: int,
+    *,
+    at: datetime.datetime | None = None,
+    sooner: bool = True,
+    force: bool = False,
+) -> bool:
+    """Ask for one dispatch pass of a running job at `at` (now when None); after commit,
+    enqueue `dispatch_job(job_id, ticket)` with a countdown to that time.
+
+    At most one requested pass is pending per job, however many ticks, held passes and
+    push failures ask for one: `Job.dispatch_due_at` holds its time and is claimed by a
+    conditional UPDATE, which succeeds only when no pass is pending, when the pending one
+    is overdue by HOMEPOT_JOBS_DISPATCH_LOST_SECONDS (its message was lost with a broker or
+    a worker), or, with `sooner`, when it is due later than `at`. `force` (operator
+    actions) always takes it. The time is the ticket: the pass that carries it clears it
+    when it starts, any other message for the job (a stray: replaced, redelivered after a
+    crash) runs one pass and can re-queue itself only through this same claim, so no
+    chain of passes grows. Returns whether a pass was enqueued; a repeat is a no-op while
+    the first is pending. A broker that is down is logged, not raised: the claim stays,
+    turns overdue, and the beat tick enqueues again.
+    """
+    now = timezone.now()
+    at = max(at or now, now)
+    claim = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES)
+    if not force:
+        lost = now - datetime.timedelta(seconds=_setting("DISPATCH_LOST_SECONDS", 30))
+        free = Q(dispatch_due_at__isnull=True) | Q(dispatch_due_at__lt=lost)
+        claim = claim.filter(free | Q(dispatch_due_at__gt=at) if sooner else free)
+    if not claim.update(dispatch_due_at=at):
+        return False
 
     def send():
         from jobs_app.tasks import dispatch_job
 
+        delay = (at - timezone.now()).total_seconds()
         try:
-            dispatch_job.delay(job_id)
+            dispatch_job.apply_async((job_id, at.isoformat()), countdown=delay if delay > 0 else None)
         except Exception:  # noqa: BLE001 - any broker failure; the tick retries
             logger.exception("Could not enqueue the dispatcher for job %s; the beat tick will retry", job_id)
 
     transaction.on_commit(send)
+    return True
+
+
+def dispatch_ticket_release(job_id: int, ticket: str | None) -> bool:
+    """The requested pass holding `ticket` has started: no pass is pending any more (so the
+    next request may claim). Any other ticket (a stray message) changes nothing."""
+    if not ticket:
+        return False
+    due = datetime.datetime.fromisoformat(ticket)
+    return bool(Job.objects.filter(pk=job_id, dispatch_due_at=due).update(dispatch_due_at=None))
 
 
 @transaction.atomic
@@ -583,6 +629,7 @@ def job_retry(*, actor, job: Job) -> int:
         sent_at=None,
         acknowledged_at=None,
         attempts=0,
+        next_attempt_at=None,
         deadline=(now + job.ttl) if job.ttl else None,
     )
     if not retried:
@@ -760,21 +807,33 @@ def deliveries_materialise(job_id: int) -> int:
 def deliveries_mark_sent(delivery_ids) -> int:
     """pending → sent for a batch, in one UPDATE. Rows no longer pending are left alone."""
     return Delivery.objects.filter(pk__in=list(delivery_ids), status=DeliveryStatus.PENDING).update(
-        status=DeliveryStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
+        status=DeliveryStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1, next_attempt_at=None
     )
 
 
-def deliveries_push_failed(delivery_ids, error: str, max_attempts: int) -> tuple[int, int]:
-    """Record a failed push attempt for a batch still pending; those out of attempts become
-    `failed` with the error. Returns (will retry, failed)."""
+def deliveries_push_failed(
+    delivery_ids, error: str, max_attempts: int, retry_at: datetime.datetime | None = None
+) -> tuple[int, int]:
+    """Record a failed push attempt for a batch still pending: those out of attempts become
+    `failed` with the error, the others wait until `retry_at` (the dispatcher skips them
+    until then, however often it runs). Returns (will retry, failed)."""
     ids = list(delivery_ids)
     now = timezone.now()
     pending = Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.PENDING)
     failed = pending.filter(attempts__gte=max_attempts - 1).update(
         status=DeliveryStatus.FAILED, attempts=F("attempts") + 1, last_error=error[:2000], failed_at=now
     )
-    retry = pending.update(attempts=F("attempts") + 1, last_error=error[:2000])
+    retry = pending.update(attempts=F("attempts") + 1, last_error=error[:2000], next_attempt_at=retry_at)
     return retry, failed
+
+
+def deliveries_next_attempt_at(job_id: int) -> datetime.datetime | None:
+    """The earliest time one of the job's pending deliveries may be offered (now for one
+    that is not waiting out a push backoff); None when nothing is pending."""
+    now = timezone.now()
+    return Delivery.objects.filter(job_id=job_id, status=DeliveryStatus.PENDING).aggregate(
+        first=Min(Coalesce("next_attempt_at", Value(now)))
+    )["first"]
 
 
 def _device_delivery(device: Device, delivery_id) -> Delivery:

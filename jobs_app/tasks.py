@@ -5,25 +5,21 @@ dies is delivered again, and running it twice changes nothing the first run did.
 """
 
 from celery import shared_task
-from django.conf import settings
 
 from jobs_app import dispatch, services
 from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus
 from jobs_app.models import Delivery, Job
 
 
-@shared_task(bind=True, max_retries=None, acks_late=True)
-def dispatch_job(self, job_id: int) -> dict:
-    """Hand out the job's pending work. Re-runs itself later while work is held back by
-    the per-site limit, and with exponential backoff while pushes fail."""
-    result = dispatch.dispatch_pass(job_id)
-    if self.request.is_eager:
-        return result.__dict__  # no timers in-process: the beat tick carries on
-    if result.retry_push:
-        raise self.retry(countdown=dispatch.push_backoff(result.max_attempts_seen))
-    if result.held:
-        self.apply_async((job_id,), countdown=getattr(settings, "HOMEPOT_JOBS_REDISPATCH_SECONDS", 5))
-    return result.__dict__
+@shared_task(bind=True, acks_late=True)
+def dispatch_job(self, job_id: int, ticket: str | None = None) -> dict:
+    """Hand out the job's pending work (one pass). While work is held back by the per-site
+    limit or waits out a push backoff, the pass asks for one follow-up pass; the job's
+    dispatch ticket (`ticket`, see services.dispatch_request) keeps that to one pending
+    message per job. A message without the ticket (a stray, a redelivery) runs once."""
+    # In-process (eager) there are no timers to wait with: the beat tick carries on.
+    follow_up = not self.request.is_eager
+    return dispatch.dispatch_run(job_id, ticket=ticket, follow_up=follow_up).__dict__
 
 
 @shared_task
@@ -38,15 +34,16 @@ def time_out_deliveries() -> int:
 
 @shared_task
 def finish_rollups() -> int:
-    """Roll up every running job, and re-enqueue the dispatcher for those that still have
-    pending work (the safety net for a dispatcher message lost with a broker)."""
+    """Roll up every running job, and ask for a dispatch pass for those that still have
+    pending work but no pass pending, or one overdue (the safety net for a dispatcher
+    message lost with a broker or a worker). A pass already requested is left alone, so
+    ticks never pile passes up."""
     running = list(Job.objects.filter(status__in=JOB_RUNNING_STATUSES).values_list("pk", "materialised_at"))
     for job_id, materialised_at in running:
         services.job_rollup(job_id)
         has_pending = Delivery.objects.filter(job_id=job_id, status=DeliveryStatus.PENDING).exists()
-        still_running = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exists()
-        if (materialised_at is None or has_pending) and still_running:
-            dispatch_job.delay(job_id)
+        if materialised_at is None or has_pending:
+            services.dispatch_request(job_id, sooner=False)
     return len(running)
 
 

@@ -37,7 +37,9 @@ def test_simulated_terminals_poll_and_answer_over_http(live_server, admin_user, 
 
 
 @pytest.mark.django_db
-def test_jobs_tick_starts_due_jobs_and_times_out_late_deliveries(admin_user, settings):
+def test_jobs_tick_starts_due_jobs_and_times_out_late_deliveries(
+    admin_user, settings, django_capture_on_commit_callbacks
+):
     settings.CELERY_TASK_ALWAYS_EAGER = True  # what run.sh does without Redis
     from homepot.celery import app
 
@@ -58,7 +60,10 @@ def test_jobs_tick_starts_due_jobs_and_times_out_late_deliveries(admin_user, set
         )
         Job.objects.filter(pk=due.pk).update(scheduled_at=timezone.now() - datetime.timedelta(seconds=1))
 
-        call_command("jobs_tick", verbosity=0)
+        # The tick commits as it goes (autocommit); here, inside the test's transaction,
+        # the dispatcher it enqueues after commit runs when the block ends.
+        with django_capture_on_commit_callbacks(execute=True):
+            call_command("jobs_tick", verbosity=0)
     finally:
         app.conf.task_always_eager = False
 

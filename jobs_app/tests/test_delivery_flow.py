@@ -269,20 +269,35 @@ def flaky_poll(monkeypatch):
     return FlakyChannel
 
 
-def test_a_failed_push_leaves_the_batch_pending_then_retries(admin_user, flaky_poll):
+def test_a_failed_push_leaves_the_batch_pending_then_retries_after_its_backoff(
+    admin_user, flaky_poll, settings
+):
+    settings.HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 60
     job = launched(admin_user, devices=2)
     flaky_poll.failures_left = 1
 
+    before = timezone.now()
     first = dispatch.dispatch_pass(job.pk)
     assert (first.sent, first.push_failures, first.retry_push) == (0, 2, True)
-    assert set(Delivery.objects.filter(job=job).values_list("last_error", flat=True)) == {
-        "Push failed: broker unreachable"
-    }
+    failed_pushes = Delivery.objects.filter(job=job)
+    assert set(failed_pushes.values_list("last_error", flat=True)) == {"Push failed: broker unreachable"}
+    # Backoff of the first attempt: 30-60 s, with jitter.
+    for next_attempt_at in failed_pushes.values_list("next_attempt_at", flat=True):
+        assert before + datetime.timedelta(seconds=30) <= next_attempt_at
+        assert next_attempt_at <= timezone.now() + datetime.timedelta(seconds=60)
+    assert dispatch.dispatch_pass(job.pk).sent == 0  # however often the dispatcher runs
+    assert services.deliveries_next_attempt_at(job.pk) == min(
+        failed_pushes.values_list("next_attempt_at", flat=True)
+    )
+
+    failed_pushes.update(next_attempt_at=timezone.now())  # the backoff is over
     assert dispatch.dispatch_pass(job.pk).sent == 2
+    assert set(failed_pushes.values_list("attempts", "next_attempt_at")) == {(2, None)}
 
 
 def test_a_delivery_out_of_push_attempts_fails_with_the_error(admin_user, flaky_poll, settings):
     settings.HOMEPOT_JOBS_PUSH_MAX_ATTEMPTS = 2
+    settings.HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 0  # try again at once
     job = launched(admin_user, devices=1)
     flaky_poll.failures_left = 5
 
@@ -296,6 +311,39 @@ def test_a_delivery_out_of_push_attempts_fails_with_the_error(admin_user, flaky_
         2,
         "Push failed: broker unreachable",
     )
+
+
+def test_at_most_one_dispatch_pass_is_pending_per_job(
+    admin_user, settings, django_capture_on_commit_callbacks
+):
+    settings.HOMEPOT_JOBS_DISPATCH_LOST_SECONDS = 30
+    job = launched(admin_user, devices=1)  # job_create took the ticket for its first pass
+    soon = timezone.now() + datetime.timedelta(seconds=5)
+    later = soon + datetime.timedelta(minutes=5)
+
+    with django_capture_on_commit_callbacks() as enqueued:
+        assert not services.dispatch_request(job.pk, sooner=False)  # beat's tick: one is pending
+        assert not services.dispatch_request(job.pk, at=later)  # due sooner already
+        Job.objects.filter(pk=job.pk).update(dispatch_due_at=later)
+        assert services.dispatch_request(job.pk, at=soon)  # sooner than the pending one
+        assert not services.dispatch_request(job.pk, at=soon)  # a repeat
+        assert not services.dispatch_ticket_release(job.pk, later.isoformat())  # a stray
+    assert len(enqueued) == 1
+    job.refresh_from_db()
+    assert job.dispatch_due_at == soon
+
+    # Its message was lost: once it is overdue, beat's tick asks again.
+    Job.objects.filter(pk=job.pk).update(dispatch_due_at=timezone.now() - datetime.timedelta(seconds=31))
+    with django_capture_on_commit_callbacks() as enqueued:
+        assert services.dispatch_request(job.pk, sooner=False)
+    assert len(enqueued) == 1
+
+    job.refresh_from_db()
+    assert services.dispatch_ticket_release(job.pk, job.dispatch_due_at.isoformat())
+    job.refresh_from_db()
+    assert job.dispatch_due_at is None
+    services.job_pause(actor=admin_user, job=job)
+    assert not services.dispatch_request(job.pk)  # only for a running job
 
 
 def test_backoff_grows_exponentially_with_jitter(settings):

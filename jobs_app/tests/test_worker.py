@@ -5,12 +5,13 @@ its own on a separate Redis database, so it never meets the development worker's
 Data must be committed for the worker's connection to see it: transaction=True.
 """
 
+import threading
 import time
 import uuid
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
+from celery.signals import after_task_publish, task_postrun
 from django.db import close_old_connections, connection
 
 from devices_app.tests.factories import DeviceFactory
@@ -100,8 +101,10 @@ def test_held_work_is_dispatched_as_devices_finish(worker, admin_user):
 
 class FlakyChannel:
     failures_left = 2
+    pushes = 0
 
     def push(self, batch):
+        FlakyChannel.pushes += 1
         if FlakyChannel.failures_left > 0:
             FlakyChannel.failures_left -= 1
             raise PushError("broker unreachable")
@@ -141,3 +144,86 @@ def test_the_periodic_task_times_out_late_deliveries(worker, admin_user):
 
     wait_for(lambda: counts(job) == {"timed_out": 2})
     wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.FAILED)
+
+
+class DispatchMessages:
+    """The `dispatch_job` messages published by this process (the test and its worker
+    thread) and those the worker has run: what is still pending, counted from outside."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.due_now: set[str] = set()
+        self.later: set[str] = set()  # published with a countdown
+        self.run: set[str] = set()
+
+    def published(self, sender=None, headers=None, **kwargs):
+        if sender == tasks.dispatch_job.name:
+            with self._lock:
+                (self.later if headers.get("eta") else self.due_now).add(headers["id"])
+
+    def finished(self, sender=None, task_id=None, **kwargs):
+        if getattr(sender, "name", None) == tasks.dispatch_job.name:
+            with self._lock:
+                self.run.add(task_id)
+
+    def settled(self) -> bool:
+        """Every message due now has been run."""
+        with self._lock:
+            return self.due_now <= self.run
+
+    def pending(self) -> int:
+        with self._lock:
+            return len((self.due_now | self.later) - self.run)
+
+
+@pytest.fixture
+def dispatch_messages():
+    messages = DispatchMessages()
+    after_task_publish.connect(messages.published, weak=False)
+    task_postrun.connect(messages.finished, weak=False)
+    yield messages
+    after_task_publish.disconnect(messages.published)
+    task_postrun.disconnect(messages.finished)
+
+
+def beat_ticks(messages, count):
+    """Run beat's tick `count` times, each once the dispatch passes it started are over."""
+    for _ in range(count):
+        tasks.finish_rollups()
+        wait_for(messages.settled)
+
+
+def test_beat_ticks_and_held_passes_do_not_multiply_the_dispatch_passes_of_a_job(
+    worker, dispatch_messages, admin_user, settings
+):
+    # Held work is looked at again only after an hour here, so every follow-up a pass
+    # asks for is still pending when it is counted.
+    settings.HOMEPOT_JOBS_REDISPATCH_SECONDS = 3600
+    job = launch(admin_user, devices=3, max_in_flight_per_site=1)
+    wait_for(lambda: counts(job) == {"sent": 1, "pending": 2})
+    wait_for(dispatch_messages.settled)
+
+    for _ in range(10):
+        beat_ticks(dispatch_messages, 1)
+        # A held pass from a message without the job's ticket (a redelivery after a crash).
+        tasks.dispatch_job.delay(job.pk)
+        wait_for(dispatch_messages.settled)
+
+    assert dispatch_messages.pending() == 1
+    assert counts(job) == {"sent": 1, "pending": 2}
+
+
+def test_a_push_backoff_longer_than_the_tick_is_honoured(
+    worker, dispatch_messages, admin_user, monkeypatch, settings
+):
+    settings.HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 3600
+    FlakyChannel.failures_left, FlakyChannel.pushes = 1, 0
+    monkeypatch.setattr("jobs_app.dispatch.get_channel", lambda name: FlakyChannel())
+    job = launch(admin_user, devices=2)
+    wait_for(lambda: set(Delivery.objects.filter(job=job).values_list("attempts", flat=True)) == {1})
+    wait_for(dispatch_messages.settled)
+
+    beat_ticks(dispatch_messages, 5)
+
+    assert counts(job) == {"pending": 2}
+    assert FlakyChannel.pushes == 1
