@@ -5,6 +5,8 @@ a dependency outage without stopping the shared server behind it.
         ...point the process under test at proxy.port...
         proxy.cut()       # every open connection is closed; new ones are closed on arrival
         proxy.restore()   # new connections reach the server again
+        proxy.hold_replies()     # connections stay open, but the server's answers are dropped
+        proxy.release_replies()
 
 A cut closes both ends of every connection, as a server that goes away does: the client's
 socket reads EOF. New connections are accepted and closed at once (not refused at the TCP
@@ -24,6 +26,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._cut = False
+        self._holding = False
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="tcp-proxy-accept", daemon=True)
 
@@ -45,6 +48,14 @@ class TcpProxy:
     def restore(self) -> None:
         with self._lock:
             self._cut = False
+
+    def hold_replies(self) -> None:
+        """From now on the server's bytes are dropped (a server that hangs): the client waits
+        for answers that never come, on a connection that looks alive."""
+        self._holding = True
+
+    def release_replies(self) -> None:
+        self._holding = False
 
     def close(self) -> None:
         self._closed = True
@@ -75,13 +86,14 @@ class TcpProxy:
                     _close(server)
                     continue
                 self._open.update((client, server))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(source, sink, replies), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not (replies and self._holding):
+                    sink.sendall(data)
         except OSError:
             pass  # one side closed (by its owner or by cut())
         finally:
