@@ -29,7 +29,9 @@ def healthz(request):
             cursor.fetchone()
     except DatabaseError:
         logger.warning("Health check: the database did not answer", exc_info=True)
-        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+        response = JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+        response["Retry-After"] = str(outage.retry_after_seconds())
+        return response
     return JsonResponse({"status": "ok"})
 
 

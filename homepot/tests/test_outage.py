@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import InterfaceError, connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -173,6 +173,8 @@ def test_postgresql_outage_answers_503_then_recovers_and_loses_no_acknowledged_h
         for name, door in doors.items():
             assert_unavailable(door(), door=name)
         assert_unavailable(admin(), api=False)
+        probe = call(server.port, "GET", "/healthz")
+        assert probe.status == 503 and int(probe.headers["retry-after"]) > 0
         load.wait_for(lambda: load.count(503) >= 20)
 
         proxy.restore()
@@ -270,6 +272,40 @@ def _queries(*statements):
                 cursor.execute(sql)
 
     return run
+
+
+def test_connection_level_failures_count_as_the_database_being_away():
+    wrapper = unreachable_database()
+    assert outage.database_unavailable(_error_of(wrapper.cursor))  # connection refused
+
+    # A session the server ends (pg_terminate_backend: 57P01, as in a restart).
+    victim = connections.create_connection("default")
+    try:
+        with victim.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+        def query_on_victim():
+            with victim.cursor() as cursor:
+                cursor.execute("SELECT 1")
+
+        exc = _error_of(query_on_victim)
+        assert exc.__cause__.sqlstate == "57P01"
+        assert outage.database_unavailable(exc)
+        # The connection is now closed ("the connection is closed", no SQLSTATE): counts too.
+        assert outage.database_unavailable(_error_of(query_on_victim))
+    finally:
+        victim.close()
+
+
+def test_an_interface_error_on_a_live_connection_stays_an_error():
+    cursor = connection.cursor()
+    cursor.close()
+    exc = _error_of(lambda: cursor.execute("SELECT 1"))  # "the cursor is closed": a bug
+    assert isinstance(exc, InterfaceError), exc
+    assert not outage.database_unavailable(exc)
 
 
 @pytest.mark.parametrize(
