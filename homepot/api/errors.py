@@ -154,6 +154,10 @@ def exception_handler(exc, context):
     code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
     message = detail if isinstance(detail, str) else str(detail)
     headers = {k: v for k, v in response.items() if k in ("WWW-Authenticate", "Retry-After", "Allow")}
+    if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        # A dependency is away (e.g. Redis for the login limiter failing closed): say when to
+        # come back, as every 503 of the API does.
+        headers.setdefault("Retry-After", str(outage.retry_after_seconds()))
     return error_response(
         response.status_code, code if isinstance(code, str) else "error", message, None, headers
     )

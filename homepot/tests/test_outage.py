@@ -362,3 +362,11 @@ def test_a_heartbeat_without_redis_is_written_to_the_row(redis_down, settings):
         assert response.status_code == 200, response.content
     device.refresh_from_db()
     assert device.last_seen >= before
+
+
+def test_login_refused_without_redis_when_failing_closed_says_when_to_retry(redis_down, settings, admin_user):
+    settings.HOMEPOT_ACCOUNTS_THROTTLE_FAIL_OPEN = False
+    response = APIClient().post(LOGIN, {"username": admin_user.username, "password": PASSWORD}, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "throttle_unavailable"
+    assert int(response["Retry-After"]) > 0
