@@ -57,6 +57,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A view that cannot reach PostgreSQL answers 503 with Retry-After, not 500 (homepot.outage).
+    "homepot.outage.DatabaseUnavailableMiddleware",
     # Serves collected static files (the admin's CSS) from gunicorn, with no web server in front.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -109,8 +111,16 @@ if DATABASES["default"]["ENGINE"] in (
     # Django's PostgreSQL backend with a health check that needs no round trip when the
     # connection's socket is quiet (homepot/db/postgresql/base.py).
     DATABASES["default"]["ENGINE"] = "homepot.db.postgresql"
+    # A server that does not answer (host down, packets dropped) must fail a request within
+    # seconds, answered 503, not hold a worker until the kernel gives up (minutes). A
+    # `?connect_timeout=` in DATABASE_URL wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("HOMEPOT_DB_CONNECT_TIMEOUT_SECONDS", default=5)
+    )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Requests that cannot reach PostgreSQL answer 503 with this Retry-After (homepot.outage).
+HOMEPOT_OUTAGE_RETRY_AFTER_SECONDS = env.int("HOMEPOT_OUTAGE_RETRY_AFTER_SECONDS", default=5)
 DATABASES["default"].setdefault("TEST", {})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # `manage.py loaddata demo` finds fixtures/demo.json here.

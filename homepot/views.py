@@ -1,12 +1,15 @@
 """Site-wide plain Django views: the liveness probe and JSON error pages for API paths."""
 
 import logging
+import sys
 
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
+
+from homepot import outage
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,9 @@ def healthz(request):
             cursor.fetchone()
     except DatabaseError:
         logger.warning("Health check: the database did not answer", exc_info=True)
-        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+        response = JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+        response["Retry-After"] = str(outage.retry_after_seconds())
+        return response
     return JsonResponse({"status": "ok"})
 
 
@@ -46,6 +51,12 @@ def not_found(request, exception=None):
 
 
 def server_error(request):
+    # Django calls this while handling the exception, so it is still current. One raised in a
+    # middleware (the session loaded or saved outside any view) arrives only here.
+    exc = sys.exc_info()[1]
+    if outage.database_unavailable(exc):
+        outage.log_unavailable(request, exc)
+        return outage.unavailable_response(request)
     if _is_api_path(request):
         return _error(500, "server_error", "Something went wrong on our side; it has been logged.")
     return defaults.server_error(request)

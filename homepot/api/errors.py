@@ -3,7 +3,8 @@
     {"error": {"status": 400, "code": "invalid", "message": "...",
                "fields": {"mac_address": ["Enter a valid MAC address, ..."]}}}
 
-`fields` is present when specific inputs are at fault. Duplicates answer 409.
+`fields` is present when specific inputs are at fault. Duplicates answer 409. A database
+that cannot be reached answers 503 with Retry-After (homepot.outage).
 """
 
 import logging
@@ -20,6 +21,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from homepot import outage
 from homepot.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,15 @@ def exception_handler(exc, context):
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
 
+    if outage.database_unavailable(exc):
+        # Anywhere in the view, authentication included (DRF runs it inside the view).
+        outage.log_unavailable(context["request"], exc)
+        return error_response(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            outage.API_CODE,
+            outage.API_MESSAGE,
+            headers={"Retry-After": str(outage.retry_after_seconds())},
+        )
     if isinstance(exc, RequestDataTooBig):
         # Django's own check on request.body (DRF reads JSON through it) fires before any parser.
         return error_response(
@@ -143,6 +154,10 @@ def exception_handler(exc, context):
     code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
     message = detail if isinstance(detail, str) else str(detail)
     headers = {k: v for k, v in response.items() if k in ("WWW-Authenticate", "Retry-After", "Allow")}
+    if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        # A dependency is away (e.g. Redis for the login limiter failing closed): say when to
+        # come back, as every 503 of the API does.
+        headers.setdefault("Retry-After", str(outage.retry_after_seconds()))
     return error_response(
         response.status_code, code if isinstance(code, str) else "error", message, None, headers
     )

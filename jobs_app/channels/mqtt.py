@@ -93,10 +93,23 @@ class MqttChannel(Channel):
     def _connected(self):
         with self._lock:
             if self._client is None or not self._client.is_connected():
-                if self._client is not None:
-                    self._client.loop_stop()
+                self._drop_locked()
                 self._client = connect()
             return self._client
+
+    def _drop(self, client) -> None:
+        """Forget `client` after a failure, so the next batch connects afresh. Its network
+        thread is stopped and its socket closed: a client merely forgotten keeps its loop
+        thread running (and reconnecting) for the life of the worker, one per failure."""
+        with self._lock:
+            if self._client is client:
+                self._drop_locked()
+
+    def _drop_locked(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()  # ends the loop thread's reconnecting too
+            client.loop_stop()  # joins it
 
     def push(self, batch: list[Outgoing]) -> None:
         self._publish(batch, Outgoing.message)
@@ -113,12 +126,14 @@ class MqttChannel(Channel):
             client.publish(COMMANDS_TOPIC.format(device_id=item.device_id), json.dumps(render(item)), qos=1)
             for item in batch
         ]
-        for info in published:
-            try:
-                info.wait_for_publish(timeout=timeout)
-            except (RuntimeError, ValueError) as exc:
-                raise PushError(f"MQTT publish failed: {exc}") from exc
-            if not info.is_published():
-                with self._lock:
-                    self._client = None  # reconnect next time
-                raise PushError("MQTT broker did not acknowledge the publish in time.")
+        try:
+            for info in published:
+                try:
+                    info.wait_for_publish(timeout=timeout)
+                except (RuntimeError, ValueError) as exc:
+                    raise PushError(f"MQTT publish failed: {exc}") from exc
+                if not info.is_published():
+                    raise PushError("MQTT broker did not acknowledge the publish in time.")
+        except PushError:
+            self._drop(client)  # reconnect next time
+            raise

@@ -9,7 +9,8 @@ with nothing to read, on a connection idle outside a transaction, is taken as us
 without the round trip; anything else gets Django's full check, which closes a dead
 connection so the request opens a fresh one. The one case this misses and `SELECT 1` would
 catch is a server that closed the connection in the very moment before the request: that
-request fails (answered 503/500) and the broken connection is dropped at its end.
+request fails (answered 503, see homepot/outage.py) and the broken connection is dropped at
+its end.
 """
 
 import select
