@@ -4,13 +4,13 @@ import datetime
 import functools
 import secrets
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from accounts.scoping import require_site_access
 from devices_app.models import Device, DeviceCredential
 from monitoring_app.choices import AuditEvent
-from monitoring_app.services import audit_record, snapshot, update_audited
+from monitoring_app.services import audit_record, audited_atomic, lock_for_change, snapshot, update_audited
 from sites_app.models import Site
 
 AUDITED_FIELDS = (
@@ -27,7 +27,7 @@ AUDITED_FIELDS = (
 )
 
 
-@transaction.atomic
+@audited_atomic()
 def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> Device:
     """Register a device at `site` (the actor must be allowed to change that site) and
     issue its credential.
@@ -51,14 +51,14 @@ def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> 
     return device
 
 
-@transaction.atomic
+@audited_atomic()
 def device_update(*, actor, device: Device, **fields) -> Device:
     """Change the given fields; moving to another site needs change rights on both sites.
 
     Audited as device.updated with only what changed; a repeat records nothing.
     """
     # The stored row decides the current site, not a caller's possibly edited instance.
-    device = Device.objects.select_for_update().select_related("site").get(pk=device.pk)
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     new_site = fields.get("site")
     if new_site is not None and new_site.pk != device.site_id:
@@ -75,9 +75,14 @@ def device_update(*, actor, device: Device, **fields) -> Device:
     return device
 
 
-@transaction.atomic
+@audited_atomic()
 def device_delete(*, actor, device: Device) -> None:
-    """Delete a device and its health history; audited as device.deleted (history kept)."""
+    """Delete a device and its health history; audited as device.deleted (history kept).
+
+    NotFound if a concurrent request deleted it first."""
+    # The device row before its children (credentials, checks, deliveries), which the
+    # delete reaches only after it: the parent → child order every writer of a device keeps.
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     audit_record(
         event_type=AuditEvent.DEVICE_DELETED,
@@ -93,12 +98,15 @@ CREDENTIAL_PREFIX = "hpd_"  # noqa: S105 (a public marker, not a secret)
 CREDENTIAL_USE_RESOLUTION = datetime.timedelta(minutes=15)
 
 
-@transaction.atomic
+@audited_atomic()
 def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential, str]:
     """Issue a new credential for `device`, revoking any it had, and return it with its
-    secret (shown only now). Audited as device.credential_issued. Each call rotates."""
+    secret (shown only now). Audited as device.credential_issued. Each call rotates.
+    NotFound if the device was deleted meanwhile."""
+    # The device row first (parent → child): one rotation at a time, and no credential for
+    # a device being deleted.
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
-    Device.objects.select_for_update().filter(pk=device.pk).first()  # one rotation at a time
     revoked = _revoke_active(device)
     credential, raw_key = _new_credential(actor=actor, device=device)
     audit_record(
@@ -112,10 +120,12 @@ def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential,
     return credential, raw_key
 
 
-@transaction.atomic
+@audited_atomic()
 def device_credential_revoke(*, actor, device: Device) -> int:
     """Revoke the device's credential, so it can no longer authenticate until a new one is
-    issued. Returns how many were revoked (0 on a repeat, which records nothing)."""
+    issued. Returns how many were revoked (0 on a repeat, which records nothing).
+    NotFound if the device was deleted meanwhile."""
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     revoked = _revoke_active(device)
     if revoked:
