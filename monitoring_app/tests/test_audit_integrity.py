@@ -141,3 +141,14 @@ def test_a_failed_nested_block_drops_its_audit_rows_with_its_savepoint():
 def test_audit_record_outside_an_audited_block_writes_at_once():
     entry = audit_record(event_type="device.updated", device=DeviceFactory())
     assert entry.pk is not None and AuditLog.objects.get().row_hash == entry.row_hash
+
+
+def test_the_database_refuses_truncate():
+    _write_trail(2)
+    with (
+        pytest.raises(DatabaseError, match="append-only: TRUNCATE refused"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("TRUNCATE monitoring_app_auditlog")
+    assert AuditLog.objects.count() == 2
