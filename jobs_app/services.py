@@ -924,7 +924,7 @@ def job_check_failure_threshold(job_id: int) -> bool:
         f"Failure threshold crossed: {counts['failures']} of {answered} answers failed "
         f"(more than {threshold}%)."
     )
-    with transaction.atomic():
+    with audited_atomic():
         paused = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).update(
             status=JobStatus.PAUSED, status_reason=reason, updated_at=timezone.now()
         )
@@ -940,7 +940,7 @@ def job_check_failure_threshold(job_id: int) -> bool:
 
 def job_mark_started(job_id: int) -> bool:
     """Record the moment the dispatcher first works on the job; audited once as job.started."""
-    with transaction.atomic():
+    with audited_atomic():
         started = Job.objects.filter(pk=job_id, started_at__isnull=True).update(started_at=timezone.now())
         if started:
             job = Job.objects.select_related("site").get(pk=job_id)
