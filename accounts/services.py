@@ -11,7 +11,6 @@ from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.hashers import identify_hasher
 from django.contrib.auth.models import update_last_login
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -20,7 +19,7 @@ from accounts.hashers import LegacyBcryptPasswordHasher, is_legacy_bcrypt_hash
 from accounts.models import ApiToken, SiteMembership, User
 from homepot.errors import Conflict, ServiceError
 from monitoring_app.choices import AuditEvent
-from monitoring_app.services import audit_record, changes, snapshot
+from monitoring_app.services import audit_record, audited_atomic, changes, lock_for_change, snapshot
 
 TOKEN_PREFIX = "hp_"  # noqa: S105 (a public prefix, not a secret)
 
@@ -39,7 +38,7 @@ def _token_create(*, user: User, name: str, ttl_days: int | None) -> tuple[ApiTo
     return token, raw_key
 
 
-@transaction.atomic
+@audited_atomic()
 def api_token_issue(*, user: User, name: str = "", ttl_days: int | None = None) -> tuple[ApiToken, str]:
     """Create a token for `user` and return it with its secret, which is shown only now.
 
@@ -68,7 +67,7 @@ def api_token_authenticate(raw_key: str) -> ApiToken | None:
     return token
 
 
-@transaction.atomic
+@audited_atomic()
 def api_token_revoke(*, actor, token: ApiToken, reason: str = "revoked") -> bool:
     """Revoke `token` now; its owner or an admin may (`actor=None` is the system).
 
@@ -194,7 +193,7 @@ def _kind(is_admin: bool) -> str:
     return "Administrator" if is_admin else "User"
 
 
-@transaction.atomic
+@audited_atomic()
 def user_signup(*, actor, username: str, email: str, password: str, is_admin: bool = False) -> User:
     """Create an account through the signup door. Audited as user.created (the actor is the
     admin who used the door, or the new user themselves).
@@ -230,7 +229,7 @@ def user_signup(*, actor, username: str, email: str, password: str, is_admin: bo
     return user
 
 
-@transaction.atomic
+@audited_atomic()
 def user_create(
     *,
     actor,
@@ -264,7 +263,7 @@ def user_create(
     return user
 
 
-@transaction.atomic
+@audited_atomic()
 def user_import(
     *,
     username: str,
@@ -302,7 +301,7 @@ def user_import(
     return user
 
 
-@transaction.atomic
+@audited_atomic()
 def user_update(*, actor, user: User, **fields) -> User:
     """Change the given fields of `user` (admins only). `is_admin` sets superuser (and staff
     when granted); `password` is validated and hashed.
@@ -316,7 +315,7 @@ def user_update(*, actor, user: User, **fields) -> User:
     unknown = set(fields) - USER_UPDATABLE_FIELDS
     if unknown:
         raise ValueError(f"user_update cannot change {sorted(unknown)}")
-    user = User.objects.select_for_update().get(pk=user.pk)
+    user = lock_for_change(User, user.pk)
     if actor is not None and actor.pk == user.pk:
         for field, value in (("is_active", fields.get("is_active")), ("is_admin", fields.get("is_admin"))):
             if value is False:
@@ -444,7 +443,7 @@ def user_login(
     success issues a new token.
     """
     user = user_authenticate(request=request, identifier=identifier, password=password, door="api")
-    with transaction.atomic():
+    with audited_atomic():
         update_last_login(None, user)
         token, raw_key = _token_create(user=user, name=token_name, ttl_days=None)
         new_values = {
@@ -494,7 +493,7 @@ def _membership_values(membership: SiteMembership) -> dict:
     }
 
 
-@transaction.atomic
+@audited_atomic()
 def membership_grant(*, actor, user: User, site, role: str) -> SiteMembership:
     """Give `user` a role on `site` (admins only). Audited as membership.granted.
 
@@ -520,16 +519,12 @@ def membership_grant(*, actor, user: User, site, role: str) -> SiteMembership:
     return membership
 
 
-@transaction.atomic
+@audited_atomic()
 def membership_change(*, actor, membership: SiteMembership, role: str) -> SiteMembership:
     """Change the role of a membership (admins only). Audited as membership.changed with the
     old and new role; setting the same role changes and records nothing."""
     _require_admin(actor, "change site roles")
-    membership = (
-        SiteMembership.objects.select_for_update(of=("self",))
-        .select_related("user", "site")
-        .get(pk=membership.pk)
-    )
+    membership = lock_for_change(SiteMembership.objects.select_related("user", "site"), membership.pk)
     old_role = membership.role
     membership.role = role
     membership.full_clean(validate_unique=False, validate_constraints=False)
@@ -549,15 +544,11 @@ def membership_change(*, actor, membership: SiteMembership, role: str) -> SiteMe
     return membership
 
 
-@transaction.atomic
+@audited_atomic()
 def membership_revoke(*, actor, membership: SiteMembership) -> None:
     """Remove a user's role on a site (admins only). Audited as membership.revoked."""
     _require_admin(actor, "revoke site roles")
-    membership = (
-        SiteMembership.objects.select_for_update(of=("self",))
-        .select_related("user", "site")
-        .get(pk=membership.pk)
-    )
+    membership = lock_for_change(SiteMembership.objects.select_related("user", "site"), membership.pk)
     audit_record(
         event_type=AuditEvent.MEMBERSHIP_REVOKED,
         actor=actor,

@@ -4,7 +4,7 @@ import datetime
 import functools
 import secrets
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from accounts.scoping import require_site_access
@@ -12,7 +12,7 @@ from devices_app import mqtt_auth
 from devices_app.models import Device, DeviceCredential
 from monitoring_app.choices import AuditEvent, ConnectivityReason
 from monitoring_app.models import DeviceStatusChange
-from monitoring_app.services import audit_record, snapshot, update_audited
+from monitoring_app.services import audit_record, audited_atomic, lock_for_change, snapshot, update_audited
 from sites_app.models import Site
 
 AUDITED_FIELDS = (
@@ -29,7 +29,7 @@ AUDITED_FIELDS = (
 )
 
 
-@transaction.atomic
+@audited_atomic()
 def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> Device:
     """Register a device at `site` (the actor must be allowed to change that site) and
     issue its credential (and its broker login, as device_credential_issue does).
@@ -55,14 +55,14 @@ def device_create(*, actor, site: Site, device_id: str, name: str, **fields) -> 
     return device
 
 
-@transaction.atomic
+@audited_atomic()
 def device_update(*, actor, device: Device, **fields) -> Device:
     """Change the given fields; moving to another site needs change rights on both sites.
 
     Audited as device.updated with only what changed; a repeat records nothing.
     """
     # The stored row decides the current site, not a caller's possibly edited instance.
-    device = Device.objects.select_for_update().select_related("site").get(pk=device.pk)
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     new_site = fields.get("site")
     if new_site is not None and new_site.pk != device.site_id:
@@ -97,10 +97,14 @@ def _status_set_by_operator(device: Device, old_status: str) -> None:
     )
 
 
-@transaction.atomic
+@audited_atomic()
 def device_delete(*, actor, device: Device) -> None:
     """Delete a device and its health history; audited as device.deleted (history kept).
-    Its broker login goes after commit, as on revocation."""
+    Its broker login goes after commit, as on revocation. NotFound if a concurrent request
+    deleted it first."""
+    # The device row before its children (credentials, checks, deliveries), which the
+    # delete reaches only after it: the parent → child order every writer of a device keeps.
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     mqtt_auth.device_login_remove_later(device_id=device.device_id)
     audit_record(
@@ -117,15 +121,18 @@ CREDENTIAL_PREFIX = "hpd_"  # noqa: S105 (a public marker, not a secret)
 CREDENTIAL_USE_RESOLUTION = datetime.timedelta(minutes=15)
 
 
-@transaction.atomic
+@audited_atomic()
 def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential, str]:
     """Issue a new credential for `device`, revoking any it had, and return it with its
     secret (shown only now). Audited as device.credential_issued. Each call rotates.
 
     With HOMEPOT_MQTT_AUTH on, the broker login is replaced before commit (the old secret
-    and any session of it stop working on MQTT); BrokerUnavailable (503) if it cannot be."""
+    and any session of it stop working on MQTT); BrokerUnavailable (503) if it cannot be.
+    NotFound if the device was deleted meanwhile."""
+    # The device row first (parent → child): one rotation at a time, and no credential for
+    # a device being deleted.
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
-    Device.objects.select_for_update().filter(pk=device.pk).first()  # one rotation at a time
     revoked = _revoke_active(device)
     credential, raw_key = _new_credential(actor=actor, device=device)
     # With the row lock held and before the audit chain's lock: rotations reach the broker
@@ -142,14 +149,15 @@ def device_credential_issue(*, actor, device: Device) -> tuple[DeviceCredential,
     return credential, raw_key
 
 
-@transaction.atomic
+@audited_atomic()
 def device_credential_revoke(*, actor, device: Device) -> int:
     """Revoke the device's credential, so it can no longer authenticate until a new one is
     issued. Returns how many were revoked (0 on a repeat, which records nothing).
 
     With HOMEPOT_MQTT_AUTH on, the device's broker login is removed after commit (and its
     open session dropped); a broker that is away does not hold up the revocation, a task
-    retries (devices_app.mqtt_auth)."""
+    retries (devices_app.mqtt_auth). NotFound if the device was deleted meanwhile."""
+    device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     revoked = _revoke_active(device)
     mqtt_auth.device_login_remove_later(device_id=device.device_id)

@@ -20,3 +20,10 @@ class Conflict(ServiceError):
 
     status_code = 409
     code = "conflict"
+
+
+class NotFound(ServiceError):
+    """The object is gone: deleted, typically by a concurrent request that won the race."""
+
+    status_code = 404
+    code = "not_found"

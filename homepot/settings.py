@@ -280,6 +280,14 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     }
 )
 
+# --- Audit checkpoints (monitoring_app.checkpoints; docs/operations.md) -----------------
+# Signed heads of the audit trail, appended to HOMEPOT_AUDIT_CHECKPOINT_DIR (a directory the
+# database role cannot write; empty: no periodic checkpoint) every ..._MINUTES by beat.
+# The HMAC key is not stored in the database; empty derives one from SECRET_KEY.
+HOMEPOT_AUDIT_CHECKPOINT_DIR = env.str("HOMEPOT_AUDIT_CHECKPOINT_DIR", default="")
+HOMEPOT_AUDIT_CHECKPOINT_KEY = env.str("HOMEPOT_AUDIT_CHECKPOINT_KEY", default="")
+HOMEPOT_AUDIT_CHECKPOINT_MINUTES = env.int("HOMEPOT_AUDIT_CHECKPOINT_MINUTES", default=15)
+
 # --- Monitoring (read by monitoring_app: ingest, sweep, alerts, retention) ---------------
 # A device is online while seen within its expected report interval plus the grace period.
 HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS = env.int(

@@ -37,7 +37,7 @@ from jobs_app.choices import (
 )
 from jobs_app.models import Delivery, Job, SavedSegment
 from monitoring_app.choices import AuditEvent
-from monitoring_app.services import audit_record, changes, snapshot
+from monitoring_app.services import audit_record, audited_atomic, changes, lock_for_change, snapshot
 from sites_app.models import Site
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _clean_saved_segment(saved: SavedSegment) -> None:
 SEGMENT_AUDITED_FIELDS = ("name", "segment", "site")
 
 
-@transaction.atomic
+@audited_atomic()
 def segment_create(*, actor, name: str, segment: dict, site: Site | None = None) -> SavedSegment:
     """Save a named filter, for `site`'s managers or (site-less) for everyone who runs a
     site. Audited as segment.created; a job made from it also records the segment's id and
@@ -196,13 +196,13 @@ def segment_create(*, actor, name: str, segment: dict, site: Site | None = None)
 
 
 def _segment_for_change(actor, saved: SavedSegment) -> SavedSegment:
-    saved = SavedSegment.objects.select_for_update().get(pk=saved.pk)
+    saved = lock_for_change(SavedSegment, saved.pk)
     if actor is not None and not SavedSegment.objects.for_user(actor, "change").filter(pk=saved.pk).exists():
         raise PermissionDenied("You may not change this saved segment.")
     return saved
 
 
-@transaction.atomic
+@audited_atomic()
 def segment_update(*, actor, saved: SavedSegment, **fields) -> SavedSegment:
     """Rename, re-filter or re-scope a saved segment. Jobs already made from it keep the
     filter they copied. Audited as segment.updated with only what changed."""
@@ -230,7 +230,7 @@ def segment_update(*, actor, saved: SavedSegment, **fields) -> SavedSegment:
     return saved
 
 
-@transaction.atomic
+@audited_atomic()
 def segment_delete(*, actor, saved: SavedSegment) -> None:
     """Delete a saved segment; jobs made from it keep their copied filter. Audited as
     segment.deleted."""
@@ -310,7 +310,7 @@ def dispatch_ticket_release(job_id: int, ticket: str | None) -> bool:
     return bool(Job.objects.filter(pk=job_id, dispatch_due_at=due).update(dispatch_due_at=None))
 
 
-@transaction.atomic
+@audited_atomic()
 def job_create(
     *,
     actor,
@@ -371,11 +371,11 @@ def job_create(
     return job
 
 
-@transaction.atomic
+@audited_atomic()
 def job_update(*, actor, job: Job, **fields) -> Job:
     """Edit a job's description or priority; its site, action and payload only while it is
     still queued (Conflict otherwise). Audited as job.updated; a repeat records nothing."""
-    job = Job.objects.select_for_update().select_related("site").get(pk=job.pk)
+    job = lock_for_change(Job.objects.select_related("site"), job.pk)
     require_site_access(actor, job.site, "change")
     unknown = set(fields) - _EDITABLE_ALWAYS - _EDITABLE_WHILE_QUEUED
     if unknown:
@@ -409,7 +409,7 @@ def job_update(*, actor, job: Job, **fields) -> Job:
 
 
 def _locked_job(actor, job: Job) -> Job:
-    job = Job.objects.select_for_update(of=("self",)).select_related("site").get(pk=job.pk)
+    job = lock_for_change(Job.objects.select_related("site"), job.pk)
     require_site_access(actor, job.site, "change")
     return job
 
@@ -420,7 +420,7 @@ def _refuse_finished(job: Job, verb: str) -> None:
     )
 
 
-@transaction.atomic
+@audited_atomic()
 def job_cancel(*, actor, job: Job) -> Job:
     """Cancel an unfinished job: its pending deliveries are cancelled, and so are those sent
     but not yet acknowledged (a polling device is told `cancelled` when it acknowledges; a
@@ -502,7 +502,7 @@ def _notify_cancelled(job: Job, told: list[tuple[int, str, str]]) -> None:
     transaction.on_commit(send)
 
 
-@transaction.atomic
+@audited_atomic()
 def delivery_cancel(*, actor, delivery: Delivery) -> Delivery:
     """Cancel one device's copy of a job: pending|sent → cancelled (`failed_at` set), in one
     conditional UPDATE. Scoped like job_cancel (the actor must change the job's site), and
@@ -563,7 +563,7 @@ def delivery_cancel(*, actor, delivery: Delivery) -> Delivery:
     return delivery
 
 
-@transaction.atomic
+@audited_atomic()
 def job_pause(*, actor, job: Job, reason: str = "") -> Job:
     """Stop handing out work (deliveries already sent carry on). Audited as job.paused.
     A repeat is a no-op; a finished job raises Conflict."""
@@ -587,7 +587,7 @@ def job_pause(*, actor, job: Job, reason: str = "") -> Job:
     return job
 
 
-@transaction.atomic
+@audited_atomic()
 def job_resume(*, actor, job: Job) -> Job:
     """Carry on with a paused job (the dispatcher restarts). Audited as job.resumed.
     Resuming a job that is running is a no-op; a finished job raises Conflict."""
@@ -614,7 +614,7 @@ def job_resume(*, actor, job: Job) -> Job:
     return job
 
 
-@transaction.atomic
+@audited_atomic()
 def job_retry(*, actor, job: Job) -> int:
     """Send the failed and timed-out deliveries again (they become pending, with a fresh
     deadline). A failed job runs again; a paused one stays paused until resumed. Audited as
@@ -655,7 +655,7 @@ def job_retry(*, actor, job: Job) -> int:
     return retried
 
 
-@transaction.atomic
+@audited_atomic()
 def job_clone(*, actor, job: Job) -> Job:
     """A new job with the same work, targets and rollout policy, queued now (the actor must
     still be allowed on every targeted site). Audited once, as job.cloned on the new job."""
@@ -907,7 +907,7 @@ def _has(job_id: int, status: str) -> bool:
     return Delivery.objects.filter(job_id=job_id, status=status).exists()
 
 
-@transaction.atomic
+@audited_atomic()
 def job_rollup(job_id: int) -> str | None:
     """Move a running job to the status its deliveries add up to: `queued` while any is
     pending, `sent` when all are out, `acknowledged` when all have answered, then
@@ -983,7 +983,7 @@ def job_check_failure_threshold(job_id: int) -> bool:
         f"Failure threshold crossed: {counts['failures']} of {answered} answers failed "
         f"(more than {threshold}%)."
     )
-    with transaction.atomic():
+    with audited_atomic():
         paused = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).update(
             status=JobStatus.PAUSED, status_reason=reason, updated_at=timezone.now()
         )
@@ -999,7 +999,7 @@ def job_check_failure_threshold(job_id: int) -> bool:
 
 def job_mark_started(job_id: int) -> bool:
     """Record the moment the dispatcher first works on the job; audited once as job.started."""
-    with transaction.atomic():
+    with audited_atomic():
         started = Job.objects.filter(pk=job_id, started_at__isnull=True).update(started_at=timezone.now())
         if started:
             job = Job.objects.select_related("site").get(pk=job_id)

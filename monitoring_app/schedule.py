@@ -26,3 +26,12 @@ BEAT_SCHEDULE: dict = {
         "schedule": crontab(hour=3, minute=17),
     },
 }
+
+# A signed checkpoint of the audit head; rows cut from the newest end are provable up to the
+# last one, so the interval bounds what could go unnoticed (docs/operations.md).
+if settings.HOMEPOT_AUDIT_CHECKPOINT_DIR:
+    BEAT_SCHEDULE["monitoring-audit-checkpoint"] = {
+        "task": "monitoring_app.tasks.audit_checkpoint",
+        "schedule": settings.HOMEPOT_AUDIT_CHECKPOINT_MINUTES * 60,
+        "options": {"expires": settings.HOMEPOT_AUDIT_CHECKPOINT_MINUTES * 60},
+    }

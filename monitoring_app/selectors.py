@@ -17,9 +17,15 @@ class ChainReport:
         return self.broken_row_id is None
 
 
-def audit_chain_verify(*, chunk_size: int = 5000) -> ChainReport:
+def audit_chain_verify(*, chunk_size: int = 5000, checkpoints=()) -> ChainReport:
     """Walk the audit chain in id order and return the first row whose link or content
-    does not match. Streams the table in chunks, so memory stays flat at any size."""
+    does not match. Streams the table in chunks, so memory stays flat at any size.
+
+    The first row must link to the genesis hash (nothing cut from the oldest end). With
+    `checkpoints` (monitoring_app.checkpoints), every checkpointed row must still be in the
+    chain at its recorded position with its recorded hash, and the chain must reach the
+    last checkpoint (nothing cut from the newest end up to it)."""
+    expected = {c.row_id: c for c in checkpoints if c.row_id}
     expected_prev = GENESIS_HASH
     checked = 0
     for row in AuditLog.objects.order_by("id").iterator(chunk_size=chunk_size):
@@ -31,6 +37,24 @@ def audit_chain_verify(*, chunk_size: int = 5000) -> ChainReport:
             return ChainReport(checked, row.pk, "its content does not match its hash (the row was altered)")
         expected_prev = row.row_hash
         checked += 1
+        checkpoint = expected.pop(row.pk, None)
+        if checkpoint is not None and (checkpoint.row_hash, checkpoint.count) != (row.row_hash, checked):
+            return ChainReport(
+                checked - 1,
+                row.pk,
+                f"it differs from the checkpoint of {checkpoint.taken_at} (row {checkpoint.count} "
+                f"of the chain, hash {checkpoint.row_hash[:12]}…): the chain was rewritten",
+            )
+    if expected:
+        missing = min(expected.values(), key=lambda c: c.row_id)
+        last = max(checkpoints, key=lambda c: c.count)
+        return ChainReport(
+            checked,
+            missing.row_id,
+            f"the checkpoint of {missing.taken_at} names it as row {missing.count} of the chain but it is "
+            f"gone: rows were cut from the end (the trail holds {checked} row(s), the last checkpoint "
+            f"counted {last.count})",
+        )
     return ChainReport(checked)
 
 

@@ -1,5 +1,6 @@
 """Writes of the monitoring app: the audit trail."""
 
+import contextlib
 import datetime
 import decimal
 import ipaddress
@@ -10,6 +11,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from homepot import request_context
+from homepot.errors import NotFound
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 
@@ -85,8 +87,11 @@ def audit_record(
     """Append one audit row. Source address, user agent and request id come from the
     current request (see homepot.request_context); outside a request they stay empty.
 
-    Call inside the same transaction as the change it records, so both land or neither.
-    Not idempotent: each call appends a row.
+    Call inside the same transaction as the change it records, so both land or neither:
+    in a service decorated with audited_atomic, the row is inserted when the service's
+    block ends (after its row locks; see "Lock order" below), elsewhere at once. The
+    returned entry has its id and hashes from then on. Not idempotent: each call appends
+    a row.
     """
     context = request_context.current()
     if device is not None and site is None:
@@ -98,15 +103,17 @@ def audit_record(
         actor.get_username() if actor is not None and getattr(actor, "is_authenticated", False) else ""
     )
     actor = actor if actor_ref and not getattr(actor, "is_device", False) else None
+    # Linked by id, not by instance: the row is inserted at the end of the audited block,
+    # when a deleted device or site no longer has a pk on its instance.
     entry = AuditLog(
         event_type=AuditEvent(event_type),
-        actor=actor,
+        actor_id=actor.pk if actor is not None else None,
         actor_ref=actor_ref,
-        site=site,
+        site_id=site.pk if site else None,
         site_ref=site.site_id if site else "",
-        device=device,
+        device_id=device.pk if device else None,
         device_ref=device.device_id if device else "",
-        job=job,
+        job_id=job.pk if job else None,
         description=description,
         old_values=old_values,
         new_values=new_values,
@@ -114,8 +121,10 @@ def audit_record(
         user_agent=context.user_agent,
         request_id=context.request_id,
     )
-    with transaction.atomic():
-        append_to_chain(entry)
+    # Queued, not inserted: the chain lock is taken once the caller's audited block is done
+    # with its row locks (see audited_atomic). Outside one, this call is its own block.
+    with audited_atomic():
+        _chain_state().pending.append(entry)
     return entry
 
 
@@ -125,24 +134,100 @@ _CHAIN_LOCK_KEY = 0x484F4D45504F54  # "HOMEPOT"
 
 
 def append_to_chain(entry: AuditLog) -> AuditLog:
-    """Link `entry` to the newest row and insert it, one writer at a time. Call inside a
-    transaction (audit_record does); the lock is held until that transaction ends.
+    """Link `entry` to the newest row and insert it now, one writer at a time. Call inside a
+    transaction; the chain lock is held until that transaction ends. Services use
+    audit_record, which calls this at the end of their audited block."""
+    _append_all([entry])
+    return entry
 
-    On PostgreSQL a transaction-scoped advisory lock orders concurrent writers, so every
-    row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
-    writers by itself.
-    """
+
+def _append_all(entries: list[AuditLog]) -> None:
+    # On PostgreSQL a transaction-scoped advisory lock orders concurrent writers, so every
+    # row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
+    # writers by itself.
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-    entry.created_at = timezone.now()
-    entry.prev_hash = (
-        AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first() or GENESIS_HASH
-    )
-    entry.row_hash = entry.compute_hash()
-    entry.save(force_insert=True)
-    return entry
+    prev_hash = AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first() or GENESIS_HASH
+    now = timezone.now()
+    for entry in entries:
+        entry.created_at = now
+        entry.prev_hash = prev_hash
+        entry.row_hash = prev_hash = entry.compute_hash()
+    # One INSERT for the block's rows: ids are taken in list order, which is chain order.
+    AuditLog.objects.bulk_create(entries)
+
+
+# --- Lock order ----------------------------------------------------------------------------
+#
+# ONE rule for every audited write (docs/architecture.md, "Lock order"):
+#   1. row locks first: the rows being changed, locked with lock_for_change(), parent before
+#      child (site → device → credential, site → job → delivery, site → membership);
+#   2. the audit chain lock last, just before the audit INSERT, in the same transaction.
+# audited_atomic enforces step 2: audit_record only queues its row; the outermost audited
+# block appends the queue to the chain when its body is done, after every row lock the body
+# took. Two writers can then only wait on each other's row locks in one order, and the
+# chain lock is held from the audit INSERT to the COMMIT, not for the whole transaction.
+
+
+class _ChainState:
+    __slots__ = ("depth", "pending")
+
+    def __init__(self):
+        self.depth = 0
+        self.pending: list[AuditLog] = []
+
+
+def _chain_state() -> _ChainState:
+    # Per connection, hence per thread: Django gives each thread its own connection.
+    connection = transaction.get_connection()
+    state = getattr(connection, "_homepot_audit_chain", None)
+    if state is None:
+        state = connection._homepot_audit_chain = _ChainState()
+    return state
+
+
+@contextlib.contextmanager
+def audited_atomic():
+    """transaction.atomic for a write that records audit rows: decorate a service with it
+    (or use it as a `with` block). The audit rows its body records are appended to the
+    chain when the outermost audited block ends, after the body's own row locks.
+
+    Nested blocks join the outermost one. A block that raises drops the audit rows it
+    queued along with its savepoint. Not a place to swallow errors of a nested plain
+    `transaction.atomic` that recorded audit rows: those rows stay queued.
+    """
+    with transaction.atomic():
+        state = _chain_state()
+        mark = len(state.pending)
+        state.depth += 1
+        try:
+            yield
+        except BaseException:
+            del state.pending[mark:]
+            raise
+        finally:
+            state.depth -= 1
+        if state.depth == 0 and state.pending:
+            entries, state.pending = state.pending, []
+            _append_all(entries)
+
+
+def lock_for_change(queryset: models.QuerySet | type[models.Model], pk, *, what: str = ""):
+    """The row `pk` of `queryset`, locked FOR UPDATE until the transaction ends: step 1 of
+    the lock order. Lock parents before children.
+
+    Raises NotFound (a 404) when the row is gone, e.g. deleted by a concurrent request that
+    held the lock first: the loser of a race gets a clean answer, not a server error.
+    """
+    if isinstance(queryset, type):
+        queryset = queryset.objects.all()
+    try:
+        return queryset.select_for_update(of=("self",)).get(pk=pk)
+    except queryset.model.DoesNotExist:
+        name = what or queryset.model._meta.verbose_name
+        raise NotFound(f"The {name} no longer exists; it was removed by another request.") from None
 
 
 def _canonical_ip(value: str | None) -> str | None:

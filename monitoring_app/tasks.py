@@ -9,6 +9,7 @@ from celery import shared_task
 from django.db import transaction
 
 from monitoring_app.alerts import alerts_evaluate
+from monitoring_app.checkpoints import checkpoint_write
 from monitoring_app.notifications import notifications_deliver_due
 from monitoring_app.retention import health_history_prune
 from monitoring_app.rollup import fleet_snapshot_take
@@ -57,3 +58,11 @@ def flush_heartbeats() -> int:
 def prune_health_history() -> int:
     """Remove health history past its retention, in batches; one audit row per run."""
     return health_history_prune()
+
+
+@shared_task(ignore_result=True, soft_time_limit=120, time_limit=180)
+def audit_checkpoint() -> int:
+    """Append a signed checkpoint of the audit head to HOMEPOT_AUDIT_CHECKPOINT_DIR; returns
+    the row count it names. Two runs at once append two lines, both valid."""
+    checkpoint, _ = checkpoint_write()
+    return checkpoint.count

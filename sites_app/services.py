@@ -1,17 +1,15 @@
 """Writes of the sites app. Every change is validated, scoped and audited in one transaction."""
 
-from django.db import transaction
-
 from accounts.scoping import require_admin
 from homepot.errors import Conflict
 from monitoring_app.choices import AuditEvent
-from monitoring_app.services import audit_record, snapshot, update_audited
+from monitoring_app.services import audit_record, audited_atomic, lock_for_change, snapshot, update_audited
 from sites_app.models import Site
 
 AUDITED_FIELDS = ("site_id", "name", "description", "location", "region", "timezone", "is_active")
 
 
-@transaction.atomic
+@audited_atomic()
 def site_create(*, actor, site_id: str, name: str, **fields) -> Site:
     """Create a site; only admins (or the system, `actor=None`) may. Audited as site.created.
 
@@ -31,7 +29,7 @@ def site_create(*, actor, site_id: str, name: str, **fields) -> Site:
     return site
 
 
-@transaction.atomic
+@audited_atomic()
 def site_update(*, actor, site: Site, **fields) -> Site:
     """Change the given fields of `site`; only admins may (site managers run the site's
     devices and jobs, not the site record). Audited as site.updated with only what changed.
@@ -39,7 +37,7 @@ def site_update(*, actor, site: Site, **fields) -> Site:
     A repeat with the same values changes nothing and records nothing.
     """
     require_admin(actor, "change sites")
-    site = Site.objects.select_for_update().get(pk=site.pk)
+    site = lock_for_change(Site, site.pk)
     update_audited(
         site,
         fields,
@@ -52,12 +50,13 @@ def site_update(*, actor, site: Site, **fields) -> Site:
     return site
 
 
-@transaction.atomic
+@audited_atomic()
 def site_delete(*, actor, site: Site) -> None:
     """Delete a site with no devices (Conflict otherwise) and its jobs; audited as
     site.deleted. The audit history of the site is kept."""
     require_admin(actor, "delete sites")
-    site = Site.objects.select_for_update().get(pk=site.pk)
+    # The site row first; the delete then reaches its jobs and memberships (parent → child).
+    site = lock_for_change(Site, site.pk)
     device_count = site.devices.count()
     if device_count:
         raise Conflict(

@@ -1,4 +1,3 @@
-from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.decorators import action
@@ -10,6 +9,7 @@ from devices_app.filters import DeviceFilterSet
 from devices_app.selectors import device_list
 from homepot.api.pagination import CursorPagination
 from homepot.api.views import ServiceModelViewSet
+from monitoring_app.services import audited_atomic
 
 
 @extend_schema_view(
@@ -71,7 +71,7 @@ class DeviceViewSet(ServiceModelViewSet):
         methods=["DELETE"], summary="Revoke a device's credential", request=None, responses={204: None}
     )
     @action(detail=True, methods=["post", "delete"])
-    @transaction.atomic
+    @audited_atomic()
     def credential(self, request, device_id=None):
         device = self.get_object()
         if request.method == "DELETE":

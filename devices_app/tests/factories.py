@@ -1,7 +1,7 @@
 import factory
 
 from devices_app.choices import DeviceStatus, DeviceType
-from devices_app.models import Device
+from devices_app.models import Device, DeviceCredential
 
 
 class DeviceFactory(factory.django.DjangoModelFactory):
@@ -18,3 +18,14 @@ class DeviceFactory(factory.django.DjangoModelFactory):
     mac_address = factory.Sequence(lambda n: "02:00:" + ":".join(f"{b:02X}" for b in n.to_bytes(4, "big")))
     firmware_version = "4.2.1"
     config = factory.LazyFunction(lambda: {"gateway_url": "https://payments.example.com"})
+
+
+class DeviceCredentialFactory(factory.django.DjangoModelFactory):
+    """A usable credential; its raw key is `hpd_test-<n>` (not kept on the instance)."""
+
+    class Meta:
+        model = DeviceCredential
+
+    device = factory.SubFactory(DeviceFactory)
+    key_prefix = factory.Sequence(lambda n: f"hpd_test-{n}"[:12])
+    key_hash = factory.Sequence(lambda n: DeviceCredential.hash_key(f"hpd_test-{n}"))

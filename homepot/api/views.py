@@ -1,12 +1,12 @@
 """The base viewset of the HOMEPOT API: scoped reads, writes through services."""
 
-from django.db import transaction
 from rest_framework import permissions, viewsets
 from rest_framework.exceptions import NotFound
 
 from accounts.scoping import require_site_access
 from homepot.api.filters import API_FILTER_BACKENDS
 from homepot.api.schema import HomepotAutoSchema
+from monitoring_app.services import audited_atomic
 
 
 class ServiceModelViewSet(viewsets.ModelViewSet):
@@ -62,15 +62,17 @@ class ServiceModelViewSet(viewsets.ModelViewSet):
         self.delete_object(instance)
 
     # One transaction per write request: the service's change, its audit row and the answer
-    # built from them succeed together or leave nothing behind.
-    @transaction.atomic
+    # built from them succeed together or leave nothing behind. Audited, so the audit rows
+    # join the chain at the very end, after the answer is built: the chain lock, which every
+    # audited write in the fleet queues for, is held only for the insert and the commit.
+    @audited_atomic()
     def create(self, request, *args, **kwargs):
         return super().create(request, *args, **kwargs)
 
-    @transaction.atomic
+    @audited_atomic()
     def update(self, request, *args, **kwargs):
         return super().update(request, *args, **kwargs)
 
-    @transaction.atomic
+    @audited_atomic()
     def destroy(self, request, *args, **kwargs):
         return super().destroy(request, *args, **kwargs)

@@ -6,7 +6,6 @@ but not `change` is a 403 on every write. Every action goes through an audited s
 """
 
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -33,6 +32,7 @@ from jobs_app.choices import DeliveryStatus
 from jobs_app.filters import DeliveryFilterSet, JobFilterSet
 from jobs_app.models import SavedSegment
 from jobs_app.selectors import job_deliveries, job_list
+from monitoring_app.services import audited_atomic
 
 
 class JobPagination(CursorPagination):
@@ -99,14 +99,14 @@ class JobViewSet(ServiceModelViewSet):
         data = JobDetailSerializer(self._fresh(job), context=self.get_serializer_context()).data
         return Response({**data, **extra}, status=code)
 
-    @transaction.atomic
+    @audited_atomic()
     def create(self, request, *args, **kwargs):
         serializer = JobCreateSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         job = services.job_create(actor=request.user, **serializer.to_service_kwargs())
         return self._answer(job, status.HTTP_201_CREATED)
 
-    @transaction.atomic
+    @audited_atomic()
     def partial_update(self, request, *args, **kwargs):
         job = self.get_object()
         serializer = JobUpdateSerializer(data=request.data, context=self.get_serializer_context())
@@ -120,7 +120,7 @@ class JobViewSet(ServiceModelViewSet):
 
     @extend_schema(summary="Pause the rollout", request=PauseSerializer, responses=JobDetailSerializer)
     @action(detail=True, methods=["post"])
-    @transaction.atomic
+    @audited_atomic()
     def pause(self, request, pk=None):
         job = self.get_object()
         serializer = PauseSerializer(data=request.data)
@@ -129,7 +129,7 @@ class JobViewSet(ServiceModelViewSet):
 
     @extend_schema(summary="Resume a paused rollout", request=None, responses=JobDetailSerializer)
     @action(detail=True, methods=["post"])
-    @transaction.atomic
+    @audited_atomic()
     def resume(self, request, pk=None):
         return self._answer(services.job_resume(actor=request.user, job=self.get_object()))
 
@@ -139,7 +139,7 @@ class JobViewSet(ServiceModelViewSet):
         responses=JobDetailSerializer,
     )
     @action(detail=True, methods=["post"])
-    @transaction.atomic
+    @audited_atomic()
     def cancel(self, request, pk=None):
         return self._answer(services.job_cancel(actor=request.user, job=self.get_object()))
 
@@ -147,7 +147,7 @@ class JobViewSet(ServiceModelViewSet):
         summary="Retry the failed and timed-out deliveries", request=None, responses=RetriedSerializer
     )
     @action(detail=True, methods=["post"])
-    @transaction.atomic
+    @audited_atomic()
     def retry(self, request, pk=None):
         job = self.get_object()
         retried = services.job_retry(actor=request.user, job=job)
@@ -159,7 +159,7 @@ class JobViewSet(ServiceModelViewSet):
         responses={201: JobDetailSerializer},
     )
     @action(detail=True, methods=["post"])
-    @transaction.atomic
+    @audited_atomic()
     def clone(self, request, pk=None):
         job = self.get_object()
         return self._answer(services.job_clone(actor=request.user, job=job), status.HTTP_201_CREATED)
@@ -211,7 +211,7 @@ class JobViewSet(ServiceModelViewSet):
         url_name="delivery-cancel",
         filter_backends=[],
     )
-    @transaction.atomic
+    @audited_atomic()
     def cancel_delivery(self, request, pk=None, delivery_id=None):
         job = self.get_object()
         deliveries = job_deliveries(job=job, user=request.user)

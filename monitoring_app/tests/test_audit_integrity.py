@@ -7,7 +7,7 @@ from django.db import DatabaseError, connection, transaction
 
 from devices_app.tests.factories import DeviceFactory
 from monitoring_app.models import AppendOnlyError, AuditLog
-from monitoring_app.services import audit_record
+from monitoring_app.services import audit_record, audited_atomic
 
 pytestmark = pytest.mark.django_db
 
@@ -111,3 +111,44 @@ def test_concurrent_writers_keep_one_unbroken_chain():
     assert errors == []
     assert AuditLog.objects.count() == 40
     call_command("verify_audit")
+
+
+def test_an_audited_block_writes_its_rows_when_it_ends_after_its_own_writes():
+    device = DeviceFactory()
+    with audited_atomic():
+        audit_record(event_type="device.updated", device=device, new_values={"step": 1})
+        with audited_atomic():
+            audit_record(event_type="device.updated", device=device, new_values={"step": 2})
+        # Not yet in the chain: the chain lock comes after every row lock of the block.
+        assert not AuditLog.objects.exists()
+        device.delete()  # a write after the audit call, as device_delete does
+    rows = list(AuditLog.objects.order_by("id"))
+    assert [r.new_values["step"] for r in rows] == [1, 2]
+    assert rows[0].device_ref == device.device_id and rows[1].prev_hash == rows[0].row_hash
+
+
+def test_a_failed_nested_block_drops_its_audit_rows_with_its_savepoint():
+    device = DeviceFactory()
+    with audited_atomic():
+        audit_record(event_type="device.updated", device=device, new_values={"kept": True})
+        with pytest.raises(ValueError), audited_atomic():
+            audit_record(event_type="device.updated", device=device, new_values={"kept": False})
+            raise ValueError("refused")
+    assert [r.new_values for r in AuditLog.objects.all()] == [{"kept": True}]
+    call_command("verify_audit")
+
+
+def test_audit_record_outside_an_audited_block_writes_at_once():
+    entry = audit_record(event_type="device.updated", device=DeviceFactory())
+    assert entry.pk is not None and AuditLog.objects.get().row_hash == entry.row_hash
+
+
+def test_the_database_refuses_truncate():
+    _write_trail(2)
+    with (
+        pytest.raises(DatabaseError, match="append-only: TRUNCATE refused"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("TRUNCATE monitoring_app_auditlog")
+    assert AuditLog.objects.count() == 2
