@@ -1,0 +1,120 @@
+"""Hostile and malformed input answers 400 (or a JSON 404) naming what is wrong, never 500
+and never an HTML page: date filters PostgreSQL cannot hold, text PostgreSQL cannot store,
+bodies of the wrong JSON type, bad paging parameters and unknown API paths."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from devices_app.services import device_credential_issue
+from devices_app.tests.factories import DeviceFactory
+from homepot.api.filters import StrictIsoDateTimeFilter
+from homepot.tests.api_helpers import assert_error
+from sites_app.tests.factories import SiteFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def device():
+    return DeviceFactory()
+
+
+@pytest.fixture
+def device_api(device) -> APIClient:
+    _, secret = device_credential_issue(actor=None, device=device)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Device {secret}")
+    client.secret = secret
+    return client
+
+
+# --- Date filters ---------------------------------------------------------------------------------
+
+DATE_FILTERS = [
+    ("/devices", "last_seen_after"),
+    ("/devices", "last_seen_before"),
+    ("/api/v1/devices", "last_seen_after"),
+    ("/jobs", "created_after"),
+    ("/jobs", "created_before"),
+    ("/api/v1/audit-logs", "since"),
+    ("/api/v1/audit-logs", "until"),
+    ("/api/v1/audit-logs/export", "since"),
+    ("/api/v1/alerts", "since"),
+]
+
+
+@pytest.mark.parametrize(("path", "param"), DATE_FILTERS)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "2026-12-29T02:19:54+24:00",  # no such offset
+        "2026-13-01T00:00:00Z",
+        "yesterday",
+    ],
+)
+def test_a_date_filter_python_cannot_hold_is_a_400_naming_it(admin_api, path, param, value):
+    assert_error(admin_api.get(path, {param: value}), 400, field=param)
+
+
+@pytest.mark.parametrize(("path", "param"), DATE_FILTERS)
+def test_a_date_filter_with_an_offset_postgresql_refuses_is_read_in_utc(admin_api, path, param):
+    # PostgreSQL refuses offsets beyond ±15:59 in a timestamptz literal; the filter hands it
+    # the UTC instant instead, so any offset ISO 8601 allows works.
+    response = admin_api.get(path, {param: "2026-12-29T02:19:54-23:29"})
+    assert response.status_code == 200, response.content
+    if path.endswith("/export"):
+        assert b"".join(response.streaming_content).startswith(b"id,")
+
+
+def test_a_date_filter_with_a_large_offset_compares_the_instant(admin_api):
+    site = SiteFactory()
+    seen = DeviceFactory(site=site)
+    seen.last_seen = seen.created_at
+    seen.save(update_fields=["last_seen"])
+    # The same instant as last_seen, written with a -23:29 offset.
+    from datetime import timedelta, timezone
+
+    local = seen.last_seen.astimezone(timezone(-timedelta(hours=23, minutes=29)))
+    ids = [
+        row["device_id"]
+        for row in admin_api.get("/devices", {"last_seen_after": local.isoformat()}).json()["results"]
+    ]
+    assert ids == [seen.device_id]
+    assert admin_api.get("/devices", {"last_seen_before": local.isoformat()}).json()["results"] == []
+
+
+def test_every_date_filter_of_every_filter_set_is_the_strict_one():
+    # One place validates date-times: a plain django-filter DateTimeFilter would reach
+    # PostgreSQL with whatever offset it was given.
+    import django_filters
+
+    from devices_app import filters as device_filters
+    from jobs_app import filters as job_filters
+    from monitoring_app import filters as monitoring_filters
+    from sites_app import filters as site_filters
+
+    modules = (device_filters, job_filters, monitoring_filters, site_filters)
+    filter_sets = [
+        value
+        for module in modules
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, django_filters.FilterSet)
+    ]
+    dated = [
+        (filter_set.__name__, name)
+        for filter_set in filter_sets
+        for name, declared in filter_set.base_filters.items()
+        if isinstance(declared, (django_filters.DateTimeFilter, django_filters.DateFilter))
+    ]
+    assert len(dated) == 7
+    for filter_set_name, name in dated:
+        declared = next(f for f in filter_sets if f.__name__ == filter_set_name).base_filters[name]
+        assert isinstance(declared, StrictIsoDateTimeFilter), (filter_set_name, name)
+
+
+def test_the_audit_export_refuses_a_bad_date_before_it_streams(admin_api):
+    response = admin_api.get("/api/v1/audit-logs/export", {"until": "0001-01-01T00:00:00+05:00"})
+    assert_error(response, 400, field="until")
+    assert not response.streaming
