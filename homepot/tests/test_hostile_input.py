@@ -118,3 +118,82 @@ def test_the_audit_export_refuses_a_bad_date_before_it_streams(admin_api):
     response = admin_api.get("/api/v1/audit-logs/export", {"until": "0001-01-01T00:00:00+05:00"})
     assert_error(response, 400, field="until")
     assert not response.streaming
+
+
+# --- Text PostgreSQL cannot store -----------------------------------------------------------------
+
+LONE_SURROGATE = '"\\ud800"'  # a JSON escape of half a UTF-16 pair
+LONE_SURROGATE_UPPER = '"\\uDFFF"'
+NUL = '"\\u0000"'
+
+
+def post_raw(client, path: str, body: str):
+    return client.post(path, body, content_type="application/json")
+
+
+@pytest.mark.parametrize("text", [LONE_SURROGATE, LONE_SURROGATE_UPPER, NUL])
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{"status": "healthy", "metrics": {"k": TEXT}}',
+        '{"status": "healthy", "metrics": {TEXT: 1}}',
+        '{"status": "healthy", "metrics": {"deep": [{"k": ["x", TEXT]}]}}',
+        '{"status": "healthy", "error_message": TEXT}',
+    ],
+)
+def test_unstorable_text_in_a_health_report_is_a_400(device_api, template, text):
+    assert_error(post_raw(device_api, "/api/v1/agent/health/", template.replace("TEXT", text)), 400)
+
+
+@pytest.mark.parametrize("text", [LONE_SURROGATE, NUL])
+def test_unstorable_text_in_a_health_batch_is_a_400(device_api, text):
+    body = '{"reports": [{"status": "healthy", "metrics": {TEXT: "x"}}]}'.replace("TEXT", text)
+    assert_error(post_raw(device_api, "/api/v1/agent/health/batch/", body), 400)
+
+
+@pytest.mark.parametrize("text", [LONE_SURROGATE, NUL])
+def test_unstorable_text_in_a_segment_is_a_400(admin_api, text):
+    body = '{"name": "tills", "segment": {"device_type": [TEXT]}}'.replace("TEXT", text)
+    assert_error(post_raw(admin_api, "/segments", body), 400)
+    body = '{"name": TEXT, "segment": {"device_type": ["pos_terminal"]}}'.replace("TEXT", text)
+    assert_error(post_raw(admin_api, "/segments", body), 400)
+
+
+@pytest.mark.parametrize("text", [LONE_SURROGATE, NUL])
+def test_unstorable_text_in_a_job_segment_is_a_400(admin_api, text):
+    SiteFactory(site_id="site-123")
+    body = '{"site_id": "site-123", "action": "update_config", "segment": {"status": [TEXT]}}'.replace(
+        "TEXT", text
+    )
+    assert_error(post_raw(admin_api, "/jobs", body), 400)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"site_id": TEXT, "name": "x"}', "site_id"),
+        ('{"site_id": "s-1", "name": "x", "extra": {"a": [1, {"b": TEXT}]}}', "extra"),
+        ('{"site_id": "s-1", "name": "x", "extra": {"a": {"b": TEXT}}}', "extra"),
+        ('{"site_id": "s-1", "name": "x", "extra": {TEXT: 1}}', "extra"),
+        ("[TEXT]", "0"),
+        ("TEXT", "non_field_errors"),
+    ],
+)
+def test_the_parser_names_where_the_unstorable_text_is(admin_api, body, field):
+    error = assert_error(
+        post_raw(admin_api, "/sites", body.replace("TEXT", LONE_SURROGATE)), 400, field=field
+    )
+    assert "surrogate" in error["fields"][field][0]
+
+
+def test_the_parser_says_where_inside_a_field_the_unstorable_text_is(admin_api):
+    body = '{"site_id": "s-1", "name": "x", "extra": {"a": [1, {"b": "\\ud800"}]}}'
+    error = assert_error(post_raw(admin_api, "/sites", body), 400, field="extra")
+    assert error["fields"]["extra"][0].endswith("(at extra.a.1.b)")
+
+
+def test_paired_surrogates_are_ordinary_text(admin_api):
+    # "\ud83d\ude00" is one character (an emoji) written as a UTF-16 pair: valid JSON text.
+    response = post_raw(admin_api, "/sites", '{"site_id": "site-emoji", "name": "Caf\\ud83d\\ude00"}')
+    assert response.status_code == 201, response.content
+    assert response.json()["name"] == "Caf\U0001f600"
