@@ -2,11 +2,17 @@
 and never an HTML page: date filters PostgreSQL cannot hold, text PostgreSQL cannot store,
 bodies of the wrong JSON type, bad paging parameters and unknown API paths."""
 
+import json
+
 import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
+from homepot import views
+from homepot.api.docs import RedocView, SwaggerView
 from homepot.api.filters import StrictIsoDateTimeFilter
 from homepot.tests.api_helpers import assert_error
 from sites_app.tests.factories import SiteFactory
@@ -197,3 +203,56 @@ def test_paired_surrogates_are_ordinary_text(admin_api):
     response = post_raw(admin_api, "/sites", '{"site_id": "site-emoji", "name": "Caf\\ud83d\\ude00"}')
     assert response.status_code == 201, response.content
     assert response.json()["name"] == "Caf\U0001f600"
+
+
+# --- Unknown API paths answer JSON ----------------------------------------------------------------
+
+
+def _is_json_api_view(callback) -> bool:
+    """A DRF view other than the schema's HTML readers (/docs, /redoc)."""
+    view_class = getattr(callback, "cls", None)
+    return view_class is not None and view_class not in (SwaggerView, RedocView)
+
+
+def _api_prefixes() -> set[str]:
+    """The first path segment of every route served by a DRF view (the API), found by walking
+    the URL configuration itself."""
+    found = set()
+
+    def walk(patterns, prefix=""):
+        for entry in patterns:
+            route = prefix + str(entry.pattern).lstrip("^")
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, route)
+            elif isinstance(entry, URLPattern) and _is_json_api_view(entry.callback):
+                found.add(route.split("/", 1)[0].rstrip("$?"))
+
+    walk(get_resolver().url_patterns)
+    return found
+
+
+def test_every_api_route_prefix_is_an_api_path():
+    prefixes = _api_prefixes()
+    assert {"api", "sites", "devices", "jobs", "segments"} <= prefixes
+    for prefix in prefixes:
+        assert views.is_api_path(f"/{prefix}/no-such-thing/really"), prefix
+
+
+@pytest.mark.parametrize("prefix", sorted(_api_prefixes()))
+def test_an_unknown_path_under_every_api_prefix_is_a_json_404(admin_api, prefix):
+    response = admin_api.get(f"/{prefix}/no-such-thing/really/not")
+    assert_error(response, 404)
+
+
+def test_non_api_paths_keep_html_404s(admin_api):
+    response = admin_api.get("/no-such-page")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+    assert not views.is_api_path("/sitesmap")
+
+
+def test_an_api_500_is_json():
+    request = Client().get("/jobs/x").wsgi_request
+    response = views.server_error(request)
+    assert response.status_code == 500
+    assert json.loads(response.content)["error"]["code"] == "server_error"
