@@ -15,6 +15,7 @@ from homepot import views
 from homepot.api.docs import RedocView, SwaggerView
 from homepot.api.filters import StrictIsoDateTimeFilter
 from homepot.tests.api_helpers import assert_error
+from jobs_app.tests.factories import JobFactory
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -205,6 +206,69 @@ def test_paired_surrogates_are_ordinary_text(admin_api):
     assert response.json()["name"] == "Caf\U0001f600"
 
 
+# --- Bodies of the wrong JSON type ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ["null", "[]", "[1]", "1", '"x"', "true"])
+def test_a_heartbeat_body_that_is_not_an_object_is_a_400(device_api, device, body):
+    response = Client().post(
+        "/api/v1/agent/heartbeat",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Device {device_api.secret}",
+    )
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize("body", ["null", "[]", "1", '"x"'])
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/agent/health", "/api/v1/agent/health/batch"],
+)
+def test_agent_bodies_that_are_not_objects_are_400(device_api, path, body):
+    assert_error(post_raw(device_api, path, body), 400)
+
+
+@pytest.mark.parametrize("body", ["null", "[]", "1"])
+@pytest.mark.parametrize("path", ["/sites", "/devices", "/jobs", "/segments", "/api/v1/users"])
+def test_create_bodies_that_are_not_objects_are_400(admin_api, path, body):
+    assert_error(post_raw(admin_api, path, body), 400)
+
+
+def test_a_job_action_body_that_is_not_an_object_is_a_400(admin_api):
+    job = JobFactory()
+    for body in ("null", "[]", "1"):
+        assert_error(post_raw(admin_api, f"/jobs/{job.pk}/pause", body), 400)
+
+
+# --- Paging parameters ----------------------------------------------------------------------------
+
+PAGED = ["/sites", "/devices", "/jobs", "/segments", "/api/v1/audit-logs", "/api/v1/alerts", "/api/v1/users"]
+
+
+@pytest.mark.parametrize("path", PAGED)
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "1.5", ""])
+def test_a_bad_page_size_is_a_400_naming_it(admin_api, path, value):
+    if value == "":
+        assert admin_api.get(path, {"page_size": value}).status_code == 200
+        return
+    assert_error(admin_api.get(path, {"page_size": value}), 400, field="page_size")
+
+
+@pytest.mark.parametrize("path", PAGED)
+def test_a_page_size_above_the_maximum_is_capped(admin_api, path):
+    assert admin_api.get(path, {"page_size": "100000"}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc"])
+def test_a_bad_page_number_is_a_400_naming_it(admin_api, value):
+    assert_error(admin_api.get("/sites", {"page": value}), 400, field="page")
+
+
+def test_a_page_past_the_end_is_still_a_404(admin_api):
+    assert_error(admin_api.get("/sites", {"page": "99"}), 404)
+
+
 # --- Unknown API paths answer JSON ----------------------------------------------------------------
 
 
@@ -256,3 +320,14 @@ def test_an_api_500_is_json():
     response = views.server_error(request)
     assert response.status_code == 500
     assert json.loads(response.content)["error"]["code"] == "server_error"
+
+
+# --- Schema and behaviour agree -------------------------------------------------------------------
+
+
+def test_a_system_jobs_creator_is_null_and_the_schema_says_so(admin_api):
+    job = JobFactory(created_by=None)
+    assert admin_api.get(f"/jobs/{job.pk}").json()["created_by"] is None
+    schema = admin_api.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    for name in ("Job", "JobDetail"):
+        assert schema["components"]["schemas"][name]["properties"]["created_by"].get("nullable") is True

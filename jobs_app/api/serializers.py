@@ -20,7 +20,13 @@ class JobSerializer(serializers.ModelSerializer):
     extra_sites = serializers.SerializerMethodField(help_text="More targeted sites (those you may see).")
     target_devices = serializers.SerializerMethodField(help_text="Hand-picked devices (those you may see).")
     ttl_seconds = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    created_by = serializers.CharField(
+        source="created_by.username",
+        read_only=True,
+        default=None,
+        allow_null=True,
+        help_text="Who created the job; null for jobs the system created.",
+    )
 
     class Meta:
         model = Job
@@ -224,7 +230,7 @@ class SavedSegmentSerializer(serializers.ModelSerializer):
     segment = serializers.JSONField(
         help_text='Devices matching every list, e.g. {"device_type": ["pos_terminal"], "status": ["online"]}.'
     )
-    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+    owner = serializers.CharField(source="owner.username", read_only=True, default=None, allow_null=True)
 
     class Meta:
         model = SavedSegment
