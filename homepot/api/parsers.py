@@ -1,5 +1,6 @@
 import io
 import re
+from typing import NoReturn
 
 from django.conf import settings
 from rest_framework import exceptions, parsers, status
@@ -82,7 +83,7 @@ def _child(path: str, name) -> str:
     return f"{path}.{name}" if path else str(name)
 
 
-def _refuse(path: str):
+def _refuse(path: str) -> NoReturn:
     field = path.split(".", 1)[0] or "non_field_errors"
     where = f" (at {path})" if "." in path else ""
     raise exceptions.ValidationError({field: [UNSTORABLE_TEXT + where]})
