@@ -9,6 +9,7 @@ from django.db.models import Subquery
 
 from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.models import Device
+from homepot.api.filters import StrictIsoDateTimeFilter
 from sites_app.selectors import sites_by_reference
 
 _SITE_HELP = "The site's business id (site-003) or internal id (3)."
@@ -20,10 +21,10 @@ class DeviceFilterSet(django_filters.FilterSet):
     device_type = django_filters.ChoiceFilter(choices=DeviceType.choices)
     status = django_filters.ChoiceFilter(choices=DeviceStatus.choices)
     firmware_version = django_filters.CharFilter(help_text="Exact firmware version, e.g. 4.2.1.")
-    last_seen_after = django_filters.IsoDateTimeFilter(
+    last_seen_after = StrictIsoDateTimeFilter(
         field_name="last_seen", lookup_expr="gte", help_text="Seen at or after this ISO 8601 time."
     )
-    last_seen_before = django_filters.IsoDateTimeFilter(
+    last_seen_before = StrictIsoDateTimeFilter(
         field_name="last_seen", lookup_expr="lt", help_text="Last seen before this ISO 8601 time."
     )
 

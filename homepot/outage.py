@@ -79,9 +79,9 @@ def log_unavailable(request, exc: BaseException) -> None:
 
 
 def is_api_path(request) -> bool:
-    from homepot.views import API_PATH_PREFIXES
+    from homepot.views import is_api_path as api_path  # homepot.views imports this module
 
-    return request.path.startswith(API_PATH_PREFIXES)
+    return api_path(request.path)
 
 
 def unavailable_response(request) -> HttpResponse:

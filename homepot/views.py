@@ -1,5 +1,6 @@
 """Site-wide plain Django views: the liveness probe and JSON error pages for API paths."""
 
+import functools
 import logging
 import sys
 
@@ -13,8 +14,20 @@ from homepot import outage
 
 logger = logging.getLogger(__name__)
 
-# Paths served by the API; their 404 and 500 pages use the API's JSON error shape.
-API_PATH_PREFIXES = ("/api/", "/sites", "/devices")
+
+@functools.cache
+def api_path_roots() -> frozenset[str]:
+    """First path segments served by the API: `api` (everything under /api/) and the root of
+    every resource homepot.api.urls mounts at / (sites, devices, jobs, segments, ...), read
+    from that configuration so a new resource cannot be forgotten here."""
+    from homepot.api.urls import RESOURCES  # the URL configuration imports this module
+
+    return frozenset({"api", *(prefix.split("/", 1)[0] for prefix, _viewset, _basename in RESOURCES)})
+
+
+def is_api_path(path: str) -> bool:
+    """Whether a 404 or 500 at `path` answers with the API's JSON error shape."""
+    return path.lstrip("/").split("/", 1)[0] in api_path_roots()
 
 
 @never_cache
@@ -35,17 +48,13 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
-def _is_api_path(request) -> bool:
-    return request.path.startswith(API_PATH_PREFIXES)
-
-
 def _error(status: int, code: str, message: str) -> JsonResponse:
     # Mirrors homepot.api.errors.error_response for requests that never reached a DRF view.
     return JsonResponse({"error": {"status": status, "code": code, "message": message}}, status=status)
 
 
 def not_found(request, exception=None):
-    if _is_api_path(request):
+    if is_api_path(request.path):
         return _error(404, "not_found", "No such endpoint.")
     return defaults.page_not_found(request, exception)
 
@@ -57,6 +66,6 @@ def server_error(request):
     if outage.database_unavailable(exc):
         outage.log_unavailable(request, exc)
         return outage.unavailable_response(request)
-    if _is_api_path(request):
+    if is_api_path(request.path):
         return _error(500, "server_error", "Something went wrong on our side; it has been logged.")
     return defaults.server_error(request)

@@ -4,6 +4,7 @@ import django_filters
 from django.db.models import Subquery
 
 from devices_app.models import Device
+from homepot.api.filters import StrictIsoDateTimeFilter
 from jobs_app.choices import DeliveryStatus, JobAction, JobStatus
 from jobs_app.models import Delivery, Job
 from sites_app.selectors import sites_by_reference
@@ -16,8 +17,8 @@ class JobFilterSet(django_filters.FilterSet):
     creator = django_filters.CharFilter(
         field_name="created_by__username", help_text="The creator's username."
     )
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     device = django_filters.CharFilter(
         method="filter_device", help_text="Jobs with a delivery to this device (its device_id)."
     )

@@ -1,5 +1,6 @@
 import django_filters
 
+from homepot.api.filters import StrictIsoDateTimeFilter
 from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent
 from monitoring_app.models import Alert, AuditLog
 
@@ -12,8 +13,8 @@ class AuditLogFilter(django_filters.FilterSet):
     site = django_filters.CharFilter(field_name="site_ref", help_text="The site's business id.")
     device = django_filters.CharFilter(field_name="device_ref", help_text="The device's business id.")
     job = django_filters.NumberFilter(field_name="job_id")
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = StrictIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditLog
@@ -32,7 +33,7 @@ class AlertFilter(django_filters.FilterSet):
     severity = django_filters.ChoiceFilter(choices=AlertSeverity.choices)
     site = django_filters.CharFilter(field_name="site__site_id", help_text="The site's business id.")
     device = django_filters.CharFilter(field_name="device__device_id", help_text="The device's business id.")
-    since = django_filters.IsoDateTimeFilter(field_name="opened_at", lookup_expr="gte")
+    since = StrictIsoDateTimeFilter(field_name="opened_at", lookup_expr="gte")
 
     class Meta:
         model = Alert

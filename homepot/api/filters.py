@@ -4,6 +4,8 @@ A list answers a malformed query parameter with 400 naming the parameter, never 
 empty page (which reads as "no such rows") and never with a silently ignored parameter.
 """
 
+import datetime
+
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -36,6 +38,40 @@ class StrictBooleanFilter(django_filters.Filter):
     """django-filter's BooleanFilter reads an unknown value as "no filter"; this one refuses it."""
 
     field_class = StrictBooleanFormField
+
+
+class StrictIsoDateTimeFormField(django_filters.fields.IsoDateTimeField):
+    """An ISO 8601 date-time, answered as the UTC instant it names.
+
+    Any offset Python holds (up to ±23:59) is accepted, but PostgreSQL refuses a timestamptz
+    literal beyond ±15:59, so the instant goes to the database in UTC. Values Python cannot
+    hold (`+24:00`, month 13) or whose instant falls outside years 1-9999 in UTC
+    (`0001-01-01T00:00:00+01:00`) are refused with the parameter's name, not a 500.
+    """
+
+    default_error_messages = {
+        "invalid": "Enter an ISO 8601 date-time, e.g. 2026-12-29T02:19:54Z or 2026-12-29T02:19:54+01:00.",
+        "overflow": "The time is outside the years 1 to 9999 in UTC.",
+    }
+
+    def to_python(self, value):
+        try:
+            parsed = super().to_python(value)
+        except OverflowError:  # a naive value made aware in a zone past year 9999
+            raise DjangoValidationError(self.error_messages["overflow"], code="overflow") from None
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(datetime.UTC)
+        except OverflowError:
+            raise DjangoValidationError(self.error_messages["overflow"], code="overflow") from None
+
+
+@extend_schema_field(OpenApiTypes.DATETIME)
+class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """The one date-time filter of every list (see StrictIsoDateTimeFormField)."""
+
+    field_class = StrictIsoDateTimeFormField
 
 
 class StrictSearchFilter(filters.SearchFilter):

@@ -42,7 +42,8 @@ _ERROR_DESCRIPTIONS = {
     400: "Invalid input; `fields` names each field or query parameter at fault.",
     401: "Not authenticated (no, expired or revoked token).",
     403: "Authenticated, but not allowed to do this.",
-    404: "No such object, or it is outside your sites.",
+    404: "No such object, or it is outside your sites (on a list: a page past the end, or a "
+    "cursor the API did not give).",
     409: "Conflicts with existing data (a duplicate id, a site that still has devices).",
     413: "Request body larger than the configured limit.",
 }
@@ -56,13 +57,18 @@ class HomepotAutoSchema(AutoSchema):
         statuses = [401, 403]
         if method in {"POST", "PUT", "PATCH"}:
             statuses += [400, 409, 413]
-        if method == "GET" and self._is_list_view():
-            statuses.append(400)  # a malformed filter
+        if method == "GET" and (self._is_list_view() or self.get_filter_backends()):
+            statuses.append(400)  # a malformed filter or page size
+            if self._is_list_view() and self._is_paginated():
+                statuses.append(404)  # a page past the end, or a cursor that is not ours
         if method == "DELETE":
             statuses.append(409)
-        if "{" in self.path:
+        if "{" in self.path and 404 not in statuses:
             statuses.append(404)
         return sorted(statuses)
+
+    def _is_paginated(self) -> bool:
+        return getattr(self.view, "pagination_class", None) is not None
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)

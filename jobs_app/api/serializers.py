@@ -20,7 +20,14 @@ class JobSerializer(serializers.ModelSerializer):
     extra_sites = serializers.SerializerMethodField(help_text="More targeted sites (those you may see).")
     target_devices = serializers.SerializerMethodField(help_text="Hand-picked devices (those you may see).")
     ttl_seconds = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    # Related fields, not CharField(source="created_by.username", default=None): DRF skips a
+    # dotted source's default in a partial update, which drops the key from the answer.
+    created_by = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Who created the job; null for jobs the system created.",
+    )
 
     class Meta:
         model = Job
@@ -219,12 +226,22 @@ class SavedSegmentSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text="The site whose managers may use it (id or site_id); null for everyone who runs a site.",
     )
-    site = serializers.CharField(source="site.site_id", read_only=True, default=None)
+    site = serializers.SlugRelatedField(
+        slug_field="site_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The site's business id; null when not tied to one site.",
+    )
     name = StrictCharField(max_length=100)
     segment = serializers.JSONField(
         help_text='Devices matching every list, e.g. {"device_type": ["pos_terminal"], "status": ["online"]}.'
     )
-    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+    owner = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Who saved it; null once that user is deleted.",
+    )
 
     class Meta:
         model = SavedSegment

@@ -162,7 +162,9 @@ class HeartbeatView(IngestView):
         # skips the serializer, and the answer is a plain dict (the same JSON the answer
         # serializer would give), rendered once.
         reported_at = None
-        if request.data:
+        # No body (or `{}`) is "alive, now"; anything else, `null` and `[]` included, must be
+        # a valid heartbeat object (the serializer refuses what is not an object).
+        if request.data != {}:
             serializer = HeartbeatSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             reported_at = serializer.validated_data.get("timestamp")

@@ -88,7 +88,7 @@ class AuditLogViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         return AuditLog.objects.for_user(self.request.user)
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, filters=True)
     @action(detail=False, methods=["get"], url_path="export", pagination_class=None)
     def export(self, request):
         """The same filtered, scoped trail as CSV, streamed so any size fits in flat memory."""
