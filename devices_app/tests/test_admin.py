@@ -82,7 +82,8 @@ def test_changelist_shows_site_link_and_status_badge(admin_browser):
 
     assert listed(response) == [device.pk]
     site_url = reverse("admin:sites_app_site_change", args=[device.site.pk])
-    assert f'<a href="{site_url}">{device.site}</a>' in response.text
+    # The short site id keeps the column narrow; the name is one click away.
+    assert f'<a href="{site_url}">{device.site.site_id}</a>' in response.text
     assert '<span class="hp-badge hp-badge--bad">Offline</span>' in response.text
 
 
@@ -183,24 +184,46 @@ def test_adding_a_device_writes_one_audit_row_and_stores_the_canonical_mac(admin
 
 
 def test_changing_a_device_writes_one_audit_row_with_before_and_after(admin_browser):
-    device = DeviceFactory(device_id="pos-terminal-009", name="POS Terminal 9", status=DeviceStatus.ONLINE)
+    device = DeviceFactory(device_id="pos-terminal-009", name="POS Terminal 9", firmware_version="4.2.0")
     data = form_data(
         device.site,
         ip_address=device.ip_address,
         mac_address=device.mac_address,
         config=json.dumps(device.config),
-        status="maintenance",
+        firmware_version="4.2.1",
     )
 
     response = admin_browser.post(change_url(device), data)
 
     assert response.status_code == 302
     device.refresh_from_db()
-    assert device.status == DeviceStatus.MAINTENANCE
+    assert device.firmware_version == "4.2.1"
     entry = AuditLog.objects.get()
     assert entry.event_type == AuditEvent.DEVICE_UPDATED
-    assert entry.old_values == {"status": "online"}
-    assert entry.new_values == {"status": "maintenance"}
+    assert entry.old_values == {"firmware_version": "4.2.0"}
+    assert entry.new_values == {"firmware_version": "4.2.1"}
+
+
+def test_the_status_is_not_a_form_field_a_posted_status_is_ignored(admin_browser):
+    device = DeviceFactory(device_id="pos-terminal-009", name="POS Terminal 9", status=DeviceStatus.ONLINE)
+    data = form_data(
+        device.site,
+        ip_address=device.ip_address,
+        mac_address=device.mac_address,
+        config=json.dumps(device.config),
+        firmware_version=device.firmware_version,
+        status="error",
+    )
+
+    page = admin_browser.get(change_url(device))
+    response = admin_browser.post(change_url(device), data)
+
+    assert 'name="status"' not in page.text
+    assert '<span class="hp-badge hp-badge--ok">Online</span>' in page.text
+    assert response.status_code == 302
+    device.refresh_from_db()
+    assert device.status == DeviceStatus.ONLINE
+    assert not AuditLog.objects.exists()
 
 
 @pytest.mark.parametrize(
