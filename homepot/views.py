@@ -10,7 +10,7 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from homepot import outage
+from homepot import outage, sqlite_limits
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ def server_error(request):
     # Django calls this while handling the exception, so it is still current. One raised in a
     # middleware (the session loaded or saved outside any view) arrives only here.
     exc = sys.exc_info()[1]
+    if sqlite_limits.needs_postgresql(exc) and is_api_path(request.path):
+        return JsonResponse(sqlite_limits.body(), status=sqlite_limits.STATUS)
     if outage.database_unavailable(exc):
         outage.log_unavailable(request, exc)
         return outage.unavailable_response(request)
