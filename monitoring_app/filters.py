@@ -48,7 +48,7 @@ class AlertFilter(django_filters.FilterSet):
 
 
 class HealthCheckFilter(django_filters.FilterSet):
-    """Filters of the health history. Each is served by an index: (device, -id) and
+    """Filters of the health history. Each is served by an index: (device, -checked_at) and
     (status, -id) on the history, the devices' site indexes for `site`, and (-checked_at)
     for the time window."""
 
