@@ -318,6 +318,12 @@ def alert_rows(w, actor, text):
     return scoped_listing(actor, listed, w.alert_a.pk, w.alert_b.pk, sites, w.site_a.site_id)
 
 
+def health_check_rows(w, actor, text):
+    rows = json.loads(text)["results"]
+    listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
+    return scoped_listing(actor, listed, w.check_a.pk, w.check_b.pk, sites, w.site_a.site_id)
+
+
 def delivery_rows(w, actor, text):
     rows = json.loads(text)["results"]
     listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
@@ -509,6 +515,13 @@ API = [
         "api/v1/fleet/sites/<site_id>/timeline/?",
         {"GET": members("200/404", "200/404", "200/200")},
         target=site_of,
+    ),
+    # The health history: read within scope; reports arrive only from the devices.
+    Api(
+        "api/v1/health-checks",
+        {"GET": members(200, 200, 200), "POST": members(403, 403, 405)},
+        rows=health_check_rows,
+        aliases=slashed("api/v1/health-checks"),
     ),
     Api(
         "api/v1/alerts",
