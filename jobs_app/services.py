@@ -36,6 +36,7 @@ from jobs_app.choices import (
     JobStatus,
 )
 from jobs_app.models import Delivery, Job, SavedSegment
+from jobs_app.payloads import clean_payload
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic, changes, lock_for_change, snapshot
 from sites_app.models import Site
@@ -335,11 +336,13 @@ def job_create(
     target_devices = list(target_devices)
     _check_targets(actor, site, extra_sites, target_devices)
     segment = _segment_for_job(actor, segment, saved_segment)
+    # The action's declared schema (jobs_app/payloads.py): the API and the admin both land here.
+    payload = clean_payload(action, payload or {})
     scheduled = scheduled_at is not None and scheduled_at > timezone.now()
     job = Job(
         site=site,
         action=action,
-        payload=payload or {},
+        payload=payload,
         segment=segment,
         saved_segment=saved_segment,
         scheduled_at=scheduled_at,
@@ -394,6 +397,8 @@ def job_update(*, actor, job: Job, **fields) -> Job:
             field=sorted(locked)[0],
             code="job_not_queued",
         )
+    if {"action", "payload"} & set(new):
+        job.payload = clean_payload(job.action, job.payload)
     job.full_clean()
     if new:
         job.save()

@@ -69,6 +69,7 @@ def test_segment_extra_sites_and_hand_picked_devices_narrow_the_targets(admin_us
         site=first,
         extra_sites=[second],
         action="software_update",
+        payload={"version": "4.2.1"},
         segment={"firmware_version": ["4.1.7"]},
     )
     picked = services.job_create(actor=admin_user, site=first, action="update_config", target_devices=[old])
