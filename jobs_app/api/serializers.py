@@ -230,7 +230,9 @@ class PreviewSerializer(serializers.Serializer):
     sites = serializers.IntegerField()
     largest_site_devices = serializers.IntegerField()
     batches = serializers.IntegerField()
+    waves = serializers.IntegerField(help_text="Rounds the largest site needs under max_in_flight_per_site.")
     expected_duration_seconds = serializers.IntegerField()
+    expected_duration_basis = serializers.CharField(help_text="What the estimate is based on, in words.")
 
 
 class SavedSegmentSerializer(serializers.ModelSerializer):
