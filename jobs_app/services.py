@@ -711,6 +711,7 @@ def job_preview(
     batch_size: int | None = None,
     max_in_flight_per_site: int | None = None,
     saved_segment: SavedSegment | None = None,
+    per_site: bool = False,
 ) -> dict:
     """Pre-flight numbers for a job not yet created: how many devices match, how many are
     online now, how many already have unfinished work, and the expected duration under the
@@ -733,13 +734,23 @@ def job_preview(
         targets.values("site_id").annotate(n=Count("pk")).order_by("-n").values_list("n", flat=True).first()
         or 0
     )
+    if per_site:
+        # The admin's review step: matching devices per site, the largest first (bounded).
+        per_site_rows = list(
+            targets.order_by()
+            .values("site_id", "site__site_id", "site__name")
+            .annotate(n=Count("pk"))
+            .order_by("-n", "site__site_id")[:PREVIEW_SITES_LIMIT]
+        )
     wave_seconds, basis = _wave_seconds()
     waves = 0
     if numbers["matching"]:
         # Each site works through its devices `max_in_flight` at a time; sites run in parallel.
         waves = math.ceil(largest_site / max_in_flight_per_site) if max_in_flight_per_site else 1
+    extra = {"per_site": per_site_rows} if per_site else {}
     return {
         **numbers,
+        **extra,
         "sites": len(site_ids),
         "largest_site_devices": largest_site,
         "batches": math.ceil(numbers["matching"] / (batch_size or Job._meta.get_field("batch_size").default)),
@@ -758,6 +769,8 @@ def job_preview(
     }
 
 
+# How many sites the per-site preview lists.
+PREVIEW_SITES_LIMIT = 50
 # How many recent finished jobs the duration estimate is measured from.
 ESTIMATE_SAMPLE_JOBS = 20
 

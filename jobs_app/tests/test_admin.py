@@ -31,7 +31,7 @@ def form_data(site, **overrides):
         "action": "update_pos_payment_config",
         "priority": "high",
         "description": "Switch payment gateway",
-        "payload": json.dumps({"gateway_url": "https://payments-v2.example.com"}),
+        "p__update_pos_payment_config__gateway_url": "https://payments-v2.example.com",
         "status": "queued",
         "started_at_0": "",
         "started_at_1": "",
@@ -56,7 +56,7 @@ def test_changelist_shows_status_and_target_site(admin_browser):
     assert listed(response) == [job.pk]
     site_url = reverse("admin:sites_app_site_change", args=[job.site.pk])
     assert f'<a href="{site_url}">{job.site}</a>' in response.text
-    assert '<span class="hp-badge hp-badge--bad">Failed</span>' in response.text
+    assert '<span class="hp-badge hp-badge--failed">Failed</span>' in response.text
 
 
 @pytest.mark.parametrize(("term", "found"), [("gateway", True), ("site-777", True), ("firmware-xyz", False)])
@@ -123,19 +123,30 @@ def test_adding_a_job_writes_one_audit_row_and_queues_it(admin_browser, admin_us
     )
 
 
-def test_the_payload_of_a_job_already_sent_cannot_be_edited(admin_browser):
-    job = JobFactory(status=JobStatus.SENT, payload={"gateway_url": "https://old.example.com"})
+@pytest.mark.parametrize("status", [JobStatus.SENT, JobStatus.COMPLETED, JobStatus.PAUSED])
+def test_a_job_that_has_started_is_read_only(admin_browser, status):
+    job = JobFactory(status=status, payload={"gateway_url": "https://old.example.com"}, priority="low")
 
-    response = admin_browser.post(
+    page = admin_browser.get(change_url(job)).content.decode()
+    assert 'name="_save"' not in page and 'name="priority"' not in page and 'name="action"' not in page
+    # The settings under their labels, the URL a link.
+    assert '<dt>Gateway URL</dt><dd><a href="https://old.example.com"' in page
+
+    admin_browser.post(
         change_url(job),
-        form_data(job.site, payload=json.dumps({"gateway_url": "https://new.example.com"})),
-        follow=True,
+        form_data(
+            job.site, payload=json.dumps({"gateway_url": "https://new.example.com"}), priority="critical"
+        ),
     )
-
-    assert "can no longer change" in response.content.decode()
     job.refresh_from_db()
-    assert job.payload == {"gateway_url": "https://old.example.com"}
+    assert (job.payload, job.priority) == ({"gateway_url": "https://old.example.com"}, "low")
     assert not AuditLog.objects.exists()
+
+
+def test_a_queued_job_may_still_be_edited(admin_browser):
+    job = JobFactory(status=JobStatus.QUEUED)
+    page = admin_browser.get(change_url(job)).content.decode()
+    assert 'name="_save"' in page and 'name="priority"' in page
 
 
 def test_cancel_action_cancels_unfinished_jobs_and_reports_finished_ones(admin_browser):
@@ -217,8 +228,9 @@ def test_job_page_shows_progress_and_a_bounded_list_of_deliveries(admin_browser,
     dispatch.dispatch_pass(job.pk)
 
     page = admin_browser.get(change_url(job)).content.decode()
-    assert "0.0% of 25 devices (sent: 25)" in page
-    assert page.count("<td>Sent</td>") == 20
+    assert "0 of 25 devices completed (0 %)" in page
+    assert '<span class="hp-badge hp-badge--sent">Sent</span> 25' in page
+    assert page.count('<td><span class="hp-badge hp-badge--sent">Sent</span></td>') == 20
     assert "<progress" in admin_browser.get(CHANGELIST).content.decode()
 
 
