@@ -356,9 +356,9 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         picked = _digits(get.getlist("target_devices") + get.getlist("device"))
         if picked:
             found = list(devices.filter(pk__in=picked).values_list("pk", "site_id"))
-            initial["target_devices"] = [str(pk) for pk, _ in found]
-            if found and "site" not in initial:
-                initial["site"] = str(found[0][1])
+            if found:
+                initial["target_devices"] = [str(pk) for pk, _ in found]
+                initial.setdefault("site", str(found[0][1]))
         action = self._chosen_action(request)
         if action:
             initial["action"] = action
@@ -735,17 +735,15 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         (audited there), then the job's page (the new job's, for a clone) with the outcome."""
         if verb not in CONTROLS:
             raise Http404
+        service, label, permission, _ = CONTROLS[verb]
         job = self.get_object(request, unquote(object_id))
+        # Like Django's own pages: the permission first (model-wide when the row is out of
+        # reach), then "doesn't exist" for a job that is missing or another store's.
+        may = self.has_change_permission if permission == "change" else self._may_clone
+        if not may(request, job):
+            raise PermissionDenied
         if job is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        service, label, permission, _ = CONTROLS[verb]
-        allowed = (
-            self.has_change_permission(request, job)
-            if permission == "change"
-            else self.has_add_permission(request) and self.has_view_or_change_permission(request, job)
-        )
-        if not allowed:
-            raise PermissionDenied
         page = reverse("admin:jobs_app_job_change", args=[job.pk])
         if request.method != "POST":
             context = {
@@ -778,6 +776,9 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         else:
             self.message_user(request, f"{_CONTROL_DONE[verb].capitalize()} {name}.", messages.SUCCESS)
         return HttpResponseRedirect(page)
+
+    def _may_clone(self, request, job) -> bool:
+        return self.has_add_permission(request) and self.has_view_or_change_permission(request, job)
 
     def cancel_delivery_view(self, request, object_id, delivery_id):
         """Cancel one delivery through `delivery_cancel`, then back to the job's page with
