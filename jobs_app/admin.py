@@ -204,7 +204,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         if not _editable(obj):
             shown["payload"] = "payload_shown"
         progress = ("status_shown", "progress_summary", "deliveries_sample")
-        if obj.materialised_at is None:
+        if _editable(obj):  # not started: what it would reach now
             progress = ("status_shown", "preflight", "progress_summary")
         return [
             ("Progress", {"fields": progress}),
@@ -446,7 +446,12 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             return {}
         context = {"controls": self._controls(request, job)}
         if not _editable(job):
-            context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
+            context.update(
+                title="Job",  # not "Change job": nothing on it is edited any more
+                show_save=False,
+                show_save_and_continue=False,
+                show_save_and_add_another=False,
+            )
         return context
 
     def _controls(self, request, job) -> list[dict]:

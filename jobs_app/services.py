@@ -798,7 +798,8 @@ def _wave_seconds() -> tuple[float, str]:
     if len(durations) % 2 == 0:
         median = (durations[len(durations) // 2 - 1] + median) / 2
     median = max(median, 1.0)
-    return median, f"about {median:.0f} s each (the median of the last {len(durations)} finished job(s))"
+    shown = f"{median:.0f} s" if median < 120 else f"{median / 60:.0f} min"
+    return median, f"about {shown} each (the median of the last {len(durations)} finished job(s))"
 
 
 def job_progress(job: Job) -> dict:

@@ -510,3 +510,9 @@ def test_rates_read_like_words(per_second, text):
     from jobs_app.admin import human_rate
 
     assert human_rate(per_second) == text
+
+
+def test_a_finished_job_without_deliveries_says_so_instead_of_starting(admin_browser):
+    page = admin_browser.get(change_url(JobFactory(status=JobStatus.COMPLETED))).content.decode()
+    assert "No per-device record: this job has no deliveries." in page
+    assert "Starting" not in page and "pre-flight" not in page.lower()
