@@ -847,9 +847,23 @@ class AdminModel:
 
 ADMIN = [
     AdminModel(
-        Site, perms("v", "v", "vacd"), lambda w, a: (w.site_a, w.site_b), site_path="pk", deleted_answer=200
+        Site,
+        perms("v", "v", "vacd"),
+        lambda w, a: (w.site_a, w.site_b),
+        site_path="pk",
+        deleted_answer=200,
+        # The site page's confirmed buttons (sites_app/tests/test_admin.py: viewer 403,
+        # another site's 404, a manager's job created and audited).
+        object_pages=("actions/<action>/",),
     ),
-    AdminModel(Device, perms("v", "vacd", "vacd"), lambda w, a: (w.device_a, w.device_b), site_path="site"),
+    AdminModel(
+        Device,
+        perms("v", "vacd", "vacd"),
+        lambda w, a: (w.device_a, w.device_b),
+        site_path="site",
+        # The device page's confirmed buttons (devices_app/tests/test_admin.py, same checks).
+        object_pages=("actions/<action>/",),
+    ),
     AdminModel(
         Job,
         perms("v", "vac", "vac"),
