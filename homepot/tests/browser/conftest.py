@@ -100,7 +100,7 @@ def console(chromium, live_server, transactional_db, request):
 
 
 @pytest.fixture
-def celery_worker():
+def job_worker():
     """A real Celery worker (a thread of this process, as in jobs_app/tests/test_worker.py)
     on a queue of its own: the live server's job_create publishes there on commit."""
     queue = f"homepot-browser-{uuid.uuid4().hex}"

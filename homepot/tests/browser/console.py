@@ -163,6 +163,16 @@ class Console:
         self.page.get_by_title("Run the selected action").click()
         return self.messages()
 
+    def open_row(self, text: str) -> None:
+        """Open the object of the changelist row that shows `text` (its first link)."""
+        self.page.locator("#result_list tbody tr", has_text=text).get_by_role("link").first.click()
+        self.page.wait_for_load_state()
+
+    # --- Sites ------------------------------------------------------------------------------
+
+    def open_sites(self) -> None:
+        self.open_changelist("sites_app/site")
+
     # --- Devices ----------------------------------------------------------------------------
 
     def find_device(self, text: str) -> None:

@@ -71,6 +71,14 @@ def test_a_site_manager_sees_only_their_sites(console, manager, two_sites):
     assert "pos-south-01" not in rows
     console.check("device-list-manager")
 
+    console.open_sites()
+    rows = "\n".join(console.result_rows())
+    assert "site-north" in rows and "site-south" not in rows, rows
+    console.check("site-list-manager")
+    console.open_row("site-north")
+    expect(console.page.get_by_text("North Branch").first).to_be_visible()
+    console.check("site-page")
+
     console.open_fleet_dashboard()
     assert console.dashboard_counts()["total"] == "2"
 
@@ -88,7 +96,7 @@ def test_an_operator_finds_a_device_and_opens_it(console, admin, two_sites):
 
 
 def test_a_job_made_in_the_form_runs_to_completed_on_simulated_terminals(
-    console, admin, two_sites, celery_worker, terminals
+    console, admin, two_sites, job_worker, terminals
 ):
     north, _ = two_sites
     terminals(list(north.devices.all()), admin)
@@ -106,7 +114,7 @@ def test_a_job_made_in_the_form_runs_to_completed_on_simulated_terminals(
     assert Job.objects.get(pk=job_id).description == "Browser test rollout"
 
 
-def test_an_operator_pauses_and_resumes_a_running_job(console, admin, two_sites, celery_worker):
+def test_an_operator_pauses_and_resumes_a_running_job(console, admin, two_sites, job_worker):
     from jobs_app.services import job_create
 
     north, _ = two_sites
