@@ -5,6 +5,7 @@
 #   setup_venv        create .venv if missing, install requirements.txt when it changed
 #   ensure_postgres   make sure the PostgreSQL of $DATABASE_URL answers (start a local one)
 #   ensure_redis      make sure the Redis of $REDIS_URL answers (start a local one)
+#   ensure_chromium   make sure the browser tests have a Chromium (apt-get install it if missing)
 #   manage ARGS...    python manage.py ARGS... inside the venv
 #   django_run CODE   run Python code with Django set up
 #   step / note / die messages in one recognisable style
@@ -165,4 +166,51 @@ ensure_redis() {
     fi
     wait_until 15 redis_ready "$host" "$port" ||
         die "Redis is not reachable at $host:$port. Start it, or point REDIS_URL at one."
+}
+
+# --- The browser tests' Chromium ----------------------------------------------------------
+
+# ensure_chromium: the browser tests (homepot/tests/browser) drive the system's Chromium with
+# Playwright (Playwright's own browser download is not used). Installs Debian's `chromium`
+# with apt-get when $HOMEPOT_CHROMIUM (default /usr/bin/chromium) is missing. Returns non-zero,
+# with a clear message, when it cannot: the caller goes on and those tests then fail (they do
+# not skip), unless HOMEPOT_SKIP_BROWSER_TESTS=1 (a developer without apt; never under CI=true).
+ensure_chromium() {
+    local chromium="${HOMEPOT_CHROMIUM:-/usr/bin/chromium}"
+    [ -x "$chromium" ] && return 0
+    if [ "${HOMEPOT_SKIP_BROWSER_TESTS:-}" = "1" ] && [ "${CI:-}" != "true" ]; then
+        note "No Chromium at $chromium; the browser tests will be skipped (HOMEPOT_SKIP_BROWSER_TESTS=1)."
+        return 0
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            printf '\nERROR: %s\n' "No Chromium at $chromium, and installing one needs root (apt-get install -y chromium)." \
+                "Install it, set HOMEPOT_CHROMIUM to a Chromium/Chrome binary, or HOMEPOT_SKIP_BROWSER_TESTS=1." >&2
+            return 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        printf '\nERROR: %s\n' "No Chromium at $chromium and no apt-get to install it with." \
+            "Install Chromium, set HOMEPOT_CHROMIUM to a Chromium/Chrome binary, or HOMEPOT_SKIP_BROWSER_TESTS=1." >&2
+        return 1
+    fi
+    step "Installing Chromium for the browser tests (apt-get install chromium)"
+    local log="${TMPDIR:-/tmp}/homepot-apt-chromium.log"
+    # The package lists may be missing or stale on a fresh machine: update once, then retry.
+    if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q chromium >"$log" 2>&1; then
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q >>"$log" 2>&1 || true
+        if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q chromium >>"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            printf '\nERROR: %s\n' "apt-get could not install chromium (full log: $log); the browser tests will fail." >&2
+            return 1
+        fi
+    fi
+    [ -x "$chromium" ] || {
+        printf '\nERROR: %s\n' "chromium is installed but $chromium is not there; set HOMEPOT_CHROMIUM." >&2
+        return 1
+    }
+    note "$("$chromium" --version 2>/dev/null || echo chromium) installed"
 }

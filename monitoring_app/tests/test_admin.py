@@ -137,6 +137,15 @@ def test_audit_changelist_shows_event_actor_and_site(admin_browser, admin_user):
     assert "Renamed the store" in response.text
 
 
+def test_audit_changelist_links_the_csv_export_of_its_event_type(admin_browser):
+    page = admin_browser.get(url(AUDIT, "changelist"))
+    assert page.context["audit_export_url"] == reverse("auditlog-export")
+    assert b">Export CSV</a>" in page.content
+
+    filtered = admin_browser.get(url(AUDIT, "changelist"), {"event_type__exact": "job.created"})
+    assert filtered.context["audit_export_url"] == reverse("auditlog-export") + "?event_type=job.created"
+
+
 @pytest.mark.parametrize(("term", "found"), [("gateway", True), ("site-321", True), ("unrelated", False)])
 def test_audit_search_matches_description_and_refs(admin_browser, term, found):
     entry = AuditLogFactory(site=SiteFactory(site_id="site-321"), description="Switched payment gateway")
