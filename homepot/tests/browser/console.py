@@ -208,26 +208,38 @@ class Console:
             self.page.get_by_label("Description").fill(description)
 
     def preview_job(self) -> str:
-        """Press "Preview targets": the form comes back with the pre-flight numbers."""
-        self.page.get_by_role("button", name=re.compile("^Preview targets")).click()
-        notice = self.page.locator(".errornote, .errorlist").filter(has_text="Preview only")
-        expect(notice.first).to_be_visible()
-        return notice.first.inner_text()
+        """Press "Review": the form comes back with the job's numbers (devices, sites, the
+        estimate) as information, not as an error."""
+        self.page.get_by_role("button", name=re.compile("^Review")).click()
+        review = self.page.locator("#hp-review")
+        expect(review).to_be_visible()
+        expect(self.page.locator(".errornote")).to_have_count(0)
+        return review.inner_text()
 
     def save_job(self) -> int:
-        """Press Save and continue editing; the job's id from the page it lands on."""
-        self.page.get_by_role("button", name="Save and continue editing").click()
-        expect(self.page.locator(".messagelist")).to_contain_text("was added successfully")
+        """Press "Confirm: create the job"; the job's id from its page, where the form lands."""
+        self.page.get_by_role("button", name="Confirm: create the job").first.click()
+        expect(self.page.locator(".messagelist")).to_contain_text(re.compile(r"Job #\d+ .* created"))
         match = re.search(r"/jobs_app/job/(\d+)/change/", self.page.url)
         assert match, self.page.url
         return int(match.group(1))
+
+    def job_control(self, job_id: int, label: str, *, reason: str = "") -> str:
+        """Press a control of the job's page (Pause, Resume, ...), then "Yes" on its
+        confirmation page; the message the job's page shows after."""
+        self.open_job(job_id)
+        self.page.get_by_role("link", name=label, exact=True).click()
+        if reason:
+            self.page.get_by_label(re.compile("^Reason")).fill(reason)
+        self.page.get_by_role("button", name=f"Yes, {label.lower()}").click()
+        return self.messages()
 
     def open_job(self, job_id: int) -> None:
         self.goto(f"/admin/jobs_app/job/{job_id}/change/")
 
     def job_status(self) -> str:
-        """The status the job's page shows (the read-only "Status" field)."""
-        return self.page.locator(".field-status .readonly").inner_text().strip()
+        """The status the job's page shows (the badge of its "Status" line)."""
+        return self.page.locator(".field-status_shown .hp-badge").first.inner_text().strip()
 
     def wait_for_job_status(self, job_id: int, status: str, *, deadline_seconds: float = 60) -> None:
         """Reload the job's page until it shows `status` (a generous deadline, not a timing

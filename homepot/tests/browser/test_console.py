@@ -105,7 +105,7 @@ def test_a_job_made_in_the_form_runs_to_completed_on_simulated_terminals(
     console.open_new_job()
     console.fill_job(site="site-north", action="Update configuration", description="Browser test rollout")
     preview = console.preview_job()
-    assert "2 devices match" in preview, preview
+    assert "2 devices at 1 site" in preview, preview
     console.check("job-form-preview")
 
     job_id = console.save_job()
@@ -125,15 +125,16 @@ def test_an_operator_pauses_and_resumes_a_running_job(console, admin, two_sites,
 
     console.open_changelist("jobs_app/job")
     console.check("job-list")
-    assert "Paused 1 job(s)." in console.run_action(f"Job #{job.pk}", "Pause selected jobs")
     console.open_job(job.pk)
+    console.check("job-page-running")
+    assert "Paused" in console.job_control(job.pk, "Pause", reason="store is busy")
     assert console.job_status() == "Paused"
+    job.refresh_from_db()
+    assert job.status == "paused"
 
-    console.open_changelist("jobs_app/job")
-    assert "Resumed 1 job(s)." in console.run_action(f"Job #{job.pk}", "Resume selected jobs")
+    assert "Resumed" in console.job_control(job.pk, "Resume")
     job.refresh_from_db()
     assert job.status != "paused"
-    console.open_job(job.pk)
     assert console.job_status() != "Paused"
 
 
