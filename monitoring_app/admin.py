@@ -21,11 +21,10 @@ from homepot.admin import (
 )
 from jobs_app.models import Job
 from monitoring_app.alerts import alert_acknowledge, alert_resolve
-from monitoring_app.api.fleet import fleet_summary
 from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck, Notification
 from monitoring_app.notifications import notification_retry
 from monitoring_app.rollup import HEALTH_SERIES, ONLINE_SERIES, chart, fleet_history
-from monitoring_app.selectors import jobs_in_progress
+from monitoring_app.selectors import fleet_summary, jobs_in_progress, jobs_in_progress_count, open_alerts
 from sites_app.models import Site
 
 # Both tables grow without end, so neither has a date hierarchy (its year/month/day choices
@@ -266,18 +265,13 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         drawn as inline SVG): the caller's sites only, a constant number of queries."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        alerts = (
-            Alert.objects.for_user(request.user)
-            .open()
-            .select_related("site")
-            .order_by("severity", "-opened_at", "-id")[: self.DASHBOARD_ALERTS]
-        )
         context = {
             **self.admin_site.each_context(request),
             "title": "Fleet health",
             "summary": fleet_summary(user=request.user),
-            "alerts": alerts,
+            "alerts": open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS),
             "jobs": jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS),
+            "jobs_total": jobs_in_progress_count(user=request.user),
             "charts": self._charts(request.user),
         }
         return TemplateResponse(request, "admin/monitoring_app/fleet_dashboard.html", context)

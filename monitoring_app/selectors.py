@@ -182,3 +182,90 @@ def jobs_in_progress(*, user, limit: int = 20) -> list:
             round(100 * job.delivery_finished / job.delivery_total) if job.delivery_total else None
         )
     return jobs
+
+
+# --- The fleet at a glance ----------------------------------------------------------------
+
+TROUBLED_SITES = 10
+
+
+def _severity_key(summary: dict) -> tuple:
+    """Worst first: down before degraded, then most offline, unhealthy, degraded."""
+    rank = {"down": 0, "degraded": 1, "healthy": 2}[summary["status"]]
+    return (rank, -summary["offline"], -summary["unhealthy"], -summary["degraded"])
+
+
+def fleet_summary(*, user) -> dict:
+    """Counts over the user's sites: ONE GROUP BY over their devices (per site; the fleet
+    totals are the sums), the names of the worst sites, the number of sites, and the open
+    alerts. The query count does not grow with the fleet; Python handles one row per site.
+
+    `by_status` splits the devices by their connectivity status exactly (online, offline,
+    error, maintenance, unknown: the five add up to `total`), where `offline` above counts
+    every monitored device that is not online (errors too), as site health does."""
+    from django.db.models import Count, Q
+
+    from devices_app.choices import DeviceStatus
+    from devices_app.models import Device
+    from monitoring_app.choices import AlertSeverity
+    from monitoring_app.models import Alert
+    from sites_app.models import Site
+    from sites_app.selectors import health_counts, health_counts_per_site, health_summary
+
+    names = list(health_counts())
+    statuses = [choice.value for choice in DeviceStatus]
+    per_site = list(
+        health_counts_per_site(Device.objects.for_user(user)).annotate(
+            **{f"status_{value}": Count("pk", filter=Q(status=value)) for value in statuses}
+        )
+    )
+    totals = {name: sum(row[name] for row in per_site) for name in names}
+    summaries = [(row["site_id"], health_summary(row)) for row in per_site]
+    troubled = sorted(
+        ((site_pk, summary) for site_pk, summary in summaries if summary["status"] != "healthy"),
+        key=lambda item: (_severity_key(item[1]), item[0]),
+    )[:TROUBLED_SITES]
+    labels = Site.objects.in_bulk([site_pk for site_pk, _ in troubled])
+    alerts = (
+        Alert.objects.for_user(user)
+        .open()
+        .aggregate(
+            total=Count("pk"),
+            critical=Count("pk", filter=Q(severity=AlertSeverity.CRITICAL)),
+            warning=Count("pk", filter=Q(severity=AlertSeverity.WARNING)),
+            unacknowledged=Count("pk", filter=Q(acknowledged_at__isnull=True)),
+        )
+    )
+    return {
+        **health_summary(totals),
+        "by_status": {value: sum(row[f"status_{value}"] for row in per_site) for value in statuses},
+        "sites": Site.objects.for_user(user).count(),
+        "sites_down": sum(summary["status"] == "down" for _, summary in summaries),
+        "sites_in_trouble": [
+            {"pk": site_pk, "site_id": labels[site_pk].site_id, "name": labels[site_pk].name, **summary}
+            for site_pk, summary in troubled
+        ],
+        "open_alerts": alerts,
+    }
+
+
+def jobs_in_progress_count(*, user) -> int:
+    """How many of the user's sites' jobs are unfinished (the count behind "jobs in
+    progress", whose list jobs_in_progress bounds): one count over the (status) index."""
+    from jobs_app.choices import JOB_ACTIVE_STATUSES
+    from jobs_app.models import Job
+
+    return Job.objects.for_user(user).filter(status__in=JOB_ACTIVE_STATUSES).count()
+
+
+def open_alerts(*, user, limit: int = 20) -> list:
+    """The open alerts of the user's sites, worst and newest first, at most `limit`: ONE
+    query (with their sites)."""
+    from monitoring_app.models import Alert
+
+    return list(
+        Alert.objects.for_user(user)
+        .open()
+        .select_related("site")
+        .order_by("severity", "-opened_at", "-id")[:limit]
+    )
