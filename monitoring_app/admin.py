@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 
 from devices_app.models import Device
 from homepot.admin import (
@@ -265,31 +266,35 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         drawn as inline SVG): the caller's sites only, a constant number of queries."""
         if not self.has_view_permission(request):
             raise PermissionDenied
+        summary = fleet_summary(user=request.user)
         context = {
             **self.admin_site.each_context(request),
             "title": "Fleet health",
-            "summary": fleet_summary(user=request.user),
+            "summary": summary,
             "alerts": open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS),
             "jobs": jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS),
             "jobs_total": jobs_in_progress_count(user=request.user),
-            "charts": self._charts(request.user),
+            "charts": self._charts(request.user, summary),
         }
         return TemplateResponse(request, "admin/monitoring_app/fleet_dashboard.html", context)
 
     @staticmethod
-    def _charts(user) -> list[dict]:
+    def _charts(user, summary: dict) -> list[dict]:
         """Two windows (every 15-minute snapshot of the last day; the hourly ones of the last
-        week), one query each, drawn as two charts each: connectivity and health."""
+        week), one query each, drawn as two charts each: connectivity and health. Each ends
+        with the live counts of `summary` (the table above the charts), so the charts and the
+        table agree, and a fleet with no snapshot yet still draws its current point."""
+        now = timezone.now()
         windows = (
-            ("24h", "last 24 hours", fleet_history(user=user, hours=24)),
-            ("7d", "last 7 days", fleet_history(user=user, hours=24 * 7, hourly=True)),
+            ("24h", "last 24 hours", fleet_history(user=user, hours=24, now=now)),
+            ("7d", "last 7 days", fleet_history(user=user, hours=24 * 7, hourly=True, now=now)),
         )
         return [
             {
                 "key": key,
                 "window": window,
-                "online": chart(history, ONLINE_SERIES),
-                "health": chart(history, HEALTH_SERIES),
+                "online": chart(history, ONLINE_SERIES, current=summary, now=now),
+                "health": chart(history, HEALTH_SERIES, current=summary, now=now),
             }
             for key, window, history in windows
         ]
