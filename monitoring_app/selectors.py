@@ -78,14 +78,27 @@ def _alert_events(alerts) -> list[dict]:
 
 def _job_events(deliveries) -> list[dict]:
     return [
-        _event(d.created_at, "job", f"Job #{d.job_id} {d.job.action}: {d.status}", job=d.job_id)
+        _event(
+            d.created_at,
+            "job",
+            f"Job #{d.job_id} {d.job.get_action_display()}: {d.get_status_display()}",
+            job=d.job_id,
+        )
         for d in deliveries
     ]
 
 
 def _audit_events(entries) -> list[dict]:
+    """Audited actions: "operator" when a person did it (named in `actor`), "system" when
+    the product did (sweeps, rollouts, retention), the word the audit list uses too."""
     return [
-        _event(e.created_at, "operator", e.description, actor=e.actor_ref or "system", event=e.event_type)
+        _event(
+            e.created_at,
+            "operator" if e.actor_id else "system",
+            e.description,
+            actor=e.actor_ref if e.actor_id else "system",
+            event=e.event_type,
+        )
         for e in entries
     ]
 
@@ -99,7 +112,11 @@ def device_timeline(*, device, limit: int = 50) -> list[dict]:
     from monitoring_app.models import Alert, DeviceStatusChange, HealthCheck
 
     events = [
-        _event(c.checked_at, "health", f"{c.status}" + (f": {c.error_message}" if c.error_message else ""))
+        _event(
+            c.checked_at,
+            "health",
+            c.get_status_display() + (f": {c.error_message}" if c.error_message else ""),
+        )
         for c in HealthCheck.objects.filter(device=device).order_by("-checked_at", "-id")[:limit]
     ]
     events += [
@@ -132,7 +149,9 @@ def site_timeline(*, site, limit: int = 50) -> list[dict]:
     ]
     events += _alert_events(Alert.objects.filter(site=site).order_by("-opened_at", "-id")[:limit])
     events += [
-        _event(j.created_at, "job", f"Job #{j.pk} {j.action}: {j.status}", job=j.pk)
+        _event(
+            j.created_at, "job", f"Job #{j.pk} {j.get_action_display()}: {j.get_status_display()}", job=j.pk
+        )
         for j in Job.objects.filter(site=site).order_by("-id")[:limit]
     ]
     events += _audit_events(AuditLog.objects.filter(site=site).order_by("-id")[:limit])

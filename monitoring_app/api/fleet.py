@@ -43,8 +43,11 @@ class FleetSummarySerializer(HealthSummarySerializer):
 
 class TimelineEventSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
-    type = serializers.ChoiceField(choices=["health", "connectivity", "alert", "job", "operator"])
+    type = serializers.ChoiceField(choices=["health", "connectivity", "alert", "job", "operator", "system"])
     summary = serializers.CharField()
+    actor = serializers.CharField(
+        required=False, help_text='Who did it, for "operator" and "system" events ("system" for the product).'
+    )
 
 
 class TimelineSerializer(serializers.Serializer):
