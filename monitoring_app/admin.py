@@ -14,6 +14,7 @@ from homepot.admin import (
     ScopedAdminMixin,
     ServiceRefused,
     SiteListFilter,
+    count_of,
     object_link,
     pretty_json,
     ref_link,
@@ -237,7 +238,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
                 done += 1
             except ServiceRefused as exc:
                 self.message_user(request, f"{alert}: {exc}", messages.ERROR)
-        self.message_user(request, f"{verb} {done} alert(s).", messages.SUCCESS)
+        self.message_user(request, f"{verb} {count_of(done, 'alert')}.", messages.SUCCESS)
 
     def has_handle_permission(self, request):
         # Handling an alert is a store manager's job: the same right as changing devices.
@@ -369,4 +370,6 @@ class NotificationAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
             except ServiceRefused as exc:
                 self.message_user(request, f"{notification}: {exc}", messages.ERROR)
         if done:
-            self.message_user(request, f"{done} notification(s) will be sent again now.", messages.SUCCESS)
+            self.message_user(
+                request, f"{count_of(done, 'notification')} will be sent again now.", messages.SUCCESS
+            )
