@@ -76,6 +76,7 @@ def test_the_header_offers_the_api_docs_not_view_site(admin_browser):
 
     assert "View site" not in user_tools
     assert f'<a href="{reverse("swagger-ui")}">API docs</a>' in user_tools
+    assert "Times in UTC" in user_tools  # every time on the console is in this zone
 
 
 @pytest.mark.parametrize(
