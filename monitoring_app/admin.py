@@ -193,7 +193,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     """Alerts are opened and closed by monitoring; operators acknowledge and resolve them
     here (actions call the audited services; each alert's outcome is reported)."""
 
-    list_display = ("opened_at", "severity", "kind", "site_link", "device_link", "message", "state")
+    list_display = ("opened_at", "severity_badge", "kind", "site_link", "device_link", "message", "state")
     list_filter = (AlertStateFilter, "severity", "kind", SiteListFilter, ("opened_at", DateFieldListFilter))
     search_fields = ("message", "site__site_id", "device__device_id")
     ordering = ("-opened_at", "-id")
@@ -225,6 +225,10 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     @admin.display(description="device", ordering="device__device_id")
     def device_link(self, alert):
         return object_link(alert.device) if alert.device_id else "—"
+
+    @admin.display(description="severity", ordering="severity")
+    def severity_badge(self, alert):
+        return status_badge(alert.severity, alert.get_severity_display())
 
     @admin.display(description="state")
     def state(self, alert):

@@ -214,6 +214,40 @@ def _severity_key(summary: dict) -> tuple:
     return (rank, -summary["offline"], -summary["unhealthy"], -summary["degraded"])
 
 
+def _health_counts_by_site(devices) -> list[dict]:
+    """sites_app.selectors.health_counts per site (plus `status_error`), from ONE
+    `GROUP BY site, status, health_status` with a single count, folded here: at most one row
+    per site and (status, health) pair (a few thousand for 1,000 sites). PostgreSQL counts
+    this faster than eight filtered counts per row (60 against 80-95 ms at 100,000 devices,
+    docs/performance.md), and an index on (site, status, health_status) would make it an
+    index-only scan. The rule is site health's (`health_counts`); a test holds the two equal."""
+    from django.db.models import Count
+
+    from devices_app.choices import DeviceStatus
+    from monitoring_app.choices import HealthStatus
+    from sites_app.selectors import _NOT_MONITORED
+
+    not_offline = {*_NOT_MONITORED, DeviceStatus.ONLINE}
+    names = ("total", "online", "offline", "maintenance", "healthy", "degraded", "unhealthy")
+    zero = {"status_error": 0, **{f"health_{name}": 0 for name in names}}
+    sites: dict[int, dict] = {}
+    rows = devices.order_by().values_list("site_id", "status", "health_status").annotate(n=Count("*"))
+    for site_id, status, health, n in rows:
+        counts = sites.setdefault(site_id, {"site_id": site_id, **zero})
+        counts["health_total"] += n
+        if status == DeviceStatus.ONLINE:
+            counts["health_online"] += n
+            key = {HealthStatus.DEGRADED: "health_degraded", HealthStatus.UNHEALTHY: "health_unhealthy"}
+            counts[key.get(health, "health_healthy")] += n
+        elif status == DeviceStatus.MAINTENANCE:
+            counts["health_maintenance"] += n
+        if status not in not_offline:
+            counts["health_offline"] += n
+        if status == DeviceStatus.ERROR:
+            counts["status_error"] += n
+    return list(sites.values())
+
+
 def fleet_summary(*, user) -> dict:
     """Counts over the user's sites: ONE GROUP BY over their devices (per site; the fleet
     totals are the sums), the names of the worst sites, the number of sites, and the open
@@ -229,19 +263,13 @@ def fleet_summary(*, user) -> dict:
     from monitoring_app.choices import AlertSeverity
     from monitoring_app.models import Alert
     from sites_app.models import Site
-    from sites_app.selectors import health_counts, health_counts_per_site, health_summary
+    from sites_app.selectors import health_counts, health_summary
 
+    per_site = _health_counts_by_site(Device.objects.for_user(user))
     names = list(health_counts())
-    # Site health's "offline" is every monitored device not online: offline and error. One
-    # more count (error) splits it; the statuses left over are "unknown". One aggregate more
-    # in the same GROUP BY, not one per status: each costs a pass over the fleet's rows.
-    per_site = list(
-        health_counts_per_site(Device.objects.for_user(user)).annotate(
-            status_error=Count("pk", filter=Q(status=DeviceStatus.ERROR))
-        )
-    )
     totals = {name: sum(row[name] for row in per_site) for name in [*names, "status_error"]}
     error = totals["status_error"]
+    # Site health's "offline" is every monitored device not online: offline and error.
     by_status = {
         DeviceStatus.ONLINE.value: totals["health_online"],
         DeviceStatus.OFFLINE.value: totals["health_offline"] - error,

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory
+from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
 from jobs_app.choices import DeliveryStatus, JobStatus
 from jobs_app.tests.factories import DeliveryFactory, JobFactory
@@ -222,3 +223,25 @@ def test_the_week_chart_reads_the_hourly_snapshots_and_the_day_chart_every_one(a
 
     assert chart_top(text, "online", "24h") == 6
     assert chart_top(text, "online", "7d") == 5
+
+
+def test_the_fleet_counts_follow_the_site_health_rule_for_every_state():
+    """fleet_summary folds one GROUP BY (site, status, health) in Python; site health counts
+    with filtered aggregates in SQL. The two must agree for every status and health."""
+    from devices_app.choices import DeviceStatus
+    from monitoring_app.choices import HealthStatus
+    from monitoring_app.selectors import _health_counts_by_site
+    from sites_app.selectors import health_counts_per_site
+
+    sites = [SiteFactory(), SiteFactory()]
+    for index, status in enumerate(DeviceStatus.values):
+        for health in ["", *HealthStatus.values]:
+            DeviceFactory.create_batch(
+                1 + index % 2, site=sites[index % 2], status=status, health_status=health
+            )
+
+    folded = sorted(_health_counts_by_site(Device.objects.all()), key=lambda row: row["site_id"])
+    expected = sorted(health_counts_per_site(Device.objects.all()), key=lambda row: row["site_id"])
+    assert [{k: v for k, v in row.items() if k != "status_error"} for row in folded] == expected
+    errors = Device.objects.filter(status=DeviceStatus.ERROR).count()
+    assert sum(row["status_error"] for row in folded) == errors
