@@ -40,8 +40,9 @@ class ScopedQuerySet(models.QuerySet):
 
 
 def require_site_access(user, site, action: str = "change") -> None:
-    """Refuse (PermissionDenied) unless `user` may `action` on `site`. `user=None` is the
-    system itself (management commands, tasks) and is always allowed."""
+    """Refuse (PermissionDenied) unless `user` may `action` on `site`; NotFound if the site
+    was deleted meanwhile. `user=None` is the system itself (management commands, tasks) and
+    is always allowed."""
     from django.core.exceptions import PermissionDenied
 
     from sites_app.models import Site
@@ -49,6 +50,12 @@ def require_site_access(user, site, action: str = "change") -> None:
     if user is None:
         return
     if not Site.objects.for_user(user, action).filter(pk=site.pk).exists():
+        if not Site.objects.filter(pk=site.pk).exists():
+            # Deleted by a concurrent request after the caller read it: the loser of that
+            # race is told the object is gone (404), not that it lacks rights (403).
+            from homepot.errors import NotFound
+
+            raise NotFound(f"Site {site.site_id} no longer exists; it was removed by another request.")
         raise PermissionDenied(f"You may not {action} site {site.site_id}.")
 
 

@@ -9,6 +9,24 @@ def _is_admin(user) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active and user.is_superuser)
 
 
+def may_use_console(user) -> bool:
+    """Whether `user` may sign in to the operator console (the Django admin).
+
+    Active admins and staff may; so may anyone active holding a role on at least one site,
+    with no separate flag to set: granting a site manager their store is what lets them in,
+    and revoking their last membership is what shuts them out. What they then see is the
+    scoping rule's business. Cached on the user object, which lives for one request, so the
+    admin's every permission check costs at most one EXISTS query.
+    """
+    if user is None or not user.is_authenticated or not user.is_active or getattr(user, "is_device", False):
+        return False
+    if user.is_staff or user.is_superuser:
+        return True
+    if not hasattr(user, "_homepot_console_access"):
+        user._homepot_console_access = SiteMembership.objects.filter(user=user).exists()
+    return user._homepot_console_access
+
+
 def user_for_login(identifier: str) -> User | None:
     """The account a login form names, by username or email, both without regard to case.
 

@@ -463,12 +463,13 @@ def user_login(
 
 def user_session_login_check(*, request, identifier: str, password: str, staff_only: bool) -> User:
     """The session door (the admin's login page): user_authenticate, then the console's own
-    rule that only staff may sign in there (refused and audited like a wrong password, but
-    with its reason). Audits the success as user.login; the caller starts the session.
+    rule (accounts.selectors.may_use_console: staff, admins, or anyone with a site role)
+    about who may sign in there; refused and audited like a wrong password, but with its
+    reason. Audits the success as user.login; the caller starts the session.
     """
     user = user_authenticate(request=request, identifier=identifier, password=password, door="admin")
-    if staff_only and not user.is_staff:
-        _audit_login_failed(identifier, known_account=True, door="admin", reason="not staff")
+    if staff_only and not selectors.may_use_console(user):
+        _audit_login_failed(identifier, known_account=True, door="admin", reason="no console access")
         raise InvalidCredentials("Invalid credentials.")
     new_values = {"session": True}
     if user._rehashed_from:

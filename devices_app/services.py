@@ -4,8 +4,10 @@ import datetime
 import functools
 import secrets
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, models
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from accounts.scoping import require_site_access
 from devices_app import mqtt_auth
@@ -226,11 +228,28 @@ def _usable_credential(key_hash: str) -> DeviceCredential | None:
     return credential
 
 
+def _db_datetime(value):
+    """A timestamp read by raw SQL, as the ORM would give it: aware, in UTC. PostgreSQL's
+    driver already answers that; the embedded SQLite answers naive values (or text), which
+    the ORM's compiler converts and a raw cursor does not."""
+    if value is None or connection.vendor == "postgresql":
+        return value
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value, datetime.UTC)
+    return value
+
+
 def _from_row(model, names, values):
     # What the ORM's compiler would do: each field's own conversion from the database value
     # (JSON fields arrive as text and are decoded here).
     converted = [
-        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        field.from_db_value(value, None, connection)
+        if hasattr(field, "from_db_value")
+        else _db_datetime(value)
+        if isinstance(field, models.DateTimeField)
+        else value
         for field, value in zip(model._meta.concrete_fields, values, strict=True)
     ]
     return model.from_db(connection.alias, names, converted)
@@ -282,6 +301,7 @@ def device_identify(raw_key: str) -> Device | None:
     if row is None:
         return None
     credential_pk, last_used_at, device_pk, device_id, status, last_seen, site_id, device_type = row
+    last_used_at, last_seen = _db_datetime(last_used_at), _db_datetime(last_seen)
     _record_use(credential_pk, last_used_at)
     return Device(
         pk=device_pk,

@@ -75,6 +75,14 @@ class HomepotAdminSite(admin.AdminSite):
 
         return GuardedAdminLoginForm
 
+    def has_permission(self, request):
+        # Who may use the console is one rule (accounts.selectors.may_use_console): staff,
+        # admins, and anyone holding a role on a site, so a site manager gets in with their
+        # membership alone and is out again once the last one is revoked.
+        from accounts.selectors import may_use_console
+
+        return may_use_console(request.user)
+
     def get_app_list(self, request, app_label=None):
         app_list = super().get_app_list(request, app_label)
         rank = {label: i for i, label in enumerate(APP_ORDER)}

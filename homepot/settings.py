@@ -59,6 +59,11 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # A view that cannot reach PostgreSQL answers 503 with Retry-After, not 500 (homepot.outage).
     "homepot.outage.DatabaseUnavailableMiddleware",
+    # On the embedded SQLite, what needs PostgreSQL answers 501 needs_postgresql (asked before
+    # the outage middleware: exceptions go up the list).
+    "homepot.sqlite_limits.NeedsPostgreSQLMiddleware",
+    # Unknown API paths answer JSON 404s even with DEBUG on (its technical page skips handler404).
+    "homepot.views.ApiNotFoundMiddleware",
     # Serves collected static files (the admin's CSS) from gunicorn, with no web server in front.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -6,6 +6,9 @@ by default it is the local server with trust authentication that dev and CI mach
 
 import os
 
+# A developer's .env (which scripts/run.sh writes: DEBUG=true, the demo database) must not
+# leak into the tests; subprocesses the tests start inherit this too.
+os.environ["HOMEPOT_ENV_FILE"] = ""
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/homepot")
 os.environ.setdefault("SECRET_KEY", "homepot-test-suite-key")
 

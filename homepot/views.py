@@ -10,7 +10,7 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from homepot import outage
+from homepot import outage, sqlite_limits
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,35 @@ def not_found(request, exception=None):
     return defaults.page_not_found(request, exception)
 
 
+class ApiNotFoundMiddleware:
+    """An unknown path under the API answers the JSON error shape with DEBUG on too.
+
+    handler404 (not_found above) covers production, but with DEBUG on Django answers a 404
+    with its technical HTML page and never calls handler404, and run.sh runs with DEBUG on:
+    a client of the demo would get HTML. Only a 404 that is not JSON already is replaced, so
+    the API's own 404s (with their messages) pass through untouched.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code == 404
+            and is_api_path(request.path)
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            return not_found(request)
+        return response
+
+
 def server_error(request):
     # Django calls this while handling the exception, so it is still current. One raised in a
     # middleware (the session loaded or saved outside any view) arrives only here.
     exc = sys.exc_info()[1]
+    if sqlite_limits.needs_postgresql(exc) and is_api_path(request.path):
+        return JsonResponse(sqlite_limits.body(), status=sqlite_limits.STATUS)
     if outage.database_unavailable(exc):
         outage.log_unavailable(request, exc)
         return outage.unavailable_response(request)

@@ -1,6 +1,6 @@
 """Reads of the jobs app. Every read is scoped with the one rule, `for_user`."""
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
@@ -48,3 +48,53 @@ def device_commands(*, device: Device, limit: int) -> list[Delivery]:
         .select_related("job")
         .order_by("id")[:limit]
     )
+
+
+# The job page lists at most this many sites in its per-site breakdown (the busiest first).
+SITE_BREAKDOWN_LIMIT = 50
+
+
+def job_site_breakdown(*, job: Job, user=None) -> list[dict]:
+    """Per site of the job (those `user` may see): devices, and how many completed, failed
+    (or timed out), are in progress, waiting or cancelled; busiest sites first, at most
+    SITE_BREAKDOWN_LIMIT. One GROUP BY (site, status) over the job's deliveries."""
+    from jobs_app.choices import DELIVERY_FAILED, DELIVERY_IN_FLIGHT, DeliveryStatus
+
+    rows = (
+        job_deliveries(job=job, user=user)
+        .select_related(None)
+        .order_by()
+        .values("site_id", "site__site_id", "site__name", "status")
+        .annotate(n=Count("id"))
+    )
+    sites: dict[int, dict] = {}
+    for row in rows:
+        site = sites.setdefault(
+            row["site_id"],
+            {
+                "pk": row["site_id"],
+                "site_id": row["site__site_id"],
+                "name": row["site__name"],
+                "total": 0,
+                "completed": 0,
+                "failed": 0,
+                "in_progress": 0,
+                "waiting": 0,
+                "cancelled": 0,
+            },
+        )
+        site["total"] += row["n"]
+        status = row["status"]
+        bucket = (
+            "completed"
+            if status == DeliveryStatus.COMPLETED
+            else "failed"
+            if status in DELIVERY_FAILED
+            else "in_progress"
+            if status in DELIVERY_IN_FLIGHT
+            else "waiting"
+            if status == DeliveryStatus.PENDING
+            else "cancelled"
+        )
+        site[bucket] += row["n"]
+    return sorted(sites.values(), key=lambda s: (-s["total"], s["site_id"]))[:SITE_BREAKDOWN_LIMIT]

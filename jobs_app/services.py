@@ -36,6 +36,7 @@ from jobs_app.choices import (
     JobStatus,
 )
 from jobs_app.models import Delivery, Job, SavedSegment
+from jobs_app.payloads import clean_payload
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic, changes, lock_for_change, snapshot
 from sites_app.models import Site
@@ -335,11 +336,13 @@ def job_create(
     target_devices = list(target_devices)
     _check_targets(actor, site, extra_sites, target_devices)
     segment = _segment_for_job(actor, segment, saved_segment)
+    # The action's declared schema (jobs_app/payloads.py): the API and the admin both land here.
+    payload = clean_payload(action, payload or {})
     scheduled = scheduled_at is not None and scheduled_at > timezone.now()
     job = Job(
         site=site,
         action=action,
-        payload=payload or {},
+        payload=payload,
         segment=segment,
         saved_segment=saved_segment,
         scheduled_at=scheduled_at,
@@ -394,6 +397,8 @@ def job_update(*, actor, job: Job, **fields) -> Job:
             field=sorted(locked)[0],
             code="job_not_queued",
         )
+    if {"action", "payload"} & set(new):
+        job.payload = clean_payload(job.action, job.payload)
     job.full_clean()
     if new:
         job.save()
@@ -706,10 +711,12 @@ def job_preview(
     batch_size: int | None = None,
     max_in_flight_per_site: int | None = None,
     saved_segment: SavedSegment | None = None,
+    per_site: bool = False,
 ) -> dict:
     """Pre-flight numbers for a job not yet created: how many devices match, how many are
     online now, how many already have unfinished work, and the expected duration under the
-    rollout policy (an estimate from HOMEPOT_JOBS_EXPECTED_SECONDS_PER_DEVICE)."""
+    rollout policy: waves (the largest site's devices over `max_in_flight_per_site`) times
+    what a wave took in recent jobs (`_wave_seconds`), with the basis said in words."""
     devices = list(target_devices)
     site_ids = _check_targets(actor, site, list(extra_sites), devices)
     targets = target_devices_query(
@@ -727,21 +734,72 @@ def job_preview(
         targets.values("site_id").annotate(n=Count("pk")).order_by("-n").values_list("n", flat=True).first()
         or 0
     )
-    per_device = _setting("EXPECTED_SECONDS_PER_DEVICE", 30)
-    if not numbers["matching"]:
-        expected = 0
-    elif max_in_flight_per_site:
+    if per_site:
+        # The admin's review step: matching devices per site, the largest first (bounded).
+        per_site_rows = list(
+            targets.order_by()
+            .values("site_id", "site__site_id", "site__name")
+            .annotate(n=Count("pk"))
+            .order_by("-n", "site__site_id")[:PREVIEW_SITES_LIMIT]
+        )
+    wave_seconds, basis = _wave_seconds()
+    waves = 0
+    if numbers["matching"]:
         # Each site works through its devices `max_in_flight` at a time; sites run in parallel.
-        expected = math.ceil(largest_site / max_in_flight_per_site) * per_device
-    else:
-        expected = per_device
+        waves = math.ceil(largest_site / max_in_flight_per_site) if max_in_flight_per_site else 1
+    extra = {"per_site": per_site_rows} if per_site else {}
     return {
         **numbers,
+        **extra,
         "sites": len(site_ids),
         "largest_site_devices": largest_site,
         "batches": math.ceil(numbers["matching"] / (batch_size or Job._meta.get_field("batch_size").default)),
-        "expected_duration_seconds": expected,
+        "waves": waves,
+        "expected_duration_seconds": math.ceil(waves * wave_seconds),
+        "expected_duration_basis": (
+            (
+                f"{waves} wave(s) of at most {max_in_flight_per_site} device(s) per site, "
+                if max_in_flight_per_site
+                else "1 wave (no per-site limit: every device at once), "
+            )
+            + basis
+            if waves
+            else "no device matches"
+        ),
     }
+
+
+# How many sites the per-site preview lists.
+PREVIEW_SITES_LIMIT = 50
+# How many recent finished jobs the duration estimate is measured from.
+ESTIMATE_SAMPLE_JOBS = 20
+
+
+def _wave_seconds() -> tuple[float, str]:
+    """How long one wave (every targeted device busy at once) takes: the median duration of
+    the last finished jobs that ran without a per-site limit (each of those was one wave),
+    or the HOMEPOT_JOBS_EXPECTED_SECONDS_PER_DEVICE guess when none has finished yet. Read
+    through the (-created_at) index, a handful of rows."""
+    durations = sorted(
+        (done - started).total_seconds()
+        for started, done in Job.objects.filter(
+            status__in=(JobStatus.COMPLETED, JobStatus.FAILED),
+            max_in_flight_per_site__isnull=True,
+            started_at__isnull=False,
+            completed_at__isnull=False,
+        )
+        .order_by("-created_at")
+        .values_list("started_at", "completed_at")[:ESTIMATE_SAMPLE_JOBS]
+    )
+    if not durations:
+        guess = _setting("EXPECTED_SECONDS_PER_DEVICE", 30)
+        return guess, f"about {guess} s each (a default: no job has finished yet to measure)"
+    median = durations[len(durations) // 2]
+    if len(durations) % 2 == 0:
+        median = (durations[len(durations) // 2 - 1] + median) / 2
+    median = max(median, 1.0)
+    shown = f"{median:.0f} s" if median < 120 else f"{median / 60:.0f} min"
+    return median, f"about {shown} each (the median of the last {len(durations)} finished job(s))"
 
 
 def job_progress(job: Job) -> dict:

@@ -1,8 +1,8 @@
 import django_filters
 
 from homepot.api.filters import StrictIsoDateTimeFilter
-from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent
-from monitoring_app.models import Alert, AuditLog
+from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
+from monitoring_app.models import Alert, AuditLog, HealthCheck
 
 
 class AuditLogFilter(django_filters.FilterSet):
@@ -45,3 +45,19 @@ class AlertFilter(django_filters.FilterSet):
         if value == "acknowledged":
             return queryset.filter(resolved_at__isnull=True, acknowledged_at__isnull=False)
         return queryset.filter(resolved_at__isnull=False)
+
+
+class HealthCheckFilter(django_filters.FilterSet):
+    """Filters of the health history. Each is served by an index: (device, -checked_at) and
+    (status, -id) on the history, the devices' site indexes for `site`, and (-checked_at)
+    for the time window."""
+
+    device = django_filters.CharFilter(field_name="device__device_id", help_text="The device's business id.")
+    site = django_filters.CharFilter(field_name="device__site__site_id", help_text="The site's business id.")
+    status = django_filters.MultipleChoiceFilter(choices=HealthStatus.choices)
+    since = StrictIsoDateTimeFilter(field_name="checked_at", lookup_expr="gte")
+    until = StrictIsoDateTimeFilter(field_name="checked_at", lookup_expr="lt")
+
+    class Meta:
+        model = HealthCheck
+        fields = ["device", "site", "status", "since", "until"]

@@ -47,6 +47,10 @@ class HealthCheck(models.Model):
             models.Index(fields=["device", "-checked_at"], name="monitoring_health_dev_latest"),
             models.Index(fields=["-checked_at"], name="monitoring_health_checked"),
             models.Index(fields=["status", "-checked_at"], name="monitoring_health_status"),
+            # The API's health history is keyset-paged by id: a fleet-wide status filter walks
+            # this, newest first. Its device (and site: a list of devices) filter uses the
+            # device index above; a device's history is small enough to sort.
+            models.Index(fields=["status", "-id"], name="monitoring_health_status_id"),
         ]
 
     def __str__(self) -> str:

@@ -1,6 +1,9 @@
 """What the accounts API accepts and shows. Rules live in accounts.services; these only
 check shapes and types (a wrong JSON type is a 400 naming the field, never a guess)."""
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.plumbing import build_basic_type
+from drf_spectacular.types import OpenApiTypes
 from rest_framework import serializers
 
 from accounts.choices import MembershipRole
@@ -189,10 +192,49 @@ class UserWriteSerializer(serializers.Serializer):
 # --- memberships -----------------------------------------------------------------------
 
 
-class MembershipSerializer(StrictModelSerializer):
-    """A user's role on a site. `site` may be given as internal id or business id."""
+class UserReferenceField(serializers.Field):
+    """A user, written as their username (`"clerk"`, compared without regard to case, as
+    logins are) or their internal id (`7`, a JSON number); read back as the internal id.
 
-    user = serializers.PrimaryKeyRelatedField(queryset=User.objects.all())
+    The JSON type decides, so a username made of digits (`"1234"`) is still a username.
+    Memberships are granted by admins only, who may name any user.
+    """
+
+    default_error_messages = {
+        "invalid": "Give the user's username (a string) or internal id (a number).",
+        "unknown": "Unknown user {reference!r}.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, str)):
+            self.fail("invalid")
+        if isinstance(data, int):
+            user = User.objects.filter(pk=data).first() if 0 < data < 2**63 else None
+        else:
+            user = User.objects.filter(username__iexact=data.strip()).first() if data.strip() else None
+        if user is None:
+            self.fail("unknown", reference=data)
+        return user
+
+    def to_representation(self, value):
+        return value.pk
+
+
+class UserReferenceFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = UserReferenceField
+
+    def map_serializer_field(self, auto_schema, direction):
+        if direction == "response":
+            return build_basic_type(OpenApiTypes.INT)
+        return {"oneOf": [build_basic_type(OpenApiTypes.STR), build_basic_type(OpenApiTypes.INT)]}
+
+
+class MembershipSerializer(StrictModelSerializer):
+    """A user's role on a site. `user` may be given as username or internal id, `site` as
+    business id or internal id; both are answered as internal ids, beside `username` and
+    `site_id`."""
+
+    user = UserReferenceField()
     site = SiteReferenceField(scope_action="view")  # memberships are granted by admins
     username = serializers.CharField(source="user.username", read_only=True)
     site_id = serializers.CharField(source="site.site_id", read_only=True)

@@ -289,7 +289,7 @@ class UserViewSet(
 
 
 class MembershipFilterSet(django_filters.FilterSet):
-    user = django_filters.NumberFilter(field_name="user_id")
+    user = django_filters.CharFilter(method="filter_user", help_text="The user's id or username.")
     site = django_filters.CharFilter(method="filter_site", help_text="The site's id or site_id.")
     role = django_filters.ChoiceFilter(choices=MembershipRole.choices)
 
@@ -299,6 +299,10 @@ class MembershipFilterSet(django_filters.FilterSet):
 
     def filter_site(self, queryset, name, value):
         return queryset.filter(Q(site__site_id=value) | Q(site__pk=_int_or_none(value)))
+
+    def filter_user(self, queryset, name, value):
+        # A query string has no types: a value is matched as username and as id.
+        return queryset.filter(Q(user__username__iexact=value) | Q(user__pk=_int_or_none(value)))
 
 
 @extend_schema_view(

@@ -118,7 +118,7 @@ def test_a_successful_sign_in_is_audited_with_the_address(client):
     assert row.actor_id == admin.pk and row.source_ip == ADDRESS
 
 
-def test_a_non_staff_user_is_refused_and_the_refusal_is_audited(client):
+def test_a_user_with_no_site_role_and_no_staff_flag_is_refused_and_the_refusal_is_audited(client):
     UserFactory(username="clerk")
 
     response = admin_login(client, "clerk", PASSWORD)
@@ -126,4 +126,4 @@ def test_a_non_staff_user_is_refused_and_the_refusal_is_audited(client):
     assert response.status_code == 200 and not logged_in(client)
     [row] = AuditLog.objects.all()
     assert row.event_type == AuditEvent.USER_LOGIN_FAILED
-    assert row.new_values["reason"] == "not staff" and row.source_ip == ADDRESS
+    assert row.new_values["reason"] == "no console access" and row.source_ip == ADDRESS

@@ -15,6 +15,7 @@ from accounts.models import ApiToken, User
 from accounts.services import api_token_authenticate
 from accounts.tests.factories import UserFactory
 from homepot import settings as production_settings
+from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 
 pytestmark = pytest.mark.django_db
@@ -113,8 +114,8 @@ def test_never_prints_a_password_it_did_not_create(credentials_file):
 
     output = ensure_admin(credentials_file)
 
-    assert printed(output, "password") == "unchanged,"
-    assert "changepassword admin" in output
+    assert printed(output, "password") == "the"
+    assert "ensure_admin --reset-password" in output and "changepassword admin" in output
     assert User.objects.get(username="admin").check_password("correct-horse-battery")
 
 
@@ -127,7 +128,28 @@ def test_a_kept_password_is_not_printed_once_someone_changed_it(credentials_file
     output = ensure_admin(credentials_file)
 
     assert generated not in output
-    assert printed(output, "password") == "unchanged,"
+    assert printed(output, "password") == "the"
+    assert "ensure_admin --reset-password" in output
+
+
+def test_reset_password_prints_a_new_kept_password_that_opens_the_account(credentials_file):
+    UserFactory(username="admin", is_staff=True, is_superuser=True)  # a password nobody knows
+
+    output = ensure_admin(credentials_file, "--reset-password")
+
+    new_password = printed(output, "password")
+    assert new_password not in ("the", "correct-horse-battery")
+    admin = User.objects.get(username="admin")
+    assert admin.check_password(new_password) and not admin.check_password("correct-horse-battery")
+    assert f"password={new_password}" in credentials_file.read_text()
+    assert AuditLog.objects.filter(event_type=AuditEvent.USER_UPDATED).exists()
+    # The next plain run prints the same, still-working password.
+    assert printed(ensure_admin(credentials_file), "password") == new_password
+
+
+def test_reset_password_and_a_given_password_are_refused_together(credentials_file):
+    with pytest.raises(CommandError, match="not both"):
+        ensure_admin(credentials_file, "--reset-password", "--password", STRONG_PASSWORD)
 
 
 def test_an_existing_account_of_that_name_is_made_an_active_superuser(credentials_file):
@@ -138,7 +160,7 @@ def test_an_existing_account_of_that_name_is_made_an_active_superuser(credential
     admin = User.objects.get()
     assert (admin.is_active, admin.is_staff, admin.is_superuser) == (True, True, True)
     assert "updated" in output
-    assert AuditLog.objects.filter(event_type="user.updated").count() == 1
+    assert AuditLog.objects.filter(event_type=AuditEvent.USER_UPDATED).count() == 1
 
 
 def test_an_email_taken_by_another_user_is_refused(credentials_file):

@@ -64,3 +64,24 @@ def test_anonymous_inactive_and_unassigned_users_see_nothing(two_stores, model):
 def test_unknown_action_is_a_programming_error(user):
     with pytest.raises(ValueError):
         Site.objects.for_user(user, "destroy")
+
+
+def test_a_site_deleted_by_a_concurrent_request_is_not_found_not_forbidden():
+    # A request that read a job or device before another request deleted its site is told
+    # the object is gone (the concurrency test met this as a 403 on a job cancel).
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.scoping import require_site_access
+    from accounts.tests.factories import AdminUserFactory
+    from homepot.errors import NotFound
+
+    site, stranger_site = SiteFactory(), SiteFactory()
+    manager = SiteMembershipFactory(site=stranger_site, role=MembershipRole.MANAGER).user
+    Site.objects.filter(pk=site.pk).delete()
+
+    with pytest.raises(NotFound):
+        require_site_access(AdminUserFactory(), site, "change")
+    with pytest.raises(NotFound):
+        require_site_access(manager, site, "change")
+    with pytest.raises(PermissionDenied):  # a site that exists but is not theirs stays 403
+        require_site_access(manager, SiteFactory(), "change")

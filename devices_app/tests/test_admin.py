@@ -1,18 +1,23 @@
 """The Devices pages of the operator console, driven through the admin client."""
 
+import datetime
 import json
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
 from devices_app.choices import DeviceStatus
-from devices_app.models import Device
-from devices_app.tests.factories import DeviceFactory
+from devices_app.models import Device, DeviceCredential
+from devices_app.tests.factories import DeviceCredentialFactory, DeviceFactory
 from homepot.admin import SiteListFilter
+from jobs_app.choices import DeliveryStatus
+from jobs_app.models import Job
+from jobs_app.tests.factories import DeliveryFactory
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog, HealthCheck
 from monitoring_app.tests.factories import HealthCheckFactory
@@ -82,7 +87,8 @@ def test_changelist_shows_site_link_and_status_badge(admin_browser):
 
     assert listed(response) == [device.pk]
     site_url = reverse("admin:sites_app_site_change", args=[device.site.pk])
-    assert f'<a href="{site_url}">{device.site}</a>' in response.text
+    # The short site id keeps the column narrow; the name is one click away.
+    assert f'<a href="{site_url}">{device.site.site_id}</a>' in response.text
     assert '<span class="hp-badge hp-badge--muted">Offline</span>' in response.text
 
 
@@ -183,24 +189,46 @@ def test_adding_a_device_writes_one_audit_row_and_stores_the_canonical_mac(admin
 
 
 def test_changing_a_device_writes_one_audit_row_with_before_and_after(admin_browser):
-    device = DeviceFactory(device_id="pos-terminal-009", name="POS Terminal 9", status=DeviceStatus.ONLINE)
+    device = DeviceFactory(device_id="pos-terminal-009", name="POS Terminal 9", firmware_version="4.2.0")
     data = form_data(
         device.site,
         ip_address=device.ip_address,
         mac_address=device.mac_address,
         config=json.dumps(device.config),
-        status="maintenance",
+        firmware_version="4.2.1",
     )
 
     response = admin_browser.post(change_url(device), data)
 
     assert response.status_code == 302
     device.refresh_from_db()
-    assert device.status == DeviceStatus.MAINTENANCE
+    assert device.firmware_version == "4.2.1"
     entry = AuditLog.objects.get()
     assert entry.event_type == AuditEvent.DEVICE_UPDATED
-    assert entry.old_values == {"status": "online"}
-    assert entry.new_values == {"status": "maintenance"}
+    assert entry.old_values == {"firmware_version": "4.2.0"}
+    assert entry.new_values == {"firmware_version": "4.2.1"}
+
+
+def test_the_status_is_not_a_form_field_a_posted_status_is_ignored(admin_browser):
+    device = DeviceFactory(device_id="pos-terminal-009", name="POS Terminal 9", status=DeviceStatus.ONLINE)
+    data = form_data(
+        device.site,
+        ip_address=device.ip_address,
+        mac_address=device.mac_address,
+        config=json.dumps(device.config),
+        firmware_version=device.firmware_version,
+        status="error",
+    )
+
+    page = admin_browser.get(change_url(device))
+    response = admin_browser.post(change_url(device), data)
+
+    assert 'name="status"' not in page.text
+    assert '<span class="hp-badge hp-badge--ok">Online</span>' in page.text
+    assert response.status_code == 302
+    device.refresh_from_db()
+    assert device.status == DeviceStatus.ONLINE
+    assert not AuditLog.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -360,3 +388,190 @@ def test_facet_counts_are_never_computed_on_the_fleet_table(admin_browser):
 
     assert response.status_code == 200
     assert len(with_facets) == len(plain)
+
+
+# --- The device page: state, history and buttons -----------------------------------------------
+
+
+def action_url(device, name):
+    return reverse("admin:devices_app_device_object_action", args=[device.pk, name])
+
+
+def manager_of(site):
+    """A store manager: the role alone gives the device and job permissions."""
+    user = UserFactory(is_staff=True)
+    SiteMembershipFactory(user=user, site=site, role=MembershipRole.MANAGER)
+    return user
+
+
+def test_the_device_page_shows_last_seen_in_store_time_a_sparkline_and_recent_deliveries(admin_browser):
+    device = DeviceFactory(
+        site=SiteFactory(timezone="Europe/Paris"),
+        last_seen=datetime.datetime(2026, 7, 1, 10, 0, tzinfo=datetime.UTC),
+    )
+    for minute, status in enumerate(("healthy", "degraded", "unhealthy")):
+        HealthCheckFactory(
+            device=device,
+            status=status,
+            response_time_ms=100 + minute,
+            checked_at=datetime.datetime(2026, 7, 1, 9, minute, tzinfo=datetime.UTC),
+        )
+    delivery = DeliveryFactory(device=device, job__site=device.site, status=DeliveryStatus.COMPLETED)
+
+    response = admin_browser.get(change_url(device))
+
+    assert response.status_code == 200
+    assert "2026-07-01 12:00:00 CEST (Europe/Paris, store time)" in response.text
+    assert response.text.count("<circle") == 3
+    assert "last 3 reports: 1 healthy, 2 not; slowest 102 ms" in response.text
+    job_url = reverse("admin:jobs_app_job_change", args=[delivery.job_id])
+    assert f'<a href="{job_url}">#{delivery.job_id}</a>' in response.text
+    assert '<span class="hp-badge hp-badge--ok">Completed</span>' in response.text
+
+
+def test_the_device_page_queries_do_not_grow_with_its_history(admin_browser, django_assert_max_num_queries):
+    device = DeviceFactory()
+
+    def history(n):
+        for _ in range(n):
+            HealthCheckFactory(device=device)
+            DeliveryFactory(device=device, job__site=device.site)
+
+    history(1)
+    with CaptureQueriesContext(connection) as few:
+        admin_browser.get(change_url(device))
+    history(40)
+    with django_assert_max_num_queries(len(few)):
+        response = admin_browser.get(change_url(device))
+    assert response.text.count("<circle") == 30  # bounded: SPARKLINE_CHECKS
+
+
+def test_the_device_list_says_how_long_ago_a_device_was_seen(admin_browser):
+    DeviceFactory(last_seen=timezone.now() - datetime.timedelta(minutes=3))
+    DeviceFactory(last_seen=None)
+
+    response = admin_browser.get(CHANGELIST)
+
+    assert "3\xa0minutes ago" in response.text
+    assert "never" in response.text
+
+
+@pytest.mark.parametrize(
+    ("name", "action"), [("restart-pos-app", "restart_pos_app"), ("health-check", "health_check")]
+)
+def test_a_manager_creates_a_job_for_one_device_after_confirming(client, name, action):
+    device = DeviceFactory()
+    user = manager_of(device.site)
+    client.force_login(user)
+
+    page = client.get(change_url(device))
+    confirm = client.get(action_url(device, name))
+    assert not Job.objects.exists()  # a GET only asks
+    response = client.post(action_url(device, name))
+
+    assert f'href="{action_url(device, name)}"' in page.text
+    assert confirm.status_code == 200
+    assert "this device only" in confirm.text
+    assert response.status_code == 302
+    assert response.url == change_url(device)
+    job = Job.objects.get()
+    assert (job.action, job.site, job.created_by) == (action, device.site, user)
+    assert list(job.target_devices.all()) == [device]
+    entry = AuditLog.objects.get()
+    assert (entry.event_type, entry.actor) == (AuditEvent.JOB_CREATED, user)
+    assert f"Job #{job.pk}" in client.get(change_url(device)).text
+
+
+def test_rotating_the_credential_shows_the_new_secret_once_and_revokes_the_old(client):
+    old = DeviceCredentialFactory()
+    device = old.device
+    client.force_login(manager_of(device.site))
+
+    response = client.post(action_url(device, "rotate-credential"), follow=True)
+
+    old.refresh_from_db()
+    assert old.revoked_at is not None
+    new = DeviceCredential.objects.get(device=device, revoked_at__isnull=True)
+    assert f"Credential of {device.device_id}: {new.key_prefix}" in response.text
+    entry = AuditLog.objects.get()
+    assert entry.event_type == AuditEvent.DEVICE_CREDENTIAL_ISSUED
+
+
+def test_revoking_the_credential_locks_the_device_out_and_is_audited(client):
+    credential = DeviceCredentialFactory()
+    device = credential.device
+    client.force_login(manager_of(device.site))
+
+    response = client.post(action_url(device, "revoke-credential"), follow=True)
+
+    credential.refresh_from_db()
+    assert credential.revoked_at is not None
+    assert "revoked: it is locked out" in response.text
+    assert AuditLog.objects.get().event_type == AuditEvent.DEVICE_CREDENTIAL_REVOKED
+
+
+def test_maintenance_is_started_and_ended_by_buttons_each_audited(client):
+    device = DeviceFactory(status=DeviceStatus.ONLINE)
+    client.force_login(manager_of(device.site))
+
+    page = client.get(change_url(device))
+    assert action_url(device, "maintenance-on") in page.text
+    assert action_url(device, "maintenance-off") not in page.text
+    assert client.get(action_url(device, "maintenance-off")).status_code == 403
+
+    client.post(action_url(device, "maintenance-on"))
+    device.refresh_from_db()
+    assert device.status == DeviceStatus.MAINTENANCE
+    page = client.get(change_url(device))
+    assert action_url(device, "maintenance-off") in page.text
+
+    client.post(action_url(device, "maintenance-off"))
+    device.refresh_from_db()
+    # Offline until its next report brings it back online.
+    assert device.status == DeviceStatus.OFFLINE
+    changes = [(e.old_values, e.new_values) for e in AuditLog.objects.order_by("id")]
+    assert changes == [
+        ({"status": "online"}, {"status": "maintenance"}),
+        ({"status": "maintenance"}, {"status": "offline"}),
+    ]
+
+
+def test_a_viewer_sees_no_buttons_and_cannot_run_them(client):
+    credential = DeviceCredentialFactory()
+    device = credential.device
+    user = UserFactory(is_staff=True)
+    SiteMembershipFactory(user=user, site=device.site, role=MembershipRole.VIEWER)
+    client.force_login(user)
+
+    page = client.get(change_url(device))
+    answers = [
+        client.post(action_url(device, name)).status_code
+        for name in (
+            "restart-pos-app",
+            "health-check",
+            "rotate-credential",
+            "revoke-credential",
+            "maintenance-on",
+        )
+    ]
+
+    assert page.status_code == 200
+    assert "/actions/" not in page.text
+    assert answers == [403] * 5
+    assert not Job.objects.exists()
+    credential.refresh_from_db()
+    assert credential.revoked_at is None
+    assert not AuditLog.objects.exists()
+
+
+def test_another_sites_device_is_not_found_through_its_buttons(manager_of_a):
+    other = DeviceFactory(site=manager_of_a.site_b)
+
+    response = manager_of_a.post(action_url(other, "restart-pos-app"))
+
+    assert response.status_code == 404
+    assert not Job.objects.exists()
+
+
+def test_an_unknown_button_is_not_found(admin_browser):
+    assert admin_browser.get(action_url(DeviceFactory(), "self-destruct")).status_code == 404

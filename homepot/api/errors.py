@@ -21,7 +21,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from homepot import outage
+from homepot import outage, sqlite_limits
 from homepot.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,9 @@ def exception_handler(exc, context):
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
 
+    if sqlite_limits.needs_postgresql(exc):
+        # Before the outage check: SQLite answered, it just cannot run PostgreSQL's SQL.
+        return error_response(sqlite_limits.STATUS, sqlite_limits.CODE, sqlite_limits.MESSAGE)
     if outage.database_unavailable(exc):
         # Anywhere in the view, authentication included (DRF runs it inside the view).
         outage.log_unavailable(context["request"], exc)

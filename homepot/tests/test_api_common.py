@@ -139,6 +139,26 @@ def test_unknown_api_paths_answer_in_the_error_shape(admin_api, path):
     assert_error(admin_api.get(path), 404, code="not_found")
 
 
+@pytest.mark.parametrize("path", ["/api/v1/nothing", "/devices/a/b/c", "/api/nothing", "/jobs/x/y"])
+def test_unknown_api_paths_answer_json_with_debug_on_as_run_sh_serves(admin_api, settings, path):
+    # With DEBUG on, Django's technical 404 page never calls handler404.
+    settings.DEBUG = True
+    assert_error(admin_api.get(path), 404, code="not_found")
+
+
+def test_with_debug_on_the_apis_own_404s_keep_their_message(admin_api, settings):
+    settings.DEBUG = True
+    error = assert_error(admin_api.get("/sites/no-such-site"), 404)
+    assert error["code"] == "not_found" and error["message"] != "No such endpoint."
+
+
+def test_with_debug_on_unknown_non_api_paths_keep_the_html_404(client, settings):
+    settings.DEBUG = True
+    response = client.get("/nothing-here")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+
+
 def test_unknown_non_api_paths_keep_the_html_404(client):
     response = client.get("/nothing-here")
     assert response.status_code == 404

@@ -318,6 +318,12 @@ def alert_rows(w, actor, text):
     return scoped_listing(actor, listed, w.alert_a.pk, w.alert_b.pk, sites, w.site_a.site_id)
 
 
+def health_check_rows(w, actor, text):
+    rows = json.loads(text)["results"]
+    listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
+    return scoped_listing(actor, listed, w.check_a.pk, w.check_b.pk, sites, w.site_a.site_id)
+
+
 def delivery_rows(w, actor, text):
     rows = json.loads(text)["results"]
     listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
@@ -509,6 +515,13 @@ API = [
         "api/v1/fleet/sites/<site_id>/timeline/?",
         {"GET": members("200/404", "200/404", "200/200")},
         target=site_of,
+    ),
+    # The health history: read within scope; reports arrive only from the devices.
+    Api(
+        "api/v1/health-checks",
+        {"GET": members(200, 200, 200), "POST": members(403, 403, 405)},
+        rows=health_check_rows,
+        aliases=slashed("api/v1/health-checks"),
     ),
     Api(
         "api/v1/alerts",
@@ -847,16 +860,31 @@ class AdminModel:
 
 ADMIN = [
     AdminModel(
-        Site, perms("v", "v", "vacd"), lambda w, a: (w.site_a, w.site_b), site_path="pk", deleted_answer=200
+        Site,
+        perms("v", "v", "vacd"),
+        lambda w, a: (w.site_a, w.site_b),
+        site_path="pk",
+        deleted_answer=200,
+        # The site page's confirmed buttons (sites_app/tests/test_admin.py: viewer 403,
+        # another site's 404, a manager's job created and audited).
+        object_pages=("actions/<action>/",),
     ),
-    AdminModel(Device, perms("v", "vacd", "vacd"), lambda w, a: (w.device_a, w.device_b), site_path="site"),
+    AdminModel(
+        Device,
+        perms("v", "vacd", "vacd"),
+        lambda w, a: (w.device_a, w.device_b),
+        site_path="site",
+        # The device page's confirmed buttons (devices_app/tests/test_admin.py, same checks).
+        object_pages=("actions/<action>/",),
+    ),
     AdminModel(
         Job,
         perms("v", "vac", "vac"),
         lambda w, a: (w.job_a, w.job_b),
         site_path="site",
-        # The job page's per-delivery cancel button (test_admin_delivery_cancel_...).
-        object_pages=("deliveries/<delivery_id>/cancel/",),
+        # The job page's per-delivery cancel button (test_admin_delivery_cancel_...), its
+        # progress block and its controls (test_admin_job_progress_and_controls_...).
+        object_pages=("deliveries/<delivery_id>/cancel/", "progress/", "control/<verb>/"),
     ),
     AdminModel(
         SavedSegment, perms("", "vacd", "vacd"), lambda w, a: (w.segment_a, w.segment_b), site_path="site"
@@ -1200,6 +1228,49 @@ def test_admin_actions_of_members_never_touch_site_b_and_never_write_for_a_viewe
     assert problems == [], "\n".join(problems)
 
 
+def test_admin_job_progress_and_controls_answer_every_caller_as_the_policy_says(world, browsers):
+    """The job page's progress block (`<job>/progress/`, JSON, needs view) and its controls
+    (`<job>/control/<verb>/`: a confirmation page on GET, the service on POST; needs the
+    right to change the job). Anonymous callers are sent to log in; B's job answers A's
+    members exactly as a missing one does; nothing of B's side is shown."""
+    job_admin = ADMIN_BY_LABEL["jobs_app.job"]
+    targets = {A: world.job_a.pk, B: world.job_b.pk, MISSING: MISSING_PK}
+    problems = []
+    for actor in ("anon", "viewer", "manager", "admin"):
+        answers = {}
+        for which in (A, B, MISSING):
+            if which == MISSING and actor == "anon":
+                continue
+            pk = targets[which]
+            visible = actor == "admin" and which != MISSING or which == A
+            progress_url = reverse("admin:jobs_app_job_progress", args=[pk])
+            control_url = reverse("admin:jobs_app_job_control", args=[pk, "cancel"])
+            if actor == "anon":
+                wants = ("login", "login", "login")
+            else:
+                may_change = _letter(job_admin, actor, "c")
+                wants = (
+                    "200" if visible else "404",
+                    ("200" if visible else "gone") if may_change else "403",
+                    (f"302 {job_admin.url('change', pk)}" if visible else "gone") if may_change else "403",
+                )
+            got = []
+            for method, url in (("GET", progress_url), ("GET", control_url), ("POST", control_url)):
+                with rolled_back():
+                    client = browsers[actor]
+                    response = client.post(url) if method == "POST" else client.get(url)
+                    got.append(outcome(response))
+                    shown = " ".join(_messages(response)) + response.content.decode(errors="replace")
+                if actor in MEMBERS and B_MARKER in shown.lower():
+                    problems.append(f"{method} {url} as {actor} shows something of site B's side")
+            answers[which] = got
+            if tuple(got) != wants:
+                problems.append(f"job {which} as {actor}: {got}, expected {list(wants)}")
+        if MISSING in answers and answers[B] != answers[MISSING] and actor != "admin":
+            problems.append(f"as {actor}: B's job answers {answers[B]}, a missing one {answers[MISSING]}")
+    assert problems == [], "\n".join(problems)
+
+
 def test_admin_delivery_cancel_answers_every_caller_as_the_policy_says(world, browsers):
     """The job page's per-delivery cancel button posts to `<job>/deliveries/<delivery>/cancel/`.
     Like saving the job it needs the right to change it: anonymous callers are sent to log
@@ -1484,7 +1555,9 @@ def test_a_manager_cannot_put_a_device_or_a_job_on_a_site_of_someone_else(world,
     assert world.device_a.site_id == world.site_a.pk
     assert Job.objects.count() == jobs_before
     # The same job form is fine on the manager's own site: the refusals above are about B.
-    assert outcome(manager.post(job_admin.url("add"), job_form)) == f"302 {job_admin.url('changelist')}"
+    # (It opens the new job's page.)
+    created = outcome(manager.post(job_admin.url("add"), job_form))
+    assert created == f"302 {job_admin.url('change', Job.objects.latest('pk').pk)}"
 
 
 def test_users_are_deactivated_in_the_admin_never_deleted(world, browsers):

@@ -9,6 +9,7 @@ from devices_app.models import Device
 from homepot.api.fields import StrictCharField
 from jobs_app.choices import DeliveryStatus, JobAction, JobPriority
 from jobs_app.models import Delivery, Job, SavedSegment
+from jobs_app.payloads import payload_errors, schema_markdown
 from sites_app.api.fields import SiteReferenceField
 
 
@@ -166,7 +167,12 @@ class TargetsSerializer(serializers.Serializer):
 
 class JobCreateSerializer(TargetsSerializer):
     action = serializers.ChoiceField(choices=JobAction.choices)
-    payload = serializers.DictField(required=False, default=dict, help_text="The configuration (an object).")
+    payload = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="The work's settings, an object whose keys depend on `action` (unknown keys are "
+        "refused; a bad one is a 400 naming `payload.<key>`):\n\n" + schema_markdown(),
+    )
     description = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
     priority = serializers.ChoiceField(
         choices=JobPriority.choices, required=False, default=JobPriority.NORMAL
@@ -183,6 +189,14 @@ class JobCreateSerializer(TargetsSerializer):
         _check_json_value(value)
         return value
 
+    def validate(self, attrs):
+        # The same check job_create makes, here so every bad key is named at once
+        # (`payload.gateway_url`), next to the other fields' errors.
+        errors = payload_errors(attrs["action"], attrs.get("payload", {}))
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
     def to_service_kwargs(self) -> dict:
         data = dict(self.validated_data)
         data["site"] = data.pop("site_id")
@@ -196,7 +210,9 @@ class JobUpdateSerializer(serializers.Serializer):
     description = StrictCharField(required=False, allow_blank=True, max_length=10000)
     priority = serializers.ChoiceField(choices=JobPriority.choices, required=False)
     action = serializers.ChoiceField(choices=JobAction.choices, required=False)
-    payload = serializers.DictField(required=False)
+    payload = serializers.DictField(
+        required=False, help_text="Checked against the job's action (see POST /jobs); only before dispatch."
+    )
 
     def validate_payload(self, value):
         _check_json_value(value)
@@ -214,7 +230,9 @@ class PreviewSerializer(serializers.Serializer):
     sites = serializers.IntegerField()
     largest_site_devices = serializers.IntegerField()
     batches = serializers.IntegerField()
+    waves = serializers.IntegerField(help_text="Rounds the largest site needs under max_in_flight_per_site.")
     expected_duration_seconds = serializers.IntegerField()
+    expected_duration_basis = serializers.CharField(help_text="What the estimate is based on, in words.")
 
 
 class SavedSegmentSerializer(serializers.ModelSerializer):

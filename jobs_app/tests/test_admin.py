@@ -31,7 +31,7 @@ def form_data(site, **overrides):
         "action": "update_pos_payment_config",
         "priority": "high",
         "description": "Switch payment gateway",
-        "payload": json.dumps({"gateway_url": "https://payments-v2.example.com"}),
+        "p__update_pos_payment_config__gateway_url": "https://payments-v2.example.com",
         "status": "queued",
         "started_at_0": "",
         "started_at_1": "",
@@ -56,7 +56,7 @@ def test_changelist_shows_status_and_target_site(admin_browser):
     assert listed(response) == [job.pk]
     site_url = reverse("admin:sites_app_site_change", args=[job.site.pk])
     assert f'<a href="{site_url}">{job.site}</a>' in response.text
-    assert '<span class="hp-badge hp-badge--bad">Failed</span>' in response.text
+    assert '<span class="hp-badge hp-badge--failed">Failed</span>' in response.text
 
 
 @pytest.mark.parametrize(("term", "found"), [("gateway", True), ("site-777", True), ("firmware-xyz", False)])
@@ -123,19 +123,30 @@ def test_adding_a_job_writes_one_audit_row_and_queues_it(admin_browser, admin_us
     )
 
 
-def test_the_payload_of_a_job_already_sent_cannot_be_edited(admin_browser):
-    job = JobFactory(status=JobStatus.SENT, payload={"gateway_url": "https://old.example.com"})
+@pytest.mark.parametrize("status", [JobStatus.SENT, JobStatus.COMPLETED, JobStatus.PAUSED])
+def test_a_job_that_has_started_is_read_only(admin_browser, status):
+    job = JobFactory(status=status, payload={"gateway_url": "https://old.example.com"}, priority="low")
 
-    response = admin_browser.post(
+    page = admin_browser.get(change_url(job)).content.decode()
+    assert 'name="_save"' not in page and 'name="priority"' not in page and 'name="action"' not in page
+    # The settings under their labels, the URL a link.
+    assert '<dt>Gateway URL</dt><dd><a href="https://old.example.com"' in page
+
+    admin_browser.post(
         change_url(job),
-        form_data(job.site, payload=json.dumps({"gateway_url": "https://new.example.com"})),
-        follow=True,
+        form_data(
+            job.site, payload=json.dumps({"gateway_url": "https://new.example.com"}), priority="critical"
+        ),
     )
-
-    assert "can no longer change" in response.content.decode()
     job.refresh_from_db()
-    assert job.payload == {"gateway_url": "https://old.example.com"}
+    assert (job.payload, job.priority) == ({"gateway_url": "https://old.example.com"}, "low")
     assert not AuditLog.objects.exists()
+
+
+def test_a_queued_job_may_still_be_edited(admin_browser):
+    job = JobFactory(status=JobStatus.QUEUED)
+    page = admin_browser.get(change_url(job)).content.decode()
+    assert 'name="_save"' in page and 'name="priority"' in page
 
 
 def test_cancel_action_cancels_unfinished_jobs_and_reports_finished_ones(admin_browser):
@@ -217,8 +228,9 @@ def test_job_page_shows_progress_and_a_bounded_list_of_deliveries(admin_browser,
     dispatch.dispatch_pass(job.pk)
 
     page = admin_browser.get(change_url(job)).content.decode()
-    assert "0.0% of 25 devices (sent: 25)" in page
-    assert page.count("<td>Sent</td>") == 20
+    assert "0 of 25 devices completed (0 %)" in page
+    assert '<span class="hp-badge hp-badge--sent">Sent</span> 25' in page
+    assert page.count('<td><span class="hp-badge hp-badge--sent">Sent</span></td>') == 20
     assert "<progress" in admin_browser.get(CHANGELIST).content.decode()
 
 
@@ -248,3 +260,259 @@ def test_a_job_not_yet_started_shows_its_pre_flight_numbers(admin_browser):
 
     page = admin_browser.get(change_url(job)).content.decode()
     assert "3 devices match (2 online now, 0 with unfinished work) at 1 site(s)" in page
+
+
+# --- The guided new-job form -------------------------------------------------------------------
+
+
+@pytest.fixture
+def manager_browser(client):
+    """A store manager (not an admin) of `their_site`, logged in to the console."""
+    site = SiteFactory(site_id="site-mgr")
+    user = UserFactory(is_staff=True)
+    grant_perms(user, "jobs_app.view_job", "jobs_app.add_job", "jobs_app.change_job")
+    SiteMembershipFactory(user=user, site=site, role=MembershipRole.MANAGER)
+    client.force_login(user)
+    client.their_site = site
+    return client
+
+
+def test_the_form_asks_for_each_actions_settings_and_hides_raw_json_from_managers(manager_browser):
+    page = manager_browser.get(ADD).content.decode()
+
+    assert 'name="p__update_pos_payment_config__gateway_url"' in page
+    assert 'name="p__software_update__version"' in page and 'name="p__update_config__settings"' in page
+    assert 'class="module aligned hp-payload hp-payload--restart_pos_app"' in page
+    assert 'name="device_types"' in page and 'name="firmware_versions"' in page
+    assert 'name="payload"' not in page and 'name="segment"' not in page  # admins only
+    assert 'name="_preview"' in page and 'name="_save"' not in page  # review first
+
+
+def test_admins_keep_the_raw_json_under_advanced(admin_browser):
+    page = admin_browser.get(ADD).content.decode()
+    assert 'name="payload"' in page and 'name="segment"' in page
+
+
+def test_a_known_action_shows_only_its_settings(admin_browser):
+    page = admin_browser.get(ADD, {"action": "software_update"}).content.decode()
+    assert 'name="p__software_update__version"' in page
+    assert "p__update_pos_payment_config__gateway_url" not in page
+    assert '<option value="software_update" selected>' in page
+
+
+def test_a_manager_creates_a_job_from_fields_and_lands_on_its_page(manager_browser):
+    from devices_app.tests.factories import DeviceFactory
+
+    site = manager_browser.their_site
+    DeviceFactory.create_batch(2, site=site, device_type="pos_terminal", firmware_version="4.1.7")
+    DeviceFactory(site=site, device_type="kiosk")
+    data = {
+        "site": site.pk,
+        "action": "software_update",
+        "priority": "normal",
+        "p__software_update__version": "4.2.1",
+        "p__software_update__checksum": "sha256:" + "b" * 64,
+        "p__software_update__reboot": "true",
+        "device_types": ["pos_terminal"],
+        "firmware_versions": "4.1.7, 4.1.8",
+        "batch_size": "",
+    }
+
+    review = manager_browser.post(ADD, {**data, "_preview": "Review"})
+    assert "<strong>2 devices</strong> at 1 site" in review.text and not Job.objects.exists()
+
+    response = manager_browser.post(ADD, {**data, "_save": "Confirm"})
+
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == change_url(job)
+    assert job.payload == {"version": "4.2.1", "checksum": "sha256:" + "b" * 64, "reboot": True}
+    assert job.segment == {"device_type": ["pos_terminal"], "firmware_version": ["4.1.7", "4.1.8"]}
+    page = manager_browser.get(response["Location"]).content.decode()
+    assert f"Job #{job.pk} (Software update) created: queued." in page
+
+
+def test_a_bad_setting_is_shown_at_its_field_and_nothing_is_saved(manager_browser):
+    data = {
+        "site": manager_browser.their_site.pk,
+        "action": "update_pos_payment_config",
+        "priority": "normal",
+        "p__update_pos_payment_config__gateway_url": "payments.example.com",
+        "p__update_pos_payment_config__timeout_seconds": "900",
+    }
+    for button in ("_preview", "_save"):
+        response = manager_browser.post(ADD, {**data, button: "x"})
+        errors = response.context["adminform"].form.errors
+        assert "http:// or https:// URL" in errors["p__update_pos_payment_config__gateway_url"][0]
+        assert "p__update_pos_payment_config__timeout_seconds" in errors
+    assert not Job.objects.exists()
+
+
+def test_update_config_settings_are_typed_lines(admin_browser):
+    site = SiteFactory()
+    admin_browser.post(
+        ADD,
+        {
+            "site": site.pk,
+            "action": "update_config",
+            "priority": "normal",
+            "p__update_config__settings": "receipt_footer = Thank you!\ntax_rate = 0.2\ntips = true",
+            "_save": "x",
+        },
+    )
+    assert Job.objects.get().payload == {"receipt_footer": "Thank you!", "tax_rate": 0.2, "tips": True}
+
+
+def test_the_form_is_prefilled_from_the_query_string(manager_browser):
+    from devices_app.tests.factories import DeviceFactory
+
+    site = manager_browser.their_site
+    till = DeviceFactory(site=site)
+    foreign = DeviceFactory()
+
+    form = manager_browser.get(ADD, {"site": site.pk, "action": "restart_pos_app"}).context["adminform"].form
+    assert (form.initial["site"], form.initial["action"]) == (str(site.pk), "restart_pos_app")
+    assert form.initial["failure_threshold_percent"] == 20 and form.initial["batch_size"] == 2000
+
+    form = manager_browser.get(ADD, {"device": till.pk}).context["adminform"].form
+    assert (form.initial["site"], form.initial["target_devices"]) == (str(site.pk), [str(till.pk)])
+
+    # Another store's device, or garbage, is left out rather than failing.
+    form = manager_browser.get(ADD, {"device": foreign.pk, "site": "abc"}).context["adminform"].form
+    assert "site" not in form.initial and "target_devices" not in form.initial
+
+
+# --- The job page ---------------------------------------------------------------------------------
+
+
+def running_job(admin_user, devices=7, completed=3, failed=1):
+    from devices_app.tests.factories import DeviceFactory
+    from jobs_app import dispatch, services
+    from jobs_app.models import Delivery
+
+    site = SiteFactory(site_id="site-run")
+    DeviceFactory.create_batch(devices, site=site)
+    job = services.job_create(actor=admin_user, site=site, action="update_config")
+    dispatch.dispatch_pass(job.pk)
+    deliveries = list(Delivery.objects.filter(job=job).select_related("device").order_by("id"))
+    for d in deliveries[:completed]:
+        services.delivery_report(device=d.device, delivery_id=d.pk, outcome="completed")
+    for d in deliveries[completed : completed + failed]:
+        services.delivery_report(device=d.device, delivery_id=d.pk, outcome="failed", error="boom")
+    job.refresh_from_db()
+    return job
+
+
+def test_the_job_page_shows_progress_in_words_per_site_and_links(admin_browser, admin_user):
+    job = running_job(admin_user)
+
+    page = admin_browser.get(change_url(job)).content.decode()
+
+    assert "3 of 7 devices completed (43 %)" in page
+    assert '<span class="hp-badge hp-badge--failed">Failed</span> 1' in page
+    site_url = reverse("admin:sites_app_site_change", args=[job.site.pk])
+    assert f'<td><a href="{site_url}">site-run' in page  # per-site breakdown, linked
+    assert f'<a href="/api/v1/jobs/{job.pk}/deliveries?status=failed">' in page
+    assert 'id="hp-job-progress"' in page and 'data-running="1"' in page
+    assert " per second" in page or " per minute" in page or " per hour" in page
+    assert "–" not in page.split('id="hp-job-progress"')[1].split("</fieldset>")[0]
+
+
+def test_the_progress_block_refreshes_from_a_small_json_endpoint(admin_browser, admin_user, client):
+    job = running_job(admin_user)
+    url = reverse("admin:jobs_app_job_progress", args=[job.pk])
+
+    data = admin_browser.get(url).json()
+
+    assert data["running"] is True and data["status"] == job.status
+    assert "3 of 7 devices completed (43 %)" in data["html"]
+    # Scoped like the page: a manager of another store gets nothing.
+    other = UserFactory(is_staff=True)
+    grant_perms(other, "jobs_app.view_job")
+    SiteMembershipFactory(user=other, site=SiteFactory(), role=MembershipRole.MANAGER)
+    client.force_login(other)
+    assert client.get(url).status_code == 404
+
+
+def test_job_page_queries_are_bounded(admin_browser, admin_user, django_assert_max_num_queries):
+    job = running_job(admin_user, devices=30, completed=10, failed=5)
+    with django_assert_max_num_queries(40):
+        assert admin_browser.get(change_url(job)).status_code == 200
+    with django_assert_max_num_queries(12):
+        assert admin_browser.get(reverse("admin:jobs_app_job_progress", args=[job.pk])).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("verb", "status", "after", "event", "message"),
+    [
+        (
+            "pause",
+            JobStatus.SENT,
+            JobStatus.PAUSED,
+            "job.paused",
+            "Paused job #{} (Update POS payment configuration).",
+        ),
+        ("resume", JobStatus.PAUSED, JobStatus.QUEUED, "job.resumed", "Resumed job #{}"),
+        ("cancel", JobStatus.QUEUED, JobStatus.CANCELLED, "job.cancelled", "Cancelled job #{}"),
+    ],
+)
+def test_controls_ask_for_confirmation_then_call_the_service(
+    admin_browser, verb, status, after, event, message
+):
+    job = JobFactory(status=status)
+    url = reverse("admin:jobs_app_job_control", args=[job.pk, verb])
+
+    assert f'href="{url}"' in admin_browser.get(change_url(job)).content.decode()
+    confirm = admin_browser.get(url)
+    assert confirm.status_code == 200 and "Yes, " in confirm.content.decode()
+    job.refresh_from_db()
+    assert job.status == status  # a GET changes nothing
+
+    response = admin_browser.post(url, {"reason": "lunch rush"}, follow=True)
+
+    job.refresh_from_db()
+    assert job.status == after
+    assert message.format(job.pk) in response.content.decode()
+    assert list(AuditLog.objects.values_list("event_type", flat=True)) == [event]
+
+
+def test_retry_and_clone_controls(admin_browser, admin_user):
+    job = running_job(admin_user, devices=3, completed=2, failed=1)
+    page = admin_browser.get(change_url(job)).content.decode()
+    retry = reverse("admin:jobs_app_job_control", args=[job.pk, "retry"])
+    clone = reverse("admin:jobs_app_job_control", args=[job.pk, "clone"])
+    assert f'href="{retry}"' in page and f'href="{clone}"' in page
+    assert reverse("admin:jobs_app_job_control", args=[job.pk, "resume"]) not in page  # not paused
+
+    assert "Retried 1 device(s) of job #" in admin_browser.post(retry, follow=True).content.decode()
+    response = admin_browser.post(clone)
+    copy = Job.objects.get(cloned_from=job)
+    assert response["Location"] == change_url(copy)
+
+
+def test_a_viewer_gets_no_controls_and_is_refused(client):
+    job = JobFactory(status=JobStatus.SENT)
+    viewer = UserFactory(is_staff=True)
+    grant_perms(viewer, "jobs_app.view_job")
+    SiteMembershipFactory(user=viewer, site=job.site, role=MembershipRole.VIEWER)
+    client.force_login(viewer)
+
+    assert "hp-control" not in client.get(change_url(job)).content.decode()
+    assert client.post(reverse("admin:jobs_app_job_control", args=[job.pk, "cancel"])).status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.SENT
+
+
+@pytest.mark.parametrize(
+    ("per_second", "text"),
+    [(1.375, "1.4 per second"), (2.0, "2 per second"), (0.05, "3 per minute"), (0.0001, "0.4 per hour")],
+)
+def test_rates_read_like_words(per_second, text):
+    from jobs_app.admin import human_rate
+
+    assert human_rate(per_second) == text
+
+
+def test_a_finished_job_without_deliveries_says_so_instead_of_starting(admin_browser):
+    page = admin_browser.get(change_url(JobFactory(status=JobStatus.COMPLETED))).content.decode()
+    assert "No per-device record: this job has no deliveries." in page
+    assert "Starting" not in page and "pre-flight" not in page.lower()

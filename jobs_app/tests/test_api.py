@@ -92,6 +92,75 @@ def test_bad_input_is_a_400_naming_the_field(admin_api, site, body, field):
     assert not Job.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("action", "payload", "field"),
+    [
+        ("update_pos_payment_config", {}, "payload.gateway_url"),
+        ("update_pos_payment_config", {"gateway_url": "ftp://x"}, "payload.gateway_url"),
+        (
+            "update_pos_payment_config",
+            {"gateway_url": "https://v2", "timeout_seconds": 0},
+            "payload.timeout_seconds",
+        ),
+        (
+            "update_pos_payment_config",
+            {"gateway_url": "https://v2", "gateway_ulr": "x"},
+            "payload.gateway_ulr",
+        ),
+        ("software_update", {"version": "4.2"}, "payload.version"),
+        ("software_update", {"version": "4.2.1", "checksum": "md5:abc"}, "payload.checksum"),
+        ("restart_pos_app", {"grace_period_s": "soon"}, "payload.grace_period_s"),
+        ("update_config", {"receipt": {"nested": 1}}, "payload.receipt"),
+        ("health_check", {"checks": ["teleport"]}, "payload.checks"),
+    ],
+)
+def test_a_bad_payload_is_a_400_naming_the_key(admin_api, site, action, payload, field):
+    error = assert_error(create(admin_api, action=action, payload=payload), 400, field=field)
+    assert list(error["fields"]) == [field]
+    assert not Job.objects.exists()
+
+
+def test_each_action_accepts_its_documented_payload(admin_api, site):
+    good = {
+        "update_pos_payment_config": {
+            "gateway_url": "https://pay.example.com/v2",
+            "merchant_id": "M-1",
+            "timeout_seconds": 30,
+            "accepted_networks": ["visa"],
+        },
+        "update_config": {"receipt_footer": "Thanks!", "tax_rate": 0.2, "tips": True},
+        "restart_pos_app": {"grace_period_s": 30, "reason": "stuck"},
+        "software_update": {
+            "version": "4.2.1-rc.1",
+            "package_url": "https://cdn.example.com/pos.pkg",
+            "checksum": "sha256:" + "a" * 64,
+            "reboot": True,
+        },
+        "health_check": {},
+    }
+    for action, payload in good.items():
+        response = create(admin_api, action=action, payload=payload)
+        assert response.status_code == 201, response.content
+        assert response.json()["payload"] == payload
+
+
+def test_patch_checks_the_payload_against_the_action(admin_api, site):
+    job_id = create(admin_api, action="software_update", payload={"version": "1.0.0"}).json()["id"]
+    assert_error(
+        admin_api.patch(f"/jobs/{job_id}", {"payload": {"version": "one"}}, format="json"),
+        400,
+        field="payload.version",
+    )
+    assert Job.objects.get().payload == {"version": "1.0.0"}
+
+
+def test_the_payload_schemas_are_in_the_openapi_document(admin_api):
+    schema = admin_api.get("/api/schema/", HTTP_ACCEPT="application/json")
+    if schema.status_code == 404:
+        pytest.skip("schema served elsewhere")
+    assert "payload.<key>" in schema.content.decode() and "semver" in schema.content.decode()
+
+
 def test_a_manager_cannot_target_another_sites_devices(manager, site):
     other = SiteFactory(site_id="site-777")
     foreign = DeviceFactory(site=other)

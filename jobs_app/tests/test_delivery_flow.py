@@ -14,6 +14,7 @@ from jobs_app import dispatch, services
 from jobs_app.channels import PushError
 from jobs_app.choices import DeliveryStatus, JobStatus
 from jobs_app.models import Delivery, Job
+from jobs_app.tests.factories import JobFactory
 from monitoring_app.models import AuditLog
 from sites_app.tests.factories import SiteFactory
 
@@ -69,6 +70,7 @@ def test_segment_extra_sites_and_hand_picked_devices_narrow_the_targets(admin_us
         site=first,
         extra_sites=[second],
         action="software_update",
+        payload={"version": "4.2.1"},
         segment={"firmware_version": ["4.1.7"]},
     )
     picked = services.job_create(actor=admin_user, site=first, action="update_config", target_devices=[old])
@@ -495,9 +497,40 @@ def test_preview_counts_matching_online_and_busy_devices(admin_user):
         "sites": 1,
         "largest_site_devices": 4,
         "batches": 1,
+        "waves": 2,
         "expected_duration_seconds": 2 * 30,
+        "expected_duration_basis": "2 wave(s) of at most 2 device(s) per site, about 30 s each "
+        "(a default: no job has finished yet to measure)",
     }
     assert not AuditLog.objects.filter(event_type="job.created").exclude(job_id=busy_job.pk).exists()
+
+
+def test_the_expected_duration_is_measured_from_recent_finished_jobs(admin_user):
+    site = SiteFactory()
+    DeviceFactory.create_batch(3, site=site)
+    start = timezone.now() - datetime.timedelta(hours=1)
+    for seconds in (2, 3, 40):  # the median, not the mean: one slow job does not skew it
+        JobFactory(
+            site=site,
+            status=JobStatus.COMPLETED,
+            started_at=start,
+            completed_at=start + datetime.timedelta(seconds=seconds),
+        )
+    JobFactory(
+        site=site,
+        status=JobStatus.COMPLETED,
+        max_in_flight_per_site=1,
+        started_at=start,
+        completed_at=start + datetime.timedelta(hours=1),
+    )  # throttled: not one wave
+
+    numbers = services.job_preview(actor=admin_user, site=site)
+
+    assert (numbers["waves"], numbers["expected_duration_seconds"]) == (1, 3)
+    assert numbers["expected_duration_basis"] == (
+        "1 wave (no per-site limit: every device at once), about 3 s each "
+        "(the median of the last 3 finished job(s))"
+    )
 
 
 def test_a_scheduled_job_paused_and_resumed_before_its_time_keeps_waiting(admin_user):

@@ -213,8 +213,11 @@ def test_the_job_form_previews_the_chosen_targets_without_saving(admin_browser, 
     page = admin_browser.post(add, {**form, "_preview": "Preview"})
     assert page.status_code == 200
     text = page.content.decode()
-    assert "Preview only, nothing saved yet: 3 devices match (3 online now" in text
-    assert "about 90 s expected" in text  # 3 waves of one device at the one site, 30 s each
+    assert "<strong>3 devices</strong> at 1 site (3 online now)" in text
+    assert "Please correct" not in text and "errornote" not in text  # numbers, not a mistake
+    # 3 waves of one device at the one site; no finished job to measure yet, so the default.
+    assert "about <strong>90 s</strong>: 3 wave(s) of at most 1 device(s) per site, about 30 s each" in text
+    assert 'name="_save"' in text  # the confirmation
     assert "volume" in text  # the form comes back with what was entered
     assert not Job.objects.exists()
     assert admin_browser.post(add, form).status_code == 302

@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from homepot.api.fields import StrictCharField
-from monitoring_app.models import Alert, AlertNote, AuditLog
+from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck
 
 
 class AuditLogSerializer(serializers.ModelSerializer):
@@ -81,3 +81,24 @@ class AlertSerializer(serializers.ModelSerializer):
 
 class AlertNoteInputSerializer(serializers.Serializer):
     text = StrictCharField(max_length=5000)
+
+
+class HealthCheckSerializer(serializers.ModelSerializer):
+    """One report a device made about itself, named by business ids."""
+
+    device = serializers.CharField(source="device.device_id", read_only=True)
+    site = serializers.CharField(source="device.site.site_id", read_only=True)
+
+    class Meta:
+        model = HealthCheck
+        fields = [
+            "id",
+            "device",
+            "site",
+            "status",
+            "response_time_ms",
+            "metrics",
+            "error_message",
+            "checked_at",
+        ]
+        read_only_fields = fields

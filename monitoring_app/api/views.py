@@ -5,8 +5,8 @@ from django.db.models import Prefetch
 from django.http import StreamingHttpResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, status, viewsets
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -16,9 +16,10 @@ from monitoring_app.api.serializers import (
     AlertNoteInputSerializer,
     AlertSerializer,
     AuditLogSerializer,
+    HealthCheckSerializer,
 )
-from monitoring_app.filters import AlertFilter, AuditLogFilter
-from monitoring_app.models import Alert, AlertNote, AuditLog
+from monitoring_app.filters import AlertFilter, AuditLogFilter, HealthCheckFilter
+from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck
 
 CSV_COLUMNS = [
     "id",
@@ -165,3 +166,27 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
         serializer.is_valid(raise_exception=True)
         alerts.alert_add_note(actor=request.user, alert=alert, text=serializer.validated_data["text"])
         return self._answer(alert, status.HTTP_201_CREATED)
+
+
+class HealthCheckCursorPagination(CursorPagination):
+    # Newest first. Ids, not checked_at: a cursor needs a unique order, and ids follow the
+    # order reports arrived in (checked_at is the device's own clock, and may tie).
+    ordering = "-id"
+
+
+@extend_schema_view(list=extend_schema(summary="List health checks (the health history)"))
+class HealthCheckViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The health reports devices made, newest first, of the caller's sites (admins: all).
+
+    Read-only: reports arrive from the devices (/api/v1/agent/health) and are pruned by
+    retention, never written here. Keyset-paged: follow `next`.
+    """
+
+    serializer_class = HealthCheckSerializer
+    filterset_class = HealthCheckFilter
+    pagination_class = HealthCheckCursorPagination
+    filter_backends = [DjangoFilterBackend]  # one order, the cursor's
+    queryset = HealthCheck.objects.none()  # for the schema; get_queryset scopes per request
+
+    def get_queryset(self):
+        return HealthCheck.objects.for_user(self.request.user).select_related("device__site")

@@ -4,13 +4,18 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
+from devices_app.choices import DeviceStatus
 from devices_app.tests.factories import DeviceFactory
-from monitoring_app.choices import AuditEvent
-from monitoring_app.models import AuditLog
-from sites_app.admin import SiteAdmin
+from jobs_app.choices import JobAction
+from jobs_app.models import Job
+from jobs_app.tests.factories import JobFactory
+from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
+from monitoring_app.models import Alert, AuditLog
+from sites_app.admin import SITE_PAGE_DEVICES, SiteAdmin
 from sites_app.models import Site
 from sites_app.tests.factories import SiteFactory
 
@@ -275,3 +280,128 @@ def test_a_site_viewer_gets_a_read_only_page_and_cannot_post(client):
     assert response.status_code == 403
     site.refresh_from_db()
     assert site.name == "Harbour"
+
+
+# --- Health on the list, and the site page ----------------------------------------------------
+
+
+def action_url(site, name):
+    return reverse("admin:sites_app_site_object_action", args=[site.pk, name])
+
+
+def test_the_list_shows_each_sites_health_as_a_coloured_online_count(admin_browser):
+    fine, shaky, down, empty = (SiteFactory(site_id=f"site-{n}") for n in (1, 2, 3, 4))
+    DeviceFactory.create_batch(2, site=fine, status=DeviceStatus.ONLINE)
+    DeviceFactory(site=fine, status=DeviceStatus.MAINTENANCE)  # not monitored: not counted
+    DeviceFactory.create_batch(3, site=shaky, status=DeviceStatus.ONLINE)
+    DeviceFactory(site=shaky, status=DeviceStatus.OFFLINE)
+    DeviceFactory.create_batch(2, site=down, status=DeviceStatus.OFFLINE)
+
+    response = admin_browser.get(CHANGELIST)
+
+    assert 'hp-badge--ok" title="2 online, 0 offline, 1 in maintenance;' in response.text
+    assert ">2/2 online</span>" in response.text
+    assert 'hp-badge--warn" title="3 online, 1 offline' in response.text
+    assert ">3/4 online</span>" in response.text
+    assert 'hp-badge--bad" title="0 online, 2 offline' in response.text
+    assert '<span class="hp-badge hp-badge--muted">no device reporting</span>' in response.text
+
+
+def test_the_site_page_shows_health_devices_alerts_and_jobs(admin_browser):
+    site = SiteFactory()
+    offline = DeviceFactory(site=site, status=DeviceStatus.OFFLINE)
+    DeviceFactory(site=site, status=DeviceStatus.ONLINE, health_status=HealthStatus.DEGRADED)
+    now = timezone.now()
+    alert = Alert.objects.create(
+        site=site,
+        device=offline,
+        kind=AlertKind.DEVICE_OFFLINE,
+        severity=AlertSeverity.CRITICAL,
+        message="Till 1 has been offline for 10 minutes",
+        opened_at=now,
+        last_seen_at=now,
+    )
+    job = JobFactory(site=site, action=JobAction.UPDATE_CONFIG)
+
+    response = admin_browser.get(change_url(site))
+
+    assert response.status_code == 200
+    text = response.text
+    assert ">1/2 online</span> of 2 devices" in text
+    assert '<span class="hp-badge hp-badge--warn">1 degraded</span>' in text
+    # Worst first, linked, with the way to the whole filtered list.
+    device_url = reverse("admin:devices_app_device_change", args=[offline.pk])
+    assert text.index(f'<a href="{device_url}">{offline.device_id}</a>') < text.index(
+        'hp-badge--warn">Degraded'
+    )
+    assert f'href="{reverse("admin:devices_app_device_changelist")}?site={site.pk}">All 2 device(s)' in text
+    assert reverse("admin:monitoring_app_alert_change", args=[alert.pk]) in text
+    assert f"?site={site.pk}&amp;state=open" in text
+    assert (
+        f'<a href="{reverse("admin:jobs_app_job_change", args=[job.pk])}">#{job.pk} Update configuration</a>'
+        in text
+    )
+    # Push a configuration: the job form, pre-filled with this site.
+    assert f'href="{reverse("admin:jobs_app_job_add")}?site={site.pk}">Push a configuration</a>' in text
+    assert f'href="{action_url(site, "health-check")}">Run health check on all devices</a>' in text
+
+
+def test_the_site_page_lists_a_bounded_number_of_devices_in_bounded_queries(
+    admin_browser, django_assert_max_num_queries
+):
+    site = SiteFactory()
+    DeviceFactory.create_batch(2, site=site)
+    with CaptureQueriesContext(connection) as few:
+        admin_browser.get(change_url(site))
+    DeviceFactory.create_batch(SITE_PAGE_DEVICES + 5, site=site)
+
+    with django_assert_max_num_queries(len(few)):
+        response = admin_browser.get(change_url(site))
+
+    assert f"The {SITE_PAGE_DEVICES} most in need of attention are shown; all {SITE_PAGE_DEVICES + 7}" in (
+        response.text
+    )
+
+
+def test_a_manager_runs_a_health_check_on_all_devices_after_confirming(client):
+    site = SiteFactory()
+    DeviceFactory.create_batch(2, site=site)
+    user = staff_user(site=site)
+    client.force_login(user)
+
+    confirm = client.get(action_url(site, "health-check"))
+    assert not Job.objects.exists()  # a GET only asks
+    response = client.post(action_url(site, "health-check"), follow=True)
+
+    assert confirm.status_code == 200
+    assert "every device of this site" in confirm.text
+    job = Job.objects.get()
+    assert (job.action, job.site, job.created_by, job.segment) == (JobAction.HEALTH_CHECK, site, user, {})
+    assert not job.target_devices.exists()  # the whole site
+    entry = AuditLog.objects.get()
+    assert (entry.event_type, entry.actor) == (AuditEvent.JOB_CREATED, user)
+    assert f"Job #{job.pk} (health check) created for every device of {site.site_id}." in response.text
+
+
+def test_a_viewer_sees_no_buttons_on_the_site_page_and_cannot_run_them(client):
+    site = SiteFactory()
+    client.force_login(staff_user(site=site, role=MembershipRole.VIEWER))
+
+    page = client.get(change_url(site))
+    response = client.post(action_url(site, "health-check"))
+
+    assert "Push a configuration" not in page.text
+    assert "/actions/" not in page.text
+    assert response.status_code == 403
+    assert not Job.objects.exists()
+    assert not AuditLog.objects.exists()
+
+
+def test_another_sites_health_check_is_not_found(client):
+    mine, other = SiteFactory(), SiteFactory()
+    client.force_login(staff_user(site=mine))
+
+    response = client.post(action_url(other, "health-check"))
+
+    assert response.status_code == 404
+    assert not Job.objects.exists()

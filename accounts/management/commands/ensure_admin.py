@@ -7,6 +7,8 @@ Safe to run again and again (scripts/run.sh runs it on every start):
   prints the same credentials;
 - a password the command did not generate itself is never printed, and a stored one is
   printed only while it still opens the account;
+- `--reset-password` replaces the password with a newly generated one, kept and printed like
+  the first (the way back in when the password is not known any more);
 - `--with-token` prints an API bearer token with a ready-to-paste curl line; the token is
   kept in the credentials file and reused while it is valid, so re-runs don't pile up tokens.
 """
@@ -88,6 +90,12 @@ class Command(BaseCommand):
             "else a generated one.",
         )
         parser.add_argument(
+            "--reset-password",
+            action="store_true",
+            help="Replace the password with a newly generated one, kept in the credentials file and "
+            "printed (when it is not known any more).",
+        )
+        parser.add_argument(
             "--with-token", action="store_true", help="Also print an API token and a curl example."
         )
         parser.add_argument(
@@ -107,10 +115,20 @@ class Command(BaseCommand):
         if not username:
             raise CommandError("--username must not be empty.")
         path = options["credentials_file"] or default_credentials_file()
+        if options["reset_password"] and options["password"]:
+            raise CommandError("Give --password or --reset-password, not both.")
         given_password, given_from = self._given_password(options)
+        if options["reset_password"]:
+            given_password, given_from = None, ""
         stored = StoredCredentials.read(path)
         if stored.username.lower() != username.lower():
             stored = StoredCredentials(username=username)
+        if options["reset_password"]:
+            # Kept before the account changes, so a failure later cannot lose it; from here
+            # on it is a password this command generated, set and printed like the first.
+            stored.password = self._generate_password()
+            stored.write(path)
+            given_password = stored.password
 
         with transaction.atomic():
             user = User.objects.filter(username__iexact=username).first()
@@ -128,11 +146,14 @@ class Command(BaseCommand):
         # Show only a password this command generated, and only while it still opens the
         # account (someone may have changed it in the admin since).
         shown_password = None
-        if given_password is None and stored.password and user.check_password(stored.password):
+        generated = given_password is None or options["reset_password"]
+        if generated and stored.password and user.check_password(stored.password):
             shown_password = stored.password
 
         token = self._token(user, stored, path) if options["with_token"] else None
         self._report(user, outcome, shown_password, given_from, path, options["base_url"], token)
+        if options["reset_password"]:
+            self.stdout.write("  (the password was reset; the old one no longer works)")
 
     # --- steps --------------------------------------------------------------------------
 
@@ -208,10 +229,12 @@ class Command(BaseCommand):
         elif given_from:
             out.write(f"  password  : the one given in {given_from}")
         else:
-            out.write(
-                "  password  : unchanged, not shown "
-                f"(set one with: python manage.py changepassword {user.get_username()})"
-            )
+            # Someone chose this password (in the console, with changepassword, or an earlier
+            # --password); it is not stored anywhere, so say how to get in anyway.
+            out.write("  password  : the one chosen for this account (not stored, so not shown).")
+            indent = " " * 14
+            out.write(f"{indent}Forgot it? Print a new one: python manage.py ensure_admin --reset-password")
+            out.write(f"{indent}or choose it: python manage.py changepassword {user.get_username()}")
         if token:
             out.write(f"  API token : {token}   (kept in {path})")
             out.write("  try it    :")
