@@ -36,6 +36,7 @@ from homepot.admin import (
     SiteListFilter,
     SuperuserOnlyAdminMixin,
     adopt_saved,
+    count_of,
     object_link,
     run_service,
     status_badge,
@@ -189,7 +190,7 @@ class UserAdmin(SuperuserOnlyAdminMixin, ServiceAdminMixin, DjangoUserAdmin):
                 deactivated += 1
             except ServiceRefused as exc:
                 self.message_user(request, f"{user} was not deactivated: {exc}", messages.ERROR)
-        self.message_user(request, f"Deactivated {deactivated} user(s).", messages.SUCCESS)
+        self.message_user(request, f"Deactivated {count_of(deactivated, 'user')}.", messages.SUCCESS)
 
     def get_inline_instances(self, request, obj=None):
         # Like the rest of the add page, kept short: roles are granted once the user exists
@@ -415,4 +416,4 @@ class ApiTokenAdmin(ServiceAdminMixin, admin.ModelAdmin):
                 revoked += run_service(api_token_revoke, actor=request.user, token=token)
             except ServiceRefused as exc:
                 self.message_user(request, f"{token} was not revoked: {exc}", messages.ERROR)
-        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+        self.message_user(request, f"Revoked {count_of(revoked, 'API token')}.", messages.SUCCESS)

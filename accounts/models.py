@@ -81,6 +81,9 @@ class ApiToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Django would derive "api token" and show "Api tokens" in the console.
+        verbose_name = "API token"
+        verbose_name_plural = "API tokens"
         indexes = [models.Index(fields=["user", "-created_at"], name="accounts_token_user_created")]
 
     def __str__(self) -> str:

@@ -12,10 +12,12 @@ What it does:
      7 days of dashboard snapshots (FleetSnapshot, every 15 minutes, per site); open alerts
      for the offline devices and sites; 30 jobs in progress with 1,000 deliveries each;
   3. times one real snapshot of the whole fleet (the tick's INSERT ... SELECT ... GROUP BY);
-  4. times the fleet page (/admin/monitoring_app/alert/fleet/) through Django's test client,
-     signed in as an admin (every site) and as a manager of 100 sites: the whole request
-     (session, middleware, queries, template), median and best of `--repeat`, and the
-     number of queries.
+  4. times the fleet page (/admin/monitoring_app/alert/fleet/), the landing page (/admin/)
+     and its refresh (/admin/glance/) through Django's test client, signed in as an admin
+     (every site) and as a manager of 100 sites: the whole request (session, middleware,
+     queries, template), median, best and worst of `--repeat`, and the number of queries.
+     `--pages landing,glance` times only those (the landing page reads no health history,
+     so `--checks-per-device 1` is enough for it).
 
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
@@ -41,6 +43,10 @@ from bench.bench_create_fleet import (  # noqa: E402
 )
 
 FLEET_PAGE = "/admin/monitoring_app/alert/fleet/"
+# The landing page (the admin index with the fleet at a glance) and its refresh fragment.
+LANDING_PAGE = "/admin/"
+GLANCE_FRAGMENT = "/admin/glance/"
+PAGES = {"page": FLEET_PAGE, "landing": LANDING_PAGE, "glance": GLANCE_FRAGMENT}
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=10, help="Timed requests per user.")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch database afterwards.")
     parser.add_argument("--json", type=Path, help="Also write the results here as JSON.")
+    parser.add_argument(
+        "--pages", default=",".join(PAGES), help=f"Which pages to time, comma-separated: {', '.join(PAGES)}."
+    )
     return parser.parse_args()
 
 
@@ -158,7 +167,7 @@ def make_jobs(now: datetime.datetime) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def time_page(user, repeat: int) -> dict:
+def time_page(user, repeat: int, url: str = FLEET_PAGE) -> dict:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -168,16 +177,17 @@ def time_page(user, repeat: int) -> dict:
     samples = []
     for _ in range(repeat + 1):  # the first request warms caches and is not counted
         start = time.perf_counter()
-        response = client.get(FLEET_PAGE, HTTP_HOST="localhost")
+        response = client.get(url, HTTP_HOST="localhost")
         samples.append((time.perf_counter() - start) * 1000)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.content[:300]!r}")
     with CaptureQueriesContext(connection) as queries:
-        client.get(FLEET_PAGE, HTTP_HOST="localhost")
+        client.get(url, HTTP_HOST="localhost")
     slowest = sorted(queries.captured_queries, key=lambda q: float(q["time"]), reverse=True)[:3]
     return {
         "median_ms": round(statistics.median(samples[1:]), 1),
         "best_ms": round(min(samples[1:]), 1),
+        "worst_ms": round(max(samples[1:]), 1),
         "queries": len(queries),
         "slowest_queries": [
             {"ms": round(float(q["time"]) * 1000, 1), "sql": q["sql"][:200]} for q in slowest
@@ -209,8 +219,9 @@ def measure(args: argparse.Namespace) -> dict:
     SiteMembership.objects.bulk_create(
         SiteMembership(user=manager, site_id=pk, role=MembershipRole.MANAGER) for pk in site_ids
     )
-    results["page_admin"] = time_page(admin, args.repeat)
-    results["page_manager_100_sites"] = time_page(manager, args.repeat)
+    for name in args.pages.split(","):
+        results[f"{name}_admin"] = time_page(admin, args.repeat, PAGES[name])
+        results[f"{name}_manager_100_sites"] = time_page(manager, args.repeat, PAGES[name])
     return results
 
 

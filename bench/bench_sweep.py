@@ -92,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict:
     from accounts.choices import MembershipRole
     from accounts.models import SiteMembership, User
     from monitoring_app.alerts import alerts_evaluate
-    from monitoring_app.api.fleet import fleet_summary
+    from monitoring_app.selectors import fleet_summary
     from monitoring_app.sweep import sweep_offline
     from sites_app.models import Site
     from sites_app.selectors import attach_health, site_health, site_health_devices, site_list

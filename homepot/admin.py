@@ -22,7 +22,9 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Field, Model, QuerySet
 from django.http import HttpResponseRedirect
-from django.urls import NoReverseMatch, reverse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
@@ -57,7 +59,13 @@ class ScopedAutocompleteJsonView(AutocompleteJsonView):
 class HomepotAdminSite(admin.AdminSite):
     site_header = "HOMEPOT operator console"
     site_title = "HOMEPOT"
-    index_title = "Your chain at a glance"
+    index_title = "Your fleet at a glance"
+    # Django's "View site" link would open the console again, and "site" means a store here:
+    # the header links to the API docs instead (base_site.html).
+    site_url = None
+    # How often the landing page's numbers refresh themselves (seconds): a store manager
+    # leaves it open; 30 s keeps it current at one small request per open tab.
+    glance_refresh_seconds = 30
 
     @property
     def login_form(self):
@@ -83,36 +91,138 @@ class HomepotAdminSite(admin.AdminSite):
     def autocomplete_view(self, request):
         return ScopedAutocompleteJsonView.as_view(admin_site=self)(request)
 
+    # --- The landing page: the fleet at a glance -------------------------------------------
+
+    def get_urls(self):
+        glance = self.admin_view(self.glance_view)
+        return [path("glance/", glance, name="fleet_glance"), *super().get_urls()]
+
+    def index(self, request, extra_context=None):
+        """The console's home: the fleet at a glance (the user's sites only) above the list
+        of pages; the glance refreshes itself from `glance/` without a reload."""
+        context = {**self.glance_context(request), **(extra_context or {})}
+        return super().index(request, context)
+
+    def glance_view(self, request):
+        """The landing page's numbers alone (an HTML fragment), for its refresh: the same
+        template and selectors as the page, so a refresh can never show other numbers."""
+        # admin_view makes it never_cache: a refresh always asks the database.
+        return TemplateResponse(request, "admin/homepot/fleet_glance.html", self.glance_context(request))
+
+    def glance_context(self, request) -> dict:
+        """Counts by connectivity and health, the sites in trouble, open alerts and jobs in
+        progress over the user's sites (the one scoping rule), from the selectors the fleet
+        dashboard uses: a constant number of queries whatever the fleet's size. Users who may
+        not view sites get no glance."""
+        from jobs_app.choices import JOB_ACTIVE_STATUSES
+        from monitoring_app.selectors import (
+            fleet_summary,
+            jobs_in_progress,
+            jobs_in_progress_count,
+            open_alerts,
+        )
+
+        user = request.user
+        if not user.has_perm("sites_app.view_site"):
+            return {"glance": None}
+        return {
+            "glance": {
+                "summary": fleet_summary(user=user),
+                "alerts": open_alerts(user=user, limit=GLANCE_ROWS),
+                "jobs": jobs_in_progress(user=user, limit=GLANCE_ROWS),
+                "jobs_total": jobs_in_progress_count(user=user),
+                "jobs_active": ",".join(JOB_ACTIVE_STATUSES),
+                "as_of": timezone.now(),
+                "refresh_seconds": self.glance_refresh_seconds,
+            }
+        }
+
+
+# Rows of each list on the landing page; the linked lists hold the rest.
+GLANCE_ROWS = 5
+
 
 # --- Display helpers ---------------------------------------------------------------------
 
-# One tone per status value, shared by every status badge (devices, jobs, health checks,
-# tokens); values not listed are shown neutral.
+# One tone per status value, shared by every status badge of the console (devices, sites,
+# jobs, deliveries, health checks, alerts, notifications, tokens), so a colour means the same
+# thing on every page: green = fine, amber = needs a look, red = broken, blue = under way,
+# grey = not in play. Values not listed are shown neutral (grey).
 BADGE_TONES = {
+    # fine
     "online": "ok",
     "healthy": "ok",
     "completed": "ok",
     "active": "ok",
+    "resolved": "ok",
+    # needs a look
     "maintenance": "warn",
     "degraded": "warn",
-    "acknowledged": "info",
-    "queued": "info",
-    "sent": "info",
-    "offline": "bad",
+    "retrying": "warn",
+    "paused": "warn",
+    "warning": "warn",
+    "open": "warn",
+    # broken
     "error": "bad",
     "unhealthy": "bad",
     "failed": "bad",
+    "timed_out": "bad",
+    "critical": "bad",
+    "down": "bad",
     "revoked": "bad",
+    # under way
+    "acknowledged": "info",
+    "queued": "info",
+    "scheduled": "info",
+    "pending": "info",
+    "sending": "info",
+    "sent": "info",
+    # not in play
+    "offline": "muted",
     "expired": "muted",
     "cancelled": "muted",
+    "skipped": "muted",
     "unknown": "muted",
 }
 
 
-def status_badge(value: str, label: str):
-    """A coloured pill; the label stays in the text so colour is never the only signal."""
+def status_badge(value, label=None):
+    """A coloured pill for a status, severity or delivery state: `status_badge(obj.status,
+    obj.get_status_display())` in Python, `{% status_badge obj.status obj.get_status_display %}`
+    in templates (`{% load homepot %}`). The label stays in the text, so colour is never the
+    only signal; without one, the value is written out ("timed_out" → "Timed out")."""
+    value = getattr(value, "value", value)  # a TextChoices member counts as its value
+    if label is None:
+        label = str(value).replace("_", " ").capitalize()
     tone = BADGE_TONES.get(value, "muted")
     return format_html('<span class="hp-badge hp-badge--{}">{}</span>', tone, label)
+
+
+def format_percent(value, *, digits: int = 0) -> str:
+    """A share for people: "83 %", "<1 %" for a small non-zero share, "—" for none known."""
+    if value is None:
+        return "—"
+    if 0 < value < 1 and digits == 0:
+        return "<1 %"
+    return f"{value:.{digits}f} %"
+
+
+def format_rate(per_second) -> str:
+    """A rate for people: "12 per second" above one a second, "40 per minute" or "3 per hour"
+    below it, rounded to whole numbers (1.375/s reads as "1 per second")."""
+    if not per_second:
+        return "—"
+    for unit, factor in (("second", 1), ("minute", 60), ("hour", 3600)):
+        amount = per_second * factor
+        if amount >= 1 or unit == "hour":
+            return f"{round(amount):,} per {unit}"
+    return "—"  # pragma: no cover (the loop always returns)
+
+
+def count_of(number: int, singular: str, plural: str | None = None) -> str:
+    """ "1 device", "3 devices", "1,000 devices" (never "1 devices")."""
+    word = singular if number == 1 else (plural or f"{singular}s")
+    return f"{number:,} {word}"
 
 
 def admin_change_url(model: type[Model], pk) -> str | None:

@@ -90,6 +90,9 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # `homepot` is no app of its own (its AppConfig is the admin's), so its template
+            # helpers (status badges, zoned times) are registered by name.
+            "libraries": {"homepot": "homepot.templatetags.homepot"},
         },
     },
 ]

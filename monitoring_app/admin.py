@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 
 from devices_app.models import Device
@@ -14,6 +15,7 @@ from homepot.admin import (
     ScopedAdminMixin,
     ServiceRefused,
     SiteListFilter,
+    count_of,
     object_link,
     pretty_json,
     ref_link,
@@ -22,11 +24,10 @@ from homepot.admin import (
 )
 from jobs_app.models import Job
 from monitoring_app.alerts import alert_acknowledge, alert_resolve
-from monitoring_app.api.fleet import fleet_summary
 from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck, Notification
 from monitoring_app.notifications import notification_retry
 from monitoring_app.rollup import HEALTH_SERIES, ONLINE_SERIES, chart, fleet_history
-from monitoring_app.selectors import jobs_in_progress
+from monitoring_app.selectors import fleet_summary, jobs_in_progress, jobs_in_progress_count, open_alerts
 from sites_app.models import Site
 
 # Both tables grow without end, so neither has a date hierarchy (its year/month/day choices
@@ -202,7 +203,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     """Alerts are opened and closed by monitoring; operators acknowledge and resolve them
     here (actions call the audited services; each alert's outcome is reported)."""
 
-    list_display = ("opened_at", "severity", "kind", "site_link", "device_link", "message", "state")
+    list_display = ("opened_at", "severity_badge", "kind", "site_link", "device_link", "message", "state")
     list_filter = (AlertStateFilter, "severity", "kind", SiteListFilter, ("opened_at", DateFieldListFilter))
     search_fields = ("message", "site__site_id", "device__device_id")
     ordering = ("-opened_at", "-id")
@@ -235,6 +236,10 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     def device_link(self, alert):
         return object_link(alert.device) if alert.device_id else "—"
 
+    @admin.display(description="severity", ordering="severity")
+    def severity_badge(self, alert):
+        return status_badge(alert.severity, alert.get_severity_display())
+
     @admin.display(description="state")
     def state(self, alert):
         return status_badge(alert.state, alert.state.capitalize())
@@ -247,7 +252,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
                 done += 1
             except ServiceRefused as exc:
                 self.message_user(request, f"{alert}: {exc}", messages.ERROR)
-        self.message_user(request, f"{verb} {done} alert(s).", messages.SUCCESS)
+        self.message_user(request, f"{verb} {count_of(done, 'alert')}.", messages.SUCCESS)
 
     def has_handle_permission(self, request):
         # Handling an alert is a store manager's job: the same right as changing devices.
@@ -276,36 +281,35 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         drawn as inline SVG): the caller's sites only, a constant number of queries."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        alerts = (
-            Alert.objects.for_user(request.user)
-            .open()
-            .select_related("site")
-            .order_by("severity", "-opened_at", "-id")[: self.DASHBOARD_ALERTS]
-        )
+        summary = fleet_summary(user=request.user)
         context = {
             **self.admin_site.each_context(request),
             "title": "Fleet health",
-            "summary": fleet_summary(user=request.user),
-            "alerts": alerts,
+            "summary": summary,
+            "alerts": open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS),
             "jobs": jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS),
-            "charts": self._charts(request.user),
+            "jobs_total": jobs_in_progress_count(user=request.user),
+            "charts": self._charts(request.user, summary),
         }
         return TemplateResponse(request, "admin/monitoring_app/fleet_dashboard.html", context)
 
     @staticmethod
-    def _charts(user) -> list[dict]:
+    def _charts(user, summary: dict) -> list[dict]:
         """Two windows (every 15-minute snapshot of the last day; the hourly ones of the last
-        week), one query each, drawn as two charts each: connectivity and health."""
+        week), one query each, drawn as two charts each: connectivity and health. Each ends
+        with the live counts of `summary` (the table above the charts), so the charts and the
+        table agree, and a fleet with no snapshot yet still draws its current point."""
+        now = timezone.now()
         windows = (
-            ("24h", "last 24 hours", fleet_history(user=user, hours=24)),
-            ("7d", "last 7 days", fleet_history(user=user, hours=24 * 7, hourly=True)),
+            ("24h", "last 24 hours", fleet_history(user=user, hours=24, now=now)),
+            ("7d", "last 7 days", fleet_history(user=user, hours=24 * 7, hourly=True, now=now)),
         )
         return [
             {
                 "key": key,
                 "window": window,
-                "online": chart(history, ONLINE_SERIES),
-                "health": chart(history, HEALTH_SERIES),
+                "online": chart(history, ONLINE_SERIES, current=summary, now=now),
+                "health": chart(history, HEALTH_SERIES, current=summary, now=now),
             }
             for key, window, history in windows
         ]
@@ -380,4 +384,6 @@ class NotificationAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
             except ServiceRefused as exc:
                 self.message_user(request, f"{notification}: {exc}", messages.ERROR)
         if done:
-            self.message_user(request, f"{done} notification(s) will be sent again now.", messages.SUCCESS)
+            self.message_user(
+                request, f"{count_of(done, 'notification')} will be sent again now.", messages.SUCCESS
+            )

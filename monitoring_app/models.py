@@ -54,7 +54,9 @@ class HealthCheck(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.device_id} {self.status} at {self.checked_at:%Y-%m-%d %H:%M}"
+        # A record page's title (states by name): "Degraded report of device #12 at ...".
+        when = f"{self.checked_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_status_display()} report of device #{self.device_id} at {when}"
 
 
 AUDIT_HASHED_FIELDS = (
@@ -165,7 +167,9 @@ class AuditLog(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.event_type} by {self.actor_ref or 'system'}"
+        # A record page's title: the event by name ("Site updated"), not its code.
+        actor = self.actor_ref or "system"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.get_event_type_display()} by {actor}"
 
     def save(self, *args, **kwargs):
         if not self._state.adding:
@@ -378,7 +382,7 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.get_channel_display()} for alert {self.alert_id}: {self.status}"
+        return f"{self.get_channel_display()} for alert {self.alert_id}: {self.get_status_display()}"
 
 
 class FleetSnapshotQuerySet(ScopedQuerySet):

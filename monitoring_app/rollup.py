@@ -73,35 +73,80 @@ ONLINE_SERIES = (("online", "#2e7d32"), ("offline", "#c62828"))
 HEALTH_SERIES = (("healthy", "#2e7d32"), ("degraded", "#ef6c00"), ("unhealthy", "#c62828"))
 
 
-def chart(history: dict, series, *, width: int = 640, height: int = 140) -> dict:
-    """What the template needs to draw one inline SVG line chart: per series a polyline
-    (x by time, so a gap in the snapshots stays visible), the scale's top value and the
-    time range. No JavaScript, no external assets."""
-    start, end, points = history["start"], history["end"], history["points"]
+# The plot area's margins inside the SVG: room for the count labels on the left and the
+# time labels below.
+CHART_MARGIN = {"left": 52, "right": 12, "top": 10, "bottom": 34}
+
+
+def chart(
+    history: dict, series, *, current: dict | None = None, now=None, width: int = 640, height: int = 180
+) -> dict:
+    """What the template needs to draw one inline SVG line chart with labelled axes: per series
+    a polyline (x by time, so a gap in the snapshots stays visible) and a dot on its latest
+    point, the count ticks (y) and the time ticks (x, in the console's time zone, named).
+
+    `current` (the live counts, from the same selector as the table beside the chart) is
+    drawn as the last point at `now`: a fresh install draws a point from its first minute,
+    and the chart's latest value is the table's number. When the snapshots start inside
+    the window, `collecting_since` says when. No JavaScript, no external assets."""
+    now = now or timezone.now()
+    start, end = history["start"], history["end"]
+    points = list(history["points"])
+    if current is not None:
+        end = max(end, now)
+        points.append({"bucket_at": now, **{name: current.get(name) or 0 for name, _ in series}})
+    left, top_margin = CHART_MARGIN["left"], CHART_MARGIN["top"]
+    plot_w = width - left - CHART_MARGIN["right"]
+    plot_h = height - top_margin - CHART_MARGIN["bottom"]
     span = (end - start).total_seconds() or 1
     top = max((point[name] or 0 for point in points for name, _ in series), default=0)
     scale = top or 1
 
-    def xy(point, name):
-        x = (point["bucket_at"] - start).total_seconds() / span * width
-        y = height - (point[name] or 0) / scale * height
-        return f"{x:.1f},{y:.1f}"
+    def x_of(moment) -> float:
+        return left + (moment - start).total_seconds() / span * plot_w
 
-    lines = [
-        {
-            "name": name,
-            "color": color,
-            "points": " ".join(xy(point, name) for point in points),
-            "latest": points[-1][name] if points else None,
-        }
-        for name, color in series
+    def y_of(value) -> float:
+        return top_margin + plot_h - (value or 0) / scale * plot_h
+
+    lines = []
+    for name, color in series:
+        coords = [(x_of(point["bucket_at"]), y_of(point[name])) for point in points]
+        lines.append(
+            {
+                "name": name,
+                "color": color,
+                "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in coords),
+                "last_x": f"{coords[-1][0]:.1f}" if coords else None,
+                "last_y": f"{coords[-1][1]:.1f}" if coords else None,
+                "latest": points[-1][name] if points else None,
+            }
+        )
+    y_ticks = [
+        {"y": f"{y_of(value):.1f}", "label": f"{value:,}"}
+        for value in (sorted({0, round(top / 2), top}) if top else [0])
     ]
+    long_window = (end - start) > datetime.timedelta(days=1)
+    label_format = "%a %H:%M" if long_window else "%H:%M"
+    x_ticks = [
+        {"x": f"{x_of(moment):.1f}", "label": timezone.localtime(moment).strftime(label_format)}
+        for moment in (start, start + (end - start) / 2, end)
+    ]
+    first = history["points"][0]["bucket_at"] if history["points"] else None
+    collecting_since = None
+    if first is None or first - start > datetime.timedelta(minutes=SNAPSHOT_MINUTES):
+        collecting_since = timezone.localtime(first or now)
     return {
         "width": width,
         "height": height,
+        "plot": {"left": left, "top": top_margin, "right": left + plot_w, "bottom": top_margin + plot_h},
         "top": top,
         "start": start,
         "end": end,
         "lines": lines,
+        "y_ticks": y_ticks,
+        "x_ticks": x_ticks,
+        "zone": timezone.localtime(now).tzname(),
+        "collecting_since": collecting_since,
+        "snapshots": len(history["points"]),
         "empty": not points,
     }

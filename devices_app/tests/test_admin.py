@@ -89,7 +89,7 @@ def test_changelist_shows_site_link_and_status_badge(admin_browser):
     site_url = reverse("admin:sites_app_site_change", args=[device.site.pk])
     # The short site id keeps the column narrow; the name is one click away.
     assert f'<a href="{site_url}">{device.site.site_id}</a>' in response.text
-    assert '<span class="hp-badge hp-badge--bad">Offline</span>' in response.text
+    assert '<span class="hp-badge hp-badge--muted">Offline</span>' in response.text
 
 
 @pytest.mark.parametrize(

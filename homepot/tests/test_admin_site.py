@@ -23,7 +23,7 @@ def test_index_groups_apps_the_way_a_store_manager_thinks(admin_browser):
     labels = [app["app_label"] for app in response.context["app_list"]]
     assert labels[:5] == ["sites_app", "devices_app", "jobs_app", "monitoring_app", "accounts"]
     names = [app["name"] for app in response.context["app_list"]][:5]
-    assert names == ["Sites", "Devices", "Jobs", "Monitoring", "Accounts"]
+    assert names == ["Sites", "Devices", "Jobs", "Monitoring", "People and access"]
     positions = [
         response.text.index(f'id="{name.lower()}-app"' if False else f">{name}</a>") for name in names
     ]
@@ -41,7 +41,7 @@ def test_index_lists_every_model(admin_browser):
 def test_console_is_branded_homepot(admin_browser):
     response = admin_browser.get(INDEX)
 
-    assert "<title>Your chain at a glance | HOMEPOT</title>" in response.text
+    assert "<title>Your fleet at a glance | HOMEPOT</title>" in response.text
     assert '<span class="hp-brand">HOMEPOT</span>' in response.text
     assert "Django administration" not in response.text
 

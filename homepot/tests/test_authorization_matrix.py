@@ -923,6 +923,7 @@ ADMIN_BY_LABEL = {entry.label: entry for entry in ADMIN}
 
 SITE_WIDE_ADMIN_ROUTES = {
     "admin/",
+    "admin/glance/",  # the landing page's refresh: the fleet at a glance, scoped
     "admin/login/",
     "admin/logout/",
     "admin/password_change/",
@@ -1446,6 +1447,7 @@ def test_site_wide_admin_pages_answer_every_caller_as_the_policy_says(world, bro
     device_type = ContentType.objects.get_for_model(Device).pk
     staff_pages = [
         index,
+        reverse("admin:fleet_glance"),
         reverse("admin:password_change"),
         reverse("admin:password_change_done"),
         reverse("admin:jsi18n"),

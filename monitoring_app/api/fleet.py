@@ -1,6 +1,5 @@
 """GET /api/v1/fleet/summary: the health of every device of the caller's sites at once."""
 
-from django.db.models import Count, Q
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
@@ -8,14 +7,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices_app.models import Device
-from monitoring_app.choices import AlertSeverity
-from monitoring_app.models import Alert
-from monitoring_app.selectors import device_timeline, site_timeline
+from monitoring_app.selectors import device_timeline, fleet_summary, site_timeline
 from sites_app.api.serializers import HealthSummarySerializer
 from sites_app.models import Site
-from sites_app.selectors import health_counts, health_counts_per_site, health_summary
-
-TROUBLED_SITES = 10
 
 
 class ViewsSites(permissions.BasePermission):
@@ -47,51 +41,13 @@ class FleetSummarySerializer(HealthSummarySerializer):
     open_alerts = OpenAlertsSerializer()
 
 
-def _severity_key(summary: dict) -> tuple:
-    """Worst first: down before degraded, then most offline, unhealthy, degraded."""
-    rank = {"down": 0, "degraded": 1, "healthy": 2}[summary["status"]]
-    return (rank, -summary["offline"], -summary["unhealthy"], -summary["degraded"])
-
-
-def fleet_summary(*, user) -> dict:
-    """Counts over the user's sites: ONE GROUP BY over their devices (per site; the fleet
-    totals are the sums), the names of the worst sites, the number of sites, and the open
-    alerts. The query count does not grow with the fleet; Python handles one row per site."""
-    names = list(health_counts())
-    per_site = list(health_counts_per_site(Device.objects.for_user(user)))
-    totals = {name: sum(row[name] for row in per_site) for name in names}
-    summaries = [(row["site_id"], health_summary(row)) for row in per_site]
-    troubled = sorted(
-        ((site_pk, summary) for site_pk, summary in summaries if summary["status"] != "healthy"),
-        key=lambda item: (_severity_key(item[1]), item[0]),
-    )[:TROUBLED_SITES]
-    labels = Site.objects.in_bulk([site_pk for site_pk, _ in troubled])
-    alerts = (
-        Alert.objects.for_user(user)
-        .open()
-        .aggregate(
-            total=Count("pk"),
-            critical=Count("pk", filter=Q(severity=AlertSeverity.CRITICAL)),
-            warning=Count("pk", filter=Q(severity=AlertSeverity.WARNING)),
-            unacknowledged=Count("pk", filter=Q(acknowledged_at__isnull=True)),
-        )
-    )
-    return {
-        **health_summary(totals),
-        "sites": Site.objects.for_user(user).count(),
-        "sites_down": sum(summary["status"] == "down" for _, summary in summaries),
-        "sites_in_trouble": [
-            {"site_id": labels[site_pk].site_id, "name": labels[site_pk].name, **summary}
-            for site_pk, summary in troubled
-        ],
-        "open_alerts": alerts,
-    }
-
-
 class TimelineEventSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
-    type = serializers.ChoiceField(choices=["health", "connectivity", "alert", "job", "operator"])
+    type = serializers.ChoiceField(choices=["health", "connectivity", "alert", "job", "operator", "system"])
     summary = serializers.CharField()
+    actor = serializers.CharField(
+        required=False, help_text='Who did it, for "operator" and "system" events ("system" for the product).'
+    )
 
 
 class TimelineSerializer(serializers.Serializer):

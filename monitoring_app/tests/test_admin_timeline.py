@@ -2,6 +2,7 @@
 
 import datetime
 import re
+import zoneinfo
 
 import pytest
 from django.db import connection
@@ -56,10 +57,12 @@ def till():
 def test_the_device_page_shows_its_timeline_newest_first(admin_browser, till):
     rows = timeline_rows(admin_browser.get(reverse("admin:devices_app_device_change", args=[till.pk])))
 
-    assert [kind for kind, _ in rows] == ["operator", "job", "alert", "connectivity", "health"]
+    # Recorded by the product, not by a person: "system", as the audit list says.
+    assert [kind for kind, _ in rows] == ["system", "job", "alert", "connectivity", "health"]
     assert rows[0][1] == "Renamed till-1"
+    assert rows[1][1].endswith("Update POS payment configuration: Pending")  # names, not codes
     assert rows[2][1] == "Alert opened: till-1 offline"
-    assert rows[4][1] == "degraded: paper low"
+    assert rows[4][1] == "Degraded: paper low"
 
 
 def test_the_site_page_shows_its_devices_events_without_health_reports(admin_browser, till):
@@ -67,7 +70,7 @@ def test_the_site_page_shows_its_devices_events_without_health_reports(admin_bro
 
     kinds = [kind for kind, _ in rows]
     assert "health" not in kinds
-    assert {"operator", "job", "alert", "connectivity"} <= set(kinds)
+    assert {"system", "job", "alert", "connectivity"} <= set(kinds)
     assert any(kind == "connectivity" and text.startswith("till-1: online → offline") for kind, text in rows)
 
 
@@ -94,3 +97,18 @@ def test_another_sites_device_page_is_not_shown(client, till):
 
     assert response.status_code in (302, 404)
     assert "Renamed till-1" not in response.content.decode()
+
+
+def test_the_site_timeline_runs_on_the_sites_clock_and_names_people(admin_browser, admin_user, till):
+    site = till.site
+    site.timezone = "Asia/Tokyo"
+    site.save()
+    audit_record(event_type="site.updated", actor=admin_user, site=site, description="Renamed the store")
+    response = admin_browser.get(reverse("admin:sites_app_site_change", args=[site.pk]))
+    text = response.content.decode()
+
+    assert "<th>when (Asia/Tokyo)</th>" in text
+    newest = timezone.now().astimezone(zoneinfo.ZoneInfo("Asia/Tokyo"))
+    assert f"{newest:%Y-%m-%d %H}" in text  # Tokyo's hour, not UTC's
+    rows = timeline_rows(response)
+    assert rows[0] == (f"operator ({admin_user.username})", "Renamed the store")

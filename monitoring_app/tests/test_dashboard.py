@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory
+from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
 from jobs_app.choices import DeliveryStatus, JobStatus
 from jobs_app.tests.factories import DeliveryFactory, JobFactory
@@ -95,6 +96,20 @@ def chart_legend(text, kind, key):
     return " ".join(re.sub(r"<[^>]+>|■", "", caption).split())
 
 
+def chart_figure(text, kind, key) -> str:
+    figure = re.search(rf'<figure class="hp-chart" id="chart-{kind}-{key}">(.*?)</figure>', text, re.S)
+    assert figure, f"chart {kind}-{key} missing"
+    return figure.group(1)
+
+
+def chart_top(text, kind, key) -> int:
+    """The highest count labelled on the chart's y axis."""
+    labels = re.findall(
+        r'dominant-baseline="middle" fill="currentColor">([\d,]+)</text>', chart_figure(text, kind, key)
+    )
+    return max(int(label.replace(",", "")) for label in labels)
+
+
 def test_the_charts_show_only_the_callers_sites(client, stores, django_assert_max_num_queries):
     mine, theirs = stores
     hour_ago = timezone.now().replace(minute=0) - datetime.timedelta(hours=1)
@@ -108,12 +123,14 @@ def test_the_charts_show_only_the_callers_sites(client, stores, django_assert_ma
     text = response.content.decode()
     assert response.status_code == 200
     for key in ("24h", "7d"):
-        assert chart_legend(text, "online", key) == "Devices online: online 41, offline 1"
+        # The last point is now: the live counts, the numbers of the table above.
+        assert chart_legend(text, "online", key) == "Devices online: online 4, offline 1"
         assert (
             chart_legend(text, "health", key)
-            == "Health of online devices: healthy 39, degraded 0, unhealthy 2"
+            == "Health of online devices: healthy 3, degraded 0, unhealthy 1"
         )
-    assert "7123" not in text
+        assert chart_top(text, "online", key) == 41  # the snapshot is drawn too
+    assert "7123" not in text and "7,123" not in text
     assert text.count("<polyline") == 2 * 5  # 2 windows × (2 + 3 series)
 
 
@@ -125,7 +142,8 @@ def test_the_admin_charts_sum_every_site(admin_browser, stores):
 
     text = admin_browser.get(FLEET).content.decode()
 
-    assert chart_legend(text, "online", "24h") == "Devices online: online 7164, offline 1"
+    assert chart_legend(text, "online", "24h") == "Devices online: online 11, offline 1"
+    assert chart_top(text, "online", "24h") == 7164
 
 
 def test_the_dashboard_query_count_does_not_grow_with_history_or_jobs(
@@ -146,9 +164,27 @@ def test_the_dashboard_query_count_does_not_grow_with_history_or_jobs(
     assert len(response.context["jobs"]) == 5
 
 
-def test_no_snapshots_yet_says_so(admin_browser):
-    text = admin_browser.get(FLEET).content.decode()
-    assert text.count("No snapshots yet") == 4 and "<polyline" not in text
+def test_before_any_snapshot_the_charts_draw_the_current_point(admin_browser, stores):
+    response = admin_browser.get(FLEET)
+    text = response.content.decode()
+
+    assert text.count("Collecting since") == 4 and "No snapshots yet" not in text
+    assert text.count("<circle") == 2 * 5  # every series' current point
+    assert chart_legend(text, "online", "24h") == "Devices online: online 11, offline 1"
+    table = re.search(r'<table id="fleet-counts">.*?<tbody><tr>(.*?)</tr>', text, re.S).group(1)
+    cells = [int(cell) for cell in re.findall(r"<td>(\d+)</td>", table)]
+    assert cells[:2] == [12, 11]  # total, online: the chart's last point is the table's number
+    assert "time (UTC)" in text and ">devices</text>" in text  # labelled axes
+
+
+def test_the_table_counts_add_up(admin_browser, stores):
+    DeviceFactory(site=stores[0], status="error")
+    DeviceFactory(site=stores[0], status="maintenance")
+    summary = admin_browser.get(FLEET).context["summary"]
+    by = summary["by_status"]
+    assert sum(by.values()) == summary["total"] == 14
+    assert (by["online"], by["offline"], by["error"], by["maintenance"]) == (11, 1, 1, 1)
+    assert summary["healthy"] + summary["degraded"] + summary["unhealthy"] == by["online"]
 
 
 def test_jobs_in_progress_are_the_callers_unfinished_ones_newest_first_with_progress(client, stores):
@@ -167,7 +203,7 @@ def test_jobs_in_progress_are_the_callers_unfinished_ones_newest_first_with_prog
 
     assert [job.pk for job in response.context["jobs"]] == [newer.pk, older.pk]
     text = response.content.decode()
-    assert '<progress value="3" max="4"></progress> 75% of 4' in text
+    assert '<progress value="3" max="4"></progress> 3 of 4 devices done (75 %)' in text
     assert "site-theirs" not in text
 
 
@@ -185,6 +221,27 @@ def test_the_week_chart_reads_the_hourly_snapshots_and_the_day_chart_every_one(a
 
     text = admin_browser.get(FLEET).content.decode()
 
-    assert chart_legend(text, "online", "24h") == "Devices online: online 6, offline 0"
-    assert chart_legend(text, "online", "7d") == "Devices online: online 5, offline 0"
-    assert "max 6" in text and "max 99" not in text
+    assert chart_top(text, "online", "24h") == 6
+    assert chart_top(text, "online", "7d") == 5
+
+
+def test_the_fleet_counts_follow_the_site_health_rule_for_every_state():
+    """fleet_summary folds one GROUP BY (site, status, health) in Python; site health counts
+    with filtered aggregates in SQL. The two must agree for every status and health."""
+    from devices_app.choices import DeviceStatus
+    from monitoring_app.choices import HealthStatus
+    from monitoring_app.selectors import _health_counts_by_site
+    from sites_app.selectors import health_counts_per_site
+
+    sites = [SiteFactory(), SiteFactory()]
+    for index, status in enumerate(DeviceStatus.values):
+        for health in ["", *HealthStatus.values]:
+            DeviceFactory.create_batch(
+                1 + index % 2, site=sites[index % 2], status=status, health_status=health
+            )
+
+    folded = sorted(_health_counts_by_site(Device.objects.all()), key=lambda row: row["site_id"])
+    expected = sorted(health_counts_per_site(Device.objects.all()), key=lambda row: row["site_id"])
+    assert [{k: v for k, v in row.items() if k != "status_error"} for row in folded] == expected
+    errors = Device.objects.filter(status=DeviceStatus.ERROR).count()
+    assert sum(row["status_error"] for row in folded) == errors

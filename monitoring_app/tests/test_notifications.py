@@ -253,7 +253,7 @@ def test_retry_now_makes_a_failed_notification_due_again_and_is_audited(
         NOTIFICATIONS, {"action": "retry_now", "_selected_action": [failed.pk]}, follow=True
     )
 
-    assert "1 notification(s) will be sent again now." in response.text
+    assert "1 notification will be sent again now." in response.text
     failed.refresh_from_db()
     assert failed.status == NotificationStatus.RETRYING and failed.attempts == 0
     assert failed.next_attempt_at <= timezone.now()

@@ -181,7 +181,7 @@ def test_a_site_timeline_shows_alerts_and_transitions(store, settings):
 
     events = client.get("/api/v1/fleet/sites/site-store/timeline").json()["events"]
 
-    assert {e["type"] for e in events} >= {"alert", "operator"}
+    assert {e["type"] for e in events} >= {"alert", "system"}
 
 
 def test_timelines_of_another_site_are_404_like_missing_ones(store):

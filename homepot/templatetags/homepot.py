@@ -1,0 +1,58 @@
+"""Template helpers of the operator console: `{% load homepot %}`.
+
+- `{% status_badge value label %}`: the coloured pill of homepot.admin.status_badge (label
+  optional), so a template colours a status exactly as a changelist column does.
+- `{{ number|percent }}`, `{{ per_second|rate }}`: shares and rates written for people.
+- `{{ moment|zoned }}` / `{{ moment|zoned:site.timezone }}`: a time with its zone named.
+"""
+
+import contextlib
+import zoneinfo
+
+from django import template
+from django.utils import timezone
+
+from homepot.admin import format_percent, format_rate
+from homepot.admin import status_badge as badge
+
+register = template.Library()
+
+
+@register.simple_tag(name="status_badge")
+def status_badge_tag(value, label=None):
+    return badge(value, label)
+
+
+@register.filter
+def percent(value, digits=0):
+    return format_percent(value, digits=int(digits))
+
+
+@register.filter
+def rate(value):
+    return format_rate(value)
+
+
+def zoned_time(moment, zone_name: str | None = None, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
+    """`moment` in `zone_name` (a site's zone), or the console's zone (TIME_ZONE), with the
+    zone's abbreviation, so nobody has to guess whose clock a time is on."""
+    if not hasattr(moment, "astimezone"):
+        return "—"
+    zone = timezone.get_current_timezone()
+    if zone_name:
+        # An unknown zone name falls back to the console's zone, still labelled.
+        with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+            zone = zoneinfo.ZoneInfo(str(zone_name))
+    return moment.astimezone(zone).strftime(fmt)
+
+
+@register.filter
+def zoned(moment, zone_name=None):
+    return zoned_time(moment, zone_name)
+
+
+@register.filter
+def app_crumb(opts) -> bool:
+    """Whether breadcrumbs should name the model's app: not when the app is named like the
+    model's list (the Sites app holds only Sites), which read "Home › Sites › Sites"."""
+    return str(opts.app_config.verbose_name).lower() != str(opts.verbose_name_plural).lower()
