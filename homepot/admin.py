@@ -208,14 +208,16 @@ def format_percent(value, *, digits: int = 0) -> str:
 
 
 def format_rate(per_second) -> str:
-    """A rate for people: "12 per second" above one a second, "40 per minute" or "3 per hour"
-    below it, rounded to whole numbers (1.375/s reads as "1 per second")."""
+    """A rate for people: "1.4 per second" (one decimal below ten, whole numbers above),
+    "30 per minute" or "3 per hour" below one a second, so a slow rate never reads as 0;
+    "—" when there is none."""
     if not per_second:
         return "—"
     for unit, factor in (("second", 1), ("minute", 60), ("hour", 3600)):
         amount = per_second * factor
         if amount >= 1 or unit == "hour":
-            return f"{round(amount):,} per {unit}"
+            text = f"{round(amount):,}" if amount >= 10 else f"{amount:.1f}".removesuffix(".0")
+            return f"{text} per {unit}"
     return "—"  # pragma: no cover (the loop always returns)
 
 

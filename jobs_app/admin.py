@@ -25,11 +25,13 @@ from homepot.admin import (
     ServiceRefused,
     SiteListFilter,
     adopt_saved,
+    format_rate,
     model_field_values,
     object_link,
     ref_link,
     refusal_message,
     run_service,
+    status_badge,
 )
 from jobs_app import services
 from jobs_app.admin_forms import SETTINGS_FIELD, JobAddForm, payload_field_name
@@ -92,23 +94,6 @@ _CONTROL_EXPLAINED = {
     "retry": "Every device that failed or timed out is sent the work again.",
     "clone": "A new job with the same work, targets and rollout is created and starts now.",
 }
-
-
-def _status_badge(value: str, label: str):
-    """A coloured pill named after the state itself (hp-badge--failed); the label stays in
-    the text so colour is never the only signal. Local until the shared helper lands."""
-    return format_html('<span class="hp-badge hp-badge--{}">{}</span>', value, label)
-
-
-def human_rate(per_second: float | None) -> str:
-    """1.375 → "1.4 per second"; slow rates per minute or hour, so they never read as 0."""
-    if not per_second:
-        return ""
-    for unit, factor in (("second", 1), ("minute", 60), ("hour", 3600)):
-        value = per_second * factor
-        if value >= 1 or unit == "hour":
-            return f"{value:.1f}".removesuffix(".0") + f" per {unit}"
-    return ""  # unreachable
 
 
 def human_duration(seconds: float | None) -> str:
@@ -541,15 +526,13 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, job):
-        return _status_badge(job.status, job.get_status_display())
+        return status_badge(job.status, job.get_status_display())
 
     @admin.display(description="status")
     def status_shown(self, job):
         if job.status_reason:
-            return format_html(
-                "{} {}", _status_badge(job.status, job.get_status_display()), job.status_reason
-            )
-        return _status_badge(job.status, job.get_status_display())
+            return format_html("{} {}", status_badge(job.status, job.get_status_display()), job.status_reason)
+        return status_badge(job.status, job.get_status_display())
 
     @admin.display(description="site", ordering="site__site_id")
     def site_link(self, job):
@@ -615,11 +598,11 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 percent=round(100 * completed / total),
                 finished_percent=progress["percent"],
                 statuses=[
-                    (_status_badge(status, DeliveryStatus(status).label), n)
+                    (status_badge(status, DeliveryStatus(status).label), n)
                     for status, n in counts.items()
                     if n
                 ],
-                rate=human_rate(progress["rate_per_second"]),
+                rate=format_rate(progress["rate_per_second"]) if progress["rate_per_second"] else "",
                 eta=human_duration(progress["eta_seconds"]) if progress["eta_seconds"] else "",
                 sites=[
                     {**row, "link": ref_link(Site, row["pk"], f"{row['site_id']} {row['name']}")}
@@ -654,7 +637,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             (
                 (
                     ref_link(Device, d.device_id, d.device.device_id),
-                    _status_badge(d.status, d.get_status_display()),
+                    status_badge(d.status, d.get_status_display()),
                     d.attempts,
                     d.last_error,
                     self._cancel_cell(job, d) if may_cancel else "",
@@ -760,7 +743,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 "verb": verb,
                 "label": label,
                 "explained": _CONTROL_EXPLAINED[verb],
-                "status": _status_badge(job.status, job.get_status_display()),
+                "status": status_badge(job.status, job.get_status_display()),
                 "back": page,
             }
             return TemplateResponse(request, "admin/jobs_app/job/control_confirm.html", context)

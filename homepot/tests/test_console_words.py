@@ -107,10 +107,11 @@ def test_a_badge_without_a_label_writes_the_value_out():
 @pytest.mark.parametrize(
     ("per_second", "text"),
     [
-        (1.375, "1 per second"),
+        (1.375, "1.4 per second"),
+        (2.0, "2 per second"),
         (12.6, "13 per second"),
         (0.5, "30 per minute"),
-        (0.0005, "2 per hour"),
+        (0.0005, "1.8 per hour"),
         (0, "—"),
     ],
 )

@@ -56,7 +56,7 @@ def test_changelist_shows_status_and_target_site(admin_browser):
     assert listed(response) == [job.pk]
     site_url = reverse("admin:sites_app_site_change", args=[job.site.pk])
     assert f'<a href="{site_url}">{job.site}</a>' in response.text
-    assert '<span class="hp-badge hp-badge--failed">Failed</span>' in response.text
+    assert '<span class="hp-badge hp-badge--bad">Failed</span>' in response.text
 
 
 @pytest.mark.parametrize(("term", "found"), [("gateway", True), ("site-777", True), ("firmware-xyz", False)])
@@ -229,8 +229,8 @@ def test_job_page_shows_progress_and_a_bounded_list_of_deliveries(admin_browser,
 
     page = admin_browser.get(change_url(job)).content.decode()
     assert "0 of 25 devices completed (0 %)" in page
-    assert '<span class="hp-badge hp-badge--sent">Sent</span> 25' in page
-    assert page.count('<td><span class="hp-badge hp-badge--sent">Sent</span></td>') == 20
+    assert '<span class="hp-badge hp-badge--info">Sent</span> 25' in page
+    assert page.count('<td><span class="hp-badge hp-badge--info">Sent</span></td>') == 20
     assert "<progress" in admin_browser.get(CHANGELIST).content.decode()
 
 
@@ -408,7 +408,7 @@ def test_the_job_page_shows_progress_in_words_per_site_and_links(admin_browser, 
     page = admin_browser.get(change_url(job)).content.decode()
 
     assert "3 of 7 devices completed (43 %)" in page
-    assert '<span class="hp-badge hp-badge--failed">Failed</span> 1' in page
+    assert '<span class="hp-badge hp-badge--bad">Failed</span> 1' in page
     site_url = reverse("admin:sites_app_site_change", args=[job.site.pk])
     assert f'<td><a href="{site_url}">site-run' in page  # per-site breakdown, linked
     assert f'<a href="/api/v1/jobs/{job.pk}/deliveries?status=failed">' in page
@@ -500,16 +500,6 @@ def test_a_viewer_gets_no_controls_and_is_refused(client):
     assert client.post(reverse("admin:jobs_app_job_control", args=[job.pk, "cancel"])).status_code == 403
     job.refresh_from_db()
     assert job.status == JobStatus.SENT
-
-
-@pytest.mark.parametrize(
-    ("per_second", "text"),
-    [(1.375, "1.4 per second"), (2.0, "2 per second"), (0.05, "3 per minute"), (0.0001, "0.4 per hour")],
-)
-def test_rates_read_like_words(per_second, text):
-    from jobs_app.admin import human_rate
-
-    assert human_rate(per_second) == text
 
 
 def test_a_finished_job_without_deliveries_says_so_instead_of_starting(admin_browser):
