@@ -170,7 +170,8 @@ class Terminal(threading.Thread):
                     if self.options["verbosity"] > 1:
                         print(f"{self.device_id}: {name}: {exc}")
                 due[name] = time.monotonic() + self.every(name)
-            self.stop.wait(max(0.0, min(due.values()) - time.monotonic()))
+            # At most a second: the outage check above runs on the wall clock.
+            self.stop.wait(min(1.0, max(0.0, min(due.values()) - time.monotonic())))
 
     def poll(self):
         for command in self.call("GET", "/api/v1/agent/commands")["commands"]:
