@@ -393,7 +393,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"quiet_agent": {"()": "homepot.logging_filters.QuietAgentRequests"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # runserver's access log, without a line per terminal poll or heartbeat.
+        "django.server": {"handlers": ["console"], "filters": ["quiet_agent"], "propagate": False},
+    },
 }

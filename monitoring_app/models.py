@@ -229,6 +229,25 @@ class MonitoringState(models.Model):
         return f"Monitoring state (last sweep {self.last_sweep_at})"
 
 
+class DemoClock(models.Model):
+    """The demo fixture's anchor (fixtures/demo.json, its first row): when the fixture was
+    built, and by how much loading it moved every date so that the demo chain trades today.
+
+    `manage.py loaddata demo` fills `loaded_at` and `shift` (monitoring_app.demo_clock); a
+    second load into the same database keeps them, so the rows it rewrites are identical (the
+    audit trail refuses any other rewrite). Not part of the product's data model otherwise."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    built_at = models.DateTimeField(help_text="The moment the fixture's dates were written for.")
+    loaded_at = models.DateTimeField(null=True, blank=True)
+    shift = models.DurationField(
+        null=True, blank=True, help_text="Added to every date: loaded_at - built_at."
+    )
+
+    def __str__(self) -> str:
+        return f"Demo data built for {self.built_at:%Y-%m-%d %H:%M}, shifted by {self.shift}"
+
+
 class AlertQuerySet(ScopedQuerySet):
     scope_path = "site"
 

@@ -3,10 +3,15 @@
 
 Copperleaf Kitchen, an invented restaurant chain: 14 sites across seven regions, 30 devices
 (POS terminals numbered 1 to 5 within each site, plus card readers and receipt printers),
-13 recent jobs in every status of the progression, 68 health checks and the audit trail that
-tells how it all got there. Every name, address and business is made up.
+13 recent jobs in every status of the progression with their per-device deliveries, three
+hours of health checks, a week of chart snapshots and the audit trail that tells how it all
+got there. Every name, address and business is made up.
 
-The fixture is static, so "recent" means the week before 2026-11-25 08:45 UTC (DEMO_NOW).
+The file is static: its dates lead up to DEMO_NOW (2026-11-25 08:45 UTC), which its first row,
+a DemoClock anchor, records. `manage.py loaddata demo` moves every date by (now - DEMO_NOW) as
+it writes the rows (monitoring_app/demo_clock.py), so on any day the demo trades today: the
+terminals meant to be online were seen seconds ago, and `manage.py simulate_fleet --demo`
+keeps them so (docs/operations.md, "The demo").
 Primary keys are explicit, so a second `manage.py loaddata demo` rewrites the same rows instead
 of adding copies. Load it into an empty database: its audit rows (ids 1..n) start the audit
 hash chain. Users are not part of the fixture (the run script creates the admin account):
@@ -83,26 +88,34 @@ IP_BASE = {"pos_terminal": 10, "card_reader": 40, "receipt_printer": 60}
 MAC_FAMILY = {"pos_terminal": 0x11, "card_reader": 0x22, "receipt_printer": 0x33}
 
 # The devices whose state is not "online, on the current firmware" (the rest are).
-# device_id -> (status, firmware or None for the default, minutes since last seen or None)
+# device_id -> (status, firmware or None for the default, minutes since the status began or
+# None). The staged faults: offline terminals (silent since last_seen; the sweep took them
+# offline three minutes later), devices in `error` (set by an operator; they still answer),
+# maintenance. Every other device is alive: the fleet simulator keeps it so (--demo).
 DEVICE_STATES = {
     "site-123-pos-terminal-4": ("maintenance", None, 95),
     "site-123-receipt-printer-1": ("error", None, 12),
     "site-123-card-reader-1": ("unknown", None, None),  # registered yesterday, not yet online
     "site-456-pos-terminal-3": ("offline", "4.2.0", 60 * 31),
-    "site-456-receipt-printer-1": ("online", None, 2),
-    "site-789-card-reader-1": ("online", None, 3),
     "site-234-pos-terminal-2": ("error", None, 25),
-    "site-345-pos-terminal-1": ("online", "4.2.0", 1),
+    "site-345-pos-terminal-1": ("online", "4.2.0", None),
     "site-345-pos-terminal-2": ("offline", "4.2.0", 60 * 52),
-    "site-567-pos-terminal-1": ("online", "4.1.7", 4),  # its 4.2.1 update failed
+    "site-567-pos-terminal-1": ("online", "4.1.7", None),  # its 4.2.1 update failed
     "site-678-card-reader-1": ("offline", None, 60 * 27),
-    "site-678-pos-terminal-1": ("online", "4.2.0", 2),
-    "site-890-pos-terminal-1": ("online", "4.2.0", 1),
+    "site-678-pos-terminal-1": ("online", "4.2.0", None),
+    "site-890-pos-terminal-1": ("online", "4.2.0", None),
     "site-112-pos-terminal-1": ("error", None, 40),
     "site-334-pos-terminal-1": ("offline", "4.1.7", 60 * 80),
     "site-445-pos-terminal-1": ("unknown", None, None),  # registered yesterday, not yet online
-    "site-556-pos-terminal-1": ("maintenance", "4.1.7", 60 * 20),
+    "site-556-pos-terminal-1": ("maintenance", "4.1.7", 60 * 20),  # its store is closed
 }
+# Latest health where it is not what the status implies (CURRENT_HEALTH): the food court's
+# printer is running low on paper (the simulator carries on: it degrades, is refilled, ...).
+HEALTH_OVERRIDES = {"site-456-receipt-printer-1": "degraded"}
+# Terminals that take their work over MQTT (the rest poll): stores with no work in flight, so
+# without a broker nothing waits on them. Heartbeats and health reports are HTTP for all.
+MQTT_DEVICES = {"site-567-pos-terminal-1", "site-678-pos-terminal-1", "site-890-pos-terminal-1"}
+SWEEP_AFTER = timedelta(minutes=3)  # interval + grace: when the sweep noticed a silent device
 DEFAULT_FIRMWARE = {"pos_terminal": "4.2.1", "card_reader": "2.8.3", "receipt_printer": "1.5.0"}
 
 SITE_AUDITED = ("site_id", "name", "description", "location", "region", "timezone", "is_active")
@@ -144,10 +157,25 @@ def build_sites() -> list[dict]:
     return rows
 
 
-def updated_at(status: str, created: datetime, last_seen: datetime | None) -> datetime:
-    """Heartbeats touch the row; a move to maintenance (audited a minute later) does too."""
-    updated = max(created, last_seen or created)
-    return updated + timedelta(minutes=1) if status == "maintenance" else updated
+ALIVE = ("online", "error", "maintenance")  # statuses of devices that still answer
+
+
+def is_alive(status: str, site_active: bool) -> bool:
+    """A device the demo keeps reporting: online, in error (its payment module, not its
+    network) or in maintenance on the bench, at a store that is open."""
+    return status in ALIVE and site_active
+
+
+def device_times(pk: int, status: str, minutes: int | None, alive: bool, created: datetime) -> dict:
+    """last_seen (seconds ago for the living, so the first sweep after loading finds them
+    fresh) and connectivity_changed_at (when the current status began)."""
+    if status == "unknown":
+        return {"last_seen": None, "connectivity_changed_at": None}
+    since = DEMO_NOW - timedelta(minutes=minutes) if minutes is not None else created
+    if status == "offline":
+        return {"last_seen": since, "connectivity_changed_at": since + SWEEP_AFTER}
+    last_seen = DEMO_NOW - timedelta(seconds=5 + (pk * 13) % 50) if alive else since
+    return {"last_seen": last_seen, "connectivity_changed_at": since}
 
 
 def mac_address(device_type: str, site_pk: int, number: int) -> str:
@@ -180,22 +208,20 @@ def build_devices(sites: list[dict]) -> list[dict]:
     for site_row, (site_id, *_rest, devices) in zip(sites, SITES, strict=True):
         site_pk = site_row["pk"]
         site_name = site_row["fields"]["name"]
+        site_active = site_row["fields"]["is_active"]
         for device_type, count in devices:
             label, slug = TYPE_LABELS[device_type]
             for number in range(1, count + 1):
                 pk += 1
                 device_id = f"{site_id}-{slug}-{number}"
-                status, firmware, seen_minutes_ago = DEVICE_STATES.get(device_id, ("online", None, None))
-                if status == "online" and seen_minutes_ago is None:
-                    seen_minutes_ago = 1 + (pk * 7) % 5
+                status, firmware, minutes = DEVICE_STATES.get(device_id, ("online", None, None))
                 # Onboarding imported the chain's terminals in one go; the two "unknown" devices
                 # were registered one by one yesterday and have not reported yet.
                 created = ONBOARDING_IMPORT + timedelta(seconds=pk)
                 if status == "unknown":
                     created = datetime(2026, 11, 24, 15, 10 + pk, tzinfo=UTC)
-                last_seen = None
-                if seen_minutes_ago is not None:
-                    last_seen = DEMO_NOW - timedelta(minutes=seen_minutes_ago)
+                times = device_times(pk, status, minutes, is_alive(status, site_active), created)
+                last_seen = times["last_seen"]
                 rows.append(
                     {
                         "model": "devices_app.device",
@@ -210,9 +236,17 @@ def build_devices(sites: list[dict]) -> list[dict]:
                             "mac_address": mac_address(device_type, site_pk, number),
                             "firmware_version": firmware or DEFAULT_FIRMWARE[device_type],
                             "config": device_config(site_id, site_pk, site_name, device_type, number),
+                            "push_channel": "mqtt" if device_id in MQTT_DEVICES else "poll",
                             "last_seen": iso(last_seen) if last_seen else None,
+                            "connectivity_changed_at": iso(times["connectivity_changed_at"])
+                            if times["connectivity_changed_at"]
+                            else None,
+                            # Filled from the health history (build_health_checks).
+                            "health_status": "",
+                            "health_changed_at": None,
+                            "last_health_at": None,
                             "created_at": iso(created),
-                            "updated_at": iso(updated_at(status, created, last_seen)),
+                            "updated_at": iso(max(created, last_seen or created)),
                         },
                     }
                 )
@@ -272,7 +306,7 @@ JOBS = [
      "the footer named the wrong store; withdrawn before sending"),
     ("site-123", "software_update", "high", "acknowledged",
      "Pilot POS application 4.2.2 (faster card-present checkout) at the flagship.",
-     _software_payload("4.2.2"), datetime(2026, 11, 25, 8, 10), 0.1, None, None),
+     _software_payload("4.2.2"), datetime(2026, 11, 25, 8, 38), 0.1, None, None),
     ("site-901", "update_pos_payment_config", "normal", "paused",
      "Move Evergreen Station to the v2 payment gateway.",
      _payment_payload("site-901", 100), datetime(2026, 11, 25, 8, 20), 0.2, None,
@@ -289,6 +323,24 @@ JOBS = [
 ]  # fmt: skip
 JOB_OUTCOMES: dict[int, str] = {}  # job pk -> outcome, filled by build_jobs
 
+# Which devices a job went to (its segment), by status. A finished job went to every POS
+# terminal of its store, and its deliveries add up to its outcome. The running ones went to
+# terminals the simulator plays, so they finish once the demo runs; the queued one is sent
+# when the workers first start, to the store's online devices only. The paused, scheduled and
+# cancelled ones have no deliveries yet (the cancelled one was withdrawn before sending).
+JOB_SEGMENTS = {
+    "completed": {"device_type": ["pos_terminal"]},
+    "failed": {"device_type": ["pos_terminal"]},
+    "acknowledged": {"device_type": ["pos_terminal"], "status": ["online"]},
+    "sent": {"device_type": ["pos_terminal"]},
+    "queued": {"status": ["online"]},
+}
+DELIVERED = ("completed", "failed", "acknowledged", "sent")  # job statuses with deliveries
+FAILURES = {  # the error each failed job's terminal reported
+    "site-567": "Package checksum mismatch after two downloads; 4.1.7 kept.",
+    "site-678": "Gateway refused merchant CLK-000678: not enabled for v2.",
+}
+
 
 def build_jobs(site_pks: dict[str, int]) -> list[dict]:
     jobs = sorted(JOBS, key=lambda job: job[6])
@@ -303,6 +355,7 @@ def build_jobs(site_pks: dict[str, int]) -> list[dict]:
         started = created + timedelta(minutes=start) if start is not None else None
         completed = created + timedelta(minutes=finish) if finish is not None else None
         updated = max(moment for moment in (created, started, completed) if moment)
+        segment = JOB_SEGMENTS.get(status, {})
         rows.append(
             {
                 "model": "jobs_app.job",
@@ -321,10 +374,59 @@ def build_jobs(site_pks: dict[str, int]) -> list[dict]:
                     "completed_at": iso(completed) if completed else None,
                     "status_reason": reason,
                     "scheduled_at": iso(created.replace(hour=23)) if status == "scheduled" else None,
+                    "segment": segment,
+                    "materialised_at": iso(started) if status in DELIVERED else None,
                 },
             }
         )
     return rows
+
+
+def build_deliveries(jobs: list[dict], devices: list[dict], site_ids: dict[int, str]) -> list[dict]:
+    """One delivery per targeted device of every job that was sent out, in the state its job
+    implies: a finished job's last delivery finished when the job did."""
+    rows = []
+    for job in jobs:
+        fields = job["fields"]
+        status = fields["status"]
+        if status not in DELIVERED:
+            continue
+        segment = fields["segment"]
+        targets = [
+            device
+            for device in devices
+            if device["fields"]["site"] == fields["site"]
+            and all(device["fields"][name] in allowed for name, allowed in segment.items())
+        ]
+        started = datetime.fromisoformat(fields["started_at"])
+        finished = datetime.fromisoformat(fields["completed_at"]) if fields["completed_at"] else None
+        for n, device in enumerate(targets):
+            sent = started + timedelta(seconds=2 + n)
+            acked = sent + timedelta(seconds=8 + 5 * n)
+            done = finished - timedelta(seconds=20 * (len(targets) - 1 - n)) if finished else None
+            delivery = {
+                "job": job["pk"],
+                "device": device["pk"],
+                "site": fields["site"],
+                "status": status,
+                "attempts": 1,
+                "last_error": "",
+                "result": None,
+                "created_at": iso(started),
+                "sent_at": iso(sent),
+                "acknowledged_at": iso(acked) if status != "sent" else None,
+                "completed_at": iso(done) if status == "completed" else None,
+                "failed_at": iso(done) if status == "failed" else None,
+                "deadline": None,
+            }
+            if status == "completed":
+                delivery["result"] = {"applied": fields["action"]}
+            elif status == "failed":
+                delivery["last_error"] = FAILURES[site_ids[fields["site"]]]
+            rows.append({"model": "jobs_app.delivery", "fields": delivery})
+    return [
+        {"model": row["model"], "pk": pk, "fields": row["fields"]} for pk, row in enumerate(rows, start=1)
+    ]
 
 
 def _metrics(rng: random.Random, device: dict, health: str) -> dict:
@@ -358,30 +460,55 @@ CURRENT_HEALTH = {
 }
 
 
-def _check_statuses(status: str, count: int) -> list[str]:
-    """The history of a device's checks, oldest first, ending in its current state."""
-    last = CURRENT_HEALTH[status]
-    before = "degraded" if status in ("error", "offline") else "healthy"
-    return ["healthy"] * (count - 2) + [before, last] if count >= 2 else [last]
+def _history(device: dict, alive: bool) -> list[tuple[datetime, str]]:
+    """(checked_at, health) of a device's checks, oldest first, ending in its current state.
+
+    The living report every 15 minutes over the last three hours, the latest a minute or two
+    before they were last seen; a silent device has three checks, half an hour apart, ending
+    when it went quiet."""
+    fields = device["fields"]
+    status, device_id = fields["status"], fields["device_id"]
+    last_seen = datetime.fromisoformat(fields["last_seen"])
+    if not alive:
+        before = "degraded" if status in ("error", "offline") else "healthy"
+        statuses = ["healthy", before, CURRENT_HEALTH[status]]
+        return [(last_seen - timedelta(minutes=30 * (2 - n)), h) for n, h in enumerate(statuses)]
+    latest = last_seen - timedelta(seconds=60 + (device["pk"] * 37) % 120)
+    since = datetime.fromisoformat(fields["connectivity_changed_at"] or fields["created_at"])
+    current = HEALTH_OVERRIDES.get(device_id, CURRENT_HEALTH[status])
+    if device_id in HEALTH_OVERRIDES:
+        since = DEMO_NOW - timedelta(minutes=45)  # the paper started running low
+    history = []
+    for n in range(12, -1, -1):
+        checked_at = latest - timedelta(minutes=15 * n)
+        if checked_at >= since:
+            health = current
+        elif checked_at >= since - timedelta(minutes=15) and status == "error":
+            health = "degraded"  # the payment module was slow before it stopped
+        elif (device["pk"] + n) % 11 == 0:
+            health = "degraded"  # a busy moment in an otherwise healthy history
+        else:
+            health = "healthy"
+        history.append((checked_at, health))
+    return history
 
 
-def build_health_checks(devices: list[dict]) -> list[dict]:
-    """68 checks: two or three per device that has ever reported (unknown ones have not)."""
+def build_health_checks(devices: list[dict], sites: list[dict]) -> list[dict]:
+    """Every device that has ever reported has a history (unknown ones have not); the device
+    rows get their latest health from it, as the ingest would have written it."""
     rng = random.Random(2026)
-    seen = [device for device in devices if device["fields"]["last_seen"]]
+    active = {site["pk"]: site["fields"]["is_active"] for site in sites}
     rows = []
-    for index, device in enumerate(seen):
-        count = 3 if index < 68 - 2 * len(seen) else 2
+    for device in devices:
         fields = device["fields"]
-        latest = datetime.fromisoformat(fields["last_seen"])
-        for step, health in enumerate(_check_statuses(fields["status"], count)):
-            checked_at = latest - timedelta(minutes=30 * (count - 1 - step))
+        if not fields["last_seen"]:
+            continue
+        history = _history(device, is_alive(fields["status"], active[fields["site"]]))
+        for checked_at, health in history:
             error = ""
             if health == "unhealthy":
                 key = "printer" if fields["device_type"] == "receipt_printer" else fields["status"]
                 error = ERRORS.get(key, ERRORS["error"])
-            if fields["status"] == "online" and step == 0 and index % 5 == 2:
-                health = "degraded"  # a busy moment in an otherwise healthy history
             response = {
                 "healthy": rng.randrange(40, 180),
                 "degraded": rng.randrange(400, 1200),
@@ -400,6 +527,13 @@ def build_health_checks(devices: list[dict]) -> list[dict]:
                     },
                 }
             )
+        latest_at, latest = history[-1]
+        changed_at = latest_at
+        for checked_at, health in reversed(history):
+            if health != latest:
+                break
+            changed_at = checked_at
+        fields.update(health_status=latest, last_health_at=iso(latest_at), health_changed_at=iso(changed_at))
     rows.sort(key=lambda row: (row["fields"]["checked_at"], row["fields"]["device"]))
     return [
         {"model": row["model"], "pk": pk, "fields": row["fields"]} for pk, row in enumerate(rows, start=1)
@@ -476,18 +610,19 @@ def build_audit(sites: list[dict], devices: list[dict], jobs: list[dict]) -> lis
                     new_values=created_values,
                 )
             )
-        elif fields["status"] == "maintenance":
+        elif fields["status"] in ("maintenance", "error"):
+            # An operator's change (an integration's, for the payment module errors).
             rows.append(
                 _audit(
                     "device.updated",
-                    datetime.fromisoformat(fields["last_seen"]) + timedelta(minutes=1),
+                    datetime.fromisoformat(fields["connectivity_changed_at"]),
                     f"Device {fields['device_id']} updated: status",
                     site=fields["site"],
                     site_ref=site_by_pk[fields["site"]]["site_id"],
                     device=device["pk"],
                     device_ref=fields["device_id"],
                     old_values={"status": "online"},
-                    new_values={"status": "maintenance"},
+                    new_values={"status": fields["status"]},
                 )
             )
     closed = next(site for site in sites if not site["fields"]["is_active"])
@@ -566,13 +701,80 @@ def chain_audit_rows(rows: list[dict]) -> None:
 FOREIGN_KEYS = ("actor", "site", "device", "job")
 
 
+def _state_at(device: dict, moment: datetime, checks: dict[int, list[tuple[str, str]]]) -> str | None:
+    """What the rollup would have counted the device as at `moment` (None: not there yet)."""
+    fields = device["fields"]
+    if datetime.fromisoformat(fields["created_at"]) > moment:
+        return None
+    if fields["status"] == "unknown":
+        return "unknown"
+    since = fields["connectivity_changed_at"]
+    if since and datetime.fromisoformat(since) <= moment and fields["status"] != "online":
+        return {"error": "offline"}.get(fields["status"], fields["status"])
+    health = "healthy"  # online: its latest health then (healthy before its history starts)
+    for checked_at, status in checks.get(device["pk"], []):
+        if checked_at <= iso(moment):
+            health = status
+    return health
+
+
+def build_snapshots(sites: list[dict], devices: list[dict], health_checks: list[dict]) -> list[dict]:
+    """The charts' rollup as the tick would have taken it: every 15 minutes over the last day,
+    every hour over the week before (what the two charts read)."""
+    checks: dict[int, list[tuple[str, str]]] = {}
+    for row in health_checks:
+        checks.setdefault(row["fields"]["device"], []).append(
+            (row["fields"]["checked_at"], row["fields"]["status"])
+        )
+    day = [DEMO_NOW - timedelta(minutes=15 * n) for n in range(96)]
+    week = [DEMO_NOW.replace(minute=0) - timedelta(hours=24 + n) for n in range(6 * 24 + 1)]
+    rows = []
+    for moment in sorted(day + week):
+        for site in sites:
+            counts = dict.fromkeys(
+                ("total", "online", "offline", "maintenance", "healthy", "degraded", "unhealthy"), 0
+            )
+            for device in devices:
+                if device["fields"]["site"] != site["pk"]:
+                    continue
+                state = _state_at(device, moment, checks)
+                if state is None:
+                    continue
+                counts["total"] += 1
+                if state in ("healthy", "degraded", "unhealthy"):
+                    counts["online"] += 1
+                if state in counts and state != "total":
+                    counts[state] += 1
+            rows.append(
+                {
+                    "model": "monitoring_app.fleetsnapshot",
+                    "fields": {"site": site["pk"], "bucket_at": iso(moment), **counts},
+                }
+            )
+    return [
+        {"model": row["model"], "pk": pk, "fields": row["fields"]} for pk, row in enumerate(rows, start=1)
+    ]
+
+
+def demo_clock() -> dict:
+    """The anchor, loaded first: the dates below lead up to DEMO_NOW (monitoring_app.demo_clock)."""
+    return {
+        "model": "monitoring_app.democlock",
+        "pk": 1,
+        "fields": {"built_at": iso(DEMO_NOW), "loaded_at": None, "shift": None},
+    }
+
+
 def build() -> list[dict]:
     sites = build_sites()
     devices = build_devices(sites)
-    jobs = build_jobs({site["fields"]["site_id"]: site["pk"] for site in sites})
-    health_checks = build_health_checks(devices)
+    site_pks = {site["fields"]["site_id"]: site["pk"] for site in sites}
+    jobs = build_jobs(site_pks)
+    deliveries = build_deliveries(jobs, devices, {pk: site_id for site_id, pk in site_pks.items()})
+    health_checks = build_health_checks(devices, sites)
+    snapshots = build_snapshots(sites, devices, health_checks)
     audit = build_audit(sites, devices, jobs)
-    return sites + devices + jobs + health_checks + audit
+    return [demo_clock()] + sites + devices + jobs + deliveries + health_checks + snapshots + audit
 
 
 def setup_django() -> None:

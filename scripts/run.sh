@@ -264,9 +264,10 @@ proc_beat() { "$VENV_DIR/bin/celery" -A homepot beat --loglevel INFO --schedule 
 # Without a broker, `jobs_tick --loop` does beat's periodic work (and dispatches) in-process.
 proc_ticker() { manage jobs_tick --loop "${HOMEPOT_JOBS_TICK_SECONDS:-5}"; }
 proc_fleet() {
-    # A few demo terminals that poll and answer, so a job goes all the way to `completed`.
+    # The demo chain's living terminals: heartbeats, health reports and their jobs, with the
+    # demo's staged story (docs/operations.md, "The demo"). Credentials kept in var/simulator/.
     sleep 5 # let the web server come up
-    manage simulate_fleet --devices "${HOMEPOT_SIMULATED_DEVICES:-10}" --base-url "$BASE_URL" --failure-rate 0
+    manage simulate_fleet --demo --base-url "$BASE_URL" --failure-rate 0
 }
 
 # With an MQTT broker: the bridge turning device events into delivery updates, and a few

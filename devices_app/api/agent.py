@@ -19,10 +19,23 @@ class AgentDeviceSerializer(serializers.ModelSerializer):
 
 
 class AgentView(APIView):
-    """Base of every agent endpoint: device credentials only, acting on `request.user.device`."""
+    """Base of every agent endpoint: device credentials only, acting on `request.user.device`.
+
+    Any authenticated request counts as the device being seen (docs/monitoring.md, "Seen"):
+    a terminal that polls for work, acknowledges or reports is alive and reaching us, whether
+    or not it also sends heartbeats. Recording it is the heartbeat's own service, so it costs
+    nothing for a device seen within the touch window, and one Redis HSET otherwise."""
 
     authentication_classes = [DeviceCredentialAuthentication]
     permission_classes = [IsDevice]
+    records_seen = True  # False where the view records the device's report itself
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if self.records_seen:
+            from monitoring_app.ingest import heartbeat_record
+
+            heartbeat_record(device=request.user.device)
 
 
 class AgentMeView(AgentView):

@@ -1,5 +1,6 @@
 """The demo chain (`fixtures/demo.json`) as `manage.py loaddata demo` installs it."""
 
+import datetime as dt
 import importlib.util
 import json
 import re
@@ -10,22 +11,32 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from django.utils import timezone
 
 from accounts.models import User
 from devices_app.models import Device
 from devices_app.validators import normalize_mac
 from jobs_app.choices import JobStatus
-from jobs_app.models import Job
-from monitoring_app.models import AuditLog, HealthCheck
+from jobs_app.models import Delivery, Job
+from monitoring_app.alerts import alerts_evaluate
+from monitoring_app.models import (
+    Alert,
+    AuditLog,
+    DemoClock,
+    FleetSnapshot,
+    HealthCheck,
+    MonitoringState,
+)
 from monitoring_app.services import audit_record
+from monitoring_app.sweep import sweep_offline
 from sites_app.models import Site
 
 pytestmark = pytest.mark.django_db
 
 FIXTURE = Path(settings.BASE_DIR) / "fixtures" / "demo.json"
 BUILDER = Path(settings.BASE_DIR) / "scripts" / "build_demo_fixture.py"
-DEMO_NOW = datetime(2026, 11, 25, 8, 45, tzinfo=UTC)
-MODELS = (Site, Device, Job, HealthCheck, AuditLog)
+DEMO_NOW = datetime(2026, 11, 25, 8, 45, tzinfo=UTC)  # what the file's dates lead up to
+MODELS = (Site, Device, Job, Delivery, HealthCheck, FleetSnapshot, AuditLog)
 
 
 def load_demo():
@@ -44,7 +55,14 @@ def demo():
 def test_demo_has_the_documented_counts(demo):
     loaded = counts()
     audit_rows = loaded.pop("AuditLog")
-    assert loaded == {"Site": 14, "Device": 30, "Job": 13, "HealthCheck": 68}
+    assert loaded == {
+        "Site": 14,
+        "Device": 30,
+        "Job": 13,
+        "Delivery": 23,
+        "HealthCheck": 314,
+        "FleetSnapshot": 14 * (96 + 145),  # every site: a day of 15-minute buckets, a week of hours
+    }
     assert 24 <= audit_rows <= 60  # "a few dozen"
 
 
@@ -58,8 +76,9 @@ def test_every_loaded_object_passes_model_validation(demo):
 def test_jobs_cover_every_status_with_consistent_timestamps(demo):
     jobs = list(Job.objects.all())
     assert {job.status for job in jobs} == set(JobStatus.values)
+    now = timezone.now()
     for job in jobs:
-        assert job.created_at <= DEMO_NOW
+        assert job.created_at <= now
         if job.status == JobStatus.QUEUED:
             assert job.started_at is None and job.completed_at is None, job
         if job.status in (JobStatus.SENT, JobStatus.ACKNOWLEDGED):
@@ -105,7 +124,7 @@ def test_devices_have_varied_states_and_canonical_unique_addresses(demo):
         # Never-seen devices have no last_seen; the others reported before "now".
         assert (device.last_seen is None) == (device.status == "unknown"), device
         if device.last_seen:
-            assert device.last_seen <= DEMO_NOW
+            assert device.last_seen <= timezone.now()
 
 
 def test_sites_are_spread_over_regions_and_time_zones(demo):
@@ -150,11 +169,16 @@ def test_audit_trail_is_a_valid_chain_that_later_writes_extend(demo, capsys):
 
 def test_fixture_has_no_users_and_aware_utc_datetimes():
     rows = json.loads(FIXTURE.read_text())
+    assert rows[0]["model"] == "monitoring_app.democlock"  # first: it decides the shift
+    assert rows[0]["fields"]["built_at"] == "2026-11-25T08:45:00Z"
     assert {row["model"] for row in rows} == {
+        "monitoring_app.democlock",
         "sites_app.site",
         "devices_app.device",
         "jobs_app.job",
+        "jobs_app.delivery",
         "monitoring_app.healthcheck",
+        "monitoring_app.fleetsnapshot",
         "monitoring_app.auditlog",
     }
     assert all("pk" in row for row in rows)  # explicit keys: a reload updates, never duplicates
@@ -167,6 +191,14 @@ def test_fixture_has_no_users_and_aware_utc_datetimes():
     ]
     assert stamps and all(value.endswith("Z") for value in stamps)
     assert all(value.startswith("2026-11-") for value in stamps)
+    # The file's dates lead up to DEMO_NOW; only a scheduled job's start lies ahead.
+    past = [
+        value
+        for row in rows
+        for name, value in row["fields"].items()
+        if (name.endswith("_at") or name == "last_seen") and name != "scheduled_at" and value
+    ]
+    assert max(past) <= "2026-11-25T08:45:00Z"
     load_demo()
     assert User.objects.count() == 0
 
@@ -185,3 +217,74 @@ def test_loading_the_demo_twice_changes_nothing(demo):
     load_demo()
     assert counts() == before
     assert AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first() == chain_head
+
+
+def _near_now(moment, within=dt.timedelta(minutes=5)):
+    return abs(timezone.now() - moment) < within
+
+
+def test_loading_on_any_date_moves_every_date_to_lead_up_to_now(demo):
+    clock = DemoClock.objects.get()
+    assert clock.built_at == DEMO_NOW and _near_now(clock.loaded_at)
+    assert clock.shift == clock.loaded_at.replace(microsecond=0) - DEMO_NOW or abs(
+        clock.shift - (clock.loaded_at - DEMO_NOW)
+    ) < dt.timedelta(seconds=1)
+    newest_check = HealthCheck.objects.latest("checked_at").checked_at
+    assert _near_now(newest_check) and newest_check <= timezone.now()
+    newest_seen = Device.objects.exclude(last_seen=None).latest("last_seen").last_seen
+    assert newest_seen <= timezone.now() and _near_now(newest_seen, dt.timedelta(minutes=1))
+    assert _near_now(Job.objects.latest("created_at").created_at, dt.timedelta(minutes=10))
+    assert _near_now(Delivery.objects.latest("sent_at").sent_at, dt.timedelta(minutes=10))
+    assert _near_now(AuditLog.objects.latest("id").created_at, dt.timedelta(days=1))
+    # The charts: the newest snapshot is this bucket or the one before, on a bucket boundary.
+    newest = FleetSnapshot.objects.latest("bucket_at").bucket_at
+    assert timezone.now() - dt.timedelta(minutes=30) < newest <= timezone.now()
+    assert newest.minute % 15 == 0 and newest.second == 0
+    # The scheduled job still starts later today, after closing.
+    scheduled = Job.objects.get(status=JobStatus.SCHEDULED)
+    assert scheduled.scheduled_at > timezone.now()
+
+
+def test_the_first_sweep_and_evaluation_after_loading_raise_only_the_staged_faults(demo):
+    # A sweep that really judges (monitoring has been running: no fresh grace period).
+    MonitoringState.objects.update_or_create(pk=1, defaults={"last_sweep_at": timezone.now()})
+    online = set(Device.objects.filter(status="online").values_list("device_id", flat=True))
+    assert len(online) == 19
+    result = sweep_offline()
+    assert result.marked_offline == 0 and not result.resumed
+    assert set(Device.objects.filter(status="online").values_list("device_id", flat=True)) == online
+    alerts_evaluate()
+    opened = set(Alert.objects.values_list("kind", "device__device_id"))
+    assert opened == {
+        ("device_offline", "site-456-pos-terminal-3"),
+        ("device_offline", "site-345-pos-terminal-2"),
+        ("device_offline", "site-678-card-reader-1"),
+        ("device_offline", "site-334-pos-terminal-1"),
+        ("device_error", "site-123-receipt-printer-1"),
+        ("device_error", "site-234-pos-terminal-2"),
+        ("device_error", "site-112-pos-terminal-1"),
+    }
+
+
+def test_the_demo_jobs_deliveries_add_up_to_their_jobs(demo):
+    for job in Job.objects.all():
+        statuses = Counter(Delivery.objects.filter(job=job).values_list("status", flat=True))
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ACKNOWLEDGED, JobStatus.SENT):
+            assert statuses and set(statuses) == {job.status}, job
+            assert job.materialised_at is not None
+        else:
+            assert not statuses, job  # not sent out yet (or withdrawn before sending)
+        if job.status == JobStatus.PAUSED:
+            assert job.status_reason
+    # The running ones went to devices that still answer (the simulator plays them).
+    running = Delivery.objects.filter(status__in=["sent", "acknowledged"]).select_related("device")
+    assert {d.device.status for d in running} <= {"online", "error"}
+    completed = Job.objects.get(site__site_id="site-123", status=JobStatus.COMPLETED)
+    assert completed.deliveries.count() == 5  # "all 5 terminals applied ..."
+
+
+def test_devices_carry_their_latest_health(demo):
+    for device in Device.objects.exclude(status="unknown"):
+        latest = device.health_checks.latest("checked_at")
+        assert (device.health_status, device.last_health_at) == (latest.status, latest.checked_at)
+    assert Device.objects.get(device_id="site-456-receipt-printer-1").health_status == "degraded"

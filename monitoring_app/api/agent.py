@@ -147,6 +147,7 @@ class IngestView(AgentView):
     narrower lookup of the same credential rule (every terminal calls these every minute)."""
 
     device_lookup = "identity"  # see DeviceCredentialAuthentication.lookup
+    records_seen = False  # a heartbeat or health report records the device as seen itself
 
 
 class HeartbeatView(IngestView):

@@ -3,43 +3,137 @@
 `completed` (or `failed`, at --failure-rate); over MQTT (`--channel mqtt`) each listens on
 `homepot/devices/<id>/commands` and answers on `.../events` (run `manage.py mqtt_bridge`);
 a `{"type": "cancel"}` message there makes it drop the delivery instead of reporting it.
+With --heartbeat-interval / --health-interval, HTTP terminals also heartbeat and report
+their health on that schedule.
 
-Each simulated device gets a fresh credential (issuing one revokes the device's previous
-credential: use it on demo and benchmark fleets, not on real terminals). Over MQTT that is
-only needed with broker logins on (HOMEPOT_MQTT_AUTH): each terminal then logs in as itself,
-one connection each; with them off, terminals share connections (--per-connection).
+`--demo` plays the demo chain (fixtures/demo.json, docs/operations.md "The demo"): every
+device meant to be alive (online, in error or in maintenance, at an open store), whatever its
+channel, heartbeating every 30 s and reporting health every 5 minutes, with the story of
+jobs_app/demo_scenario.py (a store losing its network for a while, a printer running low on
+paper); the poll-channel ones also take their work. The fixture's offline devices stay silent.
+
+Credentials are kept between runs in --credentials-file (var/, mode 0600): a terminal reuses
+its stored credential while it still authenticates, and only one that does not (a reset
+database, a revoked credential) gets a new one. Issuing revokes the device's previous
+credential: use the simulator on demo and benchmark fleets, not on real terminals. Over MQTT
+credentials are only needed with broker logins on (HOMEPOT_MQTT_AUTH): each terminal then logs
+in as itself, one connection each; with them off, terminals share connections
+(--per-connection).
+
+It never creates or retries jobs: it answers the deliveries it is given, once each (a
+restart finds finished ones gone from its mailbox). It logs one summary line a minute, and
+the demo story's turns, never a line per request.
 
     python manage.py simulate_fleet --devices 20 --base-url http://127.0.0.1:8000
+    python manage.py simulate_fleet --demo --base-url http://127.0.0.1:8000
 """
 
+import contextlib
+import fcntl
 import heapq
 import itertools
 import json
 import math
+import os
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
 
-from devices_app.models import Device
+from devices_app.choices import DeviceStatus
+from devices_app.models import Device, DeviceCredential
 from devices_app.services import device_credential_issue, device_update
+from jobs_app import demo_scenario
+
+
+class CredentialStore:
+    """device_id -> secret, in a JSON file only its owner can read (0600), written atomically.
+    Shared by the simulators of one database (run.sh starts an HTTP and an MQTT one at once):
+    `locked()` serialises read-check-issue-write, so two never issue for the same device."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.secrets: dict[str, str] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            self.secrets = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.secrets = {}
+
+    @contextlib.contextmanager
+    def locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.reload()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def usable(self, device_ids: list[str]) -> dict[str, str]:
+        """The stored secrets that still authenticate as their device: ONE query for all."""
+        stored = {d: self.secrets[d] for d in device_ids if d in self.secrets}
+        hashes = {DeviceCredential.hash_key(secret): d for d, secret in stored.items()}
+        valid = DeviceCredential.objects.filter(key_hash__in=list(hashes), revoked_at=None).values_list(
+            "key_hash", "device__device_id"
+        )
+        return {device: stored[device] for key_hash, device in valid if hashes[key_hash] == device}
+
+    def save(self, secrets: dict[str, str]) -> None:
+        self.secrets.update(secrets)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.secrets, handle, indent=1, sort_keys=True)
+        os.chmod(temporary, 0o600)  # also when the file existed with looser permissions
+        os.replace(temporary, self.path)
+
+
+def credentials_for(devices: list[Device], store: CredentialStore) -> tuple[dict[str, str], int]:
+    """Each device's secret: the stored one while it authenticates, else a new one (issued
+    through the audited service, which revokes the old). Returns (secrets, how many issued)."""
+    with store.locked():
+        secrets = store.usable([d.device_id for d in devices])
+        missing = [d for d in devices if d.device_id not in secrets]
+        issued = {d.device_id: device_credential_issue(actor=None, device=d)[1] for d in missing}
+        if issued:
+            store.save(issued)
+    return secrets | issued, len(issued)
 
 
 class Terminal(threading.Thread):
-    def __init__(self, device_id, secret, options, stats, stop):
-        super().__init__(daemon=True, name=device_id)
+    def __init__(self, device, secret, options, stats, stop):
+        super().__init__(daemon=True, name=device.device_id)
         self.device_id, self.secret, self.options, self.stats, self.stop = (
-            device_id,
+            device.device_id,
             secret,
             options,
             stats,
             stop,
         )
-        self.rng = random.Random(device_id)  # noqa: S311 - simulation, not security
+        self.site_id = device.site.site_id
+        self.device_type, self.status = device.device_type, device.status
+        self.version = device.firmware_version
+        self.polls = device.push_channel == "poll"
+        self.rng = random.Random(device.device_id)  # noqa: S311 - simulation, not security
+        self.lock = options["stats_lock"]
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.stats[name] += 1
 
     def call(self, method, path, body=None):
         request = urllib.request.Request(  # noqa: S310 - the operator's own base URL
@@ -51,30 +145,70 @@ class Terminal(threading.Thread):
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return json.loads(response.read() or b"null")
 
+    def every(self, name: str) -> float:
+        """Seconds until the next `name` (poll, heartbeat, health): its interval, +-25 %."""
+        return self.options[f"{name}_interval"] * self.rng.uniform(0.75, 1.25)
+
     def run(self):
+        now = time.monotonic()
+        # Spread the fleet's first reports over an interval, as terminals booted at random.
+        due = {"poll": now if self.polls else math.inf}
+        for name in ("heartbeat", "health"):
+            interval = self.options[f"{name}_interval"]
+            due[name] = now + self.rng.uniform(0, interval) if interval else math.inf
         while not self.stop.is_set():
-            try:
-                for command in self.call("GET", "/api/v1/agent/commands")["commands"]:
-                    self.handle(command)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                self.stats["errors"] += 1
-                if self.options["verbosity"] > 1:
-                    print(f"{self.device_id}: {exc}")
-            self.stop.wait(self.options["poll_interval"] * self.rng.uniform(0.5, 1.5))
+            if self.options["demo"] and demo_scenario.in_outage(self.site_id, timezone.now()):
+                self.stop.wait(1)  # the store's network is down: nothing gets through
+                continue
+            for name in ("poll", "heartbeat", "health"):
+                if time.monotonic() < due[name]:
+                    continue
+                try:
+                    getattr(self, name)()
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    self.count("errors")
+                    if self.options["verbosity"] > 1:
+                        print(f"{self.device_id}: {name}: {exc}")
+                due[name] = time.monotonic() + self.every(name)
+            # At most a second: the outage check above runs on the wall clock.
+            self.stop.wait(min(1.0, max(0.0, min(due.values()) - time.monotonic())))
+
+    def poll(self):
+        for command in self.call("GET", "/api/v1/agent/commands")["commands"]:
+            self.handle(command)
+
+    def heartbeat(self):
+        self.call("POST", "/api/v1/agent/heartbeat", {})
+        self.count("heartbeats")
+
+    def health(self):
+        report = demo_scenario.health_report(
+            device_id=self.device_id,
+            device_type=self.device_type,
+            status=self.status,
+            version=self.version,
+            now=timezone.now(),
+            rng=self.rng,
+        )
+        self.call("POST", "/api/v1/agent/health", report)
+        self.count("health_reports")
 
     def handle(self, command):
         delivery = command["delivery_id"]
         if command["status"] == "sent":
             if self.call("POST", f"/api/v1/agent/deliveries/{delivery}/ack")["status"] == "cancelled":
                 return
-            self.stats["acknowledged"] += 1
+            self.count("acknowledged")
         time.sleep(self.options["work_seconds"] * self.rng.uniform(0.5, 1.5))
         if self.rng.random() < self.options["failure_rate"]:
             body = {"status": "failed", "error": "simulated failure", "details": {"simulated": True}}
-            self.stats["failed"] += 1
+            self.count("failed")
         else:
             body = {"status": "completed", "details": {"applied": command["action"]}}
-            self.stats["completed"] += 1
+            self.count("completed")
+            version = (command.get("payload") or {}).get("version")
+            if command["action"] == "software_update" and isinstance(version, str):
+                self.version = version  # reported with the next health report
         self.call("POST", f"/api/v1/agent/deliveries/{delivery}/result", body)
 
 
@@ -183,12 +317,34 @@ class Command(BaseCommand):
         parser.add_argument(
             "--channel", choices=["poll", "mqtt"], default="poll", help="Which terminals to play."
         )
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help="Play the demo chain: every device meant to be alive, heartbeats and health "
+            "reports included, with the demo's staged story (jobs_app/demo_scenario.py). "
+            "Ignores --devices.",
+        )
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
         parser.add_argument("--poll-interval", type=float, default=2.0, help="Seconds between polls.")
+        parser.add_argument(
+            "--heartbeat-interval",
+            type=float,
+            help="Seconds between heartbeats (default: 30 with --demo, else none).",
+        )
+        parser.add_argument(
+            "--health-interval",
+            type=float,
+            help="Seconds between health reports (default: 300 with --demo, else none).",
+        )
         parser.add_argument("--work-seconds", type=float, default=1.0, help="Time to apply a job.")
         parser.add_argument("--failure-rate", type=float, default=0.0, help="0..1: share reported failed.")
         parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
+        )
+        parser.add_argument(
+            "--credentials-file",
+            help="Where the terminals' credentials are kept between runs "
+            "(default: var/simulator/<database name>.json, mode 0600).",
         )
         parser.add_argument(
             "--per-connection", type=int, default=250, help="MQTT: terminals sharing one broker connection."
@@ -203,15 +359,30 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not 0 <= options["failure_rate"] <= 1:
             raise CommandError("--failure-rate is a share between 0 and 1.")
+        for name, demo_default in (("heartbeat_interval", 30.0), ("health_interval", 300.0)):
+            if options[name] is None:
+                options[name] = demo_default if options["demo"] else 0.0
+        options["stats_lock"] = threading.Lock()
+        store = CredentialStore(
+            Path(
+                options["credentials_file"]
+                or Path(settings.BASE_DIR) / "var" / "simulator" / f"{connection.settings_dict['NAME']}.json"
+            )
+        )
         devices = Device.objects.select_related("site")
         if options["site"]:
             devices = devices.filter(site__site_id=options["site"])
-        if options["adopt"]:
-            self._adopt(devices, options["channel"], options["devices"])
-        devices = list(devices.filter(push_channel=options["channel"]).order_by("id")[: options["devices"]])
+        if options["demo"] and options["channel"] == "poll":
+            devices = self._demo_devices(devices, store)
+        else:
+            if options["adopt"]:
+                self._adopt(devices, options["channel"], options["devices"])
+            devices = list(
+                devices.filter(push_channel=options["channel"]).order_by("id")[: options["devices"]]
+            )
         if not devices:
             raise CommandError(f"No {options['channel']} devices to simulate.")
-        stats = {"acknowledged": 0, "completed": 0, "failed": 0, "cancelled": 0, "errors": 0}
+        stats = Counter(acknowledged=0, completed=0, failed=0, cancelled=0, errors=0)
         stop = threading.Event()
         if options["channel"] == "mqtt":
             secrets = None
@@ -222,29 +393,36 @@ class Command(BaseCommand):
                         f"With broker logins on, each MQTT terminal has its own connection: "
                         f"at most {MAX_CONNECTIONS} per simulator (run several)."
                     )
-                secrets = {d.device_id: device_credential_issue(actor=None, device=d)[1] for d in devices}
+                secrets, _issued = credentials_for(devices, store)
             fleet = MqttFleet([d.device_id for d in devices], options, stats, secrets)
             self.stdout.write(f"Simulating {len(devices)} MQTT terminals")
-            self._run_for(options["duration"])
+            self._run_for(options["duration"], stats, options)
             fleet.close()
             self.stdout.write(json.dumps(stats))
             return
-        terminals = [
-            Terminal(
-                device.device_id, device_credential_issue(actor=None, device=device)[1], options, stats, stop
-            )
-            for device in devices
-        ]
-        self.stdout.write(f"Simulating {len(terminals)} terminals against {options['base_url']}")
+        secrets, issued = credentials_for(devices, store)
+        terminals = [Terminal(device, secrets[device.device_id], options, stats, stop) for device in devices]
+        self.stdout.write(
+            f"Simulating {len(terminals)} terminals against {options['base_url']} "
+            f"({len(terminals) - issued} stored credentials reused, {issued} issued; {store.path})"
+        )
         for terminal in terminals:
             terminal.start()
         try:
-            self._run_for(options["duration"])
+            self._run_for(options["duration"], stats, options)
         finally:
             stop.set()
             for terminal in terminals:
                 terminal.join(timeout=15)
         self.stdout.write(json.dumps(stats))
+
+    def _demo_devices(self, devices, store: CredentialStore) -> list[Device]:
+        """The devices the demo means to be alive: online, in error or in maintenance at an
+        open store, plus those played before (a store in its staged outage when the
+        simulator restarts is offline, and must come back)."""
+        alive = Q(status__in=[DeviceStatus.ONLINE, DeviceStatus.ERROR, DeviceStatus.MAINTENANCE])
+        played_before = Q(device_id__in=list(store.secrets))
+        return list(devices.filter((alive & Q(site__is_active=True)) | played_before).order_by("id"))
 
     def _adopt(self, devices, channel: str, wanted: int) -> None:
         """Switch the lowest-id devices to `channel` until `wanted` use it (a re-run finds
@@ -256,10 +434,27 @@ class Command(BaseCommand):
             device_update(actor=None, device=device, push_channel=channel)
             self.stdout.write(f"{device.device_id} now uses {channel}")
 
-    def _run_for(self, duration: float) -> None:
-        started = time.monotonic()
+    def _run_for(self, duration: float, stats: Counter, options: dict) -> None:
+        """Wait, writing one summary line a minute (and the demo story's turns)."""
+        started = last_report = time.monotonic()
+        reported: Counter = Counter(stats)
+        outage = None
         try:
             while not duration or time.monotonic() - started < duration:
                 time.sleep(0.2)
+                if options["demo"]:
+                    now = timezone.now()
+                    down = demo_scenario.in_outage(demo_scenario.OUTAGE_SITE, now)
+                    if down != outage and (outage is not None or down):
+                        state = "loses its network" if down else "is back online"
+                        self.stdout.write(f"{now:%H:%M:%S} demo: {demo_scenario.OUTAGE_SITE} {state}")
+                    outage = down
+                if time.monotonic() - last_report >= 60:
+                    with options["stats_lock"]:
+                        current = Counter(stats)
+                    delta = {name: current[name] - reported[name] for name in current}
+                    line = ", ".join(f"{n} {name}" for name, n in delta.items() if n)
+                    self.stdout.write(f"{timezone.now():%H:%M:%S} last minute: {line or 'nothing'}")
+                    reported, last_report = current, time.monotonic()
         except KeyboardInterrupt:
             pass

@@ -1,0 +1,13 @@
+"""Django's `loaddata`, plus the demo clock: a fixture that starts with a DemoClock anchor
+(fixtures/demo.json) is loaded with its dates moved to lead up to now (monitoring_app.demo_clock).
+Every other fixture loads exactly as with Django's command."""
+
+from django.core.management.commands import loaddata
+
+from monitoring_app import demo_clock
+
+
+class Command(loaddata.Command):
+    def loaddata(self, fixture_labels):
+        with demo_clock.loading():
+            super().loaddata(fixture_labels)
