@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('monitoring_app', '0011_audit_refuse_truncate'),
+        ('monitoring_app', '0012_health_history_api_index'),
     ]
 
     operations = [
