@@ -9,6 +9,7 @@ Playwright fails these tests, unless HOMEPOT_SKIP_BROWSER_TESTS=1 (never under C
 see README, "Browser tests".
 """
 
+import collections
 import os
 import shutil
 import threading
@@ -127,14 +128,24 @@ def terminals(live_server):
 
     stop = threading.Event()
     threads = []
-    stats = {"acknowledged": 0, "completed": 0, "failed": 0, "errors": 0}
-    options = {"base_url": live_server.url, "verbosity": 0, "poll_interval": 0.3, "work_seconds": 0.1}
-    options["failure_rate"] = 0.0
+    stats = collections.Counter()
+    options = {
+        "base_url": live_server.url,
+        "verbosity": 0,
+        "poll_interval": 0.3,
+        "work_seconds": 0.1,
+        "failure_rate": 0.0,
+        # Heartbeats and health reports every few seconds, as the demo's terminals send them.
+        "heartbeat_interval": 5.0,
+        "health_interval": 10.0,
+        "demo": False,
+        "stats_lock": threading.Lock(),
+    }
 
     def start(devices, actor):
         for device in devices:
             _, secret = device_credential_issue(actor=actor, device=device)
-            thread = Terminal(device.device_id, secret, options, stats, stop)
+            thread = Terminal(device, secret, options, stats, stop)
             thread.start()
             threads.append(thread)
         return stats
