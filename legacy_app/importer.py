@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class TableReport:
     # HEALTH_SKIP_EXAMPLES per reason (there may be millions).
     skipped_rows: list[tuple[str, str]] = field(default_factory=list)
     notes: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
 
     @property
     def unchanged(self) -> int:
@@ -271,8 +273,10 @@ def import_homepot(
                     if table not in legacy.columns:
                         log(f"{table}: not in the older database, nothing to import.")
                         continue
+                    started = time.monotonic()
                     with transaction.atomic():
                         report = getattr(importer, f"import_{table}")()
+                        report.seconds = time.monotonic() - started
                         result.tables[table] = report
                         if not dry_run:
                             _audit_table(report)

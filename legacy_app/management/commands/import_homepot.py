@@ -48,10 +48,11 @@ class Command(BaseCommand):
                 f"{report.table}: {report.read} read, {report.created} {verb}created, "
                 f"{report.updated} {verb}updated, {report.unchanged} unchanged, {report.skipped} skipped"
             )
+            timing = f" in {report.seconds:.1f} s"
             if report.skip_reasons:
                 line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(report.skip_reasons.items())) + ")"
             style = self.style.WARNING if report.skipped else self.style.SUCCESS
-            self.stdout.write(style(line))
+            self.stdout.write(style(line + timing))
             for key, reason in report.skipped_rows:
                 self.stdout.write(f"  skipped {report.table} {key}: {reason}")
             if report.table == "health_checks" and report.skipped > len(report.skipped_rows):
