@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from accounts.models import User
-from devices_app.models import Device
+from devices_app.models import Device, DeviceCredential
 from homepot.tests.api_helpers import bearer
 from jobs_app.models import Job
 from legacy_app.tests.legacy_db import scratch_database
@@ -146,6 +146,8 @@ def test_import_takes_what_it_can_and_says_why_not(legacy_url):
     assert "duplicate device_id 'pos-terminal-001'" in out
     assert "its site 'bad id!' was not imported" in out
     assert "IP address '999.1.1.1' is invalid" in out and "missing device_id" in out
+    # The older schema holds no per-terminal key: terminals are re-provisioned here.
+    assert not DeviceCredential.objects.exists()
 
     alice = User.objects.get(username="alice")
     assert alice.is_superuser and alice.is_staff and alice.email == "alice@example.com"
