@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "devices_app",
     "jobs_app",
     "monitoring_app",
+    "legacy_app",
     "homepot.apps.HomepotAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",

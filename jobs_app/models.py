@@ -95,6 +95,9 @@ class Job(models.Model):
         related_name="jobs",
         help_text="Use this saved filter as the segment (copied when the job is created).",
     )
+    legacy_id = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Its id in the older HOMEPOT (imported jobs only)."
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -113,6 +116,11 @@ class Job(models.Model):
                 name="jobs_completed_after_started",
             ),
             models.CheckConstraint(condition=models.Q(batch_size__gte=1), name="jobs_batch_size_positive"),
+            models.UniqueConstraint(
+                fields=["legacy_id"],
+                condition=models.Q(legacy_id__isnull=False),
+                name="jobs_legacy_id_unique",
+            ),
             models.CheckConstraint(
                 condition=models.Q(max_in_flight_per_site__isnull=True)
                 | models.Q(max_in_flight_per_site__gte=1),

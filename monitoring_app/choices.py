@@ -52,6 +52,8 @@ class AuditEvent(models.TextChoices):
     TOKEN_ISSUED = "token.issued", "API token issued"
     TOKEN_REVOKED = "token.revoked", "API token revoked"
     HEALTH_REPORTED = "health.reported", "Health reported"
+    LEGACY_IMPORTED = "legacy.imported", "Table imported from the older HOMEPOT"
+    LEGACY_IMPORTED_EVENT = "legacy.imported_event", "Audit event imported from the older HOMEPOT"
 
 
 class ConnectivityReason(models.TextChoices):

@@ -32,6 +32,9 @@ class HealthCheck(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     error_message = models.TextField(blank=True)
     checked_at = models.DateTimeField(db_index=False)
+    legacy_id = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Its id in the older HOMEPOT (imported rows only)."
+    )
 
     objects = HealthCheckQuerySet.as_manager()
 
@@ -40,6 +43,12 @@ class HealthCheck(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=HealthStatus.values), name="monitoring_health_status_valid"
+            ),
+            # Partial: rows reported here have none, so the live ingest pays no index upkeep.
+            models.UniqueConstraint(
+                fields=["legacy_id"],
+                condition=models.Q(legacy_id__isnull=False),
+                name="monitoring_health_legacy_id_unique",
             ),
         ]
         indexes = [

@@ -141,6 +141,15 @@ def append_to_chain(entry: AuditLog) -> AuditLog:
     return entry
 
 
+def append_batch_to_chain(entries: list[AuditLog]) -> list[AuditLog]:
+    """Link `entries` to the newest row, in list order, and insert them in one INSERT under
+    the chain lock (held until the caller's transaction ends). For bulk writers such as the
+    import of an older audit trail; their `created_at` is now, like every chain row. Not
+    idempotent: each call appends."""
+    _append_all(entries)
+    return entries
+
+
 def _append_all(entries: list[AuditLog]) -> None:
     # On PostgreSQL a transaction-scoped advisory lock orders concurrent writers, so every
     # row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
