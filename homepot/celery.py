@@ -1,11 +1,12 @@
 """The HOMEPOT Celery application; configured from Django settings (CELERY_* names), with
 the task run-time and failure metrics fed by Celery's signals."""
 
+import logging
 import os
 import time
 
 from celery import Celery
-from celery.signals import task_failure, task_postrun, task_prerun
+from celery.signals import after_setup_logger, task_failure, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "homepot.settings")
 
@@ -21,6 +22,24 @@ def _merge_app_schedules(sender, **kwargs):
     from monitoring_app.schedule import BEAT_SCHEDULE as monitoring_schedule
 
     sender.conf.beat_schedule = {**jobs_schedule, **monitoring_schedule}
+
+
+# Logger names of Celery's per-task lines: "Task ... received" and "Task ... succeeded", and
+# beat's "Sending due task": several lines every ten seconds from the periodic tasks alone.
+_PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(logger, loglevel, **kwargs):
+    # A person reads the worker's log: failures and retries (WARNING and up) stay, the
+    # routine "received/succeeded" of every tick go, unless HOMEPOT_CELERY_LOG_TASKS asks
+    # for them (for example while debugging a task).
+    from django.conf import settings
+
+    if getattr(settings, "HOMEPOT_CELERY_LOG_TASKS", False):
+        return
+    for name in _PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(max(loglevel or logging.INFO, logging.WARNING))
 
 
 # --- Task metrics (homepot.metrics) -------------------------------------------------------

@@ -239,6 +239,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# The worker and beat log each task received/succeeded and each tick sent only when asked.
+HOMEPOT_CELERY_LOG_TASKS = env.bool("HOMEPOT_CELERY_LOG_TASKS", default=False)
 
 # --- Jobs (read by jobs_app: dispatcher, beat tick, agent API) ----------------------------
 # Push attempts per delivery before it is failed, and the exponential backoff between them.

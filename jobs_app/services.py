@@ -204,6 +204,14 @@ def _segment_for_change(actor, saved: SavedSegment) -> SavedSegment:
     return saved
 
 
+def _still_in_reach(actor, saved: SavedSegment) -> None:
+    # Checked after the write (the save rolls back with the error): a change may not move a
+    # segment out of its changer's reach, e.g. make another's site segment site-less (those
+    # are changed only by their owner), which would hand it to someone else.
+    if actor is not None and not SavedSegment.objects.for_user(actor, "change").filter(pk=saved.pk).exists():
+        raise PermissionDenied("This change would move the saved segment out of your reach.")
+
+
 @audited_atomic()
 def segment_update(*, actor, saved: SavedSegment, **fields) -> SavedSegment:
     """Rename, re-filter or re-scope a saved segment. Jobs already made from it keep the
@@ -221,6 +229,7 @@ def segment_update(*, actor, saved: SavedSegment, **fields) -> SavedSegment:
     old, new = changes(before, snapshot(saved, SEGMENT_AUDITED_FIELDS))
     if new:
         saved.save()
+        _still_in_reach(actor, saved)
         audit_record(
             event_type=AuditEvent.SEGMENT_UPDATED,
             actor=actor,

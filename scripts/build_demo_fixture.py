@@ -95,7 +95,6 @@ MAC_FAMILY = {"pos_terminal": 0x11, "card_reader": 0x22, "receipt_printer": 0x33
 DEVICE_STATES = {
     "site-123-pos-terminal-4": ("maintenance", None, 95),
     "site-123-receipt-printer-1": ("error", None, 12),
-    "site-123-card-reader-1": ("unknown", None, None),  # registered yesterday, not yet online
     "site-456-pos-terminal-3": ("offline", "4.2.0", 60 * 31),
     "site-234-pos-terminal-2": ("error", None, 25),
     "site-345-pos-terminal-1": ("online", "4.2.0", None),

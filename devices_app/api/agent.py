@@ -1,5 +1,6 @@
 """Agent endpoints of the devices app: what a device may ask about itself."""
 
+from django.db import connection
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -32,7 +33,10 @@ class AgentView(APIView):
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        if self.records_seen:
+        # On the embedded SQLite file there is no monitoring (no sweep, no heartbeat ingest:
+        # it uses PostgreSQL's SQL), so a request is not recorded as a sighting there and the
+        # endpoints that need nothing else keep working.
+        if self.records_seen and connection.vendor == "postgresql":
             from monitoring_app.ingest import heartbeat_record
 
             heartbeat_record(device=request.user.device)

@@ -60,7 +60,7 @@ def test_demo_has_the_documented_counts(demo):
         "Device": 30,
         "Job": 13,
         "Delivery": 23,
-        "HealthCheck": 314,
+        "HealthCheck": 327,
         "FleetSnapshot": 14 * (96 + 145),  # every site: a day of 15-minute buckets, a week of hours
     }
     assert 24 <= audit_rows <= 60  # "a few dozen"
@@ -249,7 +249,7 @@ def test_the_first_sweep_and_evaluation_after_loading_raise_only_the_staged_faul
     # A sweep that really judges (monitoring has been running: no fresh grace period).
     MonitoringState.objects.update_or_create(pk=1, defaults={"last_sweep_at": timezone.now()})
     online = set(Device.objects.filter(status="online").values_list("device_id", flat=True))
-    assert len(online) == 19
+    assert len(online) == 20
     result = sweep_offline()
     assert result.marked_offline == 0 and not result.resumed
     assert set(Device.objects.filter(status="online").values_list("device_id", flat=True)) == online

@@ -59,14 +59,14 @@ def test_creates_role_database_schema_and_demo_and_is_safe_to_run_again(names):
     assert first.returncode == 0, first.stderr
     assert f"role {names['role']} created" in first.stdout
     assert f"database {names['db']} created" in first.stdout
-    assert counts(names) == (names["role"], (14, 30, 13, 314))
+    assert counts(names) == (names["role"], (14, 30, 13, 327))
 
     second = run_script(names)
     assert second.returncode == 0, second.stderr
     assert f"role {names['role']} exists" in second.stdout
     assert f"database {names['db']} exists" in second.stdout
     assert "demo data not loaded" in second.stdout
-    assert counts(names) == (names["role"], (14, 30, 13, 314))
+    assert counts(names) == (names["role"], (14, 30, 13, 327))
 
 
 def test_reset_starts_over_with_the_demo_data(names):
@@ -84,7 +84,7 @@ def test_reset_starts_over_with_the_demo_data(names):
     reset = run_script(names, "--reset")
     assert reset.returncode == 0, reset.stderr
     assert f"database {names['db']} dropped (--reset)" in reset.stdout
-    assert counts(names) == (names["role"], (14, 30, 13, 314))
+    assert counts(names) == (names["role"], (14, 30, 13, 327))
 
 
 def test_unknown_option_is_refused(names):

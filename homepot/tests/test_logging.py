@@ -1,6 +1,11 @@
-"""The development server's access log: no line per terminal poll or heartbeat."""
+"""Logs a person reads: no line per terminal poll or heartbeat in the development server's
+access log, no line per periodic task in the Celery worker's and beat's."""
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +35,36 @@ def test_failed_agent_requests_and_people_s_requests_are_still_logged():
     assert SERVER.filter(access_line("GET /api/v1/agent/commands HTTP/1.1", "401", logging.WARNING))
     assert SERVER.filter(access_line("GET /admin/ HTTP/1.1", "200"))
     assert SERVER.filter(access_line("GET /api/v1/devices HTTP/1.1", "200"))
+
+
+# Celery's logging as `celery worker --loglevel INFO` sets it up, in a process of its own (the
+# set-up takes over the root logger); prints the levels of the per-task loggers and ours.
+CELERY_LEVELS = """
+import logging, django
+django.setup()
+from homepot.celery import app
+app.log.setup(loglevel="INFO")
+names = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "jobs_app.tasks")
+print(" ".join(logging.getLevelName(logging.getLogger(n).getEffectiveLevel()) for n in names))
+"""
+
+
+def celery_levels(**env) -> str:
+    root = Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "homepot.test_settings", **env}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", CELERY_LEVELS], cwd=root, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_worker_logs_no_line_per_routine_task_but_keeps_warnings_and_its_own_lines():
+    assert celery_levels() == "WARNING WARNING WARNING INFO"
+
+
+def test_per_task_lines_come_back_when_asked_for():
+    assert celery_levels(HOMEPOT_CELERY_LOG_TASKS="true") == "INFO INFO INFO INFO"
 
 
 def test_json_log_lines_carry_the_request_id():

@@ -127,13 +127,13 @@ def test_the_demo_fleet_keeps_the_chain_alive_finishes_its_jobs_and_keeps_its_cr
     assert Device.objects.get(device_id="site-456-pos-terminal-3").status == "offline"
     assert Device.objects.get(device_id="site-112-pos-terminal-1").status == "error"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
-    assert "0 stored credentials reused, 23 issued" in out.getvalue()
+    assert "0 stored credentials reused, 24 issued" in out.getvalue()
 
     # A restart reuses every stored credential: nothing revoked, nothing issued.
     issued = DeviceCredential.objects.count()
     out = io.StringIO()
     play_demo(live_server, credentials, out)
-    assert "23 stored credentials reused, 0 issued" in out.getvalue()
+    assert "24 stored credentials reused, 0 issued" in out.getvalue()
     assert DeviceCredential.objects.count() == issued
     assert not DeviceCredential.objects.filter(revoked_at__isnull=False).exists()
 

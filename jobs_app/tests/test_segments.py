@@ -238,3 +238,19 @@ def test_every_change_to_a_saved_segment_is_audited_once(manager, store, manager
         {"name": "Online tills (north)"},
     )
     assert rows[2].old_values["segment"] == TILLS
+
+
+def test_a_manager_cannot_move_a_segment_out_of_their_own_reach(manager, store, admin_user, manager_user):
+    # Site-less segments are changed only by their owner: making another's site segment
+    # site-less would leave it in the hands of someone else (found by the OpenAPI fuzz).
+    theirs = SavedSegment.objects.create(name="admin's", site=store, owner=admin_user, segment=TILLS)
+    assert_error(manager.patch(f"/api/v1/segments/{theirs.pk}", {"site_id": None}, format="json"), 403)
+    theirs.refresh_from_db()
+    assert theirs.site == store
+    assert not AuditLog.objects.filter(event_type="segment.updated").exists()
+
+    # Their own segment may go site-less: they still own it.
+    mine = SavedSegment.objects.create(name="mine", site=store, owner=manager_user, segment=TILLS)
+    answer = manager.patch(f"/api/v1/segments/{mine.pk}", {"site_id": None}, format="json")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["site"] is None

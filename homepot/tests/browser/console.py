@@ -29,15 +29,7 @@ FAILING_IMPACTS = ("serious", "critical")
 # names) where it is let through, the elements it may name (a pattern of their axe selectors: a
 # new offender on the same page still fails), and why. Remove an entry when its page is fixed;
 # everything else of impact serious or critical fails the page's test.
-KNOWN_AXE_FAILURES: dict[str, dict] = {
-    "label": {
-        "pages": {"job-form-preview"},
-        "elements": re.compile(r"\.select2-search__field|#id_scheduled_at_[01]$"),
-        "why": "Django admin widgets on the job form: the select2 search boxes of the multiple "
-        "autocompletes (extra sites, target devices) and the date/time inputs of scheduled_at "
-        "have no label. For the owner of the guided job form, who is replacing these widgets.",
-    },
-}
+KNOWN_AXE_FAILURES: dict[str, dict] = {}
 
 
 def _known(violation: dict, page_name: str) -> bool:
