@@ -20,8 +20,8 @@ COPY . .
 # them from gunicorn. The key is only for this build step: settings refuse to load without one.
 RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input -v 0 \
     && useradd --system --uid 10001 --no-create-home --home-dir /app homepot \
-    && mkdir -p /app/var \
-    && chown homepot /app/var
+    && mkdir -p /app/var/metrics \
+    && chown -R homepot /app/var
 
 # Run as an unprivileged user; it may write only var/ (celery beat's schedule file).
 USER homepot

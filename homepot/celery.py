@@ -1,10 +1,12 @@
-"""The HOMEPOT Celery application; configured from Django settings (CELERY_* names)."""
+"""The HOMEPOT Celery application; configured from Django settings (CELERY_* names), with
+the task run-time and failure metrics fed by Celery's signals."""
 
 import logging
 import os
+import time
 
 from celery import Celery
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, task_failure, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "homepot.settings")
 
@@ -38,3 +40,32 @@ def _quiet_per_task_lines(logger, loglevel, **kwargs):
         return
     for name in _PER_TASK_LOGGERS:
         logging.getLogger(name).setLevel(max(loglevel or logging.INFO, logging.WARNING))
+
+
+# --- Task metrics (homepot.metrics) -------------------------------------------------------
+# Start times by task id, in the process running the task: prerun and postrun fire there.
+_started: dict[str, float] = {}
+
+
+@task_prerun.connect
+def _task_started(task_id=None, **kwargs):
+    _started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _task_finished(task_id=None, task=None, state=None, **kwargs):
+    started = _started.pop(task_id, None)
+    if started is None or task is None:
+        return
+    from homepot import metrics
+
+    metrics.celery_task_duration.labels(task=task.name, state=state or "UNKNOWN").observe(
+        time.perf_counter() - started
+    )
+
+
+@task_failure.connect
+def _task_failed(sender=None, **kwargs):
+    from homepot import metrics
+
+    metrics.celery_task_failures.labels(task=getattr(sender, "name", "unknown")).inc()

@@ -57,6 +57,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First of all: its latency covers every other middleware, and it sees the final status.
+    "homepot.metrics_middleware.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # A view that cannot reach PostgreSQL answers 503 with Retry-After, not 500 (homepot.outage).
     "homepot.outage.DatabaseUnavailableMiddleware",
@@ -384,7 +386,7 @@ X_FRAME_OPTIONS = "DENY"
 # behind a proxy that sets it, or clients could claim HTTPS).
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 # The liveness probe is called over plain HTTP from inside the deployment (docker-compose.yml).
-SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^readyz/?$", r"^metrics/?$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
@@ -392,12 +394,34 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("SECURE_PROXY_SSL_HEADER", default=False) else None
 )
 
+# --- Metrics and readiness (homepot.metrics; docs/operations.md "Metrics") -----------------
+# GET /metrics answers only a request carrying `Authorization: Bearer <this token>`; empty
+# (the default) turns the endpoint off: it answers 404 like any unknown path.
+HOMEPOT_METRICS_TOKEN = env.str("HOMEPOT_METRICS_TOKEN", default="")
+# The directory tree /metrics adds up (multiprocess mode). Each process kind writes to its own
+# PROMETHEUS_MULTIPROC_DIR inside it; by default the tree is PROMETHEUS_MULTIPROC_DIR itself.
+HOMEPOT_METRICS_MULTIPROC_DIR = env.str(
+    "HOMEPOT_METRICS_MULTIPROC_DIR", default=os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+)
+# How long /readyz waits for each of PostgreSQL, Redis and the MQTT broker.
+HOMEPOT_READYZ_TIMEOUT_SECONDS = env.float("HOMEPOT_READYZ_TIMEOUT_SECONDS", default=2.0)
+# Logs as one JSON object a line (with the request id) instead of plain text.
+HOMEPOT_LOG_JSON = env.bool("HOMEPOT_LOG_JSON", default=False)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "homepot.logging_filters.JsonFormatter"},
+    },
     "filters": {"quiet_agent": {"()": "homepot.logging_filters.QuietAgentRequests"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if HOMEPOT_LOG_JSON else "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

@@ -1,5 +1,5 @@
 """HOMEPOT's URLs: the operator console, the REST API (at / as the guide writes it, and at
-/api/v1/), its OpenAPI schema and readers, and the liveness probe."""
+/api/v1/), its OpenAPI schema and readers, the liveness and readiness probes and the Prometheus metrics."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
@@ -7,12 +7,15 @@ from django.views.generic import RedirectView
 
 from homepot.api import urls as api_urls
 from homepot.api.docs import RedocView, SchemaView, SwaggerView
-from homepot.views import healthz
+from homepot.views import healthz, metrics, readyz
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    # For Prometheus (bearer token), outside /api/: the devices' API never serves it.
+    path("metrics", metrics, name="metrics"),
     re_path(r"^api/schema/?$", SchemaView.as_view(), name="schema"),
     re_path(r"^docs/?$", SwaggerView.as_view(), name="swagger-ui"),
     re_path(r"^redoc/?$", RedocView.as_view(), name="redoc"),

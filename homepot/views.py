@@ -1,16 +1,23 @@
-"""Site-wide plain Django views: the liveness probe and JSON error pages for API paths."""
+"""Site-wide plain Django views: the liveness and readiness probes, the Prometheus metrics
+endpoint and JSON error pages for API paths."""
 
 import functools
+import hmac
 import logging
+import socket
 import sys
 
-from django.db import DatabaseError, connection
-from django.http import JsonResponse
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from homepot import metrics as homepot_metrics
 from homepot import outage, sqlite_limits
+from homepot.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,74 @@ def healthz(request):
         response["Retry-After"] = str(outage.retry_after_seconds())
         return response
     return JsonResponse({"status": "ok"})
+
+
+def _check_database(timeout: float) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # A server that accepts the connection but hangs must not hold the probe either.
+            cursor.execute("SET LOCAL statement_timeout = %s", [int(timeout * 1000)])
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def _check_redis(timeout: float) -> None:
+    redis_client(settings.REDIS_URL, timeout=timeout).ping()
+
+
+def _check_mqtt(timeout: float) -> None:
+    # The broker accepts connections; logging in would need a credential the probe should not
+    # hold, and the push channel reports failed logins itself.
+    socket.create_connection(
+        (settings.HOMEPOT_JOBS_MQTT_HOST, settings.HOMEPOT_JOBS_MQTT_PORT), timeout=timeout
+    ).close()
+
+
+READINESS_CHECKS = {"database": _check_database, "redis": _check_redis, "mqtt": _check_mqtt}
+
+
+@never_cache
+@require_safe
+def readyz(request):
+    """Readiness: can this instance do its work? 200 when PostgreSQL, Redis and the MQTT
+    broker each answer within HOMEPOT_READYZ_TIMEOUT_SECONDS, else 503 naming which did not
+    (names only: no hosts, no error text). Unauthenticated like /healthz; a load balancer
+    stops sending work while it answers 503, where /healthz says whether to restart."""
+    timeout = settings.HOMEPOT_READYZ_TIMEOUT_SECONDS
+    checks = {}
+    for name, check in READINESS_CHECKS.items():
+        try:
+            check(timeout)
+        except (DatabaseError, redis.RedisError, OSError):
+            logger.warning("Readiness: %s did not answer", name, exc_info=True)
+            checks[name] = "unreachable"
+        else:
+            checks[name] = "ok"
+    ready = all(state == "ok" for state in checks.values())
+    response = JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks})
+    if not ready:
+        response.status_code = 503
+        response["Retry-After"] = str(outage.retry_after_seconds())
+    return response
+
+
+@never_cache
+@require_safe
+def metrics(request):
+    """Prometheus text exposition of every HOMEPOT metric (homepot.metrics), for a scraper
+    holding HOMEPOT_METRICS_TOKEN as a bearer token. Without a configured token the endpoint
+    does not exist (404); a missing or wrong token, a user session or a device credential
+    answers 401. Nothing here queries the database: the fleet gauges come from the ticks."""
+    token = settings.HOMEPOT_METRICS_TOKEN
+    if not token:
+        raise Http404
+    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        response = HttpResponse("Unauthorized.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="homepot-metrics"'
+        return response
+    body, content_type = homepot_metrics.render()
+    return HttpResponse(body, content_type=content_type)
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:

@@ -28,6 +28,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from homepot import metrics
 from jobs_app import services
 from jobs_app.channels import Outgoing, PushError, get_channel
 from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus
@@ -118,7 +119,8 @@ def dispatch_pass(job_id: int) -> PassResult:
                 break
             last_id = rows[-1]["id"]
             result.batches += 1
-            _dispatch_batch(job, rows, result)
+            with metrics.timer(metrics.dispatch_batch_duration):
+                _dispatch_batch(job, rows, result)
     services.job_rollup(job_id)
     return result
 
@@ -142,9 +144,9 @@ def _claim_batch(job: Job, last_id: int) -> list[dict]:
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
         .order_by("id")
-        .values("id", "site_id", "attempts", "deadline", "device__device_id", "device__push_channel")[
-            : job.batch_size
-        ]
+        .values(
+            "id", "site_id", "attempts", "deadline", "created_at", "device__device_id", "device__push_channel"
+        )[: job.batch_size]
     )
 
 
@@ -194,5 +196,19 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
             )
             result.push_failures += retry
             result.failed += failed
+            metrics.deliveries_deferred.labels(action=job.action, channel=channel_name).inc(retry)
+            metrics.deliveries_failed.labels(action=job.action, channel=channel_name, reason="push").inc(
+                failed
+            )
             continue
-        result.sent += services.deliveries_mark_sent(ids)
+        sent = services.deliveries_mark_sent(ids)
+        result.sent += sent
+        if sent == len(ids):
+            # Claimed FOR UPDATE under the job's lock, so all of them moved; a short count
+            # (never seen) would leave us unable to tell which, and we observe none.
+            now = timezone.now()
+            stage = metrics.delivery_stage.labels(
+                stage="pending_to_sent", action=job.action, channel=channel_name
+            )
+            for row in channel_rows:
+                stage.observe((now - row["created_at"]).total_seconds())

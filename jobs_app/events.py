@@ -22,8 +22,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.models import Device
+from homepot import metrics
 from jobs_app.choices import DELIVERY_NOT_TAKEN, DELIVERY_UNFINISHED, DeliveryStatus
-from jobs_app.models import Delivery
+from jobs_app.models import Delivery, Job
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ def deliveries_apply_events(events: Iterable[DeviceEvent]) -> dict[str, int]:
     with transaction.atomic():
         acked = _apply_acks(list(acks.values()), now)
         finished = _apply_results(list(results.values()), now)
+    # Observed once committed: a batch the bridge retries after a rollback counts once.
+    _observe(acked, finished)
+    acked = [row[:3] for row in acked]
+    finished = [row[:3] for row in finished]
     counts = {DeliveryStatus.ACKNOWLEDGED: sum(n for _job, _status, n in acked)}
     for _job, status, n in finished:
         counts[status] = counts.get(status, 0) + n
@@ -108,8 +113,27 @@ def deliveries_apply_events(events: Iterable[DeviceEvent]) -> dict[str, int]:
     return counts
 
 
-def _apply_acks(acks: list[DeviceEvent], now) -> list[tuple[int, str, int]]:
-    """pending|sent → acknowledged for the batch, in one UPDATE. (job, status, count) rows."""
+def _observe(acked: list[tuple], finished: list[tuple]) -> None:
+    """The delivery SLO histograms and failure counters (homepot.metrics) from the rows of
+    _apply_acks and _apply_results: (job, status, count, action, channel, stage seconds)."""
+    for _job, _status, _n, action, channel, waited in acked:
+        stage = metrics.delivery_stage.labels(stage="sent_to_acknowledged", action=action, channel=channel)
+        for seconds in waited:
+            stage.observe(seconds)
+    for _job, status, n, action, channel, waited in finished:
+        if status == DeliveryStatus.FAILED:
+            metrics.deliveries_failed.labels(action=action, channel=channel, reason="device").inc(n)
+            continue
+        stage = metrics.delivery_stage.labels(
+            stage="acknowledged_to_completed", action=action, channel=channel
+        )
+        for seconds in waited:
+            stage.observe(seconds)
+
+
+def _apply_acks(acks: list[DeviceEvent], now) -> list[tuple]:
+    """pending|sent → acknowledged for the batch, in one UPDATE. (job, status, count, action,
+    channel, [seconds from sent to acknowledged]) rows."""
     if not acks:
         return []
     return _fetch(
@@ -124,9 +148,12 @@ def _apply_acks(acks: list[DeviceEvent], now) -> list[tuple[int, str, int]]:
                 sent_at = COALESCE(d.sent_at, %(now)s)
             FROM incoming i JOIN {Device._meta.db_table} dv ON dv.device_id = i.device_key
             WHERE d.id = i.delivery_id AND d.device_id = dv.id AND d.status = ANY(%(from)s)
-            RETURNING d.job_id
+            RETURNING d.job_id, dv.push_channel,
+                      EXTRACT(EPOCH FROM d.acknowledged_at - d.sent_at)::float8 AS waited
         )
-        SELECT job_id, %(acknowledged)s, count(*) FROM moved GROUP BY job_id
+        SELECT m.job_id, %(acknowledged)s, count(*), j.action, m.push_channel, array_agg(m.waited)
+        FROM moved m JOIN {Job._meta.db_table} j ON j.id = m.job_id
+        GROUP BY m.job_id, j.action, m.push_channel
         """,  # noqa: S608 - table names from the models; values are parameters
         {
             "ids": [e.delivery_id for e in acks],
@@ -138,9 +165,10 @@ def _apply_acks(acks: list[DeviceEvent], now) -> list[tuple[int, str, int]]:
     )
 
 
-def _apply_results(results: list[DeviceEvent], now) -> list[tuple[int, str, int]]:
+def _apply_results(results: list[DeviceEvent], now) -> list[tuple]:
     """Unfinished or timed-out → completed|failed for the batch, in one UPDATE (a late answer
-    is still the truth). (job, status, count) rows."""
+    is still the truth). (job, status, count, action, channel, [seconds from acknowledged to
+    completed]) rows."""
     if not results:
         return []
     return _fetch(
@@ -160,9 +188,13 @@ def _apply_results(results: list[DeviceEvent], now) -> list[tuple[int, str, int]
                 last_error = CASE WHEN i.outcome = %(completed)s THEN '' ELSE i.error END
             FROM incoming i JOIN {Device._meta.db_table} dv ON dv.device_id = i.device_key
             WHERE d.id = i.delivery_id AND d.device_id = dv.id AND d.status = ANY(%(from)s)
-            RETURNING d.job_id, d.status
+            RETURNING d.job_id, d.status, dv.push_channel,
+                      EXTRACT(EPOCH FROM d.completed_at - d.acknowledged_at)::float8 AS waited
         )
-        SELECT job_id, status, count(*) FROM moved GROUP BY job_id, status
+        SELECT m.job_id, m.status, count(*), j.action, m.push_channel,
+               array_remove(array_agg(m.waited), NULL)
+        FROM moved m JOIN {Job._meta.db_table} j ON j.id = m.job_id
+        GROUP BY m.job_id, m.status, j.action, m.push_channel
         """,  # noqa: S608 - table names from the models; values are parameters
         {
             "ids": [e.delivery_id for e in results],

@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts.scoping import require_site_access, scoped_site_ids
 from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.models import Device
+from homepot import metrics
 from homepot.errors import Conflict
 from jobs_app.choices import (
     DELIVERY_FAILED,
@@ -956,14 +957,16 @@ def deliveries_time_out(now: datetime.datetime | None = None) -> int:
             f"WITH moved AS (UPDATE {table} SET status = %s, failed_at = %s, "  # noqa: S608
             "last_error = 'No answer before the deadline.' "
             "WHERE status = ANY(%s) AND deadline IS NOT NULL AND deadline < %s RETURNING job_id) "
-            "SELECT job_id, count(*) FROM moved GROUP BY job_id",
+            f"SELECT m.job_id, count(*), j.action FROM moved m JOIN {Job._meta.db_table} j "
+            "ON j.id = m.job_id GROUP BY m.job_id, j.action",
             [DeliveryStatus.TIMED_OUT, now, [str(s) for s in DELIVERY_UNFINISHED], now],
         )
         moved = cursor.fetchall()
-    for job_id, _count in moved:
+    for job_id, count, action in moved:
+        metrics.deliveries_timed_out.labels(action=action).inc(count)
         job_check_failure_threshold(job_id)
         job_rollup(job_id)
-    return sum(count for _job, count in moved)
+    return sum(count for _job, count, _action in moved)
 
 
 # --- The job's rollup ----------------------------------------------------------------------------

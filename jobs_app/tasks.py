@@ -5,9 +5,11 @@ dies is delivered again, and running it twice changes nothing the first run did.
 """
 
 from celery import shared_task
+from django.db.models import Count
 
+from homepot import metrics
 from jobs_app import dispatch, services
-from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus
+from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus, JobStatus
 from jobs_app.models import Delivery, Job
 
 
@@ -50,8 +52,12 @@ def finish_rollups() -> int:
 @shared_task
 def jobs_tick() -> dict:
     """Everything periodic, in order (also what `manage.py jobs_tick` runs without beat)."""
-    return {
+    outcome = {
         "started": start_due_jobs(),
         "timed_out": time_out_deliveries(),
         "rolled_up": finish_rollups(),
     }
+    # Jobs by status for homepot.metrics: one GROUP BY per tick rather than one per scrape.
+    by_status = dict(Job.objects.order_by().values_list("status").annotate(n=Count("id")))
+    metrics.set_all(metrics.jobs, "status", JobStatus.values, by_status)
+    return outcome

@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
+from homepot import metrics
 from monitoring_app import seen_buffer
 from monitoring_app.choices import ConnectivityReason
 from monitoring_app.models import HealthCheck
@@ -173,6 +174,7 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     device offline in that moment is corrected by its next heartbeat.
     """
     now = timezone.now()
+    metrics.HEARTBEAT_ACCEPTED.inc()  # every path below accepts it (pre-bound: no label lookup)
     if _row_is_current(device, now):
         return device.status
     if _stays_as_it_is(device) and seen_buffer.note_seen(device.pk, now, reported_at):
@@ -193,6 +195,7 @@ def health_reports_record(*, device_reports: list[tuple[int, HealthReport]]) -> 
     Not idempotent: each call appends history rows.
     """
     now = timezone.now()
+    metrics.HEALTH_ACCEPTED.inc(len(device_reports))
     if len(device_reports) == 1:
         # The common case (a terminal's own report): history and latest state in one statement.
         device_pk, report = device_reports[0]

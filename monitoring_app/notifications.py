@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from accounts.choices import MembershipRole
 from accounts.scoping import require_site_access
+from homepot import metrics
 from homepot.errors import ServiceError
 from monitoring_app.choices import (
     NOTIFICATION_OPEN,
@@ -283,6 +284,7 @@ class DeliveryResult:
 
     def count(self, status: str) -> None:
         self.outcomes[status] = self.outcomes.get(status, 0) + 1
+        metrics.notifications.labels(outcome=status).inc()
 
 
 def notifications_deliver_due(*, limit: int | None = None) -> DeliveryResult:

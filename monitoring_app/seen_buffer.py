@@ -23,6 +23,7 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 
+from homepot import metrics
 from homepot.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,17 @@ def flush_seen() -> int:
     """
     if not enabled():
         return 0
+    with metrics.timer(metrics.heartbeat_buffer_flush_duration):
+        return _flush()
+
+
+def _flush() -> int:
     try:
         batches = _take_batches()
     except redis.RedisError as exc:
         logger.warning("Heartbeat buffer unavailable, nothing flushed: %s", exc)
         return 0
+    metrics.heartbeat_buffer_depth.set(sum(len(entries) for _key, entries in batches))
     written = 0
     for flushing_key, entries in batches:
         written += _apply(entries)

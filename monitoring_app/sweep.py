@@ -5,6 +5,7 @@ same for 10 devices or 1,000,000 (an index on (status, last_seen) finds them).
 """
 
 import datetime
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -12,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
+from homepot import metrics
 from monitoring_app import seen_buffer
 from monitoring_app.choices import ConnectivityReason
 from monitoring_app.models import MonitoringState
@@ -56,6 +58,14 @@ def sweep_offline(*, now: datetime.datetime | None = None) -> SweepResult:
     does not declare the whole fleet offline. Maintenance devices are left alone.
     Safe to repeat: a device already offline is not touched again.
     """
+    with metrics.timer(metrics.sweep_duration):
+        result = _sweep(now)
+    metrics.sweep_marked_offline.inc(result.marked_offline)
+    metrics.sweep_last_run.set(time.time())
+    return result
+
+
+def _sweep(now: datetime.datetime | None) -> SweepResult:
     # Heartbeats waiting in the buffer first: a device that reported is not silent.
     seen_buffer.flush_seen()
     now = now or timezone.now()

@@ -676,6 +676,11 @@ API = [
     ),
     # Public by design: the liveness probe, the API's description, the way to the console.
     Api("healthz", {"GET": everyone(200)}),
+    # Readiness: names only, like the liveness probe (homepot.views.readyz).
+    Api("readyz", {"GET": everyone(200)}),
+    # Off without HOMEPOT_METRICS_TOKEN (as here); with it, only that bearer token reads it, no
+    # session nor device credential (homepot/tests/test_metrics.py).
+    Api("metrics", {"GET": everyone(404)}),
     Api("api/schema/?", {"GET": everyone(200)}),
     Api("docs/?", {"GET": everyone(200)}),
     Api("redoc/?", {"GET": everyone(200)}),

@@ -65,3 +65,36 @@ def test_the_worker_logs_no_line_per_routine_task_but_keeps_warnings_and_its_own
 
 def test_per_task_lines_come_back_when_asked_for():
     assert celery_levels(HOMEPOT_CELERY_LOG_TASKS="true") == "INFO INFO INFO INFO"
+
+
+def test_json_log_lines_carry_the_request_id():
+    """HOMEPOT_LOG_JSON=true: one JSON object a line, with the id of the request being served."""
+    import io
+    import json
+    import logging
+
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from homepot.logging_filters import JsonFormatter
+    from homepot.request_context import RequestContextMiddleware
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("homepot.test.json")
+    log.addHandler(handler)
+    try:
+        middleware = RequestContextMiddleware(lambda request: None)
+        request = RequestFactory().get("/", HTTP_X_REQUEST_ID="req-42")
+        middleware.process_request(request)
+        log.warning("inside %s", "a request")
+        middleware.process_response(request, HttpResponse())
+        log.warning("outside")
+    finally:
+        log.removeHandler(handler)
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["request_id"] == "req-42" and inside["message"] == "inside a request"
+    assert inside["level"] == "WARNING" and inside["logger"] == "homepot.test.json"
+    assert inside["time"].endswith("Z")
+    assert "request_id" not in outside

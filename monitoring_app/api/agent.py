@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from devices_app.api.agent import AgentView
 from devices_app.choices import DeviceType
 from devices_app.models import Device
+from homepot import metrics
 from homepot.api.fields import StrictCharField
 from monitoring_app import ingest
 from monitoring_app.api.heartbeat_fast import with_fast_path
@@ -148,6 +149,29 @@ class IngestView(AgentView):
 
     device_lookup = "identity"  # see DeviceCredentialAuthentication.lookup
     records_seen = False  # a heartbeat or health report records the device as seen itself
+    ingest_kind = "heartbeat"  # the `kind` label of homepot_ingest_refused
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        # Refusals are counted here, where the API decides them (the fast path never refuses);
+        # acceptances in monitoring_app.ingest, which every accepted report goes through.
+        if response.status_code >= 400:
+            reason = _REFUSAL_REASONS.get(response.status_code, "error")
+            metrics.ingest_refused.labels(kind=self.ingest_kind, reason=reason).inc()
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+# Status code -> the bounded `reason` label of homepot_ingest_refused.
+_REFUSAL_REASONS = {
+    400: "invalid",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "unknown",
+    405: "invalid",
+    413: "too_large",
+    415: "invalid",
+    429: "throttled",
+    503: "unavailable",
+}
 
 
 class HeartbeatView(IngestView):
@@ -181,6 +205,8 @@ heartbeat_endpoint = with_fast_path(
 
 
 class HealthView(IngestView):
+    ingest_kind = "health"
+
     @extend_schema(
         summary="Report my health",
         description="Stores one health report (history) and the device's latest health; "
@@ -198,6 +224,8 @@ class HealthView(IngestView):
 
 
 class HealthBatchView(IngestView):
+    ingest_kind = "health"
+
     @extend_schema(
         summary="Report many health reports at once",
         description="For a terminal catching up after an outage, or a store gateway reporting for "

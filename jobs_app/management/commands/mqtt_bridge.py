@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DataError, IntegrityError, OperationalError, close_old_connections
 
+from homepot import metrics
 from jobs_app import events
 from jobs_app.channels import PushError
 from jobs_app.channels.mqtt import EVENTS_TOPIC, connect
@@ -50,6 +51,7 @@ class Received:
     qos: int
     topic: str
     payload: bytes
+    received: float  # time.monotonic() when it reached the bridge: the lag metric's start
 
 
 class Bridge:
@@ -76,7 +78,9 @@ class Bridge:
         client.subscribe(self.topic, qos=1)  # on every (re)connect
 
     def _on_message(self, client, userdata, message):
-        self.inbox.put(Received(message.mid, message.qos, message.topic, message.payload))
+        if message.dup:
+            metrics.mqtt_bridge_redeliveries.inc()
+        self.inbox.put(Received(message.mid, message.qos, message.topic, message.payload, time.monotonic()))
 
     def drain(self, linger: float) -> int:
         """Apply what arrived within `linger` seconds of the first message (at most `batch`
@@ -107,6 +111,12 @@ class Bridge:
         self.stats["events"] += len(received)
         self.stats["batches"] += 1
         self.stats["ignored"] += len(received) - len(good)
+        done = time.monotonic()
+        metrics.mqtt_bridge_batch_size.observe(len(received))
+        for item in received:
+            metrics.mqtt_bridge_lag.observe(done - item.received)
+        metrics.mqtt_bridge_events.labels(outcome="applied").inc(len(good))
+        metrics.mqtt_bridge_events.labels(outcome="ignored").inc(len(received) - len(good))
         logger.info("Applied %d device events: %s", len(good), counts)
         return len(received)
 
@@ -183,10 +193,26 @@ class Command(BaseCommand):
         parser.add_argument(
             "--linger-ms", type=float, default=50, help="How long to wait for more events to batch."
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=0,
+            help="Serve this bridge's Prometheus metrics on this port (0: not served here; with "
+            "PROMETHEUS_MULTIPROC_DIR the web's /metrics shows them instead).",
+        )
+        parser.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1",
+            help="Address for --metrics-port: keep it on a network only Prometheus reaches.",
+        )
 
     def handle(
         self, *args, duration, group, client_id, session_seconds, batch, linger_ms, in_flight, **options
     ):
+        if options["metrics_port"]:
+            from prometheus_client import start_http_server
+
+            start_http_server(options["metrics_port"], addr=options["metrics_addr"])
         if batch < 1:
             raise CommandError("--batch must be at least 1.")
         if not 1 <= in_flight <= 65535:
