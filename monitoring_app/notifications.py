@@ -365,6 +365,11 @@ def notification_retry(*, actor, notification: Notification) -> Notification:
 
 
 def _enqueue_delivery() -> None:
+    # Only a head start: the beat runs the delivery every 15 s anyway, so a broker that is
+    # away is logged, never turned into an error after the change has committed.
     from monitoring_app.tasks import deliver_notifications
 
-    deliver_notifications.delay()
+    try:
+        deliver_notifications.delay()
+    except Exception:  # noqa: BLE001 - any broker failure; the beat delivers
+        logger.warning("Could not enqueue the notification delivery; the beat will run it", exc_info=True)

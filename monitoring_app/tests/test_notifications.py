@@ -305,3 +305,32 @@ def open_device_alert_elsewhere() -> Alert:
         opened_at=timezone.now(),
         last_seen_at=timezone.now(),
     )
+
+
+def test_retry_now_with_the_broker_away_still_answers_and_the_beat_sends_it(
+    admin_browser, site, settings, django_capture_on_commit_callbacks
+):
+    from homepot.celery import app
+
+    failed = failed_webhook(site, settings)
+    saved = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:9/0"  # nothing listens there: Redis is away
+    app._pool = None
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = admin_browser.post(
+                NOTIFICATIONS, {"action": "retry_now", "_selected_action": [failed.pk]}, follow=True
+            )
+    finally:
+        app.conf.broker_url = saved
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    assert response.status_code == 200
+    assert "1 notification will be sent again now." in response.text
+    failed.refresh_from_db()
+    assert failed.status == NotificationStatus.RETRYING
+    with WebhookPeer(script=[200]) as hook:  # the beat's next run
+        settings.HOMEPOT_MONITORING_WEBHOOK_URL = hook.url
+        notifications_deliver_due()
+    assert notification("webhook").status == NotificationStatus.SENT
