@@ -143,7 +143,15 @@ def device_login_remove_later(*, device_id: str) -> None:
             from devices_app.tasks import device_mqtt_login_remove
 
             logger.error("MQTT login of %s not removed yet (%s); retrying in a task", device_id, exc)
-            device_mqtt_login_remove.delay(device_id)
+            try:
+                device_mqtt_login_remove.delay(device_id)
+            except Exception:  # noqa: BLE001 - the Celery broker is away too
+                # The revocation has committed: say what is left to do rather than answer an
+                # error for it. `mqtt_sync_auth` removes every login without a usable credential.
+                logger.exception(
+                    "MQTT login of %s not removed and the retry not queued: run manage.py mqtt_sync_auth",
+                    device_id,
+                )
 
     transaction.on_commit(remove)
 

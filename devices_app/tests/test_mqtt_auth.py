@@ -412,6 +412,32 @@ def test_revocation_does_not_wait_for_an_unreachable_broker_a_task_retries(
 
 
 @pytest.mark.django_db
+def test_revocation_with_the_broker_and_the_task_queue_away_still_stands_and_sync_cleans_up(
+    broker, sessions, settings, admin_user, django_capture_on_commit_callbacks, caplog
+):
+    from homepot.celery import app
+
+    device, secret = device_with_login(admin_user)
+    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()
+    saved = app.conf.broker_url
+    app.conf.broker_url = f"redis://127.0.0.1:{_free_port()}/0"  # Redis away too
+    app._pool = None
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert device_credential_revoke(actor=admin_user, device=device) == 1
+    finally:
+        app.conf.broker_url = saved
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    assert not DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).exists()
+    assert "run manage.py mqtt_sync_auth" in caplog.text
+    settings.HOMEPOT_JOBS_MQTT_PORT = broker
+    call_command("mqtt_sync_auth", stdout=io.StringIO())
+    assert sessions(broker, device.device_id, secret).code == NOT_AUTHORIZED
+
+
+@pytest.mark.django_db
 def test_sync_removes_logins_without_a_usable_credential_and_names_devices_without_a_login(
     broker, sessions, settings, admin_user
 ):
