@@ -17,7 +17,9 @@ What it does:
      (every site) and as a manager of 100 sites: the whole request (session, middleware,
      queries, template), median, best and worst of `--repeat`, and the number of queries.
      `--pages landing,glance` times only those (the landing page reads no health history,
-     so `--checks-per-device 1` is enough for it).
+     so `--checks-per-device 1` is enough for it); `sites,site_page,devices,device_page,jobs,
+     job_page` time the console's other main pages (lists, a store's page, a device's page
+     with its sparkline, a job's page with its progress).
 
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
@@ -46,7 +48,19 @@ FLEET_PAGE = "/admin/monitoring_app/alert/fleet/"
 # The landing page (the admin index with the fleet at a glance) and its refresh fragment.
 LANDING_PAGE = "/admin/"
 GLANCE_FRAGMENT = "/admin/glance/"
-PAGES = {"page": FLEET_PAGE, "landing": LANDING_PAGE, "glance": GLANCE_FRAGMENT}
+# The console's other main pages: {site}, {device} and {job} are filled in with the first site
+# (which the benchmark's manager runs), its first device and the first job in progress.
+PAGES = {
+    "page": FLEET_PAGE,
+    "landing": LANDING_PAGE,
+    "glance": GLANCE_FRAGMENT,
+    "sites": "/admin/sites_app/site/",
+    "site_page": "/admin/sites_app/site/{site}/change/",
+    "devices": "/admin/devices_app/device/",
+    "device_page": "/admin/devices_app/device/{device}/change/",
+    "jobs": "/admin/jobs_app/job/",
+    "job_page": "/admin/jobs_app/job/{job}/change/",
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -219,9 +233,20 @@ def measure(args: argparse.Namespace) -> dict:
     SiteMembership.objects.bulk_create(
         SiteMembership(user=manager, site_id=pk, role=MembershipRole.MANAGER) for pk in site_ids
     )
+    from devices_app.models import Device
+    from jobs_app.models import Job
+
+    first_site = site_ids[0]
+    first_of = {model: model.objects.filter(site_id=first_site).order_by("pk") for model in (Device, Job)}
+    objects = {
+        "site": first_site,
+        "device": first_of[Device].values_list("pk", flat=True).first(),
+        "job": first_of[Job].values_list("pk", flat=True).first(),
+    }
     for name in args.pages.split(","):
-        results[f"{name}_admin"] = time_page(admin, args.repeat, PAGES[name])
-        results[f"{name}_manager_100_sites"] = time_page(manager, args.repeat, PAGES[name])
+        url = PAGES[name].format(**objects)
+        results[f"{name}_admin"] = time_page(admin, args.repeat, url)
+        results[f"{name}_manager_100_sites"] = time_page(manager, args.repeat, url)
     return results
 
 
