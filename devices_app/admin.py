@@ -9,6 +9,7 @@ from django.utils.timesince import timesince
 
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
+from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows
 from devices_app.services import (
     device_create,
     device_credential_issue,
@@ -17,6 +18,7 @@ from devices_app.services import (
     device_update,
 )
 from homepot.admin import (
+    CsvExportAdminMixin,
     EstimatedCountPaginator,
     ScopedAdminMixin,
     ServiceRefused,
@@ -261,7 +263,7 @@ DEVICE_ACTIONS = (
 
 
 @admin.register(Device)
-class DeviceAdmin(ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
+class DeviceAdmin(CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
     actions = ("push_configuration", "rotate_credentials", "revoke_credentials")
     object_actions = DEVICE_ACTIONS
     # Readable at 1,400 px with both sidebars open: the type is a filter (and usually in the
@@ -313,6 +315,11 @@ class DeviceAdmin(ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
         ("Health", {"fields": ("health_history_link",)}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
+
+    csv_filename = "homepot-devices.csv"
+
+    def csv_export(self, queryset):
+        return list(DEVICE_EXPORT_COLUMNS), device_export_rows(queryset)
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:

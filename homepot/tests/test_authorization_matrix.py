@@ -292,6 +292,17 @@ def audit_csv_rows(w, actor, text):
     return scoped_listing(actor, listed, w.audit_a.pk, w.audit_b.pk, sites, w.site_a.site_id)
 
 
+def site_csv_rows(w, actor, text):
+    listed = {row["site_id"] for row in csv.DictReader(io.StringIO(text))}
+    return scoped_listing(actor, listed, w.site_a.site_id, w.site_b.site_id, listed, w.site_a.site_id)
+
+
+def device_csv_rows(w, actor, text):
+    rows = list(csv.DictReader(io.StringIO(text)))
+    listed, sites = {row["device_id"] for row in rows}, {row["site_id"] for row in rows}
+    return scoped_listing(actor, listed, w.device_a.device_id, w.device_b.device_id, sites, w.site_a.site_id)
+
+
 def job_rows(w, actor, text):
     rows = json.loads(text)["results"]
     listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
@@ -376,6 +387,12 @@ API = [
         aliases=at_root_and_v1("sites"),
     ),
     Api(
+        "sites/export",
+        {"GET": members(200, 200, 200)},
+        rows=site_csv_rows,
+        aliases=at_root_and_v1("sites/export"),
+    ),
+    Api(
         "sites/<site_id>",
         {
             "GET": members("200/404", "200/404", "200/200"),
@@ -395,6 +412,12 @@ API = [
         body_targets=True,
         rows=device_rows,
         aliases=at_root_and_v1("devices"),
+    ),
+    Api(
+        "devices/export",
+        {"GET": members(200, 200, 200)},
+        rows=device_csv_rows,
+        aliases=at_root_and_v1("devices/export"),
     ),
     Api(
         "devices/<device_id>",
@@ -870,6 +893,7 @@ ADMIN = [
         lambda w, a: (w.site_a, w.site_b),
         site_path="pk",
         deleted_answer=200,
+        pages=(("export/", "v"),),  # the changelist as CSV, with its filters (scoped)
         # The site page's confirmed buttons (sites_app/tests/test_admin.py: viewer 403,
         # another site's 404, a manager's job created and audited).
         object_pages=("actions/<action>/",),
@@ -879,6 +903,7 @@ ADMIN = [
         perms("v", "vacd", "vacd"),
         lambda w, a: (w.device_a, w.device_b),
         site_path="site",
+        pages=(("export/", "v"),),  # the changelist as CSV, with its filters (scoped)
         # The device page's confirmed buttons (devices_app/tests/test_admin.py, same checks).
         object_pages=("actions/<action>/",),
     ),
@@ -1004,7 +1029,9 @@ class AdminCheck:
         with rolled_back():
             response = client.post(url, data or {}) if method == "POST" else client.get(url)
             got = outcome(response)
-            text = response.content.decode(errors="replace")
+            # A CSV export streams; its rows are checked like a page's.
+            body = b"".join(response.streaming_content) if response.streaming else response.content
+            text = body.decode(errors="replace")
             context = response.context
         if got != want:
             self.problems.append(f"{method} {url} as {actor}: {got}, expected {want}")
