@@ -17,6 +17,7 @@ class AuditEvent(models.TextChoices):
     DEVICE_UPDATED = "device.updated", "Device updated"
     DEVICE_DELETED = "device.deleted", "Device deleted"
     DEVICES_BULK_CREATED = "devices.bulk_created", "Devices created in bulk"
+    DEVICES_IMPORTED = "devices.imported", "Devices imported from CSV"
     DEVICE_CREDENTIAL_ISSUED = "device.credential_issued", "Device credential issued"
     DEVICE_CREDENTIAL_REVOKED = "device.credential_revoked", "Device credential revoked"
     JOB_CREATED = "job.created", "Job created"

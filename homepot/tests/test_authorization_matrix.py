@@ -95,6 +95,7 @@ class Api:
     device_targets: bool = False  # an agent endpoint: A is the calling device's, B another's
     rows: Callable[[World, str, str], list[str]] | None = None  # (world, caller, body) -> problems
     aliases: tuple[str, ...] = ()  # other routes serving the same view
+    format: str = "json"  # how `body` is sent (an upload is "multipart")
 
 
 def at_root_and_v1(route: str) -> tuple[str, ...]:
@@ -184,6 +185,14 @@ def device_body(w, method, target, actor):
             "site_id": site,
         }
     return {"status": "maintenance"}
+
+
+def device_import_body(w, method, target, actor):
+    """A one-row CSV upload naming site A, B or a missing site (a dry run: nothing written)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    text = f"device_id,name,site_id\ntill-imported,Imported Till,{site_of(w, target, actor)}\n"
+    return {"file": SimpleUploadedFile("devices.csv", text.encode(), content_type="text/csv")}
 
 
 def job_body(w, method, target, actor):
@@ -418,6 +427,15 @@ API = [
         {"GET": members(200, 200, 200)},
         rows=device_csv_rows,
         aliases=at_root_and_v1("devices/export"),
+    ),
+    # Import: a manager names only their own site (B's or a missing one: the same row error).
+    Api(
+        "devices/import",
+        {"POST": members("403/403", "200/400", "200/200")},
+        body=device_import_body,
+        body_targets=True,
+        format="multipart",
+        aliases=at_root_and_v1("devices/import"),
     ),
     Api(
         "devices/<device_id>",
@@ -768,7 +786,7 @@ def api_call(world, endpoint: Api, route: str, method: str, actor: str, target) 
             response = getattr(client, method.lower())(url)
         else:
             body = endpoint.body(world, method, target, actor) if endpoint.body else None
-            response = getattr(client, method.lower())(url, body, format="json")
+            response = getattr(client, method.lower())(url, body, format=endpoint.format)
         answer = Answer.of(response)
     return f"{method} {url} as {actor}", answer
 
