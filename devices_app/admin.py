@@ -7,6 +7,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
+from devices_app.admin_import import DeviceImportAdminMixin
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows
@@ -263,7 +264,9 @@ DEVICE_ACTIONS = (
 
 
 @admin.register(Device)
-class DeviceAdmin(CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
+class DeviceAdmin(
+    DeviceImportAdminMixin, CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin
+):
     actions = ("push_configuration", "rotate_credentials", "revoke_credentials")
     object_actions = DEVICE_ACTIONS
     # Readable at 1,400 px with both sidebars open: the type is a filter (and usually in the
@@ -320,6 +323,10 @@ class DeviceAdmin(CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, adm
 
     def csv_export(self, queryset):
         return list(DEVICE_EXPORT_COLUMNS), device_export_rows(queryset)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "may_import": self.has_import_permission(request)}
+        return super().changelist_view(request, extra_context)
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:

@@ -888,6 +888,8 @@ class AdminModel:
     own_rows: bool = False  # members see their own rows (API tokens) but no one else's
     deleted_answer: int = 302  # a permitted delete: to the changelist (200: protected, page says why)
     pages: tuple[tuple[str, str], ...] = ()  # the admin's own views: (path under the model, letter needed)
+    # The admin's own form pages (no rows of anyone's shown on a GET): (path, letter needed).
+    form_pages: tuple[tuple[str, str], ...] = ()
     # The admin's own POST views of one row (paths under `<object_id>/`), each with its own test.
     object_pages: tuple[str, ...] = ()
 
@@ -922,6 +924,8 @@ ADMIN = [
         lambda w, a: (w.device_a, w.device_b),
         site_path="site",
         pages=(("export/", "v"),),  # the changelist as CSV, with its filters (scoped)
+        # The CSV import (upload, preview, confirm): devices_app/tests/test_csv_import_admin.py.
+        form_pages=(("import/", "a"),),
         # The device page's confirmed buttons (devices_app/tests/test_admin.py, same checks).
         object_pages=("actions/<action>/",),
     ),
@@ -989,7 +993,7 @@ def admin_routes_of(entry: AdminModel) -> set[str]:
     base = f"admin/{opts.app_label}/{opts.model_name}/"
     found = {base, f"{base}add/", *(f"{base}<object_id>/{view}/" for view in ("history", "delete", "change"))}
     found.add(f"{base}<object_id>/")  # Django's redirect from the old change URL
-    found.update(f"{base}{page}" for page, _ in entry.pages)
+    found.update(f"{base}{page}" for page, _ in (*entry.pages, *entry.form_pages))
     found.update(f"{base}<object_id>/{page}" for page in entry.object_pages)
     if entry.model is User:
         found.add(f"{base}<id>/password/")
@@ -1110,6 +1114,11 @@ def test_admin_pages_answer_every_caller_as_the_policy_says(world, browsers, ent
     own_pages = [(entry.url("changelist") + page, letter) for page, letter in entry.pages]
     for url in (entry.url("changelist"), entry.url("add"), *_object_urls(entry, a_of_admin.pk)):
         check.ask("anon", "GET", url, want="login")
+    for page, letter in entry.form_pages:
+        url = entry.url("changelist") + page
+        check.ask("anon", "GET", url, want="login")
+        for actor in ("viewer", "manager", "admin"):
+            check.ask(actor, "GET", url, want="200" if _letter(entry, actor, letter) else "403")
     for url, letter in own_pages:
         check.ask("anon", "GET", url, want="login")
         for actor in ("viewer", "manager", "admin"):
