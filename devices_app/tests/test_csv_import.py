@@ -197,3 +197,13 @@ def test_an_export_imports_back_unchanged(admin_api, existing, south):
 
     body = post_csv(admin_api, exported, dry_run="true").json()
     assert (body["create"], body["update"], body["skip"]) == (0, 0, 2)
+
+
+def test_the_import_has_its_own_size_limit_not_the_json_one(admin_api, north, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 50  # the JSON bound does not apply to a CSV file
+    text = HEADER + "".join(f"till-{n},Till {n},site-north,,,,\n" for n in range(10))
+    assert post_csv(admin_api, text).json()["create"] == 10
+
+    settings.HOMEPOT_IMPORT_MAX_BYTES = 100
+    assert post_csv(admin_api, text).status_code == 413
+    assert post_csv(admin_api, text, multipart=True).status_code == 413
