@@ -17,10 +17,7 @@ credential yet: issue one per device (admin "Rotate credentials", or POST
 
 from __future__ import annotations
 
-import csv
-import io
 import ipaddress
-from dataclasses import dataclass, field
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
@@ -30,14 +27,15 @@ from devices_app.choices import DeviceType, PushChannel
 from devices_app.models import Device
 from devices_app.selectors import DEVICE_EXPORT_COLUMNS
 from devices_app.validators import normalize_mac
+from homepot.csv_import import ImportPreview, ImportRefused, read_csv, unguard
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic
 from sites_app.models import Site
 from sites_app.validators import business_id_validator
 
+__all__ = ["ImportPreview", "ImportRefused", "devices_import", "device_import_preview"]
+
 BATCH = 5000
-PREVIEW_ROWS = 200  # row-by-row outcomes shown in a preview; the counts cover every row
-MAX_ERRORS = 1000  # after this many, the preview stops listing them (the count goes on)
 
 REQUIRED = ("device_id", "name", "site_id")
 WRITABLE = (
@@ -53,94 +51,13 @@ WRITABLE = (
 # What the export adds and the import ignores: the device reports these itself.
 READ_ONLY = tuple(column for column in DEVICE_EXPORT_COLUMNS if column not in WRITABLE)
 COMPARED = ("name", "device_type", "site", "ip_address", "mac_address", "firmware_version", "push_channel")
-_GUARDED = ("=", "+", "-", "@", "\t", "\r")
-
-
-class ImportRefused(Exception):
-    """The file cannot be applied: `preview` names every row error. Nothing was written."""
-
-    def __init__(self, preview: ImportPreview):
-        super().__init__(f"{preview.error_count} row error(s); nothing was imported.")
-        self.preview = preview
-
-
-@dataclass
-class ImportPreview:
-    rows: int = 0
-    create: int = 0
-    update: int = 0
-    skip: int = 0
-    error_count: int = 0
-    errors: list[dict] = field(default_factory=list)  # {"row", "device_id", "field", "message"}
-    outcomes: list[dict] = field(
-        default_factory=list
-    )  # the first PREVIEW_ROWS: {"row", "device_id", "action", "fields"}
-    applied: bool = False
-    # The rows to write, full values each (not part of the answer).
-    writes: list[tuple] = field(default_factory=list, repr=False)
-    sites: set[str] = field(default_factory=set, repr=False)
-
-    def error(self, row: int, device_id: str, column: str, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append({"row": row, "device_id": device_id, "field": column, "message": message})
-
-    def as_dict(self) -> dict:
-        return {
-            "rows": self.rows,
-            "create": self.create,
-            "update": self.update,
-            "skip": self.skip,
-            "error_count": self.error_count,
-            "errors": self.errors,
-            "errors_truncated": self.error_count > len(self.errors),
-            "outcomes": self.outcomes,
-            "applied": self.applied,
-        }
-
-
-def _unguard(text: str) -> str:
-    # The export quotes cells that a spreadsheet would run ('=...); read them back as written.
-    text = text.strip()
-    return text[1:] if text[:1] == "'" and text[1:2] in _GUARDED else text
-
-
-def read_csv(data: str | bytes) -> tuple[list[str], list[dict]]:
-    """The header and rows of a CSV file (UTF-8, a BOM allowed). Raises ValidationError for a
-    file that is not UTF-8 or lacks a required column, naming the problem."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ValidationError({"file": "The file is not UTF-8 text."}) from None
-    data = data.removeprefix("\ufeff")
-    if "\x00" in data:
-        raise ValidationError({"file": "The file holds NUL characters; it is not a CSV text file."})
-    reader = csv.DictReader(io.StringIO(data, newline=""))
-    header = [name.strip() for name in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    missing = [name for name in REQUIRED if name not in header]
-    if missing:
-        raise ValidationError(
-            {"file": f"Missing column(s): {', '.join(missing)}. Columns: {', '.join(WRITABLE)}."}
-        )
-    unknown = [name for name in header if name not in WRITABLE and name not in READ_ONLY]
-    if unknown:
-        raise ValidationError(
-            {"file": f"Unknown column(s): {', '.join(unknown)}. Columns: {', '.join(WRITABLE)}."}
-        )
-    try:
-        rows = list(reader)
-    except csv.Error as exc:
-        raise ValidationError({"file": f"The file is not valid CSV: {exc}."}) from None
-    return header, rows
 
 
 def _check(
     line: int, raw: dict, header: list[str], preview: ImportPreview, allowed_sites: dict
 ) -> dict | None:
     """One row's values, cleaned, or None after recording its errors."""
-    values = {name: _unguard(raw.get(name) or "") for name in header if name in WRITABLE}
+    values = {name: unguard(raw.get(name) or "") for name in header if name in WRITABLE}
     device_id = values["device_id"]
     before = preview.error_count
     if None in raw:  # more cells than the header names
@@ -194,7 +111,7 @@ def device_import_preview(*, actor, data: str | bytes, lock: bool = False) -> Im
     sites they may change, and update only devices of those sites (anything else is a row
     error). `lock`: lock the devices the file names (FOR UPDATE) until the transaction ends,
     so what is applied is what was compared. Raises ValidationError for an unreadable file."""
-    header, raw_rows = read_csv(data)
+    header, raw_rows = read_csv(data, required=REQUIRED, writable=WRITABLE, read_only=READ_ONLY)
     preview = ImportPreview(rows=len(raw_rows))
     scope = scoped_site_ids(actor, "change") if actor is not None else None
     sites = Site.objects.all() if scope is None else Site.objects.filter(pk__in=scope)
@@ -276,10 +193,7 @@ def _compare_batch(
                 preview.update += 1
             else:
                 preview.skip += 1
-        if len(preview.outcomes) < PREVIEW_ROWS:
-            preview.outcomes.append(
-                {"row": line, "device_id": device_id, "action": action, "fields": changed}
-            )
+        preview.outcome(line, device_id, action, changed)
         if action != "skip":
             preview.writes.append(
                 (
