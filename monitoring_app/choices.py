@@ -13,6 +13,7 @@ class AuditEvent(models.TextChoices):
     SITE_CREATED = "site.created", "Site created"
     SITE_UPDATED = "site.updated", "Site updated"
     SITE_DELETED = "site.deleted", "Site deleted"
+    SITES_IMPORTED = "sites.imported", "Sites imported from CSV"
     DEVICE_CREATED = "device.created", "Device created"
     DEVICE_UPDATED = "device.updated", "Device updated"
     DEVICE_DELETED = "device.deleted", "Device deleted"

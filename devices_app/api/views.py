@@ -1,21 +1,18 @@
-from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from devices_app import services
 from devices_app.api.serializers import DeviceCredentialSerializer, DeviceImportSerializer, DeviceSerializer
 from devices_app.filters import DeviceFilterSet
-from devices_app.imports import ImportRefused, devices_import
+from devices_app.imports import devices_import
 from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows, device_list
-from homepot.api.filters import StrictBooleanFormField
 from homepot.api.pagination import CursorPagination
-from homepot.api.parsers import CSVTextParser, PayloadTooLarge
-from homepot.api.views import ServiceModelViewSet
+from homepot.api.parsers import CSVTextParser
+from homepot.api.views import ServiceModelViewSet, csv_import_response, csv_import_schema
 from homepot.csv_export import csv_response
 from monitoring_app.services import audited_atomic
 
@@ -69,29 +66,12 @@ class DeviceViewSet(ServiceModelViewSet):
         queryset = self.filter_queryset(self.get_queryset())
         return csv_response(list(DEVICE_EXPORT_COLUMNS), device_export_rows(queryset), "homepot-devices.csv")
 
-    @extend_schema(
-        summary="Import devices from CSV (preview, then apply)",
-        description="The CSV the export produces (columns device_id, name, site_id; optional "
-        "device_type, ip_address, mac_address, firmware_version, push_channel; read-only columns are "
-        "ignored), as a multipart field `file` or a `text/csv` body. `dry_run=true` (the default) "
-        "answers what would be created, updated and skipped, and every row's errors, writing nothing; "
-        "`dry_run=false` applies the file, all rows or none, audited as one `devices.imported` event. "
-        "Any row error answers 400 with the preview (`preview.errors`) and writes nothing. A site "
-        "manager may name only their own sites. Imported devices get no credential: issue one each.",
-        parameters=[OpenApiParameter("dry_run", bool, default=True, description="Preview only (default).")],
-        request={
-            "multipart/form-data": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
-                "required": ["file"],
-            },
-            "text/csv": {"type": "string"},
-        },
-        responses={
-            200: DeviceImportSerializer,
-            400: OpenApiResponse(description="Row errors; nothing written."),
-        },
-        filters=False,
+    @csv_import_schema(
+        "devices",
+        "columns device_id, name, site_id; optional device_type, ip_address, mac_address, "
+        "firmware_version, push_channel",
+        DeviceImportSerializer,
+        "A site manager may name only their own sites. Imported devices get no credential: issue one each.",
     )
     @action(
         detail=False,
@@ -103,36 +83,7 @@ class DeviceViewSet(ServiceModelViewSet):
         pagination_class=None,
     )
     def import_csv(self, request):
-        try:
-            dry_run = StrictBooleanFormField(required=False).clean(request.query_params.get("dry_run"))
-        except Exception as exc:  # django ValidationError: named after the parameter
-            raise ValidationError({"dry_run": ["Use true or false."]}) from exc
-        data = request.data
-        if not isinstance(data, bytes):
-            upload = request.FILES.get("file")
-            if upload is None:
-                raise ValidationError(
-                    {"file": ["Send the CSV as a multipart field `file` or a text/csv body."]}
-                )
-            if upload.size > settings.HOMEPOT_IMPORT_MAX_BYTES:
-                raise PayloadTooLarge(
-                    f"The CSV file exceeds the limit of {settings.HOMEPOT_IMPORT_MAX_BYTES} bytes."
-                )
-            data = upload.read()
-        try:
-            preview = devices_import(actor=request.user, data=data, dry_run=dry_run is not False)
-        except ImportRefused as exc:
-            message = str(exc)
-            error = {
-                "status": 400,
-                "code": "import_rejected",
-                "message": message,
-                "fields": {"file": [message]},
-            }
-            return Response(
-                {"error": error, "preview": exc.preview.as_dict()}, status=status.HTTP_400_BAD_REQUEST
-            )
-        return Response(DeviceImportSerializer(preview.as_dict()).data)
+        return csv_import_response(request, devices_import, DeviceImportSerializer)
 
     def create_object(self, data):
         return services.device_create(actor=self.request.user, **data)

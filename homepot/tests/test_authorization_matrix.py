@@ -195,6 +195,14 @@ def device_import_body(w, method, target, actor):
     return {"file": SimpleUploadedFile("devices.csv", text.encode(), content_type="text/csv")}
 
 
+def site_import_body(w, method, target, actor):
+    """A one-row CSV upload of a new site (a dry run: nothing written)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    text = "site_id,name\nsite-imported,Imported Store\n"
+    return {"file": SimpleUploadedFile("sites.csv", text.encode(), content_type="text/csv")}
+
+
 def job_body(w, method, target, actor):
     if method == "POST":
         return {"site_id": site_of(w, target, actor), "action": "update_config", "payload": {"volume": 3}}
@@ -400,6 +408,14 @@ API = [
         {"GET": members(200, 200, 200)},
         rows=site_csv_rows,
         aliases=at_root_and_v1("sites/export"),
+    ),
+    # Importing sites is creating and changing them: admins only.
+    Api(
+        "sites/import",
+        {"POST": members(403, 403, 200)},
+        body=site_import_body,
+        format="multipart",
+        aliases=at_root_and_v1("sites/import"),
     ),
     Api(
         "sites/<site_id>",

@@ -1,14 +1,17 @@
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from homepot.api.pagination import PageNumberPagination
-from homepot.api.views import ServiceModelViewSet
+from homepot.api.parsers import CSVTextParser
+from homepot.api.views import ServiceModelViewSet, csv_import_response, csv_import_schema
 from homepot.csv_export import csv_response
 from sites_app import services
-from sites_app.api.serializers import SiteHealthSerializer, SiteSerializer
+from sites_app.api.serializers import SiteHealthSerializer, SiteImportSerializer, SiteSerializer
 from sites_app.filters import SiteFilterSet
+from sites_app.imports import sites_import
 from sites_app.selectors import (
     SITE_EXPORT_COLUMNS,
     attach_health,
@@ -86,6 +89,24 @@ class SiteViewSet(ServiceModelViewSet):
     def export(self, request):
         queryset = self.filter_queryset(self.get_queryset())
         return csv_response(SITE_EXPORT_COLUMNS, site_export_rows(queryset), "homepot-sites.csv")
+
+    @csv_import_schema(
+        "sites",
+        "columns site_id, name; optional description, location, region, timezone, is_active",
+        SiteImportSerializer,
+        "Administrators only.",
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="import",
+        url_name="import",
+        parser_classes=[MultiPartParser, CSVTextParser],
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def import_csv(self, request):
+        return csv_import_response(request, sites_import, SiteImportSerializer)
 
     def create_object(self, data):
         return services.site_create(actor=self.request.user, **data)
