@@ -7,8 +7,10 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
+from devices_app.admin_import import DeviceImportAdminMixin
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
+from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows
 from devices_app.services import (
     device_create,
     device_credential_issue,
@@ -17,6 +19,7 @@ from devices_app.services import (
     device_update,
 )
 from homepot.admin import (
+    CsvExportAdminMixin,
     EstimatedCountPaginator,
     ScopedAdminMixin,
     ServiceRefused,
@@ -261,7 +264,9 @@ DEVICE_ACTIONS = (
 
 
 @admin.register(Device)
-class DeviceAdmin(ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
+class DeviceAdmin(
+    DeviceImportAdminMixin, CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin
+):
     actions = ("push_configuration", "rotate_credentials", "revoke_credentials")
     object_actions = DEVICE_ACTIONS
     # Readable at 1,400 px with both sidebars open: the type is a filter (and usually in the
@@ -313,6 +318,15 @@ class DeviceAdmin(ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
         ("Health", {"fields": ("health_history_link",)}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
+
+    csv_filename = "homepot-devices.csv"
+
+    def csv_export(self, queryset):
+        return list(DEVICE_EXPORT_COLUMNS), device_export_rows(queryset)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "may_import": self.has_import_permission(request)}
+        return super().changelist_view(request, extra_context)
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:

@@ -524,3 +524,40 @@ class SuperuserOnlyAdminMixin:
 def verbose_link(obj: Model):
     """`Device: <link>`, the way Django's delete confirmation lists objects."""
     return format_html("{}: {}", capfirst(obj._meta.verbose_name), object_link(obj))
+
+
+class CsvExportAdminMixin:
+    """An "Export CSV" page beside the changelist (`<changelist>/export/`) that streams the
+    rows the changelist shows, with its filters, search and scope (the same ChangeList
+    builds the queryset), and every page of them. The changelist template links to it with
+    its current query string.
+
+    Subclasses set `csv_filename` and implement `csv_export(queryset) -> (header, rows)`.
+    """
+
+    csv_filename = "export.csv"
+
+    def csv_export(self, queryset):
+        raise NotImplementedError
+
+    def get_urls(self):
+        opts = self.model._meta
+        export = self.admin_site.admin_view(self.export_csv_view)
+        return [
+            path("export/", export, name=f"{opts.app_label}_{opts.model_name}_export"),
+            *super().get_urls(),
+        ]
+
+    def export_csv_view(self, request):
+        from django.http import HttpResponseBadRequest
+
+        from homepot.csv_export import csv_response
+
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("The list's filters are not valid; export from the list again.")
+        header, rows = self.csv_export(changelist.queryset)
+        return csv_response(header, rows, self.csv_filename)

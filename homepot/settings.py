@@ -184,6 +184,8 @@ with contextlib.suppress(OSError):  # read-only deployments have theirs already
 # The API refuses bodies above this with 413 (see homepot.api.parsers); Django's own form
 # parsing uses the same bound.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("HOMEPOT_API_MAX_BODY_BYTES", default=1024 * 1024)
+# A CSV import (API body or upload, admin upload): 100,000 devices are about 10 MB.
+HOMEPOT_IMPORT_MAX_BYTES = env.int("HOMEPOT_IMPORT_MAX_BYTES", default=32 * 1024 * 1024)
 
 # --- API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {

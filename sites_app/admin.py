@@ -6,6 +6,7 @@ from django.utils.timesince import timesince
 
 from devices_app.models import Device
 from homepot.admin import (
+    CsvExportAdminMixin,
     ScopedAdminMixin,
     admin_change_url,
     admin_changelist_url,
@@ -23,7 +24,13 @@ from monitoring_app.admin_timeline import site_timeline_html
 from monitoring_app.choices import AlertSeverity, SiteHealthStatus
 from monitoring_app.models import Alert
 from sites_app.models import Site
-from sites_app.selectors import attach_health, site_health, site_health_devices
+from sites_app.selectors import (
+    SITE_EXPORT_COLUMNS,
+    attach_health,
+    site_export_rows,
+    site_health,
+    site_health_devices,
+)
 from sites_app.services import site_create, site_delete, site_update
 
 # The site page's lists are bounded (one indexed query each); each links to its full list.
@@ -99,7 +106,7 @@ SITE_ACTIONS = (
 
 
 @admin.register(Site)
-class SiteAdmin(ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
+class SiteAdmin(CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
     actions = ("create_job",)
     object_actions = SITE_ACTIONS
     # Fits 1,400 px with both sidebars: the address and time zone are on the site page (and
@@ -139,6 +146,11 @@ class SiteAdmin(ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
         ("Notes", {"fields": ("description",)}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
+
+    csv_filename = "homepot-sites.csv"
+
+    def csv_export(self, queryset):
+        return SITE_EXPORT_COLUMNS, site_export_rows(queryset)
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:

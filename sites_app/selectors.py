@@ -174,3 +174,32 @@ def site_health_devices(site: Site, limit: int = SITE_HEALTH_DEVICES_LIMIT) -> t
         )[: limit + 1]
     )
     return rows[:limit], len(rows) > limit
+
+
+# The columns of a site export, in order; the import reads the same file back.
+SITE_EXPORT_COLUMNS = [
+    "site_id",
+    "name",
+    "description",
+    "location",
+    "region",
+    "timezone",
+    "is_active",
+    "created_at",
+]
+
+
+def site_export_rows(queryset: QuerySet[Site]):
+    """The rows of `queryset` (already scoped and filtered) for a CSV export, read lazily in
+    keyset batches by site_id (unique); nothing runs until iterated."""
+    from homepot.csv_export import keyset_rows
+
+    for row in keyset_rows(queryset, key="site_id", fields=SITE_EXPORT_COLUMNS):
+        yield [
+            value.isoformat()
+            if hasattr(value, "isoformat")
+            else str(value).lower()
+            if isinstance(value, bool)
+            else value
+            for value in row
+        ]

@@ -113,3 +113,33 @@ class DeviceSerializer(StrictModelSerializer):
             raise serializers.ValidationError('Must be a JSON object, e.g. {"gateway_url": "..."}.')
         _check_json_value(value)
         return value
+
+
+class ImportRowErrorSerializer(serializers.Serializer):
+    row = serializers.IntegerField(help_text="The line of the file (the header is line 1).")
+    device_id = serializers.CharField()
+    field = serializers.CharField(help_text="The column at fault (`file` for the row as a whole).")
+    message = serializers.CharField()
+
+
+class ImportOutcomeSerializer(serializers.Serializer):
+    row = serializers.IntegerField()
+    device_id = serializers.CharField()
+    # Not a ChoiceField: the schema has other `action` enums (jobs), and these three words
+    # need no enum component of their own.
+    action = serializers.CharField(help_text="create, update or skip.")
+    fields = serializers.ListField(child=serializers.CharField(), help_text="The fields that change.")
+
+
+class DeviceImportSerializer(serializers.Serializer):
+    """What an import does (dry run) or did (applied)."""
+
+    rows = serializers.IntegerField()
+    create = serializers.IntegerField()
+    update = serializers.IntegerField()
+    skip = serializers.IntegerField()
+    error_count = serializers.IntegerField()
+    errors = ImportRowErrorSerializer(many=True)
+    errors_truncated = serializers.BooleanField()
+    outcomes = ImportOutcomeSerializer(many=True, help_text="The first 200 rows' outcomes.")
+    applied = serializers.BooleanField()

@@ -1,14 +1,19 @@
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from devices_app import services
-from devices_app.api.serializers import DeviceCredentialSerializer, DeviceSerializer
+from devices_app.api.serializers import DeviceCredentialSerializer, DeviceImportSerializer, DeviceSerializer
 from devices_app.filters import DeviceFilterSet
-from devices_app.selectors import device_list
+from devices_app.imports import devices_import
+from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows, device_list
 from homepot.api.pagination import CursorPagination
-from homepot.api.views import ServiceModelViewSet
+from homepot.api.parsers import CSVTextParser
+from homepot.api.views import ServiceModelViewSet, csv_import_response, csv_import_schema
+from homepot.csv_export import csv_response
 from monitoring_app.services import audited_atomic
 
 
@@ -47,6 +52,38 @@ class DeviceViewSet(ServiceModelViewSet):
 
     def site_of(self, instance):
         return instance.site
+
+    @extend_schema(
+        summary="Export devices as CSV",
+        description="The devices the list would answer (same filters, search and scope), every one "
+        "of them, as a streamed CSV file. A bad filter answers 400 before anything is sent.",
+        responses={(200, "text/csv"): OpenApiTypes.STR},
+        filters=True,
+    )
+    @action(detail=False, methods=["get"], url_path="export", pagination_class=None)
+    def export(self, request):
+        # filter_queryset validates every parameter now: a bad one is a 400, not a cut file.
+        queryset = self.filter_queryset(self.get_queryset())
+        return csv_response(list(DEVICE_EXPORT_COLUMNS), device_export_rows(queryset), "homepot-devices.csv")
+
+    @csv_import_schema(
+        "devices",
+        "columns device_id, name, site_id; optional device_type, ip_address, mac_address, "
+        "firmware_version, push_channel",
+        DeviceImportSerializer,
+        "A site manager may name only their own sites. Imported devices get no credential: issue one each.",
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="import",
+        url_name="import",
+        parser_classes=[MultiPartParser, CSVTextParser],
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def import_csv(self, request):
+        return csv_import_response(request, devices_import, DeviceImportSerializer)
 
     def create_object(self, data):
         return services.device_create(actor=self.request.user, **data)

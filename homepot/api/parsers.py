@@ -87,3 +87,22 @@ def _refuse(path: str) -> NoReturn:
     field = path.split(".", 1)[0] or "non_field_errors"
     where = f" (at {path})" if "." in path else ""
     raise exceptions.ValidationError({field: [UNSTORABLE_TEXT + where]})
+
+
+class CSVTextParser(parsers.BaseParser):
+    """A `text/csv` body, handed to the view as bytes (an import decodes and checks it).
+
+    Bounded by HOMEPOT_IMPORT_MAX_BYTES, not the JSON limit: a fleet's CSV is megabytes. It
+    never reads more than the limit plus one byte.
+    """
+
+    media_type = "text/csv"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.HOMEPOT_IMPORT_MAX_BYTES
+        if stream is None:
+            return b""
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The CSV file exceeds the limit of {limit} bytes.")
+        return body

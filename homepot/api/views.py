@@ -76,3 +76,69 @@ class ServiceModelViewSet(viewsets.ModelViewSet):
     @audited_atomic()
     def destroy(self, request, *args, **kwargs):
         return super().destroy(request, *args, **kwargs)
+
+
+def csv_import_response(request, importer, serializer_class):
+    """Run a CSV import for an API request: the file from a multipart `file` or a `text/csv`
+    body, `?dry_run=` (default true: preview only). Answers the preview (or the applied
+    summary) through `serializer_class`; any row error answers 400 with the preview in
+    `preview`, nothing written. `importer(actor=, data=, dry_run=)` is the service."""
+    from django.conf import settings
+    from django.core.exceptions import ValidationError as DjangoValidationError
+    from rest_framework import status
+    from rest_framework.exceptions import ValidationError
+    from rest_framework.response import Response
+
+    from homepot.api.filters import StrictBooleanFormField
+    from homepot.api.parsers import PayloadTooLarge
+    from homepot.csv_import import ImportRefused
+
+    try:
+        dry_run = StrictBooleanFormField(required=False).clean(request.query_params.get("dry_run"))
+    except DjangoValidationError as exc:
+        raise ValidationError({"dry_run": ["Use true or false."]}) from exc
+    data = request.data
+    if not isinstance(data, bytes):
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise ValidationError({"file": ["Send the CSV as a multipart field `file` or a text/csv body."]})
+        limit = settings.HOMEPOT_IMPORT_MAX_BYTES
+        if upload.size > limit:
+            raise PayloadTooLarge(f"The CSV file exceeds the limit of {limit} bytes.")
+        data = upload.read()
+    try:
+        preview = importer(actor=request.user, data=data, dry_run=dry_run is not False)
+    except ImportRefused as exc:
+        message = str(exc)
+        error = {"status": 400, "code": "import_rejected", "message": message, "fields": {"file": [message]}}
+        body = {"error": error, "preview": exc.preview.as_dict()}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    return Response(serializer_class(preview.as_dict()).data)
+
+
+def csv_import_schema(what: str, columns: str, serializer_class, extra: str = ""):
+    """The OpenAPI description of an import action (see csv_import_response)."""
+    from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+
+    return extend_schema(
+        summary=f"Import {what} from CSV (preview, then apply)",
+        description=f"The CSV the export produces ({columns}; read-only columns are ignored), as a "
+        "multipart field `file` or a `text/csv` body. `dry_run=true` (the default) answers what would "
+        "be created, updated and skipped, and every row's errors, writing nothing; `dry_run=false` "
+        f"applies the file, all rows or none, audited as one `{what}.imported` event. Any row error "
+        f"answers 400 with the preview (`preview.errors`) and writes nothing. {extra}",
+        parameters=[OpenApiParameter("dry_run", bool, default=True, description="Preview only (default).")],
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            },
+            "text/csv": {"type": "string"},
+        },
+        responses={
+            200: serializer_class,
+            400: OpenApiResponse(description="Row errors (`preview.errors`); nothing written."),
+        },
+        filters=False,
+    )

@@ -95,6 +95,7 @@ class Api:
     device_targets: bool = False  # an agent endpoint: A is the calling device's, B another's
     rows: Callable[[World, str, str], list[str]] | None = None  # (world, caller, body) -> problems
     aliases: tuple[str, ...] = ()  # other routes serving the same view
+    format: str = "json"  # how `body` is sent (an upload is "multipart")
 
 
 def at_root_and_v1(route: str) -> tuple[str, ...]:
@@ -184,6 +185,22 @@ def device_body(w, method, target, actor):
             "site_id": site,
         }
     return {"status": "maintenance"}
+
+
+def device_import_body(w, method, target, actor):
+    """A one-row CSV upload naming site A, B or a missing site (a dry run: nothing written)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    text = f"device_id,name,site_id\ntill-imported,Imported Till,{site_of(w, target, actor)}\n"
+    return {"file": SimpleUploadedFile("devices.csv", text.encode(), content_type="text/csv")}
+
+
+def site_import_body(w, method, target, actor):
+    """A one-row CSV upload of a new site (a dry run: nothing written)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    text = "site_id,name\nsite-imported,Imported Store\n"
+    return {"file": SimpleUploadedFile("sites.csv", text.encode(), content_type="text/csv")}
 
 
 def job_body(w, method, target, actor):
@@ -292,6 +309,17 @@ def audit_csv_rows(w, actor, text):
     return scoped_listing(actor, listed, w.audit_a.pk, w.audit_b.pk, sites, w.site_a.site_id)
 
 
+def site_csv_rows(w, actor, text):
+    listed = {row["site_id"] for row in csv.DictReader(io.StringIO(text))}
+    return scoped_listing(actor, listed, w.site_a.site_id, w.site_b.site_id, listed, w.site_a.site_id)
+
+
+def device_csv_rows(w, actor, text):
+    rows = list(csv.DictReader(io.StringIO(text)))
+    listed, sites = {row["device_id"] for row in rows}, {row["site_id"] for row in rows}
+    return scoped_listing(actor, listed, w.device_a.device_id, w.device_b.device_id, sites, w.site_a.site_id)
+
+
 def job_rows(w, actor, text):
     rows = json.loads(text)["results"]
     listed, sites = {row["id"] for row in rows}, {row["site"] for row in rows}
@@ -376,6 +404,20 @@ API = [
         aliases=at_root_and_v1("sites"),
     ),
     Api(
+        "sites/export",
+        {"GET": members(200, 200, 200)},
+        rows=site_csv_rows,
+        aliases=at_root_and_v1("sites/export"),
+    ),
+    # Importing sites is creating and changing them: admins only.
+    Api(
+        "sites/import",
+        {"POST": members(403, 403, 200)},
+        body=site_import_body,
+        format="multipart",
+        aliases=at_root_and_v1("sites/import"),
+    ),
+    Api(
         "sites/<site_id>",
         {
             "GET": members("200/404", "200/404", "200/200"),
@@ -395,6 +437,21 @@ API = [
         body_targets=True,
         rows=device_rows,
         aliases=at_root_and_v1("devices"),
+    ),
+    Api(
+        "devices/export",
+        {"GET": members(200, 200, 200)},
+        rows=device_csv_rows,
+        aliases=at_root_and_v1("devices/export"),
+    ),
+    # Import: a manager names only their own site (B's or a missing one: the same row error).
+    Api(
+        "devices/import",
+        {"POST": members("403/403", "200/400", "200/200")},
+        body=device_import_body,
+        body_targets=True,
+        format="multipart",
+        aliases=at_root_and_v1("devices/import"),
     ),
     Api(
         "devices/<device_id>",
@@ -745,7 +802,7 @@ def api_call(world, endpoint: Api, route: str, method: str, actor: str, target) 
             response = getattr(client, method.lower())(url)
         else:
             body = endpoint.body(world, method, target, actor) if endpoint.body else None
-            response = getattr(client, method.lower())(url, body, format="json")
+            response = getattr(client, method.lower())(url, body, format=endpoint.format)
         answer = Answer.of(response)
     return f"{method} {url} as {actor}", answer
 
@@ -847,6 +904,8 @@ class AdminModel:
     own_rows: bool = False  # members see their own rows (API tokens) but no one else's
     deleted_answer: int = 302  # a permitted delete: to the changelist (200: protected, page says why)
     pages: tuple[tuple[str, str], ...] = ()  # the admin's own views: (path under the model, letter needed)
+    # The admin's own form pages (no rows of anyone's shown on a GET): (path, letter needed).
+    form_pages: tuple[tuple[str, str], ...] = ()
     # The admin's own POST views of one row (paths under `<object_id>/`), each with its own test.
     object_pages: tuple[str, ...] = ()
 
@@ -870,6 +929,7 @@ ADMIN = [
         lambda w, a: (w.site_a, w.site_b),
         site_path="pk",
         deleted_answer=200,
+        pages=(("export/", "v"),),  # the changelist as CSV, with its filters (scoped)
         # The site page's confirmed buttons (sites_app/tests/test_admin.py: viewer 403,
         # another site's 404, a manager's job created and audited).
         object_pages=("actions/<action>/",),
@@ -879,6 +939,9 @@ ADMIN = [
         perms("v", "vacd", "vacd"),
         lambda w, a: (w.device_a, w.device_b),
         site_path="site",
+        pages=(("export/", "v"),),  # the changelist as CSV, with its filters (scoped)
+        # The CSV import (upload, preview, confirm): devices_app/tests/test_csv_import_admin.py.
+        form_pages=(("import/", "a"),),
         # The device page's confirmed buttons (devices_app/tests/test_admin.py, same checks).
         object_pages=("actions/<action>/",),
     ),
@@ -946,7 +1009,7 @@ def admin_routes_of(entry: AdminModel) -> set[str]:
     base = f"admin/{opts.app_label}/{opts.model_name}/"
     found = {base, f"{base}add/", *(f"{base}<object_id>/{view}/" for view in ("history", "delete", "change"))}
     found.add(f"{base}<object_id>/")  # Django's redirect from the old change URL
-    found.update(f"{base}{page}" for page, _ in entry.pages)
+    found.update(f"{base}{page}" for page, _ in (*entry.pages, *entry.form_pages))
     found.update(f"{base}<object_id>/{page}" for page in entry.object_pages)
     if entry.model is User:
         found.add(f"{base}<id>/password/")
@@ -1004,7 +1067,9 @@ class AdminCheck:
         with rolled_back():
             response = client.post(url, data or {}) if method == "POST" else client.get(url)
             got = outcome(response)
-            text = response.content.decode(errors="replace")
+            # A CSV export streams; its rows are checked like a page's.
+            body = b"".join(response.streaming_content) if response.streaming else response.content
+            text = body.decode(errors="replace")
             context = response.context
         if got != want:
             self.problems.append(f"{method} {url} as {actor}: {got}, expected {want}")
@@ -1065,6 +1130,11 @@ def test_admin_pages_answer_every_caller_as_the_policy_says(world, browsers, ent
     own_pages = [(entry.url("changelist") + page, letter) for page, letter in entry.pages]
     for url in (entry.url("changelist"), entry.url("add"), *_object_urls(entry, a_of_admin.pk)):
         check.ask("anon", "GET", url, want="login")
+    for page, letter in entry.form_pages:
+        url = entry.url("changelist") + page
+        check.ask("anon", "GET", url, want="login")
+        for actor in ("viewer", "manager", "admin"):
+            check.ask(actor, "GET", url, want="200" if _letter(entry, actor, letter) else "403")
     for url, letter in own_pages:
         check.ask("anon", "GET", url, want="login")
         for actor in ("viewer", "manager", "admin"):

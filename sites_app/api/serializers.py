@@ -75,3 +75,33 @@ class SiteHealthSerializer(HealthSummarySerializer):
     name = serializers.CharField()
     devices = SiteHealthDeviceSerializer(many=True, help_text="The devices behind the numbers, worst first.")
     devices_truncated = serializers.BooleanField(help_text="More devices than listed.")
+
+
+class SiteImportRowErrorSerializer(serializers.Serializer):
+    row = serializers.IntegerField(help_text="The line of the file (the header is line 1).")
+    site_id = serializers.CharField()
+    field = serializers.CharField(help_text="The column at fault (`file` for the row as a whole).")
+    message = serializers.CharField()
+
+
+class SiteImportOutcomeSerializer(serializers.Serializer):
+    row = serializers.IntegerField()
+    site_id = serializers.CharField()
+    # Not a ChoiceField: the schema has other `action` enums (jobs), and these three words
+    # need no enum component of their own.
+    action = serializers.CharField(help_text="create, update or skip.")
+    fields = serializers.ListField(child=serializers.CharField(), help_text="The fields that change.")
+
+
+class SiteImportSerializer(serializers.Serializer):
+    """What a site import does (dry run) or did (applied)."""
+
+    rows = serializers.IntegerField()
+    create = serializers.IntegerField()
+    update = serializers.IntegerField()
+    skip = serializers.IntegerField()
+    error_count = serializers.IntegerField()
+    errors = SiteImportRowErrorSerializer(many=True)
+    errors_truncated = serializers.BooleanField()
+    outcomes = SiteImportOutcomeSerializer(many=True, help_text="The first 200 rows' outcomes.")
+    applied = serializers.BooleanField()
