@@ -415,20 +415,12 @@ def test_revocation_does_not_wait_for_an_unreachable_broker_a_task_retries(
 def test_revocation_with_the_broker_and_the_task_queue_away_still_stands_and_sync_cleans_up(
     broker, sessions, settings, admin_user, django_capture_on_commit_callbacks, caplog
 ):
-    from homepot.celery import app
+    from homepot.tests.celery_worker import celery_broker_away
 
     device, secret = device_with_login(admin_user)
     settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()
-    saved = app.conf.broker_url
-    app.conf.broker_url = f"redis://127.0.0.1:{_free_port()}/0"  # Redis away too
-    app._pool = None
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert device_credential_revoke(actor=admin_user, device=device) == 1
-    finally:
-        app.conf.broker_url = saved
-        app._pool = None
-        app.amqp._producer_pool = None
+    with celery_broker_away(), django_capture_on_commit_callbacks(execute=True):  # Redis away too
+        assert device_credential_revoke(actor=admin_user, device=device) == 1
 
     assert not DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).exists()
     assert "run manage.py mqtt_sync_auth" in caplog.text

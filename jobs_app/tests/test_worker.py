@@ -7,15 +7,12 @@ Data must be committed for the worker's connection to see it: transaction=True.
 
 import threading
 import time
-import uuid
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from celery.signals import after_task_publish, task_postrun
-from django.db import close_old_connections, connection
 
 from devices_app.tests.factories import DeviceFactory
-from homepot.celery import app
+from homepot.tests.celery_worker import running_worker
 from jobs_app import services, tasks
 from jobs_app.channels import PushError
 from jobs_app.choices import DeliveryStatus, JobStatus
@@ -26,36 +23,12 @@ TEST_BROKER = "redis://127.0.0.1:6379/14"
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _close_connection(**kwargs):
-    # The worker thread's own database connection must not outlive the test (the test
-    # database is flushed and, at the end, dropped).
-    connection.close()
-
-
-def _reset_broker_connections():
-    # Connections to the previous broker URL must not be reused for the new one. (Not
-    # force-closed: kombu's shared producer pools may still hold them.)
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
 @pytest.fixture
 def worker(settings):
     settings.HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 0.05
     settings.HOMEPOT_JOBS_REDISPATCH_SECONDS = 0.05
-    queue = f"homepot-test-{uuid.uuid4().hex}"
-    saved = {key: app.conf[key] for key in ("broker_url", "task_default_queue", "task_always_eager")}
-    app.conf.update(broker_url=TEST_BROKER, task_default_queue=queue, task_always_eager=False)
-    _reset_broker_connections()
-    task_postrun.connect(_close_connection, weak=False)
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue]):
-            yield
-    finally:
-        task_postrun.disconnect(_close_connection)
-        app.conf.update(saved)
-        _reset_broker_connections()
-        close_old_connections()
+    with running_worker(broker=TEST_BROKER, queue_prefix="homepot-test"):
+        yield
 
 
 def wait_for(predicate, timeout=20.0):

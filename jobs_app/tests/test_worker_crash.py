@@ -18,9 +18,10 @@ from django.db import connection
 
 from devices_app.tests.factories import DeviceFactory
 from homepot.celery import app
+from homepot.tests.celery_worker import reset_broker_connections
 from jobs_app import services, tasks
 from jobs_app.models import Delivery
-from jobs_app.tests.test_worker import TEST_BROKER, _reset_broker_connections, wait_for
+from jobs_app.tests.test_worker import TEST_BROKER, wait_for
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,10 +62,10 @@ def queue():
     name = f"homepot-test-{uuid.uuid4().hex}"
     saved = {key: app.conf[key] for key in ("broker_url", "task_default_queue", "task_always_eager")}
     app.conf.update(broker_url=TEST_BROKER, task_default_queue=name, task_always_eager=False)
-    _reset_broker_connections()
+    reset_broker_connections()
     yield name
     app.conf.update(saved)
-    _reset_broker_connections()
+    reset_broker_connections()
 
 
 def sent(job):

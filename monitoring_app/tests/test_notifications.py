@@ -310,21 +310,13 @@ def open_device_alert_elsewhere() -> Alert:
 def test_retry_now_with_the_broker_away_still_answers_and_the_beat_sends_it(
     admin_browser, site, settings, django_capture_on_commit_callbacks
 ):
-    from homepot.celery import app
+    from homepot.tests.celery_worker import celery_broker_away
 
     failed = failed_webhook(site, settings)
-    saved = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:9/0"  # nothing listens there: Redis is away
-    app._pool = None
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            response = admin_browser.post(
-                NOTIFICATIONS, {"action": "retry_now", "_selected_action": [failed.pk]}, follow=True
-            )
-    finally:
-        app.conf.broker_url = saved
-        app._pool = None
-        app.amqp._producer_pool = None
+    with celery_broker_away(), django_capture_on_commit_callbacks(execute=True):
+        response = admin_browser.post(
+            NOTIFICATIONS, {"action": "retry_now", "_selected_action": [failed.pk]}, follow=True
+        )
 
     assert response.status_code == 200
     assert "1 notification will be sent again now." in response.text

@@ -6,18 +6,14 @@ messages. Data must be committed for the worker's connection to see it: transact
 
 import datetime
 import time
-import uuid
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
-from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
-from homepot.celery import app
+from homepot.tests.celery_worker import running_worker
 from monitoring_app import tasks
 from monitoring_app.choices import NotificationStatus
 from monitoring_app.models import DeviceStatusChange, MonitoringState, Notification
@@ -28,30 +24,10 @@ TEST_BROKER = "redis://127.0.0.1:6379/13"
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _close_connection(**kwargs):
-    connection.close()
-
-
-def _reset_broker_connections():
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
 @pytest.fixture
 def worker():
-    queue = f"homepot-monitoring-test-{uuid.uuid4().hex}"
-    saved = {key: app.conf[key] for key in ("broker_url", "task_default_queue", "task_always_eager")}
-    app.conf.update(broker_url=TEST_BROKER, task_default_queue=queue, task_always_eager=False)
-    _reset_broker_connections()
-    task_postrun.connect(_close_connection, weak=False)
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue]):
-            yield
-    finally:
-        task_postrun.disconnect(_close_connection)
-        app.conf.update(saved)
-        _reset_broker_connections()
-        close_old_connections()
+    with running_worker(broker=TEST_BROKER, queue_prefix="homepot-monitoring-test"):
+        yield
 
 
 def wait_for(predicate, timeout=20.0):

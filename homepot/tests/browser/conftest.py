@@ -13,17 +13,13 @@ import collections
 import os
 import shutil
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
-from django.db import close_old_connections
 
-from homepot.celery import app
 from homepot.tests.browser.console import SCREENSHOTS, Console
-from jobs_app.tests.test_worker import TEST_BROKER, _close_connection, _reset_broker_connections
+from homepot.tests.celery_worker import running_worker
+from jobs_app.tests.test_worker import TEST_BROKER
 
 CHROMIUM = os.environ.get("HOMEPOT_CHROMIUM", "/usr/bin/chromium")
 # --disable-background-networking and friends: without them Chromium's own connections
@@ -104,19 +100,8 @@ def console(chromium, live_server, transactional_db, request):
 def job_worker():
     """A real Celery worker (a thread of this process, as in jobs_app/tests/test_worker.py)
     on a queue of its own: the live server's job_create publishes there on commit."""
-    queue = f"homepot-browser-{uuid.uuid4().hex}"
-    saved = {key: app.conf[key] for key in ("broker_url", "task_default_queue", "task_always_eager")}
-    app.conf.update(broker_url=TEST_BROKER, task_default_queue=queue, task_always_eager=False)
-    _reset_broker_connections()
-    task_postrun.connect(_close_connection, weak=False)
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue]):
-            yield
-    finally:
-        task_postrun.disconnect(_close_connection)
-        app.conf.update(saved)
-        _reset_broker_connections()
-        close_old_connections()
+    with running_worker(broker=TEST_BROKER, queue_prefix="homepot-browser"):
+        yield
 
 
 @pytest.fixture
