@@ -12,6 +12,8 @@ from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 
 EXPORT_BATCH = 2000
+# A cell starting with one of these runs as a formula in a spreadsheet (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class _Echo:
@@ -25,7 +27,7 @@ def csv_safe(value) -> str:
     """The cell as text, with a quote before a leading = + - @ (or tab, CR): a spreadsheet
     would otherwise run the cell as a formula (CSV injection)."""
     text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return "'" + text if text[:1] in FORMULA_PREFIXES else text
 
 
 def keyset_rows(

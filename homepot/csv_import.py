@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 
+from homepot.csv_export import FORMULA_PREFIXES
+
 PREVIEW_ROWS = 200  # row-by-row outcomes shown in a preview; the counts cover every row
 MAX_ERRORS = 1000  # after this many, the preview stops listing them (the count goes on)
-_GUARDED = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ImportRefused(Exception):
@@ -70,7 +71,7 @@ class ImportPreview:
 def unguard(text: str) -> str:
     # The export quotes cells that a spreadsheet would run ('=...); read them back as written.
     text = text.strip()
-    return text[1:] if text[:1] == "'" and text[1:2] in _GUARDED else text
+    return text[1:] if text[:1] == "'" and text[1:2] in FORMULA_PREFIXES else text
 
 
 def read_csv(

@@ -1,8 +1,6 @@
-import csv
 import json
 
 from django.db.models import Prefetch
-from django.http import StreamingHttpResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -11,6 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from homepot.api.pagination import CursorPagination
+from homepot.csv_export import csv_response
 from monitoring_app import alerts
 from monitoring_app.api.serializers import (
     AlertNoteInputSerializer,
@@ -43,18 +42,7 @@ class AuditCursorPagination(CursorPagination):
     ordering = "-id"  # ids follow the hash chain: newest first
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
-def _csv_safe(value) -> str:
-    # A cell starting with = + - @ would run as a formula in a spreadsheet (CSV injection).
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def _csv_row(log: AuditLog) -> list[str]:
+def _csv_row(log: AuditLog) -> list:
     values = {
         "id": log.pk,
         "created_at": log.created_at.isoformat(),
@@ -71,7 +59,7 @@ def _csv_row(log: AuditLog) -> list[str]:
         "request_id": log.request_id,
         "row_hash": log.row_hash,
     }
-    return [_csv_safe(values[column]) for column in CSV_COLUMNS]
+    return [values[column] for column in CSV_COLUMNS]
 
 
 class AuditLogViewSet(viewsets.ReadOnlyModelViewSet):
@@ -93,17 +81,9 @@ class AuditLogViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], url_path="export", pagination_class=None)
     def export(self, request):
         """The same filtered, scoped trail as CSV, streamed so any size fits in flat memory."""
-        rows = self.filter_queryset(self.get_queryset()).order_by("-id").iterator(chunk_size=2000)
-        writer = csv.writer(_Echo())
-
-        def stream():
-            yield writer.writerow(CSV_COLUMNS)
-            for log in rows:
-                yield writer.writerow(_csv_row(log))
-
-        response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="homepot-audit.csv"'
-        return response
+        logs = self.filter_queryset(self.get_queryset()).order_by("-id").iterator(chunk_size=2000)
+        # csv_response quotes cells a spreadsheet would run as formulas (CSV injection).
+        return csv_response(CSV_COLUMNS, (_csv_row(log) for log in logs), "homepot-audit.csv")
 
 
 class AlertPermissions(permissions.BasePermission):
