@@ -35,6 +35,7 @@ from devices_app.services import (
     device_delete,
 )
 from devices_app.tests.factories import DeviceFactory
+from homepot.tests.served import free_port
 from jobs_app import dispatch
 from jobs_app import services as job_services
 from jobs_app.channels import get_channel
@@ -52,12 +53,6 @@ NOT_AUTHORIZED = 135  # MQTT 5 reason code 0x87
 # PUBACK reason codes that mean the broker took the message: success, and "no matching
 # subscribers" (nobody had subscribed yet).
 ACCEPTED = (0, 16)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _auth_settings(port: int) -> dict:
@@ -117,7 +112,7 @@ def dynsec_broker(tmp_path_factory):
             pytest.fail(f"{path} is missing: install mosquitto (with its dynamic security plugin).")
     workdir: Path = tmp_path_factory.mktemp("mosquitto")
     (workdir / "dynsec.json").write_text(json.dumps(_dynsec_config()))
-    port = _free_port()
+    port = free_port()
     (workdir / "mosquitto.conf").write_text(
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous false\n"
@@ -383,7 +378,7 @@ def test_an_unreachable_broker_refuses_the_rotation_and_keeps_the_old_credential
 ):
     device, _ = device_with_login(admin_user)
     before = DeviceCredential.objects.get(device=device, revoked_at__isnull=True)
-    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()  # nothing listens there
+    settings.HOMEPOT_JOBS_MQTT_PORT = free_port()  # nothing listens there
 
     with pytest.raises(mqtt_auth.BrokerUnavailable):
         device_credential_issue(actor=admin_user, device=device)
@@ -398,7 +393,7 @@ def test_revocation_does_not_wait_for_an_unreachable_broker_a_task_retries(
     from devices_app import tasks
 
     device, _ = device_with_login(admin_user)
-    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()
+    settings.HOMEPOT_JOBS_MQTT_PORT = free_port()
     enqueued = []
     monkeypatch.setattr(tasks.device_mqtt_login_remove, "delay", enqueued.append)
 
@@ -418,7 +413,7 @@ def test_revocation_with_the_broker_and_the_task_queue_away_still_stands_and_syn
     from homepot.tests.celery_worker import celery_broker_away
 
     device, secret = device_with_login(admin_user)
-    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()
+    settings.HOMEPOT_JOBS_MQTT_PORT = free_port()
     with celery_broker_away(), django_capture_on_commit_callbacks(execute=True):  # Redis away too
         assert device_credential_revoke(actor=admin_user, device=device) == 1
 
@@ -458,7 +453,7 @@ def test_sync_removes_logins_without_a_usable_credential_and_names_devices_witho
 @pytest.mark.django_db
 def test_with_logins_off_credentials_never_contact_a_broker(settings, admin_user):
     settings.HOMEPOT_MQTT_AUTH = False
-    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()  # nothing there: a contact would fail
+    settings.HOMEPOT_JOBS_MQTT_PORT = free_port()  # nothing there: a contact would fail
     device = DeviceFactory()
     _, secret = device_credential_issue(actor=admin_user, device=device)
     assert device_credential_revoke(actor=admin_user, device=device) == 1
@@ -522,7 +517,7 @@ def test_simulated_terminals_log_in_with_their_own_credentials(broker, admin_use
 @pytest.mark.django_db
 def test_the_api_answers_503_when_a_rotation_cannot_reach_the_broker(broker, settings, admin_api, admin_user):
     device, _ = device_with_login(admin_user)
-    settings.HOMEPOT_JOBS_MQTT_PORT = _free_port()
+    settings.HOMEPOT_JOBS_MQTT_PORT = free_port()
 
     response = admin_api.post(f"/devices/{device.device_id}/credential")
 
