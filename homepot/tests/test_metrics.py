@@ -5,8 +5,10 @@ lives as long as the test process."""
 
 import datetime
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from django.test import Client
@@ -281,3 +283,18 @@ def test_readyz_names_what_is_down_and_answers_503(client, settings):
         "status": "unavailable",
         "checks": {"database": "ok", "redis": "unreachable", "mqtt": "unreachable"},
     }
+
+
+@pytest.mark.django_db
+def test_readyz_wants_an_mqtt_connack_not_just_a_tcp_connection(client, settings):
+    # Something that accepts TCP on the broker's port and never speaks MQTT (a wedged broker,
+    # a wrong service): not ready, and the probe gives up within its timeout.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        settings.HOMEPOT_JOBS_MQTT_PORT = silent.getsockname()[1]
+        settings.HOMEPOT_READYZ_TIMEOUT_SECONDS = 0.5
+        started = time.monotonic()
+        response = client.get("/readyz")
+        took = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "redis": "ok", "mqtt": "unreachable"}
+    assert took < 2
