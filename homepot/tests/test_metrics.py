@@ -298,3 +298,48 @@ def test_readyz_wants_an_mqtt_connack_not_just_a_tcp_connection(client, settings
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "ok", "redis": "ok", "mqtt": "unreachable"}
     assert took < 2
+
+
+# --- Counted after commit ----------------------------------------------------------------------
+
+
+class _RolledBack(Exception):
+    pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delivery_counts_made_in_a_transaction_that_rolls_back_are_not_counted(token):
+    # The dispatcher counts a batch's deferrals, push failures and sends inside the batch's
+    # transaction; a batch that rolls back is claimed again later and must count once.
+    from django.db import transaction
+
+    from homepot import metrics
+
+    labels = {"action": "health_check", "channel": "poll"}
+    before = scrape()
+    with pytest.raises(_RolledBack), transaction.atomic():
+        metrics.deliveries_deferred.labels(**labels).inc(3)
+        metrics.deliveries_failed.labels(reason="push", **labels).inc(2)
+        metrics.delivery_stage.labels(stage="pending_to_sent", **labels).observe(1.5)
+        raise _RolledBack
+    rolled_back = scrape()
+    with transaction.atomic():
+        metrics.deliveries_deferred.labels(**labels).inc(3)
+        metrics.delivery_stage.labels(stage="pending_to_sent", **labels).observe(1.5)
+        assert delta(before, scrape(), "homepot_deliveries_deferred_total", **labels) == 0  # not yet
+    committed = scrape()
+    metrics.deliveries_failed.labels(reason="push", **labels).inc(2)  # outside a transaction: at once
+    after = scrape()
+
+    assert delta(before, rolled_back, "homepot_deliveries_deferred_total", **labels) == 0
+    assert delta(before, rolled_back, "homepot_deliveries_failed_total", reason="push", **labels) == 0
+    assert (
+        delta(before, rolled_back, "homepot_delivery_stage_seconds_count", stage="pending_to_sent", **labels)
+        == 0
+    )
+    assert delta(before, committed, "homepot_deliveries_deferred_total", **labels) == 3
+    assert (
+        delta(before, committed, "homepot_delivery_stage_seconds_count", stage="pending_to_sent", **labels)
+        == 1
+    )
+    assert delta(committed, after, "homepot_deliveries_failed_total", reason="push", **labels) == 2
