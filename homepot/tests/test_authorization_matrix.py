@@ -930,6 +930,8 @@ ADMIN = [
         site_path="pk",
         deleted_answer=200,
         pages=(("export/", "v"),),  # the changelist as CSV, with its filters (scoped)
+        # The CSV import, administrators only: sites_app/tests/test_csv_import_admin.py.
+        form_pages=(("import/", "a"),),
         # The site page's confirmed buttons (sites_app/tests/test_admin.py: viewer 403,
         # another site's 404, a manager's job created and audited).
         object_pages=("actions/<action>/",),
