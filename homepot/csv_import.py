@@ -1,7 +1,11 @@
-"""What every CSV import shares: reading the file, the preview it answers, the refusal.
+"""What every CSV (or spreadsheet) import shares: reading the file, the preview it answers,
+the refusal.
 
 Imports (devices_app.imports, sites_app.imports) validate every row before anything is
 written, report each row's errors with the column and the reason, and apply all rows or none.
+The file is CSV (UTF-8) or an Excel workbook (.xlsx: its first sheet, read with openpyxl's
+read-only mode, row by row); `read_table` tells them apart by the zip signature that starts
+every .xlsx, and both come out as the same header and rows of text.
 """
 
 from __future__ import annotations
@@ -74,6 +78,82 @@ def unguard(text: str) -> str:
     return text[1:] if text[:1] == "'" and text[1:2] in FORMULA_PREFIXES else text
 
 
+XLSX_SIGNATURE = b"PK\x03\x04"  # an .xlsx is a zip archive
+
+
+def read_table(
+    data: str | bytes, *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str] = ()
+) -> tuple[list[str], list[dict]]:
+    """The header and rows of a CSV file or of an .xlsx workbook's first sheet (see read_csv)."""
+    if isinstance(data, bytes) and data.startswith(XLSX_SIGNATURE):
+        header, rows = _read_xlsx(data)
+        _check_header(header, required=required, writable=writable, read_only=read_only)
+        return header, rows
+    return read_csv(data, required=required, writable=writable, read_only=read_only)
+
+
+def _xlsx_text(value) -> str:
+    """A cell as the text a CSV would hold: whole numbers without ".0", true/false, ISO times."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _read_xlsx(data: bytes) -> tuple[list[str], list[dict]]:
+    """Rows of the first sheet as dicts keyed by the header row, like csv.DictReader: cells past
+    the header under None (an error for the importer), empty rows dropped (a sheet often ends
+    with some). Read-only mode: openpyxl reads the sheet's XML as it goes, not into a tree."""
+    import zipfile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError):
+        raise ValidationError({"file": "The file is not a readable .xlsx workbook."}) from None
+    try:
+        cells = workbook.worksheets[0].iter_rows(values_only=True) if workbook.worksheets else iter(())
+        first = next(cells, ())
+        header = [_xlsx_text(value).strip() for value in first]
+        while header and not header[-1]:
+            header.pop()
+        rows = []
+        for values in cells:
+            texts = [_xlsx_text(value) for value in values]
+            if not any(text.strip() for text in texts):
+                continue
+            row = dict(zip(header, texts[: len(header)], strict=False))
+            extra = [text for text in texts[len(header) :] if text.strip()]
+            if extra:
+                row[None] = extra
+            rows.append(row)
+    finally:
+        workbook.close()
+    return header, rows
+
+
+def _check_header(
+    header: list[str], *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str]
+) -> None:
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise ValidationError(
+            {"file": f"Missing column(s): {', '.join(missing)}. Columns: {', '.join(writable)}."}
+        )
+    unknown = [name for name in header if name not in writable and name not in read_only]
+    if unknown:
+        raise ValidationError(
+            {"file": f"Unknown column(s): {', '.join(unknown)}. Columns: {', '.join(writable)}."}
+        )
+
+
 def read_csv(
     data: str | bytes, *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str] = ()
 ) -> tuple[list[str], list[dict]]:
@@ -90,16 +170,7 @@ def read_csv(
     reader = csv.DictReader(io.StringIO(data, newline=""))
     header = [name.strip() for name in (reader.fieldnames or [])]
     reader.fieldnames = header
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise ValidationError(
-            {"file": f"Missing column(s): {', '.join(missing)}. Columns: {', '.join(writable)}."}
-        )
-    unknown = [name for name in header if name not in writable and name not in read_only]
-    if unknown:
-        raise ValidationError(
-            {"file": f"Unknown column(s): {', '.join(unknown)}. Columns: {', '.join(writable)}."}
-        )
+    _check_header(header, required=required, writable=writable, read_only=read_only)
     try:
         rows = list(reader)
     except csv.Error as exc:
