@@ -10,9 +10,11 @@ every .xlsx, and both come out as the same header and rows of text.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -83,7 +85,7 @@ XLSX_SIGNATURE = b"PK\x03\x04"  # an .xlsx is a zip archive
 
 def read_table(
     data: str | bytes, *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str] = ()
-) -> tuple[list[str], list[dict]]:
+) -> tuple[list[str], Iterable[dict]]:
     """The header and rows of a CSV file or of an .xlsx workbook's first sheet (see read_csv)."""
     if isinstance(data, bytes) and data.startswith(XLSX_SIGNATURE):
         header, rows = _read_xlsx(data)
@@ -156,23 +158,49 @@ def _check_header(
 
 def read_csv(
     data: str | bytes, *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str] = ()
-) -> tuple[list[str], list[dict]]:
-    """The header and rows of a CSV file (UTF-8, a BOM allowed). Raises ValidationError (on
-    `file`) for a file that is not UTF-8 text, lacks a required column or names an unknown one."""
+) -> tuple[list[str], Iterator[dict]]:
+    """The header and the rows of a CSV file (UTF-8, a BOM allowed), the rows read one at a
+    time as they are consumed: the decoded text and the parsed rows of the whole file are never
+    held at once, only the upload itself. Raises ValidationError (on `file`) for a file that is
+    not UTF-8 text (also while the rows are read), holds NUL characters, lacks a required column
+    or names an unknown one."""
     if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ValidationError({"file": "The file is not UTF-8 text."}) from None
-    data = data.removeprefix("\ufeff")
-    if "\x00" in data:
-        raise ValidationError({"file": "The file holds NUL characters; it is not a CSV text file."})
-    reader = csv.DictReader(io.StringIO(data, newline=""))
-    header = [name.strip() for name in (reader.fieldnames or [])]
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    else:
+        text = io.StringIO(data.removeprefix("\ufeff"), newline="")
+    reader = csv.DictReader(text)
+    with _file_errors():
+        header = [name.strip() for name in (reader.fieldnames or [])]
+    if any("\x00" in name for name in header):
+        raise ValidationError({"file": _NUL})
     reader.fieldnames = header
     _check_header(header, required=required, writable=writable, read_only=read_only)
+    return header, _rows(reader)
+
+
+_NUL = "The file holds NUL characters; it is not a CSV text file."
+
+
+@contextlib.contextmanager
+def _file_errors():
     try:
-        rows = list(reader)
+        yield
+    except UnicodeDecodeError:
+        raise ValidationError({"file": "The file is not UTF-8 text."}) from None
     except csv.Error as exc:
         raise ValidationError({"file": f"The file is not valid CSV: {exc}."}) from None
-    return header, rows
+
+
+def _rows(reader: csv.DictReader) -> Iterator[dict]:
+    with _file_errors():
+        for row in reader:
+            if any("\x00" in value for value in row.values() if isinstance(value, str)):
+                raise ValidationError({"file": _NUL})
+            yield row
+
+
+def batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """`rows` in lists of at most `size`, read as they are needed."""
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, size)):
+        yield batch

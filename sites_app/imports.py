@@ -60,11 +60,12 @@ def _check(line: int, raw: dict, header: list[str], preview: ImportPreview) -> d
 def site_import_preview(*, data: str | bytes, lock: bool = False) -> ImportPreview:
     """What importing `data` would do; writes nothing (`lock`: lock the named sites)."""
     header, raw_rows = read_table(data, required=REQUIRED, writable=WRITABLE, read_only=READ_ONLY)
-    preview = ImportPreview(id_key="site_id", rows=len(raw_rows))
+    preview = ImportPreview(id_key="site_id")
     seen: dict[str, int] = {}
     checked = []
-    for offset, raw in enumerate(raw_rows):
-        line = offset + 2
+    for raw in raw_rows:
+        preview.rows += 1
+        line = preview.rows + 1  # the header is line 1
         values = _check(line, raw, header, preview)
         if values is None:
             continue
