@@ -343,3 +343,30 @@ def test_delivery_counts_made_in_a_transaction_that_rolls_back_are_not_counted(t
         == 1
     )
     assert delta(committed, after, "homepot_deliveries_failed_total", reason="push", **labels) == 2
+
+
+@pytest.mark.django_db
+def test_devices_by_status_is_counted_once_per_period_by_whichever_tick_comes_first(token, settings):
+    from django.db import connection
+
+    from homepot.redis_clients import redis_client
+
+    settings.HOMEPOT_MONITORING_DEVICE_COUNT_SECONDS = 300
+    claim = redis_client(settings.REDIS_URL, 1.0)
+    key = f"homepot:metrics:device-count:{connection.settings_dict['NAME']}"
+    claim.delete(key)
+    try:
+        DeviceFactory.create_batch(2, status=DeviceStatus.ONLINE, last_seen=timezone.now())
+        monitoring_tasks.monitoring_tick()
+        assert value(scrape(), "homepot_devices", status="online") == 2
+        assert 0 < claim.ttl(key) <= 300
+
+        DeviceFactory(status=DeviceStatus.ONLINE, last_seen=timezone.now())
+        monitoring_tasks.monitoring_tick()  # within the period: the gauge keeps the last count
+        assert value(scrape(), "homepot_devices", status="online") == 2
+
+        claim.delete(key)  # the period is over (its key expired)
+        monitoring_tasks.monitoring_tick()
+        assert value(scrape(), "homepot_devices", status="online") == 3
+    finally:
+        claim.delete(key)
