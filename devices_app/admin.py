@@ -324,10 +324,6 @@ class DeviceAdmin(
     def csv_export(self, queryset):
         return list(DEVICE_EXPORT_COLUMNS), device_export_rows(queryset)
 
-    def changelist_view(self, request, extra_context=None):
-        extra_context = {**(extra_context or {}), "may_import": self.has_import_permission(request)}
-        return super().changelist_view(request, extra_context)
-
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             # A device being registered has no state or history yet.

@@ -27,7 +27,7 @@ from devices_app.choices import DeviceType, PushChannel
 from devices_app.models import Device
 from devices_app.selectors import DEVICE_EXPORT_COLUMNS
 from devices_app.validators import normalize_mac
-from homepot.csv_import import ImportPreview, ImportRefused, read_csv, unguard
+from homepot.csv_import import ImportPreview, ImportRefused, batches, read_table, unguard
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic
 from sites_app.models import Site
@@ -111,8 +111,8 @@ def device_import_preview(*, actor, data: str | bytes, lock: bool = False) -> Im
     sites they may change, and update only devices of those sites (anything else is a row
     error). `lock`: lock the devices the file names (FOR UPDATE) until the transaction ends,
     so what is applied is what was compared. Raises ValidationError for an unreadable file."""
-    header, raw_rows = read_csv(data, required=REQUIRED, writable=WRITABLE, read_only=READ_ONLY)
-    preview = ImportPreview(rows=len(raw_rows))
+    header, raw_rows = read_table(data, required=REQUIRED, writable=WRITABLE, read_only=READ_ONLY)
+    preview = ImportPreview()
     scope = scoped_site_ids(actor, "change") if actor is not None else None
     sites = Site.objects.all() if scope is None else Site.objects.filter(pk__in=scope)
     allowed = dict(sites.values_list("site_id", "pk"))
@@ -120,10 +120,13 @@ def device_import_preview(*, actor, data: str | bytes, lock: bool = False) -> Im
 
     seen_ids: dict[str, int] = {}
     seen_macs: dict[str, int] = {}
-    for start in range(0, len(raw_rows), BATCH):
+    # The rows are read BATCH at a time (homepot.csv_import.batches): the file's rows are
+    # never all parsed at once.
+    for batch in batches(raw_rows, BATCH):
         chunk = []
-        for offset, raw in enumerate(raw_rows[start : start + BATCH]):
-            line = start + offset + 2  # the header is line 1
+        for raw in batch:
+            preview.rows += 1
+            line = preview.rows + 1  # the header is line 1
             values = _check(line, raw, header, preview, allowed)
             if values is None:
                 continue

@@ -543,15 +543,21 @@ class CsvExportAdminMixin:
     def get_urls(self):
         opts = self.model._meta
         export = self.admin_site.admin_view(self.export_csv_view)
+        export_xlsx = self.admin_site.admin_view(self.export_xlsx_view)
         return [
             path("export/", export, name=f"{opts.app_label}_{opts.model_name}_export"),
+            path("export/xlsx/", export_xlsx, name=f"{opts.app_label}_{opts.model_name}_export_xlsx"),
             *super().get_urls(),
         ]
 
-    def export_csv_view(self, request):
+    def export_xlsx_view(self, request):
+        """The same rows as an Excel workbook (homepot.csv_export.xlsx_response)."""
+        return self.export_csv_view(request, as_xlsx=True)
+
+    def export_csv_view(self, request, as_xlsx: bool = False):
         from django.http import HttpResponseBadRequest
 
-        from homepot.csv_export import csv_response
+        from homepot.csv_export import csv_response, xlsx_response
 
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
@@ -560,4 +566,6 @@ class CsvExportAdminMixin:
         except IncorrectLookupParameters:
             return HttpResponseBadRequest("The list's filters are not valid; export from the list again.")
         header, rows = self.csv_export(changelist.queryset)
+        if as_xlsx:
+            return xlsx_response(header, rows, self.csv_filename.removesuffix(".csv") + ".xlsx")
         return csv_response(header, rows, self.csv_filename)

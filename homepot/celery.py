@@ -6,7 +6,14 @@ import os
 import time
 
 from celery import Celery
-from celery.signals import after_setup_logger, task_failure, task_postrun, task_prerun
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    task_failure,
+    task_postrun,
+    task_prerun,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "homepot.settings")
 
@@ -40,6 +47,35 @@ def _quiet_per_task_lines(logger, loglevel, **kwargs):
         return
     for name in _PER_TASK_LOGGERS:
         logging.getLogger(name).setLevel(max(loglevel or logging.INFO, logging.WARNING))
+
+
+@celeryd_init.connect
+def _warnings_as_log_lines(**kwargs):
+    # Celery warns (SecurityWarning: running as root) with `warnings` before it sets up its
+    # logging; with JSON logs on, such a warning is a log line like any other, not raw text.
+    from django.conf import settings
+
+    if getattr(settings, "HOMEPOT_LOG_JSON", False):
+        import django
+
+        django.setup()  # LOGGING's JSON handler on the root logger (repeating it is a no-op)
+        logging.captureWarnings(True)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _json_lines(logger, **kwargs):
+    # The worker and beat replace the root logger's handlers (and give the task logger its
+    # own) with Celery's plain formats, so LOGGING's JSON formatter never reaches them: with
+    # HOMEPOT_LOG_JSON on, every handler Celery set up writes JSON too (with the task id).
+    from django.conf import settings
+
+    if not getattr(settings, "HOMEPOT_LOG_JSON", False):
+        return
+    from homepot.logging_filters import JsonFormatter
+
+    for handler in logger.handlers:
+        handler.setFormatter(JsonFormatter())
 
 
 # --- Task metrics (homepot.metrics) -------------------------------------------------------

@@ -1,14 +1,20 @@
-"""What every CSV import shares: reading the file, the preview it answers, the refusal.
+"""What every CSV (or spreadsheet) import shares: reading the file, the preview it answers,
+the refusal.
 
 Imports (devices_app.imports, sites_app.imports) validate every row before anything is
 written, report each row's errors with the column and the reason, and apply all rows or none.
+The file is CSV (UTF-8) or an Excel workbook (.xlsx: its first sheet, read with openpyxl's
+read-only mode, row by row); `read_table` tells them apart by the zip signature that starts
+every .xlsx, and both come out as the same header and rows of text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -74,22 +80,70 @@ def unguard(text: str) -> str:
     return text[1:] if text[:1] == "'" and text[1:2] in FORMULA_PREFIXES else text
 
 
-def read_csv(
+XLSX_SIGNATURE = b"PK\x03\x04"  # an .xlsx is a zip archive
+
+
+def read_table(
     data: str | bytes, *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str] = ()
-) -> tuple[list[str], list[dict]]:
-    """The header and rows of a CSV file (UTF-8, a BOM allowed). Raises ValidationError (on
-    `file`) for a file that is not UTF-8 text, lacks a required column or names an unknown one."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ValidationError({"file": "The file is not UTF-8 text."}) from None
-    data = data.removeprefix("\ufeff")
-    if "\x00" in data:
-        raise ValidationError({"file": "The file holds NUL characters; it is not a CSV text file."})
-    reader = csv.DictReader(io.StringIO(data, newline=""))
-    header = [name.strip() for name in (reader.fieldnames or [])]
-    reader.fieldnames = header
+) -> tuple[list[str], Iterable[dict]]:
+    """The header and rows of a CSV file or of an .xlsx workbook's first sheet (see read_csv)."""
+    if isinstance(data, bytes) and data.startswith(XLSX_SIGNATURE):
+        header, rows = _read_xlsx(data)
+        _check_header(header, required=required, writable=writable, read_only=read_only)
+        return header, rows
+    return read_csv(data, required=required, writable=writable, read_only=read_only)
+
+
+def _xlsx_text(value) -> str:
+    """A cell as the text a CSV would hold: whole numbers without ".0", true/false, ISO times."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _read_xlsx(data: bytes) -> tuple[list[str], list[dict]]:
+    """Rows of the first sheet as dicts keyed by the header row, like csv.DictReader: cells past
+    the header under None (an error for the importer), empty rows dropped (a sheet often ends
+    with some). Read-only mode: openpyxl reads the sheet's XML as it goes, not into a tree."""
+    import zipfile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError):
+        raise ValidationError({"file": "The file is not a readable .xlsx workbook."}) from None
+    try:
+        cells = workbook.worksheets[0].iter_rows(values_only=True) if workbook.worksheets else iter(())
+        first = next(cells, ())
+        header = [_xlsx_text(value).strip() for value in first]
+        while header and not header[-1]:
+            header.pop()
+        rows = []
+        for values in cells:
+            texts = [_xlsx_text(value) for value in values]
+            if not any(text.strip() for text in texts):
+                continue
+            row = dict(zip(header, texts[: len(header)], strict=False))
+            extra = [text for text in texts[len(header) :] if text.strip()]
+            if extra:
+                row[None] = extra
+            rows.append(row)
+    finally:
+        workbook.close()
+    return header, rows
+
+
+def _check_header(
+    header: list[str], *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str]
+) -> None:
     missing = [name for name in required if name not in header]
     if missing:
         raise ValidationError(
@@ -100,8 +154,53 @@ def read_csv(
         raise ValidationError(
             {"file": f"Unknown column(s): {', '.join(unknown)}. Columns: {', '.join(writable)}."}
         )
+
+
+def read_csv(
+    data: str | bytes, *, required: Sequence[str], writable: Sequence[str], read_only: Sequence[str] = ()
+) -> tuple[list[str], Iterator[dict]]:
+    """The header and the rows of a CSV file (UTF-8, a BOM allowed), the rows read one at a
+    time as they are consumed: the decoded text and the parsed rows of the whole file are never
+    held at once, only the upload itself. Raises ValidationError (on `file`) for a file that is
+    not UTF-8 text (also while the rows are read), holds NUL characters, lacks a required column
+    or names an unknown one."""
+    if isinstance(data, bytes):
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    else:
+        text = io.StringIO(data.removeprefix("\ufeff"), newline="")
+    reader = csv.DictReader(text)
+    with _file_errors():
+        header = [name.strip() for name in (reader.fieldnames or [])]
+    if any("\x00" in name for name in header):
+        raise ValidationError({"file": _NUL})
+    reader.fieldnames = header
+    _check_header(header, required=required, writable=writable, read_only=read_only)
+    return header, _rows(reader)
+
+
+_NUL = "The file holds NUL characters; it is not a CSV text file."
+
+
+@contextlib.contextmanager
+def _file_errors():
     try:
-        rows = list(reader)
+        yield
+    except UnicodeDecodeError:
+        raise ValidationError({"file": "The file is not UTF-8 text."}) from None
     except csv.Error as exc:
         raise ValidationError({"file": f"The file is not valid CSV: {exc}."}) from None
-    return header, rows
+
+
+def _rows(reader: csv.DictReader) -> Iterator[dict]:
+    with _file_errors():
+        for row in reader:
+            if any("\x00" in value for value in row.values() if isinstance(value, str)):
+                raise ValidationError({"file": _NUL})
+            yield row
+
+
+def batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """`rows` in lists of at most `size`, read as they are needed."""
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, size)):
+        yield batch

@@ -15,6 +15,7 @@ Hot paths (the heartbeat, the HTTP middleware) use pre-bound children (`.labels(
 up once): an increment is then a lock and an addition, no dictionary of label tuples.
 """
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -108,6 +109,47 @@ notifications = Counter(
     ["outcome"],
 )
 
+
+class _AfterCommit:
+    """A labelled metric whose increments and observations made inside a database transaction
+    count only when it commits: the dispatcher counts a batch's deferrals, failures and sends
+    inside the batch's transaction, and a batch that rolls back is claimed and counted again
+    later. Outside a transaction (or once committed) they count at once."""
+
+    __slots__ = ("_metric",)
+
+    def __init__(self, metric):
+        self._metric = metric
+
+    def labels(self, **labels) -> "_AfterCommitChild":
+        return _AfterCommitChild(self._metric.labels(**labels))
+
+    def __getattr__(self, name):
+        return getattr(self._metric, name)
+
+
+class _AfterCommitChild:
+    __slots__ = ("_child",)
+
+    def __init__(self, child):
+        self._child = child
+
+    def inc(self, amount: float = 1) -> None:
+        _when_committed(self._child.inc, amount)
+
+    def observe(self, amount: float) -> None:
+        _when_committed(self._child.observe, amount)
+
+
+def _when_committed(record, amount: float) -> None:
+    from django.db import connection, transaction
+
+    if connection.in_atomic_block:
+        transaction.on_commit(functools.partial(record, amount))
+    else:
+        record(amount)
+
+
 # --- Jobs and deliveries -----------------------------------------------------------------
 jobs = Gauge(
     "homepot_jobs",
@@ -115,28 +157,34 @@ jobs = Gauge(
     ["status"],
     multiprocess_mode="mostrecent",
 )
-delivery_stage = Histogram(
-    "homepot_delivery_stage_seconds",
-    "Time a delivery spent in one stage (pending_to_sent, sent_to_acknowledged, "
-    "acknowledged_to_completed), by job action and push channel.",
-    ["stage", "action", "channel"],
-    buckets=_DELIVERY_BUCKETS,
+delivery_stage = _AfterCommit(
+    Histogram(
+        "homepot_delivery_stage_seconds",
+        "Time a delivery spent in one stage (pending_to_sent, sent_to_acknowledged, "
+        "acknowledged_to_completed), by job action and push channel.",
+        ["stage", "action", "channel"],
+        buckets=_DELIVERY_BUCKETS,
+    )
 )
-deliveries_failed = Counter(
-    "homepot_deliveries_failed",
-    "Deliveries failed, by action, channel and reason (push: out of push attempts; device: "
-    "the device reported a failure).",
-    ["action", "channel", "reason"],
+deliveries_failed = _AfterCommit(
+    Counter(
+        "homepot_deliveries_failed",
+        "Deliveries failed, by action, channel and reason (push: out of push attempts; device: "
+        "the device reported a failure).",
+        ["action", "channel", "reason"],
+    )
 )
 deliveries_timed_out = Counter(
     "homepot_deliveries_timed_out",
     "Deliveries timed out (no answer before the deadline), by action.",
     ["action"],
 )
-deliveries_deferred = Counter(
-    "homepot_deliveries_deferred",
-    "Deliveries left pending after a failed push, to be retried after a backoff.",
-    ["action", "channel"],
+deliveries_deferred = _AfterCommit(
+    Counter(
+        "homepot_deliveries_deferred",
+        "Deliveries left pending after a failed push, to be retried after a backoff.",
+        ["action", "channel"],
+    )
 )
 dispatch_batch_duration = Histogram(
     "homepot_dispatch_batch_duration_seconds",

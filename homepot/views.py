@@ -4,7 +4,6 @@ endpoint and JSON error pages for API paths."""
 import functools
 import hmac
 import logging
-import socket
 import sys
 
 import redis
@@ -16,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from homepot import metrics as homepot_metrics
-from homepot import outage, sqlite_limits
+from homepot import mqtt_probe, outage, sqlite_limits
 from homepot.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -69,11 +68,18 @@ def _check_redis(timeout: float) -> None:
 
 
 def _check_mqtt(timeout: float) -> None:
-    # The broker accepts connections; logging in would need a credential the probe should not
-    # hold, and the push channel reports failed logins itself.
-    socket.create_connection(
-        (settings.HOMEPOT_JOBS_MQTT_HOST, settings.HOMEPOT_JOBS_MQTT_PORT), timeout=timeout
-    ).close()
+    # A full MQTT login (CONNECT/CONNACK), as the push channel and the bridge log in: a broker
+    # that accepts TCP but is wedged, or that refuses our login, cannot deliver our work.
+    username = password = None
+    if settings.HOMEPOT_MQTT_AUTH:
+        username, password = settings.HOMEPOT_MQTT_BRIDGE_USERNAME, settings.HOMEPOT_MQTT_BRIDGE_PASSWORD
+    mqtt_probe.probe(
+        settings.HOMEPOT_JOBS_MQTT_HOST,
+        settings.HOMEPOT_JOBS_MQTT_PORT,
+        timeout=timeout,
+        username=username,
+        password=password,
+    )
 
 
 READINESS_CHECKS = {"database": _check_database, "redis": _check_redis, "mqtt": _check_mqtt}
@@ -83,14 +89,19 @@ READINESS_CHECKS = {"database": _check_database, "redis": _check_redis, "mqtt": 
 @require_safe
 def readyz(request):
     """Readiness: can this instance do its work? 200 when PostgreSQL, Redis and the MQTT
-    broker each answer within HOMEPOT_READYZ_TIMEOUT_SECONDS, else 503 naming which did not
-    (names only: no hosts, no error text). Unauthenticated like /healthz; a load balancer
-    stops sending work while it answers 503, where /healthz says whether to restart."""
+    broker each answer within HOMEPOT_READYZ_TIMEOUT_SECONDS (the broker: an MQTT login, not
+    just a TCP connection), else 503 naming which did not, as "unreachable" or, for a broker
+    that refused our login, "refused" (names only: no hosts, no error text). Unauthenticated
+    like /healthz; a load balancer stops sending work while it answers 503, where /healthz
+    says whether to restart."""
     timeout = settings.HOMEPOT_READYZ_TIMEOUT_SECONDS
     checks = {}
     for name, check in READINESS_CHECKS.items():
         try:
             check(timeout)
+        except mqtt_probe.BrokerRefused as exc:
+            logger.warning("Readiness: %s refused our login (%s)", name, exc)
+            checks[name] = "refused"
         except (DatabaseError, redis.RedisError, OSError):
             logger.warning("Readiness: %s did not answer", name, exc_info=True)
             checks[name] = "unreachable"

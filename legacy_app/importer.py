@@ -96,11 +96,18 @@ class TableReport:
     # HEALTH_SKIP_EXAMPLES per reason (there may be millions).
     skipped_rows: list[tuple[str, str]] = field(default_factory=list)
     notes: Counter = field(default_factory=Counter)
+    # (legacy id, what) of rows taken after removing NUL characters (see _without_nul); for
+    # health checks the first HEALTH_SKIP_EXAMPLES.
+    cleaned_rows: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def unchanged(self) -> int:
         return max(self.read - self.created - self.updated - self.skipped, 0)
+
+    def cleaned(self, key: Any, what: str) -> None:
+        self.notes[f"NUL characters (\\u0000) removed from {what}"] += 1
+        self.cleaned_rows.append((str(key), what))
 
     def skip(self, key: Any, reason: str, kind: str | None = None) -> None:
         self.skipped += 1
@@ -225,6 +232,39 @@ def _json_object(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
         raise ValidationError(f"{what} is not a JSON object", code="invalid value")
     return value
+
+
+def _without_nul(value: Any) -> tuple[Any, bool]:
+    """`value` (decoded JSON) with every NUL character removed from its strings and keys, and
+    whether there was one. The older database's `json` columns keep "\\u0000" as written,
+    but PostgreSQL's jsonb (and text) cannot hold NUL: one such value would stop the COPY of
+    the whole table."""
+    if isinstance(value, str):
+        return (value.replace("\x00", ""), True) if "\x00" in value else (value, False)
+    if isinstance(value, dict):
+        found = False
+        cleaned = {}
+        for key, item in value.items():
+            key, key_found = _without_nul(key)
+            cleaned[key], item_found = _without_nul(item)
+            found = found or key_found or item_found
+        return cleaned, found
+    if isinstance(value, list):
+        pairs = [_without_nul(item) for item in value]
+        return [item for item, _ in pairs], any(found for _, found in pairs)
+    return value, False
+
+
+def _clean_json(value: Any, report: TableReport, key: Any, what: str) -> Any:
+    value, found = _without_nul(value)
+    if found:
+        report.cleaned(key, what)
+    return value
+
+
+# A JSON "\u0000" escape (not preceded by an escaping backslash): removed in SQL from health
+# check metrics, which are copied from the older database as text.
+_NUL_ESCAPE = r"(?<!\\)((?:\\\\)*)\\u0000"
 
 
 def _max_length(value: str, limit: int, what: str) -> str:
@@ -498,6 +538,7 @@ class _Importer:
                                 code="duplicate MAC address",
                             )
                     config = _json_object(row["config"], "config")
+                    config = _clean_json(config, report, f"id={row['id']}", "config")
                     firmware = _max_length(_text(row["firmware_version"]), 64, "firmware_version")
                 except ValidationError as exc:
                     report.skip(f"id={row['id']} ({_text(row['device_id']) or '-'})", exc.message, exc.code)
@@ -710,6 +751,7 @@ class _Importer:
                             code="unknown action",
                         )
                     payload_value = _json_object(row["payload"], "payload")
+                    payload_value = _clean_json(payload_value, report, f"id={row['id']}", "payload")
                     status, reason = self._job_status(_text(row["status"]).lower(), row["id"], report)
                 except ValidationError as exc:
                     report.skip(f"id={row['id']}", exc.message, exc.code)
@@ -828,7 +870,8 @@ class _Importer:
         total = L.count("health_checks")
         _temp_table(
             "legacy_health",
-            "legacy_id bigint, device_ref text, status text, response_time_ms bigint, metrics jsonb, "
+            # metrics as text: cast to jsonb only once NUL escapes are removed (below).
+            "legacy_id bigint, device_ref text, status text, response_time_ms bigint, metrics text, "
             "error_message text, checked_at timestamptz",
         )
         with (
@@ -869,6 +912,22 @@ class _Importer:
                 report.skipped += count
                 report.skip_reasons[reason] += count
                 report.skipped_rows.extend((f"id={i}", reason) for i in examples)
+            # The substring test first: a plain search, the regular expression only where it hits.
+            with_nul = "strpos(metrics, %s) > 0 AND metrics ~ %s"
+            cursor.execute(
+                "SELECT count(*), (array_agg(legacy_id ORDER BY legacy_id))[1:%s] FROM legacy_health "
+                f"WHERE {with_nul}",
+                [HEALTH_SKIP_EXAMPLES, "\\u0000", _NUL_ESCAPE],
+            )
+            cleaned, examples = cursor.fetchone()
+            if cleaned:
+                report.notes["NUL characters (\\u0000) removed from response_data"] += cleaned
+                report.cleaned_rows.extend((f"id={i}", "response_data") for i in examples)
+                cursor.execute(
+                    "UPDATE legacy_health SET metrics = regexp_replace(metrics, %s, %s, 'g') "
+                    f"WHERE {with_nul}",  # noqa: S608 - a constant of this module
+                    [_NUL_ESCAPE, r"\1", "\\u0000", _NUL_ESCAPE],
+                )
             cursor.execute("SELECT count(*) FROM legacy_health WHERE checked_at > now()")
             future = cursor.fetchone()[0]
             if future:
@@ -881,8 +940,8 @@ class _Importer:
                 SELECT t.legacy_id, d.id, CASE t.status {mapping} END,
                        CASE WHEN t.response_time_ms BETWEEN 0 AND 2147483647 THEN t.response_time_ms END,
                        CASE WHEN t.metrics IS NULL THEN '{{}}'::jsonb
-                            WHEN jsonb_typeof(t.metrics) = 'object' THEN t.metrics
-                            ELSE jsonb_build_object('response_data', t.metrics) END,
+                            WHEN jsonb_typeof(t.metrics::jsonb) = 'object' THEN t.metrics::jsonb
+                            ELSE jsonb_build_object('response_data', t.metrics::jsonb) END,
                        coalesce(t.error_message, ''), LEAST(t.checked_at, now())
                 FROM legacy_health t JOIN devices_app_device d ON d.device_id = t.device_ref
                 WHERE t.checked_at IS NOT NULL AND t.status IN ({healthy})
@@ -963,8 +1022,12 @@ class _Importer:
                     event_type = _text(row["event_type"])
                     if not event_type:
                         raise ValidationError("missing event_type", code="missing field")
-                    old_values = _loose_json(row["old_values"])
-                    new_values = _loose_json(row["new_values"])
+                    old_values = _clean_json(
+                        _loose_json(row["old_values"]), report, f"id={row['id']}", "old_values"
+                    )
+                    new_values = _clean_json(
+                        _loose_json(row["new_values"]), report, f"id={row['id']}", "new_values"
+                    )
                 except ValidationError as exc:
                     report.skip(f"id={row['id']}", exc.message, exc.code)
                     continue

@@ -5,13 +5,16 @@ locks its state row, alert opening is guarded by unique constraints, each notifi
 claimed in the database (FOR UPDATE SKIP LOCKED) by one sender at a time.
 """
 
+import redis
 from celery import shared_task
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Count
 
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from homepot import metrics
+from homepot.redis_clients import redis_client
 from monitoring_app.alerts import alerts_evaluate
 from monitoring_app.checkpoints import checkpoint_write
 from monitoring_app.choices import AlertKind
@@ -46,12 +49,30 @@ def monitoring_tick() -> dict:
 
 
 def _export_counts() -> None:
-    """Devices by status and open alerts by kind for homepot.metrics: two GROUP BY queries
-    per tick (the (status, last_seen) index answers the first), instead of one per scrape."""
-    by_status = dict(Device.objects.order_by().values_list("status").annotate(n=Count("id")))
-    metrics.set_all(metrics.devices, "status", DeviceStatus.values, by_status)
+    """Open alerts by kind (every tick: the open alerts' partial index) and devices by status
+    (at most every HOMEPOT_MONITORING_DEVICE_COUNT_SECONDS, whichever worker's tick comes
+    first) for homepot.metrics, instead of a count per scrape. The device count reads every
+    device ((status, id) index only): 1 s at 1,000,000 devices on a busy 2-core machine, too
+    much for every 30 s tick (bench/bench_fleet_gauges.py, docs/performance.md)."""
+    if _device_count_due():
+        by_status = dict(Device.objects.order_by().values_list("status").annotate(n=Count("id")))
+        metrics.set_all(metrics.devices, "status", DeviceStatus.values, by_status)
     by_kind = dict(Alert.objects.open().order_by().values_list("kind").annotate(n=Count("id")))
     metrics.set_all(metrics.alerts_open, "kind", AlertKind.values, by_kind)
+
+
+def _device_count_due() -> bool:
+    """Claim this period's device count: one Redis SET NX with the period as its expiry, so
+    one tick per period counts, whichever worker runs it. Redis away: count (a stale gauge
+    would hide an outage from the dashboards)."""
+    period = settings.HOMEPOT_MONITORING_DEVICE_COUNT_SECONDS
+    if period <= 0:
+        return True
+    key = f"homepot:metrics:device-count:{connection.settings_dict['NAME']}"
+    try:
+        return bool(redis_client(settings.REDIS_URL, timeout=0.5).set(key, "1", nx=True, ex=period))
+    except redis.RedisError:
+        return True
 
 
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)

@@ -6,6 +6,7 @@
 #   ensure_postgres   make sure the PostgreSQL of $DATABASE_URL answers (start a local one)
 #   ensure_redis      make sure the Redis of $REDIS_URL answers (start a local one)
 #   ensure_chromium   make sure the browser tests have a Chromium (apt-get install it if missing)
+#   ensure_promtool   make sure the rule tests have Prometheus' promtool (apt-get install prometheus)
 #   manage ARGS...    python manage.py ARGS... inside the venv
 #   django_run CODE   run Python code with Django set up
 #   step / note / die messages in one recognisable style
@@ -213,4 +214,38 @@ ensure_chromium() {
         return 1
     }
     note "$("$chromium" --version 2>/dev/null || echo chromium) installed"
+}
+
+# ensure_promtool: homepot/tests/test_prometheus_rules.py checks deploy/prometheus/rules.yml
+# with Prometheus' own `promtool check rules` and runs its unit tests (`promtool test rules`).
+# Installs Debian's `prometheus` package (which carries promtool; policy-rc.d or the absence
+# of systemd keeps its server from starting in a container) when promtool is not on PATH.
+# Returns non-zero with a clear message when it cannot: those tests then fail, they do not skip.
+ensure_promtool() {
+    command -v promtool >/dev/null 2>&1 && return 0
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            printf '\nERROR: %s\n' "No promtool on PATH, and installing it needs root (apt-get install -y prometheus)." >&2
+            return 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        printf '\nERROR: %s\n' "No promtool on PATH and no apt-get to install it with; install Prometheus' promtool." >&2
+        return 1
+    fi
+    step "Installing promtool for the Prometheus rule tests (apt-get install prometheus)"
+    local log="${TMPDIR:-/tmp}/homepot-apt-prometheus.log"
+    local install=(env DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus)
+    if ! "${install[@]}" >"$log" 2>&1; then
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q >>"$log" 2>&1 || true
+        if ! "${install[@]}" >>"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            printf '\nERROR: %s\n' "apt-get could not install prometheus (full log: $log); the rule tests will fail." >&2
+            return 1
+        fi
+    fi
+    note "$(promtool --version 2>&1 | head -n 1) installed"
 }

@@ -23,6 +23,7 @@ from jobs_app.services import job_create
 from monitoring_app.admin_timeline import site_timeline_html
 from monitoring_app.choices import AlertSeverity, SiteHealthStatus
 from monitoring_app.models import Alert
+from sites_app.admin_import import SiteImportAdminMixin
 from sites_app.models import Site
 from sites_app.selectors import (
     SITE_EXPORT_COLUMNS,
@@ -106,7 +107,9 @@ SITE_ACTIONS = (
 
 
 @admin.register(Site)
-class SiteAdmin(CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin):
+class SiteAdmin(
+    SiteImportAdminMixin, CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin
+):
     actions = ("create_job",)
     object_actions = SITE_ACTIONS
     # Fits 1,400 px with both sidebars: the address and time zone are on the site page (and

@@ -6,7 +6,7 @@ DO UPDATE), in batches, after every row was validated."""
 from __future__ import annotations
 
 from accounts.scoping import require_admin
-from homepot.csv_import import ImportPreview, ImportRefused, read_csv, unguard
+from homepot.csv_import import ImportPreview, ImportRefused, read_table, unguard
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic
 from sites_app.models import Site
@@ -59,12 +59,13 @@ def _check(line: int, raw: dict, header: list[str], preview: ImportPreview) -> d
 
 def site_import_preview(*, data: str | bytes, lock: bool = False) -> ImportPreview:
     """What importing `data` would do; writes nothing (`lock`: lock the named sites)."""
-    header, raw_rows = read_csv(data, required=REQUIRED, writable=WRITABLE, read_only=READ_ONLY)
-    preview = ImportPreview(id_key="site_id", rows=len(raw_rows))
+    header, raw_rows = read_table(data, required=REQUIRED, writable=WRITABLE, read_only=READ_ONLY)
+    preview = ImportPreview(id_key="site_id")
     seen: dict[str, int] = {}
     checked = []
-    for offset, raw in enumerate(raw_rows):
-        line = offset + 2
+    for raw in raw_rows:
+        preview.rows += 1
+        line = preview.rows + 1  # the header is line 1
         values = _check(line, raw, header, preview)
         if values is None:
             continue

@@ -14,6 +14,8 @@ from sites_app.tests.factories import SiteFactory
 pytestmark = pytest.mark.django_db
 
 URL = "/admin/devices_app/device/import/"
+# Sessions waiting for a lock this session holds.
+WAITING_ON_ME = "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
 
 
 def upload(text: str):
@@ -92,3 +94,53 @@ def test_a_viewer_gets_403(client, north):
     assert client.get(URL).status_code == 403
     assert client.post(URL, upload("device_id,name,site_id\n")).status_code == 403
     assert "Import CSV" not in client.get(reverse("admin:devices_app_device_changelist")).content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mac_address_registered_during_the_apply_is_a_named_conflict_not_a_500(admin_browser):
+    """Another writer registers the file's MAC address between the apply's own check and its
+    write (its row is not committed yet when the import looks): the import waits for it on the
+    unique index, then finds the address taken. The page says so; nothing is imported."""
+    import threading
+    import time
+
+    from django.db import close_old_connections, connection, transaction
+
+    SiteFactory(site_id="site-north")
+    text = "device_id,name,site_id,mac_address\ntill-1,Till 1,site-north,00:1B:44:11:3A:B7\n"
+    preview = admin_browser.post(URL, upload(text))
+    token = preview.context["token"]
+    registered, failure = threading.Event(), []
+
+    def other_writer():
+        try:
+            with transaction.atomic():
+                DeviceFactory(device_id="someone-else", mac_address="00:1B:44:11:3A:B7")
+                registered.set()
+                # Commit only once the import waits on our uncommitted row.
+                deadline = time.monotonic() + 20
+                with connection.cursor() as cursor:
+                    while time.monotonic() < deadline:
+                        cursor.execute(WAITING_ON_ME)
+                        if cursor.fetchone()[0]:
+                            break
+                    else:
+                        failure.append("the import never waited for the other writer")
+        except Exception as exc:  # reported to the test's thread
+            failure.append(repr(exc))
+            registered.set()
+        finally:
+            close_old_connections()
+            connection.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert registered.wait(10)
+    page = admin_browser.post(URL, {"token": token})
+    writer.join(20)
+
+    assert failure == []
+    assert page.status_code == 200
+    assert "registered by someone else" in page.context["problem"]
+    assert list(Device.objects.values_list("device_id", flat=True)) == ["someone-else"]
+    assert not AuditLog.objects.filter(event_type="devices.imported").exists()

@@ -523,3 +523,18 @@ def test_the_api_answers_503_when_a_rotation_cannot_reach_the_broker(broker, set
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "broker_unavailable"
+
+
+@pytest.mark.django_db
+def test_readyz_logs_in_to_the_broker_as_the_bridge(broker, settings, client):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.content
+    assert response.json()["checks"]["mqtt"] == "ok"
+    # A wrong bridge password: the broker answers, but would not let our work through.
+    settings.HOMEPOT_MQTT_BRIDGE_PASSWORD = "not-the-password"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "redis": "ok", "mqtt": "refused"},
+    }

@@ -98,3 +98,74 @@ def test_json_log_lines_carry_the_request_id():
     assert inside["level"] == "WARNING" and inside["logger"] == "homepot.test.json"
     assert inside["time"].endswith("Z")
     assert "request_id" not in outside
+
+
+def test_a_real_worker_writes_json_lines_with_the_task_id(tmp_path):
+    """HOMEPOT_LOG_JSON=true on `celery worker`: every line it writes to stderr is one JSON
+    object, and the lines about a task (received, and the failure with its traceback) carry
+    that task's id and name."""
+    import json
+    import time
+    import uuid
+
+    from kombu import Connection
+
+    from homepot.celery import app
+    from jobs_app.tests.test_worker import TEST_BROKER
+
+    root = Path(__file__).resolve().parents[2]
+    queue = f"homepot-json-log-{uuid.uuid4().hex}"
+    log_path = tmp_path / "worker.log"
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "homepot.test_settings",
+        "HOMEPOT_LOG_JSON": "true",
+        "HOMEPOT_CELERY_LOG_TASKS": "true",
+        "CELERY_BROKER_URL": TEST_BROKER,
+    }
+    command = [sys.executable, "-m", "celery", "-A", "homepot", "worker", "--pool=solo", f"--queues={queue}"]
+    command += ["--loglevel=INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+
+    def lines() -> list[str]:
+        return [line for line in log_path.read_text().splitlines() if line.strip()]
+
+    def wait_for_line(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(text in line for line in lines()):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} in the worker's log:\n" + "\n".join(lines()))
+            time.sleep(0.1)
+
+    # Logs go to stderr; stdout has Celery's start-up banner and shutdown notice (print()s).
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(  # noqa: S603
+            command, cwd=root, env=environment, stdout=subprocess.DEVNULL, stderr=log
+        )
+    try:
+        wait_for_line("ready.")
+        task_id = str(uuid.uuid4())
+        with Connection(TEST_BROKER) as connection:
+            # A malformed message: the dispatcher raises on a job id that is not a number.
+            app.send_task(
+                "jobs_app.tasks.dispatch_job",
+                args=["not-a-job-id"],
+                task_id=task_id,
+                queue=queue,
+                connection=connection,
+            )
+        wait_for_line("raised unexpected")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+    entries = []
+    for line in lines():
+        entry = json.loads(line)  # every line, start-up banner lines included, is JSON
+        assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+        entries.append(entry)
+    about_task = [entry for entry in entries if entry.get("task_id") == task_id]
+    assert {entry["task"] for entry in about_task} == {"jobs_app.tasks.dispatch_job"}
+    [failure] = [entry for entry in about_task if entry["level"] == "ERROR"]
+    assert "raised unexpected" in failure["message"]
+    assert "ValueError" in failure["exception"]
+    assert any("received" in entry["message"] for entry in about_task)

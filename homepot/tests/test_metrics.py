@@ -5,8 +5,10 @@ lives as long as the test process."""
 
 import datetime
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from django.test import Client
@@ -281,3 +283,90 @@ def test_readyz_names_what_is_down_and_answers_503(client, settings):
         "status": "unavailable",
         "checks": {"database": "ok", "redis": "unreachable", "mqtt": "unreachable"},
     }
+
+
+@pytest.mark.django_db
+def test_readyz_wants_an_mqtt_connack_not_just_a_tcp_connection(client, settings):
+    # Something that accepts TCP on the broker's port and never speaks MQTT (a wedged broker,
+    # a wrong service): not ready, and the probe gives up within its timeout.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        settings.HOMEPOT_JOBS_MQTT_PORT = silent.getsockname()[1]
+        settings.HOMEPOT_READYZ_TIMEOUT_SECONDS = 0.5
+        started = time.monotonic()
+        response = client.get("/readyz")
+        took = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "redis": "ok", "mqtt": "unreachable"}
+    assert took < 2
+
+
+# --- Counted after commit ----------------------------------------------------------------------
+
+
+class _RolledBack(Exception):
+    pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delivery_counts_made_in_a_transaction_that_rolls_back_are_not_counted(token):
+    # The dispatcher counts a batch's deferrals, push failures and sends inside the batch's
+    # transaction; a batch that rolls back is claimed again later and must count once.
+    from django.db import transaction
+
+    from homepot import metrics
+
+    labels = {"action": "health_check", "channel": "poll"}
+    before = scrape()
+    with pytest.raises(_RolledBack), transaction.atomic():
+        metrics.deliveries_deferred.labels(**labels).inc(3)
+        metrics.deliveries_failed.labels(reason="push", **labels).inc(2)
+        metrics.delivery_stage.labels(stage="pending_to_sent", **labels).observe(1.5)
+        raise _RolledBack
+    rolled_back = scrape()
+    with transaction.atomic():
+        metrics.deliveries_deferred.labels(**labels).inc(3)
+        metrics.delivery_stage.labels(stage="pending_to_sent", **labels).observe(1.5)
+        assert delta(before, scrape(), "homepot_deliveries_deferred_total", **labels) == 0  # not yet
+    committed = scrape()
+    metrics.deliveries_failed.labels(reason="push", **labels).inc(2)  # outside a transaction: at once
+    after = scrape()
+
+    assert delta(before, rolled_back, "homepot_deliveries_deferred_total", **labels) == 0
+    assert delta(before, rolled_back, "homepot_deliveries_failed_total", reason="push", **labels) == 0
+    assert (
+        delta(before, rolled_back, "homepot_delivery_stage_seconds_count", stage="pending_to_sent", **labels)
+        == 0
+    )
+    assert delta(before, committed, "homepot_deliveries_deferred_total", **labels) == 3
+    assert (
+        delta(before, committed, "homepot_delivery_stage_seconds_count", stage="pending_to_sent", **labels)
+        == 1
+    )
+    assert delta(committed, after, "homepot_deliveries_failed_total", reason="push", **labels) == 2
+
+
+@pytest.mark.django_db
+def test_devices_by_status_is_counted_once_per_period_by_whichever_tick_comes_first(token, settings):
+    from django.db import connection
+
+    from homepot.redis_clients import redis_client
+
+    settings.HOMEPOT_MONITORING_DEVICE_COUNT_SECONDS = 300
+    claim = redis_client(settings.REDIS_URL, 1.0)
+    key = f"homepot:metrics:device-count:{connection.settings_dict['NAME']}"
+    claim.delete(key)
+    try:
+        DeviceFactory.create_batch(2, status=DeviceStatus.ONLINE, last_seen=timezone.now())
+        monitoring_tasks.monitoring_tick()
+        assert value(scrape(), "homepot_devices", status="online") == 2
+        assert 0 < claim.ttl(key) <= 300
+
+        DeviceFactory(status=DeviceStatus.ONLINE, last_seen=timezone.now())
+        monitoring_tasks.monitoring_tick()  # within the period: the gauge keeps the last count
+        assert value(scrape(), "homepot_devices", status="online") == 2
+
+        claim.delete(key)  # the period is over (its key expired)
+        monitoring_tasks.monitoring_tick()
+        assert value(scrape(), "homepot_devices", status="online") == 3
+    finally:
+        claim.delete(key)

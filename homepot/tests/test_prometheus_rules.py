@@ -1,8 +1,12 @@
 """The shipped Prometheus rules and Grafana dashboard only name metrics HOMEPOT exports, and
-are well formed. promtool is not installed here, so the PromQL is checked by a small reader:
-balanced brackets, known functions and keywords, metric names from homepot.metrics (with the
-suffixes their type gives them) or recorded by the rules, histogram bounds that exist.
-With promtool on the PATH, `promtool check rules` runs as well."""
+are well formed: Prometheus' own `promtool check rules` parses the rule file, `promtool test
+rules` runs its unit tests (deploy/prometheus/rules_test.yml: the SLO, sweep and ingest alerts
+fire, and stay quiet, on series shaped like ours), and a small reader checks what promtool
+cannot know: metric names from homepot.metrics (with the suffixes their type gives them) or
+recorded by the rules, histogram bounds that exist, in the rules and the dashboard's panels.
+
+promtool comes from Debian's `prometheus` package; ./scripts/test.sh (and so CI) installs it
+(scripts/lib.sh, ensure_promtool). Without it these tests fail rather than skip."""
 
 import json
 import re
@@ -18,6 +22,7 @@ from homepot import metrics  # noqa: F401 - registers every HOMEPOT metric
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "rules_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "homepot.json"
 
 FUNCTIONS = {
@@ -146,6 +151,29 @@ def test_the_checker_catches_mistakes():
     assert check_promql("rated(homepot_http_requests_total[5m])", known) == ["unknown function rated"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def promtool(*args) -> subprocess.CompletedProcess:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed: apt-get install prometheus (./scripts/test.sh does it)")
+    return subprocess.run([path, *args], capture_output=True, text=True, check=False)  # noqa: S603
+
+
 def test_promtool_accepts_the_rules():
-    subprocess.run(["promtool", "check", "rules", str(RULES)], check=True)  # noqa: S603, S607
+    result = promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(all_rules())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_of_the_alerts_pass():
+    result = promtool("test", "rules", str(RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_catches_a_broken_rule(tmp_path):
+    # The check is not a formality: an expression Prometheus cannot parse is refused.
+    broken = read_rules()
+    broken["groups"][0]["rules"][0]["expr"] = "sum(rate(homepot_http_requests_total[5m])"
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode != 0

@@ -285,3 +285,49 @@ def test_json_values_survive_the_chain(legacy_url):
     row = AuditLog.objects.filter(event_type=AuditEvent.LEGACY_IMPORTED_EVENT).order_by("id").first()
     assert json.loads(json.dumps(row.new_values))["new_values"] == {"status": "queued"}
     assert audit_chain_verify().intact
+
+
+def test_nul_characters_in_old_json_are_removed_and_the_rows_named():
+    """The older `json` columns keep "\\u0000" as written; our jsonb cannot hold it, and one such
+    value used to stop the whole table's COPY. The NUL goes, the row comes in, and the report
+    names it; a backslash followed by the text u0000 is not a NUL and stays."""
+    with scratch_database() as url:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(
+                r"""
+                INSERT INTO sites (id, site_id, name) VALUES (1, 'site-1', 'One');
+                INSERT INTO users (id, username, email, hashed_password)
+                  VALUES (1, 'al', 'al@example.com', 'x');
+                INSERT INTO devices (id, device_id, name, device_type, site_id, status, config) VALUES
+                  (1, 'pos-1', 'POS 1', 'pos_terminal', 1, 'online',
+                   '{"label": "till\u0000 1", "k\u0000": 2}'),
+                  (2, 'pos-2', 'POS 2', 'pos_terminal', 1, 'online', '{"path": "C:\\u0000dir"}');
+                INSERT INTO jobs (id, job_id, action, site_id, payload, priority, status) VALUES
+                  (1, 'job-1', 'update_config', 1, '{"v": ["a\u0000b"]}', 'normal', 'completed');
+                INSERT INTO health_checks (id, device_id, is_healthy, response_data, timestamp) VALUES
+                  (1, 1, true, '{"msg": "ok\u0000"}', '2024-01-01'),
+                  (2, 1, true, '{"path": "C:\\u0000dir", "nul": "\\\u0000"}', '2024-01-01 00:05'),
+                  (3, 1, true, '{"cpu": 5}', '2024-01-01 00:10');
+                INSERT INTO audit_logs (id, event_type, description, user_id, new_values, created_at) VALUES
+                  (1, 'login', 'logged in', 1, '{"agent": "x\u0000"}', '2024-01-01');
+                """
+            )
+        out = _run(url)
+
+    assert Device.objects.get(device_id="pos-1").config == {"label": "till 1", "k": 2}
+    assert Device.objects.get(device_id="pos-2").config == {"path": "C:\\u0000dir"}  # not a NUL
+    assert Job.objects.get(legacy_id=1).payload == {"v": ["ab"]}
+    metrics = dict(HealthCheck.objects.filter(legacy_id__isnull=False).values_list("legacy_id", "metrics"))
+    assert metrics == {1: {"msg": "ok"}, 2: {"path": "C:\\u0000dir", "nul": "\\"}, 3: {"cpu": 5}}
+    event = AuditLog.objects.get(event_type=AuditEvent.LEGACY_IMPORTED_EVENT)
+    assert "\x00" not in json.dumps(event.new_values) and "x" in json.dumps(event.new_values)
+    assert audit_chain_verify().intact
+    for line in (
+        "cleaned devices id=1: NUL characters removed from config",
+        "cleaned jobs id=1: NUL characters removed from payload",
+        "cleaned health_checks id=1: NUL characters removed from response_data",
+        "cleaned health_checks id=2: NUL characters removed from response_data",
+        "cleaned audit_logs id=1: NUL characters removed from new_values",
+    ):
+        assert line in out, out
+    assert "cleaned devices id=2" not in out and "cleaned health_checks id=3" not in out

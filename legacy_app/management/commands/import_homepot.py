@@ -57,6 +57,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"  skipped {report.table} {key}: {reason}")
             if report.table == "health_checks" and report.skipped > len(report.skipped_rows):
                 self.stdout.write("  (the first ids per reason are named; the counts above are complete)")
+            for key, what in report.cleaned_rows:
+                self.stdout.write(f"  cleaned {report.table} {key}: NUL characters removed from {what}")
             for note, n in sorted(report.notes.items()):
                 self.stdout.write(f"  note: {n} × {note}")
         if dry_run:
