@@ -20,12 +20,14 @@ what they did before (retention deletes in batches).
 """
 
 import datetime
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
 
 DAY = datetime.timedelta(days=1)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -197,21 +199,32 @@ def history_partitions_maintain(
         if not is_partitioned(history.table):
             report.skipped.append(history.table)
             continue
-        existing = {p.name for p in partitions(history)}
         wanted = [today + datetime.timedelta(days=n) for n in range(-1, days_ahead + 1)]
         stray_days = _default_partition_days(history)
-        for day in sorted(set(wanted) | set(stray_days)):
-            if history.day_partition(day) in existing:
-                continue
-            try:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    _set_lock_timeout(cursor)
-                    report.created.append(_day_partition_add(history, day, cursor))
-            except _RETRY_LATER:
-                continue
+        for name in history_partitions_create(history, days=set(wanted) | set(stray_days)):
+            report.created.append(name)
+            day = datetime.datetime.strptime(name.rsplit("_p", 1)[1], "%Y%m%d").date()
             if day in stray_days:
                 report.moved_days.append(f"{history.table}:{day.isoformat()}")
     return report
+
+
+def history_partitions_create(history: HistoryTable, *, days) -> list[str]:
+    """Create the partitions of `days` that `history` lacks (see _day_partition_add), each in
+    its own transaction; returns the names created. One that cannot get its lock in time is
+    skipped (logged), for the next run."""
+    existing = {p.name for p in partitions(history)}
+    created = []
+    for day in sorted(days):
+        if history.day_partition(day) in existing:
+            continue
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                _set_lock_timeout(cursor)
+                created.append(_day_partition_add(history, day, cursor))
+        except _RETRY_LATER as exc:
+            logger.warning("partition %s of %s not created this time: %s", day, history.table, exc)
+    return created
 
 
 def _retry_later_errors():
@@ -237,7 +250,7 @@ def _default_partition_days(history: HistoryTable) -> list[datetime.date]:
 @dataclass
 class DroppedPartition:
     name: str
-    rows: int  # the planner's count after a fresh ANALYZE (exact for small partitions)
+    rows: int  # the statistics' live-row count (see _analyzed_row_count)
 
 
 def history_partitions_drop_before(
@@ -247,9 +260,9 @@ def history_partitions_drop_before(
     bound <= cutoff): constant time per day, whatever it holds. A day only partly past the
     cutoff is kept until it is wholly past, so up to one day more than the retention is kept.
 
-    The row count recorded is the planner's after an ANALYZE of the partition (a sample of
-    30,000 rows: bounded time, exact up to that size, an estimate above), since counting
-    72 million rows would cost what dropping them saves. Each partition in its own
+    The row count recorded is the statistics collector's live-row count of the partition
+    (exact for an append-only day; see _analyzed_row_count), since counting 72 million rows
+    would cost what dropping them saves. Each partition in its own
     transaction with a lock timeout; one that times out is left for the next run.
     """
     dropped = []
@@ -262,13 +275,21 @@ def history_partitions_drop_before(
                 _set_lock_timeout(cursor)
                 cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {_quote(part.name)}")
                 cursor.execute(f"DROP TABLE {_quote(part.name)}")
-        except _RETRY_LATER:
+        except _RETRY_LATER as exc:
+            logger.warning("partition %s not dropped this time: %s", part.name, exc)
             continue
         dropped.append(DroppedPartition(part.name, rows))
     return dropped
 
 
 def _analyzed_row_count(name: str, cursor) -> int:
+    """The partition's live rows as the statistics collector counts them (inserts minus
+    deletes, exact for an append-only day, constant time); if it has none (rows written in
+    this very transaction, or statistics reset), the planner's count after an ANALYZE."""
+    cursor.execute("SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass(%s)", [name])
+    row = cursor.fetchone()
+    if row and row[0]:
+        return row[0]
     cursor.execute(f"ANALYZE {_quote(name)}")
     cursor.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)", [name])
     return cursor.fetchone()[0]

@@ -28,7 +28,7 @@ def _prune_history(
     """Remove `history`'s rows before `cutoff`: whole day partitions where it is partitioned
     (their names appended to `dropped`), then batched DELETEs of what is left (the DEFAULT
     partition, or the whole plain table). Returns how many rows went (partitions: counted by
-    ANALYZE, see history_partitions_drop_before)."""
+    the statistics, see history_partitions_drop_before)."""
     total = 0
     table = history.table
     if partitions.is_partitioned(table):
