@@ -3,6 +3,7 @@ maintenance creates days ahead and moves strays, retention drops whole days (aud
 `partition_history` moves a plain table's rows across online with the reads unchanged."""
 
 import datetime
+import importlib
 import io
 
 import pytest
@@ -253,3 +254,37 @@ def test_partition_history_on_a_partitioned_table_changes_nothing():
     HealthCheckFactory()
     call_command("partition_history", stdout=io.StringIO())
     assert partitions.is_partitioned(HEALTH_TABLE) and HealthCheck.objects.count() == 1
+
+
+def run_migration_0016() -> None:
+    migration = importlib.import_module("monitoring_app.migrations.0016_partitioned_history")
+    with connection.schema_editor(atomic=False) as editor:
+        migration.partition_small_history(None, editor)
+
+
+def test_the_migration_partitions_a_small_plain_table_with_its_rows(settings):
+    make_health_table_plain()
+    checks = HealthCheckFactory.create_batch(3, checked_at=timezone.now() - datetime.timedelta(days=2))
+    settings.HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS = 3
+
+    run_migration_0016()
+
+    assert partitions.is_partitioned(HEALTH_TABLE)
+    assert set(HealthCheck.objects.values_list("pk", flat=True)) == {c.pk for c in checks}
+    two_days_ago = (timezone.now() - datetime.timedelta(days=2)).astimezone(datetime.UTC).date()
+    assert rows_in(partition_of(two_days_ago)) == 3
+
+
+def test_the_migration_leaves_a_big_table_plain_and_retention_still_deletes_from_it(settings, capsys):
+    make_health_table_plain()
+    HealthCheckFactory.create_batch(3, checked_at=timezone.now() - datetime.timedelta(days=40))
+    kept = HealthCheckFactory()
+    settings.HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS = 2
+
+    run_migration_0016()
+
+    assert not partitions.is_partitioned(HEALTH_TABLE)
+    assert "partition_history" in capsys.readouterr().out
+    assert health_history_prune() == 3
+    assert list(HealthCheck.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert AuditLog.objects.get(event_type="health.pruned").new_values["partitions_dropped"] == []
