@@ -29,7 +29,7 @@ What it does:
          (/api/v1/health-checks?site=..&since=..&until=..), site health
          (/api/v1/sites/../health), the fleet dashboard (/admin/monitoring_app/alert/fleet/),
          the admin health-check list (/admin/monitoring_app/healthcheck/, and filtered to
-         unhealthy);
+         unhealthy); and the SQL behind them by EXPLAIN ANALYZE (planning and execution);
   4. on the largest size, retention while ingest runs (`--ingest-threads` threads of single
      reports): the oldest day dropped as a partition (health_history_prune's way), then the
      next day's rows removed by the batched DELETE the plain table used (5,000 a batch), for
@@ -374,6 +374,53 @@ def measure_reads(args, admin, window_day: datetime.date | None) -> dict:
     }
 
 
+# The history's queries behind those reads, timed by EXPLAIN ANALYZE (planning counts: it grows
+# with the number of partitions). {device} and {site} are filled in with random ones.
+SQL_READS = {
+    "device_latest": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "ORDER BY checked_at DESC, id DESC LIMIT 1",
+    "device_timeline_health": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "ORDER BY checked_at DESC, id DESC LIMIT 50",
+    "site_hour": "SELECT h.* FROM monitoring_app_healthcheck h "
+    "JOIN devices_app_device d ON d.id = h.device_id "
+    "WHERE d.site_id = {site} AND h.checked_at >= (now() AT TIME ZONE 'UTC')::date - interval '12 hours' "
+    "AND h.checked_at < (now() AT TIME ZONE 'UTC')::date - interval '11 hours' ORDER BY h.id DESC LIMIT 51",
+    "admin_list_first_page": "SELECT * FROM monitoring_app_healthcheck "
+    "ORDER BY checked_at DESC, id DESC LIMIT 100",
+    "admin_list_unhealthy": "SELECT * FROM monitoring_app_healthcheck WHERE status = 'unhealthy' "
+    "ORDER BY checked_at DESC, id DESC LIMIT 100",
+    "api_list_first_page": "SELECT * FROM monitoring_app_healthcheck ORDER BY id DESC LIMIT 51",
+}
+
+
+def measure_sql(repeat: int) -> dict:
+    import re
+
+    from django.db import connection
+
+    rng = random.Random(11)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM devices_app_device")
+        devices = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT id FROM sites_app_site")
+        sites = [row[0] for row in cursor.fetchall()]
+        results = {}
+        for name, template in SQL_READS.items():
+            planning, execution = [], []
+            for _ in range(repeat):
+                sql = template.format(device=rng.choice(devices), site=rng.choice(sites))
+                cursor.execute("EXPLAIN (ANALYZE) " + sql)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                planning.append(float(re.search(r"Planning Time: ([\d.]+)", plan).group(1)))
+                execution.append(float(re.search(r"Execution Time: ([\d.]+)", plan).group(1)))
+            results[name] = {
+                "planning_ms": round(statistics.median(planning), 2),
+                "execution_ms": round(statistics.median(execution), 2),
+                "execution_worst_ms": round(max(execution), 2),
+            }
+    return results
+
+
 # --- retention --------------------------------------------------------------------------------
 
 
@@ -552,6 +599,7 @@ def run(args) -> dict:
         stage["ingest"] = measure_ingest(args, pks)
         window_day = today_utc() - datetime.timedelta(days=1) if days else None
         stage["reads"] = measure_reads(args, admin, window_day)
+        stage["sql"] = measure_sql(args.repeat)
         log(json.dumps(stage, default=str))
         results["sizes"].append(stage)
     biggest = max(args.days)
