@@ -257,13 +257,19 @@ def history_partitions_drop_before(
     history: HistoryTable, *, cutoff: datetime.datetime
 ) -> list[DroppedPartition]:
     """Detach and drop every day partition of `history` wholly before `cutoff` (its upper
-    bound <= cutoff): constant time per day, whatever it holds. A day only partly past the
-    cutoff is kept until it is wholly past, so up to one day more than the retention is kept.
+    bound <= cutoff): constant time per day as far as the database is concerned, whatever it
+    holds. A day only partly past the cutoff is kept until it is wholly past, so up to one
+    day more than the retention is kept.
+
+    DETACH (milliseconds, but an ACCESS EXCLUSIVE lock on the parent, under the lock
+    timeout) commits on its own; the DROP follows in its own transaction, so the file
+    removal (seconds for gigabytes on a slow disk) holds no lock anyone else needs. A day
+    detached but not dropped (a crash in between) is dropped by the next run.
 
     The row count recorded is the statistics collector's live-row count of the partition
     (exact for an append-only day; see _analyzed_row_count), since counting 72 million rows
-    would cost what dropping them saves. Each partition in its own
-    transaction with a lock timeout; one that times out is left for the next run.
+    would cost what dropping them saves. A partition that cannot get its lock in time is
+    left for the next run.
     """
     dropped = []
     for part in partitions(history):
@@ -274,12 +280,32 @@ def history_partitions_drop_before(
                 rows = _analyzed_row_count(part.name, cursor)
                 _set_lock_timeout(cursor)
                 cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {_quote(part.name)}")
-                cursor.execute(f"DROP TABLE {_quote(part.name)}")
         except _RETRY_LATER as exc:
             logger.warning("partition %s not dropped this time: %s", part.name, exc)
             continue
         dropped.append(DroppedPartition(part.name, rows))
+    for name in _detached_days_before(history, cutoff):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {_quote(name)}")
     return dropped
+
+
+def _detached_days_before(history: HistoryTable, cutoff: datetime.datetime) -> list[str]:
+    """Day tables of `history` that are no partition any more (detached by retention) and
+    wholly before `cutoff`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT relname FROM pg_class
+               WHERE relkind = 'r' AND NOT relispartition AND relname ~ %s
+                 AND relnamespace = to_regnamespace(current_schema())""",
+            [f"^{history.table}_p[0-9]{{8}}$"],
+        )
+        names = [row[0] for row in cursor.fetchall()]
+    return [
+        name
+        for name in names
+        if _utc_day_start(datetime.datetime.strptime(name[-8:], "%Y%m%d").date()) + DAY <= cutoff
+    ]
 
 
 def _analyzed_row_count(name: str, cursor) -> int:

@@ -288,3 +288,15 @@ def test_the_migration_leaves_a_big_table_plain_and_retention_still_deletes_from
     assert health_history_prune() == 3
     assert list(HealthCheck.objects.values_list("pk", flat=True)) == [kept.pk]
     assert AuditLog.objects.get(event_type="health.pruned").new_values["partitions_dropped"] == []
+
+
+def test_a_day_detached_but_not_dropped_goes_with_the_next_retention_run():
+    old_day = utc_today() - datetime.timedelta(days=40)
+    with connection.cursor() as cursor:  # as a crash between DETACH and DROP leaves it
+        cursor.execute(f"CREATE TABLE {partition_of(old_day)} (LIKE {HEALTH_TABLE})")
+        cursor.execute(f"CREATE TABLE {partition_of(utc_today() - datetime.timedelta(days=2))}_x (id int)")
+
+    health_history_prune()
+
+    assert not partitions._exists(partition_of(old_day))
+    assert partitions._exists(partition_of(utc_today() - datetime.timedelta(days=2)) + "_x")
