@@ -24,9 +24,12 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, ProgrammingError, connection, transaction
 
 DAY = datetime.timedelta(days=1)
+# What leaves partition DDL to the next run: lock_timeout (OperationalError), or another run
+# that created the same name first (ProgrammingError).
+_RETRY_LATER = (OperationalError, ProgrammingError)
 logger = logging.getLogger(__name__)
 
 
@@ -34,8 +37,6 @@ logger = logging.getLogger(__name__)
 class HistoryTable:
     table: str
     time_column: str
-    # Columns a foreign key on the partitioned parent keeps (ON DELETE is done by Django).
-    device_column: str = "device_id"
 
     @property
     def default_partition(self) -> str:
@@ -225,16 +226,6 @@ def history_partitions_create(history: HistoryTable, *, days) -> list[str]:
         except _RETRY_LATER as exc:
             logger.warning("partition %s of %s not created this time: %s", day, history.table, exc)
     return created
-
-
-def _retry_later_errors():
-    from django.db import OperationalError, ProgrammingError
-
-    # lock_timeout (OperationalError), or another run created the same name first.
-    return (OperationalError, ProgrammingError)
-
-
-_RETRY_LATER = _retry_later_errors()
 
 
 def _default_partition_days(history: HistoryTable) -> list[datetime.date]:
