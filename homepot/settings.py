@@ -374,6 +374,18 @@ HOMEPOT_MONITORING_NOTIFY_BATCH = env.int("HOMEPOT_MONITORING_NOTIFY_BATCH", def
 # Health history older than this is pruned, in batches of the given size.
 HOMEPOT_MONITORING_RETENTION_DAYS = env.int("HOMEPOT_MONITORING_RETENTION_DAYS", default=30)
 HOMEPOT_MONITORING_PRUNE_BATCH = env.int("HOMEPOT_MONITORING_PRUNE_BATCH", default=5000)
+# History partitions (PostgreSQL; monitoring_app.partitions): day partitions created this
+# many days ahead by the hourly maintenance (a scheduler down for longer sends rows to the
+# DEFAULT partition, moved out on its next run); how long partition DDL waits for its lock
+# before leaving the work to the next run; and up to how many rows migration 0016 converts a
+# table itself (bigger tables: `manage.py partition_history`, online).
+HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD = env.int("HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD", default=7)
+HOMEPOT_MONITORING_PARTITION_LOCK_TIMEOUT_MS = env.int(
+    "HOMEPOT_MONITORING_PARTITION_LOCK_TIMEOUT_MS", default=2000
+)
+HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS = env.int(
+    "HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS", default=1_000_000
+)
 # Device health and site health each have a `status`: name their OpenAPI enums apart.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {

@@ -945,7 +945,8 @@ class _Importer:
                        coalesce(t.error_message, ''), LEAST(t.checked_at, now())
                 FROM legacy_health t JOIN devices_app_device d ON d.device_id = t.device_ref
                 WHERE t.checked_at IS NOT NULL AND t.status IN ({healthy})
-                ON CONFLICT (legacy_id) WHERE legacy_id IS NOT NULL DO NOTHING
+                  AND NOT EXISTS (SELECT 1 FROM monitoring_app_healthcheck h WHERE h.legacy_id = t.legacy_id)
+                ON CONFLICT (legacy_id, checked_at) WHERE legacy_id IS NOT NULL DO NOTHING
                 """
             )
             report.created = cursor.rowcount

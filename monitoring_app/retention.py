@@ -1,8 +1,13 @@
 """Retention: health history older than HOMEPOT_MONITORING_RETENTION_DAYS is removed.
 
-Deleted in small batches, each its own short transaction, so no lock is held long and the
-ingest keeps writing meanwhile. Device rows (the latest state) and alerts are never touched.
-The dashboard's rollup (FleetSnapshot) goes after SNAPSHOT_KEEP_DAYS.
+On PostgreSQL the history tables are partitioned by day (monitoring_app.partitions): every
+day partition wholly before the cutoff is dropped whole (constant time, no dead rows for
+autovacuum), a day only partly past the cutoff is kept until it is wholly past (so up to one
+day more than the retention is kept), and the few rows the DEFAULT partition holds are
+deleted in batches. A plain table (SQLite, or PostgreSQL not yet converted) is deleted from
+in small batches, each its own short transaction, so no lock is held long and the ingest
+keeps writing meanwhile. Device rows (the latest state) and alerts are never touched. The
+dashboard's rollup (FleetSnapshot) goes after SNAPSHOT_KEEP_DAYS.
 """
 
 import datetime
@@ -11,9 +16,27 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent
 from monitoring_app.rollup import SNAPSHOT_KEEP_DAYS
 from monitoring_app.services import audit_record
+
+
+def _prune_history(
+    history: partitions.HistoryTable, cutoff: datetime.datetime, batch_size: int, dropped: list[str]
+) -> int:
+    """Remove `history`'s rows before `cutoff`: whole day partitions where it is partitioned
+    (their names appended to `dropped`), then batched DELETEs of what is left (the DEFAULT
+    partition, or the whole plain table). Returns how many rows went (partitions: counted by
+    the statistics, see history_partitions_drop_before)."""
+    total = 0
+    table = history.table
+    if partitions.is_partitioned(table):
+        for part in partitions.history_partitions_drop_before(history, cutoff=cutoff):
+            dropped.append(part.name)
+            total += part.rows
+        table = history.default_partition
+    return total + _prune_batches(table, history.time_column, cutoff, batch_size)
 
 
 def _prune_batches(table: str, column: str, cutoff: datetime.datetime, batch_size: int) -> int:
@@ -36,16 +59,18 @@ def _prune_batches(table: str, column: str, cutoff: datetime.datetime, batch_siz
 def health_history_prune(
     *, now: datetime.datetime | None = None, days: int | None = None, batch_size: int | None = None
 ) -> int:
-    """Delete HealthCheck rows checked before now - `days` (and connectivity transitions
-    older than that), `batch_size` at a time (`DELETE ... WHERE id IN (SELECT id ... LIMIT
-    n)`, served by the time indexes), and write ONE audit row (health.pruned) with the
-    counts. Returns the number of health checks deleted. Safe to repeat.
+    """Remove HealthCheck rows checked before now - `days` (and connectivity transitions
+    older than that): whole day partitions on PostgreSQL, else `batch_size` at a time
+    (`DELETE ... WHERE id IN (SELECT id ... LIMIT n)`, served by the time indexes), and write
+    ONE audit row (health.pruned) with the counts and the partitions dropped. Returns the
+    number of health checks removed. Safe to repeat.
     """
     days = settings.HOMEPOT_MONITORING_RETENTION_DAYS if days is None else days
     batch_size = batch_size or settings.HOMEPOT_MONITORING_PRUNE_BATCH
     cutoff = (now or timezone.now()) - datetime.timedelta(days=days)
-    total = _prune_batches("monitoring_app_healthcheck", "checked_at", cutoff, batch_size)
-    transitions = _prune_batches("monitoring_app_devicestatuschange", "changed_at", cutoff, batch_size)
+    dropped: list[str] = []
+    total = _prune_history(partitions.HEALTH, cutoff, batch_size, dropped)
+    transitions = _prune_history(partitions.STATUS_CHANGES, cutoff, batch_size, dropped)
     # The chart rollup has its own, shorter age: the charts show at most 7 days.
     snapshot_cutoff = (now or timezone.now()) - datetime.timedelta(days=SNAPSHOT_KEEP_DAYS)
     snapshots = _prune_batches("monitoring_app_fleetsnapshot", "bucket_at", snapshot_cutoff, batch_size)
@@ -58,6 +83,7 @@ def health_history_prune(
             "snapshots_deleted": snapshots,
             "older_than": cutoff.isoformat(),
             "retention_days": days,
+            "partitions_dropped": dropped,
         },
     )
     return total

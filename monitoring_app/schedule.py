@@ -20,6 +20,12 @@ BEAT_SCHEDULE: dict = {
         "schedule": settings.HOMEPOT_MONITORING_NOTIFY_SECONDS,
         "options": {"expires": settings.HOMEPOT_MONITORING_NOTIFY_SECONDS},
     },
+    # Hourly: the history's day partitions HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD days ahead,
+    # and strays the DEFAULT partition caught moved out (a missed run only delays that).
+    "monitoring-history-partitions": {
+        "task": "monitoring_app.tasks.maintain_history_partitions",
+        "schedule": crontab(minute=7),
+    },
     # Nightly, off trading hours for most of the chain.
     "monitoring-prune-health": {
         "task": "monitoring_app.tasks.prune_health_history",

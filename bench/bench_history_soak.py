@@ -1,0 +1,636 @@
+"""History soak: does anything get slower as the health history grows? And retention.
+
+    python bench/bench_history_soak.py                          # 100,000 devices; 0, 1, 2, 5 days
+    python bench/bench_history_soak.py --days 0 1 2 --rows-per-device-day 100 --json soak.json
+    python bench/bench_history_soak.py --write-cost-only        # plain vs partitioned INSERT cost
+
+What it does:
+  1. recreates a scratch database (`--database`, default homepot_bench_soak; DROPPED), migrates
+     it (the history tables come out partitioned by day) and runs `manage.py create_fleet`
+     (`--devices`, 100 per site);
+  2. write cost per row: the same rows INSERTed into a plain table carrying the indexes the
+     health table had before partitioning (migration 0015: id, device, (device, checked_at),
+     checked_at, (status, checked_at), (status, id)) and into the partitioned health table,
+     set-based (`--write-cost-rows` in one INSERT ... SELECT) and one row a statement in
+     autocommit (as the ingest writes), alternating, `--rounds` times: rows per second each;
+  3. for each size in `--days` (full UTC days of history before today, `--rows-per-device-day`
+     rows per device per day; 100 × 100,000 = 10 million rows a day), fills the missing days
+     set-based (INSERT ... SELECT over generate_series, in time order, into the day's
+     partition detached and then attached, so its indexes are built in one pass), VACUUM
+     ANALYZEs them, writes down each partition's rows and bytes, and measures
+     in-process (no HTTP; the service and DRF/Django test clients as an admin of every site):
+       - ingest: single health reports (health_reports_record: the INSERT + the conditional
+         device UPDATE), batches of 50 reports, and heartbeats that write the device row
+         (HOMEPOT_MONITORING_TOUCH_SECONDS=0), each for `--ingest-seconds` from
+         `--ingest-threads` threads: reports per second;
+       - reads, median/p90 of `--repeat` (a random device or site each time): a device's
+         latest check (GET /api/v1/health-checks?device=..&page_size=1), its timeline
+         (/api/v1/fleet/devices/../timeline), a site's hour of checks
+         (/api/v1/health-checks?site=..&since=..&until=..), site health
+         (/api/v1/sites/../health), the fleet dashboard (/admin/monitoring_app/alert/fleet/),
+         the admin health-check list (/admin/monitoring_app/healthcheck/, and filtered to
+         unhealthy); and the SQL behind them by EXPLAIN ANALYZE (planning and execution);
+  4. on the largest size, retention while ingest runs (`--ingest-threads` threads of single
+     reports): the oldest day dropped as a partition (health_history_prune's way), then the
+     next day's rows removed by the batched DELETE the plain table used (5,000 a batch), for
+     at most `--delete-budget` seconds (the rate then gives the whole day's time); for each,
+     its duration, the ingest's rate, worst latency and errors meanwhile.
+
+Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
+"""
+
+import argparse
+import datetime
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_create_fleet import (  # noqa: E402
+    command_env,
+    drop_database,
+    machine,
+    manage,
+    recreate_database,
+    setup_django,
+)
+
+HEALTH = "monitoring_app_healthcheck"
+PLAIN = "bench_plain_healthcheck"
+# The health table's indexes before partitioning (migrations 0001-0015), for the write cost.
+PLAIN_INDEXES = (
+    "(device_id)",
+    "(device_id, checked_at DESC)",
+    "(checked_at DESC)",
+    "(status, checked_at DESC)",
+    "(status, id DESC)",
+)
+COLUMNS = "device_id, status, response_time_ms, metrics, error_message, checked_at"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", default="homepot_bench_soak", help="Scratch database (dropped!).")
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--rows-per-device-day", type=int, default=100)
+    parser.add_argument("--days", type=int, nargs="+", default=[0, 1, 2, 5])
+    parser.add_argument("--ingest-seconds", type=float, default=5.0)
+    parser.add_argument("--ingest-threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=15, help="Timed requests per read.")
+    parser.add_argument("--write-cost-rows", type=int, default=500_000)
+    parser.add_argument("--write-cost-single", type=int, default=5_000, help="Single-row INSERTs per round.")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delete-budget", type=float, default=120.0, help="Seconds of batched DELETE.")
+    parser.add_argument("--write-cost-only", action="store_true")
+    parser.add_argument("--skip-write-cost", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch database afterwards.")
+    parser.add_argument("--json", type=Path, help="Also write the results here as JSON.")
+    return parser.parse_args()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def today_utc() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def midnight(day: datetime.date) -> datetime.datetime:
+    return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+
+
+# --- filling ----------------------------------------------------------------------------------
+
+
+def _rows_sql(target: str) -> str:
+    """INSERT ... SELECT of `per_day` rows per device for one day, in time order (k outer),
+    statuses 90/8/2 % healthy/degraded/unhealthy, a small metrics object like an agent's."""
+    return f"""
+        INSERT INTO {target} ({COLUMNS})
+        SELECT d.id,
+               CASE WHEN mod(d.id + k, 50) = 0 THEN 'unhealthy'
+                    WHEN mod(d.id + k, 12) = 0 THEN 'degraded' ELSE 'healthy' END,
+               40 + mod(d.id * 7 + k * 13, 400),
+               jsonb_build_object('cpu_percent', mod(d.id + k, 100), 'memory_percent',
+                                  mod(d.id * 3 + k, 100), 'disk_free_mb', 2048 + mod(d.id, 512)),
+               '',
+               %(start)s::timestamptz + k * %(step)s::interval + mod(d.id, 1000) * %(jitter)s::interval
+        FROM generate_series(%(k0)s::int, %(k1)s::int) k CROSS JOIN (SELECT id FROM devices_app_device) d
+    """  # noqa: S608 (fixed names)
+
+
+def fill_day(day: datetime.date, per_day: int) -> float:
+    """Insert one day of history as an operator's database would have it, but quickly: the
+    day's partition is filled detached, without indexes (a chunk of k's per statement), then
+    attached, which builds its indexes in one sorted pass each (the same indexes the ingest
+    maintains row by row)."""
+    from django.db import connection
+
+    from monitoring_app import partitions
+
+    name = partitions.HEALTH.day_partition(day)
+    step = datetime.timedelta(days=1) / per_day
+    start = time.perf_counter()
+    chunk = max(1, per_day // 10)
+    lower, upper = midnight(day), midnight(day + datetime.timedelta(days=1))
+    with connection.cursor() as cursor:
+        cursor.execute(f'ALTER TABLE {HEALTH} DETACH PARTITION "{name}"')
+        cursor.execute(f'DROP TABLE "{name}"')
+        cursor.execute(f'CREATE TABLE "{name}" (LIKE {HEALTH} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)')
+        for k0 in range(0, per_day, chunk):
+            cursor.execute(
+                _rows_sql(f'"{name}"'),
+                {
+                    "start": lower,
+                    "step": step,
+                    "jitter": step / 1000,
+                    "k0": k0,
+                    "k1": min(per_day, k0 + chunk) - 1,
+                },
+            )
+        cursor.execute(
+            f'ALTER TABLE "{name}" ADD CONSTRAINT bench_range CHECK (checked_at >= %s AND checked_at < %s)',
+            [lower, upper],
+        )
+        cursor.execute("SET maintenance_work_mem = '256MB'")
+        cursor.execute(
+            f'ALTER TABLE {HEALTH} ATTACH PARTITION "{name}" FOR VALUES FROM (%s) TO (%s)', [lower, upper]
+        )
+        cursor.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT bench_range')
+    return time.perf_counter() - start
+
+
+def fill_to(days: int, per_day: int, filled: set) -> dict:
+    from monitoring_app import partitions
+
+    timings = {}
+    wanted = [today_utc() - datetime.timedelta(days=n) for n in range(1, days + 1)]
+    partitions.history_partitions_create(partitions.HEALTH, days=wanted)
+    partitions.history_partitions_create(partitions.STATUS_CHANGES, days=wanted)
+    for day in wanted:
+        if day in filled:
+            continue
+        log(f"filling {day} ({per_day} rows per device)")
+        timings[str(day)] = round(fill_day(day, per_day), 1)
+        vacuum(partitions.HEALTH.day_partition(day))
+        filled.add(day)
+    return timings
+
+
+def vacuum(table: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f'VACUUM ANALYZE "{table}"')
+
+
+def history_rows() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {HEALTH}")
+        cursor.execute(
+            "SELECT coalesce(sum(c.reltuples), 0)::bigint FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+            [HEALTH],
+        )
+        return cursor.fetchone()[0]
+
+
+def sizes() -> list[dict]:
+    from monitoring_app import partitions
+
+    return [
+        {"partition": name, "rows": rows, "mb": round(size / 1024 / 1024, 1)}
+        for name, rows, size in partitions.history_sizes(partitions.HEALTH)
+        if rows > 0
+    ]
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+def _device_pks() -> list[int]:
+    from devices_app.models import Device
+
+    return list(Device.objects.values_list("pk", flat=True))
+
+
+class IngestLoad:
+    """`threads` threads calling `kind`'s service until stopped; counts, errors, latencies."""
+
+    def __init__(self, kind: str, pks: list[int], threads: int):
+        self.kind, self.pks, self.threads = kind, pks, threads
+        self.stop = threading.Event()
+        self.count = 0
+        self.errors: list[str] = []
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.workers = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for worker in self.workers:
+            worker.join()
+        self.elapsed = time.perf_counter() - self.started
+
+    def _run(self, n: int) -> None:
+        from django.db import connection
+        from django.utils import timezone
+
+        from monitoring_app.ingest import HealthReport, _touch_device, health_reports_record
+
+        rng = random.Random(n)
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            try:
+                if self.kind == "heartbeat":
+                    _touch_device(device_id=rng.choice(self.pks), now=timezone.now(), reported_at=None)
+                    done = 1
+                else:
+                    size = 50 if self.kind == "health_batch" else 1
+                    device = rng.choice(self.pks)
+                    now = timezone.now()
+                    reports = [
+                        (
+                            device,
+                            HealthReport(
+                                status="healthy",
+                                checked_at=now,
+                                response_time_ms=120,
+                                metrics={"cpu_percent": 12.5, "memory_percent": 40.0},
+                            ),
+                        )
+                        for _ in range(size)
+                    ]
+                    done = health_reports_record(device_reports=reports)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the load goes on
+                with self.lock:
+                    self.errors.append(repr(exc)[:200])
+                continue
+            took = time.perf_counter() - start
+            with self.lock:
+                self.count += done
+                self.latencies.append(took)
+        connection.close()
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies) or [0.0]
+        return {
+            "per_s": round(self.count / self.elapsed, 1),
+            "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+            "max_ms": round(lat[-1] * 1000, 1),
+            "errors": len(self.errors),
+            "first_errors": self.errors[:3],
+        }
+
+
+def measure_ingest(args, pks) -> dict:
+    results = {}
+    for kind in ("health", "health_batch", "heartbeat"):
+        with IngestLoad(kind, pks, args.ingest_threads) as load:
+            time.sleep(args.ingest_seconds)
+        results[kind] = load.summary()
+    return results
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def _time(get, urls: list[str]) -> dict:
+    samples = []
+    for url in urls:
+        start = time.perf_counter()
+        response = get(url)
+        samples.append((time.perf_counter() - start) * 1000)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.content[:300]!r}")
+    samples.sort()
+    return {
+        "median_ms": round(statistics.median(samples), 1),
+        "p90_ms": round(samples[int(len(samples) * 0.9)], 1),
+        "worst_ms": round(samples[-1], 1),
+    }
+
+
+def measure_reads(args, admin, window_day: datetime.date | None) -> dict:
+    from django.test import Client
+    from rest_framework.test import APIClient
+
+    from devices_app.models import Device
+    from sites_app.models import Site
+
+    rng = random.Random(7)
+    devices = list(Device.objects.values_list("device_id", flat=True))
+    sites = list(Site.objects.values_list("site_id", flat=True))
+    api = APIClient()
+    api.force_authenticate(admin)
+    browser = Client()
+    browser.force_login(admin)
+
+    def api_get(url):
+        return api.get(url, HTTP_HOST="localhost")
+
+    def admin_get(url):
+        return browser.get(url, HTTP_HOST="localhost")
+
+    def some(template: str, pool: list[str]) -> list[str]:
+        return [template.format(rng.choice(pool)) for _ in range(args.repeat + 1)][1:]
+
+    api_get("/api/v1/health-checks?page_size=1")  # warm-up
+    hour = midnight(window_day) + datetime.timedelta(hours=12) if window_day else None
+    window = (
+        f"&since={hour.isoformat().replace('+00:00', 'Z')}"
+        f"&until={(hour + datetime.timedelta(hours=1)).isoformat().replace('+00:00', 'Z')}"
+        if hour
+        else ""
+    )
+    return {
+        "device_latest": _time(api_get, some("/api/v1/health-checks?device={}&page_size=1", devices)),
+        "device_timeline": _time(api_get, some("/api/v1/fleet/devices/{}/timeline", devices)),
+        "site_hour_of_checks": _time(api_get, some("/api/v1/health-checks?site={}" + window, sites)),
+        "site_health": _time(api_get, some("/api/v1/sites/{}/health", sites)),
+        "fleet_dashboard": _time(admin_get, ["/admin/monitoring_app/alert/fleet/"] * args.repeat),
+        "admin_health_list": _time(admin_get, ["/admin/monitoring_app/healthcheck/"] * args.repeat),
+        "admin_health_list_unhealthy": _time(
+            admin_get, ["/admin/monitoring_app/healthcheck/?status__exact=unhealthy"] * args.repeat
+        ),
+    }
+
+
+# The history's queries behind those reads, timed by EXPLAIN ANALYZE (planning counts: it grows
+# with the number of partitions). {device} and {site} are filled in with random ones.
+SQL_READS = {
+    "device_latest": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "ORDER BY checked_at DESC, id DESC LIMIT 1",
+    "device_timeline_health": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "ORDER BY checked_at DESC, id DESC LIMIT 50",
+    "site_hour": "SELECT h.* FROM monitoring_app_healthcheck h "
+    "JOIN devices_app_device d ON d.id = h.device_id "
+    "WHERE d.site_id = {site} AND h.checked_at >= (now() AT TIME ZONE 'UTC')::date - interval '12 hours' "
+    "AND h.checked_at < (now() AT TIME ZONE 'UTC')::date - interval '11 hours' ORDER BY h.id DESC LIMIT 51",
+    "admin_list_first_page": "SELECT * FROM monitoring_app_healthcheck "
+    "ORDER BY checked_at DESC, id DESC LIMIT 100",
+    "admin_list_unhealthy": "SELECT * FROM monitoring_app_healthcheck WHERE status = 'unhealthy' "
+    "ORDER BY checked_at DESC, id DESC LIMIT 100",
+    "api_list_first_page": "SELECT * FROM monitoring_app_healthcheck ORDER BY id DESC LIMIT 51",
+}
+
+
+def measure_sql(repeat: int) -> dict:
+    import re
+
+    from django.db import connection
+
+    rng = random.Random(11)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM devices_app_device")
+        devices = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT id FROM sites_app_site")
+        sites = [row[0] for row in cursor.fetchall()]
+        results = {}
+        for name, template in SQL_READS.items():
+            planning, execution = [], []
+            for _ in range(repeat):
+                sql = template.format(device=rng.choice(devices), site=rng.choice(sites))
+                cursor.execute("EXPLAIN (ANALYZE) " + sql)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                planning.append(float(re.search(r"Planning Time: ([\d.]+)", plan).group(1)))
+                execution.append(float(re.search(r"Execution Time: ([\d.]+)", plan).group(1)))
+            results[name] = {
+                "planning_ms": round(statistics.median(planning), 2),
+                "execution_ms": round(statistics.median(execution), 2),
+                "execution_worst_ms": round(max(execution), 2),
+            }
+    return results
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def measure_retention(args, pks, oldest: datetime.date) -> dict:
+    from monitoring_app import partitions
+
+    results = {}
+    cutoff = midnight(oldest + datetime.timedelta(days=1))
+    with IngestLoad("health", pks, args.ingest_threads) as load:
+        time.sleep(1)
+        start = time.perf_counter()
+        dropped = partitions.history_partitions_drop_before(partitions.HEALTH, cutoff=cutoff)
+        took = time.perf_counter() - start
+        time.sleep(1)
+    results["partition_drop"] = {
+        "seconds": round(took, 3),
+        "partitions": [d.name for d in dropped],
+        "rows": sum(d.rows for d in dropped),
+        "ingest_meanwhile": load.summary(),
+    }
+    log(f"dropped {results['partition_drop']}")
+
+    next_day = oldest + datetime.timedelta(days=1)
+    name = partitions.HEALTH.day_partition(next_day)
+    day_rows = next((s["rows"] for s in sizes() if s["partition"] == name), 0)
+    day_cutoff = midnight(next_day + datetime.timedelta(days=1))
+    with IngestLoad("health", pks, args.ingest_threads) as load:
+        deleted, took = _bounded_prune(name, day_cutoff, args.delete_budget)
+    rate = deleted / took if took else 0
+    results["batched_delete"] = {
+        "seconds": round(took, 1),
+        "rows": deleted,
+        "day_rows": day_rows,
+        "rows_per_s": round(rate),
+        "ingest_meanwhile": load.summary(),
+    }
+    return results
+
+
+def _bounded_prune(name: str, cutoff: datetime.datetime, budget: float) -> tuple[int, float]:
+    """The retention's batched DELETE (5,000 a batch, each committed) for at most `budget`
+    seconds: (rows deleted, seconds)."""
+    from django.db import connection, transaction
+
+    total, start = 0, time.perf_counter()
+    while time.perf_counter() - start < budget:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"""DELETE FROM "{name}" WHERE id IN (
+                        SELECT id FROM "{name}" WHERE checked_at < %s LIMIT 5000)""",  # noqa: S608
+                [cutoff],
+            )
+            deleted = cursor.rowcount
+        total += deleted
+        if deleted < 5000:
+            break
+    return total, time.perf_counter() - start
+
+
+# --- write cost -------------------------------------------------------------------------------
+
+
+def make_plain_table() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {PLAIN}")
+        cursor.execute(f"CREATE TABLE {PLAIN} (LIKE {HEALTH} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        cursor.execute(f"ALTER TABLE {PLAIN} ALTER COLUMN id DROP DEFAULT")
+        cursor.execute(f"ALTER TABLE {PLAIN} ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY")
+        cursor.execute(f"ALTER TABLE {PLAIN} ADD PRIMARY KEY (id)")
+        cursor.execute(
+            f"ALTER TABLE {PLAIN} ADD FOREIGN KEY (device_id) REFERENCES devices_app_device (id) "
+            "DEFERRABLE INITIALLY DEFERRED"
+        )
+        for n, columns in enumerate(PLAIN_INDEXES):
+            cursor.execute(f"CREATE INDEX bench_plain_{n} ON {PLAIN} {columns}")
+        cursor.execute(
+            f"CREATE UNIQUE INDEX bench_plain_legacy ON {PLAIN} (legacy_id) WHERE legacy_id IS NOT NULL"
+        )
+
+
+def _set_based(target: str, rows: int, devices: int) -> float:
+    from django.db import connection
+
+    per_device = max(1, rows // devices)
+    start = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _rows_sql(target),
+            {
+                "start": datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1),
+                "step": datetime.timedelta(minutes=1),
+                "jitter": datetime.timedelta(milliseconds=10),
+                "k0": 0,
+                "k1": per_device - 1,
+            },
+        )
+        inserted = cursor.rowcount
+    return inserted / (time.perf_counter() - start)
+
+
+def _single_rows(target: str, rows: int, pks: list[int]) -> float:
+    from django.db import connection
+
+    rng = random.Random(3)
+    sql = (
+        f"INSERT INTO {target} ({COLUMNS}) VALUES (%s, 'healthy', 120, "  # noqa: S608 (fixed names)
+        "'{\"cpu_percent\": 12.5}'::jsonb, '', now())"
+    )
+    start = time.perf_counter()
+    with connection.cursor() as cursor:
+        for _ in range(rows):
+            cursor.execute(sql, [rng.choice(pks)])  # autocommit: one transaction each
+    return rows / (time.perf_counter() - start)
+
+
+def measure_write_cost(args, pks) -> dict:
+    from django.db import connection
+
+    make_plain_table()
+    runs = {"set_based": {"plain": [], "partitioned": []}, "single_row": {"plain": [], "partitioned": []}}
+    for round_number in range(args.rounds):
+        order = [PLAIN, HEALTH] if round_number % 2 == 0 else [HEALTH, PLAIN]
+        for target in order:
+            label = "plain" if target == PLAIN else "partitioned"
+            runs["set_based"][label].append(_set_based(target, args.write_cost_rows, len(pks)))
+            runs["single_row"][label].append(_single_rows(target, args.write_cost_single, pks))
+        log(f"write cost round {round_number + 1}: {runs}")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {PLAIN}")
+        cursor.execute(f"TRUNCATE {HEALTH}")
+    result = {}
+    for mode, by_label in runs.items():
+        ratios = [p / q for p, q in zip(by_label["partitioned"], by_label["plain"], strict=True)]
+        result[mode] = {
+            "plain_rows_per_s": [round(v) for v in by_label["plain"]],
+            "partitioned_rows_per_s": [round(v) for v in by_label["partitioned"]],
+            "partitioned_over_plain": [round(r, 2) for r in ratios],
+        }
+    return result
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    from django.conf import settings
+
+    from accounts.models import User
+    from monitoring_app.rollup import fleet_snapshot_take
+
+    settings.DEBUG = False
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost", "testserver"]
+    settings.HOMEPOT_MONITORING_TOUCH_SECONDS = 0  # every heartbeat writes its row
+    pks = _device_pks()
+    results: dict = {"devices": len(pks), "rows_per_device_day": args.rows_per_device_day}
+    if not args.skip_write_cost:
+        results["write_cost"] = measure_write_cost(args, pks)
+        log(f"write cost: {results['write_cost']}")
+    if args.write_cost_only:
+        return results
+    admin = User.objects.create_superuser("bench-admin", "bench@example.com", "x")
+    fleet_snapshot_take()
+    filled: set = set()
+    results["sizes"] = []
+    for days in sorted(args.days):
+        fill_timings = fill_to(days, args.rows_per_device_day, filled)
+        stage = {
+            "days": days,
+            "health_rows": history_rows(),
+            "fill_seconds": fill_timings,
+            "partitions": sizes(),
+        }
+        log(f"{days} days: {stage['health_rows']} rows; measuring")
+        stage["ingest"] = measure_ingest(args, pks)
+        window_day = today_utc() - datetime.timedelta(days=1) if days else None
+        stage["reads"] = measure_reads(args, admin, window_day)
+        stage["sql"] = measure_sql(args.repeat)
+        log(json.dumps(stage, default=str))
+        results["sizes"].append(stage)
+    biggest = max(args.days)
+    if biggest >= 2:
+        oldest = today_utc() - datetime.timedelta(days=biggest)
+        results["retention"] = measure_retention(args, pks, oldest)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    recreate_database(args.database)
+    env = command_env(args.database)
+    log("migrating and creating the fleet")
+    manage(env, "migrate", "--noinput")
+    sites = max(1, args.devices // 100)
+    manage(env, "create_fleet", "--sites", str(sites), "--devices-per-site", "100", "--site-prefix", "soak")
+    setup_django(args.database)
+    try:
+        results = run(args)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        if not args.keep:
+            drop_database(args.database)
+    results["machine"] = machine()
+    print(json.dumps(results, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

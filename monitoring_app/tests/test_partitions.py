@@ -1,0 +1,302 @@
+"""Health history by day (PostgreSQL partitions): the ingest lands at any time, the hourly
+maintenance creates days ahead and moves strays, retention drops whole days (audited), and
+`partition_history` moves a plain table's rows across online with the reads unchanged."""
+
+import datetime
+import importlib
+import io
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+
+from devices_app.choices import DeviceStatus
+from devices_app.tests.factories import DeviceFactory
+from monitoring_app import partitions
+from monitoring_app.models import AuditLog, DeviceStatusChange, HealthCheck
+from monitoring_app.retention import health_history_prune
+from monitoring_app.tasks import maintain_history_partitions
+from monitoring_app.tests.factories import HealthCheckFactory
+from monitoring_app.tests.test_ingest import HEALTH, device_client
+
+pytestmark = pytest.mark.django_db
+
+HEALTH_TABLE = partitions.HEALTH.table
+
+
+def utc_today() -> datetime.date:
+    return timezone.now().astimezone(datetime.UTC).date()
+
+
+def midnight(day: datetime.date) -> datetime.datetime:
+    return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+
+
+def rows_in(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {connection.ops.quote_name(table)}")  # noqa: S608
+        return cursor.fetchone()[0]
+
+
+def partition_of(day: datetime.date) -> str:
+    return partitions.HEALTH.day_partition(day)
+
+
+def names() -> set[str]:
+    return {p.name for p in partitions.partitions(partitions.HEALTH)}
+
+
+def drop_partitions_from(day: datetime.date) -> None:
+    """As if the scheduler had been down since before `day`: no partition from then on."""
+    with connection.cursor() as cursor:
+        for part in partitions.partitions(partitions.HEALTH):
+            if part.lower is not None and part.lower.date() >= day:
+                cursor.execute(f"DROP TABLE {part.name}")
+
+
+def report(agent, when: datetime.datetime, status="healthy"):
+    response = agent.post(HEALTH, {"status": status, "timestamp": when.isoformat()}, format="json")
+    assert response.status_code == 201, response.content
+    return response
+
+
+@pytest.fixture
+def device():
+    return DeviceFactory(status=DeviceStatus.ONLINE)
+
+
+@pytest.fixture
+def agent(device):
+    return device_client(device)
+
+
+def test_the_history_tables_are_partitioned_by_day_with_days_ahead_and_a_default():
+    for history in partitions.HISTORY_TABLES:
+        assert partitions.is_partitioned(history.table)
+        found = {p.name for p in partitions.partitions(history)}
+        assert history.default_partition in found
+        assert history.day_partition(utc_today()) in found
+        assert history.day_partition(utc_today() + datetime.timedelta(days=1)) in found
+
+
+def test_reports_either_side_of_midnight_go_to_their_own_day(agent):
+    today = utc_today()
+    report(agent, midnight(today) - datetime.timedelta(microseconds=1))
+    report(agent, midnight(today))
+
+    assert rows_in(partition_of(today - datetime.timedelta(days=1))) == 1
+    assert rows_in(partition_of(today)) == 1
+    assert rows_in(partitions.HEALTH.default_partition) == 0
+
+
+def test_with_the_scheduler_down_reports_land_in_the_default_and_maintenance_moves_them(
+    agent, device, admin_api, settings
+):
+    # Nothing created from today on: the scheduler has been down for more than the days ahead.
+    today = utc_today()
+    drop_partitions_from(today)
+    skewed = timezone.now() + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS - 5)
+    report(agent, timezone.now(), status="degraded")
+    report(agent, skewed)  # a device clock at the allowed skew
+    assert rows_in(partitions.HEALTH.default_partition) == 2
+    listed_before = admin_api.get("/api/v1/health-checks").json()["results"]
+
+    maintain_history_partitions()
+
+    assert rows_in(partitions.HEALTH.default_partition) == 0
+    skewed_day = skewed.astimezone(datetime.UTC).date()  # tomorrow, just before midnight
+    moved = rows_in(partition_of(today)) + (rows_in(partition_of(skewed_day)) if skewed_day != today else 0)
+    assert moved == 2
+    assert HealthCheck.objects.filter(device=device).count() == 2
+    assert admin_api.get("/api/v1/health-checks").json()["results"] == listed_before
+    ahead = today + datetime.timedelta(days=settings.HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD)
+    assert partition_of(ahead) in names()
+
+
+def test_a_catch_up_report_from_days_ago_is_kept(agent, device):
+    # The partition of three days ago was never created (the database is younger).
+    three_days_ago = timezone.now() - datetime.timedelta(days=3) + datetime.timedelta(minutes=5)
+    drop_partitions_from(three_days_ago.date())  # and no day from then on either
+
+    report(agent, three_days_ago, status="unhealthy")
+    report(agent, timezone.now())
+    partitions.history_partitions_maintain()
+
+    assert sorted(HealthCheck.objects.filter(device=device).values_list("status", flat=True)) == [
+        "healthy",
+        "unhealthy",
+    ]
+    assert rows_in(partition_of(three_days_ago.astimezone(datetime.UTC).date())) == 1
+    assert rows_in(partitions.HEALTH.default_partition) == 0
+
+
+def test_maintenance_twice_creates_nothing_more(settings):
+    settings.HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD = 10
+    first = partitions.history_partitions_maintain()
+    second = partitions.history_partitions_maintain()
+
+    assert partition_of(utc_today() + datetime.timedelta(days=10)) in first.created
+    assert second.created == []
+
+
+def test_retention_drops_whole_days_keeps_a_day_partly_past_and_audits(settings):
+    settings.HOMEPOT_MONITORING_RETENTION_DAYS = 30
+    now = midnight(utc_today()) + datetime.timedelta(hours=12)
+    cutoff = now - datetime.timedelta(days=30)  # noon, 30 days ago
+    device = DeviceFactory()
+    gone = HealthCheckFactory.create_batch(4, device=device, checked_at=cutoff - datetime.timedelta(days=1))
+    partly = HealthCheckFactory.create_batch(
+        2, device=device, checked_at=cutoff - datetime.timedelta(hours=6)
+    )
+    kept = HealthCheckFactory.create_batch(3, device=device, checked_at=cutoff + datetime.timedelta(hours=13))
+    DeviceStatusChange.objects.create(
+        device=device,
+        old_status="online",
+        new_status="offline",
+        reason="silent",
+        changed_at=cutoff - datetime.timedelta(days=2),
+    )
+    partitions.history_partitions_maintain()  # the strays get their own days
+    assert rows_in(partitions.HEALTH.default_partition) == 0
+    old_day = partition_of((cutoff - datetime.timedelta(days=1)).date())
+    assert old_day in names()
+
+    removed = health_history_prune(now=now)
+
+    assert removed == len(gone)
+    left = set(HealthCheck.objects.values_list("pk", flat=True))
+    assert left == {c.pk for c in partly + kept}  # the cutoff's own day waits until wholly past
+    assert old_day not in names()
+    assert not DeviceStatusChange.objects.exists()
+    audit = AuditLog.objects.get(event_type="health.pruned")
+    assert audit.new_values["deleted"] == 4
+    assert audit.new_values["status_changes_deleted"] == 1
+    assert old_day in audit.new_values["partitions_dropped"]
+    assert audit.new_values["retention_days"] == 30
+
+    # A day later, the cutoff's day is wholly past: it goes too.
+    health_history_prune(now=now + datetime.timedelta(days=1))
+    assert set(HealthCheck.objects.values_list("pk", flat=True)) == {c.pk for c in kept}
+
+
+def test_retention_deletes_old_strays_in_the_default_partition():
+    device = DeviceFactory()
+    HealthCheckFactory(device=device, checked_at=timezone.now() - datetime.timedelta(days=45))
+    assert rows_in(partitions.HEALTH.default_partition) == 1
+
+    assert health_history_prune() == 1
+    assert not HealthCheck.objects.exists()
+
+
+# --- partition_history: a plain table moved across ----------------------------------------
+
+
+def make_health_table_plain() -> None:
+    """Put a plain health table (as before migration 0016) in place of the partitioned one;
+    the test's transaction rolls it all back."""
+    with connection.cursor() as cursor:
+        for part in partitions.partitions(partitions.HEALTH, cursor):
+            cursor.execute(f"ALTER TABLE {part.name} RENAME TO {part.name}_saved")
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'I' AND oid IN "
+            "(SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass(%s))",
+            [HEALTH_TABLE],
+        )
+        for (index,) in cursor.fetchall():
+            cursor.execute(f"ALTER INDEX {index} RENAME TO {index[:40]}_saved")
+        cursor.execute(f"ALTER TABLE {HEALTH_TABLE} RENAME TO {HEALTH_TABLE}_saved")
+        cursor.execute(f"ALTER SEQUENCE {HEALTH_TABLE}_id_seq RENAME TO {HEALTH_TABLE}_saved_seq")
+    with connection.schema_editor(atomic=False) as editor:
+        editor.create_model(HealthCheck)
+    assert not partitions.is_partitioned(HEALTH_TABLE)
+
+
+def test_partition_history_moves_a_plain_tables_rows_resumably_with_ingest_between(
+    agent, device, admin_api, admin_browser
+):
+    make_health_table_plain()
+    old = [
+        HealthCheckFactory(device=device, checked_at=timezone.now() - datetime.timedelta(days=d, minutes=m))
+        for d in range(4)
+        for m in (1, 2)
+    ]
+    api_before = admin_api.get("/api/v1/health-checks?page_size=50").json()["results"]
+    admin_before = admin_browser.get("/admin/monitoring_app/healthcheck/").content.decode()
+    timeline_before = admin_api.get(f"/api/v1/fleet/devices/{device.device_id}/timeline").json()
+
+    # Interrupted after the swap and one batch; a report arrives meanwhile; then run again.
+    assert partitions.history_table_swap(partitions.HEALTH)
+    assert partitions.history_copy_batch(partitions.HEALTH, batch_size=3) == 3
+    report(agent, timezone.now())
+    out = io.StringIO()
+    call_command("partition_history", batch_size=2, table=[HEALTH_TABLE], stdout=out)
+    assert "partitioned by day, old table gone" in out.getvalue()
+
+    assert partitions.is_partitioned(HEALTH_TABLE)
+    assert not partitions._exists(partitions.HEALTH.unpartitioned)
+    assert HealthCheck.objects.count() == len(old) + 1
+    api_after = admin_api.get("/api/v1/health-checks?page_size=50").json()["results"]
+    assert api_after[1:] == api_before  # the same rows and ids, the new report on top
+    newest = HealthCheck.objects.order_by("-id").first()
+    assert newest.id > max(c.pk for c in old)  # ids continue from the old sequence
+    timeline_after = admin_api.get(f"/api/v1/fleet/devices/{device.device_id}/timeline").json()
+    health_events = [e for e in timeline_after["events"] if e["type"] == "health"]
+    assert len(health_events) == len(old) + 1
+    assert [e for e in timeline_before["events"] if e["type"] == "health"] == health_events[1:]
+    admin_after = admin_browser.get("/admin/monitoring_app/healthcheck/").content.decode()
+    for check in old:
+        assert f"/admin/monitoring_app/healthcheck/{check.pk}/change/" in admin_before
+        assert f"/admin/monitoring_app/healthcheck/{check.pk}/change/" in admin_after
+
+
+def test_partition_history_on_a_partitioned_table_changes_nothing():
+    HealthCheckFactory()
+    call_command("partition_history", stdout=io.StringIO())
+    assert partitions.is_partitioned(HEALTH_TABLE) and HealthCheck.objects.count() == 1
+
+
+def run_migration_0016() -> None:
+    migration = importlib.import_module("monitoring_app.migrations.0016_partitioned_history")
+    with connection.schema_editor(atomic=False) as editor:
+        migration.partition_small_history(None, editor)
+
+
+def test_the_migration_partitions_a_small_plain_table_with_its_rows(settings):
+    make_health_table_plain()
+    checks = HealthCheckFactory.create_batch(3, checked_at=timezone.now() - datetime.timedelta(days=2))
+    settings.HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS = 3
+
+    run_migration_0016()
+
+    assert partitions.is_partitioned(HEALTH_TABLE)
+    assert set(HealthCheck.objects.values_list("pk", flat=True)) == {c.pk for c in checks}
+    two_days_ago = (timezone.now() - datetime.timedelta(days=2)).astimezone(datetime.UTC).date()
+    assert rows_in(partition_of(two_days_ago)) == 3
+
+
+def test_the_migration_leaves_a_big_table_plain_and_retention_still_deletes_from_it(settings, capsys):
+    make_health_table_plain()
+    HealthCheckFactory.create_batch(3, checked_at=timezone.now() - datetime.timedelta(days=40))
+    kept = HealthCheckFactory()
+    settings.HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS = 2
+
+    run_migration_0016()
+
+    assert not partitions.is_partitioned(HEALTH_TABLE)
+    assert "partition_history" in capsys.readouterr().out
+    assert health_history_prune() == 3
+    assert list(HealthCheck.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert AuditLog.objects.get(event_type="health.pruned").new_values["partitions_dropped"] == []
+
+
+def test_a_day_detached_but_not_dropped_goes_with_the_next_retention_run():
+    old_day = utc_today() - datetime.timedelta(days=40)
+    with connection.cursor() as cursor:  # as a crash between DETACH and DROP leaves it
+        cursor.execute(f"CREATE TABLE {partition_of(old_day)} (LIKE {HEALTH_TABLE})")
+        cursor.execute(f"CREATE TABLE {partition_of(utc_today() - datetime.timedelta(days=2))}_x (id int)")
+
+    health_history_prune()
+
+    assert not partitions._exists(partition_of(old_day))
+    assert partitions._exists(partition_of(utc_today() - datetime.timedelta(days=2)) + "_x")
