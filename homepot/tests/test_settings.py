@@ -323,12 +323,18 @@ def test_docker_compose_accepts_the_file_and_insists_on_a_secret_key():
             check=False,
         )
 
-    broker = {"MQTT_ADMIN_PASSWORD": "a", "MQTT_BRIDGE_PASSWORD": "b"}
+    # docker-compose 1.29 interpolates every service, also those of the observability profile.
+    broker = {
+        "MQTT_ADMIN_PASSWORD": "a",
+        "MQTT_BRIDGE_PASSWORD": "b",
+        "HOMEPOT_METRICS_TOKEN": "m",
+        "GRAFANA_ADMIN_PASSWORD": "g",
+    }
     assert config(SECRET_KEY="k", **broker).returncode == 0
     refused = config(**broker)
     assert refused.returncode != 0
     assert "Set SECRET_KEY" in refused.stderr
-    refused = config(SECRET_KEY="k", MQTT_BRIDGE_PASSWORD="b")
+    refused = config(SECRET_KEY="k", **{k: v for k, v in broker.items() if k != "MQTT_ADMIN_PASSWORD"})
     assert refused.returncode != 0
     assert "Set MQTT_ADMIN_PASSWORD" in refused.stderr
 
