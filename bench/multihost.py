@@ -172,8 +172,9 @@ class Cluster:
         self.hosts.clear()
 
 
-def leftover_cleanup(tag_prefix: str = "hpmh") -> None:
-    """Namespaces a killed run left behind (scripts/multihost.sh calls this from its trap)."""
+def leftover_cleanup(tag_prefix: str) -> None:
+    """Namespaces (and their processes) a killed run left behind (scripts/multihost.sh
+    calls this from its trap with the run's tag)."""
     for line in run("ip", "netns", "list", check=False).stdout.splitlines():
         ns = line.split()[0] if line.strip() else ""
         if ns.startswith(tag_prefix):
@@ -642,7 +643,7 @@ def scenario(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="homepot-multihost-"))
     workdir.chmod(0o755)
     (workdir / "logs").mkdir()
-    tag = f"hpmh{secrets.token_hex(2)}"
+    tag = args.tag
     cluster = Cluster(workdir, tag)
     report: dict = {"devices": args.devices, "app_hosts": args.app_hosts, "workdir": str(workdir)}
     timings: dict = report.setdefault("seconds", {})
@@ -914,7 +915,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32, help="closed-loop clients for --throughput")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--keep-logs", action="store_true")
-    parser.add_argument("--cleanup", action="store_true", help="only remove what a killed run left")
+    parser.add_argument(
+        "--tag",
+        default=f"hpmh{secrets.token_hex(2)}",
+        help="names of this run's namespaces start with it (hpmh + 4 hex digits)",
+    )
+    parser.add_argument("--cleanup", action="store_true", help="only remove what the run --tag left")
     return parser.parse_args(argv)
 
 
@@ -929,7 +935,7 @@ def main() -> int:
         return 0
     args = parse_args()
     if args.cleanup:
-        leftover_cleanup()
+        leftover_cleanup(args.tag)
         return 0
     reasons = missing_tools()
     if reasons:
