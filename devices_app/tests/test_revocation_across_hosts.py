@@ -6,7 +6,10 @@ revoking transaction's commit); docs/operations.md, "Several hosts".
 Two real gunicorn servers stand for two application hosts (separate processes, each with its
 own workers and persistent database connections)."""
 
+import uuid
+
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
@@ -27,13 +30,15 @@ def _database_url() -> str:
     return f"postgres://{login}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-@pytest.fixture
-def two_hosts(isolated_heartbeat_buffer):
+@pytest.fixture(scope="module")
+def two_hosts(django_db_setup):
+    """Started once for the module (the servers keep no data; each test makes its own)."""
+    buffer_prefix = f"homepot:seen:test-{uuid.uuid4().hex}:"
     env = {
         "DJANGO_SETTINGS_MODULE": "homepot.test_settings",
         "DATABASE_URL": _database_url(),
         "REDIS_URL": settings.REDIS_URL,
-        "HOMEPOT_MONITORING_SEEN_KEY_PREFIX": isolated_heartbeat_buffer,
+        "HOMEPOT_MONITORING_SEEN_KEY_PREFIX": buffer_prefix,
         "LOG_LEVEL": "ERROR",
     }
     servers = [Gunicorn(env, workers=2, threads=2), Gunicorn(env, workers=2, threads=2)]
@@ -44,6 +49,10 @@ def two_hosts(isolated_heartbeat_buffer):
     finally:
         for server in servers:
             server.stop()
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter(match=buffer_prefix + "*"))
+        if keys:
+            client.delete(*keys)
 
 
 def _answers(servers, path: str, secret: str, method: str = "GET") -> list[int]:
