@@ -242,8 +242,25 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# Where tasks go by default; several deployments (or a test) may share one Redis this way.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 # The worker and beat log each task received/succeeded and each tick sent only when asked.
 HOMEPOT_CELERY_LOG_TASKS = env.bool("HOMEPOT_CELERY_LOG_TASKS", default=False)
+
+# --- Beat: one leader across hosts --------------------------------------------------------
+# Every application host runs `celery beat`; RedBeat keeps the schedule (with each entry's
+# last run) in Redis and lets only the holder of one Redis lock send tasks. The leader renews
+# the lock on every tick (at least every HOMEPOT_BEAT_LOCK_SECONDS / 5); a standby tries to
+# take it as often. A leader killed outright leaves the lock to expire: another host's beat
+# leads at most HOMEPOT_BEAT_LOCK_SECONDS + one tick later (docs/operations.md, "Several
+# hosts"). A leader that finds its lock taken (it was cut off longer than that) stops with an
+# error instead of sending, and its supervisor restarts it as a standby.
+CELERY_BEAT_SCHEDULER = env.str("CELERY_BEAT_SCHEDULER", default="redbeat.RedBeatScheduler")
+HOMEPOT_BEAT_LOCK_SECONDS = env.int("HOMEPOT_BEAT_LOCK_SECONDS", default=25)
+CELERY_BEAT_MAX_LOOP_INTERVAL = max(1, HOMEPOT_BEAT_LOCK_SECONDS // 5)
+CELERY_REDBEAT_REDIS_URL = env.str("HOMEPOT_BEAT_REDIS_URL", default=REDIS_URL)
+CELERY_REDBEAT_KEY_PREFIX = env.str("HOMEPOT_BEAT_KEY_PREFIX", default="homepot:beat:")
+CELERY_REDBEAT_LOCK_TIMEOUT = HOMEPOT_BEAT_LOCK_SECONDS
 
 # --- Jobs (read by jobs_app: dispatcher, beat tick, agent API) ----------------------------
 # Push attempts per delivery before it is failed, and the exponential backoff between them.

@@ -43,6 +43,7 @@ from accounts.hashers import LegacyBcryptPasswordHasher, is_legacy_bcrypt_hash
 from accounts.models import ApiToken, User
 from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.validators import normalize_mac
+from homepot.db import stream
 from jobs_app.choices import JobAction, JobPriority, JobStatus
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import AuditLog
@@ -974,9 +975,12 @@ class _Importer:
         report = TableReport("audit_logs")
         L = self.legacy
         done = set(
-            AuditLog.objects.filter(event_type=AuditEvent.LEGACY_IMPORTED_EVENT)
-            .values_list("new_values__legacy_id", flat=True)
-            .iterator(chunk_size=BATCH_SIZE)
+            stream(
+                AuditLog.objects.filter(event_type=AuditEvent.LEGACY_IMPORTED_EVENT).values_list(
+                    "new_values__legacy_id", flat=True
+                ),
+                chunk_size=BATCH_SIZE,
+            )
         )
         users = {u.lower(): pk for pk, u in User.objects.values_list("pk", "username")}
         with connection.cursor() as cursor:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from homepot.db import stream
 from monitoring_app.models import AuditLog
 from monitoring_app.services import GENESIS_HASH
 
@@ -28,7 +29,7 @@ def audit_chain_verify(*, chunk_size: int = 5000, checkpoints=()) -> ChainReport
     expected = {c.row_id: c for c in checkpoints if c.row_id}
     expected_prev = GENESIS_HASH
     checked = 0
-    for row in AuditLog.objects.order_by("id").iterator(chunk_size=chunk_size):
+    for row in stream(AuditLog.objects.order_by("id"), chunk_size=chunk_size):
         if row.prev_hash != expected_prev:
             return ChainReport(
                 checked, row.pk, "its link to the previous row does not match (a row was removed or inserted)"

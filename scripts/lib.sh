@@ -7,6 +7,7 @@
 #   ensure_redis      make sure the Redis of $REDIS_URL answers (start a local one)
 #   ensure_chromium   make sure the browser tests have a Chromium (apt-get install it if missing)
 #   ensure_promtool   make sure the rule tests have Prometheus' promtool (apt-get install prometheus)
+#   ensure_multihost_tools  the multi-host test's servers (apt-get install pgbouncer, haproxy, ...)
 #   manage ARGS...    python manage.py ARGS... inside the venv
 #   django_run CODE   run Python code with Django set up
 #   step / note / die messages in one recognisable style
@@ -167,6 +168,37 @@ ensure_redis() {
     fi
     wait_until 15 redis_ready "$host" "$port" ||
         die "Redis is not reachable at $host:$port. Start it, or point REDIS_URL at one."
+}
+
+# --- The multi-host proof's servers ----------------------------------------------------------
+
+# ensure_multihost_tools: the multi-host proof (bench/multihost.py, scripts/multihost.sh, and
+# its short version homepot/tests/test_multihost.py) starts its own PostgreSQL, PgBouncer,
+# Redis, Mosquitto and HAProxy inside network namespaces. As root with apt-get, installs the
+# missing Debian packages; elsewhere says so and returns 0 (the test then skips: namespaces
+# need root anyway).
+ensure_multihost_tools() {
+    local missing=() tool package
+    for tool in pgbouncer:pgbouncer haproxy:haproxy redis-server:redis-server mosquitto:mosquitto ip:iproute2; do
+        package="${tool#*:}"
+        tool="${tool%%:*}"
+        command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$package")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        note "The multi-host test needs ${missing[*]} (and root); it will be skipped."
+        return 0
+    fi
+    step "Installing ${missing[*]} for the multi-host test (apt-get install)"
+    local log="${TMPDIR:-/tmp}/homepot-apt-multihost.log"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$log" 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$log" 2>&1 || {
+            tail -n 20 "$log" >&2
+            note "apt-get could not install ${missing[*]} (full log: $log); the multi-host test will fail."
+            return 1
+        }
+    fi
 }
 
 # --- The browser tests' Chromium ----------------------------------------------------------

@@ -33,6 +33,7 @@ ensure_redis
 # Not fatal here: without a Chromium the browser tests fail, and every other test still runs.
 ensure_chromium || note "continuing without Chromium: the browser tests will fail"
 ensure_promtool || note "continuing without promtool: the Prometheus rule tests will fail"
+ensure_multihost_tools || note "continuing: the multi-host test will fail"
 
 if [ "${CI:-}" = "true" ]; then
     # A stale test database reused from an earlier run could hide a broken migration.

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 from django.conf import settings
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client, override_settings
@@ -279,10 +280,31 @@ def test_compose_processes_wait_for_healthy_services_and_run_existing_code(compo
 def test_compose_takes_configuration_from_the_environment_with_no_default_secret(compose):
     env = compose["services"]["web"]["environment"]
     assert env["DATABASE_URL"].startswith("postgresql://homepot_user:")
-    assert env["DATABASE_URL"].endswith("@db:5432/homepot_db")
+    assert env["DATABASE_URL"].endswith("@pgbouncer:6432/homepot_db")  # through the pooler
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")  # compose refuses to start without one
     assert env["DEBUG"] == "false"
+
+
+def test_compose_scales_web_and_worker_behind_a_load_balancer_and_a_pooler(compose):
+    """`docker compose up --scale web=3 --scale worker=3`: no replica binds a host port (the
+    load balancer does), every process reaches PostgreSQL through PgBouncer in transaction
+    mode, beat may run on every host (one leader), bridges get client ids of their own."""
+    services = compose["services"]
+    assert "ports" not in services["web"] and services["web"]["expose"] == ["8000"]
+    assert services["lb"]["ports"] == ["${PORT:-8000}:8000"]
+    haproxy = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert "server-template web 10 web:8000" in haproxy and "option redispatch" in haproxy
+    assert "./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in services["lb"]["volumes"]
+    pooler = (ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text().splitlines()
+    assert "pool_mode = transaction" in pooler and "* = host=db port=5432" in pooler
+    assert services["pgbouncer"]["build"] == "./deploy/pgbouncer"
+    for name in ("worker", "bridge", "mqtt-auth"):
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy", name
+    # Migrations alone go straight to PostgreSQL.
+    assert services["migrate"]["environment"]["DATABASE_URL"].endswith("@db:5432/homepot_db")
+    assert "--client-id" not in services["bridge"]["command"]
+    assert django_settings.CELERY_BEAT_SCHEDULER == "redbeat.RedBeatScheduler"
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs Debian's docker-compose")
@@ -301,12 +323,18 @@ def test_docker_compose_accepts_the_file_and_insists_on_a_secret_key():
             check=False,
         )
 
-    broker = {"MQTT_ADMIN_PASSWORD": "a", "MQTT_BRIDGE_PASSWORD": "b"}
+    # docker-compose 1.29 interpolates every service, also those of the observability profile.
+    broker = {
+        "MQTT_ADMIN_PASSWORD": "a",
+        "MQTT_BRIDGE_PASSWORD": "b",
+        "HOMEPOT_METRICS_TOKEN": "m",
+        "GRAFANA_ADMIN_PASSWORD": "g",
+    }
     assert config(SECRET_KEY="k", **broker).returncode == 0
     refused = config(**broker)
     assert refused.returncode != 0
     assert "Set SECRET_KEY" in refused.stderr
-    refused = config(SECRET_KEY="k", MQTT_BRIDGE_PASSWORD="b")
+    refused = config(SECRET_KEY="k", **{k: v for k, v in broker.items() if k != "MQTT_ADMIN_PASSWORD"})
     assert refused.returncode != 0
     assert "Set MQTT_ADMIN_PASSWORD" in refused.stderr
 

@@ -61,6 +61,7 @@ def deliveries_apply_events(events: Iterable[DeviceEvent]) -> dict[str, int]:
         bucket.setdefault(event.delivery_id, event)
     now = timezone.now()
     with transaction.atomic():
+        _lock_in_id_order(sorted({*acks, *results}))
         acked = _apply_acks(list(acks.values()), now)
         finished = _apply_results(list(results.values()), now)
     # Observed once committed: a batch the bridge retries after a rollback counts once.
@@ -94,6 +95,20 @@ def _observe(acked: list[tuple], finished: list[tuple]) -> None:
         )
         for seconds in waited:
             stage.observe(seconds)
+
+
+def _lock_in_id_order(delivery_ids: list[int]) -> None:
+    """Row locks on the batch's deliveries, in id order, before the UPDATEs below take them
+    in whatever order their plans visit the rows. Several bridges (on several hosts) get
+    overlapping batches: a delivery's ack through one, its result through another. Taking
+    the locks in one order makes them queue behind each other instead of deadlocking."""
+    if not delivery_ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Delivery._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE",  # noqa: S608
+            [delivery_ids],
+        )
 
 
 def _apply_acks(acks: list[DeviceEvent], now) -> list[tuple]:

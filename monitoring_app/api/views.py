@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from homepot.api.pagination import CursorPagination
 from homepot.csv_export import csv_response
+from homepot.db import stream
 from monitoring_app import alerts
 from monitoring_app.api.serializers import (
     AlertNoteInputSerializer,
@@ -81,7 +82,7 @@ class AuditLogViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["get"], url_path="export", pagination_class=None)
     def export(self, request):
         """The same filtered, scoped trail as CSV, streamed so any size fits in flat memory."""
-        logs = self.filter_queryset(self.get_queryset()).order_by("-id").iterator(chunk_size=2000)
+        logs = stream(self.filter_queryset(self.get_queryset()).order_by("-id"), chunk_size=2000)
         # csv_response quotes cells a spreadsheet would run as formulas (CSV injection).
         return csv_response(CSV_COLUMNS, (_csv_row(log) for log in logs), "homepot-audit.csv")
 

@@ -21,6 +21,7 @@ from django.db import transaction
 
 from devices_app import mqtt_auth
 from devices_app.models import Device, DeviceCredential
+from homepot.db import stream
 
 REMOVE_AT_ONCE = 500
 
@@ -63,10 +64,12 @@ class Command(BaseCommand):
 
         missing = [
             device_id
-            for device_id in DeviceCredential.objects.filter(revoked_at__isnull=True)
-            .values_list("device__device_id", flat=True)
-            .order_by("device__device_id")
-            .iterator(chunk_size=2000)
+            for device_id in stream(
+                DeviceCredential.objects.filter(revoked_at__isnull=True)
+                .values_list("device__device_id", flat=True)
+                .order_by("device__device_id"),
+                chunk_size=2000,
+            )
             if device_id not in clients
         ]
         if missing:

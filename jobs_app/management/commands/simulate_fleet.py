@@ -167,6 +167,8 @@ class Terminal(threading.Thread):
                     getattr(self, name)()
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     self.count("errors")
+                    # By kind too (HTTP status or exception), so a run says what failed.
+                    self.count(f"errors_{getattr(exc, 'code', None) or type(exc).__name__}")
                     if self.options["verbosity"] > 1:
                         print(f"{self.device_id}: {name}: {exc}")
                 due[name] = time.monotonic() + self.every(name)

@@ -1,0 +1,954 @@
+#!/usr/bin/env python3
+"""HOMEPOT on several hosts, with one application host killed mid-run (issue 13).
+
+Hosts are Linux network namespaces on one bridge (made here, removed at the end, also on
+Ctrl-C or SIGTERM); only addresses inside them are used, and nothing on the machine's own
+127.0.0.1 services is touched:
+
+  db      PostgreSQL, PgBouncer (transaction mode), Redis, Mosquitto: own instances, data in a
+          temporary directory
+  app1..N gunicorn, a Celery worker, Celery beat (RedBeat: one leader), an MQTT bridge (one
+          shared subscription)
+  lb      HAProxy, health-checking the app hosts' /healthz
+  load    simulated terminals (manage.py simulate_fleet: HTTP-polling and MQTT) and a
+          heartbeat load generator that records every heartbeat answered 2xx
+
+Scenario: DEVICES devices (half polling over HTTP through the load balancer, half on MQTT),
+one job to all of them, heartbeats at DEVICES per minute through the load balancer. After
+--kill-after seconds every process of the app host whose beat leads is killed (SIGKILL)
+and its network cut; --revive-after seconds later it comes back. Then it checks: every
+delivery final, the job completed, each terminal answered each delivery once, every
+heartbeat answered 2xx reached its device row, beat failed over; and reports the errors
+seen while the host was away.
+
+With --throughput SECONDS it first measures heartbeats per second through the load
+balancer with 1, 2, ... N app hosts (a closed loop of --connections clients).
+
+    sudo .venv/bin/python bench/multihost.py                       # 3 app hosts, 10,000 devices
+    sudo .venv/bin/python bench/multihost.py --devices 100000 --throughput 20 --json out.json
+    scripts/multihost.sh ...                                       # the same, via the wrapper
+
+Needs root, `ip`, PostgreSQL's server binaries, pgbouncer, haproxy, redis-server, mosquitto.
+Exit status 0 when every check held; the JSON report names each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SUBNET = "10.213.77"
+DB_IP, LB_IP, LOAD_IP = f"{SUBNET}.2", f"{SUBNET}.3", f"{SUBNET}.4"
+BASE_PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TOOLS = ("ip", "pgbouncer", "haproxy", "redis-server", "mosquitto", "runuser")
+
+
+def app_ip(n: int) -> str:
+    return f"{SUBNET}.{10 + n}"
+
+
+def missing_tools() -> list[str]:
+    """Why this machine cannot run the proof (empty: it can)."""
+    reasons = [f"no `{tool}` on PATH" for tool in TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        reasons.append("not root (network namespaces need it)")
+    if pg_bin() is None:
+        reasons.append("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql")
+    return reasons
+
+
+def pg_bin() -> Path | None:
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+    )
+    return versions[-1].parent if versions else None
+
+
+def run(*command, check=True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, check=check, capture_output=True, text=True, **kwargs)  # noqa: S603
+
+
+# --- hosts -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Host:
+    name: str
+    ns: str
+    ip: str
+    link: str  # its veth end on the switch: down = the host's network is cut
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+
+class Cluster:
+    """The namespaces, their links and every process started in them; `close` removes all."""
+
+    def __init__(self, workdir: Path, tag: str):
+        self.workdir, self.tag = workdir, tag
+        self.switch = f"{tag}-sw"
+        self.hosts: dict[str, Host] = {}
+        self.env: dict[str, str] = {"PATH": BASE_PATH, "HOME": "/root"}
+
+    # namespaces and links
+    def create_switch(self) -> None:
+        run("ip", "netns", "add", self.switch)
+        self.ns_run(self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        self.ns_run(self.switch, "ip", "link", "set", "br0", "up")
+
+    def add_host(self, name: str, ip: str) -> Host:
+        ns, link = f"{self.tag}-{name}", f"{self.tag}{name}"[:15]
+        run("ip", "netns", "add", ns)
+        run("ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"[:15])
+        run("ip", "link", "set", f"{link}p"[:15], "netns", ns)
+        run("ip", "link", "set", link, "netns", self.switch)
+        self.ns_run(self.switch, "ip", "link", "set", link, "master", "br0", "up")
+        self.ns_run(ns, "ip", "link", "set", f"{link}p"[:15], "name", "eth0")
+        self.ns_run(ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+        self.ns_run(ns, "ip", "link", "set", "eth0", "up")
+        self.ns_run(ns, "ip", "link", "set", "lo", "up")
+        host = self.hosts[name] = Host(name, ns, ip, link)
+        return host
+
+    def cut(self, host: Host) -> None:
+        self.ns_run(self.switch, "ip", "link", "set", host.link, "down")
+
+    def reconnect(self, host: Host) -> None:
+        self.ns_run(self.switch, "ip", "link", "set", host.link, "up")
+
+    @staticmethod
+    def ns_run(ns: str, *command, check=True, **kwargs) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", ns, *command, check=check, **kwargs)
+
+    # processes
+    def start(self, host: Host, name: str, command: list[str], *, env=None, user: str | None = None):
+        log = (self.workdir / "logs" / f"{host.name}-{name}.log").open("a")
+        prefix = ["ip", "netns", "exec", host.ns]
+        if user:
+            prefix += ["runuser", "-u", user, "--"]
+        process = subprocess.Popen(  # noqa: S603 (commands built here)
+            prefix + command,
+            cwd=ROOT,
+            env=env or self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        host.processes[name] = process
+        return process
+
+    def kill_host(self, host: Host) -> int:
+        """SIGKILL to every process in the host's namespace (its whole process tree)."""
+        pids = run("ip", "netns", "pids", host.ns, check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        for process in host.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        host.processes.clear()
+        return len(pids)
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                self.kill_host(host)
+        for ns in [*(h.ns for h in self.hosts.values()), self.switch]:
+            run("ip", "netns", "del", ns, check=False)
+        self.hosts.clear()
+
+
+def leftover_cleanup(tag_prefix: str) -> None:
+    """Namespaces (and their processes) a killed run left behind (scripts/multihost.sh
+    calls this from its trap with the run's tag)."""
+    for line in run("ip", "netns", "list", check=False).stdout.splitlines():
+        ns = line.split()[0] if line.strip() else ""
+        if ns.startswith(tag_prefix):
+            for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            run("ip", "netns", "del", ns, check=False)
+
+
+# --- the database host ---------------------------------------------------------------------------
+
+
+def wait_tcp(cluster: Cluster, host: Host, ip: str, port: int, timeout: float = 60) -> None:
+    probe = f"import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()"
+    deadline = time.monotonic() + timeout
+    while cluster.ns_run(host.ns, sys.executable, "-c", probe, check=False).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{ip}:{port} did not answer within {timeout} s (logs: {cluster.workdir}/logs)"
+            )
+        time.sleep(0.3)
+
+
+def start_database_host(cluster: Cluster, db: Host) -> None:
+    work, pgdir = cluster.workdir, cluster.workdir / "pg"
+    pgdir.mkdir()
+    shutil.chown(pgdir, "postgres", "postgres")
+    run(
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        str(pg_bin() / "initdb"),
+        "-D",
+        str(pgdir / "data"),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C.UTF-8",
+    )
+    # A scratch instance: no fsync (the database host is never the one killed here).
+    (pgdir / "data" / "postgresql.auto.conf").write_text(
+        f"listen_addresses = '{DB_IP}'\nport = 5432\nunix_socket_directories = '{pgdir}'\n"
+        "max_connections = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+        "shared_buffers = 256MB\ntimezone = 'UTC'\n"
+        # A client host that vanished (network cut) is noticed by keepalives, not hours later.
+        "tcp_keepalives_idle = 5\ntcp_keepalives_interval = 2\ntcp_keepalives_count = 3\n"
+    )
+    (pgdir / "data" / "pg_hba.conf").write_text(f"local all all trust\nhost all all {SUBNET}.0/24 trust\n")
+    cluster.start(db, "postgres", [str(pg_bin() / "postgres"), "-D", str(pgdir / "data")], user="postgres")
+    wait_tcp(cluster, db, DB_IP, 5432)
+    bouncer = work / "pgbouncer"
+    bouncer.mkdir()
+    (bouncer / "userlist.txt").write_text('"postgres" ""\n')
+    (bouncer / "pgbouncer.ini").write_text(POOLER_INI.format(db_ip=DB_IP, dir=bouncer))
+    shutil.chown(bouncer, "postgres", "postgres")
+    cluster.start(db, "pgbouncer", ["pgbouncer", str(bouncer / "pgbouncer.ini")], user="postgres")
+    redis_dir = work / "redis"
+    redis_dir.mkdir()
+    cluster.start(
+        db,
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            DB_IP,
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(redis_dir),
+            "--protected-mode",
+            "no",
+        ],
+    )
+    (work / "mosquitto.conf").write_text(
+        f"listener 1883 {DB_IP}\nallow_anonymous true\npersistence false\nuser root\n"
+        "max_queued_messages 100000\nmax_inflight_messages 1000\n"
+    )
+    cluster.start(db, "mosquitto", ["mosquitto", "-c", str(work / "mosquitto.conf")])
+    for port in (6432, 6379, 1883):
+        wait_tcp(cluster, db, DB_IP, port)
+
+
+# Transaction mode: a server connection serves one transaction at a time, so the server
+# connections needed are the transactions running at once, not the clients connected.
+# idle_transaction_timeout: a client that died inside a transaction (its host killed, its
+# network cut) gives back its server connection, and the locks it held, within 15 s.
+POOLER_INI = """[databases]
+* = host={db_ip} port=5432
+
+[pgbouncer]
+listen_addr = {db_ip}
+listen_port = 6432
+unix_socket_dir = {dir}
+auth_type = trust
+auth_file = {dir}/userlist.txt
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 20
+reserve_pool_size = 5
+max_db_connections = 40
+idle_transaction_timeout = 15
+server_reset_query =
+ignore_startup_parameters = extra_float_digits,options
+tcp_keepalive = 1
+tcp_keepidle = 5
+tcp_keepintvl = 2
+tcp_keepcnt = 3
+pidfile = {dir}/pgbouncer.pid
+"""
+
+
+# --- application hosts and the load balancer ---------------------------------------------------
+
+
+def app_env(args, database_port: int = 6432) -> dict[str, str]:
+    return {
+        "PATH": BASE_PATH,
+        "HOME": "/root",
+        "DJANGO_SETTINGS_MODULE": "homepot.settings",
+        "HOMEPOT_ENV_FILE": "",
+        "SECRET_KEY": "multihost-" + secrets.token_urlsafe(16),
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "*",
+        "DATABASE_URL": f"postgres://postgres@{DB_IP}:{database_port}/homepot",
+        "REDIS_URL": f"redis://{DB_IP}:6379/0",
+        "HOMEPOT_JOBS_MQTT_HOST": DB_IP,
+        "HOMEPOT_BEAT_LOCK_SECONDS": str(args.beat_lock_seconds),
+        "HOMEPOT_CELERY_LOG_TASKS": "true",
+        # Every heartbeat answered 2xx moves last_seen (the check reads it).
+        "HOMEPOT_MONITORING_TOUCH_SECONDS": "0",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_app_host(cluster: Cluster, host: Host, args) -> None:
+    manage = [sys.executable, "manage.py"]
+    cluster.start(
+        host,
+        "gunicorn",
+        [
+            str(VENV_BIN / "gunicorn"),
+            "homepot.wsgi",
+            "-b",
+            f"{host.ip}:8000",
+            "-w",
+            str(args.web_workers),
+            "--threads",
+            "4",
+            "--timeout",
+            "30",
+        ],
+    )
+    cluster.start(
+        host,
+        "worker",
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "homepot",
+            "worker",
+            "-c",
+            "2",
+            "-n",
+            f"worker@{host.name}",
+            "--loglevel=WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+    )
+    cluster.start(
+        host,
+        "beat",
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "homepot",
+            "beat",
+            "--loglevel=INFO",
+            "--schedule",
+            str(cluster.workdir / f"beat-{host.name}"),
+        ],
+    )
+    cluster.start(host, "bridge", [*manage, "mqtt_bridge", "--client-id", f"bridge-{host.name}"])
+
+
+def write_haproxy(cluster: Cluster, app_hosts: list[Host], per_server: int) -> Path:
+    # maxconn: at most as many requests per host as its gunicorn serves at once; the rest wait
+    # in HAProxy's queue, so a health check is never stuck behind a backlog in gunicorn.
+    servers = "\n".join(f"    server {h.name} {h.ip}:8000" for h in app_hosts)
+    path = cluster.workdir / "haproxy.cfg"
+    path.write_text(
+        HAPROXY_CFG.format(lb_ip=LB_IP, servers=servers, per_server=per_server, server_checks=SERVER_CHECKS)
+    )
+    return path
+
+
+# Connection failures to a dead host are retried on another (redispatch); a request already
+# sent to a host that dies is not (it may have been applied): that is the error rate reported.
+# Health: /healthz every second, with time to answer on a busy machine (a slow answer is no
+# reason to take a host out); connection errors to real traffic take a host out at once
+# (observe layer4), which is what a killed or cut-off host gives.
+SERVER_CHECKS = "check inter 2s fall 3 rise 2 observe layer4 error-limit 2 on-error mark-down"
+HAPROXY_CFG = """global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 15s
+    timeout check 10s
+    timeout queue 30s
+    retries 2
+    option redispatch 1
+    option httpchk GET /healthz
+frontend web
+    bind {lb_ip}:80
+    default_backend app
+backend app
+    balance roundrobin
+    default-server maxconn {per_server} {server_checks}
+{servers}
+"""
+
+
+def reload_lb(cluster: Cluster, lb: Host, app_hosts: list[Host], per_server: int) -> None:
+    old = lb.processes.pop("haproxy", None)
+    if old is not None:
+        os.killpg(old.pid, signal.SIGTERM)
+        old.wait(timeout=10)
+    cluster.start(lb, "haproxy", ["haproxy", "-db", "-f", str(write_haproxy(cluster, app_hosts, per_server))])
+    wait_tcp(cluster, lb, LB_IP, 80)
+
+
+def wait_healthy(cluster: Cluster, lb: Host, timeout: float = 120) -> None:
+    probe = (
+        "import urllib.request, sys; "
+        f"sys.exit(urllib.request.urlopen('http://{LB_IP}/healthz', timeout=3).status != 200)"
+    )
+    deadline = time.monotonic() + timeout
+    while cluster.ns_run(lb.ns, sys.executable, "-c", probe, check=False).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no app host became healthy (logs: {cluster.workdir}/logs)")
+        time.sleep(0.5)
+
+
+# --- load: heartbeats ----------------------------------------------------------------------------
+
+
+async def _heartbeat(ip: str, secret: str) -> int:
+    request = (
+        f"POST /api/v1/agent/heartbeat HTTP/1.1\r\nHost: {ip}\r\nAuthorization: Device {secret}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    ).encode()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, 80), 5)
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 35)
+        await reader.read()
+        return int(status_line.split()[1]) if status_line else 0
+    finally:
+        writer.close()
+
+
+async def _heartbeat_load(ip: str, credentials: dict, rate: float, duration: float, out: Path) -> None:
+    """Open loop: `rate` heartbeats a second, round the devices; one line per answer
+    (sent-at, device, status) so the checker knows what was acknowledged and when."""
+    devices = sorted(credentials)
+    lines, tasks = [], set()
+
+    async def one(device_id: str, sent_at: float) -> None:
+        try:
+            status = await _heartbeat(ip, credentials[device_id])
+        except (OSError, TimeoutError, ValueError, IndexError):
+            status = 0
+        lines.append(f"{sent_at:.6f} {device_id} {status}\n")
+
+    started = time.time()
+    n = 0
+    stop = out.with_suffix(".stop")
+    while time.time() - started < duration and not stop.exists():
+        due = started + n / rate
+        await asyncio.sleep(max(0.0, due - time.time()))
+        task = asyncio.create_task(one(devices[n % len(devices)], time.time()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        n += 1
+        if len(lines) > 500:
+            with out.open("a") as f:
+                f.writelines(lines)
+            lines.clear()
+    await asyncio.gather(*tasks)
+    with out.open("a") as f:
+        f.writelines(lines)
+
+
+async def _closed_loop(ip: str, credentials: dict, connections: int, duration: float) -> dict:
+    secrets_list = list(credentials.values())
+    counts = {"ok": 0, "failed": 0}
+    deadline = time.monotonic() + duration
+
+    async def client(k: int) -> None:
+        i = k
+        while time.monotonic() < deadline:
+            try:
+                status = await _heartbeat(ip, secrets_list[i % len(secrets_list)])
+            except (OSError, TimeoutError, ValueError, IndexError):
+                status = 0
+            counts["ok" if 200 <= status < 300 else "failed"] += 1
+            i += connections
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(k) for k in range(connections)))
+    elapsed = time.monotonic() - started
+    return {**counts, "per_second": round(counts["ok"] / elapsed, 1)}
+
+
+def heartbeat_main(argv: list[str]) -> None:
+    """`multihost.py heartbeats CREDENTIALS RATE DURATION OUT` or `... capacity CREDENTIALS
+    CONNECTIONS DURATION`: run inside the load host by the orchestrator."""
+    mode, credentials_file = argv[0], Path(argv[1])
+    credentials = json.loads(credentials_file.read_text())
+    if mode == "heartbeats":
+        asyncio.run(_heartbeat_load(LB_IP, credentials, float(argv[2]), float(argv[3]), Path(argv[4])))
+    else:
+        print(json.dumps(asyncio.run(_closed_loop(LB_IP, credentials, int(argv[2]), float(argv[3])))))
+
+
+# --- the scenario --------------------------------------------------------------------------------
+
+
+def manage(cluster: Cluster, host: Host, *command, env=None) -> str:
+    result = cluster.ns_run(
+        host.ns, "env", *_env_args(env or cluster.env), sys.executable, "manage.py", *command, check=False
+    )
+    if result.returncode:
+        raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def _env_args(env: dict) -> list[str]:
+    return ["-i", *(f"{k}={v}" for k, v in env.items())]
+
+
+def django(cluster: Cluster, host: Host, code: str, env=None) -> str:
+    return manage(cluster, host, "shell", "-c", code, env=env)
+
+
+# A share of the fleet polls over HTTP (every n-th device), the rest is pushed to over MQTT.
+SETUP_SQL = (
+    "UPDATE devices_app_device SET push_channel = CASE WHEN id % {every} = 0 THEN 'poll' ELSE 'mqtt' END"
+)
+
+CREATE_JOB_CODE = """
+import datetime, json
+from jobs_app import services
+from sites_app.models import Site
+sites = list(Site.objects.order_by("pk"))
+job = services.job_create(actor=None, site=sites[0], extra_sites=sites[1:], action="update_config",
+                          ttl=datetime.timedelta(seconds={ttl}))
+print(json.dumps({{"job": job.pk}}))
+"""
+
+CHECK_CODE = """
+import json
+from django.db import connection
+from monitoring_app.seen_buffer import flush_seen
+from monitoring_app.selectors import audit_chain_verify
+flush_seen()
+out = {{}}
+with connection.cursor() as c:
+    c.execute("SELECT status, count(*) FROM jobs_app_delivery WHERE job_id = %s GROUP BY status", [{job}])
+    out["deliveries"] = dict(c.fetchall())
+    c.execute("SELECT status FROM jobs_app_job WHERE id = %s", [{job}])
+    out["job_status"] = c.fetchone()[0]
+    c.execute("SELECT count(*) FROM jobs_app_delivery d JOIN devices_app_device v ON v.id = d.device_id "
+              "WHERE d.job_id = %s AND v.push_channel = 'mqtt' AND d.acknowledged_at IS NOT NULL", [{job}])
+    out["mqtt_acknowledged"] = c.fetchone()[0]
+    c.execute("SELECT device_id, extract(epoch FROM last_seen) FROM devices_app_device "
+              "WHERE last_seen IS NOT NULL")
+    out["last_seen"] = {{d: float(t) for d, t in c.fetchall()}}
+out["audit_chain_intact"] = audit_chain_verify().intact
+print(json.dumps(out))
+"""
+
+
+def sql(cluster: Cluster, query: str) -> str:
+    """One query on the database host, through its Unix socket (no Django start-up)."""
+    db = cluster.hosts["db"]
+    return cluster.ns_run(
+        db.ns,
+        str(pg_bin() / "psql"),
+        "-h",
+        str(cluster.workdir / "pg"),
+        "-U",
+        "postgres",
+        "-d",
+        "homepot",
+        "-Atc",
+        query,
+    ).stdout.strip()
+
+
+def issue_credentials(cluster: Cluster, path: Path) -> None:
+    """A credential for every polling device, inserted in one COPY, and the simulator's
+    credential file (device -> secret) that simulate_fleet reuses: issuing them one by one
+    through the audited service would take most of the run."""
+    rows = sql(cluster, "SELECT id, device_id FROM devices_app_device WHERE push_channel = 'poll'")
+    store, lines = {}, []
+    for row in rows.splitlines():
+        pk, device_id = row.split("|")
+        secret = "hpd_" + secrets.token_urlsafe(32)
+        store[device_id] = secret
+        lines.append(f"{pk}\t{secret[:12]}\t{hashlib.sha256(secret.encode()).hexdigest()}\tnow\n")
+    db = cluster.hosts["db"]
+    cluster.ns_run(
+        db.ns,
+        str(pg_bin() / "psql"),
+        "-h",
+        str(cluster.workdir / "pg"),
+        "-U",
+        "postgres",
+        "-d",
+        "homepot",
+        "-c",
+        "COPY devices_app_devicecredential (device_id, key_prefix, key_hash, created_at) FROM STDIN",
+        input="".join(lines),
+    )
+    path.write_text(json.dumps(store))
+    path.chmod(0o600)
+
+
+def beat_leaders(cluster: Cluster) -> dict[str, float]:
+    """App host -> when its beat took the lead (seconds since the epoch), from the logs."""
+    leaders = {}
+    for log in (cluster.workdir / "logs").glob("app*-beat.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "beat: Acquired lock" in line:
+                stamp = line[1:24]
+                leaders[log.name.split("-")[0]] = time.mktime(
+                    time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")
+                ) + float("0." + stamp[20:23])
+    return leaders
+
+
+def first_send_after(cluster: Cluster, host_name: str, after: float) -> float | None:
+    log = cluster.workdir / "logs" / f"{host_name}-beat.log"
+    for line in log.read_text(errors="replace").splitlines():
+        if "Sending due task" in line:
+            stamp = line[1:24]
+            at = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float("0." + stamp[20:23])
+            if at > after:
+                return at
+    return None
+
+
+def scenario(args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="homepot-multihost-"))
+    workdir.chmod(0o755)
+    (workdir / "logs").mkdir()
+    tag = args.tag
+    cluster = Cluster(workdir, tag)
+    report: dict = {"devices": args.devices, "app_hosts": args.app_hosts, "workdir": str(workdir)}
+    timings: dict = report.setdefault("seconds", {})
+    t0 = time.monotonic()
+    try:
+        cluster.create_switch()
+        db = cluster.add_host("db", DB_IP)
+        lb = cluster.add_host("lb", LB_IP)
+        load = cluster.add_host("load", LOAD_IP)
+        apps = [cluster.add_host(f"app{n}", app_ip(n)) for n in range(1, args.app_hosts + 1)]
+        start_database_host(cluster, db)
+        cluster.env = app_env(args)
+        direct = {**cluster.env, "DATABASE_URL": f"postgres://postgres@{DB_IP}:5432/homepot"}
+        cluster.ns_run(
+            db.ns, "runuser", "-u", "postgres", "--", str(pg_bin() / "createdb"), "-h", DB_IP, "homepot"
+        )
+        manage(cluster, load, "migrate", "--no-input", "-v", "0", env=direct)
+        sites = max(1, args.devices // args.devices_per_site)
+        manage(
+            cluster,
+            load,
+            "create_fleet",
+            "--sites",
+            str(sites),
+            "--devices-per-site",
+            str(args.devices_per_site),
+            "-v",
+            "0",
+            env=direct,
+        )
+        sql(cluster, SETUP_SQL.format(every=max(1, round(1 / args.poll_share))))
+        creds = workdir / "credentials.json"
+        issue_credentials(cluster, creds)
+        devices = sites * args.devices_per_site
+        report["devices"] = devices
+        timings["setup"] = round(time.monotonic() - t0, 1)
+
+        for host in apps:
+            start_app_host(cluster, host, args)
+        reload_lb(cluster, lb, apps, args.web_workers * 4)
+        wait_healthy(cluster, lb)
+
+        # Terminals: the polling half through the load balancer, the MQTT half on the broker.
+        base = ["simulate_fleet", "--devices", str(devices), "--credentials-file", str(creds)]
+        poll = cluster.start(
+            load,
+            "poll-terminals",
+            [
+                sys.executable,
+                "manage.py",
+                *base,
+                "--base-url",
+                f"http://{LB_IP}",
+                "--poll-interval",
+                str(args.poll_interval),
+                "--work-seconds",
+                "1",
+            ],
+        )
+        mqtt = cluster.start(
+            load,
+            "mqtt-terminals",
+            [sys.executable, "manage.py", *base, "--channel", "mqtt", "--work-seconds", "1"],
+        )
+        wait_for_log(workdir / "logs" / "load-poll-terminals.log", "Simulating", 300)
+        wait_for_log(workdir / "logs" / "load-mqtt-terminals.log", "Simulating", 60)
+
+        if args.throughput:
+            report["throughput"] = measure_throughput(cluster, lb, load, apps, creds, args)
+
+        # Heartbeats at the fleet's rate (DEVICES a minute), through the load balancer.
+        heartbeat_log = workdir / "heartbeats.txt"
+        rate = devices / 60 * args.heartbeat_scale
+        # Until told to stop (a file beside its output), at most this long.
+        duration = args.job_timeout + args.kill_after + args.revive_after + args.settle
+        cluster.start(
+            load,
+            "heartbeats",
+            [
+                sys.executable,
+                __file__,
+                "heartbeats",
+                str(creds),
+                str(rate),
+                str(duration),
+                str(heartbeat_log),
+            ],
+        )
+        job = json.loads(
+            django(cluster, load, CREATE_JOB_CODE.format(ttl=args.ttl)).strip().splitlines()[-1]
+        )["job"]
+        job_started = time.monotonic()
+
+        time.sleep(args.kill_after)
+        leaders = beat_leaders(cluster)
+        victim_name = max(leaders, key=leaders.get) if leaders else apps[0].name
+        victim = cluster.hosts[victim_name]
+        cluster.cut(victim)
+        killed_processes = cluster.kill_host(victim)
+        killed_at = time.time()
+        report["killed"] = {
+            "host": victim_name,
+            "was_beat_leader": victim_name in leaders,
+            "processes": killed_processes,
+        }
+
+        time.sleep(args.revive_after)
+        new_leaders = {h: t for h, t in beat_leaders(cluster).items() if t > killed_at and h != victim_name}
+        cluster.reconnect(victim)
+        start_app_host(cluster, victim, args)
+        revived_at = time.time()
+        report["revived_after_seconds"] = round(revived_at - killed_at, 1)
+        if new_leaders:
+            taker = min(new_leaders, key=new_leaders.get)
+            sent = first_send_after(cluster, taker, killed_at)
+            report["beat_failover"] = {
+                "to": taker,
+                "lock_taken_after_seconds": round(new_leaders[taker] - killed_at, 1),
+                "first_send_after_seconds": round(sent - killed_at, 1) if sent else None,
+            }
+
+        # The job runs to its end (every delivery final), then the checks.
+        final = wait_job_final(cluster, load, job, args.job_timeout)
+        report["job_seconds"] = round(time.monotonic() - job_started, 1)
+        # Heartbeats go on --settle seconds past the revival (and past the job's end).
+        time.sleep(max(0.0, revived_at + args.settle - time.time()))
+        heartbeat_log.with_suffix(".stop").touch()
+        cluster.hosts["load"].processes["heartbeats"].wait(timeout=120)
+        for process in (poll, mqtt):
+            os.killpg(process.pid, signal.SIGINT)
+        for process in (poll, mqtt):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+        state = json.loads(django(cluster, load, CHECK_CODE.format(job=job)).strip().splitlines()[-1])
+        report.update(checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices, report))
+        timings["total"] = round(time.monotonic() - t0, 1)
+        return report
+    finally:
+        cluster.close()
+        if args.keep_logs:
+            print(f"logs kept in {workdir}/logs", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for_log(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text(errors="replace")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"'{text}' not in {path.name} after {timeout} s")
+        time.sleep(0.5)
+
+
+def wait_job_final(cluster: Cluster, load: Host, job: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = sql(cluster, f"SELECT status FROM jobs_app_job WHERE id = {int(job)}")  # noqa: S608 (a number)
+        if status in ("completed", "failed", "cancelled", "paused") or time.monotonic() > deadline:
+            return status
+        time.sleep(3)
+
+
+def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
+    """Heartbeats a second through the load balancer with the first k app hosts behind it."""
+    figures = {}
+    for k in range(1, len(apps) + 1):
+        reload_lb(cluster, lb, apps[:k], args.web_workers * 4)
+        wait_healthy(cluster, lb)
+        time.sleep(2)
+        out = cluster.ns_run(
+            load.ns,
+            "env",
+            *_env_args(cluster.env),
+            sys.executable,
+            __file__,
+            "capacity",
+            str(creds),
+            str(args.connections),
+            str(args.throughput),
+        )
+        figures[f"{k}_app_hosts"] = json.loads(out.stdout.strip().splitlines()[-1])
+    reload_lb(cluster, lb, apps, args.web_workers * 4)
+    wait_healthy(cluster, lb)
+    return figures
+
+
+def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices, report) -> dict:
+    acked_by_device: dict[str, float] = {}
+    sent = ok = failed = failed_while_down = sent_while_down = 0
+    for line in heartbeat_log.read_text().splitlines():
+        at, device_id, status = line.split()
+        at, status = float(at), int(status)
+        sent += 1
+        down = killed_at <= at <= revived_at + 5
+        sent_while_down += down
+        if 200 <= status < 300:
+            ok += 1
+            acked_by_device[device_id] = max(acked_by_device.get(device_id, 0), at)
+        else:
+            failed += 1
+            failed_while_down += down
+    lost = [d for d, at in acked_by_device.items() if state["last_seen"].get(d, 0) < at - 0.001]
+    deliveries = state["deliveries"]
+    unfinished = sum(n for s, n in deliveries.items() if s in ("pending", "sent", "acknowledged"))
+    answered = {
+        "poll": _simulator_stats(workdir / "logs" / "load-poll-terminals.log"),
+        "mqtt": _simulator_stats(workdir / "logs" / "load-mqtt-terminals.log"),
+    }
+    # An MQTT terminal given the same push twice would acknowledge it twice: its count of
+    # acknowledgements must equal the MQTT deliveries stored as acknowledged. (A polling
+    # terminal asks again for work whose result did not get through; that is by design.)
+    mqtt_acks = answered["mqtt"].get("acknowledged", -1)
+    result = {
+        "job_status": final,
+        "deliveries": deliveries,
+        "terminal_answers": answered,
+        "heartbeats": {
+            "sent": sent,
+            "answered_2xx": ok,
+            "failed": failed,
+            "sent_while_host_down": sent_while_down,
+            "failed_while_host_down": failed_while_down,
+            "error_rate_while_host_down": round(failed_while_down / max(sent_while_down, 1), 4),
+            "acknowledged_but_lost": len(lost),
+        },
+        "audit_chain_intact": state["audit_chain_intact"],
+    }
+    result["checks"] = {
+        "every_delivery_final": unfinished == 0 and sum(deliveries.values()) == devices,
+        "job_completed": final == "completed",
+        "each_push_received_once": mqtt_acks == state["mqtt_acknowledged"],
+        "no_acknowledged_heartbeat_lost": not lost and ok > 0,
+        "beat_failed_over": bool(report.get("beat_failover", {}).get("first_send_after_seconds")),
+        "audit_chain_intact": state["audit_chain_intact"],
+    }
+    return result
+
+
+def _simulator_stats(log: Path) -> dict:
+    stats = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"acknowledged"' in line:
+            stats = json.loads(line)
+    return stats
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--app-hosts", type=int, default=3)
+    parser.add_argument(
+        "--devices", type=int, default=10_000, help="100,000 is the target; see docs/performance.md"
+    )
+    parser.add_argument("--devices-per-site", type=int, default=50)
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers per app host")
+    parser.add_argument("--poll-share", type=float, default=0.5, help="share of devices polling over HTTP")
+    parser.add_argument(
+        "--poll-interval", type=float, default=10.0, help="seconds between a terminal's polls"
+    )
+    parser.add_argument("--heartbeat-scale", type=float, default=1.0, help="x (devices per minute)")
+    parser.add_argument("--kill-after", type=float, default=20.0, help="seconds after the job starts")
+    parser.add_argument("--revive-after", type=float, default=30.0, help="seconds after the kill")
+    parser.add_argument("--settle", type=float, default=15.0, help="heartbeats go on this long after")
+    parser.add_argument("--ttl", type=int, default=120, help="the job's delivery deadline, seconds")
+    parser.add_argument("--job-timeout", type=float, default=600.0)
+    parser.add_argument("--beat-lock-seconds", type=int, default=10)
+    parser.add_argument("--throughput", type=float, default=0, help="measure N seconds per app-host count")
+    parser.add_argument("--connections", type=int, default=32, help="closed-loop clients for --throughput")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--tag",
+        default=f"hpmh{secrets.token_hex(2)}",
+        help="names of this run's namespaces start with it (hpmh + 4 hex digits)",
+    )
+    parser.add_argument("--cleanup", action="store_true", help="only remove what the run --tag left")
+    return parser.parse_args(argv)
+
+
+def _interrupted(signum, frame):
+    # SIGTERM ends the run like Ctrl-C: through the finally blocks that remove everything.
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] in ("heartbeats", "capacity"):
+        heartbeat_main(sys.argv[1:])
+        return 0
+    args = parse_args()
+    if args.cleanup:
+        leftover_cleanup(args.tag)
+        return 0
+    reasons = missing_tools()
+    if reasons:
+        print("cannot run here: " + "; ".join(reasons), file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupted)
+    report = scenario(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if all(report.get("checks", {"ran": False}).values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
