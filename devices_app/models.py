@@ -111,6 +111,10 @@ class Device(models.Model):
             # "Which terminals are unhealthy", fleet-wide and per site.
             models.Index(fields=["health_status", "id"], name="devices_health"),
             models.Index(fields=["site", "health_status", "id"], name="devices_site_health"),
+            # The admin search's IP arm (exact address or a whole-octet prefix, as a range).
+            models.Index(fields=["ip_address"], name="devices_ip"),
+            # The admin search's device ID and name arms are trigram GIN indexes on
+            # UPPER(column), PostgreSQL only: migration 0006 (not declarable for SQLite).
         ]
 
     def __str__(self) -> str:
