@@ -251,15 +251,15 @@ def _health_counts_by_site(devices) -> list[dict]:
 _COUNT_NAMES = ("total", "online", "offline", "maintenance", "healthy", "degraded", "unhealthy")
 
 
-def _rollup_per_site_sql(user) -> tuple[str, list]:
-    """SQL of one row per site of the user's with site health's counts (`health_*`, plus
-    `status_error`), summed from the SiteDeviceCount rollup (a few rows per site) instead of
-    the devices: the same rule as sites_app.selectors.health_counts (a test holds them equal)."""
+def rollup_health_counts_per_site(counts):
+    """One row per site of `counts` (a SiteDeviceCount queryset) with site health's counts
+    (`health_*`, plus `status_error`), summed from the rollup (a few rows per site) instead
+    of the devices: the same rule as sites_app.selectors.health_counts (a test holds them
+    equal). PostgreSQL only (the rollup's triggers)."""
     from django.db.models import Q, Sum
     from django.db.models.functions import Coalesce
 
     from devices_app.choices import DeviceStatus
-    from devices_app.models import SiteDeviceCount
     from monitoring_app.choices import HealthStatus
     from sites_app.selectors import _BAD_HEALTH, _NOT_MONITORED
 
@@ -268,9 +268,8 @@ def _rollup_per_site_sql(user) -> tuple[str, list]:
     def total(condition=None):
         return Coalesce(Sum("devices", filter=condition), 0)
 
-    rows = (
-        SiteDeviceCount.objects.for_user(user)
-        .order_by()
+    return (
+        counts.order_by()
         .values("site_id")
         .annotate(
             health_total=total(),
@@ -283,7 +282,6 @@ def _rollup_per_site_sql(user) -> tuple[str, list]:
             status_error=total(Q(status=DeviceStatus.ERROR)),
         )
     )
-    return rows.query.sql_with_params()
 
 
 def _fleet_counts_from_rollup(user) -> tuple[dict, int, list[dict]]:
@@ -294,7 +292,10 @@ def _fleet_counts_from_rollup(user) -> tuple[dict, int, list[dict]]:
     from django.conf import settings
     from django.db import connection
 
-    per_site_sql, params = _rollup_per_site_sql(user)
+    from devices_app.models import SiteDeviceCount
+
+    per_site = rollup_health_counts_per_site(SiteDeviceCount.objects.for_user(user))
+    per_site_sql, params = per_site.query.sql_with_params()
     names = [f"health_{name}" for name in _COUNT_NAMES] + ["status_error"]
     columns = ", ".join(f"p.{name}" for name in names)
     sums = ", ".join(f"sum(p.{name}) OVER () AS all_{name}" for name in names)
