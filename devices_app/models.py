@@ -111,6 +111,10 @@ class Device(models.Model):
             # "Which terminals are unhealthy", fleet-wide and per site.
             models.Index(fields=["health_status", "id"], name="devices_health"),
             models.Index(fields=["site", "health_status", "id"], name="devices_site_health"),
+            # The admin search's IP arm (exact address or a whole-octet prefix, as a range).
+            models.Index(fields=["ip_address"], name="devices_ip"),
+            # The admin search's device ID and name arms are trigram GIN indexes on
+            # UPPER(column), PostgreSQL only: migration 0006 (not declarable for SQLite).
         ]
 
     def __str__(self) -> str:
@@ -150,3 +154,36 @@ class DeviceCredential(models.Model):
     @staticmethod
     def hash_key(raw_key: str) -> str:
         return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class SiteDeviceCountQuerySet(ScopedQuerySet):
+    scope_path = "site"
+
+
+class SiteDeviceCount(models.Model):
+    """How many of a site's devices have each (status, health_status): the rollup the fleet
+    summary, the dashboards and the site lists read instead of counting a million devices.
+
+    Kept by PostgreSQL itself (migration 0005: statement-level triggers on the device table
+    with transition tables), so every writer (services, the sweep, ingest, create_fleet,
+    imports, raw SQL) keeps it exact in the same transaction, one set-based upsert per
+    statement. Never written by application code; `device_counts_rebuild` recounts it.
+    On SQLite there is no trigger and the readers count the devices instead.
+    """
+
+    site = models.ForeignKey("sites_app.Site", on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=16)
+    health_status = models.CharField(max_length=16, blank=True)
+    devices = models.BigIntegerField()
+
+    objects = SiteDeviceCountQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "status", "health_status"], name="devices_count_one_per_state"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} {self.status}/{self.health_status or '-'}: {self.devices}"

@@ -1,5 +1,7 @@
 """Reads of the devices app. Every read is scoped with the one rule, `for_user`."""
 
+import contextlib
+
 from django.db.models import QuerySet
 
 from devices_app.models import Device
@@ -35,3 +37,65 @@ def device_export_rows(queryset: QuerySet[Device]):
 
     for row in keyset_rows(queryset, key="id", fields=list(DEVICE_EXPORT_COLUMNS.values())):
         yield [value.isoformat() if hasattr(value, "isoformat") else value for value in row]
+
+
+# --- The console's device search ----------------------------------------------------------
+
+# Below this length a word is matched as a prefix: a trigram index cannot narrow "%ab%".
+SUBSTRING_FROM = 3
+
+
+def _ip_range(word: str) -> tuple[str, str] | None:
+    """An IPv4 address or its first whole octets ("10.2.0", "10.2.0.") as the lowest and
+    highest address they cover; an IPv6 address as itself; None for anything else."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(word)
+        return str(address), str(address)
+    except ValueError:
+        pass
+    octets = word.rstrip(".").split(".")
+    if not 1 <= len(octets) <= 3 or not all(o.isdigit() and len(o) <= 3 and int(o) <= 255 for o in octets):
+        return None
+    if len(octets) == 1 and not word.endswith("."):
+        return None  # a bare number is an id or a name, not a network
+    missing = 4 - len(octets)
+    return ".".join(octets + ["0"] * missing), ".".join(octets + ["255"] * missing)
+
+
+def _word_matches(word: str):
+    """What one search word matches, each arm served by an index (so PostgreSQL ORs bitmap
+    index scans, never walks the fleet): device ID and name (substring from SUBSTRING_FROM
+    characters, prefix below: trigram GIN on UPPER(column)), the exact MAC address in any
+    spelling (its unique index), an IP address or octet prefix (the devices_ip index), the
+    exact site ID (one site's devices, the (site, ...) indexes)."""
+    from django.core.exceptions import ValidationError
+    from django.db.models import Q, Subquery
+
+    from devices_app.validators import normalize_mac
+    from sites_app.models import Site
+
+    lookup = "icontains" if len(word) >= SUBSTRING_FROM else "istartswith"
+    matches = Q(**{f"device_id__{lookup}": word}) | Q(**{f"name__{lookup}": word})
+    with contextlib.suppress(ValidationError):  # not a MAC address: no MAC arm
+        matches |= Q(mac_address=normalize_mac(word))
+    ip_range = _ip_range(word)
+    if ip_range is not None:
+        matches |= Q(ip_address__range=ip_range)
+    site = Site.objects.filter(site_id=word).values("pk")[:1]
+    return matches | Q(site=Subquery(site))
+
+
+def device_search(queryset: QuerySet[Device], text: str) -> QuerySet[Device]:
+    """`queryset` narrowed to the devices matching every word of `text` (quoted phrases are
+    one word). See _word_matches for what a word matches; docs/console.md tells operators."""
+    from django.utils.text import smart_split, unescape_string_literal
+
+    for word in smart_split(text):
+        if word[:1] in "\"'" and word[-1:] == word[:1] and len(word) > 1:
+            word = unescape_string_literal(word)
+        word = word.strip()
+        if word:
+            queryset = queryset.filter(_word_matches(word))
+    return queryset

@@ -268,29 +268,42 @@ def pretty_json(value):
 
 
 class EstimatedCountPaginator(Paginator):
-    """Counts exactly, except an unfiltered table above `estimate_above` rows on PostgreSQL,
-    whose size comes from the planner's statistics instead of a full scan.
+    """Never counts more than `count_at_most` rows on PostgreSQL.
+
+    An unfiltered table above `estimate_above` rows takes its size from the planner's
+    statistics (pg_class.reltuples) instead of a full scan. A filtered or searched list is
+    counted exactly up to `count_at_most` rows (`SELECT count(*) FROM (... LIMIT n + 1)`:
+    the cost of the count is bounded by n, not by the fleet); beyond that, the number shown
+    is the planner's estimate of the filtered rows (EXPLAIN), never less than n + 1.
 
     An estimate may leave the last page short or empty; nobody pages to the end of a
-    million devices, they filter or search, and filtered lists are counted exactly.
+    million devices, they filter or search further.
     """
 
     estimate_above = 100_000
+    count_at_most = 10_000
 
     @cached_property
     def count(self):
-        estimate = self._estimated_table_size()
-        if estimate is not None and estimate >= self.estimate_above:
-            return estimate
-        return super().count
+        queryset = self.object_list
+        if not isinstance(queryset, QuerySet) or connections[queryset.db].vendor != "postgresql":
+            return super().count
+        if not queryset.query.where:
+            estimate = self._estimated_table_size()
+            if estimate is not None and estimate >= self.estimate_above:
+                return estimate
+        bounded = queryset.order_by()[: self.count_at_most + 1].count()
+        if bounded <= self.count_at_most:
+            return bounded
+        return max(bounded, self._planner_estimate(queryset))
+
+    def _planner_estimate(self, queryset) -> int:
+        plan = json.loads(queryset.order_by().explain(format="json"))
+        return int(plan[0]["Plan"]["Plan Rows"])
 
     def _estimated_table_size(self) -> int | None:
         queryset = self.object_list
-        if not isinstance(queryset, QuerySet) or queryset.query.where:
-            return None
         connection = connections[queryset.db]
-        if connection.vendor != "postgresql":
-            return None
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",

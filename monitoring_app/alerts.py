@@ -32,7 +32,7 @@ from homepot.errors import ServiceError
 from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
 from monitoring_app.models import Alert, AlertNote
 from monitoring_app.notifications import notifications_create
-from monitoring_app.services import audit_record
+from monitoring_app.services import audit_record, audited_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,10 @@ def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult
     twice (the partial unique constraints), a resolved one is not resolved again.
     """
     params = _params(now or timezone.now())
-    with transaction.atomic(), connection.cursor() as cursor:
+    # One audited block: the audit rows of every alert opened or resolved here are appended
+    # to the chain in ONE insert at its end (2,000 rows of a regional outage in one statement
+    # instead of 2,000 appends, each reading the chain's head).
+    with audited_atomic(), connection.cursor() as cursor:
         resolved = _run(cursor, _RESOLVE_SQL, params)
         opened = _run(cursor, _OPEN_SQL, params)
         notifications_create(alert_ids=opened, now=params["now"])

@@ -1,8 +1,9 @@
 """The fleet rollup: per-site device counts at fixed moments, for the dashboard's charts.
 
 The monitoring tick takes one snapshot per SNAPSHOT_MINUTES bucket: ONE
-`INSERT ... SELECT ... GROUP BY site` over the devices (the same counts as site health,
-sites_app.selectors.health_counts), so a chart of the last 7 days reads at most
+`INSERT ... SELECT ... GROUP BY site` over the device-count rollup (devices_app.SiteDeviceCount;
+over the devices on SQLite), with the same counts as site health
+(sites_app.selectors.health_counts), so a chart of the last 7 days reads at most
 one row per site per hour instead of scanning devices or health history.
 """
 
@@ -12,8 +13,9 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from devices_app.models import Device
+from devices_app.models import Device, SiteDeviceCount
 from monitoring_app.models import FleetSnapshot
+from monitoring_app.selectors import rollup_health_counts_per_site
 from sites_app.selectors import health_counts_per_site
 
 SNAPSHOT_MINUTES = 15
@@ -35,7 +37,11 @@ def fleet_snapshot_take(*, now: datetime.datetime | None = None) -> int:
     bucket = bucket_start(now or timezone.now())
     if FleetSnapshot.objects.filter(bucket_at=bucket).exists():
         return 0  # already taken this bucket: skip the GROUP BY over every device
-    per_site = health_counts_per_site(Device.objects.all())
+    if connection.vendor == "postgresql":
+        # The device-count rollup (a few rows per site), not a GROUP BY over every device.
+        per_site = rollup_health_counts_per_site(SiteDeviceCount.objects.all())
+    else:
+        per_site = health_counts_per_site(Device.objects.all())
     select_sql, params = per_site.query.sql_with_params()
     columns = ", ".join(COUNTS)
     sources = ", ".join(f"c.health_{name}" for name in COUNTS)

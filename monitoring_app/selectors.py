@@ -249,26 +249,127 @@ def _health_counts_by_site(devices) -> list[dict]:
     return list(sites.values())
 
 
+_COUNT_NAMES = ("total", "online", "offline", "maintenance", "healthy", "degraded", "unhealthy")
+
+
+def rollup_health_counts_per_site(counts):
+    """One row per site of `counts` (a SiteDeviceCount queryset) with site health's counts
+    (`health_*`, plus `status_error`), summed from the rollup (a few rows per site) instead
+    of the devices: the same rule as sites_app.selectors.health_counts (a test holds them
+    equal). PostgreSQL only (the rollup's triggers)."""
+    from django.db.models import Q, Sum
+    from django.db.models.functions import Coalesce
+
+    from devices_app.choices import DeviceStatus
+    from monitoring_app.choices import HealthStatus
+    from sites_app.selectors import _BAD_HEALTH, _NOT_MONITORED
+
+    online = Q(status=DeviceStatus.ONLINE)
+
+    def total(condition=None):
+        return Coalesce(Sum("devices", filter=condition), 0)
+
+    return (
+        counts.order_by()
+        .values("site_id")
+        .annotate(
+            health_total=total(),
+            health_online=total(online),
+            health_offline=total(~Q(status__in=[*_NOT_MONITORED, DeviceStatus.ONLINE])),
+            health_maintenance=total(Q(status=DeviceStatus.MAINTENANCE)),
+            health_healthy=total(online & ~Q(health_status__in=_BAD_HEALTH)),
+            health_degraded=total(online & Q(health_status=HealthStatus.DEGRADED)),
+            health_unhealthy=total(online & Q(health_status=HealthStatus.UNHEALTHY)),
+            status_error=total(Q(status=DeviceStatus.ERROR)),
+        )
+    )
+
+
+def _fleet_counts_from_rollup(user) -> tuple[dict, int, list[dict]]:
+    """The fleet totals, the number of sites down and the TROUBLED_SITES worst sites' counts,
+    in ONE query over the rollup: site health's rule (sites_app.selectors.health_summary:
+    down, degraded, healthy) is applied per site in SQL, the totals are window sums, and
+    only the worst rows come back to Python, whatever the number of sites."""
+    from django.conf import settings
+    from django.db import connection
+
+    from devices_app.models import SiteDeviceCount
+
+    per_site = rollup_health_counts_per_site(SiteDeviceCount.objects.for_user(user))
+    per_site_sql, params = per_site.query.sql_with_params()
+    names = [f"health_{name}" for name in _COUNT_NAMES] + ["status_error"]
+    columns = ", ".join(f"p.{name}" for name in names)
+    sums = ", ".join(f"sum(p.{name}) OVER () AS all_{name}" for name in names)
+    # rank 0 down, 1 degraded, 2 healthy: health_summary's rule, row by row.
+    sql = f"""
+        WITH p AS ({per_site_sql}),
+        judged AS (
+            SELECT p.site_id, {columns}, {sums},
+                   CASE WHEN p.health_online + p.health_offline > 0
+                             AND (p.health_online = 0
+                                  OR p.health_offline >= %s * (p.health_online + p.health_offline)) THEN 0
+                        WHEN p.health_offline > 0 OR p.health_degraded > 0 OR p.health_unhealthy > 0 THEN 1
+                        ELSE 2 END AS rank
+            FROM p
+        )
+        SELECT *, count(*) FILTER (WHERE rank = 0) OVER () AS down FROM judged
+        ORDER BY rank, health_offline DESC, health_unhealthy DESC, health_degraded DESC, site_id
+        LIMIT %s"""  # noqa: S608 (fixed names; values are parameters)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION, TROUBLED_SITES])
+        fields = [column.name for column in cursor.description]
+        rows = [dict(zip(fields, row, strict=True)) for row in cursor.fetchall()]
+    if not rows:
+        return dict.fromkeys(names, 0), 0, []
+    totals = {name: int(rows[0][f"all_{name}"]) for name in names}
+    troubled = [
+        {"site_id": row["site_id"], **{name: int(row[name]) for name in names}}
+        for row in rows
+        if row["rank"] < 2
+    ]
+    return totals, int(rows[0]["down"]), troubled
+
+
+def _fleet_counts_from_devices(user) -> tuple[dict, int, list[dict]]:
+    """The same answer as _fleet_counts_from_rollup, counted from the devices (SQLite, which
+    has no rollup triggers)."""
+    from devices_app.models import Device
+    from sites_app.selectors import health_summary
+
+    per_site = _health_counts_by_site(Device.objects.for_user(user))
+    names = [f"health_{name}" for name in _COUNT_NAMES] + ["status_error"]
+    totals = {name: sum(row[name] for row in per_site) for name in names}
+    judged = [(row, health_summary(row)) for row in per_site]
+    troubled = sorted(
+        ((row, summary) for row, summary in judged if summary["status"] != "healthy"),
+        key=lambda item: (_severity_key(item[1]), item[0]["site_id"]),
+    )[:TROUBLED_SITES]
+    down = sum(summary["status"] == "down" for _, summary in judged)
+    return totals, down, [row for row, _ in troubled]
+
+
 def fleet_summary(*, user) -> dict:
-    """Counts over the user's sites: ONE GROUP BY over their devices (per site; the fleet
-    totals are the sums), the names of the worst sites, the number of sites, and the open
-    alerts. The query count does not grow with the fleet; Python handles one row per site.
+    """Counts over the user's sites from the SiteDeviceCount rollup (ONE query, a few rows per
+    site, never the devices themselves; on SQLite the devices are counted), the names of the
+    worst sites, the number of sites, and the open alerts. The query count does not grow with
+    the fleet.
 
     `by_status` splits the devices by their connectivity status exactly (online, offline,
     error, maintenance, unknown: the five add up to `total`), where `offline` above counts
     every monitored device that is not online (errors too), as site health does."""
+    from django.db import connection
     from django.db.models import Count, Q
 
     from devices_app.choices import DeviceStatus
-    from devices_app.models import Device
     from monitoring_app.choices import AlertSeverity
     from monitoring_app.models import Alert
     from sites_app.models import Site
-    from sites_app.selectors import health_counts, health_summary
+    from sites_app.selectors import health_summary
 
-    per_site = _health_counts_by_site(Device.objects.for_user(user))
-    names = list(health_counts())
-    totals = {name: sum(row[name] for row in per_site) for name in [*names, "status_error"]}
+    if connection.vendor == "postgresql":
+        totals, sites_down, troubled = _fleet_counts_from_rollup(user)
+    else:
+        totals, sites_down, troubled = _fleet_counts_from_devices(user)
     error = totals["status_error"]
     # Site health's "offline" is every monitored device not online: offline and error.
     by_status = {
@@ -278,12 +379,7 @@ def fleet_summary(*, user) -> dict:
         DeviceStatus.MAINTENANCE.value: totals["health_maintenance"],
     }
     by_status[DeviceStatus.UNKNOWN.value] = totals["health_total"] - sum(by_status.values())
-    summaries = [(row["site_id"], health_summary(row)) for row in per_site]
-    troubled = sorted(
-        ((site_pk, summary) for site_pk, summary in summaries if summary["status"] != "healthy"),
-        key=lambda item: (_severity_key(item[1]), item[0]),
-    )[:TROUBLED_SITES]
-    labels = Site.objects.in_bulk([site_pk for site_pk, _ in troubled])
+    labels = Site.objects.in_bulk([row["site_id"] for row in troubled])
     alerts = (
         Alert.objects.for_user(user)
         .open()
@@ -298,10 +394,15 @@ def fleet_summary(*, user) -> dict:
         **health_summary(totals),
         "by_status": by_status,
         "sites": Site.objects.for_user(user).count(),
-        "sites_down": sum(summary["status"] == "down" for _, summary in summaries),
+        "sites_down": sites_down,
         "sites_in_trouble": [
-            {"pk": site_pk, "site_id": labels[site_pk].site_id, "name": labels[site_pk].name, **summary}
-            for site_pk, summary in troubled
+            {
+                "pk": row["site_id"],
+                "site_id": labels[row["site_id"]].site_id,
+                "name": labels[row["site_id"]].name,
+                **health_summary(row),
+            }
+            for row in troubled
         ],
         "open_alerts": alerts,
     }

@@ -94,15 +94,44 @@ def test_changelist_shows_site_link_and_status_badge(admin_browser):
 
 @pytest.mark.parametrize(
     ("term", "found"),
-    [("pos-terminal-7", True), ("Harbour", True), ("192.168.77", True), ("no-such-device", False)],
+    [
+        ("pos-terminal-7", True),  # the whole device ID
+        ("terminal-7", True),  # any part of it, from 3 characters
+        ("TERMINAL", True),  # in any case
+        ("po", True),  # 1-2 characters: the start of the ID or name
+        ("os", False),  # ... not the middle
+        ("front till", True),  # every word must match: name words
+        ("till reader", False),
+        ("192.168.77", True),  # the first whole octets of the IP address
+        ("192.168.77.5", True),
+        ("192.168.7", False),  # octets are whole
+        ("00-1b-44-11-3a-b9", True),  # the MAC address in any spelling
+        ("site-harbour", True),  # a site's exact ID lists its devices
+        ("Harbour", False),  # a site's name is not searched (the site filter is)
+        ("no-such-device", False),
+    ],
 )
 def test_search_matches_ids_names_addresses_and_site(admin_browser, term, found):
     device = DeviceFactory(
-        device_id="pos-terminal-7", site=SiteFactory(name="Harbour"), ip_address="192.168.77.5"
+        device_id="pos-terminal-7",
+        name="Front till",
+        site=SiteFactory(site_id="site-harbour", name="Harbour"),
+        ip_address="192.168.77.5",
+        mac_address="00:1B:44:11:3A:B9",
     )
-    DeviceFactory(device_id="card-reader-1", site=SiteFactory(name="Market"), ip_address="10.0.0.1")
+    DeviceFactory(
+        device_id="card-reader-1", name="Reader", site=SiteFactory(name="Market"), ip_address="10.0.0.1"
+    )
 
     assert listed(admin_browser.get(CHANGELIST, {"q": term})) == ([device.pk] if found else [])
+
+
+def test_search_finds_only_the_managers_own_devices(manager_of_a):
+    mine = DeviceFactory(device_id="pos-terminal-1", site=manager_of_a.site_a)
+    DeviceFactory(device_id="pos-terminal-2", site=manager_of_a.site_b)
+
+    assert listed(manager_of_a.get(CHANGELIST, {"q": "pos-terminal"})) == [mine.pk]
+    assert listed(manager_of_a.get(CHANGELIST, {"q": "site-bbb"})) == []
 
 
 def test_add_and_change_pages_render(admin_browser):

@@ -682,3 +682,32 @@ def test_a_failure_after_the_service_ran_leaves_nothing_behind(admin_api, site, 
         admin_api.post("/devices", guide_device(site.pk), format="json")
     assert not Device.objects.exists()
     assert AuditLog.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"ip_address": None, "mac_address": None, "last_seen": None, "config": {}},
+        {"ip_address": "2001:db8::1", "config": {"a": [1, {"b": None}], "c": "ü"}},
+        {"status": DeviceStatus.MAINTENANCE, "firmware_version": "", "push_channel": "mqtt"},
+    ],
+)
+def test_the_written_out_representation_is_what_drf_would_answer(admin_api, site, values):
+    """DeviceSerializer.to_representation writes its columns out for speed; it must answer
+    exactly what DRF's generic field loop answers, through the list and the detail."""
+    from rest_framework import serializers as drf
+
+    from devices_app.api.serializers import DeviceSerializer
+
+    defaults = {"ip_address": "10.1.2.3", "mac_address": "00:1B:44:11:3A:B9", "last_seen": timezone.now()}
+    device = DeviceFactory(site=site, **{**defaults, **values})
+    fresh = Device.objects.select_related("site").get(pk=device.pk)
+    serializer = DeviceSerializer()
+
+    generic = drf.ModelSerializer.to_representation(serializer, fresh)
+
+    assert serializer.to_representation(fresh) == generic
+    assert list(serializer.to_representation(fresh)) == list(generic)  # same key order
+    listed = admin_api.get("/api/v1/devices").json()["results"]
+    assert listed == [json.loads(json.dumps(generic))]

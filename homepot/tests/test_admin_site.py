@@ -104,3 +104,23 @@ def test_a_huge_unfiltered_table_is_estimated_not_counted(admin_browser, monkeyp
     assert counts(unfiltered) == []
     assert any("reltuples" in q["sql"] for q in unfiltered.captured_queries)
     assert len(counts(filtered)) == 1
+
+
+def test_a_filtered_list_is_counted_exactly_up_to_a_bound_then_estimated(admin_browser, monkeypatch):
+    site = DeviceFactory(status="online").site
+    DeviceFactory.create_batch(4, site=site, status="online")
+    DeviceFactory(status="offline")
+    changelist = reverse("admin:devices_app_device_changelist")
+
+    small = admin_browser.get(changelist, {"status__exact": "online"})
+    monkeypatch.setattr(EstimatedCountPaginator, "count_at_most", 2)
+    with CaptureQueriesContext(connection) as queries:
+        big = admin_browser.get(changelist, {"status__exact": "online"})
+
+    assert small.context["cl"].result_count == 5  # under the bound: exact
+    # Over the bound: the count stopped at 3 rows and the planner's estimate (at least 3)
+    # was shown; all five rows are still listed.
+    assert big.context["cl"].result_count >= 3
+    assert len(big.context["cl"].result_list) == 5
+    assert any("LIMIT 3" in q["sql"] and "COUNT(*)" in q["sql"].upper() for q in queries.captured_queries)
+    assert any(q["sql"].startswith("EXPLAIN") for q in queries.captured_queries)
