@@ -955,6 +955,8 @@ def main() -> int:
         print("cannot run here: " + "; ".join(reasons), file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupted)
+    # Also when started with SIGINT ignored (a background job of a script): Ctrl-C must clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     report = scenario(args)
     text = json.dumps(report, indent=2)
     print(text)
