@@ -374,7 +374,13 @@ def write_haproxy(cluster: Cluster, app_hosts: list[Host], per_server: int) -> P
     servers = "\n".join(f"    server {h.name} {h.ip}:8000" for h in app_hosts)
     path = cluster.workdir / "haproxy.cfg"
     path.write_text(
-        HAPROXY_CFG.format(lb_ip=LB_IP, servers=servers, per_server=per_server, server_checks=SERVER_CHECKS)
+        HAPROXY_CFG.format(
+            lb_ip=LB_IP,
+            servers=servers,
+            per_server=per_server,
+            server_checks=SERVER_CHECKS,
+            server_timeout=HAPROXY_SERVER_TIMEOUT,
+        )
     )
     return path
 
@@ -384,6 +390,7 @@ def write_haproxy(cluster: Cluster, app_hosts: list[Host], per_server: int) -> P
 # Health: /healthz every second, with time to answer on a busy machine (a slow answer is no
 # reason to take a host out); connection errors to real traffic take a host out at once
 # (observe layer4), which is what a killed or cut-off host gives.
+HAPROXY_SERVER_TIMEOUT = 15
 SERVER_CHECKS = "check inter 2s fall 3 rise 2 observe layer4 error-limit 2 on-error mark-down"
 HAPROXY_CFG = """global
     maxconn 4000
@@ -391,7 +398,7 @@ defaults
     mode http
     timeout connect 1s
     timeout client 30s
-    timeout server 15s
+    timeout server {server_timeout}s
     timeout check 10s
     timeout queue 30s
     retries 2
@@ -686,7 +693,12 @@ def scenario(args) -> dict:
         reload_lb(cluster, lb, apps, args.web_workers * 4)
         wait_healthy(cluster, lb)
 
-        # Terminals: the polling half through the load balancer, the MQTT half on the broker.
+        # Capacity first, with nothing else running: heartbeats a second through the load
+        # balancer with 1, 2, ... N app hosts behind it.
+        if args.throughput:
+            report["throughput"] = measure_throughput(cluster, lb, load, apps, creds, args)
+
+        # Terminals: the polling share through the load balancer, the rest on the broker.
         base = ["simulate_fleet", "--devices", str(devices), "--credentials-file", str(creds)]
         poll = cluster.start(
             load,
@@ -710,9 +722,6 @@ def scenario(args) -> dict:
         )
         wait_for_log(workdir / "logs" / "load-poll-terminals.log", "Simulating", 300)
         wait_for_log(workdir / "logs" / "load-mqtt-terminals.log", "Simulating", 60)
-
-        if args.throughput:
-            report["throughput"] = measure_throughput(cluster, lb, load, apps, creds, args)
 
         # Heartbeats at the fleet's rate (DEVICES a minute), through the load balancer.
         heartbeat_log = workdir / "heartbeats.txt"
@@ -832,7 +841,7 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
 
 def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices, report) -> dict:
     acked_by_device: dict[str, float] = {}
-    sent = ok = failed = failed_while_down = sent_while_down = 0
+    sent = ok = failed = failed_while_down = sent_while_down = failed_in_flight = 0
     for line in heartbeat_log.read_text().splitlines():
         at, device_id, status = line.split()
         at, status = float(at), int(status)
@@ -845,6 +854,9 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
         else:
             failed += 1
             failed_while_down += down
+            # Sent to the host just before it died, answered 504 by the load balancer after
+            # its server timeout: the requests a dead host takes with it.
+            failed_in_flight += killed_at - HAPROXY_SERVER_TIMEOUT <= at < killed_at
     lost = [d for d, at in acked_by_device.items() if state["last_seen"].get(d, 0) < at - 0.001]
     deliveries = state["deliveries"]
     unfinished = sum(n for s, n in deliveries.items() if s in ("pending", "sent", "acknowledged"))
@@ -867,6 +879,7 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
             "sent_while_host_down": sent_while_down,
             "failed_while_host_down": failed_while_down,
             "error_rate_while_host_down": round(failed_while_down / max(sent_while_down, 1), 4),
+            "failed_in_flight_at_kill": failed_in_flight,
             "acknowledged_but_lost": len(lost),
         },
         "audit_chain_intact": state["audit_chain_intact"],
@@ -942,6 +955,8 @@ def main() -> int:
         print("cannot run here: " + "; ".join(reasons), file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupted)
+    # Also when started with SIGINT ignored (a background job of a script): Ctrl-C must clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     report = scenario(args)
     text = json.dumps(report, indent=2)
     print(text)
