@@ -86,11 +86,13 @@ def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
     soon = now + datetime.timedelta(seconds=getattr(settings, "HOMEPOT_JOBS_REDISPATCH_SECONDS", 5))
     if result.busy or result.held:
         return soon
-    first = services.deliveries_next_attempt_at(job_id)
+    job = Job.objects.filter(pk=job_id).first()
+    first = services.deliveries_next_offer_at(job) if job else None
     if first is None:
         return None
     # Work that could go now but this pass did not take (made pending behind its keyset
-    # walk) is looked at soon rather than in a tight loop; work in backoff when it is due.
+    # walk) is looked at soon rather than in a tight loop; work in backoff when it is due;
+    # sites outside their maintenance window when the first of them opens.
     return soon if first <= now else first
 
 
@@ -143,6 +145,8 @@ def _claim_batch(job: Job, last_id: int) -> list[dict]:
         Delivery.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
+        # Jobs that keep to maintenance windows: only sites inside one now (sites_app.windows).
+        .filter(services.claim_filter(job))
         .order_by("id")
         .values(
             "id", "site_id", "attempts", "deadline", "created_at", "device__device_id", "device__push_channel"

@@ -20,6 +20,7 @@ PostgreSQL only (the dispatcher's claim); the SQLite demo does not dispatch.
 """
 
 import datetime
+import zoneinfo
 
 from django.db import connection
 from django.db.models import Q, QuerySet
@@ -167,3 +168,29 @@ def earliest_opening(sites, at: datetime.datetime | None = None) -> datetime.dat
     """The first instant, at or after `at`, when any of `sites` is inside a window."""
     openings = next_openings(sites, at)
     return min(openings.values()) if openings else None
+
+
+def _in(delta: datetime.timedelta) -> str:
+    minutes = max(round(delta.total_seconds() / 60), 0)
+    if minutes < 1:
+        return "in less than a minute"
+    if minutes < 90:
+        return f"in {minutes} min"
+    hours = round(minutes / 60)
+    if hours < 48:
+        return f"in {hours} h"
+    return f"in {round(hours / 24)} days"
+
+
+def opening_text(opens_at: datetime.datetime | None, tz: str, at: datetime.datetime | None = None) -> str:
+    """ "opens 02:00 Europe/London, in 3 h" (the weekday and date when not today there),
+    "open now", or "no window in the coming weeks"."""
+    at = at or now()
+    if opens_at is None:
+        return "no window in the coming weeks"
+    if opens_at <= at:
+        return "open now"
+    zone = zoneinfo.ZoneInfo(tz)
+    local, today = opens_at.astimezone(zone), at.astimezone(zone).date()
+    when = f"{local:%H:%M}" if local.date() == today else f"{local:%a %d %b %H:%M}"
+    return f"opens {when} {tz}, {_in(opens_at - at)}"

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
-from homepot.api.fields import StrictCharField
+from homepot.api.fields import StrictBooleanField, StrictCharField
 from jobs_app.choices import DeliveryStatus, JobAction, JobPriority
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.payloads import payload_errors, schema_markdown
@@ -50,6 +50,7 @@ class JobSerializer(serializers.ModelSerializer):
             "batch_size",
             "max_in_flight_per_site",
             "failure_threshold_percent",
+            "within_maintenance_windows",
             "cloned_from",
             "saved_segment",
             "created_by",
@@ -183,6 +184,12 @@ class JobCreateSerializer(TargetsSerializer):
     )
     failure_threshold_percent = serializers.IntegerField(
         required=False, allow_null=True, min_value=0, max_value=100
+    )
+    within_maintenance_windows = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="Reach each site only inside its maintenance windows (GET /sites/{site_id}/maintenance). "
+        "Absent or null: the action's default (HOMEPOT_JOBS_WINDOW_ACTIONS).",
     )
 
     def validate_payload(self, value):
