@@ -166,6 +166,14 @@ class TargetsSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.message_dict["segment"]) from None
 
 
+class PreviewRequestSerializer(TargetsSerializer):
+    """What a preview is asked about: the targets and rollout policy, and the action (whose
+    default decides whether the job keeps to maintenance windows) or that choice itself."""
+
+    action = serializers.ChoiceField(choices=JobAction.choices, required=False)
+    within_maintenance_windows = StrictBooleanField(required=False, allow_null=True)
+
+
 class JobCreateSerializer(TargetsSerializer):
     action = serializers.ChoiceField(choices=JobAction.choices)
     payload = serializers.DictField(
@@ -240,6 +248,17 @@ class PreviewSerializer(serializers.Serializer):
     waves = serializers.IntegerField(help_text="Rounds the largest site needs under max_in_flight_per_site.")
     expected_duration_seconds = serializers.IntegerField()
     expected_duration_basis = serializers.CharField(help_text="What the estimate is based on, in words.")
+    within_maintenance_windows = serializers.BooleanField(
+        help_text="Whether the job would keep to the sites' maintenance windows."
+    )
+    sites_open_now = serializers.IntegerField(
+        allow_null=True, help_text="Targeted sites inside their window now (null: windows do not apply)."
+    )
+    last_window_opens_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the last targeted site's window opens (the estimate includes the wait); null: "
+        "every site is open now or windows do not apply.",
+    )
 
 
 class SavedSegmentSerializer(serializers.ModelSerializer):

@@ -179,3 +179,80 @@ def test_the_waiting_sites_are_listed_soonest_first_with_their_opening(admin_use
         (sooner.site_id, sooner_opens, 2),
         (later.site_id, later_opens, 2),
     ]
+
+
+# --- What operators see: preview, review step and job page ------------------------------------
+
+
+def test_the_preview_counts_open_sites_and_adds_the_wait_for_the_last_window(admin_api):
+    open_now = store("Asia/Tokyo")
+    window_from(open_now, -MINUTE)
+    later = store("Europe/London")
+    opens = window_from(later, datetime.timedelta(hours=3))
+    body = {"site_id": open_now.site_id, "extra_sites": [later.site_id]}
+
+    plain = admin_api.post("/jobs/preview", {**body, "action": "update_config"}, format="json").json()
+    windowed = admin_api.post(
+        "/jobs/preview", {**body, "within_maintenance_windows": True}, format="json"
+    ).json()
+
+    assert plain["within_maintenance_windows"] is False and plain["sites_open_now"] is None
+    assert windowed["within_maintenance_windows"] is True
+    assert windowed["sites_open_now"] == 1
+    assert windowed["last_window_opens_at"] == opens.isoformat().replace("+00:00", "Z")
+    wait = windowed["expected_duration_seconds"] - plain["expected_duration_seconds"]
+    assert 3 * 3600 - 120 <= wait <= 3 * 3600 + 2
+    assert f"{later.site_id}: opens" in windowed["expected_duration_basis"]
+    assert "Europe/London, in 3 h" in windowed["expected_duration_basis"]
+
+
+def test_the_action_default_applies_to_the_preview(admin_api, settings):
+    settings.HOMEPOT_JOBS_WINDOW_ACTIONS = ["restart_pos_app"]
+    site = store("Europe/London")
+
+    body = admin_api.post(
+        "/jobs/preview", {"site_id": site.site_id, "action": "restart_pos_app"}, format="json"
+    )
+
+    assert body.json()["within_maintenance_windows"] is True
+    assert body.json()["sites_open_now"] == 1  # no window at all: any time
+
+
+def test_the_review_step_says_per_site_when_its_window_opens(admin_browser):
+    from jobs_app.tests.test_admin import ADD
+
+    site = store("America/New_York")
+    window_from(site, datetime.timedelta(hours=2))
+    data = {
+        "site": site.pk,
+        "action": "restart_pos_app",
+        "priority": "normal",
+        "within_maintenance_windows": "yes",
+        "batch_size": "",
+    }
+
+    page = admin_browser.post(ADD, {**data, "_preview": "Review"}).content.decode()
+
+    assert "waiting for window: opens" in page and "America/New_York, in 2 h" in page
+
+    response = admin_browser.post(ADD, {**data, "_save": "Confirm"})
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    assert Job.objects.get().within_maintenance_windows is True
+
+
+def test_the_job_page_lists_the_sites_waiting_for_their_window(admin_browser, admin_user):
+    from jobs_app.tests.test_admin import change_url
+
+    open_now = store("Asia/Tokyo")
+    window_from(open_now, -MINUTE)
+    waiting = store("Europe/London", devices=3)
+    window_from(waiting, 30 * MINUTE)
+    job = windowed_job(admin_user, open_now, waiting)
+    run_pass(job)
+
+    page = admin_browser.get(change_url(job)).content.decode()
+
+    assert "these sites wait for their window" in page
+    assert (
+        waiting.site_id in page and "waiting for window: opens" in page and "Europe/London, in 30 min" in page
+    )
