@@ -205,7 +205,7 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
                 failed
             )
             continue
-        sent = services.deliveries_mark_sent(ids)
+        sent = services.deliveries_mark_sent(ids, ttl=job.ttl if job.within_maintenance_windows else None)
         result.sent += sent
         if sent == len(ids):
             # Claimed FOR UPDATE under the job's lock, so all of them moved; a short count

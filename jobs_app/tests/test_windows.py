@@ -256,3 +256,26 @@ def test_the_job_page_lists_the_sites_waiting_for_their_window(admin_browser, ad
     assert (
         waiting.site_id in page and "waiting for window: opens" in page and "Europe/London, in 30 min" in page
     )
+
+
+def test_waiting_for_a_window_does_not_count_against_the_delivery_deadline(admin_user):
+    site = store("Europe/London", devices=2)
+    window_from(site, datetime.timedelta(hours=5))
+    job = windowed_job(admin_user, site, ttl=datetime.timedelta(minutes=10))
+    run_pass(job)
+
+    # Hours later (as the time-out sweep sees it), the deliveries still wait for the window.
+    assert services.deliveries_time_out(timezone.now() + datetime.timedelta(hours=4)) == 0
+    assert set(Delivery.objects.filter(job=job).values_list("status", flat=True)) == {DeliveryStatus.PENDING}
+
+    site.maintenance_windows.all().delete()
+    window_from(site, -MINUTE)
+    sent_from = timezone.now()
+    run_pass(job)
+    deadlines = set(Delivery.objects.filter(job=job).values_list("deadline", flat=True))
+    assert len(deadlines) == 1
+    assert (
+        sent_from + datetime.timedelta(minutes=10)
+        <= deadlines.pop()
+        <= timezone.now() + datetime.timedelta(minutes=10)
+    )
