@@ -9,7 +9,9 @@ and the blackouts 4,000. Then, in this process (the code a worker runs, `dispatc
 1. `open`: today's window of every site is laid around the site's local now, so every site is
    open; for `--rounds` rounds, one job WITHOUT windows and one WITH windows over every site are
    each materialised and dispatched (alternating which goes first), timing the pass (every batch:
-   claim, push, mark sent) and the claim statement alone (EXPLAIN ANALYZE, best of 3);
+   claim, push, mark sent), the claim statement alone (EXPLAIN ANALYZE, best of 3, with the
+   dispatcher's filter) and, for the windowed job, the open-sites statement a pass reads at its
+   first batch and every HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS;
 2. `half`: today's window of the sites in 10 of the 20 zones moves 6 hours later, so half the
    fleet waits; one windowed job is dispatched (only the open half is sent) and the next-opening
    question the dispatcher asks after the pass (`deliveries_next_offer_at`) and the job page's
@@ -137,7 +139,7 @@ def claim_ms(job) -> float:
         Delivery.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=0)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
-        .filter(services.claim_filter(job))
+        .filter(services.WindowGate(job).claim_filter())  # the dispatcher's filter
         .order_by("id")
         .values(
             "id", "site_id", "attempts", "deadline", "created_at", "device__device_id", "device__push_channel"
@@ -150,6 +152,22 @@ def claim_ms(job) -> float:
         with transaction.atomic():
             plan = query.explain(analyze=True)
         times.append(float(re.search(r"Execution Time: ([\d.]+) ms", plan).group(1)))
+    return min(times)
+
+
+def open_sites_ms() -> float:
+    """The set-based open-sites statement alone (what a pass reads every few seconds)."""
+    from django.db import connection
+
+    from sites_app import windows
+
+    sql, params = windows.open_sites_sql()
+    with connection.cursor() as cursor:
+        times = []
+        for _ in range(3):
+            cursor.execute("EXPLAIN ANALYZE " + sql, params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            times.append(float(re.search(r"Execution Time: ([\d.]+) ms", plan).group(1)))
     return min(times)
 
 
@@ -166,6 +184,7 @@ def timed_pass(job) -> dict:
         "pass_seconds": round(seconds, 3),
         "ms_per_batch": round(1000 * seconds / max(result.batches, 1), 1),
         "claim_ms": round(claim, 2),
+        **({"open_sites_statement_ms": round(open_sites_ms(), 2)} if job.within_maintenance_windows else {}),
     }
 
 

@@ -107,6 +107,7 @@ def dispatch_pass(job_id: int) -> PassResult:
         return result
     services.deliveries_materialise(job_id)
     services.job_mark_started(job_id)
+    gate = services.WindowGate(job)
     last_id = 0
     while True:
         with transaction.atomic():
@@ -116,7 +117,7 @@ def dispatch_pass(job_id: int) -> PassResult:
             # Pause or cancel between batches stops the rollout here.
             if not Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exists():
                 break
-            rows = _claim_batch(job, last_id)
+            rows = _claim_batch(job, last_id, gate)
             if not rows:
                 break
             last_id = rows[-1]["id"]
@@ -140,13 +141,13 @@ def _lock_job(job_id: int) -> bool:
         return cursor.fetchone()[0]
 
 
-def _claim_batch(job: Job, last_id: int) -> list[dict]:
+def _claim_batch(job: Job, last_id: int, gate: services.WindowGate) -> list[dict]:
     return list(
         Delivery.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
         # Jobs that keep to maintenance windows: only sites inside one now (sites_app.windows).
-        .filter(services.claim_filter(job))
+        .filter(gate.claim_filter())
         .order_by("id")
         .values(
             "id", "site_id", "attempts", "deadline", "created_at", "device__device_id", "device__push_channel"

@@ -51,6 +51,7 @@ from jobs_app.services.progress import job_check_failure_threshold, job_progress
 from jobs_app.services.segments import SEGMENT_AUDITED_FIELDS, segment_create, segment_delete, segment_update
 from jobs_app.services.targets import SEGMENT_KEYS, clean_segment, job_target_query, target_devices_query
 from jobs_app.services.windows import (
+    WindowGate,
     claim_filter,
     deliveries_next_offer_at,
     sites_waiting,
@@ -58,6 +59,7 @@ from jobs_app.services.windows import (
 )
 
 __all__ = (
+    "WindowGate",
     "AUDITED_FIELDS",
     "ESTIMATE_SAMPLE_JOBS",
     "PREVIEW_SITES_LIMIT",

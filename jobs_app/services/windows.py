@@ -3,7 +3,9 @@ dispatcher adds, when such a job's next pass is worth running, and which of its 
 waiting. The rule of when a site is open is sites_app.windows (SQL, set-based)."""
 
 import datetime
+import time
 
+from django.db import connection
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
@@ -21,11 +23,36 @@ def window_default(action: str) -> bool:
 
 
 def claim_filter(job: Job) -> Q:
-    """What the dispatcher's claim adds for `job`: only deliveries whose site is inside a
-    maintenance window now (one hashed subquery over the sites per batch), or nothing."""
+    """Only deliveries whose site is inside a maintenance window now (the rule evaluated in
+    the statement itself), or nothing for a job that does not keep to windows. The
+    dispatcher uses a WindowGate instead, which reads the open sites once per few seconds."""
     if not job.within_maintenance_windows:
         return Q()
     return windows.open_sites_filter("site_id")
+
+
+class WindowGate:
+    """The open sites for one dispatch pass of `job`: one set-based statement
+    (sites_app.windows) read at the pass's first batch and again for any batch claimed more
+    than HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS later, so a batch pays a hashed lookup of its
+    rows' sites, not the time-zone arithmetic over every site. A window that closes during
+    a pass is honoured within that many seconds."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self._open: list[int] | None = None
+        self._read_at = 0.0
+
+    def claim_filter(self) -> Q:
+        if not self.job.within_maintenance_windows:
+            return Q()
+        if self._open is None or time.monotonic() - self._read_at > setting("WINDOW_REFRESH_SECONDS", 10):
+            sql, params = windows.open_sites_sql()
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                self._open = [row[0] for row in cursor.fetchall()]
+            self._read_at = time.monotonic()
+        return Q(site_id__in=self._open)
 
 
 def _due(now) -> Q:

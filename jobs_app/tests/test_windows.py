@@ -279,3 +279,21 @@ def test_waiting_for_a_window_does_not_count_against_the_delivery_deadline(admin
         <= deadlines.pop()
         <= timezone.now() + datetime.timedelta(minutes=10)
     )
+
+
+def test_a_pass_reads_the_open_sites_again_after_the_refresh_period(admin_user, settings):
+    site = store("Europe/London")
+    window_from(site, -MINUTE)
+    job = windowed_job(admin_user, site)
+    services.deliveries_materialise(job.pk)
+    pending = Delivery.objects.filter(job=job)
+
+    settings.HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS = 3600
+    gate = services.WindowGate(job)
+    assert pending.filter(gate.claim_filter()).count() == 2
+    site.maintenance_windows.all().delete()
+    window_from(site, datetime.timedelta(hours=2))  # the window is now closed
+    assert pending.filter(gate.claim_filter()).count() == 2  # the same pass, within the period
+
+    settings.HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS = 0
+    assert pending.filter(gate.claim_filter()).count() == 0
