@@ -5,7 +5,6 @@ waiting. The rule of when a site is open is sites_app.windows (SQL, set-based)."
 import datetime
 import time
 
-from django.db import connection
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
@@ -47,10 +46,7 @@ class WindowGate:
         if not self.job.within_maintenance_windows:
             return Q()
         if self._open is None or time.monotonic() - self._read_at > setting("WINDOW_REFRESH_SECONDS", 10):
-            sql, params = windows.open_sites_sql()
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                self._open = [row[0] for row in cursor.fetchall()]
+            self._open = windows.open_site_ids()
             self._read_at = time.monotonic()
         return Q(site_id__in=self._open)
 
@@ -72,7 +68,7 @@ def deliveries_next_offer_at(job: Job) -> datetime.datetime | None:
     if not pending.exists():
         return None
     backoff = pending.aggregate(first=Min("next_attempt_at"))["first"]
-    if pending.filter(_due(now)).filter(windows.open_sites_filter("site_id")).exists():
+    if pending.filter(_due(now), site_id__in=windows.open_site_ids()).exists():
         return now
     waiting = Site.objects.filter(pk__in=pending.values("site_id"))
     recheck = now + datetime.timedelta(seconds=setting("WINDOW_RECHECK_SECONDS", 900))
@@ -91,7 +87,7 @@ def sites_waiting(job: Job, limit: int) -> list[dict]:
     now = windows.now()
     rows = list(
         Delivery.objects.filter(job_id=job.pk, status=DeliveryStatus.PENDING)
-        .exclude(windows.open_sites_filter("site_id", now))
+        .exclude(site_id__in=windows.open_site_ids(now))
         .order_by()
         .values("site_id", "site__site_id", "site__name", "site__timezone")
         .annotate(pending=Count("id"))
