@@ -5,7 +5,8 @@ waiting. The rule of when a site is open is sites_app.windows (SQL, set-based)."
 import datetime
 import time
 
-from django.db.models import Count, Min, Q
+from django.db.models import BooleanField, Count, Min, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from jobs_app.choices import DeliveryStatus
@@ -48,7 +49,13 @@ class WindowGate:
         if self._open is None or time.monotonic() - self._read_at > setting("WINDOW_REFRESH_SECONDS", 10):
             self._open = windows.open_site_ids()
             self._read_at = time.monotonic()
-        return Q(site_id__in=self._open)
+        # One array parameter (`= ANY(%s)`), not one placeholder per site as `__in` would
+        # send: thousands of them cost more to build and parse than the claim itself.
+        return Q(
+            RawSQL(  # noqa: S611 - fixed SQL, the ids a parameter
+                f'"{Delivery._meta.db_table}"."site_id" = ANY(%s)', [self._open], output_field=BooleanField()
+            )
+        )
 
 
 def _due(now) -> Q:
