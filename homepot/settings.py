@@ -278,6 +278,16 @@ HOMEPOT_JOBS_TICK_SECONDS = 10.0
 HOMEPOT_JOBS_FAILURE_MIN_SAMPLE = 10
 # The preview's duration estimate: seconds a device takes to apply a job.
 HOMEPOT_JOBS_EXPECTED_SECONDS_PER_DEVICE = 30
+# Actions whose jobs keep to the sites' maintenance windows unless the job says otherwise
+# (docs/jobs.md, "Rollout policy: maintenance windows"): restarting the till software
+# interrupts a sale.
+HOMEPOT_JOBS_WINDOW_ACTIONS = env.list("HOMEPOT_JOBS_WINDOW_ACTIONS", default=["software_update"])
+# While a job waits for windows, its next dispatch pass comes at the earliest opening, or
+# after this long at the latest (so an edited schedule is seen).
+HOMEPOT_JOBS_WINDOW_RECHECK_SECONDS = env.float("HOMEPOT_JOBS_WINDOW_RECHECK_SECONDS", default=900.0)
+# A dispatch pass reads which sites are inside their window at its first batch and again
+# after this long (a window closing mid-pass is honoured within it).
+HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS = env.float("HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS", default=10.0)
 # Most commands one poll of GET /api/v1/agent/commands returns.
 HOMEPOT_JOBS_POLL_LIMIT = 50
 # The MQTT push channel's broker (Mosquitto), and how long a publish may wait for its PUBACK.

@@ -50,6 +50,7 @@ from jobs_app.payloads import SCHEMAS
 from jobs_app.selectors import job_deliveries, job_site_breakdown, visible_site_ids
 from jobs_app.services import job_cancel, job_create, job_update
 from sites_app.models import Site
+from sites_app.windows import opening_text
 
 # What the change page lists of a job's deliveries: the newest problems first, bounded.
 DELIVERY_SAMPLE = 20
@@ -59,7 +60,11 @@ PROGRESS_REFRESH_SECONDS = 3
 # share of the answers are failures, so a bad setting stops at the first stores.
 DEFAULT_FAILURE_THRESHOLD_PERCENT = 20
 # Targets and rollout policy are fixed once the job exists (clone it to change them).
+# How many sites waiting for their maintenance window the job page lists.
+WAITING_SITES_LIMIT = 20
+
 _FIXED_AFTER_CREATE = (
+    "within_maintenance_windows",
     "site",
     "extra_sites_shown",
     "saved_segment",
@@ -213,6 +218,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 "Rollout",
                 {
                     "fields": (
+                        "within_maintenance_windows",
                         "scheduled_at",
                         "ttl",
                         "batch_size",
@@ -277,6 +283,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             )
         )
         advanced = [
+            "within_maintenance_windows",
             "scheduled_at",
             "ttl",
             "batch_size",
@@ -387,6 +394,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     batch_size=data.get("batch_size"),
                     max_in_flight_per_site=data.get("max_in_flight_per_site"),
                     per_site=True,
+                    action=data.get("action"),
+                    within_maintenance_windows=data.get("within_maintenance_windows"),
                 )
             except (ValidationError, PermissionDenied) as exc:
                 form.add_error(None, refusal_message(exc))
@@ -566,6 +575,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             target_devices=job.target_devices.all(),
             batch_size=job.batch_size,
             max_in_flight_per_site=job.max_in_flight_per_site,
+            within_maintenance_windows=job.within_maintenance_windows,
         )
         return preflight_text(numbers)
 
@@ -608,8 +618,25 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     {**row, "link": ref_link(Site, row["pk"], f"{row['site_id']} {row['name']}")}
                     for row in job_site_breakdown(job=job, user=user)
                 ],
+                waiting=self._waiting_for_windows(job, user, counts),
             )
         return render_to_string("admin/jobs_app/job/progress.html", context)
+
+    def _waiting_for_windows(self, job, user, counts) -> list[dict]:
+        """The job's sites (those `user` may see) outside their maintenance window with work
+        pending, the soonest to open first, each with "opens 02:00 Europe/London, in 3 h"."""
+        if not (job.within_maintenance_windows and self._running(job) and counts[DeliveryStatus.PENDING]):
+            return []
+        visible = visible_site_ids(user)
+        return [
+            {
+                **row,
+                "link": ref_link(Site, row["site_id"], f"{row['site__site_id']} {row['site__name']}"),
+                "opening": opening_text(row["opens_at"], row["site__timezone"]),
+            }
+            for row in services.sites_waiting(job, limit=WAITING_SITES_LIMIT)
+            if visible is None or row["site_id"] in visible
+        ]
 
     @admin.display(description=f"deliveries (first {DELIVERY_SAMPLE}: problems first)")
     def deliveries_sample(self, job):
@@ -813,6 +840,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 values["batch_size"] = DEFAULT_BATCH_SIZE
             values["extra_sites"] = data.get("extra_sites") or ()
             values["target_devices"] = data.get("target_devices") or ()
+            # None: the action's default (job_create decides).
+            values["within_maintenance_windows"] = data.get("within_maintenance_windows")
             saved = run_service(job_create, actor=request.user, **values)
         adopt_saved(obj, saved)
 

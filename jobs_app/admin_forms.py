@@ -123,6 +123,19 @@ class JobAddForm(forms.ModelForm):
         help_text="Comma-separated, e.g. 4.1.7, 4.1.8. Empty: any version.",
         widget=forms.TextInput(attrs={"size": 40}),
     )
+    within_maintenance_windows = forms.TypedChoiceField(
+        required=False,
+        label="Only inside maintenance windows",
+        choices=(
+            ("", "As the action does by default"),
+            ("yes", "Yes: each site only while its window is open, never on its blackout dates"),
+            ("no", "No: as soon as possible"),
+        ),
+        coerce=lambda value: {"yes": True, "no": False}.get(value),
+        empty_value=None,
+        help_text="The sites' trading hours (maintenance windows, on each site's page). By default "
+        "software updates keep to them (HOMEPOT_JOBS_WINDOW_ACTIONS).",
+    )
     locals().update(payload_form_fields())
 
     class Meta:
@@ -143,6 +156,7 @@ class JobAddForm(forms.ModelForm):
             "batch_size",
             "max_in_flight_per_site",
             "failure_threshold_percent",
+            "within_maintenance_windows",
         )
 
     def _raw(self, name) -> object | None:

@@ -86,11 +86,13 @@ def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
     soon = now + datetime.timedelta(seconds=getattr(settings, "HOMEPOT_JOBS_REDISPATCH_SECONDS", 5))
     if result.busy or result.held:
         return soon
-    first = services.deliveries_next_attempt_at(job_id)
+    job = Job.objects.filter(pk=job_id).first()
+    first = services.deliveries_next_offer_at(job) if job else None
     if first is None:
         return None
     # Work that could go now but this pass did not take (made pending behind its keyset
-    # walk) is looked at soon rather than in a tight loop; work in backoff when it is due.
+    # walk) is looked at soon rather than in a tight loop; work in backoff when it is due;
+    # sites outside their maintenance window when the first of them opens.
     return soon if first <= now else first
 
 
@@ -105,6 +107,7 @@ def dispatch_pass(job_id: int) -> PassResult:
         return result
     services.deliveries_materialise(job_id)
     services.job_mark_started(job_id)
+    gate = services.WindowGate(job)
     last_id = 0
     while True:
         with transaction.atomic():
@@ -114,7 +117,7 @@ def dispatch_pass(job_id: int) -> PassResult:
             # Pause or cancel between batches stops the rollout here.
             if not Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exists():
                 break
-            rows = _claim_batch(job, last_id)
+            rows = _claim_batch(job, last_id, gate)
             if not rows:
                 break
             last_id = rows[-1]["id"]
@@ -138,11 +141,13 @@ def _lock_job(job_id: int) -> bool:
         return cursor.fetchone()[0]
 
 
-def _claim_batch(job: Job, last_id: int) -> list[dict]:
+def _claim_batch(job: Job, last_id: int, gate: services.WindowGate) -> list[dict]:
     return list(
         Delivery.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
+        # Jobs that keep to maintenance windows: only sites inside one now (sites_app.windows).
+        .filter(gate.claim_filter())
         .order_by("id")
         .values(
             "id", "site_id", "attempts", "deadline", "created_at", "device__device_id", "device__push_channel"
@@ -201,7 +206,7 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
                 failed
             )
             continue
-        sent = services.deliveries_mark_sent(ids)
+        sent = services.deliveries_mark_sent(ids, ttl=job.ttl if job.within_maintenance_windows else None)
         result.sent += sent
         if sent == len(ids):
             # Claimed FOR UPDATE under the job's lock, so all of them moved; a short count

@@ -76,6 +76,13 @@ class Job(models.Model):
     failure_threshold_percent = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Pause the rollout when more than this % of answers are failures."
     )
+    within_maintenance_windows = models.BooleanField(
+        "only inside maintenance windows",
+        default=False,
+        help_text="Reach each site's devices only while the site's maintenance window is open (its "
+        "trading hours are over) and never on its blackout dates. Default: the action's "
+        "(HOMEPOT_JOBS_WINDOW_ACTIONS).",
+    )
     status_reason = models.TextField(blank=True, help_text="Why the job is paused or failed.")
     materialised_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the one dispatch pass that is due to run for this job (enqueued, or about to be)

@@ -3,6 +3,7 @@
 
 Copperleaf Kitchen, an invented restaurant chain: 14 sites across seven regions, 30 devices
 (POS terminals numbered 1 to 5 within each site, plus card readers and receipt printers),
+each site's trading hours (maintenance windows, in its own time zone, and blackout dates),
 13 recent jobs in every status of the progression with their per-device deliveries, three
 hours of health checks, a week of chart snapshots and the audit trail that tells how it all
 got there. Every name, address and business is made up.
@@ -755,6 +756,65 @@ def build_snapshots(sites: list[dict], devices: list[dict], health_checks: list[
     ]
 
 
+# Trading hours (maintenance windows, in each site's own time zone): when jobs that keep to
+# them may reach the tills. Most stores take the guide's Mon-Sat 02:00-05:00, Sun 01:00-07:00;
+# the late-night diners close later, the airport store never closes and has no window beyond a
+# short one at dawn, and the mall store keeps no schedule at all (any time).
+STANDARD_WEEK = [(day, "02:00", "05:00") for day in range(1, 7)] + [(7, "01:00", "07:00")]
+LATE_NIGHT_WEEK = [(day, "23:30", "04:30") for day in range(1, 8)]  # past midnight, every night
+WINDOWS = {
+    "site-123": STANDARD_WEEK,
+    "site-456": [],  # the food court: any time
+    "site-789": STANDARD_WEEK,
+    "site-234": LATE_NIGHT_WEEK,
+    "site-345": STANDARD_WEEK,
+    "site-567": STANDARD_WEEK,
+    "site-678": LATE_NIGHT_WEEK,
+    "site-890": STANDARD_WEEK,
+    "site-901": [(day, "04:00", "05:00") for day in range(1, 8)],  # open around the clock
+    "site-112": STANDARD_WEEK,
+    "site-223": STANDARD_WEEK,
+    "site-334": STANDARD_WEEK,
+    "site-445": [(day, "03:00", "06:00") for day in range(1, 8)],
+    "site-556": STANDARD_WEEK,
+}
+# Blackout dates (local calendar, both ends included): peak trading and holidays.
+BLACKOUTS = [
+    ("site-123", "2026-11-27", "2026-11-28", "Black Friday weekend"),
+    ("site-456", "2026-11-27", "2026-11-28", "Black Friday weekend"),
+    ("site-890", "2026-12-24", "2026-12-26", "Christmas"),
+    ("site-901", "2026-12-24", "2026-12-26", "Christmas"),
+    ("site-223", "2027-02-14", "2027-02-14", "Super Bowl Sunday"),
+]
+
+
+def build_schedules(site_pks: dict[str, int]) -> list[dict]:
+    rows = []
+    for site_id, week in WINDOWS.items():
+        for weekday, starts, ends in week:
+            rows.append(
+                {
+                    "model": "sites_app.maintenancewindow",
+                    "pk": len(rows) + 1,
+                    "fields": {"site": site_pks[site_id], "weekday": weekday, "starts": starts, "ends": ends},
+                }
+            )
+    for pk, (site_id, starts_on, ends_on, reason) in enumerate(BLACKOUTS, start=1):
+        rows.append(
+            {
+                "model": "sites_app.blackoutperiod",
+                "pk": pk,
+                "fields": {
+                    "site": site_pks[site_id],
+                    "starts_on": starts_on,
+                    "ends_on": ends_on,
+                    "reason": reason,
+                },
+            }
+        )
+    return rows
+
+
 def demo_clock() -> dict:
     """The anchor, loaded first: the dates below lead up to DEMO_NOW (monitoring_app.demo_clock)."""
     return {
@@ -773,7 +833,10 @@ def build() -> list[dict]:
     health_checks = build_health_checks(devices, sites)
     snapshots = build_snapshots(sites, devices, health_checks)
     audit = build_audit(sites, devices, jobs)
-    return [demo_clock()] + sites + devices + jobs + deliveries + health_checks + snapshots + audit
+    schedules = build_schedules(site_pks)
+    return (
+        [demo_clock()] + sites + schedules + devices + jobs + deliveries + health_checks + snapshots + audit
+    )
 
 
 def setup_django() -> None:

@@ -24,15 +24,17 @@ from monitoring_app.admin_timeline import site_timeline_html
 from monitoring_app.choices import AlertSeverity, SiteHealthStatus
 from monitoring_app.models import Alert
 from sites_app.admin_import import SiteImportAdminMixin
-from sites_app.models import Site
+from sites_app.models import BlackoutPeriod, MaintenanceWindow, Site
 from sites_app.selectors import (
     SITE_EXPORT_COLUMNS,
     attach_health,
     site_export_rows,
     site_health,
     site_health_devices,
+    site_maintenance,
 )
-from sites_app.services import site_create, site_delete, site_update
+from sites_app.services import site_create, site_delete, site_maintenance_set, site_update
+from sites_app.windows import opening_text
 
 # The site page's lists are bounded (one indexed query each); each links to its full list.
 SITE_PAGE_DEVICES = 30
@@ -106,12 +108,53 @@ SITE_ACTIONS = (
 )
 
 
+class MaintenanceWindowInline(admin.TabularInline):
+    """The site's weekly maintenance windows, in its own time zone. Saved as one schedule
+    through sites_app.services.site_maintenance_set (SiteAdmin.save_related)."""
+
+    model = MaintenanceWindow
+    fields = ("weekday", "starts", "ends")
+    extra = 0
+    verbose_name = "maintenance window"
+    verbose_name_plural = "maintenance windows (local time; an end at or before the start: the next day)"
+
+
+class BlackoutPeriodInline(admin.TabularInline):
+    """Dates on which none of the site's windows opens (holidays, peak trading)."""
+
+    model = BlackoutPeriod
+    fields = ("starts_on", "ends_on", "reason")
+    extra = 0
+    verbose_name = "blackout"
+    verbose_name_plural = "blackout dates (local dates, both included: no window opens on them)"
+
+
+# The inlines' columns, as site_maintenance_set takes them.
+_SCHEDULE_FORMSETS = {
+    MaintenanceWindow: ("maintenance_windows", ("weekday", "starts", "ends")),
+    BlackoutPeriod: ("blackouts", ("starts_on", "ends_on", "reason")),
+}
+
+
+def _kept_rows(formset, columns) -> list[dict]:
+    """The rows an inline formset leaves: its existing and new forms, without those marked
+    for deletion and the blank extra ones."""
+    rows = []
+    for form in formset.forms:
+        data = getattr(form, "cleaned_data", None) or {}
+        if not data or data.get("DELETE") or (form.instance.pk is None and not form.has_changed()):
+            continue
+        rows.append({column: data[column] for column in columns})
+    return rows
+
+
 @admin.register(Site)
 class SiteAdmin(
     SiteImportAdminMixin, CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin
 ):
     actions = ("create_job",)
     object_actions = SITE_ACTIONS
+    inlines = (MaintenanceWindowInline, BlackoutPeriodInline)
     # Fits 1,400 px with both sidebars: the address and time zone are on the site page (and
     # searchable / a filter); the health badge is what a manager scans the list for.
     list_display = (
@@ -137,6 +180,7 @@ class SiteAdmin(
         "created_at",
         "updated_at",
         "timeline",
+        "maintenance_now",
     )
     fieldsets = (
         ("Health", {"fields": ("health_panel",)}),
@@ -145,7 +189,7 @@ class SiteAdmin(
         ("Recent jobs", {"fields": ("recent_jobs",)}),
         ("Timeline", {"fields": ("timeline",), "classes": ("hp-timeline-box",)}),
         ("Site", {"fields": ("site_id", "name", "is_active")}),
-        ("Location", {"fields": ("location", "region", "timezone")}),
+        ("Location", {"fields": ("location", "region", "timezone", "maintenance_now")}),
         ("Notes", {"fields": ("description",)}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
@@ -320,6 +364,16 @@ class SiteAdmin(
         url = admin_changelist_url(Device, site=site.pk)
         return format_html('<a href="{}">{}</a>', url, site.device_count)
 
+    @admin.display(description="maintenance window")
+    def maintenance_now(self, site):
+        # Whether jobs that keep to windows reach this store now (the windows are below).
+        schedule = site_maintenance(site)
+        if schedule["next_opening"] is None and schedule["open_now"] is None:
+            return "—"
+        text = opening_text(schedule["next_opening"], site.timezone)
+        tone = "ok" if schedule["open_now"] else "muted"
+        return format_html('<span class="hp-badge hp-badge--{}">{}</span>', tone, text)
+
     @admin.display(description="newest first")
     def timeline(self, site):
         # The same selector as GET /api/v1/fleet/sites/{site_id}/timeline.
@@ -345,6 +399,29 @@ class SiteAdmin(
 
     def delete_model(self, request, obj):
         run_service(site_delete, actor=request.user, site=obj)
+
+    def save_related(self, request, form, formsets, change):
+        """The windows and blackouts are one schedule, replaced and audited as one by
+        site_maintenance_set, never row by row."""
+        form.save_m2m()
+        schedule, changed = {}, False
+        for formset in formsets:
+            if formset.model not in _SCHEDULE_FORMSETS:
+                self.save_formset(request, form, formset, change=change)
+                continue
+            name, columns = _SCHEDULE_FORMSETS[formset.model]
+            schedule[name] = _kept_rows(formset, columns)
+            # Nothing saved row by row: the admin's change message has no rows to name.
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+            changed = changed or formset.has_changed()
+        if changed:
+            run_service(
+                site_maintenance_set,
+                actor=request.user,
+                site=form.instance,
+                maintenance_windows=schedule.get("maintenance_windows", []),
+                blackouts=schedule.get("blackouts", []),
+            )
 
     def get_deleted_objects(self, objs, request):
         """A site that still has devices cannot go (devices are PROTECTed): say so in one

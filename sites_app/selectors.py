@@ -203,3 +203,25 @@ def site_export_rows(queryset: QuerySet[Site]):
             else value
             for value in row
         ]
+
+
+def site_maintenance(site: Site) -> dict:
+    """The site's maintenance schedule, whether a window is open now and when the next one
+    opens (two small queries and one next-opening statement; PostgreSQL only for the last
+    two, None elsewhere)."""
+    from django.db import connection
+
+    from sites_app import windows
+
+    body = {
+        "timezone": site.timezone,
+        "maintenance_windows": list(site.maintenance_windows.order_by("weekday", "starts")),
+        "blackouts": list(site.blackouts.order_by("starts_on", "ends_on")),
+        "open_now": None,
+        "next_opening": None,
+    }
+    if connection.vendor == "postgresql":
+        at = windows.now()
+        body["next_opening"] = windows.next_openings([site.pk], at).get(site.pk)
+        body["open_now"] = body["next_opening"] == at
+    return body

@@ -14,3 +14,13 @@ class ModelPermissions(permissions.DjangoModelPermissions):
         "HEAD": ["%(app_label)s.view_%(model_name)s"],
         "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
     }
+
+
+class IsAuthenticatedSiteReader(permissions.BasePermission):
+    """Holds `sites_app.view_site` (every role does), whatever the method: for the few site
+    sub-resources a site's manager may write (the service checks the site's change scope)."""
+
+    def has_permission(self, request, view):
+        return bool(
+            request.user and request.user.is_authenticated and request.user.has_perm("sites_app.view_site")
+        )

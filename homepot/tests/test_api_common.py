@@ -234,6 +234,7 @@ def test_schema_documents_the_guides_paths_once(schema):
         "/sites/import",
         "/sites/{site_id}",
         "/sites/{site_id}/health",
+        "/sites/{site_id}/maintenance",
     ]
     assert set(schema["paths"]["/sites"]) == {"get", "post"}
     assert set(schema["paths"]["/devices/{device_id}"]) == {"get", "put", "patch", "delete"}

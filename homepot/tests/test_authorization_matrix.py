@@ -224,6 +224,10 @@ def heartbeat_body(w, method, target, actor):
     return {}
 
 
+def maintenance_body(w, method, target, actor):
+    return {"maintenance_windows": [{"weekday": 1, "starts": "02:00", "ends": "05:00"}], "blackouts": []}
+
+
 def health_body(w, method, target, actor):
     return {"status": "healthy", "response_time_ms": 80}
 
@@ -574,6 +578,14 @@ API = [
         {"GET": members("200/404", "200/404", "200/200")},
         target=site_of,
         aliases=at_root_and_v1("sites/<site_id>/health"),
+    ),
+    # Trading hours: members read them; a site's managers (and admins) set them.
+    Api(
+        "sites/<site_id>/maintenance",
+        {"GET": members("200/404", "200/404", "200/200"), "PUT": members("403/404", "200/404", "200/200")},
+        target=site_of,
+        body=maintenance_body,
+        aliases=at_root_and_v1("sites/<site_id>/maintenance"),
     ),
     Api("api/v1/fleet/summary/?", {"GET": members(200, 200, 200)}),
     Api(

@@ -29,7 +29,7 @@ from monitoring_app.models import (
 )
 from monitoring_app.services import audit_record
 from monitoring_app.sweep import sweep_offline
-from sites_app.models import Site
+from sites_app.models import BlackoutPeriod, Site
 
 pytestmark = pytest.mark.django_db
 
@@ -136,6 +136,18 @@ def test_sites_are_spread_over_regions_and_time_zones(demo):
     assert {"site-123", "site-456"} <= {s.site_id for s in sites}
 
 
+def test_stores_keep_trading_hours_in_their_own_time_zones(demo):
+    from sites_app.windows import next_openings
+
+    with_windows = Site.objects.filter(maintenance_windows__isnull=False).distinct()
+    assert with_windows.count() == 13  # the food court takes work any time
+    assert with_windows.values("timezone").distinct().count() >= 7
+    assert BlackoutPeriod.objects.exists()
+    # Every store's window opens within the coming week, each at its own local hour.
+    openings = next_openings(Site.objects.all())
+    assert set(openings) == set(Site.objects.values_list("pk", flat=True))
+
+
 def test_health_checks_follow_their_devices(demo):
     checks = list(HealthCheck.objects.select_related("device"))
     assert {c.status for c in checks} == {"healthy", "degraded", "unhealthy"}
@@ -174,6 +186,8 @@ def test_fixture_has_no_users_and_aware_utc_datetimes():
     assert {row["model"] for row in rows} == {
         "monitoring_app.democlock",
         "sites_app.site",
+        "sites_app.maintenancewindow",
+        "sites_app.blackoutperiod",
         "devices_app.device",
         "jobs_app.job",
         "jobs_app.delivery",

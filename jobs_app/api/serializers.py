@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
-from homepot.api.fields import StrictCharField
+from homepot.api.fields import StrictBooleanField, StrictCharField
 from jobs_app.choices import DeliveryStatus, JobAction, JobPriority
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.payloads import payload_errors, schema_markdown
@@ -50,6 +50,7 @@ class JobSerializer(serializers.ModelSerializer):
             "batch_size",
             "max_in_flight_per_site",
             "failure_threshold_percent",
+            "within_maintenance_windows",
             "cloned_from",
             "saved_segment",
             "created_by",
@@ -165,6 +166,14 @@ class TargetsSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.message_dict["segment"]) from None
 
 
+class PreviewRequestSerializer(TargetsSerializer):
+    """What a preview is asked about: the targets and rollout policy, and the action (whose
+    default decides whether the job keeps to maintenance windows) or that choice itself."""
+
+    action = serializers.ChoiceField(choices=JobAction.choices, required=False)
+    within_maintenance_windows = StrictBooleanField(required=False, allow_null=True)
+
+
 class JobCreateSerializer(TargetsSerializer):
     action = serializers.ChoiceField(choices=JobAction.choices)
     payload = serializers.DictField(
@@ -183,6 +192,12 @@ class JobCreateSerializer(TargetsSerializer):
     )
     failure_threshold_percent = serializers.IntegerField(
         required=False, allow_null=True, min_value=0, max_value=100
+    )
+    within_maintenance_windows = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="Reach each site only inside its maintenance windows (GET /sites/{site_id}/maintenance). "
+        "Absent or null: the action's default (HOMEPOT_JOBS_WINDOW_ACTIONS).",
     )
 
     def validate_payload(self, value):
@@ -233,6 +248,17 @@ class PreviewSerializer(serializers.Serializer):
     waves = serializers.IntegerField(help_text="Rounds the largest site needs under max_in_flight_per_site.")
     expected_duration_seconds = serializers.IntegerField()
     expected_duration_basis = serializers.CharField(help_text="What the estimate is based on, in words.")
+    within_maintenance_windows = serializers.BooleanField(
+        help_text="Whether the job would keep to the sites' maintenance windows."
+    )
+    sites_open_now = serializers.IntegerField(
+        allow_null=True, help_text="Targeted sites inside their window now (null: windows do not apply)."
+    )
+    last_window_opens_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the last targeted site's window opens (the estimate includes the wait); null: "
+        "every site is open now or windows do not apply.",
+    )
 
 
 class SavedSegmentSerializer(serializers.ModelSerializer):

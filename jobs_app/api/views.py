@@ -24,9 +24,9 @@ from jobs_app.api.serializers import (
     JobSerializer,
     JobUpdateSerializer,
     PauseSerializer,
+    PreviewRequestSerializer,
     PreviewSerializer,
     SavedSegmentSerializer,
-    TargetsSerializer,
 )
 from jobs_app.choices import DeliveryStatus
 from jobs_app.filters import DeliveryFilterSet, JobFilterSet
@@ -87,7 +87,7 @@ class JobViewSet(ServiceModelViewSet):
         if self.action == "list":
             return JobSerializer
         if self.action in ("create", "preview"):
-            return JobCreateSerializer if self.action == "create" else TargetsSerializer
+            return JobCreateSerializer if self.action == "create" else PreviewRequestSerializer
         if self.action == "partial_update":
             return JobUpdateSerializer
         return JobDetailSerializer
@@ -225,12 +225,12 @@ class JobViewSet(ServiceModelViewSet):
         summary="Pre-flight numbers for a job about to be created",
         description="How many devices match, how many are online now, how many already have "
         "unfinished work, and the expected duration under the rollout policy. Creates nothing.",
-        request=TargetsSerializer,
+        request=PreviewRequestSerializer,
         responses=PreviewSerializer,
     )
     @action(detail=False, methods=["post"], filter_backends=[])
     def preview(self, request):
-        serializer = TargetsSerializer(data=request.data, context=self.get_serializer_context())
+        serializer = PreviewRequestSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         numbers = services.job_preview(actor=request.user, site=data.pop("site_id"), **data)

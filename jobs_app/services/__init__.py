@@ -11,6 +11,8 @@
 - `progress`: progress numbers, the rollup into the job's status, the failure threshold;
 - `preview`: pre-flight numbers for a job not yet created;
 - `rollout`: the rollout policy's rules the dispatcher consults (waves);
+- `windows`: jobs that keep to the sites' maintenance windows (the claim filter, when to
+  look again, which sites wait);
 - `enqueue`: the one seam to the dispatcher's Celery task (services never import
   jobs_app.tasks or jobs_app.dispatch: those stand above and call down);
 - `common`: what the others share.
@@ -48,19 +50,29 @@ from jobs_app.services.preview import ESTIMATE_SAMPLE_JOBS, PREVIEW_SITES_LIMIT,
 from jobs_app.services.progress import job_check_failure_threshold, job_progress, job_rollup
 from jobs_app.services.segments import SEGMENT_AUDITED_FIELDS, segment_create, segment_delete, segment_update
 from jobs_app.services.targets import SEGMENT_KEYS, clean_segment, job_target_query, target_devices_query
+from jobs_app.services.windows import (
+    WindowGate,
+    claim_filter,
+    deliveries_next_offer_at,
+    sites_waiting,
+    window_default,
+)
 
 __all__ = (
+    "WindowGate",
     "AUDITED_FIELDS",
     "ESTIMATE_SAMPLE_JOBS",
     "PREVIEW_SITES_LIMIT",
     "SEGMENT_AUDITED_FIELDS",
     "SEGMENT_KEYS",
     "DeviceEvent",
+    "claim_filter",
     "clean_segment",
     "deliveries_apply_events",
     "deliveries_mark_sent",
     "deliveries_materialise",
     "deliveries_next_attempt_at",
+    "deliveries_next_offer_at",
     "deliveries_push_failed",
     "deliveries_time_out",
     "delivery_acknowledge",
@@ -86,5 +98,7 @@ __all__ = (
     "segment_create",
     "segment_delete",
     "segment_update",
+    "sites_waiting",
     "target_devices_query",
+    "window_default",
 )

@@ -20,6 +20,7 @@ AUDITED_FIELDS = (
     "batch_size",
     "max_in_flight_per_site",
     "failure_threshold_percent",
+    "within_maintenance_windows",
 )
 
 

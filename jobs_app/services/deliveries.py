@@ -43,7 +43,9 @@ def deliveries_materialise(job_id: int) -> int:
         if not Job.objects.filter(pk=job_id, materialised_at__isnull=True).update(materialised_at=now):
             return 0
         job = Job.objects.get(pk=job_id)
-        deadline = now + job.ttl if job.ttl else None
+        # A job that waits for maintenance windows gives each delivery its deadline when it is
+        # sent (deliveries_mark_sent): hours of waiting for a window are not a device's delay.
+        deadline = now + job.ttl if job.ttl and not job.within_maintenance_windows else None
         sql, params = job_target_query(job).values_list("pk", "site_id").query.sql_with_params()
         table = Delivery._meta.db_table
         with connection.cursor() as cursor:
@@ -57,10 +59,13 @@ def deliveries_materialise(job_id: int) -> int:
             return cursor.rowcount
 
 
-def deliveries_mark_sent(delivery_ids) -> int:
-    """pending → sent for a batch, in one UPDATE. Rows no longer pending are left alone."""
+def deliveries_mark_sent(delivery_ids, *, ttl: datetime.timedelta | None = None) -> int:
+    """pending → sent for a batch, in one UPDATE. Rows no longer pending are left alone.
+    With `ttl` (jobs that wait for maintenance windows) each gets its deadline from now."""
+    now = timezone.now()
+    extra = {"deadline": now + ttl} if ttl else {}
     return Delivery.objects.filter(pk__in=list(delivery_ids), status=DeliveryStatus.PENDING).update(
-        status=DeliveryStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1, next_attempt_at=None
+        status=DeliveryStatus.SENT, sent_at=now, attempts=F("attempts") + 1, next_attempt_at=None, **extra
     )
 
 

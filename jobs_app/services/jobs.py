@@ -24,6 +24,7 @@ from jobs_app.services.common import AUDITED_FIELDS, job_snapshot, locked_job, r
 from jobs_app.services.deliveries import deliveries_cancel_open, notify_cancelled
 from jobs_app.services.enqueue import enqueue_dispatch
 from jobs_app.services.targets import check_targets, segment_for_job
+from jobs_app.services.windows import window_default
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic, changes, lock_for_change, snapshot
 from sites_app.models import Site
@@ -62,6 +63,8 @@ def job_create(
     # The action's declared schema (jobs_app/payloads.py): the API and the admin both land here.
     payload = clean_payload(action, payload or {})
     scheduled = scheduled_at is not None and scheduled_at > timezone.now()
+    if fields.get("within_maintenance_windows") is None:
+        fields["within_maintenance_windows"] = window_default(action)
     job = Job(
         site=site,
         action=action,
@@ -283,6 +286,7 @@ def job_clone(*, actor, job: Job) -> Job:
         batch_size=source.batch_size,
         max_in_flight_per_site=source.max_in_flight_per_site,
         failure_threshold_percent=source.failure_threshold_percent,
+        within_maintenance_windows=source.within_maintenance_windows,
         cloned_from=source,
         created_by=actor,
         status=JobStatus.QUEUED,

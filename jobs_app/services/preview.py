@@ -10,7 +10,10 @@ from jobs_app.choices import DELIVERY_UNFINISHED, JobStatus
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.services.common import setting
 from jobs_app.services.targets import check_targets, segment_for_job, target_devices_query
+from jobs_app.services.windows import window_default
+from sites_app import windows
 from sites_app.models import Site
+from sites_app.windows import opening_text
 
 
 def job_preview(
@@ -24,11 +27,16 @@ def job_preview(
     max_in_flight_per_site: int | None = None,
     saved_segment: SavedSegment | None = None,
     per_site: bool = False,
+    action: str | None = None,
+    within_maintenance_windows: bool | None = None,
 ) -> dict:
     """Pre-flight numbers for a job not yet created: how many devices match, how many are
     online now, how many already have unfinished work, and the expected duration under the
     rollout policy: waves (the largest site's devices over `max_in_flight_per_site`) times
-    what a wave took in recent jobs (`_wave_seconds`), with the basis said in words."""
+    what a wave took in recent jobs (`_wave_seconds`), with the basis said in words. A job
+    that keeps to maintenance windows (`within_maintenance_windows`, or the `action`'s
+    default) also waits for the last targeted site's window to open: said per site and
+    added to the estimate (`_window_wait`)."""
     devices = list(target_devices)
     site_ids = check_targets(actor, site, list(extra_sites), devices)
     targets = target_devices_query(
@@ -54,6 +62,13 @@ def job_preview(
             .annotate(n=Count("pk"))
             .order_by("-n", "site__site_id")[:PREVIEW_SITES_LIMIT]
         )
+    if within_maintenance_windows is None:
+        within_maintenance_windows = bool(action) and window_default(action)
+    window = _window_wait(targets) if within_maintenance_windows and numbers["matching"] else {}
+    if per_site and window:
+        for row in per_site_rows:
+            row["opens_at"] = window["openings"].get(row["site_id"])
+            row["window"] = opening_text(row["opens_at"], window["zones"][row["site_id"]], window["at"])
     wave_seconds, basis = _wave_seconds()
     waves = 0
     if numbers["matching"]:
@@ -67,7 +82,7 @@ def job_preview(
         "largest_site_devices": largest_site,
         "batches": math.ceil(numbers["matching"] / (batch_size or Job._meta.get_field("batch_size").default)),
         "waves": waves,
-        "expected_duration_seconds": math.ceil(waves * wave_seconds),
+        "expected_duration_seconds": math.ceil(waves * wave_seconds + window.get("wait_seconds", 0)),
         "expected_duration_basis": (
             (
                 f"{waves} wave(s) of at most {max_in_flight_per_site} device(s) per site, "
@@ -75,9 +90,13 @@ def job_preview(
                 else "1 wave (no per-site limit: every device at once), "
             )
             + basis
+            + window.get("basis", "")
             if waves
             else "no device matches"
         ),
+        "within_maintenance_windows": within_maintenance_windows,
+        "sites_open_now": window.get("open_now"),
+        "last_window_opens_at": window.get("last_opens_at"),
     }
 
 
@@ -112,3 +131,30 @@ def _wave_seconds() -> tuple[float, str]:
     median = max(median, 1.0)
     shown = f"{median:.0f} s" if median < 120 else f"{median / 60:.0f} min"
     return median, f"about {shown} each (the median of the last {len(durations)} finished job(s))"
+
+
+def _window_wait(targets) -> dict:
+    """For a job that keeps to windows: each targeted site's next opening (one statement
+    over the sites of `targets`), how many are open now, and the wait for the last one,
+    which the estimate adds (a site is assumed to finish inside its window)."""
+    at = windows.now()
+    sites = Site.objects.filter(pk__in=targets.order_by().values("site_id"))
+    zones = dict(sites.values_list("pk", "timezone"))
+    openings = windows.next_openings(sites, at)
+    open_now = sum(1 for opens in openings.values() if opens <= at)
+    never = [pk for pk in zones if pk not in openings]
+    last = max(openings, key=openings.get) if openings else None
+    result = {"at": at, "zones": zones, "openings": openings, "open_now": open_now, "last_opens_at": None}
+    if last is not None and openings[last] > at:
+        last_site = Site.objects.get(pk=last)
+        result["last_opens_at"] = openings[last]
+        result["wait_seconds"] = (openings[last] - at).total_seconds()
+        result["basis"] = (
+            f"; only inside maintenance windows: {open_now} of {len(zones)} site(s) open now, the last "
+            f"waits for its window ({last_site.site_id}: {opening_text(openings[last], zones[last], at)})"
+        )
+    else:
+        result["basis"] = f"; only inside maintenance windows: {open_now} of {len(zones)} site(s) open now"
+    if never:
+        result["basis"] += f"; {len(never)} site(s) have no window in the coming weeks"
+    return result

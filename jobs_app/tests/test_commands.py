@@ -3,6 +3,7 @@
 import datetime
 import io
 import json
+import re
 import stat
 
 import pytest
@@ -15,6 +16,7 @@ from jobs_app import dispatch, services
 from jobs_app.choices import JobStatus
 from jobs_app.models import Delivery, Job
 from monitoring_app.models import HealthCheck
+from sites_app.models import Site
 from sites_app.tests.factories import SiteFactory
 
 
@@ -128,6 +130,9 @@ def test_the_demo_fleet_keeps_the_chain_alive_finishes_its_jobs_and_keeps_its_cr
     assert Device.objects.get(device_id="site-112-pos-terminal-1").status == "error"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert "0 stored credentials reused, 24 issued" in out.getvalue()
+    # The stores live in their own time zones: the demo says where a maintenance window is open.
+    active = Site.objects.filter(is_active=True).count()
+    assert re.search(rf"demo: maintenance windows open at \d+ of {active} stores", out.getvalue())
 
     # A restart reuses every stored credential: nothing revoked, nothing issued.
     issued = DeviceCredential.objects.count()

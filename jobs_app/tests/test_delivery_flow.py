@@ -501,6 +501,9 @@ def test_preview_counts_matching_online_and_busy_devices(admin_user):
         "expected_duration_seconds": 2 * 30,
         "expected_duration_basis": "2 wave(s) of at most 2 device(s) per site, about 30 s each "
         "(a default: no job has finished yet to measure)",
+        "within_maintenance_windows": False,
+        "sites_open_now": None,
+        "last_window_opens_at": None,
     }
     assert not AuditLog.objects.filter(event_type="job.created").exclude(job_id=busy_job.pk).exists()
 

@@ -3,7 +3,7 @@ from rest_framework import serializers
 
 from homepot.api.serializers import StrictModelSerializer
 from monitoring_app.choices import SiteHealthStatus
-from sites_app.models import Site
+from sites_app.models import BlackoutPeriod, MaintenanceWindow, Site
 from sites_app.selectors import site_health
 
 
@@ -105,3 +105,40 @@ class SiteImportSerializer(serializers.Serializer):
     errors_truncated = serializers.BooleanField()
     outcomes = SiteImportOutcomeSerializer(many=True, help_text="The first 200 rows' outcomes.")
     applied = serializers.BooleanField()
+
+
+class MaintenanceWindowSerializer(StrictModelSerializer):
+    """A weekly window in the site's local time. `weekday` is ISO: 1 Monday … 7 Sunday. An
+    `ends` at or before `starts` runs past midnight (22:00-02:00); equal: 24 hours."""
+
+    class Meta:
+        model = MaintenanceWindow
+        fields = ["weekday", "starts", "ends"]
+
+
+class BlackoutPeriodSerializer(StrictModelSerializer):
+    """Local dates (both included) on which none of the site's windows opens."""
+
+    class Meta:
+        model = BlackoutPeriod
+        fields = ["starts_on", "ends_on", "reason"]
+
+    def validate(self, attrs):
+        if attrs["ends_on"] < attrs["starts_on"]:
+            raise serializers.ValidationError({"ends_on": "The last date must be on or after the first."})
+        return attrs
+
+
+class SiteMaintenanceSerializer(serializers.Serializer):
+    """A site's trading-hours schedule: jobs that keep to maintenance windows reach its
+    devices only inside a window, never on a blackout date. No window at all: any time."""
+
+    timezone = serializers.CharField(read_only=True, help_text="The site's time zone; every time is local.")
+    maintenance_windows = MaintenanceWindowSerializer(many=True)
+    blackouts = BlackoutPeriodSerializer(many=True)
+    open_now = serializers.BooleanField(read_only=True, help_text="Inside a window now.")
+    next_opening = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="When the next window opens (now when open; null: none in the coming weeks).",
+    )

@@ -6,10 +6,16 @@ from rest_framework.response import Response
 
 from homepot.api.pagination import PageNumberPagination
 from homepot.api.parsers import CSVTextParser
+from homepot.api.permissions import IsAuthenticatedSiteReader
 from homepot.api.views import ServiceModelViewSet, csv_import_response, csv_import_schema
 from homepot.csv_export import XLSX_CONTENT_TYPE, csv_response, xlsx_response
 from sites_app import services
-from sites_app.api.serializers import SiteHealthSerializer, SiteImportSerializer, SiteSerializer
+from sites_app.api.serializers import (
+    SiteHealthSerializer,
+    SiteImportSerializer,
+    SiteMaintenanceSerializer,
+    SiteSerializer,
+)
 from sites_app.filters import SiteFilterSet
 from sites_app.imports import sites_import
 from sites_app.selectors import (
@@ -19,6 +25,7 @@ from sites_app.selectors import (
     site_health,
     site_health_devices,
     site_list,
+    site_maintenance,
 )
 
 
@@ -77,6 +84,41 @@ class SiteViewSet(ServiceModelViewSet):
 
     def site_of(self, instance):
         return instance
+
+    @extend_schema(
+        methods=["GET"],
+        summary="A site's maintenance windows",
+        description="The site's weekly maintenance windows and blackout dates (in its own time zone), "
+        "whether a window is open now and when the next one opens. Jobs that keep to maintenance "
+        "windows reach the site's devices only inside a window.",
+        responses=SiteMaintenanceSerializer,
+    )
+    @extend_schema(
+        methods=["PUT"],
+        summary="Replace a site's maintenance windows",
+        description="Administrators and the site's managers. The whole schedule is replaced: send "
+        "every window and blackout the site keeps (empty lists: no restriction). Audited as "
+        "site.updated.",
+        request=SiteMaintenanceSerializer,
+        responses=SiteMaintenanceSerializer,
+    )
+    @action(
+        detail=True,
+        methods=["get", "put"],
+        url_path="maintenance",
+        pagination_class=None,
+        filter_backends=[],
+        # Managers run their stores' trading hours (the service checks the site's change
+        # scope); reading needs only what reading the site needs.
+        permission_classes=[IsAuthenticatedSiteReader],
+    )
+    def maintenance(self, request, site_id=None):
+        site = self.get_object()
+        if request.method == "PUT":
+            serializer = SiteMaintenanceSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            services.site_maintenance_set(actor=request.user, site=site, **serializer.validated_data)
+        return Response(SiteMaintenanceSerializer(site_maintenance(site)).data)
 
     @extend_schema(
         summary="Export sites as CSV",

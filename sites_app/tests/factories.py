@@ -1,6 +1,8 @@
+import datetime
+
 import factory
 
-from sites_app.models import Site
+from sites_app.models import BlackoutPeriod, MaintenanceWindow, Site
 
 
 class SiteFactory(factory.django.DjangoModelFactory):
@@ -14,3 +16,23 @@ class SiteFactory(factory.django.DjangoModelFactory):
     location = factory.Faker("street_address")
     region = "North"
     timezone = "Europe/London"
+
+
+class MaintenanceWindowFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = MaintenanceWindow
+
+    site = factory.SubFactory(SiteFactory)
+    weekday = 1
+    starts = datetime.time(2, 0)
+    ends = datetime.time(5, 0)
+
+
+class BlackoutPeriodFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BlackoutPeriod
+
+    site = factory.SubFactory(SiteFactory)
+    starts_on = datetime.date(2026, 12, 24)
+    ends_on = datetime.date(2026, 12, 26)
+    reason = "Christmas"

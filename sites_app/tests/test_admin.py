@@ -33,6 +33,16 @@ def delete_url(site):
     return reverse("admin:sites_app_site_delete", args=[site.pk])
 
 
+def inline_management(prefix, total=0, initial=0):
+    """The management form of one of the site page's inlines (windows, blackouts)."""
+    return {
+        f"{prefix}-TOTAL_FORMS": str(total),
+        f"{prefix}-INITIAL_FORMS": str(initial),
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": "1000",
+    }
+
+
 def form_data(**overrides):
     data = {
         "site_id": "site-900",
@@ -43,6 +53,8 @@ def form_data(**overrides):
         "timezone": "Europe/London",
         "description": "",
         "_save": "Save",
+        **inline_management("maintenance_windows"),
+        **inline_management("blackouts"),
     }
     data.update(overrides)
     return data

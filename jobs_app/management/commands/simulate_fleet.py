@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zoneinfo
 from collections import Counter
 from pathlib import Path
 
@@ -436,11 +437,37 @@ class Command(BaseCommand):
             device_update(actor=None, device=device, push_channel=channel)
             self.stdout.write(f"{device.device_id} now uses {channel}")
 
+    def _window_turns(self, before: set[int] | None) -> set[int] | None:
+        """The demo's stores living in their own time zones: say which stores' maintenance
+        windows are open (at start) or have opened or closed since `before` (each minute),
+        with the store's local time. One set-based statement (sites_app.windows)."""
+        from sites_app.models import Site
+        from sites_app.windows import open_site_ids
+
+        if connection.vendor != "postgresql":
+            return None
+        now = open_site_ids()
+        sites = {site.pk: site for site in Site.objects.filter(is_active=True)}
+        now = {pk for pk in now if pk in sites}
+        changed = sorted(now ^ before, key=lambda pk: sites[pk].site_id) if before is not None else []
+        stamp = f"{timezone.now():%H:%M:%S}"
+        if before is None:
+            self.stdout.write(f"{stamp} demo: maintenance windows open at {len(now)} of {len(sites)} stores")
+        for pk in changed:
+            site = sites[pk]
+            local = timezone.now().astimezone(zoneinfo.ZoneInfo(site.timezone))
+            state = "opens" if pk in now else "closes"
+            self.stdout.write(
+                f"{stamp} demo: {site.site_id}'s maintenance window {state} ({local:%H:%M} {site.timezone})"
+            )
+        return now
+
     def _run_for(self, duration: float, stats: Counter, options: dict) -> None:
         """Wait, writing one summary line a minute (and the demo story's turns)."""
         started = last_report = time.monotonic()
         reported: Counter = Counter(stats)
         outage = None
+        open_sites = self._window_turns(None) if options["demo"] else None
         try:
             while not duration or time.monotonic() - started < duration:
                 time.sleep(0.2)
@@ -458,5 +485,7 @@ class Command(BaseCommand):
                     line = ", ".join(f"{n} {name}" for name, n in delta.items() if n)
                     self.stdout.write(f"{timezone.now():%H:%M:%S} last minute: {line or 'nothing'}")
                     reported, last_report = current, time.monotonic()
+                    if options["demo"]:
+                        open_sites = self._window_turns(open_sites)
         except KeyboardInterrupt:
             pass
