@@ -11,7 +11,7 @@ import logging
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Min, Value
+from django.db.models import Count, F, Min, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -21,7 +21,7 @@ from homepot import metrics
 from homepot.errors import Conflict
 from jobs_app.choices import DELIVERY_IN_FLIGHT, DELIVERY_NOT_TAKEN, DELIVERY_UNFINISHED, DeliveryStatus
 from jobs_app.models import Delivery, Job
-from jobs_app.services import answers
+from jobs_app.services import answers, rollout
 from jobs_app.services.common import locked_job
 from jobs_app.services.progress import job_check_failure_threshold, job_rollup
 from jobs_app.services.targets import job_target_query
@@ -45,6 +45,8 @@ def deliveries_materialise(job_id: int) -> int:
         job = Job.objects.get(pk=job_id)
         deadline = now + job.ttl if job.ttl else None
         sql, params = job_target_query(job).values_list("pk", "site_id").query.sql_with_params()
+        if rollout.has_waves(job):
+            return rollout.deliveries_insert_in_waves(job, sql, params, now=now, deadline=deadline)
         table = Delivery._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
@@ -81,12 +83,13 @@ def deliveries_push_failed(
 
 
 def deliveries_next_attempt_at(job_id: int) -> datetime.datetime | None:
-    """The earliest time one of the job's pending deliveries may be offered (now for one
-    that is not waiting out a push backoff); None when nothing is pending."""
+    """The earliest time one of the job's pending deliveries of its open waves may be
+    offered (now for one that is not waiting out a push backoff); None when nothing is
+    pending there (later waves wait for their gate, which wakes the dispatcher itself)."""
     now = timezone.now()
-    return Delivery.objects.filter(job_id=job_id, status=DeliveryStatus.PENDING).aggregate(
-        first=Min(Coalesce("next_attempt_at", Value(now)))
-    )["first"]
+    open_wave = Subquery(Job.objects.filter(pk=job_id).values("wave_open"))
+    pending = Delivery.objects.filter(job_id=job_id, status=DeliveryStatus.PENDING, wave__lte=open_wave)
+    return pending.aggregate(first=Min(Coalesce("next_attempt_at", Value(now))))["first"]
 
 
 def _device_delivery(device: Device, delivery_id) -> Delivery:
