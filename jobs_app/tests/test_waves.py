@@ -5,6 +5,7 @@ import datetime
 
 import pytest
 from django.db.models import Count
+from django.urls import reverse
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory
@@ -261,3 +262,92 @@ def test_approve_wave_is_scoped(stores, admin_user):
     assert job.wave_open == 0
     manager = token_client(SiteMembershipFactory(site=stores[0], role=MembershipRole.MANAGER).user)
     assert manager.post(f"/jobs/{job.pk}/approve-wave").status_code == 200
+
+
+# --- Admin ----------------------------------------------------------------------------------------
+
+ADD = reverse("admin:jobs_app_job_add")
+
+
+def admin_form(stores, **overrides):
+    return {
+        "site": stores[0].pk,
+        "extra_sites": [s.pk for s in stores[1:]],
+        "action": "update_pos_payment_config",
+        "priority": "normal",
+        "description": "Switch payment gateway",
+        "p__update_pos_payment_config__gateway_url": "https://payments-v2.example.com",
+        "batch_size": "2000",
+        "_save": "Save",
+        **overrides,
+    }
+
+
+def test_the_admin_form_sets_waves_and_gate_under_advanced(admin_browser, stores):
+    response = admin_browser.post(
+        ADD,
+        admin_form(
+            stores,
+            rollout_canary="3",
+            rollout_waves="25, 50",
+            wave_gate_percent="95",
+            wave_soak="00:30:00",
+            wave_approval="on",
+            max_in_flight="100",
+        ),
+    )
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    job = Job.objects.get()
+    assert (job.rollout_canary, job.rollout_waves, job.wave_gate_percent) == (3, [25, 50, 100], 95)
+    assert (job.wave_soak, job.wave_approval, job.max_in_flight) == (
+        datetime.timedelta(minutes=30),
+        True,
+        100,
+    )
+    created = AuditLog.objects.get(job_id=job.pk, event_type="job.created")
+    assert created.new_values["rollout_waves"] == [25, 50, 100]
+    assert created.new_values["wave_soak_seconds"] == 1800
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"rollout_waves": "50, 10"}, "rollout_waves"),
+        ({"rollout_waves": "half"}, "rollout_waves"),
+        ({"wave_gate_percent": "90"}, "wave_gate_percent"),
+    ],
+)
+def test_a_bad_wave_setting_is_shown_at_its_field(admin_browser, stores, fields, field):
+    response = admin_browser.post(ADD, admin_form(stores, **fields))
+
+    assert response.status_code == 200
+    assert field in response.context["adminform"].form.errors
+    assert not Job.objects.exists()
+
+
+def test_the_job_page_shows_each_wave_and_an_approve_button_that_asks_first(
+    admin_browser, admin_user, stores
+):
+    job = waved_job(admin_user, stores, rollout_canary=3, wave_approval=True)
+    dispatch.dispatch_pass(job.pk)
+    page = reverse("admin:jobs_app_job_change", args=[job.pk])
+    approve = reverse("admin:jobs_app_job_control", args=[job.pk, "approve_wave"])
+    assert f'href="{approve}"' not in admin_browser.get(page).content.decode()  # canary still out
+
+    answer(job, 0)
+    dispatch.dispatch_pass(job.pk)
+    html = admin_browser.get(page).content.decode()
+    assert "<td>canary</td><td>3 (3)</td><td>100 %</td><td>3</td><td>0</td><td>0</td><td>100.0 %</td>" in html
+    assert "<td>awaiting approval</td>" in html
+    assert f'href="{approve}"' in html
+    assert "Yes, approve the next wave" in admin_browser.get(approve).content.decode()
+    job.refresh_from_db()
+    assert job.wave_open == 0  # the confirmation page changes nothing
+
+    response = admin_browser.post(approve, follow=True)
+
+    assert "Opened the next wave of job #" in response.content.decode()
+    job.refresh_from_db()
+    assert job.wave_open == 1
+    assert AuditLog.objects.filter(job_id=job.pk, event_type="job.wave_approved").count() == 1
