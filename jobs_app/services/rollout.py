@@ -21,7 +21,7 @@ import datetime
 import math
 
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
@@ -324,18 +324,28 @@ def job_wave_approve(*, actor, job: Job) -> Job:
     return job
 
 
-def wave_nudge(job_id: int, job: dict) -> bool:
+def wave_nudge(job_id: int, job: dict) -> None:
     """After a rollup: when the job's open wave has just finished, a later wave waits and
     the gate has not yet been passed (a pass sets `wave_passed_at`; soak and approval then
     have their own wake-ups), ask for a dispatch pass to check the gate, instead of passes
     polling for it. `job` is the rollup's row (status, wave_open, wave_count,
-    wave_passed_at). Returns whether a pass was asked for."""
+    wave_passed_at).
+
+    The look is taken after commit: two devices answering the last two deliveries of a wave
+    at once each see the other's still open inside their own transactions, but whichever
+    commits last sees both. A repeat asks nothing more (dispatch_request keeps one pass)."""
     if job["status"] not in JOB_RUNNING_STATUSES or job["wave_passed_at"] is not None:
-        return False
+        return
     if job["wave_open"] >= job["wave_count"] - 1:
-        return False
-    wave = Delivery.objects.filter(job_id=job_id, wave=job["wave_open"], status__in=DELIVERY_UNFINISHED)
-    return not wave.exists() and dispatch_request(job_id)
+        return
+    wave = job["wave_open"]
+
+    def look():
+        open_rows = Delivery.objects.filter(job_id=job_id, wave=wave, status__in=DELIVERY_UNFINISHED)
+        if not open_rows.exists():
+            dispatch_request(job_id)
+
+    transaction.on_commit(look)
 
 
 # --- What the job page and the API show ------------------------------------------------------------
