@@ -10,7 +10,9 @@ in alternating order, and times for each:
   - claim: the dispatcher's claim of one batch (`dispatch._claim_batch`, batch size 2,000,
     FOR UPDATE SKIP LOCKED, rolled back), repeated; for the waved job in its canary and in
     its last (largest) wave;
-  - gate: `rollout.wave_numbers` on the largest wave (once per dispatch pass, not per batch).
+  - gate: `rollout.wave_numbers` on the largest wave (once per dispatch pass, not per batch);
+  - and the plain job once more with the (job, wave, status, id) index dropped: what that
+    index, which waves need, costs every job's materialise.
 The two jobs' deliveries are deleted after each round (the jobs stay, scheduled). Reported:
 medians over the rounds, min-max spread, and the ratios waves / plain.
 
@@ -34,6 +36,7 @@ from bench_create_fleet import command_env, drop_database, machine, manage, recr
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIMS = 20
+WAVE_INDEX = "jobs_delivery_job_wave"
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,6 +77,7 @@ def claim_ms(job, wave: int) -> float:
 
 
 def one_round(sites, canary: int, plain_first: bool) -> dict:
+    from django.db import connection
     from django.utils import timezone
 
     from jobs_app import services
@@ -115,6 +119,14 @@ def one_round(sites, canary: int, plain_first: bool) -> dict:
             )
         # The job row stays (its audit rows name it); its 100,000 deliveries go.
         Delivery.objects.filter(job=job)._raw_delete(Delivery.objects.db)
+    # What the waves' index costs every job, waves or not: the plain job again without it.
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX {WAVE_INDEX}")
+    job = create(False)
+    out["plain_without_wave_index_materialise_s"] = timed(lambda: services.deliveries_materialise(job.pk))
+    Delivery.objects.filter(job=job)._raw_delete(Delivery.objects.db)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE INDEX {WAVE_INDEX} ON jobs_app_delivery (job_id, wave, status, id)")
     return out
 
 
@@ -139,6 +151,9 @@ def summarise(rounds: list[dict]) -> dict:
     )
     summary["ratio_claim_last_wave_to_plain"] = round(
         median["waves_claim_last_wave_ms"] / median["plain_claim_first_wave_ms"], 2
+    )
+    summary["ratio_materialise_plain_with_to_without_wave_index"] = round(
+        median["plain_materialise_s"] / median["plain_without_wave_index_materialise_s"], 2
     )
     summary["per_round_ratios_materialise"] = [
         round(r["waves_materialise_s"] / r["plain_materialise_s"], 2) for r in rounds
