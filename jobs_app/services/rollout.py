@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from homepot import metrics
 from homepot.errors import Conflict
 from jobs_app.choices import (
     DELIVERY_FAILED,
@@ -256,6 +257,7 @@ def _stop_below_gate(job: Job, numbers: dict, gate: int) -> None:
             pk=job.pk, status__in=JOB_RUNNING_STATUSES, wave_open=job.wave_open
         ).update(status=JobStatus.PAUSED, status_reason=reason, updated_at=timezone.now())
         if paused:
+            transaction.on_commit(lambda: metrics.job_waves.labels(outcome="stopped").inc())
             audit_record(
                 event_type=AuditEvent.JOB_PAUSED,
                 job=Job.objects.select_related("site").get(pk=job.pk),
@@ -278,6 +280,8 @@ def _open_next(job: Job, numbers: dict, *, actor, override: bool = False) -> boo
             wave_open=wave + 1, wave_passed_at=None, updated_at=timezone.now()
         )
         if opened:
+            outcome = "approved" if actor else "opened"
+            transaction.on_commit(lambda: metrics.job_waves.labels(outcome=outcome).inc())
             who = f"approved by {actor.get_username()}" if actor else "its gate passed"
             job = Job.objects.select_related("site").get(pk=job.pk)
             audit_record(

@@ -11,6 +11,7 @@ from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import assert_error, token_client
+from homepot.tests.test_metrics import delta, scrape, token  # noqa: F401 - token is a fixture
 from jobs_app import dispatch, services
 from jobs_app.choices import DeliveryStatus, JobStatus
 from jobs_app.models import Delivery, Job
@@ -88,6 +89,26 @@ def test_a_good_change_opens_wave_after_wave_until_every_device_has_it(admin_use
     opened = AuditLog.objects.filter(job_id=job.pk, event_type="job.wave_opened")
     assert [row.new_values["wave_open"] for row in opened.order_by("id")] == [1, 2]
     assert opened.order_by("id").first().new_values["previous_wave"]["completed"] == 4
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("token")
+def test_opened_and_stopped_waves_are_counted_on_the_metrics_page(admin_user):
+    stores = chain(sites=2, per_site=2)
+    good = waved_job(admin_user, stores, rollout_canary=2)
+    bad = waved_job(admin_user, stores, rollout_canary=2)
+    for job in (good, bad):
+        dispatch.dispatch_pass(job.pk)
+    before = scrape()
+
+    answer(good, 0)
+    answer(bad, 0, failing=1)
+    for job in (good, bad):
+        dispatch.dispatch_pass(job.pk)
+
+    after = scrape()
+    assert delta(before, after, "homepot_job_waves_total", outcome="opened") == 1
+    assert delta(before, after, "homepot_job_waves_total", outcome="stopped") == 1
 
 
 def test_a_bad_change_stops_after_the_canary(admin_user):
