@@ -372,3 +372,20 @@ def test_the_job_page_shows_each_wave_and_an_approve_button_that_asks_first(
     job.refresh_from_db()
     assert job.wave_open == 1
     assert AuditLog.objects.filter(job_id=job.pk, event_type="job.wave_approved").count() == 1
+
+
+def test_a_clone_keeps_the_rollout_policy(admin_api, stores):
+    body = {
+        "rollout_canary": 2,
+        "rollout_waves": [10, 100],
+        "wave_gate_percent": 95,
+        "wave_soak_seconds": 600,
+        "wave_approval": True,
+        "max_in_flight": 50,
+    }
+    job = create(admin_api, stores, **body).json()
+
+    clone = admin_api.post(f"/jobs/{job['id']}/clone").json()
+
+    assert {name: clone[name] for name in body} == body
+    assert clone["cloned_from"] == job["id"]
