@@ -1,5 +1,6 @@
 """The dispatcher: creates a job's deliveries and hands them out in keyset-paged batches,
-honouring the rollout policy. Called by the `dispatch_job` task (jobs_app.tasks) and, in
+honouring the rollout policy (per-site and job-wide caps; waves and their gate, whose rules
+live in jobs_app.services.rollout). Called by the `dispatch_job` task (jobs_app.tasks) and, in
 tests and eager mode, directly.
 
 Who owns a batch is decided by the database: each batch is claimed with
@@ -103,9 +104,11 @@ def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
 
 
 def dispatch_pass(job_id: int) -> PassResult:
-    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`),
-    skipping those waiting out a push backoff. Safe to run again or concurrently: a pass
-    that meets another pass of the same job stops (`busy`). Does nothing for a job that is
+    """One walk over the job's pending deliveries of its open waves (first the wave gate may
+    open the next wave or stop the job: services.rollout.wave_advance; then wave by wave,
+    keyset: `id > last ORDER BY id LIMIT n`), skipping those waiting out a push backoff.
+    Safe to run again or concurrently: a pass that meets another pass of the same job stops
+    (`busy`). Does nothing for a job that is
     not running."""
     result = PassResult()
     job = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).first()
