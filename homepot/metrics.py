@@ -179,6 +179,12 @@ deliveries_timed_out = Counter(
     "Deliveries timed out (no answer before the deadline), by action.",
     ["action"],
 )
+job_waves = Counter(
+    "homepot_job_waves",
+    "Waves of staged rollouts decided, by outcome (opened: the last wave passed its gate; "
+    "approved: a person opened it; stopped: the last wave fell below its gate, the job paused).",
+    ["outcome"],
+)
 deliveries_deferred = _AfterCommit(
     Counter(
         "homepot_deliveries_deferred",

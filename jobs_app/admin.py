@@ -48,7 +48,7 @@ from jobs_app.choices import (
 from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job, SavedSegment
 from jobs_app.payloads import SCHEMAS
 from jobs_app.selectors import job_deliveries, job_site_breakdown, visible_site_ids
-from jobs_app.services import job_cancel, job_create, job_update
+from jobs_app.services import job_cancel, job_create, job_update, rollout
 from sites_app.models import Site
 from sites_app.windows import opening_text
 
@@ -75,6 +75,12 @@ _FIXED_AFTER_CREATE = (
     "batch_size",
     "max_in_flight_per_site",
     "failure_threshold_percent",
+    "max_in_flight",
+    "rollout_canary",
+    "rollout_waves",
+    "wave_gate_percent",
+    "wave_soak",
+    "wave_approval",
 )
 # The job page's controls: verb → (service, button label, needed permission, statuses offered in).
 CONTROLS = {
@@ -83,6 +89,7 @@ CONTROLS = {
     "cancel": (job_cancel, "Cancel job", "change", JOB_ACTIVE_STATUSES),
     "retry": (services.job_retry, "Retry failed devices", "change", None),
     "clone": (services.job_clone, "Clone", "add", None),
+    "approve_wave": (services.job_wave_approve, "Approve the next wave", "change", None),
 }
 _CONTROL_DONE = {
     "pause": "paused",
@@ -90,6 +97,7 @@ _CONTROL_DONE = {
     "cancel": "cancelled",
     "retry": "retried",
     "clone": "cloned",
+    "approve_wave": "opened the next wave of",
 }
 _CONTROL_EXPLAINED = {
     "pause": "No more devices will be sent the work; devices that already have it carry on.",
@@ -98,6 +106,8 @@ _CONTROL_EXPLAINED = {
     "on it finish. This cannot be undone (clone the job to send it again).",
     "retry": "Every device that failed or timed out is sent the work again.",
     "clone": "A new job with the same work, targets and rollout is created and starts now.",
+    "approve_wave": "The next wave of devices is sent the work. If the last wave finished below "
+    "its success gate (the job was paused for it), this overrides the gate and the job runs again.",
 }
 
 
@@ -224,6 +234,12 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                         "batch_size",
                         "max_in_flight_per_site",
                         "failure_threshold_percent",
+                        "max_in_flight",
+                        "rollout_canary",
+                        "rollout_waves",
+                        "wave_gate_percent",
+                        "wave_soak",
+                        "wave_approval",
                     ),
                     "classes": ("collapse",),
                 },
@@ -289,6 +305,12 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             "batch_size",
             "max_in_flight_per_site",
             "failure_threshold_percent",
+            "max_in_flight",
+            "rollout_canary",
+            "rollout_waves",
+            "wave_gate_percent",
+            "wave_soak",
+            "wave_approval",
         ]
         if request.user.is_superuser:
             advanced += ["payload", "segment"]
@@ -298,7 +320,9 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 {
                     "fields": advanced,
                     "classes": ("collapse",),
-                    "description": "When and how fast. The defaults suit most jobs."
+                    "description": "When and how fast. The defaults suit most jobs. Waves and gate: "
+                    "send to a canary (a few devices at different stores) first, then growing waves; "
+                    "each next wave starts only when the last one's success rate reaches the gate."
                     + (
                         " Raw JSON (admins): a payload or segment given here replaces the fields above."
                         if request.user.is_superuser
@@ -458,6 +482,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 continue
             if statuses is not None and job.status not in statuses:
                 continue
+            if verb == "approve_wave" and not rollout.awaits_approval(job):
+                continue
             if verb == "retry" and (
                 job.status == JobStatus.CANCELLED
                 or not Delivery.objects.filter(job=job, status__in=DELIVERY_FAILED).exists()
@@ -600,7 +626,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         progress = services.job_progress(job)
         total = progress["total"]
         counts = progress["counts"]
-        context = {"job": job, "total": total}
+        context = {"job": job, "total": total, "waves": services.job_waves(job)}
         if total:
             completed = counts[DeliveryStatus.COMPLETED]
             context.update(

@@ -136,6 +136,13 @@ class JobAddForm(forms.ModelForm):
         help_text="The sites' trading hours (maintenance windows, on each site's page). By default "
         "software updates keep to them (HOMEPOT_JOBS_WINDOW_ACTIONS).",
     )
+    rollout_waves = forms.CharField(
+        required=False,
+        label="Waves",
+        help_text="Cumulative percent of the devices each wave reaches, comma-separated, e.g. "
+        "1, 10, 50, 100 (100 is added when missing). Empty: no waves (unless a canary is set).",
+        widget=forms.TextInput(attrs={"size": 20, "placeholder": "1, 10, 50, 100"}),
+    )
     locals().update(payload_form_fields())
 
     class Meta:
@@ -157,6 +164,12 @@ class JobAddForm(forms.ModelForm):
             "max_in_flight_per_site",
             "failure_threshold_percent",
             "within_maintenance_windows",
+            "max_in_flight",
+            "rollout_canary",
+            "rollout_waves",
+            "wave_gate_percent",
+            "wave_soak",
+            "wave_approval",
         )
 
     def _raw(self, name) -> object | None:
@@ -216,8 +229,31 @@ class JobAddForm(forms.ModelForm):
             field = "segment" if "segment" in self.fields and self._raw("segment") is not None else None
             self.add_error(field, exc.message_dict.get("segment", exc.messages))
 
+    def clean_rollout_waves(self) -> list:
+        text = self.cleaned_data.get("rollout_waves") or ""
+        try:
+            return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        except ValueError:
+            raise ValidationError("Give whole percents separated by commas, e.g. 1, 10, 50, 100.") from None
+
+    def _clean_rollout(self) -> None:
+        """The waves and their gate, checked by the service's own rule (rollout.clean_rollout),
+        each mistake shown next to its field."""
+        from jobs_app.services.rollout import ROLLOUT_FIELDS, clean_rollout
+
+        given = {name: self.cleaned_data.get(name) for name in ROLLOUT_FIELDS if name in self.fields}
+        if "wave_approval" in given:
+            given["wave_approval"] = bool(given["wave_approval"])
+        try:
+            self.cleaned_data.update(clean_rollout(**given))
+        except ValidationError as exc:
+            for field, problems in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, problems)
+
     def clean(self):
         data = super().clean()
+        if "rollout_waves" in self.fields:
+            self._clean_rollout()
         action = data.get("action")
         if action in JobAction.values:
             self._clean_payload(action)

@@ -1,5 +1,6 @@
 """The dispatcher: creates a job's deliveries and hands them out in keyset-paged batches,
-honouring the rollout policy. Called by the `dispatch_job` task (jobs_app.tasks) and, in
+honouring the rollout policy (per-site and job-wide caps; waves and their gate, whose rules
+live in jobs_app.services.rollout). Called by the `dispatch_job` task (jobs_app.tasks) and, in
 tests and eager mode, directly.
 
 Who owns a batch is decided by the database: each batch is claimed with
@@ -31,8 +32,9 @@ from django.utils import timezone
 from homepot import metrics
 from jobs_app import services
 from jobs_app.channels import Outgoing, PushError, get_channel
-from jobs_app.choices import JOB_RUNNING_STATUSES, DeliveryStatus
-from jobs_app.models import Delivery, Job
+from jobs_app.choices import JOB_RUNNING_STATUSES
+from jobs_app.models import Job
+from jobs_app.services import rollout
 
 # The advisory lock's key is (this namespace, job id): PostgreSQL's two-integer key space,
 # apart from the single-number keys of the project's other advisory locks.
@@ -47,6 +49,9 @@ class PassResult:
     failed: int = 0  # out of push attempts
     batches: int = 0
     busy: bool = False  # stopped: another pass of the job holds its dispatch lock
+    wave_opened: bool = False  # this pass opened the job's next wave
+    wave_stopped: bool = False  # the open wave finished below its gate: the job was paused
+    soak_until: str | None = None  # the open wave passed; the next opens at this time (ISO)
 
     @property
     def retry_push(self) -> bool:
@@ -88,6 +93,10 @@ def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
         return soon
     job = Job.objects.filter(pk=job_id).first()
     first = services.deliveries_next_offer_at(job) if job else None
+    if result.soak_until is not None:
+        # The next wave opens when the soak is over.
+        soak_until = datetime.datetime.fromisoformat(result.soak_until)
+        first = min(first, soak_until) if first else soak_until
     if first is None:
         return None
     # Work that could go now but this pass did not take (made pending behind its keyset
@@ -97,9 +106,11 @@ def _follow_up_at(job_id: int, result: PassResult) -> datetime.datetime | None:
 
 
 def dispatch_pass(job_id: int) -> PassResult:
-    """One walk over the job's pending deliveries (keyset: `id > last ORDER BY id LIMIT n`),
-    skipping those waiting out a push backoff. Safe to run again or concurrently: a pass
-    that meets another pass of the same job stops (`busy`). Does nothing for a job that is
+    """One walk over the job's pending deliveries of its open waves (first the wave gate may
+    open the next wave or stop the job: services.rollout.wave_advance; then wave by wave,
+    keyset: `id > last ORDER BY id LIMIT n`), skipping those waiting out a push backoff.
+    Safe to run again or concurrently: a pass that meets another pass of the same job stops
+    (`busy`). Does nothing for a job that is
     not running."""
     result = PassResult()
     job = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).first()
@@ -107,8 +118,14 @@ def dispatch_pass(job_id: int) -> PassResult:
         return result
     services.deliveries_materialise(job_id)
     services.job_mark_started(job_id)
+    if rollout.has_waves(job):
+        check = rollout.wave_advance(job_id)
+        result.wave_opened, result.wave_stopped = check.opened, check.stopped
+        result.soak_until = check.soak_until.isoformat() if check.soak_until else None
+        job.refresh_from_db(fields=["wave_open", "wave_count"])
     gate = services.WindowGate(job)
-    last_id = 0
+    # The keyset: the open waves in turn (0..wave_open), each in id order.
+    wave, last_id = 0, 0
     while True:
         with transaction.atomic():
             if not _lock_job(job_id):
@@ -117,8 +134,11 @@ def dispatch_pass(job_id: int) -> PassResult:
             # Pause or cancel between batches stops the rollout here.
             if not Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exists():
                 break
-            rows = _claim_batch(job, last_id, gate)
+            rows = _claim_batch(job, wave, last_id, gate)
             if not rows:
+                if wave < job.wave_open:
+                    wave, last_id = wave + 1, 0
+                    continue
                 break
             last_id = rows[-1]["id"]
             result.batches += 1
@@ -141,10 +161,13 @@ def _lock_job(job_id: int) -> bool:
         return cursor.fetchone()[0]
 
 
-def _claim_batch(job: Job, last_id: int, gate: services.WindowGate) -> list[dict]:
+def _claim_batch(job: Job, wave: int, last_id: int, gate: services.WindowGate) -> list[dict]:
+    """The next batch of one open wave's pending deliveries (rollout.pending_in_wave), past
+    `last_id`, that are not waiting out a push backoff and, for a job that keeps to maintenance
+    windows, at sites open now; locked for this transaction."""
     return list(
-        Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(job_id=job.pk, status=DeliveryStatus.PENDING, id__gt=last_id)
+        rollout.pending_in_wave(job.pk, wave, last_id)
+        .select_for_update(skip_locked=True, of=("self",))
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
         # Jobs that keep to maintenance windows: only sites inside one now (sites_app.windows).
         .filter(gate.claim_filter())
@@ -175,7 +198,9 @@ def _within_site_limits(job: Job, rows: list[dict], result: PassResult) -> list[
 
 def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
     by_channel: dict[str, list[dict]] = defaultdict(list)
-    for row in _within_site_limits(job, rows, result):
+    rows, held = rollout.within_job_cap(job, _within_site_limits(job, rows, result))
+    result.held += held
+    for row in rows:
         by_channel[row["device__push_channel"]].append(row)
     for channel_name, channel_rows in by_channel.items():
         batch = [
@@ -206,7 +231,7 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
                 failed
             )
             continue
-        sent = services.deliveries_mark_sent(ids, ttl=job.ttl if job.within_maintenance_windows else None)
+        sent = services.deliveries_mark_sent(ids, ttl=job.ttl if services.deadline_when_sent(job) else None)
         result.sent += sent
         if sent == len(ids):
             # Claimed FOR UPDATE under the job's lock, so all of them moved; a short count

@@ -83,6 +83,44 @@ class Job(models.Model):
         "trading hours are over) and never on its blackout dates. Default: the action's "
         "(HOMEPOT_JOBS_WINDOW_ACTIONS).",
     )
+    max_in_flight = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="At most this many of the job's devices busy at once, across all sites (empty: no limit).",
+    )
+    # Waves (staged rollout, jobs_app/services/rollout.py): a canary of `rollout_canary`
+    # devices at distinct sites, then waves up to each cumulative percent of `rollout_waves`;
+    # each wave opens only when the one before has finished with a success rate of at least
+    # `wave_gate_percent`, after `wave_soak`, and, with `wave_approval`, a person's approval.
+    rollout_canary = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Canary: this many devices first, each at a different site."
+    )
+    rollout_waves = models.JSONField(
+        default=list,
+        null=True,  # rows written by raw SQL (the legacy import) have no waves
+        blank=True,
+        help_text="Cumulative percent of the devices reached by each wave, e.g. [1, 10, 50, 100].",
+    )
+    wave_gate_percent = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Open the next wave only when at least this % of the last wave's answers succeeded "
+        "(empty: 100).",
+    )
+    wave_soak = models.DurationField(
+        null=True, blank=True, help_text="Wait this long after a wave has passed before the next opens."
+    )
+    wave_approval = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="A person approves each next wave (button on the job page, or the API).",
+    )
+    # Set when the deliveries are materialised: how many waves the job has (1: no waves).
+    wave_count = models.PositiveSmallIntegerField(default=1, db_default=1, editable=False)
+    # The highest wave whose deliveries may be sent (0: the first).
+    wave_open = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
+    # When the open wave was seen finished and at or above its gate (the soak counts from here).
+    wave_passed_at = models.DateTimeField(null=True, blank=True, editable=False)
     status_reason = models.TextField(blank=True, help_text="Why the job is paused or failed.")
     materialised_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the one dispatch pass that is due to run for this job (enqueued, or about to be)
@@ -138,6 +176,21 @@ class Job(models.Model):
                 | models.Q(failure_threshold_percent__lte=100),
                 name="jobs_failure_threshold_percent",
             ),
+            models.CheckConstraint(
+                condition=models.Q(max_in_flight__isnull=True) | models.Q(max_in_flight__gte=1),
+                name="jobs_max_in_flight_total_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rollout_canary__isnull=True) | models.Q(rollout_canary__gte=1),
+                name="jobs_rollout_canary_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(wave_gate_percent__isnull=True) | models.Q(wave_gate_percent__lte=100),
+                name="jobs_wave_gate_percent",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(wave_open__lt=models.F("wave_count")), name="jobs_wave_open_in_range"
+            ),
         ]
         indexes = [
             models.Index(fields=["site", "status", "-created_at"], name="jobs_site_status_created"),
@@ -187,6 +240,9 @@ class Delivery(models.Model):
     deadline = models.DateTimeField(null=True, blank=True)
     # After a failed push: not offered again before this time (the push backoff).
     next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The job's wave this delivery belongs to (0: the first; every delivery of a job without
+    # waves), assigned set-based when the deliveries are materialised.
+    wave = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
 
     objects = DeliveryQuerySet.as_manager()
 
@@ -203,6 +259,9 @@ class Delivery(models.Model):
             # Progress counts (index-only), the dispatcher's keyset walk over pending rows
             # and the deliveries list filtered by status, all one range of this index.
             models.Index(fields=["job", "status", "id"], name="jobs_delivery_job_status"),
+            # The dispatcher's claim (one wave's pending rows in id order) and each wave's
+            # numbers on the job page and its gate (index-only counts per wave and status).
+            models.Index(fields=["job", "wave", "status", "id"], name="jobs_delivery_job_wave"),
             # A device's poll: its pending/sent work.
             models.Index(fields=["device", "status"], name="jobs_delivery_device_status"),
             # The time-out sweep: unfinished deliveries past their deadline.

@@ -31,6 +31,8 @@ class AuditEvent(models.TextChoices):
     JOB_RESUMED = "job.resumed", "Job resumed"
     JOB_RETRIED = "job.retried", "Job deliveries retried"
     JOB_CLONED = "job.cloned", "Job cloned"
+    JOB_WAVE_OPENED = "job.wave_opened", "Job wave opened"
+    JOB_WAVE_APPROVED = "job.wave_approved", "Job wave approved"
     DELIVERY_CANCELLED = "delivery.cancelled", "Job delivery cancelled"
     SEGMENT_CREATED = "segment.created", "Saved segment created"
     SEGMENT_UPDATED = "segment.updated", "Saved segment updated"

@@ -534,8 +534,16 @@ API = [
             aliases=at_root_and_v1(f"jobs/<pk>/{control}"),
         )
         # A queued job: pausing, resuming (nothing to do) and cancelling work; there is
-        # nothing to retry yet (409, past the permission checks); a clone is a new job.
-        for control, ok in (("pause", 200), ("resume", 200), ("cancel", 200), ("retry", 409), ("clone", 201))
+        # nothing to retry yet and no wave awaiting approval (409, past the permission
+        # checks); a clone is a new job.
+        for control, ok in (
+            ("pause", 200),
+            ("resume", 200),
+            ("cancel", 200),
+            ("retry", 409),
+            ("clone", 201),
+            ("approve-wave", 409),
+        )
     ),
     # Cancelling one delivery (sent, not yet acknowledged): a job control like the others.
     Api(

@@ -21,6 +21,7 @@ class JobSerializer(serializers.ModelSerializer):
     extra_sites = serializers.SerializerMethodField(help_text="More targeted sites (those you may see).")
     target_devices = serializers.SerializerMethodField(help_text="Hand-picked devices (those you may see).")
     ttl_seconds = serializers.SerializerMethodField()
+    wave_soak_seconds = serializers.SerializerMethodField()
     # Related fields, not CharField(source="created_by.username", default=None): DRF skips a
     # dotted source's default in a partial update, which drops the key from the answer.
     created_by = serializers.SlugRelatedField(
@@ -51,6 +52,14 @@ class JobSerializer(serializers.ModelSerializer):
             "max_in_flight_per_site",
             "failure_threshold_percent",
             "within_maintenance_windows",
+            "max_in_flight",
+            "rollout_canary",
+            "rollout_waves",
+            "wave_gate_percent",
+            "wave_soak_seconds",
+            "wave_approval",
+            "wave_count",
+            "wave_open",
             "cloned_from",
             "saved_segment",
             "created_by",
@@ -79,6 +88,9 @@ class JobSerializer(serializers.ModelSerializer):
         visible = self._visible_sites()
         return [d.device_id for d in job.target_devices.all() if visible is None or d.site_id in visible]
 
+    def get_wave_soak_seconds(self, job) -> int | None:
+        return int(job.wave_soak.total_seconds()) if job.wave_soak else None
+
     def get_ttl_seconds(self, job) -> int | None:
         return int(job.ttl.total_seconds()) if job.ttl else None
 
@@ -91,17 +103,38 @@ class ProgressSerializer(serializers.Serializer):
     eta_seconds = serializers.FloatField(allow_null=True)
 
 
+class WaveSerializer(serializers.Serializer):
+    wave = serializers.IntegerField(help_text="0 is the first (the canary when there is one).")
+    label = serializers.CharField()
+    devices_reached = serializers.IntegerField(help_text="Devices in this wave and the ones before.")
+    gate_percent = serializers.IntegerField(help_text="Success rate this wave needs for the next to open.")
+    total = serializers.IntegerField()
+    unfinished = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Failed or timed out.")
+    success_percent = serializers.FloatField(allow_null=True, help_text="Completed of the answers so far.")
+    state = serializers.CharField(
+        help_text="waiting, open, done, soaking (n min left), awaiting approval, stopped by its gate."
+    )
+
+
 class JobDetailSerializer(JobSerializer):
     progress = serializers.SerializerMethodField()
+    waves = serializers.SerializerMethodField(help_text="Each wave with its gate and numbers ([]: no waves).")
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "progress"]
+        fields = [*JobSerializer.Meta.fields, "progress", "waves"]
         read_only_fields = fields
 
     def get_progress(self, job) -> ProgressSerializer:
         from jobs_app.services import job_progress
 
         return job_progress(job)
+
+    def get_waves(self, job) -> WaveSerializer(many=True):
+        from jobs_app.services import job_waves
+
+        return job_waves(job)
 
 
 class TargetsSerializer(serializers.Serializer):
@@ -199,6 +232,43 @@ class JobCreateSerializer(TargetsSerializer):
         help_text="Reach each site only inside its maintenance windows (GET /sites/{site_id}/maintenance). "
         "Absent or null: the action's default (HOMEPOT_JOBS_WINDOW_ACTIONS).",
     )
+    max_in_flight = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="At most this many devices busy at once, all sites.",
+    )
+    rollout_canary = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="Canary: this many devices first, at distinct sites.",
+    )
+    rollout_waves = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=100),
+        required=False,
+        max_length=10,
+        help_text="Cumulative percent of the devices each wave reaches, rising, e.g. [1, 10, 50, 100] "
+        "(a last 100 is added when missing).",
+    )
+    wave_gate_percent = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=100,
+        help_text="The next wave opens only when at least this % of the last wave's answers succeeded "
+        "(default 100); below it the job pauses.",
+    )
+    wave_soak_seconds = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=30 * 86400,
+        help_text="Wait after a wave passes.",
+    )
+    wave_approval = serializers.BooleanField(
+        required=False, help_text="A person approves each next wave (POST /jobs/<id>/approve-wave)."
+    )
 
     def validate_payload(self, value):
         _check_json_value(value)
@@ -218,6 +288,9 @@ class JobCreateSerializer(TargetsSerializer):
         ttl = data.pop("ttl_seconds", None)
         if ttl:
             data["ttl"] = datetime.timedelta(seconds=ttl)
+        soak = data.pop("wave_soak_seconds", None)
+        if soak is not None:
+            data["wave_soak"] = datetime.timedelta(seconds=soak)
         return data
 
 

@@ -165,6 +165,20 @@ class JobViewSet(ServiceModelViewSet):
         return self._answer(services.job_clone(actor=request.user, job=job), status.HTTP_201_CREATED)
 
     @extend_schema(
+        summary="Approve the job's next wave",
+        description="Opens the next wave of a job rolling out in waves when the open wave has "
+        "finished at or above its gate, its soak time is over and the job asks for approval; or, "
+        "overriding the gate, when the job was paused because the wave finished below it (the job "
+        "then runs again). 409 (`no_wave_awaiting_approval`) when no wave awaits approval.",
+        request=None,
+        responses=JobDetailSerializer,
+    )
+    @action(detail=True, methods=["post"], url_path="approve-wave", url_name="approve-wave")
+    @audited_atomic()
+    def approve_wave(self, request, pk=None):
+        return self._answer(services.job_wave_approve(actor=request.user, job=self.get_object()))
+
+    @extend_schema(
         summary="Deliveries of a job",
         description="One row per targeted device, in keyset (cursor) pages by id.",
         parameters=[

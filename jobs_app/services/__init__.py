@@ -24,6 +24,7 @@ re-exported for that.
 from jobs_app.services.answers import DeviceEvent, deliveries_apply_events
 from jobs_app.services.common import AUDITED_FIELDS
 from jobs_app.services.deliveries import (
+    deadline_when_sent,
     deliveries_mark_sent,
     deliveries_materialise,
     deliveries_next_attempt_at,
@@ -48,6 +49,7 @@ from jobs_app.services.jobs import (
 )
 from jobs_app.services.preview import ESTIMATE_SAMPLE_JOBS, PREVIEW_SITES_LIMIT, job_preview
 from jobs_app.services.progress import job_check_failure_threshold, job_progress, job_rollup
+from jobs_app.services.rollout import job_wave_approve, job_waves, wave_advance
 from jobs_app.services.segments import SEGMENT_AUDITED_FIELDS, segment_create, segment_delete, segment_update
 from jobs_app.services.targets import SEGMENT_KEYS, clean_segment, job_target_query, target_devices_query
 from jobs_app.services.windows import (
@@ -69,6 +71,7 @@ __all__ = (
     "claim_filter",
     "clean_segment",
     "deliveries_apply_events",
+    "deadline_when_sent",
     "deliveries_mark_sent",
     "deliveries_materialise",
     "deliveries_next_attempt_at",
@@ -94,6 +97,9 @@ __all__ = (
     "job_rollup",
     "job_target_query",
     "job_update",
+    "job_wave_approve",
+    "job_waves",
+    "wave_advance",
     "jobs_start_due",
     "segment_create",
     "segment_delete",

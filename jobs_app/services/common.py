@@ -21,12 +21,21 @@ AUDITED_FIELDS = (
     "max_in_flight_per_site",
     "failure_threshold_percent",
     "within_maintenance_windows",
+    "max_in_flight",
+    "rollout_canary",
+    "rollout_waves",
+    "wave_gate_percent",
+    "wave_approval",
 )
 
 
 def job_snapshot(job: Job) -> dict:
     """The audited fields, JSON-ready (the deadline as seconds)."""
-    return {**snapshot(job, AUDITED_FIELDS), "ttl_seconds": job.ttl.total_seconds() if job.ttl else None}
+    return {
+        **snapshot(job, AUDITED_FIELDS),
+        "ttl_seconds": job.ttl.total_seconds() if job.ttl else None,
+        "wave_soak_seconds": job.wave_soak.total_seconds() if job.wave_soak else None,
+    }
 
 
 def setting(name: str, default):

@@ -11,7 +11,7 @@ import logging
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Min, Value
+from django.db.models import Count, F, Min, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -21,7 +21,7 @@ from homepot import metrics
 from homepot.errors import Conflict
 from jobs_app.choices import DELIVERY_IN_FLIGHT, DELIVERY_NOT_TAKEN, DELIVERY_UNFINISHED, DeliveryStatus
 from jobs_app.models import Delivery, Job
-from jobs_app.services import answers
+from jobs_app.services import answers, rollout
 from jobs_app.services.common import locked_job
 from jobs_app.services.progress import job_check_failure_threshold, job_rollup
 from jobs_app.services.targets import job_target_query
@@ -43,10 +43,10 @@ def deliveries_materialise(job_id: int) -> int:
         if not Job.objects.filter(pk=job_id, materialised_at__isnull=True).update(materialised_at=now):
             return 0
         job = Job.objects.get(pk=job_id)
-        # A job that waits for maintenance windows gives each delivery its deadline when it is
-        # sent (deliveries_mark_sent): hours of waiting for a window are not a device's delay.
-        deadline = now + job.ttl if job.ttl and not job.within_maintenance_windows else None
+        deadline = None if deadline_when_sent(job) or not job.ttl else now + job.ttl
         sql, params = job_target_query(job).values_list("pk", "site_id").query.sql_with_params()
+        if rollout.has_waves(job):
+            return rollout.deliveries_insert_in_waves(job, sql, params, now=now, deadline=deadline)
         table = Delivery._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
@@ -59,9 +59,16 @@ def deliveries_materialise(job_id: int) -> int:
             return cursor.rowcount
 
 
+def deadline_when_sent(job: Job) -> bool:
+    """A job that waits for maintenance windows or for its waves' gates gives each delivery
+    its deadline when it is sent (deliveries_mark_sent): hours of waiting for a window, a
+    soak or an approval are not a device's delay."""
+    return job.within_maintenance_windows or rollout.has_waves(job)
+
+
 def deliveries_mark_sent(delivery_ids, *, ttl: datetime.timedelta | None = None) -> int:
     """pending → sent for a batch, in one UPDATE. Rows no longer pending are left alone.
-    With `ttl` (jobs that wait for maintenance windows) each gets its deadline from now."""
+    With `ttl` (jobs that wait: deadline_when_sent) each gets its deadline from now."""
     now = timezone.now()
     extra = {"deadline": now + ttl} if ttl else {}
     return Delivery.objects.filter(pk__in=list(delivery_ids), status=DeliveryStatus.PENDING).update(
@@ -86,12 +93,13 @@ def deliveries_push_failed(
 
 
 def deliveries_next_attempt_at(job_id: int) -> datetime.datetime | None:
-    """The earliest time one of the job's pending deliveries may be offered (now for one
-    that is not waiting out a push backoff); None when nothing is pending."""
+    """The earliest time one of the job's pending deliveries of its open waves may be
+    offered (now for one that is not waiting out a push backoff); None when nothing is
+    pending there (later waves wait for their gate, which wakes the dispatcher itself)."""
     now = timezone.now()
-    return Delivery.objects.filter(job_id=job_id, status=DeliveryStatus.PENDING).aggregate(
-        first=Min(Coalesce("next_attempt_at", Value(now)))
-    )["first"]
+    open_wave = Subquery(Job.objects.filter(pk=job_id).values("wave_open"))
+    pending = Delivery.objects.filter(job_id=job_id, status=DeliveryStatus.PENDING, wave__lte=open_wave)
+    return pending.aggregate(first=Min(Coalesce("next_attempt_at", Value(now))))["first"]
 
 
 def _device_delivery(device: Device, delivery_id) -> Delivery:

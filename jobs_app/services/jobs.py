@@ -23,6 +23,7 @@ from jobs_app.payloads import clean_payload
 from jobs_app.services.common import AUDITED_FIELDS, job_snapshot, locked_job, refuse_finished
 from jobs_app.services.deliveries import deliveries_cancel_open, notify_cancelled
 from jobs_app.services.enqueue import enqueue_dispatch
+from jobs_app.services.rollout import ROLLOUT_FIELDS, clean_rollout
 from jobs_app.services.targets import check_targets, segment_for_job
 from jobs_app.services.windows import window_default
 from monitoring_app.choices import AuditEvent
@@ -62,6 +63,7 @@ def job_create(
     segment = segment_for_job(actor, segment, saved_segment)
     # The action's declared schema (jobs_app/payloads.py): the API and the admin both land here.
     payload = clean_payload(action, payload or {})
+    fields.update(clean_rollout(**{name: fields.pop(name) for name in ROLLOUT_FIELDS if name in fields}))
     scheduled = scheduled_at is not None and scheduled_at > timezone.now()
     if fields.get("within_maintenance_windows") is None:
         fields["within_maintenance_windows"] = window_default(action)
@@ -287,6 +289,8 @@ def job_clone(*, actor, job: Job) -> Job:
         max_in_flight_per_site=source.max_in_flight_per_site,
         failure_threshold_percent=source.failure_threshold_percent,
         within_maintenance_windows=source.within_maintenance_windows,
+        max_in_flight=source.max_in_flight,
+        **{name: getattr(source, name) for name in ROLLOUT_FIELDS},
         cloned_from=source,
         created_by=actor,
         status=JobStatus.QUEUED,

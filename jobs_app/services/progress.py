@@ -14,6 +14,7 @@ from jobs_app.choices import (
 )
 from jobs_app.models import Delivery, Job
 from jobs_app.services.common import setting
+from jobs_app.services.rollout import wave_nudge
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic
 
@@ -61,7 +62,11 @@ def job_rollup(job_id: int) -> str | None:
     `completed` (every delivery completed) or `failed` (some failed or timed out; the reason
     is recorded). Paused, scheduled and finished jobs are left alone. One conditional UPDATE:
     two rollups at once agree, and the finish is audited once. Returns the new status."""
-    job = Job.objects.filter(pk=job_id).values("status", "materialised_at").first()
+    job = (
+        Job.objects.filter(pk=job_id)
+        .values("status", "materialised_at", "wave_open", "wave_count", "wave_passed_at")
+        .first()
+    )
     if job is None or job["status"] not in JOB_RUNNING_STATUSES or job["materialised_at"] is None:
         return None
     if _has(job_id, DeliveryStatus.PENDING):
@@ -73,7 +78,9 @@ def job_rollup(job_id: int) -> str | None:
     else:
         return _job_finish(job_id)
     running = Job.objects.filter(pk=job_id, status__in=JOB_RUNNING_STATUSES).exclude(status=target)
-    return target if running.update(status=target, updated_at=timezone.now()) else None
+    moved = running.update(status=target, updated_at=timezone.now())
+    wave_nudge(job_id, job)
+    return target if moved else None
 
 
 def _job_finish(job_id: int) -> str | None:

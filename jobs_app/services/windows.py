@@ -71,7 +71,8 @@ def deliveries_next_offer_at(job: Job) -> datetime.datetime | None:
     if not job.within_maintenance_windows:
         return deliveries_next_attempt_at(job.pk)
     now = timezone.now()
-    pending = Delivery.objects.filter(job_id=job.pk, status=DeliveryStatus.PENDING)
+    # Later waves wait for their gate, which wakes the dispatcher itself.
+    pending = Delivery.objects.filter(job_id=job.pk, status=DeliveryStatus.PENDING, wave__lte=job.wave_open)
     if not pending.exists():
         return None
     backoff = pending.aggregate(first=Min("next_attempt_at"))["first"]

@@ -109,7 +109,7 @@ def terminals(live_server):
     """start(devices): simulated terminals (simulate_fleet's Terminal threads) that poll the
     live server's agent API, acknowledge each delivery and report it completed."""
     from devices_app.services import device_credential_issue
-    from jobs_app.management.commands.simulate_fleet import Terminal
+    from jobs_app.management.commands.simulate_fleet import FailShare, Terminal
 
     stop = threading.Event()
     threads = []
@@ -120,6 +120,7 @@ def terminals(live_server):
         "poll_interval": 0.3,
         "work_seconds": 0.1,
         "failure_rate": 0.0,
+        "fail_share": FailShare(0.0),
         # Heartbeats and health reports every few seconds, as the demo's terminals send them.
         "heartbeat_interval": 5.0,
         "health_interval": 10.0,

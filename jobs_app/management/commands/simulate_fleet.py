@@ -1,7 +1,9 @@
 """Play N terminals as real clients: over HTTP (`--channel poll`, the default) each polls
 `GET /api/v1/agent/commands`, acknowledges each delivery, waits a while and reports it
-`completed` (or `failed`, at --failure-rate); over MQTT (`--channel mqtt`) each listens on
-`homepot/devices/<id>/commands` and answers on `.../events` (run `manage.py mqtt_bridge`);
+`completed` (or `failed`: at random with --failure-rate, or exactly a share of each job's
+deliveries with --fail-share, a bad change for the waves to stop); over MQTT
+(`--channel mqtt`) each listens on `homepot/devices/<id>/commands` and answers on
+`.../events` (run `manage.py mqtt_bridge`);
 a `{"type": "cancel"}` message there makes it drop the delivery instead of reporting it.
 With --heartbeat-interval / --health-interval, HTTP terminals also heartbeat and report
 their health on that schedule.
@@ -115,6 +117,27 @@ def credentials_for(devices: list[Device], store: CredentialStore) -> tuple[dict
     return secrets | issued, len(issued)
 
 
+class FailShare:
+    """Fails an exact share of each job's deliveries that the simulator answers, spread over
+    them (the k-th answer of a job fails when k * share passes a whole number): with
+    --fail-share 0.3, 3 of every 10 answers of a change fail, the canary's as much as the
+    fleet's, so a bad change can be shown stopping after its canary. Shared by the
+    terminals' threads."""
+
+    def __init__(self, share: float):
+        self.share = share
+        self.answered: Counter = Counter()
+        self.lock = threading.Lock()
+
+    def fails(self, job_id) -> bool:
+        if not self.share:
+            return False
+        with self.lock:
+            self.answered[job_id] += 1
+            k = self.answered[job_id]
+        return math.floor(k * self.share + 1e-9) > math.floor((k - 1) * self.share + 1e-9)
+
+
 class Terminal(threading.Thread):
     def __init__(self, device, secret, options, stats, stop):
         super().__init__(daemon=True, name=device.device_id)
@@ -203,7 +226,8 @@ class Terminal(threading.Thread):
                 return
             self.count("acknowledged")
         time.sleep(self.options["work_seconds"] * self.rng.uniform(0.5, 1.5))
-        if self.rng.random() < self.options["failure_rate"]:
+        failing = self.options["fail_share"].fails(command.get("job_id"))
+        if failing or self.rng.random() < self.options["failure_rate"]:
             body = {"status": "failed", "error": "simulated failure", "details": {"simulated": True}}
             self.count("failed")
         else:
@@ -276,8 +300,9 @@ class MqttFleet:
         client.publish(events, json.dumps({"delivery_id": delivery, "event": "ack"}), qos=1)
         self.stats["acknowledged"] += 1
         when = time.monotonic() + self.options["work_seconds"] * self.rng.uniform(0.5, 1.5)
+        failing = self.options["fail_share"].fails(command.get("job_id"))
         with self.wake:
-            heapq.heappush(self.due, (when, next(self.sequence), client, device_id, delivery))
+            heapq.heappush(self.due, (when, next(self.sequence), client, device_id, delivery, failing))
             self.wake.notify()
 
     def report_when_due(self):
@@ -287,10 +312,10 @@ class MqttFleet:
                     self.wake.wait(timeout=(self.due[0][0] - time.monotonic()) if self.due else None)
                 if self.stopping:
                     return
-                _when, _seq, client, device_id, delivery = heapq.heappop(self.due)
+                _when, _seq, client, device_id, delivery, failing = heapq.heappop(self.due)
             if delivery in self.cancelled:
                 continue
-            failed = self.rng.random() < self.options["failure_rate"]
+            failed = failing or self.rng.random() < self.options["failure_rate"]
             result = {
                 "delivery_id": delivery,
                 "event": "result",
@@ -340,7 +365,16 @@ class Command(BaseCommand):
             help="Seconds between health reports (default: 300 with --demo, else none).",
         )
         parser.add_argument("--work-seconds", type=float, default=1.0, help="Time to apply a job.")
-        parser.add_argument("--failure-rate", type=float, default=0.0, help="0..1: share reported failed.")
+        parser.add_argument(
+            "--failure-rate", type=float, default=0.0, help="0..1: chance that an answer is a failure."
+        )
+        parser.add_argument(
+            "--fail-share",
+            type=float,
+            default=0.0,
+            help="0..1: fail exactly this share of each job's deliveries, spread evenly (3 of every "
+            "10 with 0.3): a bad change, to show waves stopping it after the canary.",
+        )
         parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
         )
@@ -362,6 +396,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not 0 <= options["failure_rate"] <= 1:
             raise CommandError("--failure-rate is a share between 0 and 1.")
+        if not 0 <= options["fail_share"] <= 1:
+            raise CommandError("--fail-share is a share between 0 and 1.")
+        options["fail_share"] = FailShare(options["fail_share"])
         for name, demo_default in (("heartbeat_interval", 30.0), ("health_interval", 300.0)):
             if options[name] is None:
                 options[name] = demo_default if options["demo"] else 0.0
