@@ -339,8 +339,9 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
     transaction: the plain table is renamed to `history.unpartitioned` (its indexes and
     sequence too), and an empty partitioned table takes its name, with the same columns,
     CHECK and foreign key constraints, the same indexes (pg_get_indexdef of the old ones),
-    primary key (id, time), ids continuing from the old sequence, day partitions from the
-    oldest row's day to `days_ahead` days ahead, and the DEFAULT partition.
+    primary key (id, time), ids continuing from the old sequence, day partitions from
+    yesterday to `days_ahead` days ahead, and the DEFAULT partition. The partitions of the
+    old rows' days are attached after that transaction, without stopping the ingest.
 
     From the commit on, the ingest writes into the new table; the old rows are copied over
     by history_copy_batch. Returns False (and changes nothing) if the table is already
@@ -397,11 +398,10 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
         for _name, definition in indexes:
             cursor.execute(definition)  # names the table by its name, which is now the new one
 
+        # Only the days the ingest writes to under the lock; the old rows' days after it.
         today = now.astimezone(datetime.UTC).date()
-        first = min(oldest.astimezone(datetime.UTC).date(), today) if oldest else today
-        for day in _days_between(
-            first - DAY, today + datetime.timedelta(days=settings.HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD)
-        ):
+        ahead = today + datetime.timedelta(days=settings.HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD)
+        for day in _days_between(today - DAY, ahead):
             cursor.execute(
                 f"""CREATE TABLE {_quote(history.day_partition(day))} PARTITION OF {_quote(table)}
                     FOR VALUES FROM (%s) TO (%s)""",
@@ -410,6 +410,10 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
         cursor.execute(
             f"CREATE TABLE {_quote(history.default_partition)} PARTITION OF {_quote(table)} DEFAULT"
         )
+    if oldest:
+        # Attached one by one (SHARE UPDATE EXCLUSIVE: the ingest goes on), before the copy
+        # fills them.
+        history_partitions_create(history, days=_days_between(oldest.astimezone(datetime.UTC).date(), today))
     return True
 
 
