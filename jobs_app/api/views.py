@@ -25,6 +25,7 @@ from jobs_app.api.serializers import (
     JobUpdateSerializer,
     PauseSerializer,
     PreviewSerializer,
+    RollbackSerializer,
     SavedSegmentSerializer,
     TargetsSerializer,
 )
@@ -163,6 +164,25 @@ class JobViewSet(ServiceModelViewSet):
     def clone(self, request, pk=None):
         job = self.get_object()
         return self._answer(services.job_clone(actor=request.user, job=job), status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Roll a job back: restore each device that took the change to its previous configuration",
+        description="Creates and starts a rollback job (linked both ways: `rollback_of` on it, "
+        "`rolled_back_by` on this job) for the devices whose delivery completed, each sent "
+        "what it had before. Rolled out like the original (per-site cap, batch size, deadline) "
+        "unless overridden here. 409 while the job is still running, when it was already rolled "
+        "back, or when no device has a previous configuration to restore.",
+        request=RollbackSerializer,
+        responses={201: JobDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    @audited_atomic()
+    def rollback(self, request, pk=None):
+        job = self.get_object()
+        serializer = RollbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rollback = services.job_rollback(actor=request.user, job=job, **serializer.validated_data)
+        return self._answer(rollback, status.HTTP_201_CREATED)
 
     @extend_schema(
         summary="Deliveries of a job",
