@@ -17,7 +17,9 @@ from jobs_app.choices import (
 # batches win. A pause still takes effect at the next batch (well under a second).
 DEFAULT_BATCH_SIZE = 2000
 # A till in the middle of a sale may say "not now" this often, for this long in total, per
-# job (docs/jobs.md, "Rollout policy: deferral"): enough to get past a lunch rush.
+# job (docs/jobs.md, "Rollout policy: deferral"): enough to get past a lunch rush. The new
+# columns also carry database defaults, so raw INSERTs (the dispatcher's materialising, the
+# legacy importer) need not name them.
 DEFAULT_MAX_DEFERRALS = 3
 DEFAULT_MAX_DEFERRAL_SECONDS = 3600
 
@@ -85,10 +87,12 @@ class Job(models.Model):
     # Device-side deferral ("sale in progress"): the policy that bounds it.
     max_deferrals = models.PositiveSmallIntegerField(
         default=DEFAULT_MAX_DEFERRALS,
+        db_default=DEFAULT_MAX_DEFERRALS,
         help_text='How many times each device may answer "not now" (0: never).',
     )
     max_deferral_seconds = models.PositiveIntegerField(
         default=DEFAULT_MAX_DEFERRAL_SECONDS,
+        db_default=DEFAULT_MAX_DEFERRAL_SECONDS,
         help_text="The most delay each device may ask for in total, in seconds.",
     )
     deferral_exhausted = models.CharField(
@@ -96,10 +100,12 @@ class Job(models.Model):
         max_length=8,
         choices=DeferralExhausted.choices,
         default=DeferralExhausted.FORCE,
+        db_default=DeferralExhausted.FORCE,
         help_text="What happens when a device that has used up its deferrals asks again.",
     )
     rollback_on_failure = models.BooleanField(
         default=False,
+        db_default=False,
         help_text="When the failure threshold pauses the job, roll the devices that took the change "
         "back to their previous configuration (a rollback job).",
     )
@@ -223,11 +229,12 @@ class Delivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Device-side deferral: how often and how long (seconds, as granted) the device said
     # "not now", its last reason, and whether the policy ran out and forced the work on it.
-    defer_count = models.PositiveSmallIntegerField(default=0)
-    deferred_seconds = models.PositiveIntegerField(default=0)
-    defer_reason = models.CharField(max_length=500, blank=True)
+    defer_count = models.PositiveSmallIntegerField(default=0, db_default=0)
+    deferred_seconds = models.PositiveIntegerField(default=0, db_default=0)
+    defer_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
     forced = models.BooleanField(
-        default=False, help_text="Offered again after the deferral limit: further deferrals are ignored."
+        default=False,
+        db_default=False, help_text="Offered again after the deferral limit: further deferrals are ignored."
     )
     # The work for this device when it differs from the job's payload (a rollback job
     # restores each device's own previous values); null: the job's payload.
