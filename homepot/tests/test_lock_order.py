@@ -5,6 +5,8 @@ code and names any write that slipped back to transaction.atomic."""
 
 import ast
 import inspect
+import pkgutil
+from importlib import import_module
 
 import pytest
 
@@ -28,13 +30,20 @@ def _is_plain_atomic(node: ast.AST) -> bool:
     return isinstance(target, ast.Attribute) and target.attr == "atomic"
 
 
+def _sources(module) -> list[str]:
+    """The module's code; for a services package (jobs_app.services), every file in it."""
+    sources = [inspect.getsource(module)]
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        sources.append(inspect.getsource(import_module(f"{module.__name__}.{info.name}")))
+    return sources
+
+
 @pytest.mark.parametrize(
     "module", [accounts.services, devices_app.services, jobs_app.services, sites_app.services]
 )
 def test_audited_writes_use_audited_atomic_not_a_plain_transaction(module):
-    tree = ast.parse(inspect.getsource(module))
     offenders = []
-    for node in ast.walk(tree):
+    for node in (n for source in _sources(module) for n in ast.walk(ast.parse(source))):
         plain = isinstance(node, ast.FunctionDef) and any(_is_plain_atomic(d) for d in node.decorator_list)
         if plain and _calls_audit(node):
             offenders.append(f"{node.name} (decorated with transaction.atomic)")

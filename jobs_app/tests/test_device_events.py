@@ -1,4 +1,5 @@
-"""Device answers applied in batches (jobs_app.events), as the MQTT bridge applies them, and
+"""Device answers applied in batches (jobs_app.services.answers, through jobs_app.events), as
+the MQTT bridge applies them, and
 the bridge itself against the local broker: many events at once, and a bridge that dies
 before its batch commits losing nothing."""
 

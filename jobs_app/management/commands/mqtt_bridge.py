@@ -10,7 +10,8 @@ The device is the one named in the topic, so a device can only answer its own de
 order and unknown or foreign deliveries are as harmless as over HTTP.
 
 Events are collected for up to --linger-ms (or --batch of them) and applied together
-(`jobs_app.events`): a few statements per batch instead of one per event. A message is
+(`jobs_app.events`, applied by `jobs_app.services.answers`): a few statements per batch
+instead of one per event. A message is
 acknowledged to the broker only after its batch has committed, and the session outlives a
 restart of the bridge (--session-seconds), so a bridge that dies mid-batch loses nothing:
 the broker hands the unacknowledged events out again and applying them twice changes nothing.
