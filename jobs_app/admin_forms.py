@@ -143,6 +143,10 @@ class JobAddForm(forms.ModelForm):
             "batch_size",
             "max_in_flight_per_site",
             "failure_threshold_percent",
+            "max_deferrals",
+            "max_deferral_seconds",
+            "deferral_exhausted",
+            "rollback_on_failure",
         )
 
     def _raw(self, name) -> object | None:

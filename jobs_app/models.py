@@ -234,7 +234,8 @@ class Delivery(models.Model):
     defer_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
     forced = models.BooleanField(
         default=False,
-        db_default=False, help_text="Offered again after the deferral limit: further deferrals are ignored."
+        db_default=False,
+        help_text="Offered again after the deferral limit: further deferrals are ignored.",
     )
     # The work for this device when it differs from the job's payload (a rollback job
     # restores each device's own previous values); null: the job's payload.

@@ -15,6 +15,7 @@ from jobs_app import services
 from jobs_app.api.serializers import (
     CommandListSerializer,
     CommandSerializer,
+    DeferredStateSerializer,
     DeferSerializer,
     DeliveryStateSerializer,
     ResultSerializer,
@@ -76,7 +77,7 @@ class AgentDeferView(AgentView):
         "now; a further deferral is ignored), skipped (`cancelled`) or failed (`failed`). "
         "Deferring a delivery that is not sent or acknowledged changes nothing.",
         request=DeferSerializer,
-        responses=DeliveryStateSerializer,
+        responses=DeferredStateSerializer,
     )
     def post(self, request, delivery_id):
         serializer = DeferSerializer(data=request.data)
@@ -84,4 +85,4 @@ class AgentDeferView(AgentView):
         delivery = services.delivery_defer(
             device=request.user.device, delivery_id=delivery_id, **serializer.validated_data
         )
-        return Response(DeliveryStateSerializer(delivery).data)
+        return Response(DeferredStateSerializer(delivery).data)

@@ -8,9 +8,9 @@ from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
 from homepot.api.fields import StrictCharField
 from jobs_app.choices import DeferralExhausted, DeliveryStatus, JobAction, JobPriority
-from jobs_app.deferral import MAX_DELAY_SECONDS, MAX_REASON
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.payloads import payload_errors, schema_markdown
+from jobs_app.services.deferral import MAX_DELAY_SECONDS, MAX_REASON
 from sites_app.api.fields import SiteReferenceField
 
 
@@ -384,10 +384,16 @@ class DeliveryStateSerializer(serializers.Serializer):
 
     delivery_id = serializers.IntegerField(source="pk")
     status = serializers.CharField()
-    next_attempt_at = serializers.DateTimeField(
-        allow_null=True, help_text="After a deferral: when the work is offered again."
-    )
-    defer_count = serializers.IntegerField()
+
+
+class DeferredStateSerializer(DeliveryStateSerializer):
+    """Where a delivery stands after the device's deferral: `pending` with the time it is
+    offered again, or what the job's policy decided once the deferrals ran out (`forced`:
+    offered again now, do it; `cancelled`: skipped; `failed`)."""
+
+    next_attempt_at = serializers.DateTimeField(allow_null=True, help_text="When the work is offered again.")
+    defer_count = serializers.IntegerField(help_text="Deferrals granted so far.")
+    deferred_seconds = serializers.IntegerField(help_text="Delay granted so far, in total.")
     forced = serializers.BooleanField()
 
 

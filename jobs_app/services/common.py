@@ -20,6 +20,10 @@ AUDITED_FIELDS = (
     "batch_size",
     "max_in_flight_per_site",
     "failure_threshold_percent",
+    "max_deferrals",
+    "max_deferral_seconds",
+    "deferral_exhausted",
+    "rollback_on_failure",
 )
 
 
@@ -42,3 +46,12 @@ def refuse_finished(job: Job, verb: str) -> None:
     raise Conflict(
         f"Job #{job.pk} is {job.get_status_display().lower()}: it cannot be {verb}.", code="job_not_active"
     )
+
+
+def refuse_rolled_back(job: Job, verb: str) -> None:
+    """A job whose change a rollback job undoes must not send that change again."""
+    undone = Job.objects.filter(rollback_of=job.pk).values_list("pk", flat=True).first()
+    if undone:
+        raise Conflict(
+            f"Job #{job.pk} was rolled back by job #{undone}: it cannot be {verb}.", code="job_rolled_back"
+        )

@@ -14,6 +14,7 @@ from jobs_app.choices import (
 )
 from jobs_app.models import Delivery, Job
 from jobs_app.services.common import setting
+from jobs_app.services.rollback import job_rollback_on_failure
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic
 
@@ -112,7 +113,9 @@ def _job_finish(job_id: int) -> str | None:
 def job_check_failure_threshold(job_id: int) -> bool:
     """Pause a running job whose failures exceed its threshold (percent of the answers so
     far, once HOMEPOT_JOBS_FAILURE_MIN_SAMPLE answers are in), recording why. Audited once
-    as job.paused. Returns True when this call paused it."""
+    as job.paused. A job with `rollback_on_failure` is then rolled back in the same
+    transaction (services/rollback.py: a rollback job for the devices that took the change,
+    started after commit). Returns True when this call paused it."""
     job = Job.objects.filter(pk=job_id).values("status", "failure_threshold_percent").first()
     if not job or job["failure_threshold_percent"] is None or job["status"] not in JOB_RUNNING_STATUSES:
         return False
@@ -141,4 +144,5 @@ def job_check_failure_threshold(job_id: int) -> bool:
                 description=f"Job #{job_id} paused: {reason}",
                 new_values={"status": JobStatus.PAUSED, "status_reason": reason},
             )
+            job_rollback_on_failure(job_id)
     return bool(paused)

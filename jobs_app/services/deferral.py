@@ -27,8 +27,12 @@ from dataclasses import dataclass
 from django.db import connection
 
 from devices_app.models import Device
+from homepot import metrics
 from jobs_app.choices import DELIVERY_IN_FLIGHT, DeferralExhausted, DeliveryStatus
 from jobs_app.models import Delivery, Job
+from jobs_app.services.enqueue import dispatch_request
+from monitoring_app.choices import AuditEvent
+from monitoring_app.services import audit_record
 
 # What a deferral request ends as (the `outcome` of its row; metrics label).
 DEFERRED = "deferred"
@@ -73,7 +77,7 @@ def apply_deferrals(deferrals: list[Deferral], now) -> list[tuple]:
     one; anything else (a repeat, a late or foreign answer) matches nothing.
 
     Returns one row per (job, outcome, channel): (job id, outcome, count, action, channel,
-    [device ids], earliest next offer).
+    [device ids], earliest next offer, a reason).
     """
     if not deferrals:
         return []
@@ -127,11 +131,11 @@ def apply_deferrals(deferrals: list[Deferral], now) -> list[tuple]:
                     ELSE d.last_error END
             FROM decided x
             WHERE d.id = x.id AND d.status = ANY(%(from)s) AND NOT d.forced
-            RETURNING d.job_id, x.outcome, x.push_channel, x.device_key, d.next_attempt_at
+            RETURNING d.job_id, x.outcome, x.push_channel, x.device_key, d.next_attempt_at, x.reason
         )
         SELECT m.job_id, m.outcome, count(*), j.action, m.push_channel,
                (array_agg(m.device_key ORDER BY m.device_key))[1:{AUDIT_DEVICES}],
-               min(m.next_attempt_at)
+               min(m.next_attempt_at), max(m.reason)
         FROM moved m JOIN {Job._meta.db_table} j ON j.id = m.job_id
         GROUP BY m.job_id, m.outcome, j.action, m.push_channel
     """  # noqa: S608 - table names from the models, outcomes are constants; values are parameters
@@ -152,14 +156,53 @@ def apply_deferrals(deferrals: list[Deferral], now) -> list[tuple]:
 
 
 def summarise(rows: list[tuple]) -> dict[int, dict]:
-    """Per job: {"action", "outcomes": {outcome: count}, "devices": [...], "next_offer_at"}."""
+    """Per job: {"outcomes": {outcome: count}, "devices": [...], "next_offer_at", "reason"}."""
     jobs: dict[int, dict] = {}
-    for job_id, outcome, count, action, _channel, devices, next_at in rows:
-        job = jobs.setdefault(
-            job_id, {"action": action, "outcomes": {}, "devices": [], "next_offer_at": None}
-        )
+    for job_id, outcome, count, _action, _channel, devices, next_at, reason in rows:
+        empty = {"outcomes": {}, "devices": [], "next_offer_at": None, "reason": ""}
+        job = jobs.setdefault(job_id, empty)
         job["outcomes"][outcome] = job["outcomes"].get(outcome, 0) + count
         job["devices"] = sorted({*job["devices"], *devices})[:AUDIT_DEVICES]
+        job["reason"] = job["reason"] or reason or ""
         if next_at is not None and (job["next_offer_at"] is None or next_at < job["next_offer_at"]):
             job["next_offer_at"] = next_at
     return jobs
+
+
+def deferrals_apply(deferrals: list[Deferral], now) -> list[tuple]:
+    """Apply a batch of deferrals (inside the caller's audited block), record one
+    deliveries.deferred audit row per job, and ask for each job's dispatch pass: at once
+    for work forced on a device, else when the earliest granted delay ends. Returns the
+    rows of apply_deferrals (for the metrics, once committed, and the caller's counts)."""
+    rows = apply_deferrals(deferrals, now)
+    for job_id, summary in summarise(rows).items():
+        _audit(job_id, summary)
+        if summary["outcomes"].get(FORCED):
+            dispatch_request(job_id)
+        elif summary["next_offer_at"] is not None:
+            dispatch_request(job_id, at=summary["next_offer_at"])
+    return rows
+
+
+def _audit(job_id: int, summary: dict) -> None:
+    outcomes = summary["outcomes"]
+    told = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+    reason = f" ({summary['reason']})" if summary["reason"] else ""
+    next_at = summary["next_offer_at"]
+    audit_record(
+        event_type=AuditEvent.DELIVERIES_DEFERRED,
+        job=Job.objects.select_related("site").get(pk=job_id),
+        description=f"Job #{job_id}: devices asked to defer{reason}: {told}",
+        new_values={
+            **{outcome: outcomes.get(outcome, 0) for outcome in (DEFERRED, FORCED, SKIPPED, FAILED)},
+            "devices": summary["devices"],
+            "next_offer_at": next_at.isoformat() if next_at else None,
+            "reason": summary["reason"],
+        },
+    )
+
+
+def observe(rows: list[tuple]) -> None:
+    """homepot_device_deferrals, from committed rows of apply_deferrals."""
+    for _job, outcome, count, action, channel, *_rest in rows:
+        metrics.device_deferrals.labels(action=action, channel=channel, outcome=outcome).inc(count)
