@@ -206,8 +206,24 @@ class JobAddForm(forms.ModelForm):
             field = "segment" if "segment" in self.fields and self._raw("segment") is not None else None
             self.add_error(field, exc.message_dict.get("segment", exc.messages))
 
+    # The deferral policy under "Advanced": left empty (the section is collapsed, or a
+    # client posts only what it changes), each takes the model's default.
+    _POLICY_DEFAULTS = ("max_deferrals", "max_deferral_seconds", "deferral_exhausted")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self._POLICY_DEFAULTS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def _clean_policy_defaults(self, data: dict) -> None:
+        for name in self._POLICY_DEFAULTS:
+            if name in self.fields and data.get(name) in (None, ""):
+                data[name] = Job._meta.get_field(name).default
+
     def clean(self):
         data = super().clean()
+        self._clean_policy_defaults(data)
         action = data.get("action")
         if action in JobAction.values:
             self._clean_payload(action)
