@@ -617,6 +617,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     for status, n in counts.items()
                     if n
                 ],
+                deferred=progress["deferred"],
+                next_offer_at=progress["next_offer_at"],
                 rate=format_rate(progress["rate_per_second"]) if progress["rate_per_second"] else "",
                 eta=human_duration(progress["eta_seconds"]) if progress["eta_seconds"] else "",
                 sites=[
@@ -626,7 +628,6 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             )
         return render_to_string("admin/jobs_app/job/progress.html", context)
 
-    @admin.display(description=f"deliveries (first {DELIVERY_SAMPLE}: problems first)")
     @admin.display(description="Rollback")
     def rollback_links(self, job):
         """Links both ways: the job this one undoes, and the job that undid this one."""
@@ -642,6 +643,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             parts.append(format_html("Rolled back by {}.", ref_link(Job, undone, f"job #{undone}")))
         return format_html_join(" ", "{}", ((p,) for p in parts)) if parts else "—"
 
+    @admin.display(description=f"deliveries (first {DELIVERY_SAMPLE}: problems first)")
     def deliveries_sample(self, job):
         if job.pk is None:
             return ""

@@ -107,6 +107,12 @@ class ProgressSerializer(serializers.Serializer):
     percent = serializers.FloatField()
     rate_per_second = serializers.FloatField(allow_null=True)
     eta_seconds = serializers.FloatField(allow_null=True)
+    deferred = serializers.IntegerField(
+        help_text="Pending deliveries waiting out a device's deferral (counted in `pending`)."
+    )
+    next_offer_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the first deferred delivery is offered again."
+    )
 
 
 class JobDetailSerializer(JobSerializer):

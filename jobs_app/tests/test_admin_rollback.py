@@ -121,6 +121,8 @@ def test_a_deferred_delivery_shows_on_the_job_and_device_pages(admin_browser, ad
     delivery.refresh_from_db()
     shown = f"1× (sale in progress), next offer {delivery.next_attempt_at:%H:%M} UTC"
 
-    assert shown in admin_browser.get(change_url(job)).text
+    job_page = admin_browser.get(change_url(job)).text
+    assert shown in job_page
+    assert "1 device deferred (a sale in progress), not counted as busy" in job_page
     device_page = admin_browser.get(reverse("admin:devices_app_device_change", args=[device.pk])).text
     assert shown in device_page

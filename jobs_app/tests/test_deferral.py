@@ -6,6 +6,7 @@ import json
 
 import pytest
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import assert_error
@@ -232,6 +233,9 @@ def test_the_deliveries_list_shows_the_deferral(admin_user, admin_api):
         "queue at till 2",
     )
     assert row["next_attempt_at"] is not None
+    progress = admin_api.get(f"/jobs/{job.pk}").json()["progress"]
+    assert progress["deferred"] == 1 and progress["counts"]["pending"] == 1
+    assert parse_datetime(progress["next_offer_at"]) == parse_datetime(row["next_attempt_at"])
 
 
 # --- MQTT ------------------------------------------------------------------------------------
