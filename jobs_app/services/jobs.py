@@ -246,6 +246,11 @@ def job_retry(*, actor, job: Job) -> int:
         attempts=0,
         next_attempt_at=None,
         deadline=(now + job.ttl) if job.ttl else None,
+        # A fresh start: the device may defer it again, within the job's policy.
+        defer_count=0,
+        deferred_seconds=0,
+        defer_reason="",
+        forced=False,
     )
     if not retried:
         raise Conflict(
