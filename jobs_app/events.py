@@ -16,7 +16,7 @@ from jobs_app.services.answers import (
     DeviceEvent,
     deliveries_apply_events,
 )
-from jobs_app.services.deferral import clean_deferral
+from jobs_app.services.deferral import clean_deferral, storable
 
 __all__ = (
     "ACK",
@@ -60,7 +60,7 @@ def parse_event(topic: str, payload: bytes) -> DeviceEvent | str:
     if outcome not in _OUTCOMES:
         return "ignored: bad status"
     previous = message.get("previous_config")
-    if previous is not None and not isinstance(previous, dict):
+    if previous is not None and not (isinstance(previous, dict) and storable(previous)):
         return "ignored: previous_config is not an object"
     return DeviceEvent(
         device_id=parts[2],

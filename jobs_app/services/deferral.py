@@ -22,6 +22,7 @@ API. Audited as one `deliveries.deferred` row per job per batch (counts and the 
 devices), not one per delivery.
 """
 
+import json
 from dataclasses import dataclass
 
 from django.db import connection
@@ -66,9 +67,21 @@ def clean_deferral(delay, reason) -> tuple[int, str] | str:
         return f"delay_seconds: between 1 and {MAX_DELAY_SECONDS}."
     if reason is None:
         reason = ""
-    if not isinstance(reason, str):
+    if not isinstance(reason, str) or not storable(reason):
         return "reason: give a text."
     return delay, reason[:MAX_REASON]
+
+
+def storable(value) -> bool:
+    """Whether PostgreSQL's text and jsonb can hold `value`: no NUL character and no unpaired
+    UTF-16 surrogate anywhere in it (the HTTP API refuses those at its parser; an MQTT
+    message reaches us unchecked, and one bad event must not fail the bridge's batch)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError):
+        return False
+    return "\\u0000" not in text
 
 
 def apply_deferrals(deferrals: list[Deferral], now) -> list[tuple]:

@@ -253,6 +253,9 @@ def test_a_deferral_over_mqtt_is_the_same_transition(admin_user):
 
     assert mqtt_event(theirs.device, body) == "ignored: unknown delivery or no change"
     assert mqtt_event(device, {**body, "delay_seconds": 0}) == "ignored: delay_seconds: between 1 and 86400."
+    # What PostgreSQL cannot store is refused here, not left to fail the bridge's batch.
+    assert mqtt_event(device, {**body, "reason": "busy\u0000"}) == "ignored: reason: give a text."
+    assert mqtt_event(device, {**body, "reason": "busy \ud800"}) == "ignored: reason: give a text."
     assert mqtt_event(device, body) == "deferred"
     delivery.refresh_from_db()
     assert (delivery.status, delivery.defer_count, delivery.defer_reason) == (
