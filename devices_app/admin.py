@@ -34,7 +34,7 @@ from homepot.admin import (
     verbose_link,
 )
 from homepot.admin_object_actions import ObjectAction, ObjectActionsMixin
-from jobs_app.admin_links import MAX_PICKED, redirect_to_new_job
+from jobs_app.admin_links import MAX_PICKED, deferral_text, redirect_to_new_job
 from jobs_app.choices import JobAction
 from jobs_app.models import Delivery
 from jobs_app.services import job_create
@@ -138,20 +138,21 @@ def _recent_deliveries(device, limit: int = RECENT_DELIVERIES):
         return "No job has reached this device yet."
     rows = format_html_join(
         "",
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         (
             (
                 format_html('<a href="{}">{}</a>', admin_change_url(type(d.job), d.job_id), f"#{d.job_id}"),
                 d.job.get_action_display(),
                 status_badge(d.status, d.get_status_display()),
+                deferral_text(d),
                 f"{d.created_at:%Y-%m-%d %H:%M} UTC",
             )
             for d in deliveries
         ),
     )
     return format_html(
-        '<table class="hp-mini"><thead><tr><th>job</th><th>action</th><th>delivery</th><th>created</th>'
-        "</tr></thead><tbody>{}</tbody></table>",
+        '<table class="hp-mini"><thead><tr><th>job</th><th>action</th><th>delivery</th><th>deferred</th>'
+        "<th>created</th></tr></thead><tbody>{}</tbody></table>",
         rows,
     )
 

@@ -192,6 +192,19 @@ deliveries_deferred = _AfterCommit(
         ["action", "channel"],
     )
 )
+# Not deliveries_deferred above (HOMEPOT's own push retries): these are the devices' "not
+# now" answers, by what the job's deferral policy made of each.
+device_deferrals = Counter(
+    "homepot_device_deferrals",
+    "Deferrals asked by devices (a sale in progress), by action, channel and outcome (deferred: "
+    "granted; forced, skipped, failed: past the job's deferral limit).",
+    ["action", "channel", "outcome"],
+)
+rollbacks_started = Counter(
+    "homepot_rollbacks_started",
+    "Rollback jobs created, by trigger (operator, failure_threshold).",
+    ["trigger"],
+)
 dispatch_batch_duration = Histogram(
     "homepot_dispatch_batch_duration_seconds",
     "Time the dispatcher took to push and mark one claimed batch.",

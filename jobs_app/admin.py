@@ -35,6 +35,7 @@ from homepot.admin import (
 )
 from jobs_app import services
 from jobs_app.admin_forms import SETTINGS_FIELD, JobAddForm, payload_field_name
+from jobs_app.admin_links import deferral_text
 from jobs_app.choices import (
     DELIVERY_FAILED,
     DELIVERY_FINISHED,
@@ -49,6 +50,7 @@ from jobs_app.models import DEFAULT_BATCH_SIZE, Delivery, Job, SavedSegment
 from jobs_app.payloads import SCHEMAS
 from jobs_app.selectors import job_deliveries, job_site_breakdown, visible_site_ids
 from jobs_app.services import job_cancel, job_create, job_update, rollout
+from jobs_app.services.rollback import ROLLBACK_FROM, rollback_offered
 from sites_app.models import Site
 from sites_app.windows import opening_text
 
@@ -81,6 +83,29 @@ _FIXED_AFTER_CREATE = (
     "wave_gate_percent",
     "wave_soak",
     "wave_approval",
+    "max_deferrals",
+    "max_deferral_seconds",
+    "deferral_exhausted",
+    "rollback_on_failure",
+)
+# The rollout policy's fields, on the new job's form (under "Advanced") and the job's page.
+_POLICY_FIELDS = (
+    "within_maintenance_windows",
+    "scheduled_at",
+    "ttl",
+    "batch_size",
+    "max_in_flight_per_site",
+    "failure_threshold_percent",
+    "max_in_flight",
+    "rollout_canary",
+    "rollout_waves",
+    "wave_gate_percent",
+    "wave_soak",
+    "wave_approval",
+    "max_deferrals",
+    "max_deferral_seconds",
+    "deferral_exhausted",
+    "rollback_on_failure",
 )
 # The job page's controls: verb → (service, button label, needed permission, statuses offered in).
 CONTROLS = {
@@ -90,6 +115,7 @@ CONTROLS = {
     "retry": (services.job_retry, "Retry failed devices", "change", None),
     "clone": (services.job_clone, "Clone", "add", None),
     "approve_wave": (services.job_wave_approve, "Approve the next wave", "change", None),
+    "rollback": (services.job_rollback, "Roll back", "change", ROLLBACK_FROM),
 }
 _CONTROL_DONE = {
     "pause": "paused",
@@ -98,6 +124,7 @@ _CONTROL_DONE = {
     "retry": "retried",
     "clone": "cloned",
     "approve_wave": "opened the next wave of",
+    "rollback": "rolled back",
 }
 _CONTROL_EXPLAINED = {
     "pause": "No more devices will be sent the work; devices that already have it carry on.",
@@ -108,6 +135,10 @@ _CONTROL_EXPLAINED = {
     "clone": "A new job with the same work, targets and rollout is created and starts now.",
     "approve_wave": "The next wave of devices is sent the work. If the last wave finished below "
     "its success gate (the job was paused for it), this overrides the gate and the job runs again.",
+    "rollback": "A rollback job is created and starts now: every device that took this change is "
+    "sent what it had before (its own previous settings), rolled out like this job (same per-site "
+    "limit, batch size and deadline). Devices that failed or never got the change are left alone. "
+    "A job is rolled back once.",
 }
 
 
@@ -179,6 +210,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         "preflight",
         "progress_summary",
         "deliveries_sample",
+        "rollback_links",
         "started_at",
         "completed_at",
         "created_by",
@@ -227,20 +259,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             (
                 "Rollout",
                 {
-                    "fields": (
-                        "within_maintenance_windows",
-                        "scheduled_at",
-                        "ttl",
-                        "batch_size",
-                        "max_in_flight_per_site",
-                        "failure_threshold_percent",
-                        "max_in_flight",
-                        "rollout_canary",
-                        "rollout_waves",
-                        "wave_gate_percent",
-                        "wave_soak",
-                        "wave_approval",
-                    ),
+                    "fields": (*_POLICY_FIELDS, "rollback_links"),
                     "classes": ("collapse",),
                 },
             ),
@@ -298,20 +317,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 },
             )
         )
-        advanced = [
-            "within_maintenance_windows",
-            "scheduled_at",
-            "ttl",
-            "batch_size",
-            "max_in_flight_per_site",
-            "failure_threshold_percent",
-            "max_in_flight",
-            "rollout_canary",
-            "rollout_waves",
-            "wave_gate_percent",
-            "wave_soak",
-            "wave_approval",
-        ]
+        advanced = list(_POLICY_FIELDS)
         if request.user.is_superuser:
             advanced += ["payload", "segment"]
         fieldsets.append(
@@ -489,6 +495,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 or not Delivery.objects.filter(job=job, status__in=DELIVERY_FAILED).exists()
             ):
                 continue
+            if verb == "rollback" and not rollback_offered(job):
+                continue
             url = reverse("admin:jobs_app_job_control", args=[job.pk, verb])
             offered.append({"verb": verb, "label": label, "url": url})
         return offered
@@ -638,6 +646,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     for status, n in counts.items()
                     if n
                 ],
+                deferred=progress["deferred"],
+                next_offer_at=progress["next_offer_at"],
                 rate=format_rate(progress["rate_per_second"]) if progress["rate_per_second"] else "",
                 eta=human_duration(progress["eta_seconds"]) if progress["eta_seconds"] else "",
                 sites=[
@@ -664,6 +674,21 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             if visible is None or row["site_id"] in visible
         ]
 
+    @admin.display(description="Rollback")
+    def rollback_links(self, job):
+        """Links both ways: the job this one undoes, and the job that undid this one."""
+        if job.pk is None:
+            return ""
+        parts = []
+        if job.rollback_of_id:
+            parts.append(
+                format_html("Rolls back {}.", ref_link(Job, job.rollback_of_id, f"job #{job.rollback_of_id}"))
+            )
+        undone = Job.objects.filter(rollback_of=job.pk).values_list("pk", flat=True).first()
+        if undone:
+            parts.append(format_html("Rolled back by {}.", ref_link(Job, undone, f"job #{undone}")))
+        return format_html_join(" ", "{}", ((p,) for p in parts)) if parts else "—"
+
     @admin.display(description=f"deliveries (first {DELIVERY_SAMPLE}: problems first)")
     def deliveries_sample(self, job):
         if job.pk is None:
@@ -679,19 +704,30 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
         sample = list(
             deliveries.select_related("device")
             .order_by(problems_first, "id")
-            .only("id", "status", "last_error", "attempts", "device__device_id")[:DELIVERY_SAMPLE]
+            .only(
+                "id",
+                "status",
+                "last_error",
+                "attempts",
+                "defer_count",
+                "defer_reason",
+                "forced",
+                "next_attempt_at",
+                "device__device_id",
+            )[:DELIVERY_SAMPLE]
         )
         if not sample:
             return "none yet"
         may_cancel = getattr(job, "_may_cancel_deliveries", False)
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}</tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}</tr>",
             (
                 (
                     ref_link(Device, d.device_id, d.device.device_id),
                     status_badge(d.status, d.get_status_display()),
                     d.attempts,
+                    deferral_text(d),
                     d.last_error,
                     self._cancel_cell(job, d) if may_cancel else "",
                 )
@@ -707,8 +743,8 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             api,
         )
         return format_html(
-            "<table><tr><th>device</th><th>status</th><th>attempts</th><th>last error</th>{}</tr>"
-            "{}</table>{}",
+            "<table><tr><th>device</th><th>status</th><th>attempts</th><th>deferred</th>"
+            "<th>last error</th>{}</tr>{}</table>{}",
             format_html("<th>{}</th>", "cancel") if may_cancel else "",
             rows,
             more,
@@ -811,6 +847,13 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             return HttpResponseRedirect(page)
         if verb == "clone":
             self.message_user(request, f"Cloned {name} as job #{result.pk}.", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:jobs_app_job_change", args=[result.pk]))
+        if verb == "rollback":
+            self.message_user(
+                request,
+                f"Rolling back {name}: job #{result.pk} restores the previous settings.",
+                messages.SUCCESS,
+            )
             return HttpResponseRedirect(reverse("admin:jobs_app_job_change", args=[result.pk]))
         if verb == "retry":
             self.message_user(request, f"Retried {result} device(s) of {name}.", messages.SUCCESS)

@@ -170,6 +170,10 @@ class JobAddForm(forms.ModelForm):
             "wave_gate_percent",
             "wave_soak",
             "wave_approval",
+            "max_deferrals",
+            "max_deferral_seconds",
+            "deferral_exhausted",
+            "rollback_on_failure",
         )
 
     def _raw(self, name) -> object | None:
@@ -229,6 +233,21 @@ class JobAddForm(forms.ModelForm):
             field = "segment" if "segment" in self.fields and self._raw("segment") is not None else None
             self.add_error(field, exc.message_dict.get("segment", exc.messages))
 
+    # The deferral policy under "Advanced": left empty (the section is collapsed, or a
+    # client posts only what it changes), each takes the model's default.
+    _POLICY_DEFAULTS = ("max_deferrals", "max_deferral_seconds", "deferral_exhausted")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self._POLICY_DEFAULTS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def _clean_policy_defaults(self, data: dict) -> None:
+        for name in self._POLICY_DEFAULTS:
+            if name in self.fields and data.get(name) in (None, ""):
+                data[name] = Job._meta.get_field(name).default
+
     def clean_rollout_waves(self) -> list:
         text = self.cleaned_data.get("rollout_waves") or ""
         try:
@@ -252,6 +271,7 @@ class JobAddForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        self._clean_policy_defaults(data)
         if "rollout_waves" in self.fields:
             self._clean_rollout()
         action = data.get("action")

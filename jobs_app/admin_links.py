@@ -33,3 +33,18 @@ def redirect_to_new_job(modeladmin, request, *, site_pks, device_pks=None):
         )
         return None
     return HttpResponseRedirect(new_job_url(site_pks=site_pks, device_pks=device_pks))
+
+
+def deferral_text(delivery) -> str:
+    """ "2× (sale in progress), next offer 14:05 UTC" for a delivery its device deferred;
+    "forced" once the job's deferral limit made it take the work; "" otherwise."""
+    if not delivery.defer_count and not delivery.forced:
+        return ""
+    text = f"{delivery.defer_count}×"
+    if delivery.defer_reason:
+        text += f" ({delivery.defer_reason})"
+    if delivery.forced:
+        return text + ", forced"
+    if delivery.status == "pending" and delivery.next_attempt_at:
+        text += f", next offer {delivery.next_attempt_at:%H:%M} UTC"
+    return text

@@ -37,6 +37,15 @@ JOB_ACTIVE_STATUSES = (*JOB_RUNNING_STATUSES, JobStatus.SCHEDULED, JobStatus.PAU
 JOB_TERMINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+class DeferralExhausted(models.TextChoices):
+    """What happens to a device's delivery once it has used up the job's deferral policy
+    (too many deferrals, or too much delay in total) and asks to defer again."""
+
+    FORCE = "force", "Force: offer it again now, ignoring further deferrals"
+    SKIP = "skip", "Skip the device (its delivery ends cancelled)"
+    FAIL = "fail", "Fail the device's delivery"
+
+
 class DeliveryStatus(models.TextChoices):
     """One device's copy of a job: pending → sent → acknowledged → completed, or an end state."""
 

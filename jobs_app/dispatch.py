@@ -173,7 +173,15 @@ def _claim_batch(job: Job, wave: int, last_id: int, gate: services.WindowGate) -
         .filter(gate.claim_filter())
         .order_by("id")
         .values(
-            "id", "site_id", "attempts", "deadline", "created_at", "device__device_id", "device__push_channel"
+            "id",
+            "site_id",
+            "attempts",
+            "deadline",
+            "created_at",
+            "device__device_id",
+            "device__push_channel",
+            "payload",
+            "forced",
         )[: job.batch_size]
     )
 
@@ -209,9 +217,11 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
                 device_id=row["device__device_id"],
                 job_id=job.pk,
                 action=job.action,
-                payload=job.payload,
+                # A rollback sends each device its own previous settings.
+                payload=job.payload if row["payload"] is None else row["payload"],
                 priority=job.priority,
                 deadline=row["deadline"].isoformat() if row["deadline"] else None,
+                force=row["forced"],
             )
             for row in channel_rows
         ]

@@ -1,5 +1,6 @@
 """Device answers arriving over MQTT: the wire format of `homepot/devices/<id>/events`
-messages (parse_event). What an answer changes is applied by
+messages (parse_event): `ack`, `result` (with an optional `previous_config`) and `defer`
+(`delay_seconds`, `reason`). What an answer changes is applied by
 jobs_app.services.answers.deliveries_apply_events (re-exported here for the bridge), the
 same transitions the HTTP agent API applies.
 """
@@ -10,12 +11,22 @@ from jobs_app.choices import DeliveryStatus
 from jobs_app.services.answers import (
     ACK,
     DEFAULT_FAILURE_ERROR,
+    DEFER,
     RESULT,
     DeviceEvent,
     deliveries_apply_events,
 )
+from jobs_app.services.deferral import clean_deferral, storable
 
-__all__ = ("ACK", "DEFAULT_FAILURE_ERROR", "RESULT", "DeviceEvent", "deliveries_apply_events", "parse_event")
+__all__ = (
+    "ACK",
+    "DEFAULT_FAILURE_ERROR",
+    "DEFER",
+    "RESULT",
+    "DeviceEvent",
+    "deliveries_apply_events",
+    "parse_event",
+)
 
 _OUTCOMES = (DeliveryStatus.COMPLETED, DeliveryStatus.FAILED)
 MAX_ID = 2**63  # delivery ids are bigint: anything larger names nothing
@@ -37,11 +48,20 @@ def parse_event(topic: str, payload: bytes) -> DeviceEvent | str:
         return "ignored: malformed"
     if kind == ACK:
         return DeviceEvent(device_id=parts[2], delivery_id=delivery_id, kind=ACK)
+    if kind == DEFER:
+        cleaned = clean_deferral(message.get("delay_seconds"), message.get("reason"))
+        if isinstance(cleaned, str):
+            return f"ignored: {cleaned}"
+        delay, reason = cleaned
+        return DeviceEvent(parts[2], delivery_id, DEFER, delay_seconds=delay, reason=reason)
     if kind != RESULT:
         return "ignored: event"
     outcome = message.get("status")
     if outcome not in _OUTCOMES:
         return "ignored: bad status"
+    previous = message.get("previous_config")
+    if previous is not None and not (isinstance(previous, dict) and storable(previous)):
+        return "ignored: previous_config is not an object"
     return DeviceEvent(
         device_id=parts[2],
         delivery_id=delivery_id,
@@ -49,4 +69,5 @@ def parse_event(topic: str, payload: bytes) -> DeviceEvent | str:
         outcome=outcome,
         details=message.get("details"),
         error=str(message.get("error") or ""),
+        previous_config=previous,
     )

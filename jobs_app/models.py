@@ -5,6 +5,7 @@ from accounts.scoping import ScopedQuerySet, scoped_site_ids
 from jobs_app.choices import (
     DELIVERY_UNFINISHED,
     JOB_ACTIVE_STATUSES,
+    DeferralExhausted,
     DeliveryStatus,
     JobAction,
     JobPriority,
@@ -15,6 +16,12 @@ from jobs_app.choices import (
 # 2,000 against 10-13 s with 500; per-batch cost is a constant few queries, so fewer, larger
 # batches win. A pause still takes effect at the next batch (well under a second).
 DEFAULT_BATCH_SIZE = 2000
+# A till in the middle of a sale may say "not now" this often, for this long in total, per
+# job (docs/jobs.md, "Rollout policy: deferral"): enough to get past a lunch rush. The new
+# columns also carry database defaults, so raw INSERTs (the dispatcher's materialising, the
+# legacy importer) need not name them.
+DEFAULT_MAX_DEFERRALS = 3
+DEFAULT_MAX_DEFERRAL_SECONDS = 3600
 
 
 class JobQuerySet(ScopedQuerySet):
@@ -122,6 +129,41 @@ class Job(models.Model):
     # When the open wave was seen finished and at or above its gate (the soak counts from here).
     wave_passed_at = models.DateTimeField(null=True, blank=True, editable=False)
     status_reason = models.TextField(blank=True, help_text="Why the job is paused or failed.")
+    # Device-side deferral ("sale in progress"): the policy that bounds it.
+    max_deferrals = models.PositiveSmallIntegerField(
+        default=DEFAULT_MAX_DEFERRALS,
+        db_default=DEFAULT_MAX_DEFERRALS,
+        help_text='How many times each device may answer "not now" (0: never).',
+    )
+    max_deferral_seconds = models.PositiveIntegerField(
+        default=DEFAULT_MAX_DEFERRAL_SECONDS,
+        db_default=DEFAULT_MAX_DEFERRAL_SECONDS,
+        help_text="The most delay each device may ask for in total, in seconds.",
+    )
+    deferral_exhausted = models.CharField(
+        "after the deferral limit",
+        max_length=8,
+        choices=DeferralExhausted.choices,
+        default=DeferralExhausted.FORCE,
+        db_default=DeferralExhausted.FORCE,
+        help_text="What happens when a device that has used up its deferrals asks again.",
+    )
+    rollback_on_failure = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="When the failure threshold pauses the job, roll the devices that took the change "
+        "back to their previous configuration (a rollback job).",
+    )
+    # The job this one undoes (a rollback job); the reverse, `rolled_back_by`, is the link
+    # from the original. One rollback per job, held by the database.
+    rollback_of = models.OneToOneField(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="rolled_back_by",
+        editable=False,
+    )
     materialised_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the one dispatch pass that is due to run for this job (enqueued, or about to be)
     # should start; empty: none is. Also the pass's ticket: the message carries this value,
@@ -191,6 +233,10 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=models.Q(wave_open__lt=models.F("wave_count")), name="jobs_wave_open_in_range"
             ),
+            models.CheckConstraint(
+                condition=models.Q(deferral_exhausted__in=DeferralExhausted.values),
+                name="jobs_deferral_exhausted_valid",
+            ),
         ]
         indexes = [
             models.Index(fields=["site", "status", "-created_at"], name="jobs_site_status_created"),
@@ -238,11 +284,29 @@ class Delivery(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
-    # After a failed push: not offered again before this time (the push backoff).
+    # After a failed push (the push backoff) or a device's deferral: not offered again
+    # before this time.
     next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The job's wave this delivery belongs to (0: the first; every delivery of a job without
     # waves), assigned set-based when the deliveries are materialised.
     wave = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
+    # Device-side deferral: how often and how long (seconds, as granted) the device said
+    # "not now", its last reason, and whether the policy ran out and forced the work on it.
+    defer_count = models.PositiveSmallIntegerField(default=0, db_default=0)
+    deferred_seconds = models.PositiveIntegerField(default=0, db_default=0)
+    defer_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
+    forced = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Offered again after the deferral limit: further deferrals are ignored.",
+    )
+    # The work for this device when it differs from the job's payload (a rollback job
+    # restores each device's own previous values); null: the job's payload.
+    payload = models.JSONField(null=True, blank=True)
+    # What the device had before the change, for the settings the job touches: reported by
+    # the device with its outcome, else HOMEPOT's own record (Device.config,
+    # Device.firmware_version). Recorded when the delivery completes; what a rollback restores.
+    previous_config = models.JSONField(null=True, blank=True)
 
     objects = DeliveryQuerySet.as_manager()
 

@@ -1,6 +1,6 @@
 """Reads of the jobs app. Every read is scoped with the one rule, `for_user`."""
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, F, Prefetch, QuerySet
 
 from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
@@ -20,6 +20,9 @@ def job_list(*, user) -> QuerySet[Job]:
     return (
         Job.objects.for_user(user)
         .select_related("site", "created_by")
+        # The reverse of the one-to-one rollback link, in the same query (a LEFT JOIN on
+        # the unique rollback_of index).
+        .annotate(rolled_back_by_id=F("rolled_back_by__id"))
         .prefetch_related(
             Prefetch("extra_sites", queryset=Site.objects.only("pk", "site_id")),
             Prefetch("target_devices", queryset=Device.objects.only("pk", "device_id", "site_id")),
@@ -48,6 +51,12 @@ def device_commands(*, device: Device, limit: int) -> list[Delivery]:
         .select_related("job")
         .order_by("id")[:limit]
     )
+
+
+def device_deliveries(*, device: Device, limit: int = 20) -> list[Delivery]:
+    """The device page's recent deliveries (newest first, bounded), with their job: status,
+    deferrals and next offer time, and the previous configuration recorded."""
+    return list(Delivery.objects.filter(device=device).select_related("job").order_by("-id")[:limit])
 
 
 # The job page lists at most this many sites in its per-site breakdown (the busiest first).

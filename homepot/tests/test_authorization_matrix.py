@@ -243,6 +243,10 @@ def result_body(w, method, target, actor):
     return {"status": "completed", "details": {"applied": True}}
 
 
+def defer_body(w, method, target, actor):
+    return {"delay_seconds": 60, "reason": "sale in progress"}
+
+
 def user_body(w, method, target, actor):
     if method == "POST":
         return {"username": "new-operator", "email": "new-operator@example.com"}
@@ -534,7 +538,8 @@ API = [
             aliases=at_root_and_v1(f"jobs/<pk>/{control}"),
         )
         # A queued job: pausing, resuming (nothing to do) and cancelling work; there is
-        # nothing to retry yet and no wave awaiting approval (409, past the permission
+        # nothing to retry yet, no wave awaiting approval, nor anything to roll back while it
+        # runs (409, past the permission
         # checks); a clone is a new job.
         for control, ok in (
             ("pause", 200),
@@ -543,6 +548,7 @@ API = [
             ("retry", 409),
             ("clone", 201),
             ("approve-wave", 409),
+            ("rollback", 409),
         )
     ),
     # Cancelling one delivery (sent, not yet acknowledged): a job control like the others.
@@ -762,6 +768,13 @@ API = [
         {"POST": members("401/401", "401/401", "401/401", device="200/404")},
         target=delivery_of,
         body=result_body,
+        device_targets=True,
+    ),
+    Api(
+        "api/v1/agent/deliveries/<delivery_id>/defer/?",
+        {"POST": members("401/401", "401/401", "401/401", device="200/404")},
+        target=delivery_of,
+        body=defer_body,
         device_targets=True,
     ),
     # Public by design: the liveness probe, the API's description, the way to the console.

@@ -15,6 +15,8 @@ from jobs_app import services
 from jobs_app.api.serializers import (
     CommandListSerializer,
     CommandSerializer,
+    DeferredStateSerializer,
+    DeferSerializer,
     DeliveryStateSerializer,
     ResultSerializer,
 )
@@ -61,5 +63,26 @@ class AgentResultView(AgentView):
             outcome=data["status"],
             details=data["details"],
             error=data["error"],
+            previous_config=data["previous_config"],
         )
         return Response(DeliveryStateSerializer(delivery).data)
+
+
+class AgentDeferView(AgentView):
+    @extend_schema(
+        summary='Defer a delivery: "not now" (e.g. a sale in progress), with a reason and a delay',
+        description="The work goes back to the rollout and is offered again after the delay "
+        "granted (the answer's `next_attempt_at`), within the job's deferral policy. Past the "
+        "policy's limit the job decides: the work is forced on the device (`forced`: do it "
+        "now; a further deferral is ignored), skipped (`cancelled`) or failed (`failed`). "
+        "Deferring a delivery that is not sent or acknowledged changes nothing.",
+        request=DeferSerializer,
+        responses=DeferredStateSerializer,
+    )
+    def post(self, request, delivery_id):
+        serializer = DeferSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        delivery = services.delivery_defer(
+            device=request.user.device, delivery_id=delivery_id, **serializer.validated_data
+        )
+        return Response(DeferredStateSerializer(delivery).data)

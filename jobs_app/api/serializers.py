@@ -7,9 +7,10 @@ from rest_framework import serializers
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
 from homepot.api.fields import StrictBooleanField, StrictCharField
-from jobs_app.choices import DeliveryStatus, JobAction, JobPriority
+from jobs_app.choices import DeferralExhausted, DeliveryStatus, JobAction, JobPriority
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.payloads import payload_errors, schema_markdown
+from jobs_app.services.deferral import MAX_DELAY_SECONDS, MAX_REASON
 from sites_app.api.fields import SiteReferenceField
 
 
@@ -60,6 +61,12 @@ class JobSerializer(serializers.ModelSerializer):
             "wave_approval",
             "wave_count",
             "wave_open",
+            "max_deferrals",
+            "max_deferral_seconds",
+            "deferral_exhausted",
+            "rollback_on_failure",
+            "rollback_of",
+            "rolled_back_by",
             "cloned_from",
             "saved_segment",
             "created_by",
@@ -88,11 +95,23 @@ class JobSerializer(serializers.ModelSerializer):
         visible = self._visible_sites()
         return [d.device_id for d in job.target_devices.all() if visible is None or d.site_id in visible]
 
+    rolled_back_by = serializers.SerializerMethodField(
+        help_text="The rollback job that undoes this one, if any (its id)."
+    )
+
     def get_wave_soak_seconds(self, job) -> int | None:
         return int(job.wave_soak.total_seconds()) if job.wave_soak else None
 
     def get_ttl_seconds(self, job) -> int | None:
         return int(job.ttl.total_seconds()) if job.ttl else None
+
+    def get_rolled_back_by(self, job) -> int | None:
+        # The reverse of a one-to-one: asked only on a single job (detail, actions); lists
+        # annotate it (selectors.job_list) so a page costs no query per row.
+        if hasattr(job, "rolled_back_by_id"):
+            return job.rolled_back_by_id
+        rollback = Job.objects.filter(rollback_of=job.pk).values_list("pk", flat=True).first()
+        return rollback
 
 
 class ProgressSerializer(serializers.Serializer):
@@ -101,6 +120,12 @@ class ProgressSerializer(serializers.Serializer):
     percent = serializers.FloatField()
     rate_per_second = serializers.FloatField(allow_null=True)
     eta_seconds = serializers.FloatField(allow_null=True)
+    deferred = serializers.IntegerField(
+        help_text="Pending deliveries waiting out a device's deferral (counted in `pending`)."
+    )
+    next_offer_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the first deferred delivery is offered again."
+    )
 
 
 class WaveSerializer(serializers.Serializer):
@@ -269,6 +294,27 @@ class JobCreateSerializer(TargetsSerializer):
     wave_approval = serializers.BooleanField(
         required=False, help_text="A person approves each next wave (POST /jobs/<id>/approve-wave)."
     )
+    max_deferrals = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=100,
+        help_text='How many times each device may answer "not now" (default 3; 0: never).',
+    )
+    max_deferral_seconds = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=7 * 86400,
+        help_text="The most delay each device may ask for in total (default 3600 s).",
+    )
+    deferral_exhausted = serializers.ChoiceField(
+        choices=DeferralExhausted.choices,
+        required=False,
+        help_text="When a device that used up its deferrals asks again: force (default), skip, fail.",
+    )
+    rollback_on_failure = serializers.BooleanField(
+        required=False,
+        help_text="When the failure threshold pauses the job, roll back the devices that took the change.",
+    )
 
     def validate_payload(self, value):
         _check_json_value(value)
@@ -305,6 +351,18 @@ class JobUpdateSerializer(serializers.Serializer):
     def validate_payload(self, value):
         _check_json_value(value)
         return value
+
+
+class RollbackSerializer(serializers.Serializer):
+    """Optional overrides of the rollback job's rollout (by default the original's)."""
+
+    max_in_flight_per_site = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="At most this many devices per site at once (default: the original job's; null: no limit).",
+    )
+    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=10000)
 
 
 class PauseSerializer(serializers.Serializer):
@@ -390,6 +448,13 @@ class DeliverySerializer(serializers.ModelSerializer):
             "completed_at",
             "failed_at",
             "deadline",
+            "next_attempt_at",
+            "defer_count",
+            "deferred_seconds",
+            "defer_reason",
+            "forced",
+            "payload",
+            "previous_config",
         ]
         read_only_fields = fields
 
@@ -403,10 +468,16 @@ class CommandSerializer(serializers.Serializer):
     delivery_id = serializers.IntegerField(source="pk")
     job_id = serializers.IntegerField()
     action = serializers.CharField(source="job.action")
-    payload = serializers.JSONField(source="job.payload")
+    payload = serializers.SerializerMethodField(help_text="The work: the job's, or this device's own.")
     priority = serializers.CharField(source="job.priority")
     status = serializers.CharField()
     deadline = serializers.DateTimeField(allow_null=True)
+    force = serializers.BooleanField(
+        source="forced", help_text="Offered again after the deferral limit: do it now, do not defer."
+    )
+
+    def get_payload(self, delivery) -> dict:
+        return delivery.job.payload if delivery.payload is None else delivery.payload
 
 
 class CommandListSerializer(serializers.Serializer):
@@ -420,11 +491,44 @@ class DeliveryStateSerializer(serializers.Serializer):
     status = serializers.CharField()
 
 
+class DeferredStateSerializer(DeliveryStateSerializer):
+    """Where a delivery stands after the device's deferral: `pending` with the time it is
+    offered again, or what the job's policy decided once the deferrals ran out (`forced`:
+    offered again now, do it; `cancelled`: skipped; `failed`)."""
+
+    next_attempt_at = serializers.DateTimeField(allow_null=True, help_text="When the work is offered again.")
+    defer_count = serializers.IntegerField(help_text="Deferrals granted so far.")
+    deferred_seconds = serializers.IntegerField(help_text="Delay granted so far, in total.")
+    forced = serializers.BooleanField()
+
+
 class ResultSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[DeliveryStatus.COMPLETED, DeliveryStatus.FAILED])
     details = serializers.JSONField(required=False, default=None, help_text="Anything the device wants kept.")
     error = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
+    previous_config = serializers.DictField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="What the device had before the change, for the settings the job touched "
+        '(e.g. {"gateway_url": "https://old.example"}; null for a setting it did not have). '
+        "Kept for a rollback; without it HOMEPOT uses its own record of the device's configuration.",
+    )
 
     def validate_details(self, value):
         _check_json_value(value)
         return value
+
+    def validate_previous_config(self, value):
+        if value is not None:
+            _check_json_value(value)
+        return value
+
+
+class DeferSerializer(serializers.Serializer):
+    """A device's "not now" (e.g. a sale in progress)."""
+
+    delay_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_DELAY_SECONDS, help_text="How long to wait before offering it again."
+    )
+    reason = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_REASON)

@@ -26,6 +26,7 @@ from jobs_app.api.serializers import (
     PauseSerializer,
     PreviewRequestSerializer,
     PreviewSerializer,
+    RollbackSerializer,
     SavedSegmentSerializer,
 )
 from jobs_app.choices import DeliveryStatus
@@ -177,6 +178,25 @@ class JobViewSet(ServiceModelViewSet):
     @audited_atomic()
     def approve_wave(self, request, pk=None):
         return self._answer(services.job_wave_approve(actor=request.user, job=self.get_object()))
+
+    @extend_schema(
+        summary="Roll a job back: restore each device that took the change to its previous configuration",
+        description="Creates and starts a rollback job (linked both ways: `rollback_of` on it, "
+        "`rolled_back_by` on this job) for the devices whose delivery completed, each sent "
+        "what it had before. Rolled out like the original (per-site cap, batch size, deadline) "
+        "unless overridden here. 409 while the job is still running, when it was already rolled "
+        "back, or when no device has a previous configuration to restore.",
+        request=RollbackSerializer,
+        responses={201: JobDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    @audited_atomic()
+    def rollback(self, request, pk=None):
+        job = self.get_object()
+        serializer = RollbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rollback = services.job_rollback(actor=request.user, job=job, **serializer.validated_data)
+        return self._answer(rollback, status.HTTP_201_CREATED)
 
     @extend_schema(
         summary="Deliveries of a job",

@@ -33,6 +33,9 @@ class Outgoing:
     payload: dict
     priority: str
     deadline: str | None = None
+    # Offered again after the job's deferral limit: the device must not defer it again
+    # (a deferral would be ignored).
+    force: bool = False
 
     def message(self) -> dict:
         return {
@@ -43,6 +46,7 @@ class Outgoing:
             "payload": self.payload,
             "priority": self.priority,
             "deadline": self.deadline,
+            "force": self.force,
         }
 
     def cancel_message(self) -> dict:

@@ -13,6 +13,8 @@
 - `rollout`: the rollout policy's rules the dispatcher consults (waves);
 - `windows`: jobs that keep to the sites' maintenance windows (the claim filter, when to
   look again, which sites wait);
+- `deferral`: a device's "not now" and the job's deferral policy that bounds it;
+- `rollback`: undoing a job on the devices that took it (previous configuration);
 - `enqueue`: the one seam to the dispatcher's Celery task (services never import
   jobs_app.tasks or jobs_app.dispatch: those stand above and call down);
 - `common`: what the others share.
@@ -32,6 +34,7 @@ from jobs_app.services.deliveries import (
     deliveries_time_out,
     delivery_acknowledge,
     delivery_cancel,
+    delivery_defer,
     delivery_report,
     in_flight_by_site,
 )
@@ -49,6 +52,7 @@ from jobs_app.services.jobs import (
 )
 from jobs_app.services.preview import ESTIMATE_SAMPLE_JOBS, PREVIEW_SITES_LIMIT, job_preview
 from jobs_app.services.progress import job_check_failure_threshold, job_progress, job_rollup
+from jobs_app.services.rollback import job_rollback
 from jobs_app.services.rollout import job_wave_approve, job_waves, wave_advance
 from jobs_app.services.segments import SEGMENT_AUDITED_FIELDS, segment_create, segment_delete, segment_update
 from jobs_app.services.targets import SEGMENT_KEYS, clean_segment, job_target_query, target_devices_query
@@ -80,6 +84,7 @@ __all__ = (
     "deliveries_time_out",
     "delivery_acknowledge",
     "delivery_cancel",
+    "delivery_defer",
     "delivery_report",
     "dispatch_request",
     "dispatch_ticket_release",
@@ -94,6 +99,7 @@ __all__ = (
     "job_progress",
     "job_resume",
     "job_retry",
+    "job_rollback",
     "job_rollup",
     "job_target_query",
     "job_update",

@@ -26,6 +26,10 @@ AUDITED_FIELDS = (
     "rollout_waves",
     "wave_gate_percent",
     "wave_approval",
+    "max_deferrals",
+    "max_deferral_seconds",
+    "deferral_exhausted",
+    "rollback_on_failure",
 )
 
 
@@ -52,3 +56,12 @@ def refuse_finished(job: Job, verb: str) -> None:
     raise Conflict(
         f"Job #{job.pk} is {job.get_status_display().lower()}: it cannot be {verb}.", code="job_not_active"
     )
+
+
+def refuse_rolled_back(job: Job, verb: str) -> None:
+    """A job whose change a rollback job undoes must not send that change again."""
+    undone = Job.objects.filter(rollback_of=job.pk).values_list("pk", flat=True).first()
+    if undone:
+        raise Conflict(
+            f"Job #{job.pk} was rolled back by job #{undone}: it cannot be {verb}.", code="job_rolled_back"
+        )

@@ -127,17 +127,50 @@ def delivery_acknowledge(*, device: Device, delivery_id) -> Delivery:
     return delivery
 
 
-def delivery_report(*, device: Device, delivery_id, outcome: str, details=None, error: str = "") -> Delivery:
+def delivery_report(
+    *, device: Device, delivery_id, outcome: str, details=None, error: str = "", previous_config=None
+) -> Delivery:
     """The device's outcome: `completed`, or `failed` with an error. Accepted from pending,
     sent, acknowledged (an ack may be lost) and timed_out (a late answer is still the
-    truth); a repeat or a report on a finished delivery changes nothing. The transition is
-    the one the MQTT bridge applies in bulk (jobs_app.services.answers)."""
+    truth); a repeat or a report on a finished delivery changes nothing. With `completed`,
+    `previous_config` (what the device had before, for the settings the job touched) is
+    recorded for a rollback. The transition is the one the MQTT bridge applies in bulk
+    (jobs_app.services.answers)."""
 
     if outcome not in (DeliveryStatus.COMPLETED, DeliveryStatus.FAILED):
         raise ValidationError({"status": "Report completed or failed."})
     delivery = _device_delivery(device, delivery_id)
     answers.deliveries_apply_events(
-        [answers.DeviceEvent(device.device_id, delivery.pk, answers.RESULT, outcome, details, error)]
+        [
+            answers.DeviceEvent(
+                device.device_id,
+                delivery.pk,
+                answers.RESULT,
+                outcome,
+                details,
+                error,
+                previous_config=previous_config,
+            )
+        ]
+    )
+    delivery.refresh_from_db()
+    return delivery
+
+
+def delivery_defer(*, device: Device, delivery_id, delay_seconds: int, reason: str = "") -> Delivery:
+    """The device says "not now" (a sale in progress): within the job's deferral policy the
+    delivery goes back to pending until the delay granted ends, past it the policy decides
+    (forced, skipped, failed); see jobs_app.services.deferral. Only a sent or acknowledged
+    delivery moves; a repeat on a pending or finished one, or a deferral of forced work,
+    changes nothing. Unknown or foreign delivery: Http404. Audited (deliveries.deferred).
+    The transition is the one the MQTT bridge applies in bulk."""
+    delivery = _device_delivery(device, delivery_id)
+    answers.deliveries_apply_events(
+        [
+            answers.DeviceEvent(
+                device.device_id, delivery.pk, answers.DEFER, delay_seconds=delay_seconds, reason=reason
+            )
+        ]
     )
     delivery.refresh_from_db()
     return delivery

@@ -20,7 +20,13 @@ from jobs_app.choices import (
 )
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.payloads import clean_payload
-from jobs_app.services.common import AUDITED_FIELDS, job_snapshot, locked_job, refuse_finished
+from jobs_app.services.common import (
+    AUDITED_FIELDS,
+    job_snapshot,
+    locked_job,
+    refuse_finished,
+    refuse_rolled_back,
+)
 from jobs_app.services.deliveries import deliveries_cancel_open, notify_cancelled
 from jobs_app.services.enqueue import enqueue_dispatch
 from jobs_app.services.rollout import ROLLOUT_FIELDS, clean_rollout
@@ -204,12 +210,14 @@ def job_pause(*, actor, job: Job, reason: str = "") -> Job:
 @audited_atomic()
 def job_resume(*, actor, job: Job) -> Job:
     """Carry on with a paused job (the dispatcher restarts). Audited as job.resumed.
-    Resuming a job that is running is a no-op; a finished job raises Conflict."""
+    Resuming a job that is running is a no-op; a finished job, or one rolled back (its
+    change is being undone), raises Conflict."""
     job = locked_job(actor, job)
     if job.status in JOB_RUNNING_STATUSES or job.status == JobStatus.SCHEDULED:
         return job
     if job.status != JobStatus.PAUSED:
         refuse_finished(job, "resumed")
+    refuse_rolled_back(job, "resumed")
     # A job paused before its time goes back to waiting for it.
     waiting = job.scheduled_at is not None and job.scheduled_at > timezone.now() and not job.materialised_at
     job.status = JobStatus.SCHEDULED if waiting else JobStatus.QUEUED
@@ -232,10 +240,12 @@ def job_resume(*, actor, job: Job) -> Job:
 def job_retry(*, actor, job: Job) -> int:
     """Send the failed and timed-out deliveries again (they become pending, with a fresh
     deadline). A failed job runs again; a paused one stays paused until resumed. Audited as
-    job.retried. Conflict when there is nothing to retry or the job was cancelled."""
+    job.retried. Conflict when there is nothing to retry, the job was cancelled or rolled
+    back."""
     job = locked_job(actor, job)
     if job.status == JobStatus.CANCELLED:
         refuse_finished(job, "retried")
+    refuse_rolled_back(job, "retried")
     now = timezone.now()
     retried = Delivery.objects.filter(job=job, status__in=DELIVERY_FAILED).update(
         status=DeliveryStatus.PENDING,
@@ -245,6 +255,11 @@ def job_retry(*, actor, job: Job) -> int:
         attempts=0,
         next_attempt_at=None,
         deadline=(now + job.ttl) if job.ttl else None,
+        # A fresh start: the device may defer it again, within the job's policy.
+        defer_count=0,
+        deferred_seconds=0,
+        defer_reason="",
+        forced=False,
     )
     if not retried:
         raise Conflict(
@@ -277,6 +292,12 @@ def job_clone(*, actor, job: Job) -> Job:
     extra_sites = list(source.extra_sites.all())
     devices = list(source.target_devices.all())
     check_targets(actor, source.site, extra_sites, devices)
+    if source.rollback_of_id:
+        raise Conflict(
+            f"Job #{source.pk} is a rollback: its work is each device's own previous settings, "
+            "which a clone cannot repeat.",
+            code="rollback_not_clonable",
+        )
     copy = Job(
         site=source.site,
         action=source.action,
@@ -291,6 +312,10 @@ def job_clone(*, actor, job: Job) -> Job:
         within_maintenance_windows=source.within_maintenance_windows,
         max_in_flight=source.max_in_flight,
         **{name: getattr(source, name) for name in ROLLOUT_FIELDS},
+        max_deferrals=source.max_deferrals,
+        max_deferral_seconds=source.max_deferral_seconds,
+        deferral_exhausted=source.deferral_exhausted,
+        rollback_on_failure=source.rollback_on_failure,
         cloned_from=source,
         created_by=actor,
         status=JobStatus.QUEUED,

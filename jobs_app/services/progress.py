@@ -1,7 +1,7 @@
 """How far a job has got: its progress numbers, the rollup of its deliveries into the
 job's status, and the failure threshold that pauses it."""
 
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -14,13 +14,15 @@ from jobs_app.choices import (
 )
 from jobs_app.models import Delivery, Job
 from jobs_app.services.common import setting
+from jobs_app.services.rollback import job_rollback_on_failure
 from jobs_app.services.rollout import wave_nudge
 from monitoring_app.choices import AuditEvent
 from monitoring_app.services import audit_record, audited_atomic
 
 
 def job_progress(job: Job) -> dict:
-    """Counts per delivery status, percent finished, rate and time to finish.
+    """Counts per delivery status, percent finished, rate and time to finish, and how many
+    pending deliveries wait out a device's deferral (with the earliest next offer).
 
     One GROUP BY over the (job, status, id) index, an index-only scan: a few milliseconds
     at 100,000 deliveries, with no counter row for every device report to fight over.
@@ -35,6 +37,14 @@ def job_progress(job: Job) -> dict:
     )
     total = sum(counts.values())
     finished = total - sum(counts[s] for s in DELIVERY_UNFINISHED)
+    deferred = {"n": 0, "next": None}
+    if counts[DeliveryStatus.PENDING]:
+        # Pending work a device deferred and whose delay has not ended: a range of the
+        # (job, status, id) index, only when something is pending.
+        waiting = Delivery.objects.filter(job_id=job.pk, status=DeliveryStatus.PENDING, defer_count__gt=0)
+        deferred = waiting.filter(next_attempt_at__gt=timezone.now()).aggregate(
+            n=Count("id"), next=Min("next_attempt_at")
+        )
     rate = eta = None
     if job.started_at and finished:
         end = job.completed_at or timezone.now()
@@ -47,6 +57,8 @@ def job_progress(job: Job) -> dict:
         "percent": round(100 * finished / total, 1) if total else 0.0,
         "rate_per_second": rate,
         "eta_seconds": eta,
+        "deferred": deferred["n"],
+        "next_offer_at": deferred["next"],
     }
 
 
@@ -119,7 +131,9 @@ def _job_finish(job_id: int) -> str | None:
 def job_check_failure_threshold(job_id: int) -> bool:
     """Pause a running job whose failures exceed its threshold (percent of the answers so
     far, once HOMEPOT_JOBS_FAILURE_MIN_SAMPLE answers are in), recording why. Audited once
-    as job.paused. Returns True when this call paused it."""
+    as job.paused. A job with `rollback_on_failure` is then rolled back in the same
+    transaction (services/rollback.py: a rollback job for the devices that took the change,
+    started after commit). Returns True when this call paused it."""
     job = Job.objects.filter(pk=job_id).values("status", "failure_threshold_percent").first()
     if not job or job["failure_threshold_percent"] is None or job["status"] not in JOB_RUNNING_STATUSES:
         return False
@@ -148,4 +162,5 @@ def job_check_failure_threshold(job_id: int) -> bool:
                 description=f"Job #{job_id} paused: {reason}",
                 new_values={"status": JobStatus.PAUSED, "status_reason": reason},
             )
+            job_rollback_on_failure(job_id)
     return bool(paused)

@@ -22,6 +22,13 @@ credentials are only needed with broker logins on (HOMEPOT_MQTT_AUTH): each term
 in as itself, one connection each; with them off, terminals share connections
 (--per-connection).
 
+Busy tills: with --defer-prob P a terminal answers a delivery it is offered with "defer"
+(reason "sale in progress", --defer-seconds) at probability P instead of taking it, unless
+the offer says `force` (the job's deferral limit is reached). Each terminal keeps its own
+configuration (starting from the device's `config`), applies a config job's settings to
+it (a null setting removes it) and reports what it had before as `previous_config` with
+its outcome, so a rollback restores what the till really had.
+
 It never creates or retries jobs: it answers the deliveries it is given, once each (a
 restart finds finished ones gone from its mailbox). It logs one summary line a minute, and
 the demo story's turns, never a line per request.
@@ -151,6 +158,7 @@ class Terminal(threading.Thread):
         self.site_id = device.site.site_id
         self.device_type, self.status = device.device_type, device.status
         self.version = device.firmware_version
+        self.config = TillConfig(device)
         self.polls = device.push_channel == "poll"
         self.rng = random.Random(device.device_id)  # noqa: S311 - simulation, not security
         self.lock = options["stats_lock"]
@@ -222,6 +230,10 @@ class Terminal(threading.Thread):
     def handle(self, command):
         delivery = command["delivery_id"]
         if command["status"] == "sent":
+            if busy(self.rng, self.options, command):
+                self.call("POST", f"/api/v1/agent/deliveries/{delivery}/defer", defer_body(self.options))
+                self.count("deferred")
+                return
             if self.call("POST", f"/api/v1/agent/deliveries/{delivery}/ack")["status"] == "cancelled":
                 return
             self.count("acknowledged")
@@ -231,12 +243,51 @@ class Terminal(threading.Thread):
             body = {"status": "failed", "error": "simulated failure", "details": {"simulated": True}}
             self.count("failed")
         else:
-            body = {"status": "completed", "details": {"applied": command["action"]}}
+            previous = self.config.apply(command["action"], command.get("payload") or {})
+            self.version = self.config.version  # reported with the next health report
+            body = {
+                "status": "completed",
+                "details": {"applied": command["action"]},
+                "previous_config": previous,
+            }
             self.count("completed")
-            version = (command.get("payload") or {}).get("version")
-            if command["action"] == "software_update" and isinstance(version, str):
-                self.version = version  # reported with the next health report
         self.call("POST", f"/api/v1/agent/deliveries/{delivery}/result", body)
+
+
+class TillConfig:
+    """A terminal's own settings (from the device's `config`) and software version: applies a
+    job's work and says what it replaced (`previous_config`), for config jobs and software
+    updates; None for work that changes no setting."""
+
+    CONFIG_ACTIONS = ("update_config", "update_pos_payment_config")
+
+    def __init__(self, device):
+        self.settings = dict(device.config or {})
+        self.version = device.firmware_version
+
+    def apply(self, action: str, payload: dict) -> dict | None:
+        if action in self.CONFIG_ACTIONS:
+            previous = {key: self.settings.get(key) for key in payload}
+            for key, value in payload.items():
+                if value is None:
+                    self.settings.pop(key, None)
+                else:
+                    self.settings[key] = value
+            return previous
+        if action == "software_update" and isinstance(payload.get("version"), str):
+            previous = {"version": self.version or None}
+            self.version = payload["version"]
+            return previous
+        return None
+
+
+def busy(rng: random.Random, options: dict, command: dict) -> bool:
+    """A sale in progress: defer this offer (never one the server forces)."""
+    return not command.get("force") and rng.random() < options["defer_prob"]
+
+
+def defer_body(options: dict) -> dict:
+    return {"delay_seconds": options["defer_seconds"], "reason": "sale in progress"}
 
 
 MAX_CONNECTIONS = 200
@@ -247,14 +298,17 @@ class MqttFleet:
     has its own; sharing keeps thousands of them in one process). Each acknowledges a
     command at once and reports its outcome --work-seconds later, from one scheduler thread."""
 
-    def __init__(self, device_ids, options, stats, secrets=None):
+    def __init__(self, devices, options, stats, secrets=None):
         """`secrets` (device_id -> credential), when the broker wants logins: each terminal
         then connects as itself (client id and username its device_id), one connection each."""
         from jobs_app.channels.mqtt import connect
 
         self.options, self.stats, self.rng = options, stats, random.Random(0)  # noqa: S311
+        self.configs = {d.device_id: TillConfig(d) for d in devices}
+        self.work: dict = {}  # delivery -> (action, payload), until reported
+        device_ids = [d.device_id for d in devices]
         self.cancelled: set = set()  # deliveries the server told us to drop
-        self.due: list = []  # heap of (when, sequence, client, device_id, delivery)
+        self.due: list = []  # heap of (when, sequence, client, device_id, delivery, failing)
         self.sequence = itertools.count()
         self.wake = threading.Condition()
         self.stopping = False
@@ -297,8 +351,14 @@ class MqttFleet:
             self.stats["cancelled"] += 1
             return
         events = f"homepot/devices/{device_id}/events"
+        if busy(self.rng, self.options, command):
+            deferral = {"delivery_id": delivery, "event": "defer", **defer_body(self.options)}
+            client.publish(events, json.dumps(deferral), qos=1)
+            self.stats["deferred"] += 1
+            return
         client.publish(events, json.dumps({"delivery_id": delivery, "event": "ack"}), qos=1)
         self.stats["acknowledged"] += 1
+        self.work[delivery] = (command.get("action"), command.get("payload") or {})
         when = time.monotonic() + self.options["work_seconds"] * self.rng.uniform(0.5, 1.5)
         failing = self.options["fail_share"].fails(command.get("job_id"))
         with self.wake:
@@ -313,6 +373,7 @@ class MqttFleet:
                 if self.stopping:
                     return
                 _when, _seq, client, device_id, delivery, failing = heapq.heappop(self.due)
+            action, payload = self.work.pop(delivery, (None, {}))
             if delivery in self.cancelled:
                 continue
             failed = failing or self.rng.random() < self.options["failure_rate"]
@@ -323,6 +384,8 @@ class MqttFleet:
             }
             if failed:
                 result["error"] = "simulated failure"
+            else:
+                result["previous_config"] = self.configs[device_id].apply(action, payload)
             client.publish(f"homepot/devices/{device_id}/events", json.dumps(result), qos=1)
             self.stats["failed" if failed else "completed"] += 1
 
@@ -376,6 +439,15 @@ class Command(BaseCommand):
             "10 with 0.3): a bad change, to show waves stopping it after the canary.",
         )
         parser.add_argument(
+            "--defer-prob",
+            type=float,
+            default=0.0,
+            help='0..1: chance a till is busy and answers an offer with "defer" (sale in progress).',
+        )
+        parser.add_argument(
+            "--defer-seconds", type=int, default=5, help="The delay a busy till asks for (seconds)."
+        )
+        parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (0: never)."
         )
         parser.add_argument(
@@ -399,6 +471,10 @@ class Command(BaseCommand):
         if not 0 <= options["fail_share"] <= 1:
             raise CommandError("--fail-share is a share between 0 and 1.")
         options["fail_share"] = FailShare(options["fail_share"])
+        if not 0 <= options["defer_prob"] <= 1:
+            raise CommandError("--defer-prob is a probability between 0 and 1.")
+        if options["defer_seconds"] < 1:
+            raise CommandError("--defer-seconds is at least 1.")
         for name, demo_default in (("heartbeat_interval", 30.0), ("health_interval", 300.0)):
             if options[name] is None:
                 options[name] = demo_default if options["demo"] else 0.0
@@ -422,7 +498,7 @@ class Command(BaseCommand):
             )
         if not devices:
             raise CommandError(f"No {options['channel']} devices to simulate.")
-        stats = Counter(acknowledged=0, completed=0, failed=0, cancelled=0, errors=0)
+        stats = Counter(acknowledged=0, deferred=0, completed=0, failed=0, cancelled=0, errors=0)
         stop = threading.Event()
         if options["channel"] == "mqtt":
             secrets = None
@@ -434,7 +510,7 @@ class Command(BaseCommand):
                         f"at most {MAX_CONNECTIONS} per simulator (run several)."
                     )
                 secrets, _issued = credentials_for(devices, store)
-            fleet = MqttFleet([d.device_id for d in devices], options, stats, secrets)
+            fleet = MqttFleet(devices, options, stats, secrets)
             self.stdout.write(f"Simulating {len(devices)} MQTT terminals")
             self._run_for(options["duration"], stats, options)
             fleet.close()
