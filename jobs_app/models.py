@@ -86,6 +86,7 @@ class Job(models.Model):
     within_maintenance_windows = models.BooleanField(
         "only inside maintenance windows",
         default=False,
+        db_default=False,  # rows written by raw SQL (the legacy import) keep to no windows
         help_text="Reach each site's devices only while the site's maintenance window is open (its "
         "trading hours are over) and never on its blackout dates. Default: the action's "
         "(HOMEPOT_JOBS_WINDOW_ACTIONS).",

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='job',
             name='within_maintenance_windows',
-            field=models.BooleanField(default=False, help_text="Reach each site's devices only while the site's maintenance window is open (its trading hours are over) and never on its blackout dates. Default: the action's (HOMEPOT_JOBS_WINDOW_ACTIONS).", verbose_name='only inside maintenance windows'),
+            field=models.BooleanField(db_default=False, default=False, help_text="Reach each site's devices only while the site's maintenance window is open (its trading hours are over) and never on its blackout dates. Default: the action's (HOMEPOT_JOBS_WINDOW_ACTIONS).", verbose_name='only inside maintenance windows'),
         ),
     ]
