@@ -3,7 +3,8 @@
 
 Drops and creates a scratch database (default `homepot_csv_bench`), migrates it, adds 2,000
 sites, then times, as an admin would run them through the service the API and admin call:
-  1. the preview (dry run) of a 100,000-device file,
+  1. the preview (dry run) of a 100,000-device file (with --memory, again under tracemalloc: the
+     most Python memory it held at any moment),
   2. its apply (100,000 creates: COPY into a temp table + one upsert, one audit row),
   3. the apply of the same file with 10 % of the rows changed (10,000 updates, 90,000 skips),
   4. the export of the 100,000 devices through the streamed CSV (keyset batches), with the
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--sites", type=int, default=2_000)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--memory", action="store_true", help="Also measure the preview's peak memory (tracemalloc; slower)."
+    )
     args = parser.parse_args()
 
     server = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
@@ -87,6 +91,18 @@ def main() -> None:
     started = time.monotonic()
     preview = devices_import(actor=None, data=first, dry_run=True)
     print(f"preview (dry run): {time.monotonic() - started:.1f} s  create={preview.create:,}")
+    if args.memory:
+        import tracemalloc
+
+        # The upload as the API and the admin hand it over (bytes), under tracemalloc: the most
+        # Python memory the import held at any moment beyond the upload itself.
+        upload = first.encode()
+        tracemalloc.start()
+        devices_import(actor=None, data=upload, dry_run=True)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"preview (dry run): peak Python allocation {peak / 1e6:.1f} MB beyond the upload")
+        del upload
 
     started = time.monotonic()
     applied = devices_import(actor=None, data=first, dry_run=False)

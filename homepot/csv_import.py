@@ -107,10 +107,11 @@ def _xlsx_text(value) -> str:
     return str(value)
 
 
-def _read_xlsx(data: bytes) -> tuple[list[str], list[dict]]:
+def _read_xlsx(data: bytes) -> tuple[list[str], Iterator[dict]]:
     """Rows of the first sheet as dicts keyed by the header row, like csv.DictReader: cells past
     the header under None (an error for the importer), empty rows dropped (a sheet often ends
-    with some). Read-only mode: openpyxl reads the sheet's XML as it goes, not into a tree."""
+    with some). Read-only mode: openpyxl reads the sheet's XML as the rows are consumed, not
+    into a tree, and the rows are read as the preview asks for them."""
     import zipfile
 
     from openpyxl import load_workbook
@@ -120,13 +121,15 @@ def _read_xlsx(data: bytes) -> tuple[list[str], list[dict]]:
         workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError):
         raise ValidationError({"file": "The file is not a readable .xlsx workbook."}) from None
+    cells = workbook.worksheets[0].iter_rows(values_only=True) if workbook.worksheets else iter(())
+    header = [_xlsx_text(value).strip() for value in next(cells, ())]
+    while header and not header[-1]:
+        header.pop()
+    return header, _xlsx_rows(workbook, cells, header)
+
+
+def _xlsx_rows(workbook, cells, header: list[str]) -> Iterator[dict]:
     try:
-        cells = workbook.worksheets[0].iter_rows(values_only=True) if workbook.worksheets else iter(())
-        first = next(cells, ())
-        header = [_xlsx_text(value).strip() for value in first]
-        while header and not header[-1]:
-            header.pop()
-        rows = []
         for values in cells:
             texts = [_xlsx_text(value) for value in values]
             if not any(text.strip() for text in texts):
@@ -135,10 +138,9 @@ def _read_xlsx(data: bytes) -> tuple[list[str], list[dict]]:
             extra = [text for text in texts[len(header) :] if text.strip()]
             if extra:
                 row[None] = extra
-            rows.append(row)
+            yield row
     finally:
         workbook.close()
-    return header, rows
 
 
 def _check_header(
