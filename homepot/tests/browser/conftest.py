@@ -121,6 +121,8 @@ def terminals(live_server):
         "work_seconds": 0.1,
         "failure_rate": 0.0,
         "fail_share": FailShare(0.0),
+        "defer_prob": 0.0,
+        "defer_seconds": 5,
         # Heartbeats and health reports every few seconds, as the demo's terminals send them.
         "heartbeat_interval": 5.0,
         "health_interval": 10.0,
