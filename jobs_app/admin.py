@@ -34,7 +34,7 @@ from homepot.admin import (
     status_badge,
 )
 from jobs_app import services
-from jobs_app.admin_forms import SETTINGS_FIELD, JobAddForm, payload_field_name
+from jobs_app.admin_forms import POLICY_FIELDS, SETTINGS_FIELD, JobAddForm, payload_field_name
 from jobs_app.admin_links import deferral_text
 from jobs_app.choices import (
     DELIVERY_FAILED,
@@ -61,51 +61,16 @@ PROGRESS_REFRESH_SECONDS = 3
 # Pre-filled on a new job's form (under "Advanced"): pause the rollout when more than this
 # share of the answers are failures, so a bad setting stops at the first stores.
 DEFAULT_FAILURE_THRESHOLD_PERCENT = 20
-# Targets and rollout policy are fixed once the job exists (clone it to change them).
 # How many sites waiting for their maintenance window the job page lists.
 WAITING_SITES_LIMIT = 20
-
+# Targets and rollout policy are fixed once the job exists (clone it to change them).
 _FIXED_AFTER_CREATE = (
-    "within_maintenance_windows",
     "site",
     "extra_sites_shown",
     "saved_segment",
     "segment_shown",
     "target_devices_shown",
-    "scheduled_at",
-    "ttl",
-    "batch_size",
-    "max_in_flight_per_site",
-    "failure_threshold_percent",
-    "max_in_flight",
-    "rollout_canary",
-    "rollout_waves",
-    "wave_gate_percent",
-    "wave_soak",
-    "wave_approval",
-    "max_deferrals",
-    "max_deferral_seconds",
-    "deferral_exhausted",
-    "rollback_on_failure",
-)
-# The rollout policy's fields, on the new job's form (under "Advanced") and the job's page.
-_POLICY_FIELDS = (
-    "within_maintenance_windows",
-    "scheduled_at",
-    "ttl",
-    "batch_size",
-    "max_in_flight_per_site",
-    "failure_threshold_percent",
-    "max_in_flight",
-    "rollout_canary",
-    "rollout_waves",
-    "wave_gate_percent",
-    "wave_soak",
-    "wave_approval",
-    "max_deferrals",
-    "max_deferral_seconds",
-    "deferral_exhausted",
-    "rollback_on_failure",
+    *POLICY_FIELDS,
 )
 # The job page's controls: verb → (service, button label, needed permission, statuses offered in).
 CONTROLS = {
@@ -259,7 +224,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
             (
                 "Rollout",
                 {
-                    "fields": (*_POLICY_FIELDS, "rollback_links"),
+                    "fields": (*POLICY_FIELDS, "rollback_links"),
                     "classes": ("collapse",),
                 },
             ),
@@ -317,7 +282,7 @@ class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
                 },
             )
         )
-        advanced = list(_POLICY_FIELDS)
+        advanced = list(POLICY_FIELDS)
         if request.user.is_superuser:
             advanced += ["payload", "segment"]
         fieldsets.append(

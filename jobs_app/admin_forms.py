@@ -17,6 +17,27 @@ from jobs_app.choices import JobAction
 from jobs_app.models import Job
 from jobs_app.payloads import SCHEMAS, PayloadField, payload_errors
 
+# The rollout policy's fields: on the new job's form (under "Advanced"), and read-only on the
+# job's page once it exists (jobs_app.admin).
+POLICY_FIELDS = (
+    "within_maintenance_windows",
+    "scheduled_at",
+    "ttl",
+    "batch_size",
+    "max_in_flight_per_site",
+    "failure_threshold_percent",
+    "max_in_flight",
+    "rollout_canary",
+    "rollout_waves",
+    "wave_gate_percent",
+    "wave_soak",
+    "wave_approval",
+    "max_deferrals",
+    "max_deferral_seconds",
+    "deferral_exhausted",
+    "rollback_on_failure",
+)
+
 # Setting lines of update_config: "name = value".
 SETTINGS_FIELD = "settings"
 
@@ -158,22 +179,7 @@ class JobAddForm(forms.ModelForm):
             "saved_segment",
             "segment",
             "target_devices",
-            "scheduled_at",
-            "ttl",
-            "batch_size",
-            "max_in_flight_per_site",
-            "failure_threshold_percent",
-            "within_maintenance_windows",
-            "max_in_flight",
-            "rollout_canary",
-            "rollout_waves",
-            "wave_gate_percent",
-            "wave_soak",
-            "wave_approval",
-            "max_deferrals",
-            "max_deferral_seconds",
-            "deferral_exhausted",
-            "rollback_on_failure",
+            *POLICY_FIELDS,
         )
 
     def _raw(self, name) -> object | None:
