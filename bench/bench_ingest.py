@@ -139,8 +139,9 @@ def _request(path: str, secret: str | None, body: dict | None) -> bytes:
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
 
 
-async def _drive(port, connections, duration, make_request, server_pids=()) -> dict:
-    """`server_pids`: the processes whose CPU counts as the server's (app_cpu_ms_per_request)."""
+async def _drive(port, connections, duration, make_request, server_pids=(), postgres_pids=()) -> dict:
+    """`server_pids` and `postgres_pids`: the processes whose CPU counts as the server's
+    (app_cpu_ms_per_request), the latter also reported alone."""
     latencies, statuses, counter = [], {}, [0]
     deadline = time.perf_counter() + duration
 
@@ -154,7 +155,7 @@ async def _drive(port, connections, duration, make_request, server_pids=()) -> d
             latencies.append(latency)
             statuses[status] = statuses.get(status, 0) + 1
 
-    pids = list(server_pids)
+    pids = [*server_pids, *postgres_pids]
     busy_before, own_before = _machine_busy_seconds(), _own_cpu_seconds()
     processes_before = _processes_cpu_seconds(pids)
     start = time.perf_counter()
@@ -165,6 +166,9 @@ async def _drive(port, connections, duration, make_request, server_pids=()) -> d
     # CPU of this server's own processes (gunicorn workers, this database's backends) per
     # request: unlike the machine's, not inflated by whatever else runs on the machine.
     app_cpu = sum(processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu)
+    postgres_cpu = sum(
+        processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu if pid in postgres_pids
+    )
     ok = sorted(latency for latency in latencies if latency)
     errors = sum(count for status, count in statuses.items() if not 200 <= status < 300)
     return {
@@ -181,6 +185,7 @@ async def _drive(port, connections, duration, make_request, server_pids=()) -> d
         if server_cpu
         else None,
         "app_cpu_ms_per_request": round(app_cpu * 1000 / max(len(latencies), 1), 3),
+        "postgres_cpu_ms_per_request": round(postgres_cpu * 1000 / max(len(latencies), 1), 3),
     }
 
 
@@ -342,9 +347,9 @@ def main() -> None:
                 for connections_count in args.connections:
                     # A short warm-up: every worker imports, connects and fills what it keeps.
                     asyncio.run(_drive(args.port, connections_count, 1.0, make_request))
-                    pids = _worker_pids(server) + _postgres_backend_pids()
+                    pids, backends = _worker_pids(server), _postgres_backend_pids()
                     outcome = asyncio.run(
-                        _drive(args.port, connections_count, args.duration, make_request, pids)
+                        _drive(args.port, connections_count, args.duration, make_request, pids, backends)
                     )
                     if name.startswith("health_batch"):
                         outcome["reports_per_s"] = round(outcome["rps"] * args.batch, 1)
