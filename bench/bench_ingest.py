@@ -15,13 +15,16 @@ What it does:
      hello; a heartbeat at first contact (device offline, credential never used: the row
      and the credential are written), and with HOMEPOT_MONITORING_TOUCH_SECONDS=0; a
      heartbeat in the steady state (device online, last seen 60 s ago, credential used a
-     minute ago: the fleet's normal minute), buffered in Redis (the default) and unbuffered
+     minute ago: the fleet's normal minute), buffered in Redis (the default), without the
+     credential cache (HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS=0) and unbuffered
      (HOMEPOT_MONITORING_BUFFER_HEARTBEATS=false: each writes the device row);
      a health report (one HealthCheck INSERT + the conditional UPDATE);
      a batch of `--batch` reports from one device (reports per second).
 
 The client runs on the same machine and takes CPU from the server; on a 2-CPU machine the
-numbers are a floor. Compare the ratio to "hello" rather than the absolute figures.
+numbers are a floor. Compare the ratio to "hello" rather than the absolute figures, and
+`app_cpu_ms_per_request` (CPU of the gunicorn processes and of the database's backends, per
+request; Redis not included), which other load on the machine does not inflate.
 """
 
 import argparse
@@ -136,7 +139,9 @@ def _request(path: str, secret: str | None, body: dict | None) -> bytes:
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
 
 
-async def _drive(port, connections, duration, make_request) -> dict:
+async def _drive(port, connections, duration, make_request, server_pids=(), postgres_pids=()) -> dict:
+    """`server_pids` and `postgres_pids`: the processes whose CPU counts as the server's
+    (app_cpu_ms_per_request), the latter also reported alone."""
     latencies, statuses, counter = [], {}, [0]
     deadline = time.perf_counter() + duration
 
@@ -150,11 +155,20 @@ async def _drive(port, connections, duration, make_request) -> dict:
             latencies.append(latency)
             statuses[status] = statuses.get(status, 0) + 1
 
+    pids = [*server_pids, *postgres_pids]
     busy_before, own_before = _machine_busy_seconds(), _own_cpu_seconds()
+    processes_before = _processes_cpu_seconds(pids)
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - start
     server_cpu = (_machine_busy_seconds() - busy_before) - (_own_cpu_seconds() - own_before)
+    processes_cpu = _processes_cpu_seconds(pids)
+    # CPU of this server's own processes (gunicorn workers, this database's backends) per
+    # request: unlike the machine's, not inflated by whatever else runs on the machine.
+    app_cpu = sum(processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu)
+    postgres_cpu = sum(
+        processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu if pid in postgres_pids
+    )
     ok = sorted(latency for latency in latencies if latency)
     errors = sum(count for status, count in statuses.items() if not 200 <= status < 300)
     return {
@@ -170,7 +184,41 @@ async def _drive(port, connections, duration, make_request) -> dict:
         "capacity_rps_on_this_machine": round(len(latencies) * os.cpu_count() / server_cpu)
         if server_cpu
         else None,
+        "app_cpu_ms_per_request": round(app_cpu * 1000 / max(len(latencies), 1), 3),
+        "postgres_cpu_ms_per_request": round(postgres_cpu * 1000 / max(len(latencies), 1), 3),
     }
+
+
+def _worker_pids(server: subprocess.Popen) -> list[int]:
+    """The gunicorn master's worker processes (and the master)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return [server.pid, *map(int, children)]
+
+
+def _postgres_backend_pids() -> list[int]:
+    """The PostgreSQL backends connected to this benchmark's database (the server's
+    persistent connections, opened by the warm-up request)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [pid for (pid,) in cursor.fetchall()]
+    connection.close()
+    return pids
+
+
+def _processes_cpu_seconds(pids) -> dict[int, float]:
+    """utime + stime of each process still alive (from /proc/<pid>/stat)."""
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def _machine_busy_seconds() -> float:
@@ -257,6 +305,14 @@ def main() -> None:
         ),
         # The fleet's normal minute: online, last seen 60 s ago, credential used recently.
         ("heartbeat_steady", "homepot.wsgi", {}, steady_state, heartbeat),
+        # The same without the credential cache: every heartbeat reads its credential in SQL.
+        (
+            "heartbeat_steady_uncached",
+            "homepot.wsgi",
+            {"HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS": "0"},
+            steady_state,
+            heartbeat,
+        ),
         (
             "heartbeat_steady_unbuffered",
             "homepot.wsgi",
@@ -289,7 +345,12 @@ def main() -> None:
             server = start_gunicorn(app, args.port, args.workers, {**env, **extra_env})
             try:
                 for connections_count in args.connections:
-                    outcome = asyncio.run(_drive(args.port, connections_count, args.duration, make_request))
+                    # A short warm-up: every worker imports, connects and fills what it keeps.
+                    asyncio.run(_drive(args.port, connections_count, 1.0, make_request))
+                    pids, backends = _worker_pids(server), _postgres_backend_pids()
+                    outcome = asyncio.run(
+                        _drive(args.port, connections_count, args.duration, make_request, pids, backends)
+                    )
                     if name.startswith("health_batch"):
                         outcome["reports_per_s"] = round(outcome["rps"] * args.batch, 1)
                     results["runs"][f"{name}@{connections_count}"] = outcome

@@ -5,12 +5,12 @@ import functools
 import secrets
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.scoping import require_site_access
-from devices_app import mqtt_auth
+from devices_app import credential_cache, mqtt_auth
 from devices_app.models import Device, DeviceCredential
 from monitoring_app.choices import AuditEvent, ConnectivityReason
 from monitoring_app.models import DeviceStatusChange
@@ -185,9 +185,14 @@ def _new_credential(*, actor, device: Device) -> tuple[DeviceCredential, str]:
 
 
 def _revoke_active(device: Device) -> int:
-    return DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(
+    revoked = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    if revoked:
+        # This process refuses the old credential from the commit on; others within the
+        # cache's bound (devices_app.credential_cache).
+        transaction.on_commit(credential_cache.clear)
+    return revoked
 
 
 @functools.cache
@@ -269,12 +274,15 @@ def device_credential_authenticate(raw_key: str) -> DeviceCredential | None:
     return credential
 
 
-def _record_use(credential_pk: int, last_used_at) -> None:
+def _record_use(credential_pk: int, last_used_at):
+    """Returns the credential's last use as now recorded."""
     # Coarse on purpose: terminals call in every minute, and a write per heartbeat for this
     # bookkeeping would double the ingest's writes.
     now = timezone.now()
     if last_used_at is None or now - last_used_at > CREDENTIAL_USE_RESOLUTION:
         DeviceCredential.objects.filter(pk=credential_pk).update(last_used_at=now)
+        return now
+    return last_used_at
 
 
 # The heartbeat's lookup: the same filter as _usable_credential, only the columns a heartbeat
@@ -311,3 +319,57 @@ def device_identify(raw_key: str) -> Device | None:
         site_id=site_id,
         device_type=device_type,
     )
+
+
+class DeviceIdentity:
+    """What a heartbeat reads of its device (and of the credential's bookkeeping): a plain
+    object, because building a model instance cost more than the rest of the lookup."""
+
+    __slots__ = (
+        "credential_pk",
+        "device_id",
+        "device_type",
+        "last_seen",
+        "last_used_at",
+        "pk",
+        "site_id",
+        "status",
+    )
+
+    def __init__(self, row):
+        (
+            self.credential_pk,
+            self.last_used_at,
+            self.pk,
+            self.device_id,
+            self.status,
+            self.last_seen,
+            self.site_id,
+            self.device_type,
+        ) = row
+
+
+def device_identity(raw_key: str) -> DeviceIdentity | None:
+    """The heartbeat's lookup: the same rule and columns as device_identify, remembered for
+    HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS (devices_app.credential_cache explains the
+    bound), so a terminal's repeated heartbeats usually need no query. Use is recorded as
+    device_identify does. The object is shared by this process's requests for the bound:
+    heartbeat_record keeps its status and last_seen current."""
+    if not raw_key.startswith(CREDENTIAL_PREFIX):
+        return None
+    key_hash = DeviceCredential.hash_key(raw_key)
+    identity = credential_cache.get(key_hash)
+    if identity is None:
+        since = credential_cache.generation()
+        with connection.cursor() as cursor:
+            cursor.execute(_IDENTIFY_SQL, [key_hash])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        identity = DeviceIdentity(row)
+        identity.last_used_at = _db_datetime(identity.last_used_at)
+        identity.last_seen = _db_datetime(identity.last_seen)
+        seconds = settings.HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
+        credential_cache.put(key_hash, identity, seconds=seconds, since_generation=since)
+    identity.last_used_at = _record_use(identity.credential_pk, identity.last_used_at)
+    return identity

@@ -330,6 +330,12 @@ HOMEPOT_AUDIT_CHECKPOINT_DIR = env.str("HOMEPOT_AUDIT_CHECKPOINT_DIR", default="
 HOMEPOT_AUDIT_CHECKPOINT_KEY = env.str("HOMEPOT_AUDIT_CHECKPOINT_KEY", default="")
 HOMEPOT_AUDIT_CHECKPOINT_MINUTES = env.int("HOMEPOT_AUDIT_CHECKPOINT_MINUTES", default=15)
 
+# --- Devices ------------------------------------------------------------------------------
+# How long a web process may answer a heartbeat from its memory of a credential instead of
+# asking PostgreSQL: a credential revoked elsewhere still works for at most this long
+# (devices_app.credential_cache). Keep it below HOMEPOT_MONITORING_GRACE_SECONDS; 0: off.
+HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS = env.float("HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS", default=5.0)
+
 # --- Monitoring (read by monitoring_app: ingest, sweep, alerts, retention) ---------------
 # A device is online while seen within its expected report interval plus the grace period.
 HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS = env.int(

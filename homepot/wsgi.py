@@ -7,3 +7,8 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "homepot.settings")
 
 application = get_wsgi_application()
+
+# Heartbeats (every terminal, every minute) are answered in front of Django's handler.
+from monitoring_app.api.heartbeat_fast import HeartbeatFastPath  # noqa: E402 (needs django.setup)
+
+application = HeartbeatFastPath(application)

@@ -178,11 +178,12 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     if _row_is_current(device, now):
         return device.status
     if _stays_as_it_is(device) and seen_buffer.note_seen(device.pk, now, reported_at):
+        device.last_seen = now  # a cached copy (the heartbeat's) then skips the touch window
         return device.status  # only last_seen moves: it reaches the row with the next flush
     with transaction.atomic():
         written = _touch_device(device_id=device.pk, now=now, reported_at=reported_at)
     if written:
-        device.status = written
+        device.status, device.last_seen = written, now
     return device.status
 
 

@@ -90,6 +90,9 @@ def served(request, settings, isolated_heartbeat_buffer, isolated_throttle):
                 "HOMEPOT_MONITORING_SEEN_KEY_PREFIX": isolated_heartbeat_buffer,
                 "HOMEPOT_MONITORING_BUFFER_HEARTBEATS": str(request.param).lower(),
                 "HOMEPOT_MONITORING_TOUCH_SECONDS": "0",
+                # Without the credential memory: a remembered device's buffered heartbeat needs
+                # no PostgreSQL and would be acknowledged (kept in Redis) during the cut.
+                "HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS": "0",
                 "HOMEPOT_ACCOUNTS_THROTTLE_KEY_PREFIX": isolated_throttle,
                 "HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_IP": "",
                 "HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_ACCOUNT": "",

@@ -1,84 +1,194 @@
 """The heartbeat's hot path: every terminal of the chain, every minute (1,667 requests a second
 for 100,000 terminals).
 
-A well-formed heartbeat from a device with a usable credential is answered here, in plain
-Django: the same credential rule (a narrower lookup: devices_app.services.device_identify),
-the same service call, the same JSON answer, without
-Django REST framework's request machinery (request wrapper, negotiation, parsers, renderers),
-which costs more than the work itself. Everything else (a missing or bad credential, a body
-this path does not recognise, a clock refused, another method) is handed to the DRF view,
-which gives the API's usual answers and errors: the fast path never decides an error.
+A well-formed heartbeat from a device with a usable credential is answered here, in front of
+Django's handler (homepot.wsgi wraps the application in HeartbeatFastPath): no request object,
+no middleware stack, no URL resolution, no DRF machinery, which together cost several times
+the work itself. What a heartbeat must still do is done here: the same credential rule
+(devices_app.services.device_identity), the same service call and JSON answer, Django's
+request signals (database connections kept and closed as for any request), the request
+metrics under the view's route, the request id and the security headers of the middleware
+stack.
+
+Everything else (another method, a missing or bad credential, a body this path does not
+recognise, a host Django would refuse, a request to redirect to HTTPS, a database error) goes
+to Django unchanged, the body already read handed on, and gets the API's usual answers and
+errors: this path never decides an error.
 """
 
-import functools
+import io
 import json
+import time
+import uuid
 
+from django.conf import settings
+from django.core import signals
+from django.db import Error as DatabaseError
 from django.http import HttpResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.http.request import split_domain_port, validate_host
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.test import RequestFactory
+from django.urls import resolve
 
-from devices_app.services import device_identify
+from devices_app.services import device_identity
+from homepot import metrics
 from monitoring_app import ingest
+from monitoring_app.api.agent import HeartbeatSerializer, heartbeat_answer
 
-# Larger bodies are not heartbeats this path needs to understand; the DRF view bounds them.
+PATHS = frozenset({"/api/v1/agent/heartbeat", "/api/v1/agent/heartbeat/"})
+# Larger bodies are not heartbeats this path needs to understand; Django's view bounds them.
 _MAX_BODY_BYTES = 1024
 _NOT_HANDLED = object()
 
 
-def with_fast_path(drf_view, *, serializer_class, answer):
-    """Wrap the DRF heartbeat view. `answer(device)` is the response body (a dict); the
-    wrapper keeps `cls`/`initkwargs` so URL introspection and the OpenAPI schema still see
-    the DRF view."""
+class HeartbeatFastPath:
+    """WSGI middleware around Django's application (see the module docstring)."""
 
-    @csrf_exempt
-    @functools.wraps(drf_view)  # keeps cls, initkwargs and view_class
-    def heartbeat(request, *args, **kwargs):
-        handled = _heartbeat(request, serializer_class, answer)
-        if handled is _NOT_HANDLED:
-            return drf_view(request, *args, **kwargs)
-        return handled
+    def __init__(self, django_app):
+        self.django_app = django_app
+        self._allowed_hosts = {}  # Host header -> whether Django would accept it
+        self._headers = {}  # secure? -> the headers Django's middleware adds to a 200
+        self._metrics = None  # (counter, timer) of this route, bound on first use
 
-    return heartbeat
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") not in PATHS:
+            return self.django_app(environ, start_response)
+        started = time.perf_counter()
+        key, secure = self._precheck(environ)
+        if key is None:
+            return self.django_app(environ, start_response)
+        body = _read_body(environ)
+        reported_at = _reported_at(environ, body)
+        if reported_at is _NOT_HANDLED:
+            return self.django_app(environ, start_response)
+        signals.request_started.send(sender=self.__class__, environ=environ)
+        try:
+            payload = _heartbeat(key, reported_at)
+        except DatabaseError:
+            payload = _NOT_HANDLED  # Django's view answers the outage (503), as for any view
+        if payload is _NOT_HANDLED:
+            return self.django_app(environ, start_response)
+        request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex
+        signals.request_finished.send(sender=self.__class__)
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(payload))),
+                ("X-Request-ID", request_id),
+                *self._security_headers(secure),
+            ],
+        )
+        self._count(time.perf_counter() - started)
+        return [payload]
+
+    def _precheck(self, environ) -> tuple[str | None, bool]:
+        """(the credential, whether the request is HTTPS) when this path may answer, judged
+        from the headers alone; (None, _) hands the request to Django."""
+        scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "device" or not key or " " in key:
+            return None, False
+        if "HTTP_TRANSFER_ENCODING" in environ or not self._host_allowed(environ):
+            return None, False
+        secure = _is_secure(environ)
+        if settings.SECURE_SSL_REDIRECT and not secure:
+            return None, False
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return None, False
+        if length > _MAX_BODY_BYTES or (length and _content_type(environ) != "application/json"):
+            return None, False
+        return key, secure
+
+    def _host_allowed(self, environ) -> bool:
+        # Django's rule (HttpRequest.get_host, which CommonMiddleware applies to every
+        # request), remembered per Host value; a stranger's hosts are not remembered.
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+        allowed = self._allowed_hosts.get(host)
+        if allowed is None:
+            domain, _port = split_domain_port(host)
+            allowed = bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+            if allowed and len(self._allowed_hosts) < 64:
+                self._allowed_hosts[host] = allowed
+        return allowed
+
+    def _security_headers(self, secure: bool) -> list[tuple[str, str]]:
+        """The headers Django's SecurityMiddleware and XFrameOptionsMiddleware add to this
+        answer, taken from those middlewares themselves once (they depend on settings and on
+        HTTPS only)."""
+        headers = self._headers.get(secure)
+        if headers is None:
+            request = RequestFactory().post(next(iter(PATHS)), secure=secure)
+            response = HttpResponse(content_type="application/json")
+            before = set(response.headers)
+            response = SecurityMiddleware(lambda _request: response)(request)
+            response = XFrameOptionsMiddleware(lambda _request: response)(request)
+            headers = self._headers[secure] = [(k, v) for k, v in response.items() if k not in before]
+        return headers
+
+    def _count(self, elapsed: float) -> None:
+        # Under the route Django would report (homepot.metrics_middleware): one series.
+        if self._metrics is None:
+            route = resolve(next(iter(PATHS))).route
+            self._metrics = (
+                metrics.http_requests.labels(route=route, method="POST", status="200"),
+                metrics.http_request_duration.labels(route=route, method="POST"),
+            )
+        counter, timer = self._metrics
+        counter.inc()
+        timer.observe(elapsed)
 
 
-def _heartbeat(request, serializer_class, answer):
-    if request.method != "POST":
-        return _NOT_HANDLED
-    scheme, _, key = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme.lower() != "device" or not key or " " in key:
-        return _NOT_HANDLED
-    reported_at = _reported_at(request, serializer_class)
-    if reported_at is _NOT_HANDLED:
-        return _NOT_HANDLED
-    device = device_identify(key)
+def _heartbeat(key: str, reported_at):
+    """The answer's bytes, or _NOT_HANDLED when the credential is not usable."""
+    device = device_identity(key)
     if device is None:
         return _NOT_HANDLED
     ingest.heartbeat_record(device=device, reported_at=reported_at)
-    body = answer(device)
+    body = heartbeat_answer(device)
     # DRF's rendering of a datetime (ISO 8601, microseconds kept, UTC as "Z").
     body["server_time"] = body["server_time"].isoformat().replace("+00:00", "Z")
-    return HttpResponse(json.dumps(body, separators=(",", ":")), content_type="application/json")
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _reported_at(request, serializer_class):
-    """The device's timestamp (None when the body is empty), or _NOT_HANDLED when the body
-    is anything but a valid heartbeat."""
-    if "HTTP_TRANSFER_ENCODING" in request.META:
-        return _NOT_HANDLED
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return _NOT_HANDLED
-    if length == 0:
+def _read_body(environ) -> bytes:
+    """The request body (at most _MAX_BODY_BYTES, checked before), left readable for Django."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _reported_at(environ, body: bytes):
+    """The device's timestamp (None when the body is empty or `{}`), or _NOT_HANDLED when
+    the body is anything but a valid heartbeat."""
+    if not body:
         return None
-    if length > _MAX_BODY_BYTES or request.content_type != "application/json":
-        return _NOT_HANDLED
     try:
-        data = json.loads(request.body)
+        data = json.loads(body)
     except ValueError:
         return _NOT_HANDLED
     if data == {}:
         return None
-    serializer = serializer_class(data=data)
-    if not isinstance(data, dict) or not serializer.is_valid():
+    if not isinstance(data, dict):
+        return _NOT_HANDLED
+    serializer = HeartbeatSerializer(data=data)
+    if not serializer.is_valid():
         return _NOT_HANDLED
     return serializer.validated_data.get("timestamp")
+
+
+def _content_type(environ) -> str:
+    return environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+
+
+def _is_secure(environ) -> bool:
+    # HttpRequest.is_secure: a trusted proxy's header when configured, else the WSGI scheme.
+    if settings.SECURE_PROXY_SSL_HEADER:
+        header, secure_value = settings.SECURE_PROXY_SSL_HEADER
+        value = environ.get(header)
+        if value is not None:
+            return value.split(",", 1)[0].strip() == secure_value
+    return environ.get("wsgi.url_scheme") == "https"

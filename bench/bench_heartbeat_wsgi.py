@@ -1,0 +1,111 @@
+"""CPU per heartbeat of the WSGI application itself, called in-process (no HTTP, no gunicorn):
+what the Python side of a steady heartbeat costs, load-independent enough to compare two
+versions on a busy machine.
+
+    DATABASE_URL=postgres://.../scratch SECRET_KEY=x HOMEPOT_ENV_FILE= \
+        python bench/bench_heartbeat_wsgi.py --devices 1500 --requests 1500 [--profile]
+
+Needs a migrated SCRATCH database with a fleet (`manage.py create_fleet`): the credentials of
+the first `--devices` devices are replaced, every device is set online and last seen 60 s
+ago. Devices are used in turn; with as many devices as requests no credential is used twice
+(the credential memory never hits); with few devices, a device comes back within the memory's
+bound and the touch window. Prints the process CPU (and wall) time per request.
+"""
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import secrets
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "homepot.settings")
+
+from homepot.wsgi import application  # noqa: E402 (after the settings module is chosen)
+
+
+def fresh_credentials(count: int) -> list[str]:
+    from django.db import connection
+
+    from devices_app.models import Device, DeviceCredential
+    from devices_app.services import CREDENTIAL_PREFIX
+
+    pks = list(Device.objects.order_by("pk").values_list("pk", flat=True)[:count])
+    DeviceCredential.objects.filter(device_id__in=pks).delete()
+    keys, rows = [], []
+    for pk in pks:
+        raw = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        keys.append(raw)
+        rows.append(
+            DeviceCredential(device_id=pk, key_prefix=raw[:12], key_hash=DeviceCredential.hash_key(raw))
+        )
+    DeviceCredential.objects.bulk_create(rows)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE devices_app_device SET status = 'online', last_seen = now() - interval '60 seconds'"
+        )
+        cursor.execute("UPDATE devices_app_devicecredential SET last_used_at = now()")
+    return keys
+
+
+def heartbeat(key: str) -> None:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/api/v1/agent/heartbeat",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "2",
+        "HTTP_AUTHORIZATION": f"Device {key}",
+        "wsgi.input": io.BytesIO(b"{}"),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+    statuses = []
+    b"".join(application(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    if not statuses[0].startswith("200"):
+        raise RuntimeError(f"heartbeat answered {statuses[0]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=1500)
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--profile", action="store_true", help="Also print a cProfile (CPU clock).")
+    args = parser.parse_args()
+    keys = fresh_credentials(args.devices)
+    for i in range(min(200, args.requests)):  # warm-up: imports, connections
+        heartbeat(keys[i % len(keys)])
+    cpu, wall = time.process_time(), time.perf_counter()
+    for i in range(args.requests):
+        heartbeat(keys[i % len(keys)])
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    print(
+        f"cpu {cpu * 1000 / args.requests:.3f} ms/request, wall {wall * 1000 / args.requests:.3f} ms/request"
+    )
+    if args.profile:
+        profile = cProfile.Profile(time.process_time)
+        profile.enable()
+        for i in range(args.requests):
+            heartbeat(keys[i % len(keys)])
+        profile.disable()
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+
+
+if __name__ == "__main__":
+    main()
