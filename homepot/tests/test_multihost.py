@@ -84,9 +84,9 @@ def test_no_heartbeat_answered_2xx_is_lost(report):
 
 
 def test_the_killed_hosts_beat_led_and_another_took_over_within_the_bound(report):
-    assert report["killed"]["was_beat_leader"]
+    assert report["fault"]["was_beat_leader"]
     failover = report["beat_failover"]
-    assert failover["to"] != report["killed"]["host"]
+    assert failover["to"] != report["fault"]["host"]
     # The lock's lifetime plus one tick (a fifth of it), and a second of slack on a busy machine.
     assert failover["first_send_after_seconds"] <= BEAT_LOCK_SECONDS * 1.2 + 2, failover
 
