@@ -1116,7 +1116,8 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
 def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices, report) -> dict:
     acked_by_device: dict[str, float] = {}
     by_status: dict[int, int] = {}
-    sent = ok = failed = failed_while_down = sent_while_down = failed_in_flight = 0
+    sent = ok = failed = failed_while_down = sent_while_down = failed_in_flight = ok_after_repair = 0
+    last_failure = 0.0
     for line in heartbeat_log.read_text().splitlines():
         at, device_id, status = line.split()
         at, status = float(at), int(status)
@@ -1126,9 +1127,11 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
         sent_while_down += down
         if 200 <= status < 300:
             ok += 1
+            ok_after_repair += at >= revived_at
             acked_by_device[device_id] = max(acked_by_device.get(device_id, 0), at)
         else:
             failed += 1
+            last_failure = max(last_failure, at)
             failed_while_down += down
             # Sent to the host just before it died, answered 504 by the load balancer after
             # its server timeout: the requests a dead host takes with it.
@@ -1157,6 +1160,9 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
             "error_rate_while_host_down": round(failed_while_down / max(sent_while_down, 1), 4),
             "failed_in_flight_at_kill": failed_in_flight,
             "acknowledged_but_lost": len(lost),
+            "answered_2xx_after_repair": ok_after_repair,
+            # From the repair to the last heartbeat that failed (negative: none failed after it).
+            "last_failure_after_repair_seconds": round(last_failure - revived_at, 1) if failed else None,
             # 0: no answer (connection refused or cut, timeout); 503: a dependency away.
             "by_status": {str(k): v for k, v in sorted(by_status.items())},
         },
