@@ -38,8 +38,10 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -233,28 +235,9 @@ def start_database_host(cluster: Cluster, db: Host) -> None:
     (bouncer / "userlist.txt").write_text('"postgres" ""\n')
     (bouncer / "pgbouncer.ini").write_text(POOLER_INI.format(db_ip=DB_IP, dir=bouncer))
     shutil.chown(bouncer, "postgres", "postgres")
-    cluster.start(db, "pgbouncer", ["pgbouncer", str(bouncer / "pgbouncer.ini")], user="postgres")
-    redis_dir = work / "redis"
-    redis_dir.mkdir()
-    cluster.start(
-        db,
-        "redis",
-        [
-            "redis-server",
-            "--bind",
-            DB_IP,
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(redis_dir),
-            "--protected-mode",
-            "no",
-        ],
-    )
+    start_pgbouncer(cluster, db)
+    (work / "redis").mkdir()
+    start_redis(cluster, db)
     (work / "mosquitto.conf").write_text(
         f"listener 1883 {DB_IP}\nallow_anonymous true\npersistence false\nuser root\n"
         "max_queued_messages 100000\nmax_inflight_messages 1000\n"
@@ -262,6 +245,31 @@ def start_database_host(cluster: Cluster, db: Host) -> None:
     cluster.start(db, "mosquitto", ["mosquitto", "-c", str(work / "mosquitto.conf")])
     for port in (6432, 6379, 1883):
         wait_tcp(cluster, db, DB_IP, port)
+
+
+def start_pgbouncer(cluster: Cluster, db: Host) -> None:
+    bouncer = cluster.workdir / "pgbouncer"
+    # A pidfile left by a killed PgBouncer would stop the restart.
+    (bouncer / "pgbouncer.pid").unlink(missing_ok=True)
+    cluster.start(db, "pgbouncer", ["pgbouncer", str(bouncer / "pgbouncer.ini")], user="postgres")
+
+
+def start_redis(cluster: Cluster, db: Host) -> None:
+    """Redis as production runs it (docker-compose.yml): with its append-only file, so a
+    killed Redis comes back with its queues, the beat schedule and the heartbeat buffer.
+    Every write reaches the file (the kernel's page cache) before its reply is sent:
+    a killed process loses nothing it acknowledged; `appendfsync everysec` bounds what a
+    machine crash loses to about a second."""
+    cluster.start(
+        db,
+        "redis",
+        [
+            "redis-server",
+            *("--bind", DB_IP, "--port", "6379", "--save", ""),
+            *("--appendonly", "yes", "--appendfsync", "everysec"),
+            *("--dir", str(cluster.workdir / "redis"), "--protected-mode", "no"),
+        ],
+    )
 
 
 # Transaction mode: a server connection serves one transaction at a time, so the server
@@ -352,20 +360,20 @@ def start_app_host(cluster: Cluster, host: Host, args) -> None:
             "--without-gossip",
         ],
     )
-    cluster.start(
-        host,
-        "beat",
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "homepot",
-            "beat",
-            "--loglevel=INFO",
-            "--schedule",
-            str(cluster.workdir / f"beat-{host.name}"),
-        ],
-    )
-    cluster.start(host, "bridge", [*manage, "mqtt_bridge", "--client-id", f"bridge-{host.name}"])
+    beat = [
+        str(VENV_BIN / "celery"),
+        *("-A", "homepot", "beat", "--loglevel=INFO"),
+        *("--schedule", str(cluster.workdir / f"beat-{host.name}")),
+    ]
+    cluster.start(host, "beat", supervised(beat))
+    cluster.start(host, "bridge", supervised([*manage, "mqtt_bridge", "--client-id", f"bridge-{host.name}"]))
+
+
+def supervised(command: list[str]) -> list[str]:
+    """`command` started again a second after it exits, as systemd's Restart=always or
+    compose's restart policy do: beat stops when it loses its lock or Redis, the bridge
+    when the database stays away for its retries; both are meant to be restarted."""
+    return ["sh", "-c", 'while :; do "$@"; sleep 1; done', "supervised", *command]
 
 
 def write_haproxy(cluster: Cluster, app_hosts: list[Host], per_server: int) -> Path:
@@ -435,71 +443,191 @@ def wait_healthy(cluster: Cluster, lb: Host, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-# --- load: heartbeats ----------------------------------------------------------------------------
+# --- load: an asyncio HTTP client for many virtual terminals over few sockets ----------------
 
 
-async def _heartbeat(ip: str, secret: str) -> int:
-    request = (
-        f"POST /api/v1/agent/heartbeat HTTP/1.1\r\nHost: {ip}\r\nAuthorization: Device {secret}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
-    ).encode()
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, 80), 5)
-    try:
-        writer.write(request)
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 35)
-        await reader.read()
-        return int(status_line.split()[1]) if status_line else 0
-    finally:
-        writer.close()
+class KeepAlive:
+    """One HTTP/1.1 keep-alive connection to the load balancer, one request at a time.
+
+    Thousands of virtual terminals share a few of these: what the servers see is the
+    requests, not a socket per terminal (which would cost the load host more than the app
+    hosts). A request sent on a connection the other side had already closed (idle
+    keep-alive timeout) is sent again on a fresh one only when nothing of an answer came
+    back, so a request is never applied twice because of the client."""
+
+    def __init__(self, ip: str, port: int = 80):
+        self.ip, self.port = ip, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, secret: str, body: bytes = b"") -> tuple[int, bytes]:
+        fresh = self.writer is None
+        for _ in range(2):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.ip, self.port), 5
+                )
+            try:
+                return await self._exchange(method, path, secret, body)
+            except _StaleConnection:
+                self.close()
+                if fresh:
+                    raise ConnectionError("closed before answering") from None
+                fresh = True
+            except BaseException:
+                self.close()
+                raise
+        raise ConnectionError("unreachable")
+
+    async def _exchange(self, method, path, secret, body) -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.ip}\r\nAuthorization: Device {secret}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        await self.writer.drain()
+        status_line = await asyncio.wait_for(self.reader.readline(), 35)
+        if not status_line:
+            raise _StaleConnection
+        length, close = 0, False
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 35)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        payload = await asyncio.wait_for(self.reader.readexactly(length), 35) if length else b""
+        if close:
+            self.close()
+        return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
-async def _heartbeat_load(ip: str, credentials: dict, rate: float, duration: float, out: Path) -> None:
-    """Open loop: `rate` heartbeats a second, round the devices; one line per answer
-    (sent-at, device, status) so the checker knows what was acknowledged and when."""
+class _StaleConnection(Exception):
+    pass
+
+
+class Pool:
+    """`size` keep-alive connections taking requests from one queue; at most `size` requests
+    in flight, the rest wait here (not in HAProxy's queue, whose timeout would turn load
+    this machine cannot carry into 503s)."""
+
+    def __init__(self, ip: str, size: int):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.busy = 0
+        self.workers = [asyncio.create_task(self._work(KeepAlive(ip))) for _ in range(size)]
+
+    async def _work(self, connection: KeepAlive) -> None:
+        while True:
+            method, path, secret, body, future = await self.queue.get()
+            if future.cancelled():
+                continue
+            self.busy += 1
+            started = time.time()
+            try:
+                status, payload = await connection.request(method, path, secret, body)
+            except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError):
+                status, payload = 0, b""
+            self.busy -= 1
+            if not future.cancelled():
+                future.set_result((status, payload, started))
+
+    def call(self, method: str, path: str, secret: str, body: bytes = b"") -> asyncio.Future:
+        """A future of (status, body, when the request went out): 0 for no answer."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((method, path, secret, body, future))
+        return future
+
+    def backlog(self) -> int:
+        return self.queue.qsize()
+
+    def free(self) -> int:
+        return len(self.workers) - self.busy - self.queue.qsize()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+
+
+HEARTBEAT = "/api/v1/agent/heartbeat"
+
+
+async def _heartbeat_load(
+    ip: str, credentials: dict, rate: float, duration: float, out: Path, connections: int
+) -> dict:
+    """Open loop: `rate` heartbeats a second are offered, round the devices, over
+    `connections` keep-alive connections. One line per answer (sent-at, device, status) so
+    the checker knows what was acknowledged and when. A heartbeat offered when every
+    connection is busy (the servers, or this process, cannot keep up) is not sent but
+    counted: queueing it would only delay every later one. So the report says offered vs
+    sent vs answered 2xx."""
     devices = sorted(credentials)
-    lines, tasks = [], set()
+    pool = Pool(ip, connections)
+    lines: list[str] = []
+    counts = {"offered": 0, "not_sent_no_free_connection": 0, "sent": 0, "answered_2xx": 0, "failed": 0}
+    pending: set = set()
 
-    async def one(device_id: str, sent_at: float) -> None:
-        try:
-            status = await _heartbeat(ip, credentials[device_id])
-        except (OSError, TimeoutError, ValueError, IndexError):
-            status = 0
+    async def one(device_id: str) -> None:
+        status, _, sent_at = await pool.call("POST", HEARTBEAT, credentials[device_id], b"{}")
+        counts["sent"] += 1
+        counts["answered_2xx" if 200 <= status < 300 else "failed"] += 1
         lines.append(f"{sent_at:.6f} {device_id} {status}\n")
 
     started = time.time()
-    n = 0
     stop = out.with_suffix(".stop")
     while time.time() - started < duration and not stop.exists():
-        due = started + n / rate
+        due = started + counts["offered"] / rate
         await asyncio.sleep(max(0.0, due - time.time()))
-        task = asyncio.create_task(one(devices[n % len(devices)], time.time()))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        n += 1
+        counts["offered"] += 1
+        if pool.free() <= 0:
+            counts["not_sent_no_free_connection"] += 1
+        else:
+            task = asyncio.create_task(one(devices[counts["offered"] % len(devices)]))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
         if len(lines) > 500:
             with out.open("a") as f:
                 f.writelines(lines)
             lines.clear()
-    await asyncio.gather(*tasks)
+    elapsed = time.time() - started
+    await asyncio.gather(*pending)
+    pool.close()
     with out.open("a") as f:
         f.writelines(lines)
+    return {
+        **counts,
+        "seconds": round(elapsed, 1),
+        "offered_per_second": round(counts["offered"] / elapsed, 1),
+        "answered_2xx_per_second": round(counts["answered_2xx"] / elapsed, 1),
+    }
 
 
 async def _closed_loop(ip: str, credentials: dict, connections: int, duration: float) -> dict:
+    """Capacity: `connections` keep-alive clients, each sending its next heartbeat as soon
+    as the last is answered."""
     secrets_list = list(credentials.values())
     counts = {"ok": 0, "failed": 0}
     deadline = time.monotonic() + duration
 
     async def client(k: int) -> None:
-        i = k
+        connection, i = KeepAlive(ip), k
         while time.monotonic() < deadline:
             try:
-                status = await _heartbeat(ip, secrets_list[i % len(secrets_list)])
-            except (OSError, TimeoutError, ValueError, IndexError):
+                secret = secrets_list[i % len(secrets_list)]
+                status, _ = await connection.request("POST", HEARTBEAT, secret, b"{}")
+            except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError):
                 status = 0
             counts["ok" if 200 <= status < 300 else "failed"] += 1
             i += connections
+        connection.close()
 
     started = time.monotonic()
     await asyncio.gather(*(client(k) for k in range(connections)))
@@ -507,15 +635,114 @@ async def _closed_loop(ip: str, credentials: dict, connections: int, duration: f
     return {**counts, "per_second": round(counts["ok"] / elapsed, 1)}
 
 
+async def _poll_terminals(
+    ip: str, credentials: dict, interval: float, work: float, connections: int, stop: Path
+) -> dict:
+    """HTTP-polling terminals, as many as `credentials` names, over `connections` keep-alive
+    connections: each polls its commands every `interval` s (+-25 %, first polls spread over
+    one interval), acknowledges work it is offered as `sent`, and reports it completed
+    `work` s later. A delivery offered as `sent` again after this terminal's acknowledgement
+    got a 2xx is counted in `sent_again` (a push repeated: must stay 0). It answers what is
+    still `acknowledged` again only when its own report did not get through."""
+    pool = Pool(ip, connections)
+    stats = {
+        "terminals": len(credentials),
+        "polls": 0,
+        "acknowledged": 0,
+        "completed": 0,
+        "sent_again": 0,
+        "errors": 0,
+        "polls_skipped_servers_behind": 0,
+    }
+    acked: set = set()
+    reported: set = set()
+    working: set = set()
+    rng = random.Random(0)  # noqa: S311 - simulation
+    due = [(time.monotonic() + rng.uniform(0, interval), d) for d in sorted(credentials)]
+    heapq.heapify(due)
+    tasks: set = set()
+
+    def spawn(coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def finish(secret: str, delivery: int) -> None:
+        await asyncio.sleep(work * rng.uniform(0.5, 1.5))
+        body = json.dumps({"status": "completed", "details": {"simulated": True}}).encode()
+        status, _, _ = await pool.call("POST", f"/api/v1/agent/deliveries/{delivery}/result", secret, body)
+        working.discard(delivery)
+        if 200 <= status < 300:
+            reported.add(delivery)
+            stats["completed"] += 1
+        else:
+            stats["errors"] += 1
+
+    async def poll(device_id: str) -> None:
+        secret = credentials[device_id]
+        status, payload, _ = await pool.call("GET", "/api/v1/agent/commands", secret)
+        stats["polls"] += 1
+        if not 200 <= status < 300:
+            stats["errors"] += 1
+            return
+        for command in json.loads(payload)["commands"]:
+            delivery = command["delivery_id"]
+            # Two polls of one terminal may overlap on a slow server: one handles the work.
+            if delivery in working or delivery in reported:
+                continue
+            working.add(delivery)
+            if command["status"] == "sent":
+                stats["sent_again"] += delivery in acked
+                status, answer, _ = await pool.call(
+                    "POST", f"/api/v1/agent/deliveries/{delivery}/ack", secret, b""
+                )
+                if not 200 <= status < 300 or json.loads(answer)["status"] == "cancelled":
+                    stats["errors"] += not 200 <= status < 300
+                    working.discard(delivery)
+                    continue
+                if delivery not in acked:
+                    stats["acknowledged"] += 1
+                acked.add(delivery)
+            spawn(finish(secret, delivery))
+
+    while not stop.exists():
+        now = time.monotonic()
+        while due and due[0][0] <= now:
+            _, device_id = heapq.heappop(due)
+            # Servers behind: this terminal skips a poll (it asks again next interval)
+            # rather than queue behind hundreds of others.
+            if pool.backlog() < 4 * connections:
+                spawn(poll(device_id))
+            else:
+                stats["polls_skipped_servers_behind"] += 1
+            heapq.heappush(due, (now + interval * rng.uniform(0.75, 1.25), device_id))
+        stats["backlog"] = pool.backlog()
+        await asyncio.sleep(min(0.2, max(0.0, due[0][0] - time.monotonic())) if due else 0.2)
+    for task in list(tasks):
+        task.cancel()
+    pool.close()
+    return stats
+
+
 def heartbeat_main(argv: list[str]) -> None:
-    """`multihost.py heartbeats CREDENTIALS RATE DURATION OUT` or `... capacity CREDENTIALS
-    CONNECTIONS DURATION`: run inside the load host by the orchestrator."""
+    """Run inside the load host by the orchestrator:
+    `multihost.py heartbeats CREDENTIALS RATE DURATION OUT CONNECTIONS`,
+    `... capacity CREDENTIALS CONNECTIONS DURATION` or
+    `... poll-terminals CREDENTIALS INTERVAL WORK CONNECTIONS STOPFILE`; each prints its
+    figures as one JSON line at the end."""
     mode, credentials_file = argv[0], Path(argv[1])
     credentials = json.loads(credentials_file.read_text())
     if mode == "heartbeats":
-        asyncio.run(_heartbeat_load(LB_IP, credentials, float(argv[2]), float(argv[3]), Path(argv[4])))
+        result = asyncio.run(
+            _heartbeat_load(LB_IP, credentials, float(argv[2]), float(argv[3]), Path(argv[4]), int(argv[5]))
+        )
+    elif mode == "capacity":
+        result = asyncio.run(_closed_loop(LB_IP, credentials, int(argv[2]), float(argv[3])))
     else:
-        print(json.dumps(asyncio.run(_closed_loop(LB_IP, credentials, int(argv[2]), float(argv[3])))))
+        result = asyncio.run(
+            _poll_terminals(LB_IP, credentials, float(argv[2]), float(argv[3]), int(argv[4]), Path(argv[5]))
+        )
+    print(json.dumps(result), flush=True)
 
 
 # --- the scenario --------------------------------------------------------------------------------
@@ -652,7 +879,7 @@ def scenario(args) -> dict:
     (workdir / "logs").mkdir()
     tag = args.tag
     cluster = Cluster(workdir, tag)
-    report: dict = {"devices": args.devices, "app_hosts": args.app_hosts, "workdir": str(workdir)}
+    report: dict = {"devices": args.devices, "app_hosts": args.app_hosts, "workdir": str(workdir), "tag": tag}
     timings: dict = report.setdefault("seconds", {})
     t0 = time.monotonic()
     try:
@@ -700,19 +927,19 @@ def scenario(args) -> dict:
 
         # Terminals: the polling share through the load balancer, the rest on the broker.
         base = ["simulate_fleet", "--devices", str(devices), "--credentials-file", str(creds)]
-        poll = cluster.start(
+        poll_stop = workdir / "poll-terminals.stop"
+        cluster.start(
             load,
             "poll-terminals",
             [
                 sys.executable,
-                "manage.py",
-                *base,
-                "--base-url",
-                f"http://{LB_IP}",
-                "--poll-interval",
+                __file__,
+                "poll-terminals",
+                str(creds),
                 str(args.poll_interval),
-                "--work-seconds",
                 "1",
+                str(args.connections),
+                str(poll_stop),
             ],
         )
         mqtt = cluster.start(
@@ -720,8 +947,7 @@ def scenario(args) -> dict:
             "mqtt-terminals",
             [sys.executable, "manage.py", *base, "--channel", "mqtt", "--work-seconds", "1"],
         )
-        wait_for_log(workdir / "logs" / "load-poll-terminals.log", "Simulating", 300)
-        wait_for_log(workdir / "logs" / "load-mqtt-terminals.log", "Simulating", 60)
+        wait_for_log(workdir / "logs" / "load-mqtt-terminals.log", "Simulating", 600)
 
         # Heartbeats at the fleet's rate (DEVICES a minute), through the load balancer.
         heartbeat_log = workdir / "heartbeats.txt"
@@ -739,6 +965,7 @@ def scenario(args) -> dict:
                 str(rate),
                 str(duration),
                 str(heartbeat_log),
+                str(args.connections),
             ],
         )
         job = json.loads(
@@ -748,21 +975,12 @@ def scenario(args) -> dict:
 
         time.sleep(args.kill_after)
         leaders = beat_leaders(cluster)
-        victim_name = max(leaders, key=leaders.get) if leaders else apps[0].name
-        victim = cluster.hosts[victim_name]
-        cluster.cut(victim)
-        killed_processes = cluster.kill_host(victim)
+        leader_name = max(leaders, key=leaders.get) if leaders else apps[0].name
         killed_at = time.time()
-        report["killed"] = {
-            "host": victim_name,
-            "was_beat_leader": victim_name in leaders,
-            "processes": killed_processes,
-        }
-
+        report["fault"] = inject(cluster, args.fault, leader_name, leaders)
         time.sleep(args.revive_after)
-        new_leaders = {h: t for h, t in beat_leaders(cluster).items() if t > killed_at and h != victim_name}
-        cluster.reconnect(victim)
-        start_app_host(cluster, victim, args)
+        new_leaders = {h: t for h, t in beat_leaders(cluster).items() if t > killed_at and h != leader_name}
+        restore(cluster, args.fault, leader_name, args)
         revived_at = time.time()
         report["revived_after_seconds"] = round(revived_at - killed_at, 1)
         if new_leaders:
@@ -780,14 +998,25 @@ def scenario(args) -> dict:
         # Heartbeats go on --settle seconds past the revival (and past the job's end).
         time.sleep(max(0.0, revived_at + args.settle - time.time()))
         heartbeat_log.with_suffix(".stop").touch()
-        cluster.hosts["load"].processes["heartbeats"].wait(timeout=120)
-        for process in (poll, mqtt):
-            os.killpg(process.pid, signal.SIGINT)
-        for process in (poll, mqtt):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
+        poll_stop.touch()
+        for name in ("heartbeats", "poll-terminals"):
+            cluster.hosts["load"].processes[name].wait(timeout=120)
+        os.killpg(mqtt.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            mqtt.wait(timeout=30)
+        report["load"] = {
+            "heartbeats": _last_json(workdir / "logs" / "load-heartbeats.log"),
+            "poll_terminals": _last_json(workdir / "logs" / "load-poll-terminals.log"),
+        }
         state = json.loads(django(cluster, load, CHECK_CODE.format(job=job)).strip().splitlines()[-1])
         report.update(checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices, report))
+        # Periodic work goes on after the fault: some beat sends once it is repaired.
+        resumed = any(sends_after(cluster, h.name, revived_at) for h in apps)
+        report["checks"]["beat_sends_after_repair"] = resumed
+        if args.fault == "partition-leader":
+            report["checks"]["old_leader_sent_nothing_while_another_led"] = not sends_after(
+                cluster, leader_name, min(new_leaders.values()) if new_leaders else killed_at
+            )
         timings["total"] = round(time.monotonic() - t0, 1)
         return report
     finally:
@@ -796,6 +1025,64 @@ def scenario(args) -> dict:
             print(f"logs kept in {workdir}/logs", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+FAULTS = ("host", "partition-leader", "pgbouncer", "redis")
+
+
+def inject(cluster: Cluster, fault: str, leader: str, leaders: dict) -> dict:
+    """Break one thing mid-run: `host` kills every process of the beat leader's app host
+    (SIGKILL) and cuts its network; `partition-leader` only cuts it (the processes live on,
+    unreachable); `pgbouncer` and `redis` SIGKILL that server on the database host."""
+    if fault in ("host", "partition-leader"):
+        victim = cluster.hosts[leader]
+        cluster.cut(victim)
+        killed = cluster.kill_host(victim) if fault == "host" else 0
+        return {"kind": fault, "host": leader, "was_beat_leader": leader in leaders, "processes": killed}
+    process = cluster.hosts["db"].processes.pop(fault)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    return {"kind": fault, "host": "db"}
+
+
+def restore(cluster: Cluster, fault: str, leader: str, args) -> None:
+    if fault in ("host", "partition-leader"):
+        victim = cluster.hosts[leader]
+        cluster.reconnect(victim)
+        if fault == "host":
+            start_app_host(cluster, victim, args)
+        return
+    db = cluster.hosts["db"]
+    if fault == "pgbouncer":
+        start_pgbouncer(cluster, db)
+        wait_tcp(cluster, db, DB_IP, 6432)
+    else:
+        start_redis(cluster, db)
+        wait_tcp(cluster, db, DB_IP, 6379)
+
+
+def sends_after(cluster: Cluster, host_name: str, after: float) -> list[str]:
+    """The 'Sending due task' lines `host_name`'s beat logged after `after`."""
+    lines = []
+    log = cluster.workdir / "logs" / f"{host_name}-beat.log"
+    for line in log.read_text(errors="replace").splitlines():
+        if "Sending due task" in line and _log_time(line) > after:
+            lines.append(line)
+    return lines
+
+
+def _log_time(line: str) -> float:
+    stamp = line[1:24]
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float("0." + stamp[20:23])
+
+
+def _last_json(log: Path) -> dict:
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {}
 
 
 def wait_for_log(path: Path, text: str, timeout: float) -> None:
@@ -841,18 +1128,23 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
 
 def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices, report) -> dict:
     acked_by_device: dict[str, float] = {}
-    sent = ok = failed = failed_while_down = sent_while_down = failed_in_flight = 0
+    by_status: dict[int, int] = {}
+    sent = ok = failed = failed_while_down = sent_while_down = failed_in_flight = ok_after_repair = 0
+    last_failure = 0.0
     for line in heartbeat_log.read_text().splitlines():
         at, device_id, status = line.split()
         at, status = float(at), int(status)
         sent += 1
+        by_status[status] = by_status.get(status, 0) + 1
         down = killed_at <= at <= revived_at + 5
         sent_while_down += down
         if 200 <= status < 300:
             ok += 1
+            ok_after_repair += at >= revived_at
             acked_by_device[device_id] = max(acked_by_device.get(device_id, 0), at)
         else:
             failed += 1
+            last_failure = max(last_failure, at)
             failed_while_down += down
             # Sent to the host just before it died, answered 504 by the load balancer after
             # its server timeout: the requests a dead host takes with it.
@@ -861,7 +1153,7 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
     deliveries = state["deliveries"]
     unfinished = sum(n for s, n in deliveries.items() if s in ("pending", "sent", "acknowledged"))
     answered = {
-        "poll": _simulator_stats(workdir / "logs" / "load-poll-terminals.log"),
+        "poll": _last_json(workdir / "logs" / "load-poll-terminals.log"),
         "mqtt": _simulator_stats(workdir / "logs" / "load-mqtt-terminals.log"),
     }
     # An MQTT terminal given the same push twice would acknowledge it twice: its count of
@@ -881,26 +1173,44 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
             "error_rate_while_host_down": round(failed_while_down / max(sent_while_down, 1), 4),
             "failed_in_flight_at_kill": failed_in_flight,
             "acknowledged_but_lost": len(lost),
+            "answered_2xx_after_repair": ok_after_repair,
+            # From the repair to the last heartbeat that failed (negative: none failed after it).
+            "last_failure_after_repair_seconds": round(last_failure - revived_at, 1) if failed else None,
+            # 0: no answer (connection refused or cut, timeout); 503: a dependency away.
+            "by_status": {str(k): v for k, v in sorted(by_status.items())},
         },
         "audit_chain_intact": state["audit_chain_intact"],
     }
     result["checks"] = {
         "every_delivery_final": unfinished == 0 and sum(deliveries.values()) == devices,
         "job_completed": final == "completed",
-        "each_push_received_once": mqtt_acks == state["mqtt_acknowledged"],
+        "each_push_received_once": mqtt_acks == state["mqtt_acknowledged"]
+        and answered["poll"].get("sent_again", -1) == 0,
+        # A dependency away is a 503 (or a connection error), never a 500.
+        "no_500_answers": not by_status.get(500),
         "no_acknowledged_heartbeat_lost": not lost and ok > 0,
-        "beat_failed_over": bool(report.get("beat_failover", {}).get("first_send_after_seconds")),
+        # Only a fault of the leader's host moves the lead.
+        "beat_failed_over": bool(report.get("beat_failover", {}).get("first_send_after_seconds"))
+        or report["fault"]["kind"] not in ("host", "partition-leader"),
         "audit_chain_intact": state["audit_chain_intact"],
     }
     return result
 
 
 def _simulator_stats(log: Path) -> dict:
-    stats = {}
+    """simulate_fleet's final counts; when it was stopped before printing them (closing
+    hundreds of broker connections can outlast the wait), the sum of its per-minute lines
+    ("12:00:01 last minute: 7755 acknowledged, 7406 completed")."""
+    stats, minutes = {}, {}
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("{") and '"acknowledged"' in line:
             stats = json.loads(line)
-    return stats
+        elif "last minute:" in line:
+            for part in line.split("last minute:", 1)[1].split(","):
+                number, _, name = part.strip().partition(" ")
+                if number.isdigit():
+                    minutes[name] = minutes.get(name, 0) + int(number)
+    return stats or ({"acknowledged": 0, **minutes, "from": "per-minute lines"} if minutes else {})
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -925,7 +1235,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--job-timeout", type=float, default=600.0)
     parser.add_argument("--beat-lock-seconds", type=int, default=10)
     parser.add_argument("--throughput", type=float, default=0, help="measure N seconds per app-host count")
-    parser.add_argument("--connections", type=int, default=32, help="closed-loop clients for --throughput")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="keep-alive connections of each load generator (and closed-loop clients for --throughput)",
+    )
+    parser.add_argument(
+        "--fault",
+        choices=FAULTS,
+        default="host",
+        help="what breaks mid-run: the beat leader's app host killed and cut off (host), only "
+        "cut off (partition-leader), or PgBouncer or Redis killed on the database host",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument(
@@ -943,7 +1265,7 @@ def _interrupted(signum, frame):
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] in ("heartbeats", "capacity"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("heartbeats", "capacity", "poll-terminals"):
         heartbeat_main(sys.argv[1:])
         return 0
     args = parse_args()
