@@ -1,15 +1,17 @@
 """Health reports of devices that keep their status are acknowledged once a Redis Stream holds
 them and drained to PostgreSQL (monitoring_app.health_buffer). What a 201 promises is tested
 here against a Redis of the test's own, with an append-only file fsynced on every write, that
-the test kills with SIGKILL and restarts, and against a process running the drain task killed in
-the middle of its transaction: every acknowledged report arrives once, none twice."""
+the test kills with SIGKILL and restarts, and against a real Celery worker process killed (SIGKILL) in
+the middle of a drain: every acknowledged report arrives once, none twice."""
 
+import contextlib
 import datetime
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -24,10 +26,13 @@ from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
+from homepot.celery import app
+from homepot.tests.celery_worker import reset_broker_connections
 from homepot.tests.served import free_port
 from monitoring_app import health_buffer
 from monitoring_app.models import HealthCheck, MonitoringState
 from monitoring_app.sweep import sweep_offline
+from monitoring_app.tasks import drain_health_reports
 
 HEALTH = "/api/v1/agent/health"
 BATCH = "/api/v1/agent/health/batch"
@@ -251,9 +256,6 @@ def test_a_drain_stopped_after_its_commit_stores_nothing_twice(own_redis, monkey
     assert all(values == [0, 1] for values in stored_per_device(devices).values())
 
 
-DRAIN_TASK = "from monitoring_app.tasks import drain_health_reports; drain_health_reports()"
-
-
 def _worker_env(own_redis) -> dict:
     settings_dict = connection.settings_dict
     from django.conf import settings
@@ -272,6 +274,19 @@ def _worker_env(own_redis) -> dict:
     }
 
 
+@contextlib.contextmanager
+def celery_broker(url: str):
+    """Tasks sent meanwhile go to `url`, the worker process's broker."""
+    saved = app.conf.broker_url
+    app.conf.broker_url = url
+    reset_broker_connections()
+    try:
+        yield
+    finally:
+        app.conf.broker_url = saved
+        reset_broker_connections()
+
+
 def _wait_for(predicate, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -282,7 +297,7 @@ def _wait_for(predicate, timeout: float = 60.0):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_drain_killed_in_the_middle_of_its_transaction_loses_and_duplicates_nothing(
+def test_a_celery_worker_killed_in_the_middle_of_a_drain_loses_and_duplicates_nothing(
     own_redis,
 ):
     devices = [reporting_device() for _ in range(4)]
@@ -295,13 +310,16 @@ def test_a_drain_killed_in_the_middle_of_its_transaction_loses_and_duplicates_no
         dbname=connection.settings_dict["NAME"], host=dsn.get("host"), user=dsn.get("user")
     ) as lock:
         lock.execute("SELECT 1 FROM devices_app_device WHERE id = %s FOR UPDATE", [devices[-1].pk])
-        # The beat task's body (what a Celery worker runs) in a process of its own, to kill.
+        queue = f"health-drain-test-{uuid.uuid4().hex}"
         worker = subprocess.Popen(  # noqa: S603 - fixed arguments
-            [sys.executable, "manage.py", "shell", "-c", DRAIN_TASK],
+            [sys.executable, "-m", "celery", "-A", "homepot", "worker", "-P", "solo", "-Q", queue]
+            + ["--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "WARNING"],
             cwd=BASE_DIR,
             env=_worker_env(own_redis),
         )
         try:
+            with celery_broker(own_redis.url):
+                drain_health_reports.apply_async(queue=queue)
 
             def drain_waits_on_the_lock():
                 lock.execute("SELECT pg_stat_clear_snapshot()")  # a fresh look, inside this transaction
