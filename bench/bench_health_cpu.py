@@ -15,8 +15,8 @@ free port, in a temporary directory) for the health buffer, and calls the views 
 
 and the same for a batch of `--batch` reports. Per request it reports this process's CPU,
 PostgreSQL's backend CPU (from /proc/<pid>/stat of this connection's backend), the Redis
-server's CPU, the SQL statements sent, and WAL bytes written. The machine's load changes the
-wall time, not these.
+server's CPU, the SQL statements sent, and how many reports the requests wrote themselves.
+The machine's load changes the wall time, not these.
 """
 
 import argparse
@@ -91,6 +91,7 @@ def run(args, redis_pid: int) -> dict:
     from monitoring_app import health_buffer
     from monitoring_app.api.agent import HealthBatchView, HealthView
     from monitoring_app.api.health_fast import health_batch_endpoint, health_endpoint
+    from monitoring_app.models import HealthCheck
 
     device_secrets = issue_credentials()
     factory = RequestFactory()
@@ -117,11 +118,6 @@ def run(args, redis_pid: int) -> dict:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
 
-    def wal_lsn():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-            return int(cursor.fetchone()[0])
-
     for round_ in range(args.rounds):
         order = list(views) if round_ % 2 == 0 else list(reversed(views))
         for batch in (False, True):
@@ -140,12 +136,8 @@ def run(args, redis_pid: int) -> dict:
                     )
                     for i in range(n)
                 ]
-                wal0, pg0, redis0, own0 = (
-                    wal_lsn(),
-                    proc_cpu(backend),
-                    proc_cpu(redis_pid),
-                    time.process_time(),
-                )
+                rows0 = HealthCheck.objects.count()
+                pg0, redis0, own0 = proc_cpu(backend), proc_cpu(redis_pid), time.process_time()
                 with CaptureQueriesContext(connection) as queries:
                     for request in requests:
                         response = view(request)
@@ -155,7 +147,6 @@ def run(args, redis_pid: int) -> dict:
                     proc_cpu(backend) - pg0,
                     proc_cpu(redis_pid) - redis0,
                 )
-                wal = wal_lsn() - wal0
                 key = f"{mode}{'_batch' if batch else ''}"
                 per = 1000 / n
                 out.setdefault(key, []).append(
@@ -164,14 +155,17 @@ def run(args, redis_pid: int) -> dict:
                         "postgres_cpu_ms": round(pg * per, 3),
                         "redis_cpu_ms": round(rd * per, 3),
                         "sql_per_request": round(len(queries) / n, 2),
-                        "wal_bytes_per_request": round(wal / n),
                     }
                 )
+                reports = n * (args.batch if batch else 1)
+                out[key][-1]["written_by_the_request"] = HealthCheck.objects.count() - rows0
                 if buffered:
-                    reports = n * (args.batch if batch else 1)
                     pg0, own0, start = proc_cpu(backend), time.process_time(), time.perf_counter()
                     drained = health_buffer.drain(wait=True, max_seconds=600)
-                    assert drained == reports, (drained, reports)
+                    # Under heavy load a Redis answer can take longer than the 0.3 s timeout:
+                    # those reports were written directly (and, if Redis had appended them
+                    # after all, drained too: the documented "twice, never zero times").
+                    assert HealthCheck.objects.count() - rows0 >= reports
                     elapsed = time.perf_counter() - start
                     own, pg = time.process_time() - own0, proc_cpu(backend) - pg0
                     out.setdefault(f"drain{'_batch' if batch else ''}", []).append(
@@ -182,7 +176,8 @@ def run(args, redis_pid: int) -> dict:
                             "postgres_cpu_ms_per_report": round(
                                 (proc_cpu(backend) - pg0) * 1000 / reports, 4
                             ),
-                            "reports_per_s_wall": round(reports / elapsed),
+                            "reports": drained,
+                            "reports_per_s_wall": round(drained / elapsed) if elapsed else None,
                         }
                     )
                 print(key, out[key][-1], flush=True)

@@ -23,6 +23,7 @@ from rest_framework import serializers
 from rest_framework.utils import json as strict_json
 
 from devices_app.services import device_identify
+from homepot.api.parsers import SUSPECT_ESCAPE
 from monitoring_app.api.agent import (
     HealthBatchView,
     HealthView,
@@ -86,9 +87,12 @@ def _json_body(request):
         return _NOT_HANDLED
     if not length or length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE or charset not in ("utf-8", "utf8"):
         return _NOT_HANDLED
+    body = request.body
+    if SUSPECT_ESCAPE.search(body):
+        return _NOT_HANDLED  # maybe text PostgreSQL cannot store: the parser's check words it
     try:
-        return strict_json.loads(request.body.decode("utf-8"))  # NaN and Infinity refused, as DRF does
-    except ValueError:  # UnicodeDecodeError included
+        return strict_json.loads(body.decode("utf-8"))  # NaN and Infinity refused, as DRF does
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nesting too deep
         return _NOT_HANDLED
 
 
