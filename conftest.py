@@ -70,6 +70,19 @@ def isolated_heartbeat_buffer(settings):
         client.delete(*keys)
 
 
+@pytest.fixture(autouse=True)
+def isolated_health_buffer(settings):
+    """Buffered health reports of this test only (a stream key prefix of its own, deleted
+    after): a leftover entry would be drained onto another test's device with the same id."""
+    prefix = f"homepot:health:test-{uuid.uuid4().hex}:"
+    settings.HOMEPOT_MONITORING_HEALTH_KEY_PREFIX = prefix
+    client = redis.Redis.from_url(django_settings.HOMEPOT_MONITORING_HEALTH_REDIS_URL)
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def flush_may_empty_the_audit_trail():
     """Transactional tests end with Django's flush, one TRUNCATE of every table, which the

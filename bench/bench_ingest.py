@@ -18,8 +18,10 @@ What it does:
      minute ago: the fleet's normal minute), buffered in Redis (the default), without the
      credential cache (HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS=0) and unbuffered
      (HOMEPOT_MONITORING_BUFFER_HEARTBEATS=false: each writes the device row);
-     a health report (one HealthCheck INSERT + the conditional UPDATE);
-     a batch of `--batch` reports from one device (reports per second).
+     a health report and a batch of `--batch` reports from one device (reports per second),
+     both in the steady state, buffered in the Redis Stream (the default; the drain of what
+     each run buffered is then timed in this process) and unbuffered
+     (HOMEPOT_MONITORING_BUFFER_HEALTH=false: each request writes PostgreSQL).
 
 The client runs on the same machine and takes CPU from the server; on a 2-CPU machine the
 numbers are a floor. Compare the ratio to "hello" rather than the absolute figures, and
@@ -106,6 +108,30 @@ def steady_state() -> None:
         cursor.execute("UPDATE devices_app_devicecredential SET last_used_at = now() - interval '1 minute'")
     seen_buffer._client().delete(seen_buffer._key())
     connection.close()
+
+
+def timed_drain() -> dict:
+    """Drain what the run left in the health buffer, in this process; reports per second."""
+    from django.db import connection
+
+    from monitoring_app import health_buffer
+    from monitoring_app.models import HealthCheck
+
+    before = HealthCheck.objects.count()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    drained = health_buffer.drain(wait=True, max_seconds=600)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    stored = HealthCheck.objects.count() - before
+    connection.close()
+    outcome = {
+        "reports": drained,
+        "rows_stored": stored,
+        "seconds": round(elapsed, 2),
+        "reports_per_s": round(drained / elapsed, 1) if drained else None,
+        "python_cpu_ms_per_report": round(cpu * 1000 / drained, 4) if drained else None,
+    }
+    print(f"drain {json.dumps(outcome)}", flush=True)
+    return outcome
 
 
 # --- load -----------------------------------------------------------------------------------------
@@ -320,18 +346,34 @@ def main() -> None:
             steady_state,
             heartbeat,
         ),
+        # Health reports in the steady state (devices online): buffered in the Redis Stream
+        # (the default), and written by each request (HOMEPOT_MONITORING_BUFFER_HEALTH=false).
         (
             "health",
             "homepot.wsgi",
             {},
-            None,
+            steady_state,
+            lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
+        ),
+        (
+            "health_unbuffered",
+            "homepot.wsgi",
+            {"HOMEPOT_MONITORING_BUFFER_HEALTH": "false"},
+            steady_state,
             lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
         ),
         (
             f"health_batch_{args.batch}",
             "homepot.wsgi",
             {},
-            None,
+            steady_state,
+            lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batch),
+        ),
+        (
+            f"health_batch_{args.batch}_unbuffered",
+            "homepot.wsgi",
+            {"HOMEPOT_MONITORING_BUFFER_HEALTH": "false"},
+            steady_state,
             lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batch),
         ),
     ]
@@ -357,10 +399,13 @@ def main() -> None:
                     print(f"{name:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
             finally:
                 stop(server)
+            if name.startswith("health"):
+                results["runs"][f"{name}@drain"] = timed_drain()
     finally:
-        from monitoring_app import seen_buffer
+        from monitoring_app import health_buffer, seen_buffer
 
         seen_buffer._client().delete(seen_buffer._key())  # heartbeats buffered during the runs
+        health_buffer._client().delete(health_buffer.stream_key())
         if not args.keep:
             drop_database(args.database)
     for connections_count in args.connections:

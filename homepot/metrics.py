@@ -76,6 +76,17 @@ heartbeat_buffer_flush_duration = Histogram(
     buckets=_BATCH_BUCKETS,
 )
 
+health_buffer_depth = Gauge(
+    "homepot_health_buffer_depth",
+    "Stream entries (health report requests) waiting in the Redis buffer at the last drain.",
+    multiprocess_mode="mostrecent",
+)
+health_buffer_drain_duration = Histogram(
+    "homepot_health_buffer_drain_duration_seconds",
+    "Time one drain of the health report buffer to PostgreSQL took.",
+    buckets=_BATCH_BUCKETS,
+)
+
 # --- Connectivity sweep and fleet --------------------------------------------------------
 sweep_duration = Histogram(
     "homepot_sweep_duration_seconds",

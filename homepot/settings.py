@@ -351,6 +351,24 @@ HOMEPOT_MONITORING_TOUCH_SECONDS = env.int("HOMEPOT_MONITORING_TOUCH_SECONDS", d
 HOMEPOT_MONITORING_BUFFER_HEARTBEATS = env.bool("HOMEPOT_MONITORING_BUFFER_HEARTBEATS", default=True)
 HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS = env.float("HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS", default=10.0)
 HOMEPOT_MONITORING_SEEN_KEY_PREFIX = env.str("HOMEPOT_MONITORING_SEEN_KEY_PREFIX", default="homepot:seen:")
+# Health reports of devices that keep their status go to a Redis Stream (acknowledged once
+# Redis holds them) and reach PostgreSQL by the drain this often; off, or with Redis down,
+# each is written at once. Point HEALTH_REDIS_URL at a Redis with appendonly yes and
+# appendfsync always for the guarantee of docs/operations.md ("Health report buffer").
+HOMEPOT_MONITORING_BUFFER_HEALTH = env.bool("HOMEPOT_MONITORING_BUFFER_HEALTH", default=True)
+HOMEPOT_MONITORING_HEALTH_REDIS_URL = env.str("HOMEPOT_MONITORING_HEALTH_REDIS_URL", default=REDIS_URL)
+HOMEPOT_MONITORING_HEALTH_KEY_PREFIX = env.str(
+    "HOMEPOT_MONITORING_HEALTH_KEY_PREFIX", default="homepot:health:"
+)
+HOMEPOT_MONITORING_HEALTH_DRAIN_SECONDS = env.float("HOMEPOT_MONITORING_HEALTH_DRAIN_SECONDS", default=2.0)
+HOMEPOT_MONITORING_HEALTH_DRAIN_MAX_SECONDS = env.float(
+    "HOMEPOT_MONITORING_HEALTH_DRAIN_MAX_SECONDS", default=50.0
+)
+# Above this many waiting entries (about 10 minutes of 100,000 terminals), reports are written
+# directly until the drain catches up: a stopped drain cannot fill Redis's memory.
+HOMEPOT_MONITORING_HEALTH_BUFFER_MAX_ENTRIES = env.int(
+    "HOMEPOT_MONITORING_HEALTH_BUFFER_MAX_ENTRIES", default=1_000_000
+)
 # The devices-by-status gauge of /metrics (a GROUP BY over every device: about a second at
 # 1,000,000 devices on a busy 2-core machine) is counted by at most one tick this often
 # (docs/operations.md, "Metrics"); 0: every tick.

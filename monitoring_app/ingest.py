@@ -18,10 +18,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
+from devices_app.models import Device
 from homepot import metrics
-from monitoring_app import seen_buffer
+from monitoring_app import health_buffer, seen_buffer
 from monitoring_app.choices import ConnectivityReason
-from monitoring_app.models import HealthCheck
 
 # Statuses a report does not override: an operator's maintenance window, and `error`, which
 # an operator or an integration sets (the payment module is down) and clears: a heartbeat says
@@ -187,16 +187,23 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     return device.status
 
 
-def health_reports_record(*, device_reports: list[tuple[int, HealthReport]]) -> int:
-    """Store health reports: one multi-row INSERT of HealthCheck history, then one
-    conditional UPDATE per reporting device with its newest report (a batch from a gateway
-    names a few devices; a terminal catching up names itself once).
+def health_reports_record(
+    *, device_reports: list[tuple[int, HealthReport]], devices: dict[int, Device] | None = None
+) -> int:
+    """Store health reports; returns how many. `device_reports` holds (device pk, validated
+    report); `devices` the reporting devices as the request loaded them (status, last_seen).
 
-    `device_reports` holds (device pk, validated report). Returns how many were stored.
+    When every reporting device keeps its status (online, maintenance, error), the reports go
+    to the Redis buffer (monitoring_app.health_buffer: acknowledged once Redis holds them,
+    written by the drain) and each device is noted as seen in the heartbeat buffer. Otherwise
+    (a device coming back online, no buffer, Redis down) they are written here and now: one
+    statement for a single report, else one multi-row INSERT and one set-based UPDATE.
     Not idempotent: each call appends history rows.
     """
     now = timezone.now()
     metrics.HEALTH_ACCEPTED.inc(len(device_reports))
+    if devices is not None and _buffered(now=now, device_reports=device_reports, devices=devices):
+        return len(device_reports)
     if len(device_reports) == 1:
         # The common case (a terminal's own report): history and latest state in one statement.
         device_pk, report = device_reports[0]
@@ -204,25 +211,140 @@ def health_reports_record(*, device_reports: list[tuple[int, HealthReport]]) -> 
             device_id=device_pk, now=now, reported_at=report.checked_at, health=report, store_history=True
         )
         return 1
-    rows = [
-        HealthCheck(
-            device_id=device_pk,
-            status=report.status,
-            response_time_ms=report.response_time_ms,
-            error_message=report.error_message,
-            metrics=report.metrics,
-            checked_at=report.checked_at,
-        )
-        for device_pk, report in device_reports
-    ]
-    newest: dict[int, HealthReport] = {}
-    for device_pk, report in device_reports:
-        if device_pk not in newest or report.checked_at >= newest[device_pk].checked_at:
-            newest[device_pk] = report
     with transaction.atomic():
-        HealthCheck.objects.bulk_create(rows, batch_size=1000)
-        # In id order, so two batches touching the same devices lock them in the same order.
-        for device_pk in sorted(newest):
-            report = newest[device_pk]
-            _touch_device(device_id=device_pk, now=now, reported_at=report.checked_at, health=report)
-    return len(rows)
+        health_reports_store(device_reports=[(pk, now, report) for pk, report in device_reports])
+    return len(device_reports)
+
+
+def _buffered(*, now: datetime.datetime, device_reports: list, devices: dict[int, Device]) -> bool:
+    """Hand the reports to the Redis buffer if none of their devices changes status; note the
+    devices as seen (the sweep flushes that before judging). False: write them directly."""
+    newest = _newest_per_device((pk, now, report) for pk, report in device_reports)
+    if not all(_stays_as_it_is(devices[pk]) for pk in newest):
+        return False
+    if not health_buffer.append(received_at=now, device_reports=device_reports):
+        return False
+    for pk, (_received_at, report) in newest.items():
+        device = devices[pk]
+        if _row_is_current(device, now) or seen_buffer.note_seen(pk, now, report.checked_at):
+            continue
+        # The report is buffered but the sighting could not be: write the row now, so the
+        # sweep cannot take the device for silent before the drain.
+        with transaction.atomic():
+            _touch_device(device_id=pk, now=now, reported_at=report.checked_at)
+    return True
+
+
+def _newest_per_device(device_reports) -> dict[int, tuple[datetime.datetime, HealthReport]]:
+    """Per device: the latest time of receipt and its newest report by the device's clock."""
+    newest: dict[int, tuple[datetime.datetime, HealthReport]] = {}
+    for pk, received_at, report in device_reports:
+        if pk not in newest:
+            newest[pk] = (received_at, report)
+            continue
+        seen, kept = newest[pk]
+        newest[pk] = (max(seen, received_at), report if report.checked_at >= kept.checked_at else kept)
+    return newest
+
+
+def health_reports_store(*, device_reports: list[tuple[int, datetime.datetime, HealthReport]]) -> None:
+    """Write (device pk, received at, report) triples in the current transaction: one multi-row
+    INSERT of their history and ONE set-based UPDATE of the devices with each one's newest
+    report (the rule of _touch_device, for many devices). A device found offline comes back
+    online only if it was heard from within the offline threshold (a report drained late
+    does not revive a device that has gone silent since). Appends history: not idempotent."""
+    if not device_reports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO monitoring_app_healthcheck
+                (device_id, status, response_time_ms, metrics, error_message, checked_at)
+            SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::jsonb[], %s::text[],
+                                 %s::timestamptz[])
+            """,
+            [
+                [pk for pk, _at, _r in device_reports],
+                [r.status for _pk, _at, r in device_reports],
+                [r.response_time_ms for _pk, _at, r in device_reports],
+                [json.dumps(r.metrics) for _pk, _at, r in device_reports],
+                [r.error_message for _pk, _at, r in device_reports],
+                [r.checked_at for _pk, _at, r in device_reports],
+            ],
+        )
+        _touch_devices(cursor, newest=_newest_per_device(device_reports))
+
+
+def _touch_devices(cursor, *, newest: dict[int, tuple[datetime.datetime, HealthReport]]) -> None:
+    from monitoring_app.sweep import offline_after
+
+    now = timezone.now()
+    ids = sorted(newest)  # lock rows in id order: two writers never lock crosswise
+    cursor.execute(
+        """
+        WITH v AS (
+            SELECT * FROM unnest(%(ids)s::bigint[], %(seen)s::timestamptz[], %(health)s::text[],
+                                 %(health_at)s::timestamptz[], %(app)s::text[], %(firmware)s::text[])
+                AS v (id, seen, health, health_at, app, firmware)
+        ),
+        prev AS (
+            SELECT d.id, d.status, d.health_status, d.app_version, d.firmware_version, d.last_seen,
+                   d.reported_at, d.last_health_at, v.seen, v.health, v.health_at, v.app, v.firmware
+            FROM devices_app_device d JOIN v ON v.id = d.id
+            ORDER BY d.id FOR UPDATE OF d
+        ),
+        decided AS (
+            SELECT prev.*,
+                   (prev.last_health_at IS NULL OR prev.health_at >= prev.last_health_at) AS newer,
+                   (NOT (prev.status = ANY(%(kept)s) OR prev.status = %(online)s)
+                    AND prev.seen >= %(alive_since)s) AS revive
+            FROM prev
+        ),
+        changed AS (
+            UPDATE devices_app_device d SET
+                last_seen = GREATEST(d.last_seen, x.seen),
+                reported_at = CASE WHEN x.reported_at IS NULL OR x.health_at >= x.reported_at
+                                   THEN x.health_at ELSE x.reported_at END,
+                status = CASE WHEN x.revive THEN %(online)s ELSE d.status END,
+                connectivity_changed_at = CASE WHEN x.revive THEN %(now)s
+                                               ELSE d.connectivity_changed_at END,
+                health_status = CASE WHEN x.newer THEN x.health ELSE d.health_status END,
+                health_changed_at = CASE
+                    WHEN x.newer AND d.health_status IS DISTINCT FROM x.health THEN %(now)s
+                    ELSE d.health_changed_at END,
+                last_health_at = CASE WHEN x.newer THEN x.health_at ELSE d.last_health_at END,
+                app_version = CASE WHEN x.newer AND x.app IS NOT NULL THEN x.app ELSE d.app_version END,
+                firmware_version = CASE WHEN x.newer AND x.firmware IS NOT NULL
+                                        THEN x.firmware ELSE d.firmware_version END
+            FROM decided x
+            WHERE d.id = x.id AND (
+                x.last_seen IS NULL
+                OR x.last_seen < %(stale)s
+                OR x.revive
+                OR (x.newer AND (
+                    x.health_status IS DISTINCT FROM x.health
+                    OR (x.app IS NOT NULL AND x.app_version IS DISTINCT FROM x.app)
+                    OR (x.firmware IS NOT NULL AND x.firmware_version IS DISTINCT FROM x.firmware)))
+            )
+            RETURNING d.id, x.status AS old_status, d.status AS new_status
+        )
+        INSERT INTO monitoring_app_devicestatuschange
+            (device_id, old_status, new_status, reason, changed_at)
+        SELECT id, old_status, new_status, %(reason)s, %(now)s FROM changed
+        WHERE old_status <> new_status
+        """,
+        {
+            "ids": ids,
+            "seen": [newest[pk][0] for pk in ids],
+            "health": [newest[pk][1].status for pk in ids],
+            "health_at": [newest[pk][1].checked_at for pk in ids],
+            "app": [newest[pk][1].app_version for pk in ids],
+            "firmware": [newest[pk][1].firmware_version for pk in ids],
+            "now": now,
+            "alive_since": now - offline_after(),
+            "stale": now - datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_TOUCH_SECONDS),
+            "kept": list(_KEPT_ON_REPORT),
+            "online": DeviceStatus.ONLINE,
+            "reason": ConnectivityReason.REPORT,
+        },
+    )

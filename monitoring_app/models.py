@@ -247,6 +247,20 @@ class MonitoringState(models.Model):
         return f"Monitoring state (last sweep {self.last_sweep_at})"
 
 
+class HealthBufferState(models.Model):
+    """How far the drain of the health report buffer has come, per Redis stream
+    (monitoring_app.health_buffer): the id of the last stream entry whose reports are committed
+    here, stored in the same transaction as them, so a redelivered entry is never inserted twice.
+    """
+
+    stream = models.CharField(max_length=200, primary_key=True)
+    drained_id = models.CharField(max_length=41, default="0-0", help_text="Last stream entry written.")
+    drained_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.stream} drained to {self.drained_id}"
+
+
 class DemoClock(models.Model):
     """The demo fixture's anchor (fixtures/demo.json, its first row): when the fixture was
     built, and by how much loading it moved every date so that the demo chain trades today.

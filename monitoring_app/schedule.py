@@ -14,6 +14,11 @@ BEAT_SCHEDULE: dict = {
         "schedule": settings.HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS,
         "options": {"expires": settings.HOMEPOT_MONITORING_SEEN_FLUSH_SECONDS},
     },
+    "monitoring-drain-health": {
+        "task": "monitoring_app.tasks.drain_health_reports",
+        "schedule": settings.HOMEPOT_MONITORING_HEALTH_DRAIN_SECONDS,
+        "options": {"expires": settings.HOMEPOT_MONITORING_HEALTH_DRAIN_SECONDS},
+    },
     # Retries of failed notifications come due here (new alerts also enqueue it at once).
     "monitoring-deliver-notifications": {
         "task": "monitoring_app.tasks.deliver_notifications",

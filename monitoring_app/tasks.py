@@ -15,6 +15,7 @@ from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from homepot import metrics
 from homepot.redis_clients import redis_client
+from monitoring_app import health_buffer
 from monitoring_app.alerts import alerts_evaluate
 from monitoring_app.checkpoints import checkpoint_write
 from monitoring_app.choices import AlertKind
@@ -90,6 +91,13 @@ def flush_heartbeats() -> int:
     """Write the buffered heartbeats to the device rows (set-based, 5,000 rows an UPDATE);
     returns how many."""
     return flush_seen()
+
+
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
+def drain_health_reports() -> int:
+    """Write the buffered health reports to PostgreSQL (exactly once: see
+    monitoring_app.health_buffer); returns how many. An overlapping run returns 0 at once."""
+    return health_buffer.drain()
 
 
 @shared_task(ignore_result=True, soft_time_limit=3000, time_limit=3600)

@@ -8,7 +8,7 @@ from rest_framework import exceptions, parsers, status
 # A JSON escape that may decode to text PostgreSQL cannot store: NUL (\u0000) or half of a
 # UTF-16 surrogate pair (\ud800-\udfff). Raw NUL bytes and raw surrogates cannot occur in a
 # body json.loads accepts, so a body without such an escape needs no further look.
-_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|d[89a-f])", re.IGNORECASE)
+SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|d[89a-f])", re.IGNORECASE)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 UNSTORABLE_TEXT = (
     "Text may not contain NUL characters or unpaired UTF-16 surrogates (\\ud800-\\udfff); "
@@ -53,7 +53,7 @@ class BoundedJSONParser(parsers.JSONParser):
             # `[[[[...` a few thousand deep exhausts Python's stack inside json.loads; that
             # is the client's malformed input, not a server error.
             raise exceptions.ParseError("JSON parse error - nesting is too deep.") from None
-        if body is None or _SUSPECT_ESCAPE.search(body):
+        if body is None or SUSPECT_ESCAPE.search(body):
             refuse_unstorable_text(data)
         return data
 

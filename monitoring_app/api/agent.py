@@ -77,30 +77,40 @@ class HealthReportSerializer(RejectUnknownFields, serializers.Serializer):
     metrics = serializers.DictField(required=False, help_text="Free-form measurements (small JSON object).")
 
     def validate_metrics(self, value):
-        text = json.dumps(value)
-        if len(text.encode()) > settings.HOMEPOT_MONITORING_METRICS_MAX_BYTES:
-            raise serializers.ValidationError(
-                f"Must be at most {settings.HOMEPOT_MONITORING_METRICS_MAX_BYTES} bytes as JSON."
-            )
-        if "\\u0000" in text:  # PostgreSQL's jsonb cannot hold NUL
-            raise serializers.ValidationError("Must not contain NUL characters.")
+        problem = metrics_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
     def to_report(self, data=None) -> ingest.HealthReport:
-        data = self.validated_data if data is None else data
-        metrics = {"extra": data["metrics"]} if data.get("metrics") else {}
-        for name in ("cpu_percent", "memory_percent", "disk_percent", "app_version", "firmware_version"):
-            if data.get(name) is not None:
-                metrics[name] = data[name]
-        return ingest.HealthReport(
-            status=data["status"],
-            checked_at=data.get("timestamp") or timezone.now(),
-            response_time_ms=data.get("response_time_ms"),
-            error_message=data.get("error_message", ""),
-            metrics=metrics,
-            app_version=data.get("app_version"),
-            firmware_version=data.get("firmware_version"),
-        )
+        return report_from(self.validated_data if data is None else data)
+
+
+def metrics_problem(value: dict) -> str | None:
+    """Why the free-form `metrics` object cannot be stored, or None."""
+    text = json.dumps(value)
+    if len(text.encode()) > settings.HOMEPOT_MONITORING_METRICS_MAX_BYTES:
+        return f"Must be at most {settings.HOMEPOT_MONITORING_METRICS_MAX_BYTES} bytes as JSON."
+    if "\\u0000" in text:  # PostgreSQL's jsonb cannot hold NUL
+        return "Must not contain NUL characters."
+    return None
+
+
+def report_from(data: dict) -> ingest.HealthReport:
+    """The report a validated body (HealthReportSerializer's fields) describes."""
+    metrics = {"extra": data["metrics"]} if data.get("metrics") else {}
+    for name in ("cpu_percent", "memory_percent", "disk_percent", "app_version", "firmware_version"):
+        if data.get(name) is not None:
+            metrics[name] = data[name]
+    return ingest.HealthReport(
+        status=data["status"],
+        checked_at=data.get("timestamp") or timezone.now(),
+        response_time_ms=data.get("response_time_ms"),
+        error_message=data.get("error_message", ""),
+        metrics=metrics,
+        app_version=data.get("app_version"),
+        firmware_version=data.get("firmware_version"),
+    )
 
 
 class BatchReportSerializer(HealthReportSerializer):
@@ -208,17 +218,17 @@ class HealthView(IngestView):
     @extend_schema(
         summary="Report my health",
         description="Stores one health report (history) and the device's latest health; "
-        "also counts as a heartbeat.",
+        "also counts as a heartbeat. A 201 means the report is kept: in PostgreSQL, or in the "
+        "durable Redis buffer that the drain writes to PostgreSQL within seconds "
+        '(docs/monitoring.md, "What a 201 guarantees").',
         request=HealthReportSerializer,
         responses={201: StoredAnswerSerializer},
     )
     def post(self, request):
         serializer = HealthReportSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        stored = ingest.health_reports_record(
-            device_reports=[(request.user.device.pk, serializer.to_report())]
-        )
-        return Response({"stored": stored}, status=status.HTTP_201_CREATED)
+        body = health_store(request.user.device, [serializer.validated_data])
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class HealthBatchView(IngestView):
@@ -227,41 +237,48 @@ class HealthBatchView(IngestView):
     @extend_schema(
         summary="Report many health reports at once",
         description="For a terminal catching up after an outage, or a store gateway reporting for "
-        "the devices of its own site (`device_id` per report). All or nothing.",
+        "the devices of its own site (`device_id` per report). All or nothing; a 201 means "
+        "what it means for a single report.",
         request=HealthBatchSerializer,
         responses={201: StoredAnswerSerializer},
     )
     def post(self, request):
         serializer = HealthBatchSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        reports = serializer.validated_data["reports"]
-        caller = request.user.device
-        targets = self._targets(caller, reports)
-        item = BatchReportSerializer()
-        device_reports = [(targets[index], item.to_report(report)) for index, report in enumerate(reports)]
-        stored = ingest.health_reports_record(device_reports=device_reports)
-        return Response({"stored": stored}, status=status.HTTP_201_CREATED)
+        body = health_store(request.user.device, serializer.validated_data["reports"])
+        return Response(body, status=status.HTTP_201_CREATED)
 
-    @staticmethod
-    def _targets(caller, reports) -> dict[int, int]:
-        """Report index -> device pk. Devices act as themselves; only a gateway may name
-        other devices, and only of its own site. Others are "unknown" (never revealed)."""
-        named = {r["device_id"] for r in reports if r.get("device_id") and r["device_id"] != caller.device_id}
-        known = {}
-        if named and caller.device_type == DeviceType.GATEWAY:
-            known = dict(
-                Device.objects.filter(site_id=caller.site_id, device_id__in=named).values_list(
-                    "device_id", "pk"
-                )
-            )
-        known[caller.device_id] = caller.pk
-        targets, errors = {}, {}
-        for index, report in enumerate(reports):
-            device_id = report.get("device_id") or caller.device_id
-            if device_id not in known:
-                errors[f"reports.{index}.device_id"] = [f"Unknown device {device_id!r}."]
-            else:
-                targets[index] = known[device_id]
-        if errors:
-            raise serializers.ValidationError(errors)
-        return targets
+
+def health_store(caller, reports: list[dict]) -> dict:
+    """Store validated reports sent by `caller` (a device loaded by the identity lookup);
+    the answer's body. Raises ValidationError naming a report whose device is unknown."""
+    targets, devices = batch_targets(caller, reports)
+    device_reports = [(targets[index], report_from(report)) for index, report in enumerate(reports)]
+    stored = ingest.health_reports_record(device_reports=device_reports, devices=devices)
+    return {"stored": stored}
+
+
+def batch_targets(caller, reports) -> tuple[dict[int, int], dict[int, Device]]:
+    """Report index -> device pk, and those devices (status and last seen loaded). Devices
+    act as themselves; only a gateway may name other devices, and only of its own site.
+    Others are "unknown" (never revealed)."""
+    named = {r["device_id"] for r in reports if r.get("device_id") and r["device_id"] != caller.device_id}
+    known = {}
+    if named and caller.device_type == DeviceType.GATEWAY:
+        known = {
+            device_id: Device(pk=pk, device_id=device_id, status=status, last_seen=last_seen)
+            for device_id, pk, status, last_seen in Device.objects.filter(
+                site_id=caller.site_id, device_id__in=named
+            ).values_list("device_id", "pk", "status", "last_seen")
+        }
+    known[caller.device_id] = caller
+    targets, errors = {}, {}
+    for index, report in enumerate(reports):
+        device_id = report.get("device_id") or caller.device_id
+        if device_id not in known:
+            errors[f"reports.{index}.device_id"] = [f"Unknown device {device_id!r}."]
+        else:
+            targets[index] = known[device_id].pk
+    if errors:
+        raise serializers.ValidationError(errors)
+    return targets, {device.pk: device for device in known.values()}

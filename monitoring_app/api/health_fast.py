@@ -1,0 +1,182 @@
+"""The health reports' hot path: 100,000 terminals each reporting every minute are 1,667
+requests a second, and Django REST framework's serializer of a dozen fields (about 1 ms of CPU
+here) cost more than storing the report.
+
+A well-formed report (or batch) from a device with a usable credential is validated here by
+plain checks that accept only what HealthReportSerializer accepts *as it is*: the exact JSON
+types, no whitespace to trim, no number given as a string, a timestamp with its zone.
+Everything else, whether wrong or just unusual (a missing or bad credential, an unknown field,
+a value the serializer would convert, a clock refused, a gateway naming a device it may not),
+is handed to the DRF view, which decides and words every error: this path never refuses.
+The same service stores the report either way (monitoring_app.api.agent.health_store).
+"""
+
+import functools
+import json
+import math
+
+from django.conf import settings
+from django.http import HttpResponse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
+from rest_framework.utils import json as strict_json
+
+from devices_app.services import device_identify
+from homepot.api.parsers import SUSPECT_ESCAPE
+from monitoring_app.api.agent import (
+    HealthBatchView,
+    HealthView,
+    health_store,
+    metrics_problem,
+    validate_device_clock,
+)
+from monitoring_app.choices import HealthStatus
+
+_NOT_HANDLED = object()
+_STATUSES = frozenset(HealthStatus.values)
+_PERCENTS = ("cpu_percent", "memory_percent", "disk_percent")
+# Strings of the serializer: name -> (max length, blank allowed)
+_TEXTS = {"app_version": (64, True), "firmware_version": (64, True), "error_message": (2000, True)}
+_REPORT_FIELDS = frozenset({"status", "timestamp", "response_time_ms", "metrics", *_PERCENTS, *_TEXTS})
+_BATCH_ITEM_FIELDS = _REPORT_FIELDS | {"device_id"}
+
+
+def _fast(drf_view, parse):
+    """Wrap a DRF view: `parse(data)` gives the list of validated report dicts or
+    _NOT_HANDLED. Keeps `cls`/`initkwargs` so URL introspection and the schema see the view."""
+
+    @csrf_exempt
+    @functools.wraps(drf_view)
+    def endpoint(request, *args, **kwargs):
+        answer = _handle(request, parse)
+        return drf_view(request, *args, **kwargs) if answer is _NOT_HANDLED else answer
+
+    return endpoint
+
+
+def _handle(request, parse):
+    if request.method != "POST":
+        return _NOT_HANDLED
+    scheme, _, key = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "device" or not key or " " in key:
+        return _NOT_HANDLED
+    data = _json_body(request)
+    if data is _NOT_HANDLED:
+        return _NOT_HANDLED
+    reports = parse(data)
+    if reports is _NOT_HANDLED:
+        return _NOT_HANDLED
+    device = device_identify(key)
+    if device is None:
+        return _NOT_HANDLED
+    try:
+        body = health_store(device, reports)
+    except serializers.ValidationError:
+        return _NOT_HANDLED  # a device it may not name: the DRF view says so
+    return HttpResponse(json.dumps(body, separators=(",", ":")), status=201, content_type="application/json")
+
+
+def _json_body(request):
+    if "HTTP_TRANSFER_ENCODING" in request.META or request.content_type != "application/json":
+        return _NOT_HANDLED
+    charset = request.content_params.get("charset", "utf-8").lower()
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _NOT_HANDLED
+    if not length or length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE or charset not in ("utf-8", "utf8"):
+        return _NOT_HANDLED
+    body = request.body
+    if SUSPECT_ESCAPE.search(body):
+        return _NOT_HANDLED  # maybe text PostgreSQL cannot store: the parser's check words it
+    try:
+        return strict_json.loads(body.decode("utf-8"))  # NaN and Infinity refused, as DRF does
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nesting too deep
+        return _NOT_HANDLED
+
+
+def parse_single(data):
+    report = clean_report(data, _REPORT_FIELDS)
+    return _NOT_HANDLED if report is None else [report]
+
+
+def parse_batch(data):
+    if not isinstance(data, dict) or set(data) != {"reports"}:
+        return _NOT_HANDLED
+    items = data["reports"]
+    if not isinstance(items, list) or not 0 < len(items) <= settings.HOMEPOT_MONITORING_BATCH_MAX_REPORTS:
+        return _NOT_HANDLED
+    reports = []
+    for item in items:
+        report = clean_report(item, _BATCH_ITEM_FIELDS)
+        if report is None:
+            return _NOT_HANDLED
+        reports.append(report)
+    return reports
+
+
+def clean_report(data, allowed: frozenset) -> dict | None:
+    """The serializer's validated data for `data`, or None unless it is sure the serializer
+    would accept `data` unchanged (apart from parsing the timestamp and making numbers float)."""
+    if not isinstance(data, dict) or not data.keys() <= allowed:
+        return None
+    if not isinstance(data.get("status"), str) or data["status"] not in _STATUSES:
+        return None
+    clean = dict(data)
+    if "timestamp" in data:
+        clean["timestamp"] = _timestamp(data["timestamp"])
+        if clean["timestamp"] is None:
+            return None
+    value = data.get("response_time_ms")
+    if value is not None and not (type(value) is int and 0 <= value <= 3_600_000):
+        return None
+    for name in _PERCENTS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= 100:
+            return None
+        clean[name] = float(value)
+    for name, (max_length, blank) in _TEXTS.items():
+        if name in data and not _plain_text(data[name], max_length, blank):
+            return None
+    if "device_id" in data and not _plain_text(data["device_id"], 64, False):
+        return None
+    measured = data.get("metrics", {})
+    if not isinstance(measured, dict) or metrics_problem(measured) is not None:
+        return None
+    return clean
+
+
+def _timestamp(value):
+    """An ISO 8601 string with its zone, within the allowed clock range, parsed; else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        return None
+    if parsed is None or parsed.tzinfo is None:
+        return None
+    try:
+        return validate_device_clock(parsed)
+    except serializers.ValidationError:
+        return None
+
+
+def _plain_text(value, max_length: int, blank: bool) -> bool:
+    """A string the serializer keeps as it is: nothing to trim, no NUL, no lone surrogate."""
+    if not isinstance(value, str) or len(value) > max_length or value != value.strip() or "\x00" in value:
+        return False
+    if not value and not blank:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which the serializer refuses
+        return False
+    return True
+
+
+health_endpoint = _fast(HealthView.as_view(), parse_single)
+health_batch_endpoint = _fast(HealthBatchView.as_view(), parse_batch)
