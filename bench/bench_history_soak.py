@@ -78,10 +78,19 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--database", default="homepot_bench_soak", help="Scratch database (dropped!).")
+    parser.add_argument("--database", default="homepot_soak_bench", help="Scratch database (dropped!).")
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--rows-per-device-day", type=int, default=100)
-    parser.add_argument("--days", type=int, nargs="+", default=[0, 1, 2, 5])
+    parser.add_argument("--days", type=int, nargs="+", default=[0, 1, 5], help="Sizes measured, in days.")
+    parser.add_argument(
+        "--size-rounds", type=int, default=3, help="Rounds over all sizes (each size once a round)."
+    )
+    parser.add_argument("--reuse", action="store_true", help="Reuse the database and the days it holds.")
+    parser.add_argument("--fill-only", action="store_true", help="Fill the days, keep the database, stop.")
+    parser.add_argument(
+        "--logged", action="store_true", help="Fill the history days WAL-logged (default UNLOGGED)."
+    )
+    parser.add_argument("--skip-retention", action="store_true")
     parser.add_argument("--ingest-seconds", type=float, default=5.0)
     parser.add_argument("--ingest-threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=15, help="Timed requests per read.")
@@ -128,11 +137,16 @@ def _rows_sql(target: str) -> str:
     """  # noqa: S608 (fixed names)
 
 
-def fill_day(day: datetime.date, per_day: int) -> float:
+def fill_day(day: datetime.date, per_day: int, *, logged: bool) -> float:
     """Insert one day of history as an operator's database would have it, but quickly: the
     day's partition is filled detached, without indexes (a chunk of k's per statement), then
     attached, which builds its indexes in one sorted pass each (the same indexes the ingest
-    maintains row by row)."""
+    maintains row by row).
+
+    UNLOGGED unless `logged`: half the writing (no WAL for the heap nor the index builds);
+    the pages the reads touch, the sizes and the files a retention drop removes are the same.
+    The CHECK constraint proving the day's range stays, so that the measuring can detach and
+    re-attach whole days (ATTACH then scans nothing) to compare sizes in one window."""
     from django.db import connection
 
     from monitoring_app import partitions
@@ -145,7 +159,10 @@ def fill_day(day: datetime.date, per_day: int) -> float:
     with connection.cursor() as cursor:
         cursor.execute(f'ALTER TABLE {HEALTH} DETACH PARTITION "{name}"')
         cursor.execute(f'DROP TABLE "{name}"')
-        cursor.execute(f'CREATE TABLE "{name}" (LIKE {HEALTH} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)')
+        persistence = "" if logged else "UNLOGGED"
+        cursor.execute(
+            f'CREATE {persistence} TABLE "{name}" (LIKE {HEALTH} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'
+        )
         for k0 in range(0, per_day, chunk):
             cursor.execute(
                 _rows_sql(f'"{name}"'),
@@ -165,11 +182,10 @@ def fill_day(day: datetime.date, per_day: int) -> float:
         cursor.execute(
             f'ALTER TABLE {HEALTH} ATTACH PARTITION "{name}" FOR VALUES FROM (%s) TO (%s)', [lower, upper]
         )
-        cursor.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT bench_range')
     return time.perf_counter() - start
 
 
-def fill_to(days: int, per_day: int, filled: set) -> dict:
+def fill_to(days: int, per_day: int, filled: set, *, logged: bool = False) -> dict:
     from monitoring_app import partitions
 
     timings = {}
@@ -180,10 +196,45 @@ def fill_to(days: int, per_day: int, filled: set) -> dict:
         if day in filled:
             continue
         log(f"filling {day} ({per_day} rows per device)")
-        timings[str(day)] = round(fill_day(day, per_day), 1)
+        timings[str(day)] = round(fill_day(day, per_day, logged=logged), 1)
         vacuum(partitions.HEALTH.day_partition(day))
         filled.add(day)
     return timings
+
+
+def filled_days() -> set[datetime.date]:
+    """The days a previous run filled (their partitions carry the bench's CHECK)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+               WHERE k.conname = 'bench_range' AND c.relname LIKE %s""",
+            [f"{HEALTH}_p%"],
+        )
+        return {datetime.datetime.strptime(row[0][-8:], "%Y%m%d").date() for row in cursor.fetchall()}
+
+
+def attach_only(days: int, filled: set) -> None:
+    """Make the history hold exactly the `days` filled days before today: the others are
+    detached (kept, with their indexes and CHECK, so re-attaching is instant)."""
+    from django.db import connection
+
+    from monitoring_app import partitions
+
+    wanted = {today_utc() - datetime.timedelta(days=n) for n in range(1, days + 1)}
+    attached = {p.name for p in partitions.partitions(partitions.HEALTH)}
+    with connection.cursor() as cursor:
+        for day in sorted(filled):
+            name = partitions.HEALTH.day_partition(day)
+            if day in wanted and name not in attached:
+                lower, upper = midnight(day), midnight(day + datetime.timedelta(days=1))
+                cursor.execute(
+                    f'ALTER TABLE {HEALTH} ATTACH PARTITION "{name}" FOR VALUES FROM (%s) TO (%s)',
+                    [lower, upper],
+                )
+            elif day not in wanted and name in attached:
+                cursor.execute(f'ALTER TABLE {HEALTH} DETACH PARTITION "{name}"')
 
 
 def vacuum(table: str) -> None:
@@ -578,32 +629,40 @@ def run(args) -> dict:
     settings.HOMEPOT_MONITORING_TOUCH_SECONDS = 0  # every heartbeat writes its row
     pks = _device_pks()
     results: dict = {"devices": len(pks), "rows_per_device_day": args.rows_per_device_day}
-    if not args.skip_write_cost:
+    if not args.skip_write_cost and not args.fill_only:
         results["write_cost"] = measure_write_cost(args, pks)
         log(f"write cost: {results['write_cost']}")
     if args.write_cost_only:
         return results
-    admin = User.objects.create_superuser("bench-admin", "bench@example.com", "x")
-    fleet_snapshot_take()
-    filled: set = set()
-    results["sizes"] = []
-    for days in sorted(args.days):
-        fill_timings = fill_to(days, args.rows_per_device_day, filled)
-        stage = {
-            "days": days,
-            "health_rows": history_rows(),
-            "fill_seconds": fill_timings,
-            "partitions": sizes(),
-        }
-        log(f"{days} days: {stage['health_rows']} rows; measuring")
-        stage["ingest"] = measure_ingest(args, pks)
-        window_day = today_utc() - datetime.timedelta(days=1) if days else None
-        stage["reads"] = measure_reads(args, admin, window_day)
-        stage["sql"] = measure_sql(args.repeat)
-        log(json.dumps(stage, default=str))
-        results["sizes"].append(stage)
+    filled = filled_days()
     biggest = max(args.days)
-    if biggest >= 2:
+    results["fill_seconds"] = fill_to(biggest, args.rows_per_device_day, filled, logged=args.logged)
+    if args.fill_only:
+        attach_only(biggest, filled)
+        results["partitions"] = sizes()
+        return results
+    admin = User.objects.filter(username="bench-admin").first() or User.objects.create_superuser(
+        "bench-admin", "bench@example.com", "x"
+    )
+    fleet_snapshot_take()
+    results["sizes"] = []
+    # Every size once a round, the rounds one after the other: the sizes are compared within
+    # minutes of each other on a machine whose load changes by the minute.
+    for round_number in range(args.size_rounds):
+        for days in args.days:
+            attach_only(days, filled)
+            stage = {"round": round_number + 1, "days": days, "health_rows": history_rows()}
+            if round_number == 0:
+                stage["partitions"] = sizes()
+            log(f"round {round_number + 1}, {days} days: {stage['health_rows']} rows; measuring")
+            stage["ingest"] = measure_ingest(args, pks)
+            window_day = today_utc() - datetime.timedelta(days=1)
+            stage["reads"] = measure_reads(args, admin, window_day)
+            stage["sql"] = measure_sql(args.repeat)
+            log(json.dumps(stage, default=str))
+            results["sizes"].append(stage)
+    attach_only(biggest, filled)
+    if biggest >= 2 and not args.skip_retention:
         oldest = today_utc() - datetime.timedelta(days=biggest)
         results["retention"] = measure_retention(args, pks, oldest)
     return results
@@ -611,12 +670,17 @@ def run(args) -> dict:
 
 def main() -> None:
     args = parse_args()
-    recreate_database(args.database)
     env = command_env(args.database)
-    log("migrating and creating the fleet")
-    manage(env, "migrate", "--noinput")
-    sites = max(1, args.devices // 100)
-    manage(env, "create_fleet", "--sites", str(sites), "--devices-per-site", "100", "--site-prefix", "soak")
+    if not args.reuse:
+        recreate_database(args.database)
+        log("migrating and creating the fleet")
+        manage(env, "migrate", "--noinput")
+        sites = max(1, args.devices // 100)
+        manage(
+            env, "create_fleet", "--sites", str(sites), "--devices-per-site", "100", "--site-prefix", "soak"
+        )
+    else:
+        manage(env, "migrate", "--noinput")
     setup_django(args.database)
     try:
         results = run(args)
@@ -624,7 +688,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        if not args.keep:
+        if not (args.keep or args.fill_only):
             drop_database(args.database)
     results["machine"] = machine()
     print(json.dumps(results, indent=2, default=str))
