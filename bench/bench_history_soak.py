@@ -258,13 +258,34 @@ def history_rows() -> int:
 
 
 def sizes() -> list[dict]:
+    """Rows (the statistics' estimate) and MB of each health partition with rows: heap,
+    indexes, total."""
+    from django.db import connection
+
     from monitoring_app import partitions
 
-    return [
-        {"partition": name, "rows": rows, "mb": round(size / 1024 / 1024, 1)}
-        for name, rows, size in partitions.history_sizes(partitions.HEALTH)
-        if rows > 0
-    ]
+    result = []
+    with connection.cursor() as cursor:
+        for part in partitions.partitions(partitions.HEALTH, cursor):
+            cursor.execute(
+                """SELECT greatest(reltuples, 0)::bigint, pg_relation_size(oid), pg_indexes_size(oid),
+                          pg_total_relation_size(oid)
+                   FROM pg_class WHERE oid = to_regclass(%s)""",
+                [part.name],
+            )
+            rows, heap, indexes, total = cursor.fetchone()
+            if rows > 0:
+                mb = 1024 * 1024
+                result.append(
+                    {
+                        "partition": part.name,
+                        "rows": rows,
+                        "heap_mb": round(heap / mb),
+                        "indexes_mb": round(indexes / mb),
+                        "mb": round(total / mb),
+                    }
+                )
+    return result
 
 
 # --- ingest -----------------------------------------------------------------------------------
@@ -365,11 +386,20 @@ def measure_ingest(args, pks) -> dict:
 
 
 def _time(get, urls: list[str]) -> dict:
-    samples = []
+    """Wall time of each request, and two figures the machine's load does not move: the SQL
+    statements it ran and this thread's CPU time (the Django and DRF work; PostgreSQL's is
+    in the EXPLAIN figures)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    samples, cpu, queries = [], [], []
     for url in urls:
-        start = time.perf_counter()
-        response = get(url)
-        samples.append((time.perf_counter() - start) * 1000)
+        with CaptureQueriesContext(connection) as captured:
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            response = get(url)
+            cpu.append((time.thread_time() - start_cpu) * 1000)
+            samples.append((time.perf_counter() - start) * 1000)
+        queries.append(len(captured.captured_queries))
         if response.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.content[:300]!r}")
     samples.sort()
@@ -377,6 +407,8 @@ def _time(get, urls: list[str]) -> dict:
         "median_ms": round(statistics.median(samples), 1),
         "p90_ms": round(samples[int(len(samples) * 0.9)], 1),
         "worst_ms": round(samples[-1], 1),
+        "cpu_median_ms": round(statistics.median(cpu), 1),
+        "queries": max(queries),
     }
 
 
@@ -445,29 +477,40 @@ SQL_READS = {
 
 
 def measure_sql(repeat: int) -> dict:
-    import re
-
+    """EXPLAIN (ANALYZE, BUFFERS) of each history query, the same devices and sites at every
+    size (a fixed seed): planning and execution time (median, worst), and what the load does
+    not move: the shared buffers touched (hit + read, median) and the rows returned."""
     from django.db import connection
 
     rng = random.Random(11)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM devices_app_device")
+        cursor.execute("SELECT id FROM devices_app_device ORDER BY id")
         devices = [row[0] for row in cursor.fetchall()]
-        cursor.execute("SELECT id FROM sites_app_site")
+        cursor.execute("SELECT id FROM sites_app_site ORDER BY id")
         sites = [row[0] for row in cursor.fetchall()]
+        picks = [(rng.choice(devices), rng.choice(sites)) for _ in range(repeat)]
         results = {}
         for name, template in SQL_READS.items():
-            planning, execution = [], []
-            for _ in range(repeat):
-                sql = template.format(device=rng.choice(devices), site=rng.choice(sites))
-                cursor.execute("EXPLAIN (ANALYZE) " + sql)
-                plan = "\n".join(row[0] for row in cursor.fetchall())
-                planning.append(float(re.search(r"Planning Time: ([\d.]+)", plan).group(1)))
-                execution.append(float(re.search(r"Execution Time: ([\d.]+)", plan).group(1)))
+            planning, execution, hit, read, rows = [], [], [], [], []
+            for device, site in picks:
+                cursor.execute(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + template.format(device=device, site=site)
+                )
+                explained = cursor.fetchone()[0]
+                explained = (json.loads(explained) if isinstance(explained, str) else explained)[0]
+                plan = explained["Plan"]
+                planning.append(explained["Planning Time"])
+                execution.append(explained["Execution Time"])
+                hit.append(plan["Shared Hit Blocks"])
+                read.append(plan["Shared Read Blocks"])
+                rows.append(plan["Actual Rows"])
             results[name] = {
                 "planning_ms": round(statistics.median(planning), 2),
                 "execution_ms": round(statistics.median(execution), 2),
                 "execution_worst_ms": round(max(execution), 2),
+                "buffers": statistics.median([h + r for h, r in zip(hit, read, strict=True)]),
+                "buffers_read": statistics.median(read),
+                "rows": statistics.median(rows),
             }
     return results
 
@@ -475,27 +518,111 @@ def measure_sql(repeat: int) -> dict:
 # --- retention --------------------------------------------------------------------------------
 
 
+class LockWatch:
+    """Samples pg_stat_activity every 20 ms from its own connection while open: how often a
+    backend of this database waited on a lock (and on what), and what the retention's own
+    backend was waiting on (no wait event while it is in the kernel removing files)."""
+
+    def __init__(self, retention_pid: int):
+        self.retention_pid = retention_pid
+        self.stop = threading.Event()
+        self.samples = 0
+        self.lock_waits: dict[str, int] = {}
+        self.retention_waits: dict[str, int] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            while not self.stop.is_set():
+                cursor.execute(
+                    """SELECT pid, coalesce(wait_event_type, '-'), coalesce(wait_event, '-'), state
+                       FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+                )
+                self.samples += 1
+                for pid, kind, event, state in cursor.fetchall():
+                    if pid == self.retention_pid:
+                        key = f"{state}:{kind}:{event}"
+                        self.retention_waits[key] = self.retention_waits.get(key, 0) + 1
+                    elif kind == "Lock":
+                        self.lock_waits[event] = self.lock_waits.get(event, 0) + 1
+                time.sleep(0.02)
+        connection.close()
+
+    def summary(self) -> dict:
+        return {
+            "samples": self.samples,
+            "ingest_lock_wait_samples": self.lock_waits,
+            "retention_backend": self.retention_waits,
+        }
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
 def measure_retention(args, pks, oldest: datetime.date) -> dict:
-    from monitoring_app import partitions
+    """The oldest day removed the retention's way while single reports arrive: the task's
+    two steps timed apart (health_history_prune, which detaches the day and writes the audit
+    row: what the history's readers and writers wait for; then history_reclaim, which
+    removes the files), with the ingest's worst latency and errors during each; then the
+    next day by the batched DELETE the plain table used, for comparison."""
+    from monitoring_app.models import AuditLog
+    from monitoring_app.retention import health_history_prune, history_reclaim
 
     results = {}
+    name = f"{HEALTH}_p{oldest:%Y%m%d}"
+    day_size = next((s for s in sizes() if s["partition"] == name), {})
     cutoff = midnight(oldest + datetime.timedelta(days=1))
-    with IngestLoad("health", pks, args.ingest_threads) as load:
+    with IngestLoad("health", pks, args.ingest_threads) as before:
+        time.sleep(2)
+    pid = _backend_pid()
+    with IngestLoad("health", pks, args.ingest_threads) as detach_load:
         time.sleep(1)
-        start = time.perf_counter()
-        dropped = partitions.history_partitions_drop_before(partitions.HEALTH, cutoff=cutoff)
-        took = time.perf_counter() - start
+        with LockWatch(pid) as detach_watch:
+            start = time.perf_counter()
+            removed = health_history_prune(now=cutoff, days=0)
+            detach_took = time.perf_counter() - start
         time.sleep(1)
-    results["partition_drop"] = {
-        "seconds": round(took, 3),
-        "partitions": [d.name for d in dropped],
-        "rows": sum(d.rows for d in dropped),
-        "ingest_meanwhile": load.summary(),
+    with IngestLoad("health", pks, args.ingest_threads) as reclaim_load:
+        time.sleep(1)
+        with LockWatch(pid) as reclaim_watch:
+            start = time.perf_counter()
+            reclaimed = history_reclaim()
+            reclaim_took = time.perf_counter() - start
+        time.sleep(1)
+    audit = AuditLog.objects.filter(event_type="health.pruned").order_by("-pk").first()
+    results["partition"] = {
+        "day": name,
+        "day_size": day_size,
+        "rows_removed": removed,
+        "audit": audit.new_values if audit else None,
+        "ingest_before": before.summary(),
+        "detach_and_audit_seconds": round(detach_took, 3),
+        "ingest_during_detach": detach_load.summary(),
+        "locks_during_detach": detach_watch.summary(),
+        "reclaim_seconds": round(reclaim_took, 3),
+        "reclaimed": reclaimed,
+        "ingest_during_reclaim": reclaim_load.summary(),
+        "locks_during_reclaim": reclaim_watch.summary(),
     }
-    log(f"dropped {results['partition_drop']}")
+    log(f"retention by partition: {results['partition']}")
 
     next_day = oldest + datetime.timedelta(days=1)
-    name = partitions.HEALTH.day_partition(next_day)
+    name = f"{HEALTH}_p{next_day:%Y%m%d}"
     day_rows = next((s["rows"] for s in sizes() if s["partition"] == name), 0)
     day_cutoff = midnight(next_day + datetime.timedelta(days=1))
     with IngestLoad("health", pks, args.ingest_threads) as load:
@@ -506,6 +633,7 @@ def measure_retention(args, pks, oldest: datetime.date) -> dict:
         "rows": deleted,
         "day_rows": day_rows,
         "rows_per_s": round(rate),
+        "whole_day_seconds_at_that_rate": round(day_rows / rate) if rate else None,
         "ingest_meanwhile": load.summary(),
     }
     return results

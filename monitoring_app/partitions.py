@@ -294,23 +294,38 @@ def history_partitions_detach_before(
 
 def _detach_with_retries(history: HistoryTable, name: str) -> int | None:
     """DETACH `name` from `history` under the retention's short lock timeout, a few times;
-    its row count, or None if it never got the lock (logged, left for the next run)."""
+    its row count, or None if it never got its locks (logged, left for the next run)."""
+
+    def detach(cursor):
+        rows = _analyzed_row_count(name, cursor)
+        cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {_quote(name)}")
+        return rows
+
+    return _with_retention_retries(detach, what=f"detach {name}")
+
+
+def _with_retention_retries(step, *, what: str):
+    """Run `step(cursor)` in a transaction under HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS,
+    up to HOMEPOT_MONITORING_RETENTION_ATTEMPTS times; its result, or None if every attempt
+    timed out on a lock.
+
+    The timeout is short because while the step waits, whatever wants a conflicting lock
+    queues behind it: both DETACH and DROP of a day also lock the device table (the day's
+    foreign key gets, or loses, triggers of its own there), which every heartbeat and health
+    report UPDATEs. The pause between attempts lets that queue drain."""
     attempts = max(1, settings.HOMEPOT_MONITORING_RETENTION_ATTEMPTS)
     for attempt in range(1, attempts + 1):
         try:
             with transaction.atomic(), connection.cursor() as cursor:
-                rows = _analyzed_row_count(name, cursor)
                 cursor.execute(
                     "SET LOCAL lock_timeout = %s",
                     [f"{settings.HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS}ms"],
                 )
-                cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {_quote(name)}")
-            return rows
+                return step(cursor)
         except _RETRY_LATER as exc:
-            logger.warning("partition %s not detached (attempt %s of %s): %s", name, attempt, attempts, exc)
+            logger.warning("%s: attempt %s of %s: %s", what, attempt, attempts, exc)
             if attempt < attempts:
-                # Let the queue that formed behind the waiting DETACH drain first.
-                time.sleep(min(1.0, 0.1 * attempt))
+                time.sleep(min(0.5, 0.05 * attempt))
     return None
 
 
@@ -320,22 +335,21 @@ def history_partitions_reclaim(
     """Drop the day tables of `history` that retention detached (all of them, or those wholly
     before `cutoff`), each in its own transaction: this is where the disk space comes back.
 
-    Holds no lock the ingest needs for longer than the catalog change: the detached table is
-    no partition any more, and PostgreSQL removes the files after the commit has released the
-    locks (the foreign key's triggers on the device table go with the table, so it takes a
-    brief lock there, under the partition lock timeout). A table that cannot get its locks in
-    time is left for the next run (the hourly maintenance runs this too). Returns the names
-    dropped."""
+    The file removal holds no lock: PostgreSQL removes the files after the commit has
+    released the locks ("since this may take many seconds", xact.c). The DROP itself locks
+    the device table briefly (the foreign key's triggers there go with the table), so it
+    runs under the retention's lock timeout and retries (_with_retention_retries); a table
+    that never gets its locks is left for the next run (the hourly maintenance runs this
+    too). Returns the names dropped."""
     dropped = []
     for name in _detached_days_before(history, cutoff):
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                _set_lock_timeout(cursor)
-                cursor.execute(f"DROP TABLE {_quote(name)}")
-        except _RETRY_LATER as exc:
-            logger.warning("detached day %s not dropped this time: %s", name, exc)
-            continue
-        dropped.append(name)
+
+        def drop(cursor, name=name):
+            cursor.execute(f"DROP TABLE {_quote(name)}")
+            return name
+
+        if _with_retention_retries(drop, what=f"drop {name}"):
+            dropped.append(name)
     return dropped
 
 
