@@ -1,40 +1,52 @@
 """History soak: does anything get slower as the health history grows? And retention.
 
-    python bench/bench_history_soak.py                          # 100,000 devices; 0, 1, 2, 5 days
-    python bench/bench_history_soak.py --days 0 1 2 --rows-per-device-day 100 --json soak.json
+    # fill five days (50 million rows) once and keep the database, then measure on it:
+    python bench/bench_history_soak.py --fill-only --days 0 1 5 --skip-write-cost
+    python bench/bench_history_soak.py --reuse --keep --days 0 1 5 --size-rounds 3 \
+        --skip-write-cost --json soak.json
     python bench/bench_history_soak.py --write-cost-only        # plain vs partitioned INSERT cost
 
 What it does:
-  1. recreates a scratch database (`--database`, default homepot_bench_soak; DROPPED), migrates
-     it (the history tables come out partitioned by day) and runs `manage.py create_fleet`
-     (`--devices`, 100 per site);
+  1. recreates a scratch database (`--database`, default homepot_soak_bench; DROPPED unless
+     `--reuse`), migrates it (the history tables come out partitioned by day) and runs
+     `manage.py create_fleet` (`--devices`, 100 per site);
   2. write cost per row: the same rows INSERTed into a plain table carrying the indexes the
      health table had before partitioning (migration 0015: id, device, (device, checked_at),
      checked_at, (status, checked_at), (status, id)) and into the partitioned health table,
      set-based (`--write-cost-rows` in one INSERT ... SELECT) and one row a statement in
      autocommit (as the ingest writes), alternating, `--rounds` times: rows per second each;
-  3. for each size in `--days` (full UTC days of history before today, `--rows-per-device-day`
-     rows per device per day; 100 × 100,000 = 10 million rows a day), fills the missing days
-     set-based (INSERT ... SELECT over generate_series, in time order, into the day's
-     partition detached and then attached, so its indexes are built in one pass), VACUUM
-     ANALYZEs them, writes down each partition's rows and bytes, and measures
-     in-process (no HTTP; the service and DRF/Django test clients as an admin of every site):
+  3. fills the days before today up to the largest of `--days` that the database lacks
+     (`--rows-per-device-day` rows per device per day; 100 × 100,000 = 10 million rows a day)
+     set-based: INSERT ... SELECT over generate_series, in time order, into the day's table
+     created detached and UNLOGGED (`--logged` for WAL-logged), then ATTACHed (its indexes
+     built in one pass each), then VACUUM ANALYZE; `--fill-only` stops there;
+  4. `--size-rounds` rounds, each measuring every size of `--days` in turn (the history made
+     to hold exactly that many days by detaching and re-attaching whole filled days, which
+     keep their indexes and a CHECK of their range, so that takes milliseconds): the sizes
+     are compared minutes apart, not an hour apart on a machine whose load changes by the
+     minute. At each:
        - ingest: single health reports (health_reports_record: the INSERT + the conditional
          device UPDATE), batches of 50 reports, and heartbeats that write the device row
          (HOMEPOT_MONITORING_TOUCH_SECONDS=0), each for `--ingest-seconds` from
-         `--ingest-threads` threads: reports per second;
-       - reads, median/p90 of `--repeat` (a random device or site each time): a device's
-         latest check (GET /api/v1/health-checks?device=..&page_size=1), its timeline
-         (/api/v1/fleet/devices/../timeline), a site's hour of checks
+         `--ingest-threads` threads: reports per second (the 0 size of the same round is the
+         baseline measured beside it);
+       - reads in-process (DRF/Django test clients as an admin of every site), `--repeat`
+         each, a random device or site each time: median/p90 wall time, and the SQL
+         statements and this thread's CPU time per request; a device's latest check (GET
+         /api/v1/health-checks?device=..&page_size=1), its timeline
+         (/api/v1/fleet/devices/../timeline), a site's hour of checks yesterday
          (/api/v1/health-checks?site=..&since=..&until=..), site health
          (/api/v1/sites/../health), the fleet dashboard (/admin/monitoring_app/alert/fleet/),
          the admin health-check list (/admin/monitoring_app/healthcheck/, and filtered to
-         unhealthy); and the SQL behind them by EXPLAIN ANALYZE (planning and execution);
-  4. on the largest size, retention while ingest runs (`--ingest-threads` threads of single
-     reports): the oldest day dropped as a partition (health_history_prune's way), then the
-     next day's rows removed by the batched DELETE the plain table used (5,000 a batch), for
-     at most `--delete-budget` seconds (the rate then gives the whole day's time); for each,
-     its duration, the ingest's rate, worst latency and errors meanwhile.
+         unhealthy);
+       - the history SQL behind them by EXPLAIN (ANALYZE, BUFFERS), the same devices and sites
+         at every size: planning and execution time, shared buffers touched, rows;
+  5. on the largest size, retention while single reports arrive: the task's two steps timed
+     apart, health_history_prune (detach the oldest day, write the audit row) and
+     history_reclaim (drop the detached table: the files go), with the ingest's rate, worst
+     latency and errors during each and pg_stat_activity sampled every 20 ms (who waited on
+     a lock); then the next day's rows removed by the batched DELETE the plain table used
+     (5,000 a batch) for at most `--delete-budget` seconds (the rate gives the whole day's).
 
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
@@ -247,8 +259,9 @@ def vacuum(table: str) -> None:
 def history_rows() -> int:
     from django.db import connection
 
+    # The statistics' count (the filled days were VACUUM ANALYZEd; today's ingest adds a few
+    # thousand): an ANALYZE of 50 million rows at every size would cost more than the run.
     with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {HEALTH}")
         cursor.execute(
             "SELECT coalesce(sum(c.reltuples), 0)::bigint FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
