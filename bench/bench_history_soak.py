@@ -103,6 +103,9 @@ def parse_args() -> argparse.Namespace:
         "--logged", action="store_true", help="Fill the history days WAL-logged (default UNLOGGED)."
     )
     parser.add_argument("--skip-retention", action="store_true")
+    parser.add_argument(
+        "--no-fill", action="store_true", help="Measure the days the database holds, fill none."
+    )
     parser.add_argument("--ingest-seconds", type=float, default=5.0)
     parser.add_argument("--ingest-threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=15, help="Timed requests per read.")
@@ -587,7 +590,7 @@ def _backend_pid() -> int:
         return cursor.fetchone()[0]
 
 
-def measure_retention(args, pks, oldest: datetime.date) -> dict:
+def measure_retention(args, pks, oldest: datetime.date, next_day: datetime.date) -> dict:
     """The oldest day removed the retention's way while single reports arrive: the task's
     two steps timed apart (health_history_prune, which detaches the day and writes the audit
     row: what the history's readers and writers wait for; then history_reclaim, which
@@ -634,7 +637,6 @@ def measure_retention(args, pks, oldest: datetime.date) -> dict:
     }
     log(f"retention by partition: {results['partition']}")
 
-    next_day = oldest + datetime.timedelta(days=1)
     name = f"{HEALTH}_p{next_day:%Y%m%d}"
     day_rows = next((s["rows"] for s in sizes() if s["partition"] == name), 0)
     day_cutoff = midnight(next_day + datetime.timedelta(days=1))
@@ -777,7 +779,8 @@ def run(args) -> dict:
         return results
     filled = filled_days()
     biggest = max(args.days)
-    results["fill_seconds"] = fill_to(biggest, args.rows_per_device_day, filled, logged=args.logged)
+    if not args.no_fill:
+        results["fill_seconds"] = fill_to(biggest, args.rows_per_device_day, filled, logged=args.logged)
     if args.fill_only:
         attach_only(biggest, filled)
         results["partitions"] = sizes()
@@ -804,8 +807,10 @@ def run(args) -> dict:
             results["sizes"].append(stage)
     attach_only(biggest, filled)
     if biggest >= 2 and not args.skip_retention:
-        oldest = today_utc() - datetime.timedelta(days=biggest)
-        results["retention"] = measure_retention(args, pks, oldest)
+        oldest, next_day = sorted(d for d in filled if d >= today_utc() - datetime.timedelta(days=biggest))[
+            :2
+        ]
+        results["retention"] = measure_retention(args, pks, oldest, next_day)
     return results
 
 
