@@ -1,40 +1,52 @@
 """History soak: does anything get slower as the health history grows? And retention.
 
-    python bench/bench_history_soak.py                          # 100,000 devices; 0, 1, 2, 5 days
-    python bench/bench_history_soak.py --days 0 1 2 --rows-per-device-day 100 --json soak.json
+    # fill five days (50 million rows) once and keep the database, then measure on it:
+    python bench/bench_history_soak.py --fill-only --days 0 1 5 --skip-write-cost
+    python bench/bench_history_soak.py --reuse --keep --days 0 1 5 --size-rounds 3 \
+        --skip-write-cost --json soak.json
     python bench/bench_history_soak.py --write-cost-only        # plain vs partitioned INSERT cost
 
 What it does:
-  1. recreates a scratch database (`--database`, default homepot_bench_soak; DROPPED), migrates
-     it (the history tables come out partitioned by day) and runs `manage.py create_fleet`
-     (`--devices`, 100 per site);
+  1. recreates a scratch database (`--database`, default homepot_soak_bench; DROPPED unless
+     `--reuse`), migrates it (the history tables come out partitioned by day) and runs
+     `manage.py create_fleet` (`--devices`, 100 per site);
   2. write cost per row: the same rows INSERTed into a plain table carrying the indexes the
      health table had before partitioning (migration 0015: id, device, (device, checked_at),
      checked_at, (status, checked_at), (status, id)) and into the partitioned health table,
      set-based (`--write-cost-rows` in one INSERT ... SELECT) and one row a statement in
      autocommit (as the ingest writes), alternating, `--rounds` times: rows per second each;
-  3. for each size in `--days` (full UTC days of history before today, `--rows-per-device-day`
-     rows per device per day; 100 × 100,000 = 10 million rows a day), fills the missing days
-     set-based (INSERT ... SELECT over generate_series, in time order, into the day's
-     partition detached and then attached, so its indexes are built in one pass), VACUUM
-     ANALYZEs them, writes down each partition's rows and bytes, and measures
-     in-process (no HTTP; the service and DRF/Django test clients as an admin of every site):
+  3. fills the days before today up to the largest of `--days` that the database lacks
+     (`--rows-per-device-day` rows per device per day; 100 × 100,000 = 10 million rows a day)
+     set-based: INSERT ... SELECT over generate_series, in time order, into the day's table
+     created detached and UNLOGGED (`--logged` for WAL-logged), then ATTACHed (its indexes
+     built in one pass each), then VACUUM ANALYZE; `--fill-only` stops there;
+  4. `--size-rounds` rounds, each measuring every size of `--days` in turn (the history made
+     to hold exactly that many days by detaching and re-attaching whole filled days, which
+     keep their indexes and a CHECK of their range, so that takes milliseconds): the sizes
+     are compared minutes apart, not an hour apart on a machine whose load changes by the
+     minute. At each:
        - ingest: single health reports (health_reports_record: the INSERT + the conditional
          device UPDATE), batches of 50 reports, and heartbeats that write the device row
          (HOMEPOT_MONITORING_TOUCH_SECONDS=0), each for `--ingest-seconds` from
-         `--ingest-threads` threads: reports per second;
-       - reads, median/p90 of `--repeat` (a random device or site each time): a device's
-         latest check (GET /api/v1/health-checks?device=..&page_size=1), its timeline
-         (/api/v1/fleet/devices/../timeline), a site's hour of checks
+         `--ingest-threads` threads: reports per second (the 0 size of the same round is the
+         baseline measured beside it);
+       - reads in-process (DRF/Django test clients as an admin of every site), `--repeat`
+         each, a random device or site each time: median/p90 wall time, and the SQL
+         statements and this thread's CPU time per request; a device's latest check (GET
+         /api/v1/health-checks?device=..&page_size=1), its timeline
+         (/api/v1/fleet/devices/../timeline), a site's hour of checks yesterday
          (/api/v1/health-checks?site=..&since=..&until=..), site health
          (/api/v1/sites/../health), the fleet dashboard (/admin/monitoring_app/alert/fleet/),
          the admin health-check list (/admin/monitoring_app/healthcheck/, and filtered to
-         unhealthy); and the SQL behind them by EXPLAIN ANALYZE (planning and execution);
-  4. on the largest size, retention while ingest runs (`--ingest-threads` threads of single
-     reports): the oldest day dropped as a partition (health_history_prune's way), then the
-     next day's rows removed by the batched DELETE the plain table used (5,000 a batch), for
-     at most `--delete-budget` seconds (the rate then gives the whole day's time); for each,
-     its duration, the ingest's rate, worst latency and errors meanwhile.
+         unhealthy);
+       - the history SQL behind them by EXPLAIN (ANALYZE, BUFFERS), the same devices and sites
+         at every size: planning and execution time, shared buffers touched, rows;
+  5. on the largest size, retention while single reports arrive: the task's two steps timed
+     apart, health_history_prune (detach the oldest day, write the audit row) and
+     history_reclaim (drop the detached table: the files go), with the ingest's rate, worst
+     latency and errors during each and pg_stat_activity sampled every 20 ms (who waited on
+     a lock); then the next day's rows removed by the batched DELETE the plain table used
+     (5,000 a batch) for at most `--delete-budget` seconds (the rate gives the whole day's).
 
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
@@ -78,10 +90,22 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--database", default="homepot_bench_soak", help="Scratch database (dropped!).")
+    parser.add_argument("--database", default="homepot_soak_bench", help="Scratch database (dropped!).")
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--rows-per-device-day", type=int, default=100)
-    parser.add_argument("--days", type=int, nargs="+", default=[0, 1, 2, 5])
+    parser.add_argument("--days", type=int, nargs="+", default=[0, 1, 5], help="Sizes measured, in days.")
+    parser.add_argument(
+        "--size-rounds", type=int, default=3, help="Rounds over all sizes (each size once a round)."
+    )
+    parser.add_argument("--reuse", action="store_true", help="Reuse the database and the days it holds.")
+    parser.add_argument("--fill-only", action="store_true", help="Fill the days, keep the database, stop.")
+    parser.add_argument(
+        "--logged", action="store_true", help="Fill the history days WAL-logged (default UNLOGGED)."
+    )
+    parser.add_argument("--skip-retention", action="store_true")
+    parser.add_argument(
+        "--no-fill", action="store_true", help="Measure the days the database holds, fill none."
+    )
     parser.add_argument("--ingest-seconds", type=float, default=5.0)
     parser.add_argument("--ingest-threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=15, help="Timed requests per read.")
@@ -128,11 +152,16 @@ def _rows_sql(target: str) -> str:
     """  # noqa: S608 (fixed names)
 
 
-def fill_day(day: datetime.date, per_day: int) -> float:
+def fill_day(day: datetime.date, per_day: int, *, logged: bool) -> float:
     """Insert one day of history as an operator's database would have it, but quickly: the
     day's partition is filled detached, without indexes (a chunk of k's per statement), then
     attached, which builds its indexes in one sorted pass each (the same indexes the ingest
-    maintains row by row)."""
+    maintains row by row).
+
+    UNLOGGED unless `logged`: half the writing (no WAL for the heap nor the index builds);
+    the pages the reads touch, the sizes and the files a retention drop removes are the same.
+    The CHECK constraint proving the day's range stays, so that the measuring can detach and
+    re-attach whole days (ATTACH then scans nothing) to compare sizes in one window."""
     from django.db import connection
 
     from monitoring_app import partitions
@@ -145,7 +174,10 @@ def fill_day(day: datetime.date, per_day: int) -> float:
     with connection.cursor() as cursor:
         cursor.execute(f'ALTER TABLE {HEALTH} DETACH PARTITION "{name}"')
         cursor.execute(f'DROP TABLE "{name}"')
-        cursor.execute(f'CREATE TABLE "{name}" (LIKE {HEALTH} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)')
+        persistence = "" if logged else "UNLOGGED"
+        cursor.execute(
+            f'CREATE {persistence} TABLE "{name}" (LIKE {HEALTH} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'
+        )
         for k0 in range(0, per_day, chunk):
             cursor.execute(
                 _rows_sql(f'"{name}"'),
@@ -165,11 +197,10 @@ def fill_day(day: datetime.date, per_day: int) -> float:
         cursor.execute(
             f'ALTER TABLE {HEALTH} ATTACH PARTITION "{name}" FOR VALUES FROM (%s) TO (%s)', [lower, upper]
         )
-        cursor.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT bench_range')
     return time.perf_counter() - start
 
 
-def fill_to(days: int, per_day: int, filled: set) -> dict:
+def fill_to(days: int, per_day: int, filled: set, *, logged: bool = False) -> dict:
     from monitoring_app import partitions
 
     timings = {}
@@ -180,10 +211,45 @@ def fill_to(days: int, per_day: int, filled: set) -> dict:
         if day in filled:
             continue
         log(f"filling {day} ({per_day} rows per device)")
-        timings[str(day)] = round(fill_day(day, per_day), 1)
+        timings[str(day)] = round(fill_day(day, per_day, logged=logged), 1)
         vacuum(partitions.HEALTH.day_partition(day))
         filled.add(day)
     return timings
+
+
+def filled_days() -> set[datetime.date]:
+    """The days a previous run filled (their partitions carry the bench's CHECK)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+               WHERE k.conname = 'bench_range' AND c.relname LIKE %s""",
+            [f"{HEALTH}_p%"],
+        )
+        return {datetime.datetime.strptime(row[0][-8:], "%Y%m%d").date() for row in cursor.fetchall()}
+
+
+def attach_only(days: int, filled: set) -> None:
+    """Make the history hold exactly the `days` filled days before today: the others are
+    detached (kept, with their indexes and CHECK, so re-attaching is instant)."""
+    from django.db import connection
+
+    from monitoring_app import partitions
+
+    wanted = {today_utc() - datetime.timedelta(days=n) for n in range(1, days + 1)}
+    attached = {p.name for p in partitions.partitions(partitions.HEALTH)}
+    with connection.cursor() as cursor:
+        for day in sorted(filled):
+            name = partitions.HEALTH.day_partition(day)
+            if day in wanted and name not in attached:
+                lower, upper = midnight(day), midnight(day + datetime.timedelta(days=1))
+                cursor.execute(
+                    f'ALTER TABLE {HEALTH} ATTACH PARTITION "{name}" FOR VALUES FROM (%s) TO (%s)',
+                    [lower, upper],
+                )
+            elif day not in wanted and name in attached:
+                cursor.execute(f'ALTER TABLE {HEALTH} DETACH PARTITION "{name}"')
 
 
 def vacuum(table: str) -> None:
@@ -196,8 +262,9 @@ def vacuum(table: str) -> None:
 def history_rows() -> int:
     from django.db import connection
 
+    # The statistics' count (the filled days were VACUUM ANALYZEd; today's ingest adds a few
+    # thousand): an ANALYZE of 50 million rows at every size would cost more than the run.
     with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {HEALTH}")
         cursor.execute(
             "SELECT coalesce(sum(c.reltuples), 0)::bigint FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
@@ -207,13 +274,34 @@ def history_rows() -> int:
 
 
 def sizes() -> list[dict]:
+    """Rows (the statistics' estimate) and MB of each health partition with rows: heap,
+    indexes, total."""
+    from django.db import connection
+
     from monitoring_app import partitions
 
-    return [
-        {"partition": name, "rows": rows, "mb": round(size / 1024 / 1024, 1)}
-        for name, rows, size in partitions.history_sizes(partitions.HEALTH)
-        if rows > 0
-    ]
+    result = []
+    with connection.cursor() as cursor:
+        for part in partitions.partitions(partitions.HEALTH, cursor):
+            cursor.execute(
+                """SELECT greatest(reltuples, 0)::bigint, pg_relation_size(oid), pg_indexes_size(oid),
+                          pg_total_relation_size(oid)
+                   FROM pg_class WHERE oid = to_regclass(%s)""",
+                [part.name],
+            )
+            rows, heap, indexes, total = cursor.fetchone()
+            if rows > 0:
+                mb = 1024 * 1024
+                result.append(
+                    {
+                        "partition": part.name,
+                        "rows": rows,
+                        "heap_mb": round(heap / mb),
+                        "indexes_mb": round(indexes / mb),
+                        "mb": round(total / mb),
+                    }
+                )
+    return result
 
 
 # --- ingest -----------------------------------------------------------------------------------
@@ -314,11 +402,20 @@ def measure_ingest(args, pks) -> dict:
 
 
 def _time(get, urls: list[str]) -> dict:
-    samples = []
+    """Wall time of each request, and two figures the machine's load does not move: the SQL
+    statements it ran and this thread's CPU time (the Django and DRF work; PostgreSQL's is
+    in the EXPLAIN figures)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    samples, cpu, queries = [], [], []
     for url in urls:
-        start = time.perf_counter()
-        response = get(url)
-        samples.append((time.perf_counter() - start) * 1000)
+        with CaptureQueriesContext(connection) as captured:
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            response = get(url)
+            cpu.append((time.thread_time() - start_cpu) * 1000)
+            samples.append((time.perf_counter() - start) * 1000)
+        queries.append(len(captured.captured_queries))
         if response.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.content[:300]!r}")
     samples.sort()
@@ -326,6 +423,8 @@ def _time(get, urls: list[str]) -> dict:
         "median_ms": round(statistics.median(samples), 1),
         "p90_ms": round(samples[int(len(samples) * 0.9)], 1),
         "worst_ms": round(samples[-1], 1),
+        "cpu_median_ms": round(statistics.median(cpu), 1),
+        "queries": max(queries),
     }
 
 
@@ -394,29 +493,40 @@ SQL_READS = {
 
 
 def measure_sql(repeat: int) -> dict:
-    import re
-
+    """EXPLAIN (ANALYZE, BUFFERS) of each history query, the same devices and sites at every
+    size (a fixed seed): planning and execution time (median, worst), and what the load does
+    not move: the shared buffers touched (hit + read, median) and the rows returned."""
     from django.db import connection
 
     rng = random.Random(11)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM devices_app_device")
+        cursor.execute("SELECT id FROM devices_app_device ORDER BY id")
         devices = [row[0] for row in cursor.fetchall()]
-        cursor.execute("SELECT id FROM sites_app_site")
+        cursor.execute("SELECT id FROM sites_app_site ORDER BY id")
         sites = [row[0] for row in cursor.fetchall()]
+        picks = [(rng.choice(devices), rng.choice(sites)) for _ in range(repeat)]
         results = {}
         for name, template in SQL_READS.items():
-            planning, execution = [], []
-            for _ in range(repeat):
-                sql = template.format(device=rng.choice(devices), site=rng.choice(sites))
-                cursor.execute("EXPLAIN (ANALYZE) " + sql)
-                plan = "\n".join(row[0] for row in cursor.fetchall())
-                planning.append(float(re.search(r"Planning Time: ([\d.]+)", plan).group(1)))
-                execution.append(float(re.search(r"Execution Time: ([\d.]+)", plan).group(1)))
+            planning, execution, hit, read, rows = [], [], [], [], []
+            for device, site in picks:
+                cursor.execute(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + template.format(device=device, site=site)
+                )
+                explained = cursor.fetchone()[0]
+                explained = (json.loads(explained) if isinstance(explained, str) else explained)[0]
+                plan = explained["Plan"]
+                planning.append(explained["Planning Time"])
+                execution.append(explained["Execution Time"])
+                hit.append(plan["Shared Hit Blocks"])
+                read.append(plan["Shared Read Blocks"])
+                rows.append(plan["Actual Rows"])
             results[name] = {
                 "planning_ms": round(statistics.median(planning), 2),
                 "execution_ms": round(statistics.median(execution), 2),
                 "execution_worst_ms": round(max(execution), 2),
+                "buffers": statistics.median([h + r for h, r in zip(hit, read, strict=True)]),
+                "buffers_read": statistics.median(read),
+                "rows": statistics.median(rows),
             }
     return results
 
@@ -424,27 +534,110 @@ def measure_sql(repeat: int) -> dict:
 # --- retention --------------------------------------------------------------------------------
 
 
-def measure_retention(args, pks, oldest: datetime.date) -> dict:
-    from monitoring_app import partitions
+class LockWatch:
+    """Samples pg_stat_activity every 20 ms from its own connection while open: how often a
+    backend of this database waited on a lock (and on what), and what the retention's own
+    backend was waiting on (no wait event while it is in the kernel removing files)."""
+
+    def __init__(self, retention_pid: int):
+        self.retention_pid = retention_pid
+        self.stop = threading.Event()
+        self.samples = 0
+        self.lock_waits: dict[str, int] = {}
+        self.retention_waits: dict[str, int] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            while not self.stop.is_set():
+                cursor.execute(
+                    """SELECT pid, coalesce(wait_event_type, '-'), coalesce(wait_event, '-'), state
+                       FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+                )
+                self.samples += 1
+                for pid, kind, event, state in cursor.fetchall():
+                    if pid == self.retention_pid:
+                        key = f"{state}:{kind}:{event}"
+                        self.retention_waits[key] = self.retention_waits.get(key, 0) + 1
+                    elif kind == "Lock":
+                        self.lock_waits[event] = self.lock_waits.get(event, 0) + 1
+                time.sleep(0.02)
+        connection.close()
+
+    def summary(self) -> dict:
+        return {
+            "samples": self.samples,
+            "ingest_lock_wait_samples": self.lock_waits,
+            "retention_backend": self.retention_waits,
+        }
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def measure_retention(args, pks, oldest: datetime.date, next_day: datetime.date) -> dict:
+    """The oldest day removed the retention's way while single reports arrive: the task's
+    two steps timed apart (health_history_prune, which detaches the day and writes the audit
+    row: what the history's readers and writers wait for; then history_reclaim, which
+    removes the files), with the ingest's worst latency and errors during each; then the
+    next day by the batched DELETE the plain table used, for comparison."""
+    from monitoring_app.models import AuditLog
+    from monitoring_app.retention import health_history_prune, history_reclaim
 
     results = {}
+    name = f"{HEALTH}_p{oldest:%Y%m%d}"
+    day_size = next((s for s in sizes() if s["partition"] == name), {})
     cutoff = midnight(oldest + datetime.timedelta(days=1))
-    with IngestLoad("health", pks, args.ingest_threads) as load:
+    with IngestLoad("health", pks, args.ingest_threads) as before:
+        time.sleep(2)
+    pid = _backend_pid()
+    with IngestLoad("health", pks, args.ingest_threads) as detach_load:
         time.sleep(1)
-        start = time.perf_counter()
-        dropped = partitions.history_partitions_drop_before(partitions.HEALTH, cutoff=cutoff)
-        took = time.perf_counter() - start
+        with LockWatch(pid) as detach_watch:
+            start = time.perf_counter()
+            removed = health_history_prune(now=cutoff, days=0)
+            detach_took = time.perf_counter() - start
         time.sleep(1)
-    results["partition_drop"] = {
-        "seconds": round(took, 3),
-        "partitions": [d.name for d in dropped],
-        "rows": sum(d.rows for d in dropped),
-        "ingest_meanwhile": load.summary(),
+    with IngestLoad("health", pks, args.ingest_threads) as reclaim_load:
+        time.sleep(1)
+        with LockWatch(pid) as reclaim_watch:
+            start = time.perf_counter()
+            reclaimed = history_reclaim()
+            reclaim_took = time.perf_counter() - start
+        time.sleep(1)
+    audit = AuditLog.objects.filter(event_type="health.pruned").order_by("-pk").first()
+    results["partition"] = {
+        "day": name,
+        "day_size": day_size,
+        "rows_removed": removed,
+        "audit": audit.new_values if audit else None,
+        "ingest_before": before.summary(),
+        "detach_and_audit_seconds": round(detach_took, 3),
+        "ingest_during_detach": detach_load.summary(),
+        "locks_during_detach": detach_watch.summary(),
+        "reclaim_seconds": round(reclaim_took, 3),
+        "reclaimed": reclaimed,
+        "ingest_during_reclaim": reclaim_load.summary(),
+        "locks_during_reclaim": reclaim_watch.summary(),
     }
-    log(f"dropped {results['partition_drop']}")
+    log(f"retention by partition: {results['partition']}")
 
-    next_day = oldest + datetime.timedelta(days=1)
-    name = partitions.HEALTH.day_partition(next_day)
+    name = f"{HEALTH}_p{next_day:%Y%m%d}"
     day_rows = next((s["rows"] for s in sizes() if s["partition"] == name), 0)
     day_cutoff = midnight(next_day + datetime.timedelta(days=1))
     with IngestLoad("health", pks, args.ingest_threads) as load:
@@ -455,6 +648,7 @@ def measure_retention(args, pks, oldest: datetime.date) -> dict:
         "rows": deleted,
         "day_rows": day_rows,
         "rows_per_s": round(rate),
+        "whole_day_seconds_at_that_rate": round(day_rows / rate) if rate else None,
         "ingest_meanwhile": load.summary(),
     }
     return results
@@ -578,45 +772,61 @@ def run(args) -> dict:
     settings.HOMEPOT_MONITORING_TOUCH_SECONDS = 0  # every heartbeat writes its row
     pks = _device_pks()
     results: dict = {"devices": len(pks), "rows_per_device_day": args.rows_per_device_day}
-    if not args.skip_write_cost:
+    if not args.skip_write_cost and not args.fill_only:
         results["write_cost"] = measure_write_cost(args, pks)
         log(f"write cost: {results['write_cost']}")
     if args.write_cost_only:
         return results
-    admin = User.objects.create_superuser("bench-admin", "bench@example.com", "x")
-    fleet_snapshot_take()
-    filled: set = set()
-    results["sizes"] = []
-    for days in sorted(args.days):
-        fill_timings = fill_to(days, args.rows_per_device_day, filled)
-        stage = {
-            "days": days,
-            "health_rows": history_rows(),
-            "fill_seconds": fill_timings,
-            "partitions": sizes(),
-        }
-        log(f"{days} days: {stage['health_rows']} rows; measuring")
-        stage["ingest"] = measure_ingest(args, pks)
-        window_day = today_utc() - datetime.timedelta(days=1) if days else None
-        stage["reads"] = measure_reads(args, admin, window_day)
-        stage["sql"] = measure_sql(args.repeat)
-        log(json.dumps(stage, default=str))
-        results["sizes"].append(stage)
+    filled = filled_days()
     biggest = max(args.days)
-    if biggest >= 2:
-        oldest = today_utc() - datetime.timedelta(days=biggest)
-        results["retention"] = measure_retention(args, pks, oldest)
+    if not args.no_fill:
+        results["fill_seconds"] = fill_to(biggest, args.rows_per_device_day, filled, logged=args.logged)
+    if args.fill_only:
+        attach_only(biggest, filled)
+        results["partitions"] = sizes()
+        return results
+    admin = User.objects.filter(username="bench-admin").first() or User.objects.create_superuser(
+        "bench-admin", "bench@example.com", "x"
+    )
+    fleet_snapshot_take()
+    results["sizes"] = []
+    # Every size once a round, the rounds one after the other: the sizes are compared within
+    # minutes of each other on a machine whose load changes by the minute.
+    for round_number in range(args.size_rounds):
+        for days in args.days:
+            attach_only(days, filled)
+            stage = {"round": round_number + 1, "days": days, "health_rows": history_rows()}
+            if round_number == 0:
+                stage["partitions"] = sizes()
+            log(f"round {round_number + 1}, {days} days: {stage['health_rows']} rows; measuring")
+            stage["ingest"] = measure_ingest(args, pks)
+            window_day = today_utc() - datetime.timedelta(days=1)
+            stage["reads"] = measure_reads(args, admin, window_day)
+            stage["sql"] = measure_sql(args.repeat)
+            log(json.dumps(stage, default=str))
+            results["sizes"].append(stage)
+    attach_only(biggest, filled)
+    if biggest >= 2 and not args.skip_retention:
+        oldest, next_day = sorted(d for d in filled if d >= today_utc() - datetime.timedelta(days=biggest))[
+            :2
+        ]
+        results["retention"] = measure_retention(args, pks, oldest, next_day)
     return results
 
 
 def main() -> None:
     args = parse_args()
-    recreate_database(args.database)
     env = command_env(args.database)
-    log("migrating and creating the fleet")
-    manage(env, "migrate", "--noinput")
-    sites = max(1, args.devices // 100)
-    manage(env, "create_fleet", "--sites", str(sites), "--devices-per-site", "100", "--site-prefix", "soak")
+    if not args.reuse:
+        recreate_database(args.database)
+        log("migrating and creating the fleet")
+        manage(env, "migrate", "--noinput")
+        sites = max(1, args.devices // 100)
+        manage(
+            env, "create_fleet", "--sites", str(sites), "--devices-per-site", "100", "--site-prefix", "soak"
+        )
+    else:
+        manage(env, "migrate", "--noinput")
     setup_django(args.database)
     try:
         results = run(args)
@@ -624,7 +834,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        if not args.keep:
+        if not (args.keep or args.fill_only):
             drop_database(args.database)
     results["machine"] = machine()
     print(json.dumps(results, indent=2, default=str))

@@ -302,11 +302,18 @@ class EstimatedCountPaginator(Paginator):
         return int(plan[0]["Plan"]["Plan Rows"])
 
     def _estimated_table_size(self) -> int | None:
+        """The planner's row count of the table; of a partitioned table (the health history),
+        the sum of its partitions', since autovacuum never ANALYZEs a partitioned parent and
+        its own stays -1, which would send every page of the list to the bounded count."""
         queryset = self.object_list
         connection = connections[queryset.db]
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                """SELECT CASE WHEN c.relkind = 'p' THEN (
+                              SELECT coalesce(sum(greatest(p.reltuples, 0)), 0) FROM pg_inherits i
+                              JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid)
+                          ELSE c.reltuples END::bigint
+                   FROM pg_class c WHERE c.oid = %s::regclass""",
                 [queryset.model._meta.db_table],
             )
             row = cursor.fetchone()

@@ -437,6 +437,14 @@ HOMEPOT_MONITORING_PARTITION_LOCK_TIMEOUT_MS = env.int(
 HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS = env.int(
     "HOMEPOT_MONITORING_PARTITION_MIGRATE_MAX_ROWS", default=1_000_000
 )
+# Retention's DETACH (and later DROP) of an old day waits at most this long for each lock it
+# needs, on the history table and on the device table (every ingest write queues behind it
+# while it waits), and is tried this many times (pauses of 0.05 s, 0.1 s, ... up to 0.5 s
+# between) before the day is left for the next run.
+HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS = env.int(
+    "HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS", default=200
+)
+HOMEPOT_MONITORING_RETENTION_ATTEMPTS = env.int("HOMEPOT_MONITORING_RETENTION_ATTEMPTS", default=20)
 # Device health and site health each have a `status`: name their OpenAPI enums apart.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {

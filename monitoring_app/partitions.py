@@ -21,7 +21,8 @@ what they did before (retention deletes in batches).
 
 import datetime
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import OperationalError, ProgrammingError, connection, transaction
@@ -180,6 +181,7 @@ class MaintainReport:
     created: list[str]
     moved_days: list[str]
     skipped: list[str]  # tables not partitioned (SQLite, or not converted yet)
+    reclaimed: list[str] = field(default_factory=list)  # detached days dropped (a retention's leftovers)
 
 
 def history_partitions_maintain(
@@ -190,7 +192,9 @@ def history_partitions_maintain(
 
     Each partition in its own short transaction with a lock timeout; a run that times out
     leaves the rest to the next run (hourly). Safe to repeat and to run twice at once (the
-    second's CREATE fails on the name and is skipped). No audit row: nothing a user owns changes.
+    second's CREATE fails on the name and is skipped). Also drops the days a retention run
+    detached but did not get to drop (history_partitions_reclaim). No audit row: nothing a
+    user owns changes (the retention that detached the days wrote it).
     """
     now = now or datetime.datetime.now(datetime.UTC)
     days_ahead = settings.HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD if days_ahead is None else days_ahead
@@ -200,6 +204,8 @@ def history_partitions_maintain(
         if not is_partitioned(history.table):
             report.skipped.append(history.table)
             continue
+        # First, so that a late stray of a day retention detached gets that day's name back.
+        report.reclaimed.extend(history_partitions_reclaim(history))
         wanted = [today + datetime.timedelta(days=n) for n in range(-1, days_ahead + 1)]
         stray_days = _default_partition_days(history)
         for name in history_partitions_create(history, days=set(wanted) | set(stray_days)):
@@ -247,43 +253,109 @@ class DroppedPartition:
 def history_partitions_drop_before(
     history: HistoryTable, *, cutoff: datetime.datetime
 ) -> list[DroppedPartition]:
-    """Detach and drop every day partition of `history` wholly before `cutoff` (its upper
-    bound <= cutoff): constant time per day as far as the database is concerned, whatever it
-    holds. A day only partly past the cutoff is kept until it is wholly past, so up to one
-    day more than the retention is kept.
-
-    DETACH (milliseconds, but an ACCESS EXCLUSIVE lock on the parent, under the lock
-    timeout) commits on its own; the DROP follows in its own transaction, so the file
-    removal (seconds for gigabytes on a slow disk) holds no lock anyone else needs. A day
-    detached but not dropped (a crash in between) is dropped by the next run.
-
-    The row count recorded is the statistics collector's live-row count of the partition
-    (exact for an append-only day; see _analyzed_row_count), since counting 72 million rows
-    would cost what dropping them saves. A partition that cannot get its lock in time is
-    left for the next run.
-    """
-    dropped = []
-    for part in partitions(history):
-        if part.upper is None or part.upper > cutoff:
-            continue
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                rows = _analyzed_row_count(part.name, cursor)
-                _set_lock_timeout(cursor)
-                cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {_quote(part.name)}")
-        except _RETRY_LATER as exc:
-            logger.warning("partition %s not dropped this time: %s", part.name, exc)
-            continue
-        dropped.append(DroppedPartition(part.name, rows))
-    for name in _detached_days_before(history, cutoff):
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE {_quote(name)}")
+    """Detach every day partition of `history` wholly before `cutoff` (its upper bound <=
+    cutoff), then drop the detached days: history_partitions_detach_before followed by
+    history_partitions_reclaim. For callers that want the disk back before they return; the
+    retention itself only detaches (see health_history_prune)."""
+    dropped = history_partitions_detach_before(history, cutoff=cutoff)
+    history_partitions_reclaim(history, cutoff=cutoff)
     return dropped
 
 
-def _detached_days_before(history: HistoryTable, cutoff: datetime.datetime) -> list[str]:
+def history_partitions_detach_before(
+    history: HistoryTable, *, cutoff: datetime.datetime
+) -> list[DroppedPartition]:
+    """Take every day partition of `history` wholly before `cutoff` (its upper bound <=
+    cutoff) out of the history: from then on no query sees its rows. A day only partly past
+    the cutoff is kept until it is wholly past, so up to one day more than the retention is
+    kept. Milliseconds whatever the day holds: the files stay (history_partitions_reclaim
+    removes them later; removing them is what takes seconds, about 1 s a GB on a disk that
+    discards freed blocks).
+
+    Each DETACH is its own transaction, so the ACCESS EXCLUSIVE lock it needs on the parent is
+    held for milliseconds. Its wait for that lock is bounded by
+    HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS, because while it waits every ingest INSERT
+    queues behind it; it is retried up to HOMEPOT_MONITORING_RETENTION_ATTEMPTS times (a
+    long read of the history holds the lock it needs), then left for the next run.
+
+    The row count recorded is the statistics collector's live-row count of the partition
+    (exact for an append-only day; see _analyzed_row_count), since counting 72 million rows
+    would cost what dropping them saves.
+    """
+    detached = []
+    for part in partitions(history):
+        if part.upper is None or part.upper > cutoff:
+            continue
+        rows = _detach_with_retries(history, part.name)
+        if rows is not None:
+            detached.append(DroppedPartition(part.name, rows))
+    return detached
+
+
+def _detach_with_retries(history: HistoryTable, name: str) -> int | None:
+    """DETACH `name` from `history` under the retention's short lock timeout, a few times;
+    its row count, or None if it never got its locks (logged, left for the next run)."""
+
+    def detach(cursor):
+        rows = _analyzed_row_count(name, cursor)
+        cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {_quote(name)}")
+        return rows
+
+    return _with_retention_retries(detach, what=f"detach {name}")
+
+
+def _with_retention_retries(step, *, what: str):
+    """Run `step(cursor)` in a transaction under HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS,
+    up to HOMEPOT_MONITORING_RETENTION_ATTEMPTS times; its result, or None if every attempt
+    timed out on a lock.
+
+    The timeout is short because while the step waits, whatever wants a conflicting lock
+    queues behind it: both DETACH and DROP of a day also lock the device table (the day's
+    foreign key gets, or loses, triggers of its own there), which every heartbeat and health
+    report UPDATEs. The pause between attempts lets that queue drain."""
+    attempts = max(1, settings.HOMEPOT_MONITORING_RETENTION_ATTEMPTS)
+    for attempt in range(1, attempts + 1):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    "SET LOCAL lock_timeout = %s",
+                    [f"{settings.HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS}ms"],
+                )
+                return step(cursor)
+        except _RETRY_LATER as exc:
+            logger.warning("%s: attempt %s of %s: %s", what, attempt, attempts, exc)
+            if attempt < attempts:
+                time.sleep(min(0.5, 0.05 * attempt))
+    return None
+
+
+def history_partitions_reclaim(
+    history: HistoryTable, *, cutoff: datetime.datetime | None = None
+) -> list[str]:
+    """Drop the day tables of `history` that retention detached (all of them, or those wholly
+    before `cutoff`), each in its own transaction: this is where the disk space comes back.
+
+    The file removal holds no lock: PostgreSQL removes the files after the commit has
+    released the locks ("since this may take many seconds", xact.c). The DROP itself locks
+    the device table briefly (the foreign key's triggers there go with the table), so it
+    runs under the retention's lock timeout and retries (_with_retention_retries); a table
+    that never gets its locks is left for the next run (the hourly maintenance runs this
+    too). Returns the names dropped."""
+    dropped = []
+    for name in _detached_days_before(history, cutoff):
+
+        def drop(cursor, name=name):
+            cursor.execute(f"DROP TABLE {_quote(name)}")
+            return name
+
+        if _with_retention_retries(drop, what=f"drop {name}"):
+            dropped.append(name)
+    return dropped
+
+
+def _detached_days_before(history: HistoryTable, cutoff: datetime.datetime | None) -> list[str]:
     """Day tables of `history` that are no partition any more (detached by retention) and
-    wholly before `cutoff`."""
+    wholly before `cutoff` (any day if None)."""
     with connection.cursor() as cursor:
         cursor.execute(
             """SELECT relname FROM pg_class
@@ -292,11 +364,12 @@ def _detached_days_before(history: HistoryTable, cutoff: datetime.datetime) -> l
             [f"^{history.table}_p[0-9]{{8}}$"],
         )
         names = [row[0] for row in cursor.fetchall()]
-    return [
+    return sorted(
         name
         for name in names
-        if _utc_day_start(datetime.datetime.strptime(name[-8:], "%Y%m%d").date()) + DAY <= cutoff
-    ]
+        if cutoff is None
+        or _utc_day_start(datetime.datetime.strptime(name[-8:], "%Y%m%d").date()) + DAY <= cutoff
+    )
 
 
 def _analyzed_row_count(name: str, cursor) -> int:

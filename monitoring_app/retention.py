@@ -1,13 +1,16 @@
 """Retention: health history older than HOMEPOT_MONITORING_RETENTION_DAYS is removed.
 
 On PostgreSQL the history tables are partitioned by day (monitoring_app.partitions): every
-day partition wholly before the cutoff is dropped whole (constant time, no dead rows for
-autovacuum), a day only partly past the cutoff is kept until it is wholly past (so up to one
-day more than the retention is kept), and the few rows the DEFAULT partition holds are
-deleted in batches. A plain table (SQLite, or PostgreSQL not yet converted) is deleted from
-in small batches, each its own short transaction, so no lock is held long and the ingest
-keeps writing meanwhile. Device rows (the latest state) and alerts are never touched. The
-dashboard's rollup (FleetSnapshot) goes after SNAPSHOT_KEEP_DAYS.
+day partition wholly before the cutoff is detached (milliseconds, whatever it holds; no dead
+rows for autovacuum), a day only partly past the cutoff is kept until it is wholly past (so
+up to one day more than the retention is kept), and the few rows the DEFAULT partition holds
+are deleted in batches. The detached days' files are removed afterwards by
+history_partitions_reclaim (the task runs it right after; the hourly maintenance catches up),
+which takes seconds per day on a disk that discards freed blocks but blocks nobody. A plain
+table (SQLite, or PostgreSQL not yet converted) is deleted from in small batches, each its
+own short transaction, so no lock is held long and the ingest keeps writing meanwhile.
+Device rows (the latest state) and alerts are never touched. The dashboard's rollup
+(FleetSnapshot) goes after SNAPSHOT_KEEP_DAYS.
 """
 
 import datetime
@@ -25,14 +28,14 @@ from monitoring_app.services import audit_record
 def _prune_history(
     history: partitions.HistoryTable, cutoff: datetime.datetime, batch_size: int, dropped: list[str]
 ) -> int:
-    """Remove `history`'s rows before `cutoff`: whole day partitions where it is partitioned
-    (their names appended to `dropped`), then batched DELETEs of what is left (the DEFAULT
-    partition, or the whole plain table). Returns how many rows went (partitions: counted by
-    the statistics, see history_partitions_drop_before)."""
+    """Remove `history`'s rows before `cutoff`: whole day partitions detached where it is
+    partitioned (their names appended to `dropped`), then batched DELETEs of what is left (the
+    DEFAULT partition, or the whole plain table). Returns how many rows went (partitions:
+    counted by the statistics, see history_partitions_detach_before)."""
     total = 0
     table = history.table
     if partitions.is_partitioned(table):
-        for part in partitions.history_partitions_drop_before(history, cutoff=cutoff):
+        for part in partitions.history_partitions_detach_before(history, cutoff=cutoff):
             dropped.append(part.name)
             total += part.rows
         table = history.default_partition
@@ -60,7 +63,8 @@ def health_history_prune(
     *, now: datetime.datetime | None = None, days: int | None = None, batch_size: int | None = None
 ) -> int:
     """Remove HealthCheck rows checked before now - `days` (and connectivity transitions
-    older than that): whole day partitions on PostgreSQL, else `batch_size` at a time
+    older than that): whole day partitions detached on PostgreSQL (their files are left to
+    history_partitions_reclaim, called by the task after this), else `batch_size` at a time
     (`DELETE ... WHERE id IN (SELECT id ... LIMIT n)`, served by the time indexes), and write
     ONE audit row (health.pruned) with the counts and the partitions dropped. Returns the
     number of health checks removed. Safe to repeat.
@@ -87,3 +91,13 @@ def health_history_prune(
         },
     )
     return total
+
+
+def history_reclaim() -> list[str]:
+    """Drop the day tables retention detached, returning the disk space (both history
+    tables); the names dropped. No audit row: the retention that detached them wrote it."""
+    dropped = []
+    for history in partitions.HISTORY_TABLES:
+        if partitions.supported():
+            dropped += partitions.history_partitions_reclaim(history)
+    return dropped

@@ -10,6 +10,8 @@ from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
 from devices_app.tests.factories import DeviceFactory
 from homepot.admin import EstimatedCountPaginator
+from monitoring_app import partitions
+from monitoring_app.tests.factories import HealthCheckFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -104,6 +106,21 @@ def test_a_huge_unfiltered_table_is_estimated_not_counted(admin_browser, monkeyp
     assert counts(unfiltered) == []
     assert any("reltuples" in q["sql"] for q in unfiltered.captured_queries)
     assert len(counts(filtered)) == 1
+
+
+def test_the_partitioned_health_history_is_estimated_from_its_partitions(admin_browser, monkeypatch):
+    HealthCheckFactory.create_batch(3)
+    with connection.cursor() as cursor:  # the partitions only, as autovacuum does
+        for part in partitions.partitions(partitions.HEALTH):
+            cursor.execute(f"ANALYZE {part.name}")
+    monkeypatch.setattr(EstimatedCountPaginator, "estimate_above", 0)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_browser.get(reverse("admin:monitoring_app_healthcheck_changelist"))
+
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 3
+    assert not [q for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
 
 
 def test_a_filtered_list_is_counted_exactly_up_to_a_bound_then_estimated(admin_browser, monkeypatch):

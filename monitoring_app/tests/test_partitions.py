@@ -5,10 +5,12 @@ maintenance creates days ahead and moves strays, retention drops whole days (aud
 import datetime
 import importlib
 import io
+import threading
+import time
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
@@ -16,7 +18,7 @@ from devices_app.tests.factories import DeviceFactory
 from monitoring_app import partitions
 from monitoring_app.models import AuditLog, DeviceStatusChange, HealthCheck
 from monitoring_app.retention import health_history_prune
-from monitoring_app.tasks import maintain_history_partitions
+from monitoring_app.tasks import maintain_history_partitions, prune_health_history
 from monitoring_app.tests.factories import HealthCheckFactory
 from monitoring_app.tests.test_ingest import HEALTH, device_client
 
@@ -290,13 +292,124 @@ def test_the_migration_leaves_a_big_table_plain_and_retention_still_deletes_from
     assert AuditLog.objects.get(event_type="health.pruned").new_values["partitions_dropped"] == []
 
 
-def test_a_day_detached_but_not_dropped_goes_with_the_next_retention_run():
+def test_a_day_detached_but_not_dropped_goes_with_the_next_retention_task_or_maintenance():
     old_day = utc_today() - datetime.timedelta(days=40)
-    with connection.cursor() as cursor:  # as a crash between DETACH and DROP leaves it
+    older_day = old_day - datetime.timedelta(days=1)
+    with connection.cursor() as cursor:  # as a crash between DETACH and DROP leaves them
         cursor.execute(f"CREATE TABLE {partition_of(old_day)} (LIKE {HEALTH_TABLE})")
         cursor.execute(f"CREATE TABLE {partition_of(utc_today() - datetime.timedelta(days=2))}_x (id int)")
 
-    health_history_prune()
+    prune_health_history()
 
     assert not partitions._exists(partition_of(old_day))
     assert partitions._exists(partition_of(utc_today() - datetime.timedelta(days=2)) + "_x")
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {partition_of(older_day)} (LIKE {HEALTH_TABLE})")
+    assert maintain_history_partitions()["reclaimed"] == 1
+    assert not partitions._exists(partition_of(older_day))
+
+
+def old_day_with_rows(device, days: int = 40) -> tuple[str, list]:
+    """A day partition `days` days back holding a few checks of `device`."""
+    when = timezone.now() - datetime.timedelta(days=days)
+    rows = HealthCheckFactory.create_batch(3, device=device, checked_at=when)
+    partitions.history_partitions_maintain()  # the day gets its own partition
+    name = partition_of(when.astimezone(datetime.UTC).date())
+    assert name in names() and rows_in(name) == 3
+    return name, rows
+
+
+def test_retention_detaches_the_old_day_and_the_task_then_removes_its_table(settings):
+    device = DeviceFactory()
+    name, old = old_day_with_rows(device)
+    recent = HealthCheckFactory(device=device, checked_at=timezone.now())
+
+    assert health_history_prune() == 3
+
+    assert name not in names()
+    assert list(HealthCheck.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert partitions._exists(name)  # detached: out of every query, its files not removed yet
+    audit = AuditLog.objects.get(event_type="health.pruned")
+    assert audit.new_values["deleted"] == 3 and name in audit.new_values["partitions_dropped"]
+
+    prune_health_history()  # the task: nothing more to detach, then the files go
+
+    assert not partitions._exists(name)
+    assert AuditLog.objects.filter(event_type="health.pruned").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retention_while_reports_arrive_loses_none_and_removes_the_old_day():
+    device = DeviceFactory(status=DeviceStatus.ONLINE)
+    agent = device_client(device)
+    name, old = old_day_with_rows(device)
+    answers, stop = [], threading.Event()
+
+    def ingest():
+        try:
+            while not stop.is_set():
+                answers.append(agent.post(HEALTH, {"status": "healthy"}, format="json").status_code)
+        finally:
+            connections.close_all()
+
+    sender = threading.Thread(target=ingest)
+    sender.start()
+    try:
+        while len(answers) < 3:  # the ingest is under way before the retention starts
+            time.sleep(0.01)
+        before = len(answers)
+        removed = prune_health_history()
+        while len(answers) < before + 3:  # and goes on after it
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        sender.join()
+
+    assert removed == 3
+    assert set(answers) == {201}
+    assert not HealthCheck.objects.filter(pk__in=[c.pk for c in old]).exists()
+    assert HealthCheck.objects.filter(device=device).count() == len(answers)  # every report kept
+    assert name not in names() and not partitions._exists(name)
+    audit = AuditLog.objects.get(event_type="health.pruned")
+    assert audit.new_values["partitions_dropped"] == [name]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_day_whose_lock_is_held_by_a_long_read_is_left_for_the_next_run(settings):
+    settings.HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS = 20
+    settings.HOMEPOT_MONITORING_RETENTION_ATTEMPTS = 2
+    device = DeviceFactory()
+    name, old = old_day_with_rows(device)
+    reader_holds, release = threading.Event(), threading.Event()
+
+    def long_read():
+        try:
+            with transaction.atomic():
+                list(HealthCheck.objects.filter(device=device).values_list("pk", flat=True))
+                reader_holds.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    try:
+        reader_holds.wait(30)
+        first = health_history_prune()
+        kept = HealthCheck.objects.filter(pk__in=[c.pk for c in old]).count()
+    finally:
+        release.set()
+        reader.join()
+
+    assert (first, kept) == (0, 3)  # nothing waited on the reader; the day is still whole
+    assert name in names()
+    # The next run, with the reader gone (a timeout autovacuum cannot outlast: it yields to a
+    # waiting lock after deadlock_timeout).
+    settings.HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS = 3000
+    assert prune_health_history() == 3
+    assert name not in names() and not partitions._exists(name)
+    dropped = [
+        a.new_values["partitions_dropped"] for a in AuditLog.objects.filter(event_type="health.pruned")
+    ]
+    assert sorted(dropped, key=len) == [[], [name]]
