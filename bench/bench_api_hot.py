@@ -85,6 +85,8 @@ def server_env(args, queue: str) -> dict:
 def django_setup(code_root: Path, env: dict):
     """Django of `code_root`, in this process: the bench user, its token, the site ids."""
     sys.path.insert(0, str(code_root))
+    # Celery's Django fix-up puts the working directory first on sys.path.
+    os.chdir(code_root)
     os.environ.update(env, DJANGO_SETTINGS_MODULE="homepot.settings")
     import django
 
@@ -222,6 +224,7 @@ def start_server(code_root: Path, app: str, port: int, workers: int, env: dict) 
 def main() -> None:
     args = parse_args()
     code_root = Path(args.code_root).resolve()
+    json_path = args.json.resolve() if args.json else None
     sys.path.insert(0, str(ROOT))
     if args.create:
         create_database(args.database, args.create)
@@ -267,8 +270,8 @@ def main() -> None:
         key: statistics.median(run["rps"] for run in runs) for key, runs in results["runs"].items()
     }
     print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
