@@ -1,6 +1,6 @@
 """Reads of the jobs app. Every read is scoped with the one rule, `for_user`."""
 
-from django.db.models import Count, F, Prefetch, QuerySet
+from django.db.models import Count, F, Prefetch, QuerySet, prefetch_related_objects
 
 from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
@@ -23,11 +23,31 @@ def job_list(*, user) -> QuerySet[Job]:
         # The reverse of the one-to-one rollback link, in the same query (a LEFT JOIN on
         # the unique rollback_of index).
         .annotate(rolled_back_by_id=F("rolled_back_by__id"))
-        .prefetch_related(
-            Prefetch("extra_sites", queryset=Site.objects.only("pk", "site_id")),
-            Prefetch("target_devices", queryset=Device.objects.only("pk", "device_id", "site_id")),
-        )
+        .prefetch_related(*_target_prefetches())
     )
+
+
+def _target_prefetches() -> tuple[Prefetch, Prefetch]:
+    return (
+        Prefetch("extra_sites", queryset=Site.objects.only("pk", "site_id")),
+        Prefetch("target_devices", queryset=Device.objects.only("pk", "device_id", "site_id")),
+    )
+
+
+def job_as_created(job: Job, *, had_targets: bool) -> Job:
+    """`job`, just created by this request, carrying what job_list joins and prefetches,
+    without reading the row back: its site and creator are already attached, a new job has
+    no rollback, and its extra sites and hand-picked devices are empty unless the request
+    named some (`had_targets`: then read, one query each, as job_list does)."""
+    job.rolled_back_by_id = None
+    if had_targets:
+        prefetch_related_objects([job], *_target_prefetches())
+    else:
+        job._prefetched_objects_cache = {
+            "extra_sites": Site.objects.none(),
+            "target_devices": Device.objects.none(),
+        }
+    return job
 
 
 def job_deliveries(*, job: Job, user=None) -> QuerySet[Delivery]:

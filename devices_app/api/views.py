@@ -9,7 +9,7 @@ from devices_app import services
 from devices_app.api.serializers import DeviceCredentialSerializer, DeviceImportSerializer, DeviceSerializer
 from devices_app.filters import DeviceFilterSet
 from devices_app.imports import devices_import
-from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows, device_list
+from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows, device_list, device_page
 from homepot.api.pagination import CursorPagination
 from homepot.api.parsers import CSVTextParser
 from homepot.api.views import ServiceModelViewSet, csv_import_response, csv_import_schema
@@ -48,6 +48,8 @@ class DeviceViewSet(ServiceModelViewSet):
     lookup_field = "device_id"
 
     def get_queryset(self):
+        if self.action == "list":
+            return device_page(user=self.request.user)
         return device_list(user=self.request.user)
 
     def site_of(self, instance):

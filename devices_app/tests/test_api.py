@@ -410,6 +410,20 @@ def test_filters_search_and_ordering(admin_api, fleet, query, expected):
         assert result == expected
 
 
+def test_a_page_without_filters_is_the_page_with_every_filter_empty(admin_api, fleet):
+    # Without a filter parameter the filter set is not built at all (homepot.api.filters).
+    empty = "site=&site_id=&device_type=&status=&firmware_version=&last_seen_after=&last_seen_before="
+    assert admin_api.get("/devices").json() == admin_api.get(f"/devices?{empty}").json()
+
+
+def test_each_row_of_a_page_is_what_the_device_answers_alone(admin_api, fleet):
+    # A page reads only the columns it shows (selectors.device_page); a device alone, all of them.
+    rows = admin_api.get("/devices?page_size=500").json()["results"]
+    assert len(rows) == 4
+    for row in rows:
+        assert row == admin_api.get(f"/devices/{row['device_id']}").json()
+
+
 def test_filter_by_the_sites_internal_id(admin_api, fleet):
     north = fleet["north"]
     assert sorted(device_ids(admin_api.get(f"/devices?site={north.pk}"))) == [

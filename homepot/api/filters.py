@@ -135,5 +135,24 @@ class StrictOrderingFilter(filters.OrderingFilter):
         return queryset.order_by(*ordering)
 
 
+class FilterSetBackend(DjangoFilterBackend):
+    """django-filter's backend, not run when the request names none of the filter set's
+    parameters: each filter lets every row through when its value is absent, so the answer
+    is the same, and building the filter set and its form (a deep copy of every filter and
+    form field) was a tenth of the CPU of a device list's first page."""
+
+    def filter_queryset(self, request, queryset, view):
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is not None and not _names_a_filter(request.query_params, filterset_class):
+            return queryset
+        return super().filter_queryset(request, queryset, view)
+
+
+def _names_a_filter(params, filterset_class) -> bool:
+    # By prefix: a filter whose widget reads several parameters names them `<filter>_<part>`.
+    names = tuple(filterset_class.base_filters)
+    return any(param.startswith(names) for param in params)
+
+
 # The backends every HOMEPOT list uses (filter set, search, ordering, in that order).
-API_FILTER_BACKENDS = [DjangoFilterBackend, StrictSearchFilter, StrictOrderingFilter]
+API_FILTER_BACKENDS = [FilterSetBackend, StrictSearchFilter, StrictOrderingFilter]

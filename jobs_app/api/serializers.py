@@ -152,8 +152,10 @@ class JobDetailSerializer(JobSerializer):
         read_only_fields = fields
 
     def get_progress(self, job) -> ProgressSerializer:
-        from jobs_app.services import job_progress
+        from jobs_app.services import job_progress, job_progress_unmaterialised
 
+        if self.context.get("created_now"):
+            return job_progress_unmaterialised(job)
         return job_progress(job)
 
     def get_waves(self, job) -> WaveSerializer(many=True):

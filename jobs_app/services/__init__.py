@@ -51,7 +51,12 @@ from jobs_app.services.jobs import (
     jobs_start_due,
 )
 from jobs_app.services.preview import ESTIMATE_SAMPLE_JOBS, PREVIEW_SITES_LIMIT, job_preview
-from jobs_app.services.progress import job_check_failure_threshold, job_progress, job_rollup
+from jobs_app.services.progress import (
+    job_check_failure_threshold,
+    job_progress,
+    job_progress_unmaterialised,
+    job_rollup,
+)
 from jobs_app.services.rollback import job_rollback
 from jobs_app.services.rollout import job_wave_approve, job_waves, wave_advance
 from jobs_app.services.segments import SEGMENT_AUDITED_FIELDS, segment_create, segment_delete, segment_update
@@ -97,6 +102,7 @@ __all__ = (
     "job_pause",
     "job_preview",
     "job_progress",
+    "job_progress_unmaterialised",
     "job_resume",
     "job_retry",
     "job_rollback",

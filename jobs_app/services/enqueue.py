@@ -70,7 +70,19 @@ def dispatch_request(
         claim = claim.filter(free | Q(dispatch_due_at__gt=at) if sooner else free)
     if not claim.update(dispatch_due_at=at):
         return False
+    _send_after_commit(job_id, at)
+    return True
 
+
+def enqueue_dispatch_new(job: Job) -> None:
+    """The first pass of a job this transaction has just inserted with its ticket already
+    in the row (`dispatch_due_at` written by the INSERT): enqueued after commit, like
+    dispatch_request, without the claiming UPDATE (no one else can hold a ticket for a row
+    nobody else can see yet)."""
+    _send_after_commit(job.pk, job.dispatch_due_at)
+
+
+def _send_after_commit(job_id: int, at: datetime.datetime) -> None:
     def send():
         delay = (at - timezone.now()).total_seconds()
         try:
@@ -79,7 +91,6 @@ def dispatch_request(
             logger.exception("Could not enqueue the dispatcher for job %s; the beat tick will retry", job_id)
 
     transaction.on_commit(send)
-    return True
 
 
 def dispatch_ticket_release(job_id: int, ticket: str | None) -> bool:

@@ -28,7 +28,7 @@ from jobs_app.services.common import (
     refuse_rolled_back,
 )
 from jobs_app.services.deliveries import deliveries_cancel_open, notify_cancelled
-from jobs_app.services.enqueue import enqueue_dispatch
+from jobs_app.services.enqueue import enqueue_dispatch, enqueue_dispatch_new
 from jobs_app.services.rollout import ROLLOUT_FIELDS, clean_rollout
 from jobs_app.services.targets import check_targets, segment_for_job
 from jobs_app.services.windows import window_default
@@ -82,6 +82,8 @@ def job_create(
         scheduled_at=scheduled_at,
         created_by=actor,
         status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
+        # A job queued now carries its first dispatch ticket in its INSERT (enqueue_dispatch_new).
+        dispatch_due_at=None if scheduled else timezone.now(),
         **fields,
     )
     # The site was just checked by check_targets (it exists, the actor may change it) and the
@@ -107,7 +109,7 @@ def job_create(
         },
     )
     if not scheduled:
-        enqueue_dispatch(job.pk)
+        enqueue_dispatch_new(job)
     return job
 
 

@@ -35,6 +35,16 @@ def job_progress(job: Job) -> dict:
         .annotate(n=Count("id"))
         .values_list("status", "n")
     )
+    return _progress(job, counts)
+
+
+def job_progress_unmaterialised(job: Job) -> dict:
+    """job_progress of a job whose deliveries do not exist yet (one created in this
+    request: the dispatcher materialises them after commit), without asking the database."""
+    return _progress(job, dict.fromkeys(DeliveryStatus.values, 0))
+
+
+def _progress(job: Job, counts: dict) -> dict:
     total = sum(counts.values())
     finished = total - sum(counts[s] for s in DELIVERY_UNFINISHED)
     deferred = {"n": 0, "next": None}

@@ -412,3 +412,39 @@ def test_the_jobs_of_a_device_are_an_alias_of_the_device_filter(admin_api, manag
     assert_error(manager.get(f"/devices/{other.device_id}/jobs"), 404)
     assert_error(manager.get("/devices/no-such-device/jobs"), 404)
     assert admin_api.get(f"/devices/{other.device_id}/jobs").json()["results"] == []
+
+
+# --- Creation's answer is built without reading the job back -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"extra_sites": ["site-777"], "target_devices": ["site-123-dev"], "ttl_seconds": 600},
+        {"rollout_waves": [10, 50], "wave_soak_seconds": 60, "rollout_canary": 1, "max_in_flight": 5},
+        {"scheduled_at": "2099-01-01T08:30:00+02:00", "priority": "high", "description": "later"},
+        {"segment": {"device_type": ["pos_terminal"]}, "failure_threshold_percent": 0, "batch_size": 7},
+    ],
+)
+def test_the_create_answer_is_what_a_get_of_the_new_job_answers(admin_api, site, body):
+    SiteFactory(site_id="site-777")
+    DeviceFactory(site=site, device_id="site-123-dev")
+    created = create(admin_api, **body)
+    assert created.status_code == 201, created.content
+    assert created.json() == admin_api.get(f"/jobs/{created.json()['id']}").json()
+
+
+def test_the_create_answer_shows_a_member_only_their_own_sites(manager, site, admin_user):
+    # The manager names only their own site; the answer, like a GET, hides nothing of theirs.
+    created = create(manager, target_devices=[DeviceFactory(site=site).device_id])
+    assert created.status_code == 201, created.content
+    assert created.json() == manager.get(f"/jobs/{created.json()['id']}").json()
+
+
+def test_creating_a_job_costs_a_bounded_number_of_statements(admin_api, site, django_assert_max_num_queries):
+    # token, site, scope check, check constraints (in a savepoint), INSERT carrying the
+    # dispatch ticket, audit lock + chain head + row: no read-back, no ticket UPDATE.
+    create(admin_api)
+    with django_assert_max_num_queries(12):
+        assert create(admin_api).status_code == 201
