@@ -73,7 +73,8 @@ def main() -> None:
         start = time.perf_counter()
         cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at, site_id)")
         out["sweep_analyze_ms"] = round((time.perf_counter() - start) * 1000)
-        out["sweep_again"] = explain(cursor, SWEEP_SQL, {**params, "now": T0 + datetime.timedelta(seconds=30)})
+        again = {**params, "now": T0 + datetime.timedelta(seconds=30)}
+        out["sweep_again"] = explain(cursor, SWEEP_SQL, again)
         later = T0 + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS + 60)
         for round_name, moment in (("burst", later), ("steady", later + datetime.timedelta(seconds=30))):
             alert_params = alerts._params(moment)
