@@ -41,12 +41,11 @@ def explain(cursor, sql: str, params: dict) -> dict:
         "ms": round(top["Execution Time"]),
         "trigger_ms": round(triggers),
         "buffers": sum(node.get(f"Shared {k} Blocks", 0) for k in ("Hit", "Read", "Dirtied", "Written")),
-        "rows": node.get("Actual Rows"),
     }
 
 
 def label(sql: str) -> str:
-    return re.sub(r"\s+", " ", sql.strip())[:70]
+    return re.sub(r"\s+", " ", sql.strip())[:40]
 
 
 def main() -> None:
@@ -78,8 +77,9 @@ def main() -> None:
         later = T0 + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS + 60)
         for round_name, moment in (("burst", later), ("steady", later + datetime.timedelta(seconds=30))):
             alert_params = alerts._params(moment)
-            for sql in [*alerts._RESOLVE_SQL, *alerts._OPEN_SQL]:
-                out[f"{round_name}: {label(sql)}"] = explain(cursor, sql, alert_params)
+            for kind, statements in (("resolve", alerts._RESOLVE_SQL), ("open", alerts._OPEN_SQL)):
+                for number, sql in enumerate(statements, 1):
+                    out[f"{round_name} {kind} {number}: {label(sql)}"] = explain(cursor, sql, alert_params)
             cursor.execute("ANALYZE monitoring_app_alert")
         transaction.set_rollback(True)
     print(json.dumps(out, indent=1))

@@ -129,7 +129,6 @@ def backfill(apps, schema_editor):
             """DELETE FROM devices_app_devicesearch s
                WHERE NOT EXISTS (SELECT 1 FROM devices_app_device d WHERE d.id = s.device_id)"""
         )
-        cursor.execute("ANALYZE devices_app_devicesearch")
 
 
 def _create_trigram(schema_editor, indexes: dict[str, str], table: str) -> None:
@@ -151,6 +150,10 @@ def move_trigram_indexes(apps, schema_editor):
         return
     _create_trigram(schema_editor, TRIGRAM_INDEXES, "devices_app_devicesearch")
     _drop_indexes(schema_editor, OLD_TRIGRAM_INDEXES)
+    # After the indexes exist: ANALYZE also gathers the statistics of their expressions
+    # (UPPER(name)), without which the planner guesses a search's selectivity and may walk
+    # the whole device_id index probing the side table row by row (32 s instead of 14 ms).
+    schema_editor.execute("ANALYZE devices_app_devicesearch")
 
 
 def restore_trigram_indexes(apps, schema_editor):
