@@ -9,11 +9,12 @@ of their statements on a kept, prepared database, inside ONE transaction that is
 then every statement of `monitoring_app.alerts` past the offline threshold, each under
 EXPLAIN (ANALYZE, BUFFERS); then the same alert statements again (the steady state, nothing
 new to open). Prints per statement: execution ms, trigger ms, shared buffers hit + read +
-dirtied + written. Rolled back at the end: the database is unchanged.
+dirtied + written (PLANS=1: every whole plan on stderr). Rolled back at the end: the database is unchanged.
 """
 
 import datetime
 import json
+import os
 import re
 import sys
 import time
@@ -34,6 +35,8 @@ SELECT id, %(online)s, %(offline)s, %(reason)s, %(now)s FROM gone
 def explain(cursor, sql: str, params: dict) -> dict:
     cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
     (plan,) = cursor.fetchone()
+    if os.environ.get("PLANS"):  # the whole plan, for reading
+        print(json.dumps(plan, indent=1), file=sys.stderr)
     top = plan[0]
     node = top["Plan"]
     triggers = sum(t["Time"] for t in top.get("Triggers", []))

@@ -113,6 +113,8 @@ _OPEN_SQL = [
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        WITH candidates AS (
            SELECT r.site_id FROM devices_app_sitedevicecount r
+           WHERE NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
+                             AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
            GROUP BY r.site_id
            HAVING sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s)) >= %(min_devices)s
               AND sum(r.devices) FILTER (WHERE r.status = %(offline)s) > 0
@@ -131,8 +133,6 @@ _OPEN_SQL = [
                       AS offline_long
            FROM devices_app_device d
            WHERE d.site_id IN (SELECT site_id FROM candidates)
-             AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = d.site_id
-                             AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
            GROUP BY d.site_id
        ) c JOIN sites_app_site s ON s.id = c.site_id
        WHERE c.monitored >= %(min_devices)s AND c.offline_long >= %(fraction)s * c.monitored
