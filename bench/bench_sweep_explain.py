@@ -9,7 +9,8 @@ of their statements on a kept, prepared database, inside ONE transaction that is
 then every statement of `monitoring_app.alerts` past the offline threshold, each under
 EXPLAIN (ANALYZE, BUFFERS); then the same alert statements again (the steady state, nothing
 new to open). Prints per statement: execution ms, trigger ms, shared buffers hit + read +
-dirtied + written (PLANS=1: every whole plan on stderr). Rolled back at the end: the database is unchanged.
+dirtied + written (PLANS=1: every whole plan on stderr; JIT=off: the alert statements
+without JIT, as `alerts_evaluate` runs them). Rolled back at the end: the database is unchanged.
 """
 
 import datetime
@@ -77,6 +78,8 @@ def main() -> None:
         out["sweep_analyze_ms"] = round((time.perf_counter() - start) * 1000)
         again = {**params, "now": T0 + datetime.timedelta(seconds=30)}
         out["sweep_again"] = explain(cursor, SWEEP_SQL, again)
+        if os.environ.get("JIT") == "off":  # as alerts_evaluate does since issue 11's sweep work
+            cursor.execute("SET LOCAL jit = off")
         later = T0 + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS + 60)
         for round_name, moment in (("burst", later), ("steady", later + datetime.timedelta(seconds=30))):
             alert_params = alerts._params(moment)
