@@ -10,6 +10,10 @@ sweep, the sweep again, the alert evaluation past the offline threshold and agai
 the devices back and deletes the alerts, notifications and status changes it made (audit
 rows stay: the trail is append-only). Buffered heartbeats use a key prefix of their own, so
 no one else's buffer is flushed. The database is not dropped.
+
+`SWEEP_T0=<ISO time>` makes the trials pretend it is that moment: for a database kept by
+`bench_sweep.py --keep`, whose devices were last seen at its own "now" (its max(last_seen)),
+so no second `prepare` (an UPDATE of every device) is needed.
 """
 
 import datetime
@@ -19,7 +23,11 @@ import sys
 import time
 import uuid
 
-T0 = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+T0 = (
+    datetime.datetime.fromisoformat(os.environ["SWEEP_T0"])
+    if os.environ.get("SWEEP_T0")
+    else datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+)
 
 PREPARE_SQL = """UPDATE devices_app_device SET status = 'online', connectivity_changed_at = NULL,
     last_seen = CASE WHEN site_id %% 20 = 0 OR id %% 1000 = 1 THEN %(silent)s ELSE %(now)s END"""

@@ -330,7 +330,7 @@ class DeviceAdmin(
     csv_filename = "homepot-devices.csv"
 
     def get_search_results(self, request, queryset, search_term):
-        # Each word's arms are indexed (see device_search): no join, no duplicates.
+        # Each word's arms are indexed (see device_search): a one-to-one join, no duplicates.
         return device_search(queryset, search_term), False
 
     def csv_export(self, queryset):

@@ -93,27 +93,45 @@ def _ip_range(word: str) -> tuple[str, str] | None:
     return ".".join(octets + ["0"] * missing), ".".join(octets + ["255"] * missing)
 
 
+def _searched_columns() -> dict[str, str]:
+    """Where each searched column is read: the DeviceSearch side table on PostgreSQL (its
+    triggers keep it, its indexes serve every arm), the device row itself on SQLite."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return {
+            "device_id": "search__device_key",
+            "name": "search__name",
+            "mac_address": "search__mac_address",
+            "ip_address": "search__ip_address",
+            "site": "search__site",
+        }
+    return {name: name for name in ("device_id", "name", "mac_address", "ip_address", "site")}
+
+
 def _word_matches(word: str):
-    """What one search word matches, each arm served by an index (so PostgreSQL ORs bitmap
-    index scans, never walks the fleet): device ID and name (substring from SUBSTRING_FROM
-    characters, prefix below: trigram GIN on UPPER(column)), the exact MAC address in any
-    spelling (its unique index), an IP address or octet prefix (the devices_ip index), the
-    exact site ID (one site's devices, the (site, ...) indexes)."""
+    """What one search word matches, each arm served by an index of the DeviceSearch side
+    table (so PostgreSQL ORs bitmap index scans over that narrow table and joins the hits to
+    their devices by primary key, never walking the fleet): device ID and name (substring
+    from SUBSTRING_FROM characters, prefix below: trigram GIN on UPPER(column)), the exact
+    MAC address in any spelling, an IP address or octet prefix (as a range), the exact site
+    ID (one site's devices)."""
     from django.core.exceptions import ValidationError
     from django.db.models import Q, Subquery
 
     from devices_app.validators import normalize_mac
     from sites_app.models import Site
 
+    column = _searched_columns()
     lookup = "icontains" if len(word) >= SUBSTRING_FROM else "istartswith"
-    matches = Q(**{f"device_id__{lookup}": word}) | Q(**{f"name__{lookup}": word})
+    matches = Q(**{f"{column['device_id']}__{lookup}": word}) | Q(**{f"{column['name']}__{lookup}": word})
     with contextlib.suppress(ValidationError):  # not a MAC address: no MAC arm
-        matches |= Q(mac_address=normalize_mac(word))
+        matches |= Q(**{column["mac_address"]: normalize_mac(word)})
     ip_range = _ip_range(word)
     if ip_range is not None:
-        matches |= Q(ip_address__range=ip_range)
+        matches |= Q(**{f"{column['ip_address']}__range": ip_range})
     site = Site.objects.filter(site_id=word).values("pk")[:1]
-    return matches | Q(site=Subquery(site))
+    return matches | Q(**{column["site"]: Subquery(site)})
 
 
 def device_search(queryset: QuerySet[Device], text: str) -> QuerySet[Device]:

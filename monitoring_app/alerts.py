@@ -93,20 +93,34 @@ _RESOLVE_SQL = [
        WHERE a.device_id = d.id AND a.kind = %(k_error)s AND a.resolved_at IS NULL
          AND d.status <> %(error)s
        RETURNING a.id""",
-    # A site whose offline share fell below the outage fraction.
+    # A site whose offline share fell below the outage fraction: read from the device-count
+    # rollup (a few rows per site, exact in every transaction), not from the site's devices.
     """UPDATE monitoring_app_alert a SET resolved_at = %(now)s, last_seen_at = %(now)s
        WHERE a.kind = %(k_site)s AND a.resolved_at IS NULL AND NOT EXISTS (
-           SELECT 1 FROM devices_app_device d WHERE d.site_id = a.site_id
-           HAVING count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)) >= %(min_devices)s
-              AND count(*) FILTER (WHERE d.status = %(offline)s)
-                  >= %(fraction)s * count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)))
+           SELECT 1 FROM devices_app_sitedevicecount r WHERE r.site_id = a.site_id
+           HAVING coalesce(sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s)), 0)
+                  >= %(min_devices)s
+              AND coalesce(sum(r.devices) FILTER (WHERE r.status = %(offline)s), 0)
+                  >= %(fraction)s * sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s)))
        RETURNING a.id""",
 ]
 
 _OPEN_SQL = [
-    # Site outages first, so their devices get no alert of their own. Only sites with an
-    # offline device are counted (the (site, status) index finds them).
+    # Site outages first, so their devices get no alert of their own. The device-count
+    # rollup names the candidates (enough devices offline now; "for long enough" is a subset),
+    # minus the sites already alerted: only their devices are counted, so a steady outage of
+    # 1,000 stores costs a scan of the rollup, not of their 50,000 devices.
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
+       WITH candidates AS (
+           SELECT r.site_id FROM devices_app_sitedevicecount r
+           WHERE NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
+                             AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
+           GROUP BY r.site_id
+           HAVING sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s)) >= %(min_devices)s
+              AND sum(r.devices) FILTER (WHERE r.status = %(offline)s) > 0
+              AND sum(r.devices) FILTER (WHERE r.status = %(offline)s)
+                  >= %(fraction)s * sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s))
+       )
        SELECT c.site_id, NULL, %(k_site)s, %(critical)s,
               format('%%s of %%s devices offline at %%s: the store is probably offline (network or power).',
                      c.offline_long, c.monitored, s.site_id),
@@ -118,7 +132,7 @@ _OPEN_SQL = [
                                    AND d.connectivity_changed_at <= %(offline_cut)s)
                       AS offline_long
            FROM devices_app_device d
-           WHERE d.site_id IN (SELECT site_id FROM devices_app_device WHERE status = %(offline)s)
+           WHERE d.site_id IN (SELECT site_id FROM candidates)
            GROUP BY d.site_id
        ) c JOIN sites_app_site s ON s.id = c.site_id
        WHERE c.monitored >= %(min_devices)s AND c.offline_long >= %(fraction)s * c.monitored
@@ -202,6 +216,11 @@ def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult
     # to the chain in ONE insert at its end (2,000 rows of a regional outage in one statement
     # instead of 2,000 appends, each reading the chain's head).
     with audited_atomic(), connection.cursor() as cursor:
+        # These statements read a few thousand rows each; their estimated cost (a subquery per
+        # open alert) still crosses PostgreSQL's JIT thresholds, and compiling took 4.5 s of a
+        # 4.9 s statement at 1,000 open site alerts (docs/performance.md). Off for this
+        # transaction only.
+        cursor.execute("SET LOCAL jit = off")
         resolved = _run(cursor, _RESOLVE_SQL, params)
         opened = _run(cursor, _OPEN_SQL, params)
         notifications_create(alert_ids=opened, now=params["now"])

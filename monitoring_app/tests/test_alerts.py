@@ -145,6 +145,37 @@ def test_the_site_alert_closes_when_the_store_comes_back(site):
     assert Alert.objects.open().get().device == tills[2]
 
 
+def test_a_site_alert_waits_until_enough_devices_have_been_offline_for_the_threshold(site):
+    # 4 of 5 offline now (the rollup's candidate), but only 2 of them for longer than the
+    # threshold: no site alert yet, and no device alert for the 2 either (under the fraction
+    # the store is not "offline": each long-offline till gets its own).
+    offline(site), offline(site)
+    recent = [offline(site, seconds=60) for _ in range(2)]
+    online(site)
+
+    alerts_evaluate()
+    assert not Alert.objects.filter(kind="site_offline").exists()
+    assert Alert.objects.filter(kind="device_offline").count() == 2
+
+    Device.objects.filter(pk__in=[d.pk for d in recent]).update(connectivity_changed_at=ago(600))
+    alerts_evaluate()
+    assert Alert.objects.open().filter(kind="site_offline", site=site).count() == 1
+
+
+def test_more_devices_dropping_at_an_alerted_site_open_nothing_new(site):
+    for _ in range(3):
+        offline(site)
+    last = online(site)
+    alerts_evaluate()
+    Device.objects.filter(pk=last.pk).update(status=DeviceStatus.OFFLINE, connectivity_changed_at=ago(600))
+
+    evaluation = alerts_evaluate()
+
+    assert evaluation.opened == [] and evaluation.resolved == []
+    assert Alert.objects.get().kind == "site_offline"
+    assert "3 of 4" in Alert.objects.get().message  # the alert as opened, not re-counted
+
+
 def test_a_single_device_site_never_opens_a_site_alert(site):
     offline(site)
     alerts_evaluate()

@@ -1,0 +1,95 @@
+"""Load-independent evidence for the sweep and the alert evaluation: EXPLAIN (ANALYZE, BUFFERS)
+of their statements on a kept, prepared database, inside ONE transaction that is rolled back.
+
+    python bench/bench_sweep_explain.py <code root> <database>
+
+`<database>` must have been prepared by `bench/bench_sweep_trials.py <root> <database> prepare`
+(51,000 devices silent for an hour). In one transaction: the sweep's statement exactly as
+`monitoring_app.sweep` runs it (UPDATE ... RETURNING + INSERT of the transitions), its ANALYZE,
+then every statement of `monitoring_app.alerts` past the offline threshold, each under
+EXPLAIN (ANALYZE, BUFFERS); then the same alert statements again (the steady state, nothing
+new to open). Prints per statement: execution ms, trigger ms, shared buffers hit + read +
+dirtied + written (PLANS=1: every whole plan on stderr; JIT=off: the alert statements
+without JIT, as `alerts_evaluate` runs them). Rolled back at the end: the database is unchanged.
+"""
+
+import datetime
+import json
+import os
+import re
+import sys
+import time
+
+from bench_sweep_trials import T0, setup
+
+SWEEP_SQL = """
+WITH gone AS (
+    UPDATE devices_app_device SET status = %(offline)s, connectivity_changed_at = %(now)s
+    WHERE status = %(online)s AND (last_seen < %(cutoff)s OR last_seen IS NULL)
+    RETURNING id
+)
+INSERT INTO monitoring_app_devicestatuschange (device_id, old_status, new_status, reason, changed_at)
+SELECT id, %(online)s, %(offline)s, %(reason)s, %(now)s FROM gone
+"""
+
+
+def explain(cursor, sql: str, params: dict) -> dict:
+    cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
+    (plan,) = cursor.fetchone()
+    if os.environ.get("PLANS"):  # the whole plan, for reading
+        print(json.dumps(plan, indent=1), file=sys.stderr)
+    top = plan[0]
+    node = top["Plan"]
+    triggers = sum(t["Time"] for t in top.get("Triggers", []))
+    return {
+        "ms": round(top["Execution Time"]),
+        "trigger_ms": round(triggers),
+        "buffers": sum(node.get(f"Shared {k} Blocks", 0) for k in ("Hit", "Read", "Dirtied", "Written")),
+    }
+
+
+def label(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql.strip())[:40]
+
+
+def main() -> None:
+    root, database = sys.argv[1], sys.argv[2]
+    setup(root, database)
+    from django.conf import settings
+    from django.db import connection, transaction
+
+    from devices_app.choices import DeviceStatus
+    from monitoring_app import alerts
+    from monitoring_app.choices import ConnectivityReason
+    from monitoring_app.sweep import offline_after
+
+    out = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        params = {
+            "offline": DeviceStatus.OFFLINE,
+            "online": DeviceStatus.ONLINE,
+            "now": T0,
+            "cutoff": T0 - offline_after(),
+            "reason": ConnectivityReason.SWEEP,
+        }
+        out["sweep"] = explain(cursor, SWEEP_SQL, params)
+        start = time.perf_counter()
+        cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at, site_id)")
+        out["sweep_analyze_ms"] = round((time.perf_counter() - start) * 1000)
+        again = {**params, "now": T0 + datetime.timedelta(seconds=30)}
+        out["sweep_again"] = explain(cursor, SWEEP_SQL, again)
+        if os.environ.get("JIT") == "off":  # as alerts_evaluate does since issue 11's sweep work
+            cursor.execute("SET LOCAL jit = off")
+        later = T0 + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS + 60)
+        for round_name, moment in (("burst", later), ("steady", later + datetime.timedelta(seconds=30))):
+            alert_params = alerts._params(moment)
+            for kind, statements in (("resolve", alerts._RESOLVE_SQL), ("open", alerts._OPEN_SQL)):
+                for number, sql in enumerate(statements, 1):
+                    out[f"{round_name} {kind} {number}: {label(sql)}"] = explain(cursor, sql, alert_params)
+            cursor.execute("ANALYZE monitoring_app_alert")
+        transaction.set_rollback(True)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
