@@ -71,9 +71,13 @@ def isolated_heartbeat_buffer(settings):
 
 
 @pytest.fixture(autouse=True)
-def isolated_health_buffer(settings):
+def isolated_health_buffer(settings, monkeypatch):
     """Buffered health reports of this test only (a stream key prefix of its own, deleted
-    after): a leftover entry would be drained onto another test's device with the same id."""
+    after): a leftover entry would be drained onto another test's device with the same id.
+    The process's memory of whether that Redis is durable starts afresh too."""
+    from monitoring_app import health_buffer
+
+    monkeypatch.setattr(health_buffer, "_durability_checked", (float("-inf"), False))
     prefix = f"homepot:health:test-{uuid.uuid4().hex}:"
     settings.HOMEPOT_MONITORING_HEALTH_KEY_PREFIX = prefix
     client = redis.Redis.from_url(django_settings.HOMEPOT_MONITORING_HEALTH_REDIS_URL)

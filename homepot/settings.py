@@ -357,6 +357,13 @@ HOMEPOT_MONITORING_SEEN_KEY_PREFIX = env.str("HOMEPOT_MONITORING_SEEN_KEY_PREFIX
 # appendfsync always for the guarantee of docs/operations.md ("Health report buffer").
 HOMEPOT_MONITORING_BUFFER_HEALTH = env.bool("HOMEPOT_MONITORING_BUFFER_HEALTH", default=True)
 HOMEPOT_MONITORING_HEALTH_REDIS_URL = env.str("HOMEPOT_MONITORING_HEALTH_REDIS_URL", default=REDIS_URL)
+# "check": buffer only while that Redis reports appendonly yes + appendfsync always (asked once a
+# minute); "assume": the operator vouches for its durability where CONFIG is refused.
+HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY = env.str(
+    "HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY", default="check"
+)
+if HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY not in ("check", "assume"):
+    raise ImproperlyConfigured("HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY must be check or assume")
 HOMEPOT_MONITORING_HEALTH_KEY_PREFIX = env.str(
     "HOMEPOT_MONITORING_HEALTH_KEY_PREFIX", default="homepot:health:"
 )

@@ -46,6 +46,8 @@ CHUNK_ENTRIES = 1000  # stream entries read per drain transaction
 CHUNK_REPORTS = 5000  # and at most about this many reports (a batch entry holds up to 500)
 _down_until = 0.0  # monotonic time before which this process does not try Redis again
 _full_until = 0.0  # likewise while the stream is over its bound
+DURABILITY_RECHECK_SECONDS = 60
+_durability_checked = (float("-inf"), False)  # (monotonic time, whether Redis fsyncs every write)
 
 
 def _client() -> redis.Redis:
@@ -103,6 +105,8 @@ def append(*, received_at: datetime.datetime, device_reports: list) -> bool:
     if not enabled() or time.monotonic() < max(_down_until, _full_until):
         return False
     try:
+        if not _redis_keeps_what_it_acknowledges():
+            return False
         pipe = _client().pipeline(transaction=False)
         pipe.xadd(stream_key(), {"d": encode(received_at=received_at, device_reports=device_reports)})
         pipe.xlen(stream_key())
@@ -123,6 +127,42 @@ def append(*, received_at: datetime.datetime, device_reports: list) -> bool:
         _full_until = time.monotonic() + FULL_RECHECK_SECONDS
         logger.warning("Health report buffer holds %d entries, writing reports directly", depth)
     return True
+
+
+def _redis_keeps_what_it_acknowledges() -> bool:
+    """Whether the health Redis writes every command to its disk before answering
+    (`appendonly yes` and `appendfsync always`): only then may a 201 rest on it. A Redis that
+    keeps nothing on disk (a cache, a default install) would lose acknowledged reports when it
+    restarts, so reports are then written to PostgreSQL instead. Asked once a minute per
+    process. Where CONFIG is refused (managed Redis), the operator vouches for it with
+    HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY=assume."""
+    global _durability_checked
+    if settings.HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY == "assume":
+        return True
+    checked_at, durable_before = _durability_checked
+    if time.monotonic() - checked_at < DURABILITY_RECHECK_SECONDS:
+        return durable_before
+    client = _client()
+    try:
+        appendonly, appendfsync = _config(client, "appendonly"), _config(client, "appendfsync")
+    except redis.ResponseError:  # CONFIG renamed or refused: it cannot be shown here
+        appendonly = appendfsync = None
+    durable = appendonly == "yes" and appendfsync == "always"
+    if not durable and (durable_before or checked_at == float("-inf")):  # once, not every minute
+        logger.warning(
+            "Health reports are written to PostgreSQL directly: their Redis does not write every "
+            "command to disk before answering (appendonly=%s, appendfsync=%s; needs yes and "
+            "always, or HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY=assume)",
+            appendonly,
+            appendfsync,
+        )
+    _durability_checked = (time.monotonic(), durable)
+    return durable
+
+
+def _config(client: redis.Redis, name: str) -> str | None:
+    value = client.config_get(name).get(name)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # --- draining ----------------------------------------------------------------------------

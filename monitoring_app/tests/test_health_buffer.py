@@ -47,8 +47,10 @@ class OwnRedis:
     """A redis-server of this test on a free port, persisting every write before answering
     (appendonly yes, appendfsync always) into `directory`."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, durable: bool = True):
         self.directory, self.port, self.process = directory, free_port(), None
+        fsynced = ["--appendonly", "yes", "--appendfsync", "always"]
+        self.persistence = fsynced if durable else ["--appendonly", "no"]
 
     @property
     def url(self) -> str:
@@ -57,7 +59,7 @@ class OwnRedis:
     def start(self):
         self.process = subprocess.Popen(  # noqa: S603 - fixed arguments
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-            + ["--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            + [*self.persistence, "--save", ""],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -180,6 +182,32 @@ def test_with_its_redis_away_a_report_is_written_directly_never_lost_nor_a_500(s
     assert response.status_code == 201
     assert list(HealthCheck.objects.values_list("status", flat=True)) == ["unhealthy"]
     assert Device.objects.get(pk=device.pk).health_status == "unhealthy"
+
+
+@pytest.mark.django_db
+def test_a_redis_that_keeps_nothing_on_disk_is_not_trusted_with_a_201(tmp_path, settings, monkeypatch):
+    """A Redis without its fsynced append-only file (a cache, a default install) would lose
+    acknowledged reports when it restarts: reports are written to PostgreSQL before the 201,
+    unless the operator vouches for that Redis (HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY)."""
+    server = OwnRedis(tmp_path, durable=False)
+    server.start()
+    try:
+        settings.HOMEPOT_MONITORING_HEALTH_REDIS_URL = server.url
+        settings.HOMEPOT_MONITORING_BUFFER_HEALTH = True
+        monkeypatch.setattr(health_buffer, "_down_until", 0.0)
+        device = reporting_device()
+
+        assert device.agent.post(HEALTH, {"status": "degraded"}, format="json").status_code == 201
+        assert list(HealthCheck.objects.values_list("status", flat=True)) == ["degraded"]
+        assert not redis.Redis.from_url(server.url).keys("*")  # nothing waits in the stream
+
+        settings.HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY = "assume"
+        assert device.agent.post(HEALTH, {"status": "healthy"}, format="json").status_code == 201
+        assert HealthCheck.objects.count() == 1  # this one waits for the drain
+        assert health_buffer.drain() == 1
+        assert sorted(HealthCheck.objects.values_list("status", flat=True)) == ["degraded", "healthy"]
+    finally:
+        server.kill()
 
 
 @pytest.mark.django_db

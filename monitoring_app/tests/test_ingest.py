@@ -44,6 +44,9 @@ def health_path(request, settings):
     (what the beat task does a moment later). The rules a user sees must be the same."""
     settings.HOMEPOT_MONITORING_BUFFER_HEALTH = request.param == "buffered"
     if request.param == "buffered":
+        # The shared test Redis keeps nothing on disk; the buffer's rules are what is tested here
+        # (its durability gate is tested in test_health_buffer.py).
+        settings.HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY = "assume"
         request_finished.connect(_drain, dispatch_uid="test-drain")
         yield request.param
         request_finished.disconnect(dispatch_uid="test-drain")
