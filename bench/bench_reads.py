@@ -8,7 +8,8 @@ Runs in-process against `--code-root` (this checkout, or an older one exported w
 `git archive`, so the before and after run against the same database in the same session), as
 the superuser `bench-admin`, through Django's test client (session or bearer token,
 middleware, queries, template or JSON): each URL `repeat` times after one warm-up, printing
-every sample and a JSON summary. `ONLY=name,name` limits the URLs.
+every sample, the number of SQL statements of one more request and their time, and a JSON
+summary. `ONLY=name,name` limits the URLs.
 """
 
 import argparse
@@ -52,7 +53,9 @@ def main() -> None:
 
     django.setup()
     from django.conf import settings
+    from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
 
     from accounts.models import User
     from accounts.services import api_token_issue
@@ -78,8 +81,17 @@ def main() -> None:
                 raise RuntimeError(f"{url}: HTTP {response.status_code}")
             if index:
                 samples.append(elapsed)
-        print(name, [round(s, 1) for s in samples], flush=True)
-        results[name] = {"median": round(statistics.median(samples), 1), "min": round(min(samples), 1)}
+        with CaptureQueriesContext(connection) as queries:
+            clients[client].get(url)
+        sql_ms = sum(float(query["time"]) for query in queries.captured_queries) * 1000
+        counted = f"{len(queries)} queries, {sql_ms:.1f} ms SQL"
+        print(name, [round(s, 1) for s in samples], counted, flush=True)
+        results[name] = {
+            "median": round(statistics.median(samples), 1),
+            "min": round(min(samples), 1),
+            "queries": len(queries),
+            "sql_ms": round(sql_ms, 1),
+        }
     print(json.dumps(results))
 
 
