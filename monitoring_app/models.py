@@ -335,6 +335,13 @@ class Alert(models.Model):
                 name="monitoring_alert_open",
             ),
             models.Index(fields=["device", "-opened_at"], name="monitoring_alert_device"),
+            # The dashboard's and landing page's open alerts, worst and newest first: the first
+            # 20 of the index, not a sort of every open alert (tens of thousands in an outage).
+            models.Index(
+                fields=["severity", "-opened_at", "-id"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="monitoring_alert_open_worst",
+            ),
         ]
 
     def __str__(self) -> str:
