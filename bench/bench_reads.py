@@ -8,7 +8,9 @@ Runs in-process against `--code-root` (this checkout, or an older one exported w
 `git archive`, so the before and after run against the same database in the same session), as
 the superuser `bench-admin`, through Django's test client (session or bearer token,
 middleware, queries, template or JSON): each URL `repeat` times after one warm-up, printing
-every sample and a JSON summary. `ONLY=name,name` limits the URLs.
+every sample, the number of SQL statements of one more request, their time and the shared
+buffers they touch (each SELECT run again under EXPLAIN (ANALYZE, BUFFERS)), and a JSON
+summary. `ONLY=name,name` limits the URLs.
 """
 
 import argparse
@@ -52,7 +54,9 @@ def main() -> None:
 
     django.setup()
     from django.conf import settings
+    from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
 
     from accounts.models import User
     from accounts.services import api_token_issue
@@ -78,9 +82,33 @@ def main() -> None:
                 raise RuntimeError(f"{url}: HTTP {response.status_code}")
             if index:
                 samples.append(elapsed)
-        print(name, [round(s, 1) for s in samples], flush=True)
-        results[name] = {"median": round(statistics.median(samples), 1), "min": round(min(samples), 1)}
+        with CaptureQueriesContext(connection) as queries:
+            clients[client].get(url)
+        sql_ms = sum(float(query["time"]) for query in queries.captured_queries) * 1000
+        buffers = sum(_buffers(connection, query["sql"]) for query in queries.captured_queries)
+        counted = f"{len(queries)} queries, {sql_ms:.1f} ms SQL, {buffers} buffers"
+        print(name, [round(s, 1) for s in samples], counted, flush=True)
+        results[name] = {
+            "median": round(statistics.median(samples), 1),
+            "min": round(min(samples), 1),
+            "queries": len(queries),
+            "sql_ms": round(sql_ms, 1),
+            "buffers": buffers,
+        }
     print(json.dumps(results))
+
+
+def _buffers(connection, sql: str) -> int:
+    """Shared buffers (8 kB pages, hit or read) one SELECT touches: EXPLAIN (ANALYZE,
+    BUFFERS) runs it again. The cost in pages read, whatever the machine's load."""
+    if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
+        plan = cursor.fetchone()[0]
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    top = plan[0]["Plan"]
+    return top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
 
 
 if __name__ == "__main__":

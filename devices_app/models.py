@@ -2,6 +2,7 @@ import hashlib
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Cast, NullIf
 from django.utils import timezone
 
 from accounts.scoping import ScopedQuerySet
@@ -228,3 +229,70 @@ class DeviceSearch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device_key}: {self.name}"
+
+
+class SiteHealthCountQuerySet(ScopedQuerySet):
+    scope_path = "site"
+
+
+# Site health's counts (sites_app.selectors.health_counts), one column each, plus errors.
+SITE_HEALTH_COUNTS = (
+    "total",
+    "online",
+    "offline",
+    "maintenance",
+    "healthy",
+    "degraded",
+    "unhealthy",
+    "error",
+)
+
+
+class SiteHealthCount(models.Model):
+    """One row per site with its devices counted by site health's rule (`offline` is every
+    monitored device not online, errors included; `healthy`, `degraded` and `unhealthy`
+    count online devices only; `error` is the part of `offline` in error): what the fleet
+    summary and the dashboards read, so "the sites in trouble" and "sites down" are an index
+    range over this table instead of a GROUP BY over the rollup of every site.
+
+    Kept by the same PostgreSQL triggers as SiteDeviceCount (migration 0008), in the same
+    statement, so both are exact in every transaction. Never written by application code.
+    `offline_share` (offline / monitored, NULL when nothing is monitored) is computed by
+    PostgreSQL: a site is down when it reaches the outage fraction, so the down sites are
+    the top of its index whatever the fraction is set to.
+    """
+
+    site = models.OneToOneField(
+        "sites_app.Site", on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    total = models.BigIntegerField(default=0)
+    online = models.BigIntegerField(default=0)
+    offline = models.BigIntegerField(default=0)
+    maintenance = models.BigIntegerField(default=0)
+    healthy = models.BigIntegerField(default=0)
+    degraded = models.BigIntegerField(default=0)
+    unhealthy = models.BigIntegerField(default=0)
+    error = models.BigIntegerField(default=0)
+    offline_share = models.GeneratedField(
+        expression=Cast("offline", models.FloatField())
+        / NullIf(Cast(models.F("online") + models.F("offline"), models.FloatField()), models.Value(0.0)),
+        output_field=models.FloatField(),
+        db_persist=True,
+    )
+
+    objects = SiteHealthCountQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Sites down: the top of this index (offline share at or above the fraction).
+            models.Index(fields=["-offline_share", "site"], name="devices_sitehealth_share"),
+            # The other sites in trouble, worst first (fleet_summary's order).
+            models.Index(
+                fields=["-offline", "-unhealthy", "-degraded", "site"],
+                name="devices_sitehealth_trouble",
+                condition=models.Q(offline__gt=0) | models.Q(degraded__gt=0) | models.Q(unhealthy__gt=0),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site_id}: {self.online}/{self.total} online"

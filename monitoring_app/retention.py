@@ -10,7 +10,7 @@ which takes seconds per day on a disk that discards freed blocks but blocks nobo
 table (SQLite, or PostgreSQL not yet converted) is deleted from in small batches, each its
 own short transaction, so no lock is held long and the ingest keeps writing meanwhile.
 Device rows (the latest state) and alerts are never touched. The dashboard's rollup
-(FleetSnapshot) goes after SNAPSHOT_KEEP_DAYS.
+(FleetSnapshot, and its chain totals FleetTotalSnapshot) goes after SNAPSHOT_KEEP_DAYS.
 """
 
 import datetime
@@ -78,6 +78,7 @@ def health_history_prune(
     # The chart rollup has its own, shorter age: the charts show at most 7 days.
     snapshot_cutoff = (now or timezone.now()) - datetime.timedelta(days=SNAPSHOT_KEEP_DAYS)
     snapshots = _prune_batches("monitoring_app_fleetsnapshot", "bucket_at", snapshot_cutoff, batch_size)
+    _prune_batches("monitoring_app_fleettotalsnapshot", "bucket_at", snapshot_cutoff, batch_size)
     audit_record(
         event_type=AuditEvent.HEALTH_PRUNED,
         description=f"Pruned {total} health checks and {transitions} status changes older than {days} days",

@@ -1,21 +1,22 @@
 """The fleet rollup: per-site device counts at fixed moments, for the dashboard's charts.
 
 The monitoring tick takes one snapshot per SNAPSHOT_MINUTES bucket: ONE
-`INSERT ... SELECT ... GROUP BY site` over the device-count rollup (devices_app.SiteDeviceCount;
-over the devices on SQLite), with the same counts as site health
-(sites_app.selectors.health_counts), so a chart of the last 7 days reads at most
-one row per site per hour instead of scanning devices or health history.
+`INSERT ... SELECT` from the site-health rollup (devices_app.SiteHealthCount, one row per site;
+a GROUP BY over the devices on SQLite), with the same counts as site health
+(sites_app.selectors.health_counts), plus the chain's total row (FleetTotalSnapshot). A chart
+of the last 7 days reads one row per point for an admin of the whole chain, one per site and
+point for anyone else, never devices or health history.
 """
 
 import datetime
 
-from django.db import connection
-from django.db.models import Sum
+from django.db import connection, connections, transaction
+from django.db.models import F, Sum
 from django.utils import timezone
 
-from devices_app.models import Device, SiteDeviceCount
-from monitoring_app.models import FleetSnapshot
-from monitoring_app.selectors import rollup_health_counts_per_site
+from accounts.scoping import scoped_site_ids
+from devices_app.models import Device, SiteHealthCount
+from monitoring_app.models import FleetSnapshot, FleetTotalSnapshot
 from sites_app.selectors import health_counts_per_site
 
 SNAPSHOT_MINUTES = 15
@@ -32,35 +33,65 @@ def bucket_start(moment: datetime.datetime) -> datetime.datetime:
 
 def fleet_snapshot_take(*, now: datetime.datetime | None = None) -> int:
     """Record every site's device counts for the current bucket, once: ONE INSERT ...
-    SELECT ... GROUP BY site (ON CONFLICT DO NOTHING, so overlapping ticks are harmless).
+    SELECT ... GROUP BY site (ON CONFLICT DO NOTHING, so overlapping ticks are harmless),
+    and the chain's total of those rows (FleetTotalSnapshot) in the same transaction.
     Returns the number of rows written (0 when the bucket is already taken)."""
     bucket = bucket_start(now or timezone.now())
     if FleetSnapshot.objects.filter(bucket_at=bucket).exists():
         return 0  # already taken this bucket: skip the GROUP BY over every device
     if connection.vendor == "postgresql":
-        # The device-count rollup (a few rows per site), not a GROUP BY over every device.
-        per_site = rollup_health_counts_per_site(SiteDeviceCount.objects.all())
+        # The site-health rollup (one row per site), not a GROUP BY over every device.
+        names = {f"health_{name}": F(name) for name in COUNTS}
+        per_site = SiteHealthCount.objects.order_by().values("site_id").annotate(**names)
     else:
         per_site = health_counts_per_site(Device.objects.all())
     select_sql, params = per_site.query.sql_with_params()
     columns = ", ".join(COUNTS)
     sources = ", ".join(f"c.health_{name}" for name in COUNTS)
-    with connection.cursor() as cursor:
+    sums = ", ".join(f"coalesce(sum({name}), 0)" for name in COUNTS)
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"""INSERT INTO monitoring_app_fleetsnapshot (site_id, bucket_at, {columns})
                 SELECT c.site_id, %s, {sources} FROM ({select_sql}) c
                 ON CONFLICT (site_id, bucket_at) DO NOTHING""",  # noqa: S608 (fixed names; values are parameters)
             [bucket, *params],
         )
+        written = cursor.rowcount
+        # The chain's total of the same rows, so an admin's chart reads one row per point.
+        cursor.execute(
+            f"""INSERT INTO monitoring_app_fleettotalsnapshot (bucket_at, {columns})
+                SELECT %s, {sums} FROM monitoring_app_fleetsnapshot WHERE bucket_at = %s
+                ON CONFLICT (bucket_at) DO NOTHING""",  # noqa: S608 (fixed names; values are parameters)
+            [bucket, bucket],
+        )
+        return written
+
+
+def fleet_totals_rebuild(*, using: str = "default") -> int:
+    """Sum every bucket's FleetSnapshot rows again into its FleetTotalSnapshot row (ONE
+    INSERT ... SELECT ... GROUP BY bucket_at, upserting): for rows that did not come from the
+    tick (a fixture). Safe to repeat. Returns the number of buckets written."""
+    columns = ", ".join(COUNTS)
+    sums = ", ".join(f"sum({name})" for name in COUNTS)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in COUNTS)
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(
+            f"""INSERT INTO monitoring_app_fleettotalsnapshot (bucket_at, {columns})
+                SELECT bucket_at, {sums} FROM monitoring_app_fleetsnapshot WHERE true GROUP BY bucket_at
+                ON CONFLICT (bucket_at) DO UPDATE SET {updates}"""  # noqa: S608 (fixed names)
+        )
         return cursor.rowcount
 
 
 def fleet_history(*, user, hours: int, hourly: bool = False, now: datetime.datetime | None = None) -> dict:
     """The user's sites' counts summed per snapshot over the last `hours` (every bucket, or
-    only the hourly ones): ONE aggregate query over the rollup, scoped with for_user."""
+    only the hourly ones): ONE query. A user who sees every site (the scoping rule says
+    so) reads the chain's total rows (one per point); anyone else sums their own sites'
+    rows, scoped with for_user."""
     end = bucket_start(now or timezone.now())
     start = end - datetime.timedelta(hours=hours)
-    snapshots = FleetSnapshot.objects.for_user(user)
+    whole_chain = scoped_site_ids(user) is None
+    snapshots = FleetTotalSnapshot.objects.all() if whole_chain else FleetSnapshot.objects.for_user(user)
     if hourly:
         # The hours named one by one: the indexes find exactly those rows, where a filter on
         # the minute would read every bucket of the week and drop three in four.
@@ -69,9 +100,11 @@ def fleet_history(*, user, hours: int, hourly: bool = False, now: datetime.datet
         snapshots = snapshots.filter(bucket_at__in=hours_at)
     else:
         snapshots = snapshots.filter(bucket_at__gt=start, bucket_at__lte=end)
-    points = list(
-        snapshots.order_by("bucket_at").values("bucket_at").annotate(**{name: Sum(name) for name in COUNTS})
-    )
+    if whole_chain:
+        points = list(snapshots.order_by("bucket_at").values("bucket_at", *COUNTS))
+    else:
+        sums = {name: Sum(name) for name in COUNTS}
+        points = list(snapshots.order_by("bucket_at").values("bucket_at").annotate(**sums))
     return {"start": start, "end": end, "points": points}
 
 

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from django.db.models import Q
+
 from homepot.db import stream
 from monitoring_app.models import AuditLog
 from monitoring_app.services import GENESIS_HASH
@@ -252,82 +254,66 @@ def _health_counts_by_site(devices) -> list[dict]:
 _COUNT_NAMES = ("total", "online", "offline", "maintenance", "healthy", "degraded", "unhealthy")
 
 
-def rollup_health_counts_per_site(counts):
-    """One row per site of `counts` (a SiteDeviceCount queryset) with site health's counts
-    (`health_*`, plus `status_error`), summed from the rollup (a few rows per site) instead
-    of the devices: the same rule as sites_app.selectors.health_counts (a test holds them
-    equal). PostgreSQL only (the rollup's triggers)."""
-    from django.db.models import Q, Sum
-    from django.db.models.functions import Coalesce
+# A site's offline share is a float in the database; the index range starts this much below
+# the fraction and the exact rule (as health_summary writes it) decides at the boundary.
+_SHARE_SLACK = 1e-9
 
-    from devices_app.choices import DeviceStatus
-    from monitoring_app.choices import HealthStatus
-    from sites_app.selectors import _BAD_HEALTH, _NOT_MONITORED
 
-    online = Q(status=DeviceStatus.ONLINE)
+def _site_down_rule() -> Q:
+    """health_summary's "down" over SiteHealthCount columns: something is monitored and
+    nothing is online, or the offline share reaches the outage fraction. The first term is
+    the range of the (offline_share) index; the second is the rule itself."""
+    from django.conf import settings
+    from django.db.models import ExpressionWrapper, F, FloatField, Value
 
-    def total(condition=None):
-        return Coalesce(Sum("devices", filter=condition), 0)
-
-    return (
-        counts.order_by()
-        .values("site_id")
-        .annotate(
-            health_total=total(),
-            health_online=total(online),
-            health_offline=total(~Q(status__in=[*_NOT_MONITORED, DeviceStatus.ONLINE])),
-            health_maintenance=total(Q(status=DeviceStatus.MAINTENANCE)),
-            health_healthy=total(online & ~Q(health_status__in=_BAD_HEALTH)),
-            health_degraded=total(online & Q(health_status=HealthStatus.DEGRADED)),
-            health_unhealthy=total(online & Q(health_status=HealthStatus.UNHEALTHY)),
-            status_error=total(Q(status=DeviceStatus.ERROR)),
-        )
-    )
+    fraction = settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION
+    outage = ExpressionWrapper(Value(fraction) * (F("online") + F("offline")), output_field=FloatField())
+    return Q(offline_share__gte=min(fraction, 1.0) - _SHARE_SLACK) & (Q(online=0) | Q(offline__gte=outage))
 
 
 def _fleet_counts_from_rollup(user) -> tuple[dict, int, list[dict]]:
-    """The fleet totals, the number of sites down and the TROUBLED_SITES worst sites' counts,
-    in ONE query over the rollup: site health's rule (sites_app.selectors.health_summary:
-    down, degraded, healthy) is applied per site in SQL, the totals are window sums, and
-    only the worst rows come back to Python, whatever the number of sites."""
-    from django.conf import settings
-    from django.db import connection
+    """The fleet totals, the number of sites down and the TROUBLED_SITES worst sites' counts
+    from SiteHealthCount (one row per site, kept by triggers): the totals and the down count
+    in ONE aggregate over the user's rows (scoped by for_user, the one rule), then the worst
+    sites from its indexes: the down sites first (the top of the offline-share index), then
+    the others in trouble (the trouble index, worst first), at most TROUBLED_SITES rows each.
+    No GROUP BY and nothing per device, whatever the fleet's size."""
+    from django.db.models import Count, Sum
+    from django.db.models.functions import Coalesce
 
-    from devices_app.models import SiteDeviceCount
+    from devices_app.models import SITE_HEALTH_COUNTS, SiteHealthCount
 
-    per_site = rollup_health_counts_per_site(SiteDeviceCount.objects.for_user(user))
-    per_site_sql, params = per_site.query.sql_with_params()
-    names = [f"health_{name}" for name in _COUNT_NAMES] + ["status_error"]
-    columns = ", ".join(f"p.{name}" for name in names)
-    sums = ", ".join(f"sum(p.{name}) OVER () AS all_{name}" for name in names)
-    # rank 0 down, 1 degraded, 2 healthy: health_summary's rule, row by row.
-    sql = f"""
-        WITH p AS ({per_site_sql}),
-        judged AS (
-            SELECT p.site_id, {columns}, {sums},
-                   CASE WHEN p.health_online + p.health_offline > 0
-                             AND (p.health_online = 0
-                                  OR p.health_offline >= %s * (p.health_online + p.health_offline)) THEN 0
-                        WHEN p.health_offline > 0 OR p.health_degraded > 0 OR p.health_unhealthy > 0 THEN 1
-                        ELSE 2 END AS rank
-            FROM p
-        )
-        SELECT *, count(*) FILTER (WHERE rank = 0) OVER () AS down FROM judged
-        ORDER BY rank, health_offline DESC, health_unhealthy DESC, health_degraded DESC, site_id
-        LIMIT %s"""  # noqa: S608 (fixed names; values are parameters)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION, TROUBLED_SITES])
-        fields = [column.name for column in cursor.description]
-        rows = [dict(zip(fields, row, strict=True)) for row in cursor.fetchall()]
-    if not rows:
-        return dict.fromkeys(names, 0), 0, []
-    totals = {name: int(rows[0][f"all_{name}"]) for name in names}
-    troubled = [
-        {"site_id": row["site_id"], **{name: int(row[name]) for name in names}}
-        for row in rows
-        if row["rank"] < 2
-    ]
-    return totals, int(rows[0]["down"]), troubled
+    rows = SiteHealthCount.objects.for_user(user)
+    down = _site_down_rule()
+    aggregated = rows.aggregate(
+        **{_TOTAL_NAMES[name]: Coalesce(Sum(name), 0) for name in SITE_HEALTH_COUNTS},
+        sites_down=Count("pk", filter=down),
+    )
+    sites_down = aggregated.pop("sites_down")
+    totals = {name: int(value) for name, value in aggregated.items()}
+    order = ("-offline", "-unhealthy", "-degraded", "site_id")
+    columns = ("site_id", *SITE_HEALTH_COUNTS)
+    troubled = list(rows.filter(down).order_by(*order).values(*columns)[:TROUBLED_SITES])
+    if len(troubled) < TROUBLED_SITES:
+        in_trouble = Q(offline__gt=0) | Q(degraded__gt=0) | Q(unhealthy__gt=0)
+        others = rows.filter(in_trouble).exclude(down).order_by(*order)
+        troubled += others.values(*columns)[: TROUBLED_SITES - len(troubled)]
+    return (
+        totals,
+        sites_down,
+        [
+            {"site_id": row["site_id"], **{_TOTAL_NAMES[name]: row[name] for name in SITE_HEALTH_COUNTS}}
+            for row in troubled
+        ],
+    )
+
+
+# SiteHealthCount's columns under the names health_summary reads.
+_TOTAL_NAMES = {
+    **{name: f"health_{name}" for name in ("total", "online", "offline", "maintenance")},
+    **{name: f"health_{name}" for name in ("healthy", "degraded", "unhealthy")},
+    "error": "status_error",
+}
 
 
 def _fleet_counts_from_devices(user) -> tuple[dict, int, list[dict]]:
@@ -349,10 +335,10 @@ def _fleet_counts_from_devices(user) -> tuple[dict, int, list[dict]]:
 
 
 def fleet_summary(*, user) -> dict:
-    """Counts over the user's sites from the SiteDeviceCount rollup (ONE query, a few rows per
-    site, never the devices themselves; on SQLite the devices are counted), the names of the
-    worst sites, the number of sites, and the open alerts. The query count does not grow with
-    the fleet.
+    """Counts over the user's sites from the SiteHealthCount rollup (one row per site, never
+    the devices themselves; on SQLite the devices are counted), the names of the worst
+    sites, the number of sites, and the open alerts. The query count does not grow with the
+    fleet.
 
     `by_status` splits the devices by their connectivity status exactly (online, offline,
     error, maintenance, unknown: the five add up to `total`), where `offline` above counts

@@ -14,7 +14,7 @@ from jobs_app.choices import DeliveryStatus, JobStatus
 from jobs_app.tests.factories import DeliveryFactory, JobFactory
 from monitoring_app.models import FleetSnapshot
 from monitoring_app.retention import health_history_prune
-from monitoring_app.rollup import bucket_start, fleet_snapshot_take
+from monitoring_app.rollup import bucket_start, fleet_snapshot_take, fleet_totals_rebuild
 from monitoring_app.tasks import monitoring_tick
 from sites_app.tests.factories import SiteFactory
 
@@ -81,11 +81,15 @@ def test_retention_prunes_old_snapshots_and_keeps_recent_ones():
 
 
 def snapshot(site, at, **counts):
+    """A site's snapshot row, and the chain's total of its bucket summed again, as the tick
+    writes both."""
     values = dict.fromkeys(
         ("total", "online", "offline", "maintenance", "healthy", "degraded", "unhealthy"), 0
     )
     values.update(counts)
-    return FleetSnapshot.objects.create(site=site, bucket_at=bucket_start(at), **values)
+    row = FleetSnapshot.objects.create(site=site, bucket_at=bucket_start(at), **values)
+    fleet_totals_rebuild()
+    return row
 
 
 def chart_legend(text, kind, key):

@@ -38,10 +38,11 @@ def test_history_past_retention_is_pruned_in_batches_and_audited_once(
     )
 
     # 7 rows in batches of 3: 3 + 3 + 1 (each in its own short transaction), one
-    # batch of status changes (none), one of chart snapshots (none), then the audit row;
+    # batch of status changes (none), one of chart snapshots (none), one of their chain
+    # totals (none), then the audit row;
     # and per history table, whether it is partitioned, its partitions (none past) and
     # detached days left to drop (none).
-    with django_assert_max_num_queries(3 * 3 + 3 + 3 + 6 + 2 * 3):
+    with django_assert_max_num_queries(3 * 3 + 3 + 3 + 3 + 6 + 2 * 3):
         deleted = health_history_prune(batch_size=3)
 
     assert deleted == 7
