@@ -90,7 +90,7 @@ finish() {
 }
 trap finish EXIT
 
-wait_for() { # seconds, then a command that succeeds when ready
+wait_for() { # seconds, then a command (run again each second) that succeeds when ready
     local deadline=$(($(date +%s) + $1))
     shift
     until "$@"; do
@@ -109,7 +109,8 @@ else
     exit "$FAILED"
 fi
 start="$(now)"
-if wait_for 300 test "$(status_of "$BASE/healthz")" = 200; then
+lb_answers() { [ "$(status_of "$BASE/healthz")" = 200 ]; }
+if wait_for 300 lb_answers; then
     pass "lb" "GET /healthz through HAProxy answers 200, $(since "$start") s after up returned"
 else
     fail "lb" "GET $BASE/healthz did not answer 200 within 300 s"
@@ -188,7 +189,8 @@ lock_holder() {
     done
     return 0
 }
-wait_for 90 test -n "$(lock_holder)" || true
+lock_held() { [ -n "$(lock_holder)" ]; }
+wait_for 90 lock_held || true
 leader="$(lock_holder)"
 if [ "$(echo "$leader" | awk 'NF' | wc -l)" -eq 1 ]; then
     pass "beat" "the RedBeat lock is held by beat ${leader:0:12}, one of $(running_ids_of beat | wc -l) running beats"
