@@ -166,8 +166,9 @@ fi
 # --- PgBouncer in front of PostgreSQL ---------------------------------------------------------
 bouncer_ips="$(for id in $(ids_of pgbouncer); do docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id"; done)"
 clients="$(compose exec -T db psql -U homepot_user -d homepot_db -Atc \
-    "SELECT coalesce(host(client_addr), 'local') || ' ' || count(*) FROM pg_stat_activity
-     WHERE datname = 'homepot_db' AND pid <> pg_backend_pid() GROUP BY 1" | tr '\n' ';')"
+    "SELECT address || ' ' || count(*) FROM (SELECT coalesce(host(client_addr), 'local') AS address
+     FROM pg_stat_activity WHERE datname = 'homepot_db' AND pid <> pg_backend_pid()) AS c
+     GROUP BY address" | tr '\n' ';')"
 others="$(echo "$clients" | tr ';' '\n' | awk 'NF' | grep -v -w -F "$(echo $bouncer_ips | tr ' ' '\n')" || true)"
 if [ -n "$clients" ] && [ -z "$others" ]; then
     pass "pgbouncer" "PostgreSQL's homepot_db connections (address count): $clients all from pgbouncer ($bouncer_ips)"
@@ -217,7 +218,7 @@ if [ -n "$job_id" ] && wait_for 180 sh -c "curl -s --max-time 10 -H 'Authorizati
 else
     fail "job" "job '$job_id' ($(echo "$job" | head -c 300)) status: $( [ -n "$job_id" ] && job_status)"
 fi
-[ -n "$sim" ] && docker rm -f "$sim" >/dev/null 2>&1
+if [ -n "$sim" ]; then docker rm -f "$sim" >/dev/null 2>&1 || true; fi
 
 # --- a web replica killed -----------------------------------------------------------------
 victim="$(running_ids_of web | head -1)"
