@@ -74,7 +74,7 @@ ids_of() { compose ps -q "$1"; }
 running_ids_of() {
     local id
     for id in $(ids_of "$1"); do
-        [ "$(docker inspect -f '{{.State.Running}}' "$id")" = true ] && echo "$id"
+        if [ "$(docker inspect -f '{{.State.Running}}' "$id")" = true ]; then echo "$id"; fi
     done
 }
 
@@ -221,7 +221,7 @@ fi
 if [ -n "$sim" ]; then docker rm -f "$sim" >/dev/null 2>&1 || true; fi
 
 # --- a web replica killed -----------------------------------------------------------------
-victim="$(running_ids_of web | head -1)"
+victim="$(running_ids_of web | awk 'NR == 1')"  # not head: with pipefail its early exit fails the line
 docker kill "$victim" >/dev/null
 start="$(now)"
 codes=""
