@@ -27,4 +27,5 @@ RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input -v 0
 USER homepot
 
 EXPOSE 8000
-CMD ["gunicorn", "homepot.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# --preload and no control socket: see the web service in docker-compose.yml.
+CMD ["gunicorn", "homepot.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-", "--no-control-socket", "--preload"]
