@@ -7,15 +7,11 @@ CONNACK, SUBACK or PUBACK rather than a silence.
 """
 
 import base64
-import getpass
 import hashlib
 import io
 import json
 import os
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -35,7 +31,7 @@ from devices_app.services import (
     device_delete,
 )
 from devices_app.tests.factories import DeviceFactory
-from homepot.tests.served import free_port
+from homepot.tests.served import MOSQUITTO, free_port, mosquitto_running
 from jobs_app import dispatch
 from jobs_app import services as job_services
 from jobs_app.channels import get_channel
@@ -45,7 +41,6 @@ from jobs_app.models import Delivery, Job
 from jobs_app.tests.test_worker import wait_for
 from sites_app.tests.factories import SiteFactory
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 ADMIN, ADMIN_PASSWORD = "homepot-admin", "admin-" + uuid.uuid4().hex
 BRIDGE, BRIDGE_PASSWORD = "homepot-bridge", "bridge-" + uuid.uuid4().hex
@@ -112,42 +107,13 @@ def dynsec_broker(tmp_path_factory):
             pytest.fail(f"{path} is missing: install mosquitto (with its dynamic security plugin).")
     workdir: Path = tmp_path_factory.mktemp("mosquitto")
     (workdir / "dynsec.json").write_text(json.dumps(_dynsec_config()))
-    port = free_port()
-    (workdir / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous false\n"
-        # Started as root, Mosquitto would switch to the `mosquitto` user, which cannot read
-        # pytest's private temporary directory.
-        f"user {getpass.getuser()}\n"
-        "persistence false\n"
-        f"plugin {DYNSEC_PLUGIN}\n"
-        f"plugin_opt_config_file {workdir / 'dynsec.json'}\n"
-        f"log_dest file {workdir / 'mosquitto.log'}\n"
-        "log_type all\n"
-    )
-    process = subprocess.Popen(  # noqa: S603
-        [MOSQUITTO, "-c", str(workdir / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mosquitto did not start: {(workdir / 'mosquitto.log').read_text()}")
-                time.sleep(0.05)
+    plugin = f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {workdir / 'dynsec.json'}\n"
+    with mosquitto_running(workdir, anonymous=False, extra_config=plugin) as port:
         with override_settings(**_auth_settings(port)):
             from devices_app.management.commands.mqtt_sync_auth import Command
 
             Command(stdout=io.StringIO())._sync_bridge(set(), reset_password=False)
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
 """HOMEPOT served by a real gunicorn subprocess, for tests and benches that go through the
 front door (a socket, the WSGI server, every middleware) rather than Django's test client.
 
-Used by homepot/tests/test_outage.py and bench/bench_outage.py.
+Used by homepot/tests/test_outage.py and bench/bench_outage.py. Also here: `free_port`, and
+`mosquitto_running`, a Mosquitto of a test's own (the shared broker carries other clients').
 """
 
 import contextlib
+import getpass
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +25,48 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+@contextlib.contextmanager
+def mosquitto_running(workdir: Path, *, anonymous: bool = True, extra_config: str = ""):
+    """A Mosquitto on a free loopback port, configured in `workdir` (its log there too),
+    stopped on exit; yields the port. `extra_config`: more lines of mosquitto.conf."""
+    import pytest
+
+    port = free_port()
+    log = workdir / "mosquitto.log"
+    (workdir / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\n"
+        f"allow_anonymous {'true' if anonymous else 'false'}\n"
+        # Started as root, Mosquitto would switch to the `mosquitto` user, which cannot read
+        # pytest's private temporary directory.
+        f"user {getpass.getuser()}\n"
+        "persistence false\n"
+        f"log_dest file {log}\n"
+        "log_type all\n" + extra_config
+    )
+    process = subprocess.Popen(  # noqa: S603 - our own arguments
+        [MOSQUITTO, "-c", str(workdir / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mosquitto did not start: {log.read_text() if log.exists() else ''}")
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @dataclass

@@ -7,10 +7,6 @@ Counters and histogram counts are compared as deltas; gauges are the tick's exac
 
 import datetime
 import json
-import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +23,7 @@ from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
-from homepot.tests.served import free_port
+from homepot.tests.served import free_port, mosquitto_running
 from homepot.tests.test_metrics import delta, scrape, token, value  # noqa: F401 (fixture)
 from jobs_app import dispatch
 from jobs_app import services as job_services
@@ -43,8 +39,6 @@ from monitoring_app.choices import AlertKind
 from monitoring_app.models import Alert, MonitoringState, Notification
 from monitoring_app.tests.peers import WebhookPeer
 from sites_app.tests.factories import SiteFactory
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def ago(**kwargs) -> datetime.datetime:
@@ -224,32 +218,8 @@ def test_buffer_flush_open_alerts_and_notification_outcomes(token, worker, setti
 def own_broker(tmp_path_factory):
     """An anonymous Mosquitto on a free loopback port for this module: the machine's shared
     broker carries other clients' events, and exact counts need none of them."""
-    workdir = tmp_path_factory.mktemp("broker")
-    port = free_port()
-    (workdir / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        # Started as root, Mosquitto would switch to the `mosquitto` user.
-        f"user {os.environ.get('USER') or 'root'}\n"
-    )
-    process = subprocess.Popen(  # noqa: S603
-        [MOSQUITTO, "-c", str(workdir / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mosquitto did not start")
-                time.sleep(0.05)
+    with mosquitto_running(tmp_path_factory.mktemp("broker")) as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.mark.django_db(transaction=True)

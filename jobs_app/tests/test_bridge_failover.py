@@ -13,9 +13,7 @@ session: every event applied, and the dead member out of the group afterwards.
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 
 from devices_app.tests.factories import DeviceFactory
-from homepot.tests.served import free_port
+from homepot.tests.served import mosquitto_running
 from jobs_app import dispatch
 from jobs_app import services as job_services
 from jobs_app.channels import get_channel
@@ -38,7 +36,6 @@ from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PEER_TIMEOUT = 3
 DEVICES = 40
 
@@ -47,36 +44,13 @@ DEVICES = 40
 def broker(tmp_path, settings):
     workdir = tmp_path / "broker"
     workdir.mkdir()
-    port = free_port()
-    (workdir / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        # Started as root, Mosquitto would switch to the `mosquitto` user.
-        f"user {os.environ.get('USER') or 'root'}\n"
-    )
-    process = subprocess.Popen(  # noqa: S603 - our own arguments
-        [MOSQUITTO, "-c", str(workdir / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mosquitto did not start")
-                time.sleep(0.05)
+    with mosquitto_running(workdir) as port:
         settings.HOMEPOT_JOBS_MQTT_HOST, settings.HOMEPOT_JOBS_MQTT_PORT = "127.0.0.1", port
         settings.HOMEPOT_MQTT_AUTH = False
         channel = get_channel("mqtt")
         channel._drop(channel._client)
         yield port
         channel._drop(channel._client)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 class BridgeProcess:
