@@ -12,6 +12,7 @@ The pieces every app's admin shares live here, so each rule is written once:
 - `ReadOnlyAdminMixin` (history) and `SuperuserOnlyAdminMixin` (people and credentials).
 """
 
+import datetime
 import json
 
 from django.contrib import admin, messages
@@ -370,6 +371,52 @@ class SiteListFilter(admin.SimpleListFilter):
 
 class DeviceSiteListFilter(SiteListFilter):
     site_path = "device__site"
+
+
+class RecentWindowListFilter(admin.SimpleListFilter):
+    """A time window over a history partitioned by day, the recent one by default.
+
+    A list of a history newest first, with no window, plans and probes every day's partition
+    kept (and counts across them): its cost grows with the days retained. With a window, the
+    planner prunes to the one or two days it covers, whatever the retention. "Any date" is an
+    explicit choice, never the silent default, and says what it costs by being slower.
+    """
+
+    title = "checked at"
+    parameter_name = "window"
+    field = "checked_at"
+    default = "24h"
+    windows = {
+        "1h": ("Past hour", datetime.timedelta(hours=1)),
+        "24h": ("Past 24 hours", datetime.timedelta(hours=24)),
+        "7d": ("Past 7 days", datetime.timedelta(days=7)),
+        "30d": ("Past 30 days", datetime.timedelta(days=30)),
+        "all": ("Any date", None),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _) in self.windows.items()]
+
+    def value(self):
+        return super().value() or self.default
+
+    def queryset(self, request, queryset):
+        try:
+            _, span = self.windows[self.value()]
+        except KeyError:
+            raise IncorrectLookupParameters(f"Unknown window {self.value()!r}") from None
+        if span is None:
+            return queryset
+        return queryset.filter(**{f"{self.field}__gte": timezone.now() - span})
+
+    def choices(self, changelist):
+        # No "All" entry: leaving the parameter out means the default window, not all.
+        for key, label in self.lookup_choices:
+            yield {
+                "selected": self.value() == key,
+                "query_string": changelist.get_query_string({self.parameter_name: key}),
+                "display": label,
+            }
 
 
 # --- Errors from services ----------------------------------------------------------------------
