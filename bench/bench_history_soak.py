@@ -18,8 +18,9 @@ What it does:
   3. fills the days before today up to the largest of `--days` that the database lacks
      (`--rows-per-device-day` rows per device per day; 100 × 100,000 = 10 million rows a day)
      set-based: INSERT ... SELECT over generate_series, in time order, into the day's table
-     created detached and UNLOGGED (`--logged` for WAL-logged), then ATTACHed (its indexes
-     built in one pass each), then VACUUM ANALYZE; `--fill-only` stops there;
+     created detached and WAL-logged, one statement a day (`--fill-jobs` days at once, the
+     generator's session with synchronous_commit off), then ATTACHed (its indexes built in one
+     pass each), then VACUUM ANALYZE; `--fill-only` stops there;
   4. `--size-rounds` rounds, each measuring every size of `--days` in turn (the history made
      to hold exactly that many days by detaching and re-attaching whole filled days, which
      keep their indexes and a CHECK of their range, so that takes milliseconds): the sizes
@@ -37,8 +38,8 @@ What it does:
          (/api/v1/fleet/devices/../timeline), a site's hour of checks yesterday
          (/api/v1/health-checks?site=..&since=..&until=..), site health
          (/api/v1/sites/../health), the fleet dashboard (/admin/monitoring_app/alert/fleet/),
-         the admin health-check list (/admin/monitoring_app/healthcheck/, and filtered to
-         unhealthy);
+         the admin health-check list (/admin/monitoring_app/healthcheck/: its default window,
+         filtered to unhealthy, and any date);
        - the history SQL behind them by EXPLAIN (ANALYZE, BUFFERS), the same devices and sites
          at every size: planning and execution time, shared buffers touched, rows;
   5. on the largest size, retention while single reports arrive: the task's two steps timed
@@ -500,6 +501,10 @@ def measure_reads(args, admin, window_day: datetime.date | None) -> dict:
         "admin_health_list": _time(admin_get, ["/admin/monitoring_app/healthcheck/"] * args.repeat),
         "admin_health_list_unhealthy": _time(
             admin_get, ["/admin/monitoring_app/healthcheck/?status__exact=unhealthy"] * args.repeat
+        ),
+        # The list as it was before its default window (the same SQL): what "Any date" costs.
+        "admin_health_list_any_date": _time(
+            admin_get, ["/admin/monitoring_app/healthcheck/?window=all"] * args.repeat
         ),
     }
 
