@@ -11,6 +11,7 @@ from devices_app.models import Device
 from homepot.admin import (
     DeviceSiteListFilter,
     EstimatedCountPaginator,
+    HistoryChangelistMixin,
     ReadOnlyAdminMixin,
     RecentWindowListFilter,
     ScopedAdminMixin,
@@ -37,7 +38,7 @@ from sites_app.models import Site
 
 
 @admin.register(HealthCheck)
-class HealthCheckAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class HealthCheckAdmin(HistoryChangelistMixin, ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     list_display = ("checked_at", "device_link", "site_link", "status_badge", "response_time_ms", "error")
     # The window keeps the list's cost to the days it shows, not the days kept (docs/performance.md).
     list_filter = ("status", DeviceSiteListFilter, RecentWindowListFilter)
