@@ -321,6 +321,17 @@ class EstimatedCountPaginator(Paginator):
         return row[0] if row else None
 
 
+class HistoryCountPaginator(EstimatedCountPaginator):
+    """For a history list: the exact count stops at 1,000 rows, then the planner's estimate.
+
+    A filtered window of the health history (unhealthy checks of the past day) is counted
+    from rows scattered over the day's heap, a page read per row: 10,000 of them took
+    0.4-0.9 s at 10 million rows a day (11,000 buffers read), 1,000 take a tenth of that, and
+    the pages beyond the tenth are numbered from the estimate either way."""
+
+    count_at_most = 1_000
+
+
 # --- Scoped list filter ----------------------------------------------------------------------
 
 

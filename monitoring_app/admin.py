@@ -12,6 +12,7 @@ from homepot.admin import (
     DeviceSiteListFilter,
     EstimatedCountPaginator,
     HistoryChangelistMixin,
+    HistoryCountPaginator,
     ReadOnlyAdminMixin,
     RecentWindowListFilter,
     ScopedAdminMixin,
@@ -48,7 +49,7 @@ class HealthCheckAdmin(HistoryChangelistMixin, ReadOnlyAdminMixin, ScopedAdminMi
     autocomplete_fields = ("device",)
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
-    paginator = EstimatedCountPaginator
+    paginator = HistoryCountPaginator
     fields = (
         "device_link",
         "site_link",

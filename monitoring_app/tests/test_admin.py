@@ -223,6 +223,18 @@ def test_the_health_list_is_read_without_jit_compilation(admin_browser):
     assert jit_during_list_reads and set(jit_during_list_reads) == {"off"}
 
 
+def test_a_filtered_health_list_counts_at_most_a_thousand_rows_exactly(admin_browser):
+    device = DeviceFactory()
+    HealthCheckFactory.create_batch(3, device=device, status=HealthStatus.UNHEALTHY)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_browser.get(url(HEALTH, "changelist"), {"status__exact": "unhealthy"})
+
+    assert response.context["cl"].result_count == 3
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
+    assert len(counts) == 1 and "LIMIT 1001" in counts[0]
+
+
 # --- Audit trail -----------------------------------------------------------------------------
 
 
