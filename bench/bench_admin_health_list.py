@@ -9,6 +9,8 @@ any date, unhealthy only, the past 7 days, page 3; as a store manager of one sit
 rounds, the sizes alternating: the request through Django's test client, its wall time, and
 for every SQL statement it ran that statement's own time, then EXPLAIN (ANALYZE, BUFFERS) of
 it: shared buffers touched, rows, planning and execution time, and whether JIT compiled it.
+The EXPLAIN runs after the request, outside its transaction, with JIT as the server has it:
+its JIT figure is what the statement costs without the list's `SET LOCAL jit = off`.
 The buffers, the statements and this thread's CPU time are what the machine's load moves
 least; the wall time is mostly the load.
 
