@@ -1,13 +1,17 @@
 """Health checks and the audit trail in the operator console: read-only history."""
 
+import datetime
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
 from devices_app.tests.factories import DeviceFactory
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import AuditLog
 from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory
@@ -121,6 +125,114 @@ def test_a_site_member_sees_only_their_sites_health_checks(client):
 
     assert listed(client.get(url(HEALTH, "changelist"))) == [mine.pk]
     assert client.get(url(HEALTH, "change", theirs.pk)).status_code == 302
+
+
+def checked_ago(delta, **kwargs):
+    return HealthCheckFactory(checked_at=timezone.now() - delta, **kwargs)
+
+
+def test_health_changelist_shows_the_past_day_by_default_and_any_date_on_request(admin_browser):
+    recent = checked_ago(datetime.timedelta(hours=2))
+    newest = checked_ago(datetime.timedelta(minutes=5))
+    old = checked_ago(datetime.timedelta(days=3))
+
+    default = admin_browser.get(url(HEALTH, "changelist"))
+    week = admin_browser.get(url(HEALTH, "changelist"), {"window": "7d"})
+    any_date = admin_browser.get(url(HEALTH, "changelist"), {"window": "all"})
+
+    assert listed(default) == [newest.pk, recent.pk]
+    assert default.context["cl"].result_count == 2
+    assert "Past 24 hours" in default.text and "Any date" in default.text
+    selected = [c for spec in default.context["cl"].filter_specs for c in spec.choices(default.context["cl"])]
+    assert [c["display"] for c in selected if c["selected"]][-1] == "Past 24 hours"
+    assert listed(week) == [newest.pk, recent.pk, old.pk]
+    assert listed(any_date) == [newest.pk, recent.pk, old.pk]
+
+
+def test_health_changelist_window_combines_with_status_and_site(admin_browser):
+    unhealthy = checked_ago(datetime.timedelta(hours=1), status=HealthStatus.UNHEALTHY)
+    checked_ago(datetime.timedelta(hours=1))
+    old_unhealthy = checked_ago(
+        datetime.timedelta(days=2), status=HealthStatus.UNHEALTHY, device=unhealthy.device
+    )
+
+    by_status = admin_browser.get(url(HEALTH, "changelist"), {"status__exact": "unhealthy"})
+    by_site_any_date = admin_browser.get(
+        url(HEALTH, "changelist"), {"site": unhealthy.device.site.pk, "window": "all"}
+    )
+
+    assert listed(by_status) == [unhealthy.pk]
+    assert listed(by_site_any_date) == [unhealthy.pk, old_unhealthy.pk]
+
+
+def test_an_unknown_window_reloads_the_list_with_an_error_flag(admin_browser):
+    response = admin_browser.get(url(HEALTH, "changelist"), {"window": "forever"})
+
+    assert response.status_code == 302
+    assert "e=1" in response["Location"]
+
+
+def test_a_site_member_sees_only_their_sites_health_checks_in_every_window(client):
+    mine = checked_ago(datetime.timedelta(hours=1))
+    mine_old = checked_ago(datetime.timedelta(days=5), device=mine.device)
+    checked_ago(datetime.timedelta(hours=1))
+    checked_ago(datetime.timedelta(days=5))
+    user = UserFactory(is_staff=True)
+    grant_perms(user, "monitoring_app.view_healthcheck")
+    SiteMembershipFactory(user=user, site=mine.device.site, role=MembershipRole.MANAGER)
+    client.force_login(user)
+
+    assert listed(client.get(url(HEALTH, "changelist"))) == [mine.pk]
+    assert listed(client.get(url(HEALTH, "changelist"), {"window": "all"})) == [mine.pk, mine_old.pk]
+
+
+def test_the_default_window_plans_only_the_recent_days_partitions(admin_browser):
+    today = timezone.now().astimezone(datetime.UTC).date()
+    old_day = today - datetime.timedelta(days=5)
+    partitions.history_partitions_create(partitions.HEALTH, days=[old_day])
+    checked_ago(datetime.timedelta(days=5))
+
+    default = admin_browser.get(url(HEALTH, "changelist")).context["cl"].queryset
+    any_date = admin_browser.get(url(HEALTH, "changelist"), {"window": "all"}).context["cl"].queryset
+
+    # What keeps the page's cost to the days it shows: days outside the window are not in
+    # its plan at all, however many are kept.
+    assert partitions.HEALTH.day_partition(old_day) not in default[:100].explain()
+    assert partitions.HEALTH.day_partition(old_day) in any_date[:100].explain()
+
+
+def test_the_health_list_is_read_without_jit_compilation(admin_browser):
+    """At 50 million rows the first page's plan costs enough for PostgreSQL to JIT-compile
+    it, seconds for a page read in a millisecond; the list's own statements run with JIT
+    off (SET LOCAL: the request's transaction only)."""
+    check = HealthCheckFactory()
+    jit_during_list_reads = []
+
+    def note_jit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if f'FROM "{HEALTH}"' in sql:
+            with context["connection"].cursor() as cursor:
+                cursor.execute("SELECT current_setting('jit')")
+                jit_during_list_reads.append(cursor.fetchone()[0])
+        return result
+
+    with connection.execute_wrapper(note_jit):
+        response = admin_browser.get(url(HEALTH, "changelist"), {"window": "all"})
+
+    assert listed(response) == [check.pk]
+    assert jit_during_list_reads and set(jit_during_list_reads) == {"off"}
+
+
+def test_a_filtered_health_list_counts_at_most_a_thousand_rows_exactly(admin_browser):
+    device = DeviceFactory()
+    HealthCheckFactory.create_batch(3, device=device, status=HealthStatus.UNHEALTHY)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_browser.get(url(HEALTH, "changelist"), {"status__exact": "unhealthy"})
+
+    assert response.context["cl"].result_count == 3
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
+    assert len(counts) == 1 and "LIMIT 1001" in counts[0]
 
 
 # --- Audit trail -----------------------------------------------------------------------------
