@@ -1,7 +1,7 @@
 """The connectivity sweep: online devices that stopped reporting become offline.
 
 One set-based statement moves every silent device and records each transition; it costs the
-same for 10 devices or 1,000,000 (an index on (status, last_seen) finds them).
+same for 10 devices or 1,000,000 (an index on (last_seen, status) finds them).
 """
 
 import datetime
