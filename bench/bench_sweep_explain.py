@@ -8,9 +8,11 @@ of their statements on a kept, prepared database, inside ONE transaction that is
 `monitoring_app.sweep` runs it (UPDATE ... RETURNING + INSERT of the transitions), its ANALYZE,
 then every statement of `monitoring_app.alerts` past the offline threshold, each under
 EXPLAIN (ANALYZE, BUFFERS); then the same alert statements again (the steady state, nothing
-new to open). Prints per statement: execution ms, trigger ms, shared buffers hit + read +
-dirtied + written (PLANS=1: every whole plan on stderr; JIT=off: the alert statements
-without JIT, as `alerts_evaluate` runs them). Rolled back at the end: the database is unchanged.
+new to open). Prints per statement: execution ms, trigger ms, rows, shared buffers hit + read
++ dirtied + written, buffers dirtied alone, WAL records, bytes and full-page images (PLANS=1:
+every whole plan on stderr; JIT=off: the alert statements without JIT, as `alerts_evaluate`
+runs them). Rolled back at the end: the database is unchanged (VACUUM it before the next run:
+the rolled-back rows and index entries stay until then).
 """
 
 import datetime
@@ -34,7 +36,7 @@ SELECT id, %(online)s, %(offline)s, %(reason)s, %(now)s FROM gone
 
 
 def explain(cursor, sql: str, params: dict) -> dict:
-    cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
+    cursor.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) " + sql, params)
     (plan,) = cursor.fetchone()
     if os.environ.get("PLANS"):  # the whole plan, for reading
         print(json.dumps(plan, indent=1), file=sys.stderr)
@@ -43,8 +45,16 @@ def explain(cursor, sql: str, params: dict) -> dict:
     triggers = sum(t["Time"] for t in top.get("Triggers", []))
     return {
         "ms": round(top["Execution Time"]),
+        "rows": node.get("Actual Rows", 0),
         "trigger_ms": round(triggers),
         "buffers": sum(node.get(f"Shared {k} Blocks", 0) for k in ("Hit", "Read", "Dirtied", "Written")),
+        # Pages this statement dirtied first: the distinct heap and index pages it wrote.
+        "dirtied": node.get("Shared Dirtied Blocks", 0),
+        # Every index entry is one WAL record: the load-independent count of the write work.
+        # Full-page images (FPI) depend on when the last checkpoint was, so WAL bytes do too.
+        "wal_records": node.get("WAL Records", 0),
+        "wal_bytes": node.get("WAL Bytes", 0),
+        "wal_fpi": node.get("WAL FPI", 0),
     }
 
 
@@ -74,7 +84,12 @@ def main() -> None:
         }
         out["sweep"] = explain(cursor, SWEEP_SQL, params)
         start = time.perf_counter()
-        cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at, site_id)")
+        from monitoring_app import sweep
+
+        if hasattr(sweep, "refresh_statistics"):  # as the sweep of this code root does
+            sweep.refresh_statistics(cursor)
+        else:
+            cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at, site_id)")
         out["sweep_analyze_ms"] = round((time.perf_counter() - start) * 1000)
         again = {**params, "now": T0 + datetime.timedelta(seconds=30)}
         out["sweep_again"] = explain(cursor, SWEEP_SQL, again)
@@ -85,8 +100,10 @@ def main() -> None:
             alert_params = alerts._params(moment)
             for kind, statements in (("resolve", alerts._RESOLVE_SQL), ("open", alerts._OPEN_SQL)):
                 for number, sql in enumerate(statements, 1):
-                    out[f"{round_name} {kind} {number}: {label(sql)}"] = explain(cursor, sql, alert_params)
-            cursor.execute("ANALYZE monitoring_app_alert")
+                    figures = explain(cursor, sql, alert_params)
+                    out[f"{round_name} {kind} {number}: {label(sql)}"] = figures
+                    if figures["rows"] >= alerts.ANALYZE_AFTER_CHANGES:  # as alerts_evaluate does
+                        cursor.execute("ANALYZE monitoring_app_alert")
         transaction.set_rollback(True)
     print(json.dumps(out, indent=1))
 

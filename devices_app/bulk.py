@@ -229,14 +229,24 @@ def plan_fleet(
 
 def check_prefix_unused(prefix: str, *, using: str = "default") -> None:
     """Refuse (FleetError) a prefix whose ids exist: every generated site and device id starts
-    with "<prefix>-", so one indexed prefix lookup per table rules out any collision."""
+    with "<prefix>-", so one prefix lookup per table rules out any collision. The sites' is
+    indexed; the devices' scans the table up to the first hit (no pattern index on the device
+    ID: migration 0010), a fraction of a second at 1,000,000 devices, once per command."""
     taken = (
-        Site.objects.using(using).filter(site_id__startswith=f"{prefix}-").values_list("site_id", flat=True)
-    ).first() or (
-        Device.objects.using(using)
-        .filter(device_id__startswith=f"{prefix}-")
-        .values_list("device_id", flat=True)
-        .first()
+        (
+            Site.objects.using(using)
+            .filter(site_id__startswith=f"{prefix}-")
+            .values_list("site_id", flat=True)
+        ).first()
+        or next(
+            iter(
+                Device.objects.using(using)
+                .filter(device_id__startswith=f"{prefix}-")
+                .order_by()  # any hit will do: no walk of the whole device ID index in order
+                .values_list("device_id", flat=True)[:1]
+            ),
+            None,
+        )
     )
     if taken:
         raise FleetError(

@@ -34,7 +34,8 @@ class DeviceFilterSet(django_filters.FilterSet):
 
     def filter_site(self, queryset, name, value):
         # `site_id = (SELECT id FROM sites WHERE ... LIMIT 1)`: PostgreSQL evaluates the
-        # subquery once and then walks the (site, status|type, id) index in cursor order.
+        # subquery once and then reads that site's rows through the (site, device_type, id)
+        # index (a few hundred at most, sorted by id for the cursor).
         # An unknown site matches nothing (it is not an error: the value is well-formed).
         site_pk = sites_by_reference(value).values("pk")[:1]
         return queryset.filter(site=Subquery(site_pk))

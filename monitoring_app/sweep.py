@@ -1,7 +1,7 @@
 """The connectivity sweep: online devices that stopped reporting become offline.
 
 One set-based statement moves every silent device and records each transition; it costs the
-same for 10 devices or 1,000,000 (an index on (status, last_seen) finds them).
+same for 10 devices or 1,000,000 (an index on (last_seen, status) finds them).
 """
 
 import datetime
@@ -95,9 +95,20 @@ def _sweep(now: datetime.datetime | None) -> SweepResult:
             )
             marked = cursor.rowcount
             if marked >= ANALYZE_AFTER_CHANGES:
-                # A mass transition (a region losing its network) skews the status
-                # statistics the alert evaluation plans with; refresh them now rather than
-                # when autovacuum gets to it. Only the columns those plans read: a column list
-                # also skips the expression indexes' statistics (the search's UPPER(...)).
-                cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at, site_id)")
+                refresh_statistics(cursor)
             return SweepResult(marked_offline=marked, resumed=resumed)
+
+
+def refresh_statistics(cursor) -> None:
+    """Re-sample the two columns a mass transition (a region losing its network) skews and
+    the alert evaluation plans with, rather than waiting for autovacuum (51,000 of 1,000,000
+    rows is under its 10 % threshold).
+
+    A sample of 3,000 rows (statistics target 10, this transaction only) instead of 30,000:
+    five statuses and a coarse time histogram need no more, and reading 30,000 random heap
+    pages was 0.5-0.8 s of a quiet sweep. site_id is left alone: a sweep moves no device
+    between sites, and a small sample would misjudge its 20,000 distinct values.
+    """
+    cursor.execute("SET LOCAL default_statistics_target = 10")
+    cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at)")
+    cursor.execute("SET LOCAL default_statistics_target TO DEFAULT")

@@ -1,6 +1,6 @@
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
@@ -57,3 +57,22 @@ def test_devices_without_mac_do_not_collide():
     DeviceFactory(mac_address=None)
     DeviceFactory(mac_address=None)
     assert Device.objects.filter(mac_address__isnull=True).count() == 2
+
+
+def test_no_device_index_is_one_another_index_already_starts_with():
+    """Each index of the device table gets an entry for every row the sweep moves (a status
+    change is not a HOT update): an index whose columns lead another one only costs writes."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, Device._meta.db_table)
+    # The unique ones enforce something and stay (a plain index they lead is still redundant).
+    indexes = {
+        name: tuple(c["columns"]) for name, c in constraints.items() if c["index"] and not c["primary_key"]
+    }
+    covered = {
+        name: other
+        for name, columns in indexes.items()
+        if not constraints[name]["unique"]
+        for other, longer in indexes.items()
+        if other != name and longer[: len(columns)] == columns
+    }
+    assert covered == {}
