@@ -9,6 +9,7 @@ from django.utils.http import urlencode
 
 from devices_app.models import Device
 from homepot.admin import (
+    ConsoleListMixin,
     DeviceSiteListFilter,
     EstimatedCountPaginator,
     ReadOnlyAdminMixin,
@@ -35,7 +36,7 @@ from sites_app.models import Site
 
 
 @admin.register(HealthCheck)
-class HealthCheckAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class HealthCheckAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     list_display = ("checked_at", "device_link", "site_link", "status_badge", "response_time_ms", "error")
     list_filter = ("status", DeviceSiteListFilter, ("checked_at", DateFieldListFilter))
     search_fields = ("device__device_id", "device__name", "device__site__site_id")
@@ -83,7 +84,7 @@ class HealthCheckAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "event_type", "actor_link", "site_link", "device_link", "description")
     list_filter = ("event_type", SiteListFilter, ("created_at", DateFieldListFilter))
     search_fields = ("description", "actor_ref", "site_ref", "device_ref", "=request_id")
@@ -199,7 +200,7 @@ class AlertStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Alert)
-class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     """Alerts are opened and closed by monitoring; operators acknowledge and resolve them
     here (actions call the audited services; each alert's outcome is reported)."""
 
@@ -316,7 +317,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class NotificationAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     """Every alert notification and how its delivery went: sent, retrying (when next), failed
     (with the last error), skipped (why). Read-only; "retry now" calls the audited service."""
 
