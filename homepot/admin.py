@@ -89,9 +89,16 @@ class HomepotAdminSite(admin.AdminSite):
         return may_use_console(request.user)
 
     def get_app_list(self, request, app_label=None):
+        # The landing page asks twice (its list, and the sidebar through each_context): the
+        # permissions and URLs of every model are looked up once per request.
+        if app_label is None and hasattr(request, "_homepot_app_list"):
+            return request._homepot_app_list
         app_list = super().get_app_list(request, app_label)
         rank = {label: i for i, label in enumerate(APP_ORDER)}
-        return sorted(app_list, key=lambda app: (rank.get(app["app_label"], len(rank)), app["name"]))
+        app_list = sorted(app_list, key=lambda app: (rank.get(app["app_label"], len(rank)), app["name"]))
+        if app_label is None:
+            request._homepot_app_list = app_list
+        return app_list
 
     def autocomplete_view(self, request):
         return ScopedAutocompleteJsonView.as_view(admin_site=self)(request)
@@ -247,7 +254,7 @@ def _change_url_pattern(resolver, script_prefix: str, viewname: str, current_app
         return None
 
 
-def _change_url(viewname: str, pk, current_app: str | None = None) -> str | None:
+def reverse_change_url(viewname: str, pk, current_app: str | None = None) -> str | None:
     """reverse(viewname, args=[pk]) for an integer key without reversing per row: a list
     of 50 rows links each row two or three times, and reverse() was a tenth of the device
     list's CPU. Other keys are reversed as usual."""
@@ -263,7 +270,7 @@ def _change_url(viewname: str, pk, current_app: str | None = None) -> str | None
 
 def admin_change_url(model: type[Model], pk) -> str | None:
     opts = model._meta
-    return _change_url(f"admin:{opts.app_label}_{opts.model_name}_change", pk)
+    return reverse_change_url(f"admin:{opts.app_label}_{opts.model_name}_change", pk)
 
 
 def admin_changelist_url(model: type[Model], **params) -> str:
@@ -451,12 +458,12 @@ def adopt_saved(target: Model, saved: Model) -> None:
 
 
 class ConsoleChangeList(ChangeList):
-    """Django's ChangeList with each row's link built from one reversed URL (_change_url)."""
+    """Django's ChangeList with each row's link built from one reversed URL (reverse_change_url)."""
 
     def url_for_result(self, result):
         pk = getattr(result, self.pk_attname)
         viewname = f"admin:{self.opts.app_label}_{self.opts.model_name}_change"
-        url = _change_url(viewname, quote(pk), current_app=self.model_admin.admin_site.name)
+        url = reverse_change_url(viewname, quote(pk), current_app=self.model_admin.admin_site.name)
         if url is None:
             raise NoReverseMatch(viewname)
         return url
