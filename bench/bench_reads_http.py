@@ -6,7 +6,7 @@ side by side with a bare WSGI hello and, optionally, an older checkout.
         --code-root before=/tmp/reads/base --code-root after=. --rounds 3
 
 What it does, per round and per code root (in turn, so "before" and "after" share the
-machine's load of that minute):
+machine's load of that minute; every other round in the opposite order):
   1. starts gunicorn (`--workers` sync workers, the checkout's `homepot.wsgi`, its own
      working directory) on a free port, and a bare WSGI hello (bench.bench_ingest:hello_app)
      once per round;
@@ -273,7 +273,12 @@ def main() -> None:
                 record(f"hello@{clients}", {"round": round_number, **outcome})
         finally:
             stop(hello)
-        for label, root in roots.items():
+        # Every other round serves the code roots in the other order, so neither always
+        # runs in the later (possibly busier or quieter) minutes of a round.
+        order = list(roots.items())
+        if round_number % 2 == 0:
+            order.reverse()
+        for label, root in order:
             server, port = start_gunicorn("homepot.wsgi", root, args.workers, env)
             try:
                 for page in pages:

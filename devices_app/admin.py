@@ -19,6 +19,7 @@ from devices_app.services import (
     device_update,
 )
 from homepot.admin import (
+    ConsoleListMixin,
     CsvExportAdminMixin,
     EstimatedCountPaginator,
     ScopedAdminMixin,
@@ -266,7 +267,12 @@ DEVICE_ACTIONS = (
 
 @admin.register(Device)
 class DeviceAdmin(
-    DeviceImportAdminMixin, CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin
+    DeviceImportAdminMixin,
+    CsvExportAdminMixin,
+    ObjectActionsMixin,
+    ConsoleListMixin,
+    ScopedAdminMixin,
+    admin.ModelAdmin,
 ):
     actions = ("push_configuration", "rotate_credentials", "revoke_credentials")
     object_actions = DEVICE_ACTIONS

@@ -13,23 +13,28 @@ The pieces every app's admin shares live here, so each rule is written once:
 """
 
 import datetime
+import functools
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import quote
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connections, router, transaction
 from django.db.models import Field, Model, QuerySet
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_urlconf, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import capfirst
+from django.utils.translation import gettext as _
 
 from accounts.scoping import ScopedQuerySet
 from homepot.errors import ServiceError
@@ -85,9 +90,16 @@ class HomepotAdminSite(admin.AdminSite):
         return may_use_console(request.user)
 
     def get_app_list(self, request, app_label=None):
+        # The landing page asks twice (its list, and the sidebar through each_context): the
+        # permissions and URLs of every model are looked up once per request.
+        if app_label is None and hasattr(request, "_homepot_app_list"):
+            return request._homepot_app_list
         app_list = super().get_app_list(request, app_label)
         rank = {label: i for i, label in enumerate(APP_ORDER)}
-        return sorted(app_list, key=lambda app: (rank.get(app["app_label"], len(rank)), app["name"]))
+        app_list = sorted(app_list, key=lambda app: (rank.get(app["app_label"], len(rank)), app["name"]))
+        if app_label is None:
+            request._homepot_app_list = app_list
+        return app_list
 
     def autocomplete_view(self, request):
         return ScopedAutocompleteJsonView.as_view(admin_site=self)(request)
@@ -228,12 +240,38 @@ def count_of(number: int, singular: str, plural: str | None = None) -> str:
     return f"{number:,} {word}"
 
 
-def admin_change_url(model: type[Model], pk) -> str | None:
-    opts = model._meta
+# Stands for the primary key in a change page's URL reversed once (admin_change_url): no
+# admin URL contains it, and URL quoting leaves it as it is.
+_PK_SLOT = "hp-pk-slot"
+
+
+@functools.lru_cache(maxsize=256)
+def _change_url_pattern(resolver, script_prefix: str, viewname: str, current_app: str | None) -> str | None:
+    """The change page's URL with `_PK_SLOT` for the key. Keyed on the URL resolver in use
+    (a new one after the URLconf changes) and the script prefix, which reverse() reads too."""
     try:
-        return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk])
+        return reverse(viewname, args=[_PK_SLOT], current_app=current_app)
     except NoReverseMatch:
         return None
+
+
+def reverse_change_url(viewname: str, pk, current_app: str | None = None) -> str | None:
+    """reverse(viewname, args=[pk]) for an integer key without reversing per row: a list
+    of 50 rows links each row two or three times, and reverse() was a tenth of the device
+    list's CPU. Other keys are reversed as usual."""
+    if type(pk) is not int:
+        try:
+            return reverse(viewname, args=[pk], current_app=current_app)
+        except NoReverseMatch:
+            return None
+    resolver = get_resolver(get_urlconf())
+    pattern = _change_url_pattern(resolver, get_script_prefix(), viewname, current_app)
+    return None if pattern is None else pattern.replace(_PK_SLOT, str(pk))
+
+
+def admin_change_url(model: type[Model], pk) -> str | None:
+    opts = model._meta
+    return reverse_change_url(f"admin:{opts.app_label}_{opts.model_name}_change", pk)
 
 
 def admin_changelist_url(model: type[Model], **params) -> str:
@@ -499,6 +537,37 @@ def adopt_saved(target: Model, saved: Model) -> None:
 
 
 # --- Admin mixins ------------------------------------------------------------------------------
+
+
+class ConsoleChangeList(ChangeList):
+    """Django's ChangeList with each row's link built from one reversed URL (reverse_change_url)."""
+
+    def url_for_result(self, result):
+        pk = getattr(result, self.pk_attname)
+        viewname = f"admin:{self.opts.app_label}_{self.opts.model_name}_change"
+        url = reverse_change_url(viewname, quote(pk), current_app=self.model_admin.admin_site.name)
+        if url is None:
+            raise NoReverseMatch(viewname)
+        return url
+
+
+class ConsoleListMixin:
+    """The per-row work of a big changelist, done without a template per cell: links from
+    one reversed URL (ConsoleChangeList), and the actions' checkbox written directly
+    instead of rendering Django's CheckboxInput through the form templates for every row
+    (a fifth of the device list's CPU). The HTML is the same as Django's."""
+
+    def get_changelist(self, request, **kwargs):
+        return ConsoleChangeList
+
+    def action_checkbox(self, obj):
+        label = format_html(_("Select this object for an action - {}"), str(obj))
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            str(obj.pk),
+            label,
+        )
 
 
 class ServiceAdminMixin:

@@ -20,6 +20,7 @@ from django.utils.safestring import mark_safe
 from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
 from homepot.admin import (
+    ConsoleListMixin,
     EstimatedCountPaginator,
     ScopedAdminMixin,
     ServiceRefused,
@@ -149,7 +150,7 @@ def _editable(job: Job | None) -> bool:
 
 
 @admin.register(Job)
-class JobAdmin(ScopedAdminMixin, admin.ModelAdmin):
+class JobAdmin(ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     form = JobAddForm
     list_display = (
         "__str__",

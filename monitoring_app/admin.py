@@ -9,6 +9,7 @@ from django.utils.http import urlencode
 
 from devices_app.models import Device
 from homepot.admin import (
+    ConsoleListMixin,
     DeviceSiteListFilter,
     EstimatedCountPaginator,
     HistoryChangelistMixin,
@@ -39,7 +40,9 @@ from sites_app.models import Site
 
 
 @admin.register(HealthCheck)
-class HealthCheckAdmin(HistoryChangelistMixin, ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class HealthCheckAdmin(
+    HistoryChangelistMixin, ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin
+):
     list_display = ("checked_at", "device_link", "site_link", "status_badge", "response_time_ms", "error")
     # The window keeps the list's cost to the days it shows, not the days kept (docs/performance.md).
     list_filter = ("status", DeviceSiteListFilter, RecentWindowListFilter)
@@ -88,7 +91,7 @@ class HealthCheckAdmin(HistoryChangelistMixin, ReadOnlyAdminMixin, ScopedAdminMi
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "event_type", "actor_link", "site_link", "device_link", "description")
     list_filter = ("event_type", SiteListFilter, ("created_at", DateFieldListFilter))
     search_fields = ("description", "actor_ref", "site_ref", "device_ref", "=request_id")
@@ -204,7 +207,7 @@ class AlertStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Alert)
-class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     """Alerts are opened and closed by monitoring; operators acknowledge and resolve them
     here (actions call the audited services; each alert's outcome is reported)."""
 
@@ -321,7 +324,7 @@ class AlertAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
+class NotificationAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.ModelAdmin):
     """Every alert notification and how its delivery went: sent, retrying (when next), failed
     (with the last error), skipped (why). Read-only; "retry now" calls the audited service."""
 

@@ -1,11 +1,12 @@
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
 from devices_app.models import Device
 from homepot.admin import (
+    ConsoleChangeList,
+    ConsoleListMixin,
     CsvExportAdminMixin,
     ScopedAdminMixin,
     admin_change_url,
@@ -74,7 +75,7 @@ def _severity_badge(alert):
     return status_badge(tone, alert.get_severity_display())
 
 
-class SiteChangeList(ChangeList):
+class SiteChangeList(ConsoleChangeList):
     """Counts the health of the sites on the page only (one GROUP BY over their devices),
     never of every site the user has."""
 
@@ -150,7 +151,12 @@ def _kept_rows(formset, columns) -> list[dict]:
 
 @admin.register(Site)
 class SiteAdmin(
-    SiteImportAdminMixin, CsvExportAdminMixin, ObjectActionsMixin, ScopedAdminMixin, admin.ModelAdmin
+    SiteImportAdminMixin,
+    CsvExportAdminMixin,
+    ObjectActionsMixin,
+    ConsoleListMixin,
+    ScopedAdminMixin,
+    admin.ModelAdmin,
 ):
     actions = ("create_job",)
     object_actions = SITE_ACTIONS

@@ -4,8 +4,9 @@ import datetime
 import json
 
 import pytest
+from django.contrib import admin
 from django.db import connection
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, override_script_prefix
 from django.urls import reverse
 from django.utils import timezone
 
@@ -90,6 +91,31 @@ def test_changelist_shows_site_link_and_status_badge(admin_browser):
     # The short site id keeps the column narrow; the name is one click away.
     assert f'<a href="{site_url}">{device.site.site_id}</a>' in response.text
     assert '<span class="hp-badge hp-badge--muted">Offline</span>' in response.text
+
+
+def test_each_row_has_the_checkbox_and_links_django_would_render(admin_browser):
+    # The rows are written without Django's per-row widget templates and reverse() calls
+    # (homepot.admin.ConsoleListMixin); the operator gets the same HTML: Django's own
+    # checkbox (its name escaped for screen readers) and links that keep the list's filter.
+    device = DeviceFactory(name='Till "A" <front> & back')
+
+    response = admin_browser.get(CHANGELIST + "?status__exact=online")
+
+    djangos_checkbox = admin.ModelAdmin.action_checkbox(admin.site.get_model_admin(Device), device)
+    assert djangos_checkbox in response.text
+    link = f'<a href="{change_url(device)}?_changelist_filters=status__exact%3Donline">'
+    assert response.text.count(link) == 2  # the device ID and the name
+
+
+def test_row_links_keep_the_prefix_the_console_is_served_under(admin_browser):
+    device = DeviceFactory()
+
+    admin_browser.get(CHANGELIST)  # the links of the unprefixed list are remembered first
+    with override_script_prefix("/hq/"):  # what the WSGI handler sets from SCRIPT_NAME
+        response = admin_browser.get(CHANGELIST)
+
+    assert f'href="/hq/admin/devices_app/device/{device.pk}/change/' in response.text
+    assert f'href="/hq/admin/sites_app/site/{device.site.pk}/change/"' in response.text
 
 
 @pytest.mark.parametrize(
