@@ -1,10 +1,11 @@
 """The heartbeat's fast path under a real gunicorn: what it keeps between requests (its own
 Redis connection, the database connection) behaves as for any request.
 
-The fast path sends its HSET on a connection of its own, kept open between requests, and
-calls Django's request-signal receivers itself (monitoring_app.api.heartbeat_fast); these
-tests check the two things a kept connection could get wrong: a Redis restarted under it,
-and CONN_MAX_AGE."""
+The fast path sends its HSET on a connection of its own, kept open between requests
+(homepot.redis_clients.send_one), and answers in front of Django's handler, sending the
+request signals itself (monitoring_app.api.heartbeat_fast); these tests check what a kept
+connection could get wrong: a Redis restarted under it, CONN_MAX_AGE, and a database
+connection the server dropped."""
 
 import contextlib
 import datetime
