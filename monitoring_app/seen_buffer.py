@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from homepot import metrics
-from homepot.redis_clients import redis_client
+from homepot.redis_clients import pack, redis_client, send_one
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,11 @@ FLUSH_CHUNK = 5000  # rows per UPDATE (and transaction) when writing the buffer 
 _down_until = 0.0  # monotonic time before which this process does not try Redis again
 
 
+_TIMEOUT = 0.3  # seconds: a heartbeat waits no longer for Redis
+
+
 def _client() -> redis.Redis:
-    return redis_client(settings.REDIS_URL, timeout=0.3)  # a heartbeat waits no longer
+    return redis_client(settings.REDIS_URL, timeout=_TIMEOUT)
 
 
 def _key() -> str:
@@ -60,7 +63,7 @@ def note_seen(device_pk: int, seen_at, reported_at) -> bool:
         return False
     value = f"{seen_at.timestamp():.6f}|" + (f"{reported_at.timestamp():.6f}" if reported_at else "")
     try:
-        _client().hset(_key(), str(device_pk), value)
+        send_one(settings.REDIS_URL, _TIMEOUT, pack("HSET", _key(), str(device_pk), value))
     except redis.RedisError as exc:
         # Leave Redis alone for a while: a heartbeat must not wait on a timeout each time,
         # nor the log repeat the same line for every terminal.
