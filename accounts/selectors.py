@@ -92,3 +92,76 @@ def api_token_for_actor(*, actor, pk) -> ApiToken:
     if not _is_admin(actor):
         tokens = tokens.filter(user=actor)
     return tokens.get(pk=pk)
+
+
+def api_token_with_user(key_hash: str) -> ApiToken | None:
+    """The token whose hash is `key_hash`, its user attached, or None: one indexed lookup.
+
+    What `ApiToken.objects.select_related("user").filter(key_hash=...).first()` answers,
+    from SQL written once per process: building and compiling that query on every
+    authenticated request was a fifth of the device list's CPU (docs/performance.md).
+    Every column of both rows, through Django's converters, so the instances are the ORM's.
+    """
+    from django.db import connections, router
+
+    using = router.db_for_read(ApiToken)
+    connection = connections[using]
+    plan = _token_plan(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(plan.sql, [key_hash])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = [convert(value) for convert, value in zip(plan.converters, row, strict=True)]
+    split = len(plan.token_names)
+    token = ApiToken.from_db(using, plan.token_names, values[:split])
+    user = User.from_db(using, plan.user_names, values[split:])
+    ApiToken._meta.get_field("user").set_cached_value(token, user)
+    return token
+
+
+class _TokenPlan:
+    __slots__ = ("converters", "sql", "token_names", "user_names")
+
+
+_TOKEN_PLANS: dict[str, _TokenPlan] = {}
+
+
+def _token_plan(connection) -> _TokenPlan:
+    plan = _TOKEN_PLANS.get(connection.alias)
+    if plan is None:
+        plan = _TOKEN_PLANS[connection.alias] = _build_token_plan(connection)
+    return plan
+
+
+def _build_token_plan(connection) -> _TokenPlan:
+    quote = connection.ops.quote_name
+    token_fields = ApiToken._meta.concrete_fields
+    user_fields = User._meta.concrete_fields
+    columns = [f"t.{quote(f.column)}" for f in token_fields] + [f"u.{quote(f.column)}" for f in user_fields]
+    plan = _TokenPlan()
+    plan.sql = (
+        f"SELECT {', '.join(columns)} FROM {quote(ApiToken._meta.db_table)} t "  # noqa: S608 - model metadata, quoted
+        f"INNER JOIN {quote(User._meta.db_table)} u "
+        f"ON u.{quote(User._meta.pk.column)} = t.{quote(ApiToken._meta.get_field('user').column)} "
+        f"WHERE t.{quote(ApiToken._meta.get_field('key_hash').column)} = %s"
+    )
+    plan.token_names = [f.attname for f in token_fields]
+    plan.user_names = [f.attname for f in user_fields]
+    plan.converters = [_converter(field, connection) for field in (*token_fields, *user_fields)]
+    return plan
+
+
+def _converter(field, connection):
+    """The ORM's conversion of a column's raw value (backend's, then the field's)."""
+    column = field.get_col(field.model._meta.db_table)
+    steps = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+    if not steps:
+        return lambda value: value
+
+    def convert(value):
+        for step in steps:
+            value = step(value, column, connection)
+        return value
+
+    return convert

@@ -57,7 +57,7 @@ def api_token_issue(*, user: User, name: str = "", ttl_days: int | None = None) 
 
 def api_token_authenticate(raw_key: str) -> ApiToken | None:
     """The usable token behind `raw_key`, with its user, or None. One indexed lookup."""
-    token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash_key(raw_key)).first()
+    token = selectors.api_token_with_user(ApiToken.hash_key(raw_key))
     if token is None or not token.is_usable or not token.user.is_active:
         return None
     now = timezone.now()

@@ -41,6 +41,12 @@ def device_page(*, user) -> QuerySet[Device]:
     return device_list(user=user).only(*DEVICE_PAGE_COLUMNS)
 
 
+def device_page_rows(queryset: QuerySet[Device]) -> QuerySet:
+    """`queryset` (scoped, filtered, ordered) as plain rows of the page's columns, keyed as
+    in DEVICE_PAGE_COLUMNS: no model instance per device (a fifth of a page's CPU)."""
+    return queryset.values(*(name for name in DEVICE_PAGE_COLUMNS if name != "site__id"))
+
+
 # The columns of a device export, in order; the import reads the same file back (it uses
 # the columns it knows and ignores the read-only ones: status, health, times).
 DEVICE_EXPORT_COLUMNS = {

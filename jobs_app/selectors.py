@@ -47,6 +47,9 @@ def job_as_created(job: Job, *, had_targets: bool) -> Job:
             "extra_sites": Site.objects.none(),
             "target_devices": Device.objects.none(),
         }
+        # Read by JobSerializer instead of the two related managers: building each manager
+        # was 5 % of a job creation's CPU, to list nothing.
+        job.created_without_targets = True
     return job
 
 

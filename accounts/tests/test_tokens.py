@@ -208,3 +208,24 @@ def test_admins_revoke_anyones_token(owner, admin_api):
 @pytest.mark.parametrize("body", [{"ttl_days": 0}, {"ttl_days": "30"}, {"name": "x" * 101}])
 def test_bad_token_requests_are_400(owner, body):
     assert owner.api.post(TOKENS, body, format="json").status_code == 400
+
+
+def test_the_token_lookup_reads_the_rows_the_orm_would(owner):
+    """The authentication's lookup is SQL written once (accounts.selectors); its token and
+    user must be the ORM's, field for field, and an unknown hash finds nothing."""
+    from django.forms.models import model_to_dict
+
+    from accounts.selectors import api_token_with_user
+
+    owner.api.get(ME)  # sets last_used_at: a timestamp that is not null
+    looked_up = api_token_with_user(owner.token.key_hash)
+    orm = ApiToken.objects.select_related("user").get(key_hash=owner.token.key_hash)
+
+    assert model_to_dict(looked_up) == model_to_dict(orm) and looked_up.last_used_at is not None
+    assert [getattr(looked_up, f.attname) for f in ApiToken._meta.concrete_fields] == [
+        getattr(orm, f.attname) for f in ApiToken._meta.concrete_fields
+    ]
+    assert [getattr(looked_up.user, f.attname) for f in orm.user._meta.concrete_fields] == [
+        getattr(orm.user, f.attname) for f in orm.user._meta.concrete_fields
+    ]
+    assert api_token_with_user(ApiToken.hash_key("not-a-token")) is None

@@ -43,6 +43,46 @@ def _iso_datetime(value, zone=None):
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+_ROW_DEVICE_COLUMNS = (
+    "id",
+    "device_id",
+    "name",
+    "device_type",
+    "status",
+    "ip_address",
+    "mac_address",
+    "firmware_version",
+    "config",
+    "push_channel",
+    "last_seen",
+    "created_at",
+    "updated_at",
+)
+
+
+def device_row_representation(row: dict, zone) -> dict:
+    """DeviceSerializer's answer for one row of devices_app.selectors.device_page_rows (the
+    list) or of a device's attributes (the detail); `zone` is the current time zone."""
+    return {
+        "id": row["id"],
+        "device_id": row["device_id"],
+        "name": row["name"],
+        "device_type": row["device_type"],
+        "site_id": row["site_id"],
+        "site": row["site__site_id"],
+        "site_name": row["site__name"],
+        "status": row["status"],
+        "ip_address": _text_or_none(row["ip_address"]),
+        "mac_address": _text_or_none(row["mac_address"]),
+        "firmware_version": row["firmware_version"],
+        "config": row["config"],
+        "push_channel": row["push_channel"],
+        "last_seen": _iso_datetime(row["last_seen"], zone),
+        "created_at": _iso_datetime(row["created_at"], zone),
+        "updated_at": _iso_datetime(row["updated_at"], zone),
+    }
+
+
 class DeviceCredentialSerializer(serializers.Serializer):
     """A device's credential, as issued: the secret appears here once and never again."""
 
@@ -114,25 +154,9 @@ class DeviceSerializer(StrictModelSerializer):
         (an attribute lookup, a None check and a field call per column) was most of the
         page's time in the profile (docs/performance.md)."""
         site = device.site
-        zone = timezone.get_current_timezone()
-        return {
-            "id": device.pk,
-            "device_id": device.device_id,
-            "name": device.name,
-            "device_type": device.device_type,
-            "site_id": site.pk,
-            "site": site.site_id,
-            "site_name": site.name,
-            "status": device.status,
-            "ip_address": _text_or_none(device.ip_address),
-            "mac_address": _text_or_none(device.mac_address),
-            "firmware_version": device.firmware_version,
-            "config": device.config,
-            "push_channel": device.push_channel,
-            "last_seen": _iso_datetime(device.last_seen, zone),
-            "created_at": _iso_datetime(device.created_at, zone),
-            "updated_at": _iso_datetime(device.updated_at, zone),
-        }
+        row = {name: getattr(device, name) for name in _ROW_DEVICE_COLUMNS}
+        row.update(site_id=site.pk, site__site_id=site.site_id, site__name=site.name)
+        return device_row_representation(row, timezone.get_current_timezone())
 
     def validate_ip_address(self, value):
         return value or None

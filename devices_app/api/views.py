@@ -1,3 +1,4 @@
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
@@ -6,10 +7,21 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from devices_app import services
-from devices_app.api.serializers import DeviceCredentialSerializer, DeviceImportSerializer, DeviceSerializer
+from devices_app.api.serializers import (
+    DeviceCredentialSerializer,
+    DeviceImportSerializer,
+    DeviceSerializer,
+    device_row_representation,
+)
 from devices_app.filters import DeviceFilterSet
 from devices_app.imports import devices_import
-from devices_app.selectors import DEVICE_EXPORT_COLUMNS, device_export_rows, device_list, device_page
+from devices_app.selectors import (
+    DEVICE_EXPORT_COLUMNS,
+    device_export_rows,
+    device_list,
+    device_page,
+    device_page_rows,
+)
 from homepot.api.pagination import CursorPagination
 from homepot.api.parsers import CSVTextParser
 from homepot.api.views import ServiceModelViewSet, csv_import_response, csv_import_schema
@@ -54,6 +66,14 @@ class DeviceViewSet(ServiceModelViewSet):
 
     def site_of(self, instance):
         return instance.site
+
+    def list(self, request, *args, **kwargs):
+        # Plain rows, not model instances, then the serializer's own answer for each
+        # (devices_app.api.serializers.device_row_representation); the cursor reads its
+        # position from the row as it would from an instance.
+        rows = self.paginate_queryset(device_page_rows(self.filter_queryset(self.get_queryset())))
+        zone = timezone.get_current_timezone()
+        return self.get_paginated_response([device_row_representation(row, zone) for row in rows])
 
     @extend_schema(
         summary="Export devices as CSV",

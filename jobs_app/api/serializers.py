@@ -7,6 +7,7 @@ from rest_framework import serializers
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
 from homepot.api.fields import StrictBooleanField, StrictCharField
+from homepot.api.serializers import PrebuiltFieldsMixin
 from jobs_app.choices import DeferralExhausted, DeliveryStatus, JobAction, JobPriority
 from jobs_app.models import Delivery, Job, SavedSegment
 from jobs_app.payloads import payload_errors, schema_markdown
@@ -14,7 +15,7 @@ from jobs_app.services.deferral import MAX_DELAY_SECONDS, MAX_REASON
 from sites_app.api.fields import SiteReferenceField
 
 
-class JobSerializer(serializers.ModelSerializer):
+class JobSerializer(PrebuiltFieldsMixin, serializers.ModelSerializer):
     """A job as the API shows it; `progress` only on a single job (detail and actions)."""
 
     site_id = serializers.IntegerField(read_only=True)
@@ -88,10 +89,14 @@ class JobSerializer(serializers.ModelSerializer):
         return self.context["_visible_sites"]
 
     def get_extra_sites(self, job) -> list[str]:
+        if getattr(job, "created_without_targets", False):
+            return []
         visible = self._visible_sites()
         return [s.site_id for s in job.extra_sites.all() if visible is None or s.pk in visible]
 
     def get_target_devices(self, job) -> list[str]:
+        if getattr(job, "created_without_targets", False):
+            return []
         visible = self._visible_sites()
         return [d.device_id for d in job.target_devices.all() if visible is None or d.site_id in visible]
 
@@ -164,7 +169,7 @@ class JobDetailSerializer(JobSerializer):
         return job_waves(job)
 
 
-class TargetsSerializer(serializers.Serializer):
+class TargetsSerializer(PrebuiltFieldsMixin, serializers.Serializer):
     """Targets and rollout policy, shared by create and preview."""
 
     site_id = SiteReferenceField(help_text="The primary site: internal id (3) or business id (site-003).")

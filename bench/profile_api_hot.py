@@ -1,0 +1,85 @@
+"""In-process CPU of the API's hot requests (job creation, the device list's first page),
+through Django's test client, with an optional cProfile of them.
+
+    python bench/profile_api_hot.py --database homepot_apihot_100k --requests 200
+    python bench/profile_api_hot.py --database homepot_apihot_100k --profile jobs_create
+
+Prints, per request kind, this process's CPU per request (time.process_time: Python only,
+not PostgreSQL's) and the SQL statements of one request; with `--profile NAME` the top
+entries of a cProfile of that kind's requests. Load-independent enough to compare two
+checkouts run one after the other (`--code-root`), unlike the latencies of bench_api_hot.
+"""
+
+import argparse
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--code-root", default=".")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--profile", metavar="NAME", help="jobs_create or devices_first_page")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--sort", default="tottime")
+    return parser.parse_args()
+
+
+def cpu_ms_per_request(call, requests: int) -> float:
+    start = time.process_time()
+    for i in range(requests):
+        response = call(i)
+        assert response.status_code in (200, 201), response.content
+    return (time.process_time() - start) * 1000 / requests
+
+
+def main() -> None:
+    args = parse_args()
+    code_root = Path(args.code_root).resolve()
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_api_hot import django_setup, job_body, server_env, statements_per_request
+
+    env = server_env(argparse.Namespace(database=args.database, redis_db=11), "profile_api_hot")
+    env["CELERY_TASK_DEFAULT_QUEUE"] = "profile_api_hot"
+    token, site_ids = django_setup(code_root, env)
+    from django.conf import settings
+    from django.test import Client
+
+    settings.ALLOWED_HOSTS = ["*"]
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    calls = {
+        "jobs_create": lambda i: client.post(
+            "/api/v1/jobs", job_body(site_ids[i % len(site_ids)]), content_type="application/json"
+        ),
+        "devices_first_page": lambda i: client.get("/api/v1/devices"),
+    }
+    results = {"statements": statements_per_request(token, site_ids), "cpu_ms": {}}
+    try:
+        for name, call in calls.items():
+            cpu_ms_per_request(call, 20)  # warm-up: imports, caches
+            if args.profile == name:
+                # CPU time, not wall time: waits on PostgreSQL and a loaded machine stay out of it.
+                profiler = cProfile.Profile(time.process_time)
+                profiler.enable()
+                cpu_ms_per_request(call, args.requests)
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+            results["cpu_ms"][name] = round(cpu_ms_per_request(call, args.requests), 2)
+    finally:
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"]).delete("profile_api_hot")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
