@@ -1220,6 +1220,7 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
         reload_lb(cluster, lb, apps[:k], args.web_workers * 4)
         wait_healthy(cluster, lb)
         time.sleep(2)
+        began = time.time()
         out = cluster.ns_run(
             load.ns,
             "env",
@@ -1233,6 +1234,8 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
             str(args.throughput),
         )
         figures[f"{k}_app_hosts"] = json.loads(out.stdout.strip().splitlines()[-1])
+        # When (seconds since the epoch), to match CPU readings (bench/netns_cpu.py --timeline).
+        figures[f"{k}_app_hosts"]["window"] = [round(began, 1), round(time.time(), 1)]
     reload_lb(cluster, lb, apps, args.web_workers * 4)
     wait_healthy(cluster, lb)
     return figures
