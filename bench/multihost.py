@@ -42,6 +42,7 @@ import heapq
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -54,14 +55,44 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-SUBNET = "10.213.77"
-DB_IP, LB_IP, LOAD_IP = f"{SUBNET}.2", f"{SUBNET}.3", f"{SUBNET}.4"
+# The run's /24, chosen from its tag by use_subnet() before anything is made, so two runs (a
+# benchmark and someone's test suite) can share the machine.
+SUBNET = DB_IP = LB_IP = LOAD_IP = ""
 BASE_PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TOOLS = ("ip", "pgbouncer", "haproxy", "redis-server", "mosquitto", "runuser")
 
 
 def app_ip(n: int) -> str:
     return f"{SUBNET}.{10 + n}"
+
+
+def subnet_for(tag: str, taken: set[str]) -> str:
+    """A /24 inside 10.208.0.0/12 picked by the tag's hash, stepping past any /24 another
+    namespace on the machine already uses (hash collisions: 1 in 4,096 without the check)."""
+    start = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:2]) % 4096
+    for step in range(4096):
+        n = (start + step) % 4096
+        subnet = f"10.{208 + n // 256}.{n % 256}"
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("no free /24 in 10.208.0.0/12")
+
+
+def subnets_in_use() -> set[str]:
+    """The /24 prefixes of every IPv4 address in every named namespace and the machine's own."""
+    listing = run("ip", "-o", "-4", "addr", "show", check=False).stdout
+    listing += run("ip", "-all", "netns", "exec", "ip", "-o", "-4", "addr", "show", check=False).stdout
+    found = set()
+    for word in listing.split():
+        if word.count(".") == 3 and "/" in word:
+            found.add(word.rsplit(".", 1)[0])
+    return found
+
+
+def use_subnet(subnet: str) -> None:
+    global SUBNET, DB_IP, LB_IP, LOAD_IP
+    SUBNET = subnet
+    DB_IP, LB_IP, LOAD_IP = f"{subnet}.2", f"{subnet}.3", f"{subnet}.4"
 
 
 def missing_tools() -> list[str]:
@@ -113,6 +144,7 @@ class Cluster:
         self.ns_run(self.switch, "ip", "link", "set", "br0", "up")
 
     def add_host(self, name: str, ip: str) -> Host:
+        # Interface names have 15 characters: tag (8) + host name (<= 6) + "p" still fits.
         ns, link = f"{self.tag}-{name}", f"{self.tag}{name}"[:15]
         run("ip", "netns", "add", ns)
         run("ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"[:15])
@@ -174,16 +206,21 @@ class Cluster:
         self.hosts.clear()
 
 
-def leftover_cleanup(tag_prefix: str) -> None:
-    """Namespaces (and their processes) a killed run left behind (scripts/multihost.sh
-    calls this from its trap with the run's tag)."""
+def leftover_cleanup(tag: str) -> None:
+    """Namespaces (and their processes) a killed run left behind, and a veth it had made but
+    not yet moved (scripts/multihost.sh calls this from its trap with the run's tag). Only
+    names of exactly this tag: another run beside it keeps its own."""
     for line in run("ip", "netns", "list", check=False).stdout.splitlines():
         ns = line.split()[0] if line.strip() else ""
-        if ns.startswith(tag_prefix):
+        if ns.startswith(f"{tag}-"):
             for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             run("ip", "netns", "del", ns, check=False)
+    for line in run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+        if name.startswith(tag) and re.fullmatch(r"(db|lb|load|app\d+)p?", name[len(tag) :]):
+            run("ip", "link", "del", name, check=False)
 
 
 # --- the database host ---------------------------------------------------------------------------
@@ -635,15 +672,66 @@ async def _closed_loop(ip: str, credentials: dict, connections: int, duration: f
     return {**counts, "per_second": round(counts["ok"] / elapsed, 1)}
 
 
+class PollSchedule:
+    """When each virtual terminal polls next. After a poll that went out, its interval
+    (+-25 %); after one that was skipped (the servers behind) or failed (no answer, an error
+    status, its ack or result not taken), a short backoff: `first` s, doubled for each
+    failure in a row, at most `cap` (and never more than the interval), each drawn between
+    half and all of it so that terminals that failed together do not come back together.
+    A real terminal does the same: one that waited a whole interval after a failed poll
+    would leave its work undone for minutes."""
+
+    FIRST_SECONDS, CAP_SECONDS = 2.0, 60.0
+
+    def __init__(self, devices, interval: float, rng: random.Random):
+        self.interval, self.rng = interval, rng
+        self.first, self.cap = min(self.FIRST_SECONDS, interval), min(self.CAP_SECONDS, interval)
+        self.failures: dict[str, int] = {}
+        self.next_at: dict[str, float] = {}
+        self.heap: list[tuple[float, str]] = []
+        now = time.monotonic()
+        for device in devices:
+            self._at(device, now + rng.uniform(0, interval))
+
+    def _at(self, device: str, at: float) -> None:
+        self.next_at[device] = at
+        heapq.heappush(self.heap, (at, device))
+
+    def due(self, now: float) -> list[str]:
+        devices = []
+        while self.heap and self.heap[0][0] <= now:
+            at, device = heapq.heappop(self.heap)
+            # A retry scheduled since replaced this entry (one live entry per terminal).
+            if self.next_at.get(device) == at:
+                devices.append(device)
+        return devices
+
+    def seconds_to_next(self, now: float) -> float:
+        return self.heap[0][0] - now if self.heap else 0.2
+
+    def went_out(self, device: str) -> None:
+        self._at(device, time.monotonic() + self.interval * self.rng.uniform(0.75, 1.25))
+
+    def succeeded(self, device: str) -> None:
+        self.failures.pop(device, None)
+
+    def retry_soon(self, device: str) -> float:
+        failures = self.failures[device] = self.failures.get(device, 0) + 1
+        delay = min(self.cap, self.first * 2 ** (failures - 1)) * self.rng.uniform(0.5, 1.0)
+        self._at(device, time.monotonic() + delay)
+        return delay
+
+
 async def _poll_terminals(
     ip: str, credentials: dict, interval: float, work: float, connections: int, stop: Path
 ) -> dict:
     """HTTP-polling terminals, as many as `credentials` names, over `connections` keep-alive
-    connections: each polls its commands every `interval` s (+-25 %, first polls spread over
-    one interval), acknowledges work it is offered as `sent`, and reports it completed
-    `work` s later. A delivery offered as `sent` again after this terminal's acknowledgement
-    got a 2xx is counted in `sent_again` (a push repeated: must stay 0). It answers what is
-    still `acknowledged` again only when its own report did not get through."""
+    connections: each polls its commands every `interval` s (first polls spread over one
+    interval; retried soon after a skipped or failed one, see PollSchedule), acknowledges
+    work it is offered as `sent`, and reports it completed `work` s later. A delivery offered
+    as `sent` again after this terminal's acknowledgement got a 2xx is counted in
+    `sent_again` (a push repeated: must stay 0). It answers what is still `acknowledged`
+    again only when its own report did not get through."""
     pool = Pool(ip, connections)
     stats = {
         "terminals": len(credentials),
@@ -652,14 +740,16 @@ async def _poll_terminals(
         "completed": 0,
         "sent_again": 0,
         "errors": 0,
+        "errors_by_status": {},
         "polls_skipped_servers_behind": 0,
+        "retries": 0,
+        "longest_retry_wait_seconds": 0.0,
     }
     acked: set = set()
     reported: set = set()
     working: set = set()
     rng = random.Random(0)  # noqa: S311 - simulation
-    due = [(time.monotonic() + rng.uniform(0, interval), d) for d in sorted(credentials)]
-    heapq.heapify(due)
+    schedule = PollSchedule(sorted(credentials), interval, rng)
     tasks: set = set()
 
     def spawn(coroutine) -> None:
@@ -667,7 +757,16 @@ async def _poll_terminals(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def finish(secret: str, delivery: int) -> None:
+    def failed(device_id: str, status: int | None) -> None:
+        if status is not None:
+            stats["errors"] += 1
+            by_status = stats["errors_by_status"]
+            by_status[str(status)] = by_status.get(str(status), 0) + 1
+        stats["retries"] += 1
+        wait = schedule.retry_soon(device_id)
+        stats["longest_retry_wait_seconds"] = round(max(stats["longest_retry_wait_seconds"], wait), 1)
+
+    async def finish(device_id: str, secret: str, delivery: int) -> None:
         await asyncio.sleep(work * rng.uniform(0.5, 1.5))
         body = json.dumps({"status": "completed", "details": {"simulated": True}}).encode()
         status, _, _ = await pool.call("POST", f"/api/v1/agent/deliveries/{delivery}/result", secret, body)
@@ -676,15 +775,17 @@ async def _poll_terminals(
             reported.add(delivery)
             stats["completed"] += 1
         else:
-            stats["errors"] += 1
+            # Still `acknowledged` on the server: the next poll offers it again to report.
+            failed(device_id, status)
 
     async def poll(device_id: str) -> None:
         secret = credentials[device_id]
         status, payload, _ = await pool.call("GET", "/api/v1/agent/commands", secret)
         stats["polls"] += 1
         if not 200 <= status < 300:
-            stats["errors"] += 1
+            failed(device_id, status)
             return
+        schedule.succeeded(device_id)
         for command in json.loads(payload)["commands"]:
             delivery = command["delivery_id"]
             # Two polls of one terminal may overlap on a slow server: one handles the work.
@@ -697,27 +798,28 @@ async def _poll_terminals(
                     "POST", f"/api/v1/agent/deliveries/{delivery}/ack", secret, b""
                 )
                 if not 200 <= status < 300 or json.loads(answer)["status"] == "cancelled":
-                    stats["errors"] += not 200 <= status < 300
                     working.discard(delivery)
+                    if not 200 <= status < 300:
+                        failed(device_id, status)
                     continue
                 if delivery not in acked:
                     stats["acknowledged"] += 1
                 acked.add(delivery)
-            spawn(finish(secret, delivery))
+            spawn(finish(device_id, secret, delivery))
 
     while not stop.exists():
         now = time.monotonic()
-        while due and due[0][0] <= now:
-            _, device_id = heapq.heappop(due)
-            # Servers behind: this terminal skips a poll (it asks again next interval)
-            # rather than queue behind hundreds of others.
+        for device_id in schedule.due(now):
+            # Servers behind: this terminal does not queue behind hundreds of others; it
+            # asks again soon.
             if pool.backlog() < 4 * connections:
+                schedule.went_out(device_id)
                 spawn(poll(device_id))
             else:
                 stats["polls_skipped_servers_behind"] += 1
-            heapq.heappush(due, (now + interval * rng.uniform(0.75, 1.25), device_id))
+                failed(device_id, None)
         stats["backlog"] = pool.backlog()
-        await asyncio.sleep(min(0.2, max(0.0, due[0][0] - time.monotonic())) if due else 0.2)
+        await asyncio.sleep(min(0.2, max(0.0, schedule.seconds_to_next(time.monotonic()))))
     for task in list(tasks):
         task.cancel()
     pool.close()
@@ -726,21 +828,21 @@ async def _poll_terminals(
 
 def heartbeat_main(argv: list[str]) -> None:
     """Run inside the load host by the orchestrator:
-    `multihost.py heartbeats CREDENTIALS RATE DURATION OUT CONNECTIONS`,
-    `... capacity CREDENTIALS CONNECTIONS DURATION` or
-    `... poll-terminals CREDENTIALS INTERVAL WORK CONNECTIONS STOPFILE`; each prints its
+    `multihost.py heartbeats LB_IP CREDENTIALS RATE DURATION OUT CONNECTIONS`,
+    `... capacity LB_IP CREDENTIALS CONNECTIONS DURATION` or
+    `... poll-terminals LB_IP CREDENTIALS INTERVAL WORK CONNECTIONS STOPFILE`; each prints its
     figures as one JSON line at the end."""
-    mode, credentials_file = argv[0], Path(argv[1])
-    credentials = json.loads(credentials_file.read_text())
+    mode, lb_ip, credentials = argv[0], argv[1], json.loads(Path(argv[2]).read_text())
+    argv = argv[2:]
     if mode == "heartbeats":
         result = asyncio.run(
-            _heartbeat_load(LB_IP, credentials, float(argv[2]), float(argv[3]), Path(argv[4]), int(argv[5]))
+            _heartbeat_load(lb_ip, credentials, float(argv[1]), float(argv[2]), Path(argv[3]), int(argv[4]))
         )
     elif mode == "capacity":
-        result = asyncio.run(_closed_loop(LB_IP, credentials, int(argv[2]), float(argv[3])))
+        result = asyncio.run(_closed_loop(lb_ip, credentials, int(argv[1]), float(argv[2])))
     else:
         result = asyncio.run(
-            _poll_terminals(LB_IP, credentials, float(argv[2]), float(argv[3]), int(argv[4]), Path(argv[5]))
+            _poll_terminals(lb_ip, credentials, float(argv[1]), float(argv[2]), int(argv[3]), Path(argv[4]))
         )
     print(json.dumps(result), flush=True)
 
@@ -878,8 +980,15 @@ def scenario(args) -> dict:
     workdir.chmod(0o755)
     (workdir / "logs").mkdir()
     tag = args.tag
+    use_subnet(subnet_for(tag, subnets_in_use()))
     cluster = Cluster(workdir, tag)
-    report: dict = {"devices": args.devices, "app_hosts": args.app_hosts, "workdir": str(workdir), "tag": tag}
+    report: dict = {
+        "devices": args.devices,
+        "app_hosts": args.app_hosts,
+        "workdir": str(workdir),
+        "tag": tag,
+        "subnet": f"{SUBNET}.0/24",
+    }
     timings: dict = report.setdefault("seconds", {})
     t0 = time.monotonic()
     try:
@@ -935,6 +1044,7 @@ def scenario(args) -> dict:
                 sys.executable,
                 __file__,
                 "poll-terminals",
+                LB_IP,
                 str(creds),
                 str(args.poll_interval),
                 "1",
@@ -961,6 +1071,7 @@ def scenario(args) -> dict:
                 sys.executable,
                 __file__,
                 "heartbeats",
+                LB_IP,
                 str(creds),
                 str(rate),
                 str(duration),
@@ -1109,6 +1220,7 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
         reload_lb(cluster, lb, apps[:k], args.web_workers * 4)
         wait_healthy(cluster, lb)
         time.sleep(2)
+        began = time.time()
         out = cluster.ns_run(
             load.ns,
             "env",
@@ -1116,11 +1228,14 @@ def measure_throughput(cluster, lb, load, apps, creds, args) -> dict:
             sys.executable,
             __file__,
             "capacity",
+            LB_IP,
             str(creds),
             str(args.connections),
             str(args.throughput),
         )
         figures[f"{k}_app_hosts"] = json.loads(out.stdout.strip().splitlines()[-1])
+        # When (seconds since the epoch), to match CPU readings (bench/netns_cpu.py --timeline).
+        figures[f"{k}_app_hosts"]["window"] = [round(began, 1), round(time.time(), 1)]
     reload_lb(cluster, lb, apps, args.web_workers * 4)
     wait_healthy(cluster, lb)
     return figures
@@ -1183,6 +1298,8 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
     }
     result["checks"] = {
         "every_delivery_final": unfinished == 0 and sum(deliveries.values()) == devices,
+        # Final is not enough: a delivery timed out or failed is work a terminal never did.
+        "every_delivery_completed": deliveries.get("completed", 0) == devices,
         "job_completed": final == "completed",
         "each_push_received_once": mqtt_acks == state["mqtt_acknowledged"]
         and answered["poll"].get("sent_again", -1) == 0,
@@ -1232,7 +1349,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--revive-after", type=float, default=30.0, help="seconds after the kill")
     parser.add_argument("--settle", type=float, default=15.0, help="heartbeats go on this long after")
     parser.add_argument("--ttl", type=int, default=120, help="the job's delivery deadline, seconds")
-    parser.add_argument("--job-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the job to end (default: its --ttl plus a minute, by when the "
+        "server has ended every delivery itself: completed, or timed out and the job failed)",
+    )
     parser.add_argument("--beat-lock-seconds", type=int, default=10)
     parser.add_argument("--throughput", type=float, default=0, help="measure N seconds per app-host count")
     parser.add_argument(
@@ -1252,11 +1375,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument(
         "--tag",
+        type=_tag,
         default=f"hpmh{secrets.token_hex(2)}",
-        help="names of this run's namespaces start with it (hpmh + 4 hex digits)",
+        help="names of this run's namespaces and links start with it, and its subnet is derived "
+        "from it (default hpmh + 4 random hex digits; at most 8 letters or digits)",
     )
     parser.add_argument("--cleanup", action="store_true", help="only remove what the run --tag left")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.job_timeout is None:
+        args.job_timeout = args.ttl + JOB_END_SLACK_SECONDS
+    return args
+
+
+# After a job's deadline the beat tick (10 s) times out what is unfinished and the rollup ends
+# the job; a minute covers a few ticks on a loaded machine.
+JOB_END_SLACK_SECONDS = 60
+
+
+def slowest_poll_seconds(args) -> float:
+    """When the last polling terminal has asked for its work at the latest: its first poll
+    (up to 1.25 intervals), a fault's whole window if that poll fell into it, then one
+    retry at the backoff's cap. A --ttl shorter than this times deliveries out by design."""
+    cap = min(PollSchedule.CAP_SECONDS, args.poll_interval)
+    return 1.25 * args.poll_interval + args.kill_after + args.revive_after + cap
+
+
+def _tag(text: str) -> str:
+    # A link's name is tag + host name (+ "p" for its peer) in 15 characters.
+    if not re.fullmatch(r"[a-z0-9]{1,8}", text):
+        raise argparse.ArgumentTypeError("1 to 8 lowercase letters or digits")
+    return text
 
 
 def _interrupted(signum, frame):
@@ -1279,6 +1427,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     # Also when started with SIGINT ignored (a background job of a script): Ctrl-C must clean up.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.ttl < slowest_poll_seconds(args):
+        print(
+            f"warning: --ttl {args.ttl} is shorter than the {slowest_poll_seconds(args):.0f} s the "
+            "slowest polling terminal may need; its delivery would time out (and fail the checks)",
+            file=sys.stderr,
+        )
     report = scenario(args)
     text = json.dumps(report, indent=2)
     print(text)
