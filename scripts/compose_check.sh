@@ -66,7 +66,7 @@ export MQTT_BRIDGE_PASSWORD="${MQTT_BRIDGE_PASSWORD:-$(secret)}"
 export PORT="${PORT:-$(free_port)}"
 BASE="http://127.0.0.1:$PORT"
 UP_LOG="$(mktemp -t compose_check_up.XXXXXX)"
-ADMIN_PASSWORD="$(secret)"
+ADMIN_PASSWORD="$(secret)"  # may start with "-": pass it as --password=...
 WEB_REPLICAS=3
 WORKER_REPLICAS=3
 BEAT_REPLICAS=2
@@ -171,7 +171,7 @@ else
 fi
 
 # --- login ---------------------------------------------------------------------------------
-setup ensure_admin --password "$ADMIN_PASSWORD" || fail "setup" "manage.py ensure_admin failed 3 times"
+setup ensure_admin "--password=$ADMIN_PASSWORD" || fail "setup" "manage.py ensure_admin failed 3 times"
 token="$(curl -s --max-time 10 -H 'Content-Type: application/json' \
     -d "{\"username\": \"admin\", \"password\": \"$ADMIN_PASSWORD\"}" "$BASE/api/v1/auth/login" |
     python3 -c 'import json, sys; print(json.load(sys.stdin).get("token", ""))' || true)"

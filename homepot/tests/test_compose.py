@@ -60,6 +60,7 @@ def test_scaled_compose_stack_passes_every_check():
         timeout=1800,
     )
     report = result.stdout[result.stdout.find("== compose check report") :]
+    print(report)  # the figures (times, spread, failover), shown by pytest -rP
     assert result.returncode == 0, f"{report}\n{result.stderr[-3000:]}"
     assert f"({cli} " in report.splitlines()[0], report
     checks = ("lb", "spread", "api-login", "admin-login", "pgbouncer", "beat", "job")
