@@ -172,7 +172,9 @@ fi
 
 # --- login ---------------------------------------------------------------------------------
 setup ensure_admin "--password=$ADMIN_PASSWORD" || fail "setup" "manage.py ensure_admin failed 3 times"
-token="$(curl -s --max-time 10 -H 'Content-Type: application/json' \
+# 60 s, not 10: the login checks a bcrypt hash (cost 12), which at load average 79 on 2 cores
+# took longer than 10 s.
+token="$(curl -s --max-time 60 -H 'Content-Type: application/json' \
     -d "{\"username\": \"admin\", \"password\": \"$ADMIN_PASSWORD\"}" "$BASE/api/v1/auth/login" |
     python3 -c 'import json, sys; print(json.load(sys.stdin).get("token", ""))' || true)"
 codes=""
