@@ -10,9 +10,10 @@
 # HOMEPOT's own dockerd is started (Debian's docker.io must be installed) with its own data
 # root, socket and address ranges, away from a system Docker and from scripts/multihost.sh's
 # 10.213.77.0/24: /var/lib/docker-hp, unix:///var/run/docker-hp.sock, --bip 172.29.0.1/24,
-# address pool 172.29.16.0/20, log in /var/log/docker-hp.log. The firewall rules from before
-# its first start are kept in /var/lib/docker-hp.iptables (dockerd sets FORWARD to DROP);
-# --stop puts them back.
+# address pool 172.29.16.0/20, log in /var/log/docker-hp.log. dockerd sets the FORWARD
+# chain's policy to DROP: the policy from before its first start is kept in
+# /var/lib/docker-hp.forward-policy and --stop puts it back (only the policy: on a shared host
+# others may have added rules since, which a whole-table restore would wipe).
 #
 # Compose v2: when the CLI has no `compose` command, Debian trixie's docker-compose 2.26.1 (a
 # static Go binary) is fetched from the Debian mirror, checked against the SHA256 that
@@ -30,7 +31,7 @@ DATA_ROOT=/var/lib/docker-hp
 OWN_SOCKET=/var/run/docker-hp.sock
 PIDFILE=/var/run/docker-hp.pid
 LOG=/var/log/docker-hp.log
-SAVED_RULES=/var/lib/docker-hp.iptables
+SAVED_POLICY=/var/lib/docker-hp.forward-policy
 COMPOSE_VERSION=2.26.1-4
 # From trixie's main/binary-amd64/Packages (InRelease checked by apt with Debian's keyring).
 COMPOSE_SHA256=47681197cb2b1ab88206b42a1a92fc75f50d9530a6322d03494a473eed0408ea
@@ -57,8 +58,8 @@ find_daemon() {
 start_own_daemon() {
     need_root "starting dockerd"
     command -v dockerd >/dev/null || die "no dockerd: apt-get install docker.io"
-    if [ ! -e "$SAVED_RULES" ] && command -v iptables-save >/dev/null; then
-        iptables-save >"$SAVED_RULES"
+    if [ ! -e "$SAVED_POLICY" ] && command -v iptables >/dev/null; then
+        iptables -S FORWARD | awk '$1 == "-P" {print $3}' >"$SAVED_POLICY"
     fi
     say "starting dockerd (data $DATA_ROOT, socket $OWN_SOCKET, log $LOG)"
     setsid nohup dockerd --data-root "$DATA_ROOT" --exec-root /var/run/docker-hp \
@@ -79,9 +80,9 @@ stop_own_daemon() {
     pid="$(cat "$PIDFILE")"
     kill "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 1; done
-    if [ -s "$SAVED_RULES" ]; then
-        iptables-restore <"$SAVED_RULES"
-        say "dockerd $pid stopped; firewall rules from $SAVED_RULES restored"
+    if [ -s "$SAVED_POLICY" ]; then
+        iptables -P FORWARD "$(cat "$SAVED_POLICY")"
+        say "dockerd $pid stopped; FORWARD policy $(cat "$SAVED_POLICY") again ($SAVED_POLICY)"
     else
         say "dockerd $pid stopped"
     fi
@@ -110,7 +111,7 @@ install_compose_v2() {
 main() {
     case "${1:-}" in
     --stop) stop_own_daemon; return ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; return ;;
+    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; return ;;
     "") ;;
     *) die "unknown option $1 (try --help)" ;;
     esac
