@@ -16,6 +16,9 @@
 # --rebuild is given. Prometheus and Grafana (the optional observability profile) are not
 # covered: Debian has no Grafana.
 #
+# The Docker daemon and compose v2 come from scripts/docker_setup.sh (run first: it keeps a
+# daemon that answers, else starts HOMEPOT's own, and installs the compose plugin if missing).
+#
 # Environment: DOCKER_HOST (which daemon), OFFLINE_IMAGES_MIRROR (default
 # http://deb.debian.org/debian), OFFLINE_IMAGES_SECURITY_MIRROR (default
 # http://deb.debian.org/debian-security), OFFLINE_IMAGES_CA_DIR (default
@@ -39,15 +42,17 @@ say() { printf 'offline_images: %s\n' "$*"; }
 for arg in "$@"; do
     case "$arg" in
     --rebuild) REBUILD=true ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $arg (try --help)" ;;
     esac
 done
 
 [ "$(id -u)" -eq 0 ] || die "debootstrap needs root: sudo $0 $*"
 command -v debootstrap >/dev/null || die "install debootstrap first (apt-get install debootstrap)"
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
-    die "no Docker daemon answers (DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock})"
+# A daemon (started if none answers) and compose v2 for what comes after.
+setup="$("$ROOT/scripts/docker_setup.sh")" || die "scripts/docker_setup.sh failed"
+export "$setup"
+say "using $setup"
 
 have_image() { [ "$REBUILD" = false ] && docker image inspect "$1" >/dev/null 2>&1; }
 
