@@ -9,7 +9,7 @@
 # The daemon: the one DOCKER_HOST (or Docker's default socket) names, if it answers. Else
 # HOMEPOT's own dockerd is started (Debian's docker.io must be installed) with its own data
 # root, socket and address ranges, away from a system Docker and from scripts/multihost.sh's
-# 10.213.77.0/24: /var/lib/docker-hp, unix:///var/run/docker-hp.sock, --bip 172.29.0.1/24,
+# 10.208.0.0/12: /var/lib/docker-hp, unix:///var/run/docker-hp.sock, --bip 172.29.0.1/24,
 # address pool 172.29.16.0/20, log in /var/log/docker-hp.log. dockerd sets the FORWARD
 # chain's policy to DROP: the policy from before its first start is kept in
 # /var/lib/docker-hp.forward-policy and --stop puts it back (only the policy: on a shared host
