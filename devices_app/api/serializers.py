@@ -4,6 +4,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from devices_app.models import Device
+from devices_app.selectors import DEVICE_PAGE_COLUMNS
 from devices_app.validators import normalize_mac
 from homepot.api.fields import StrictCharField
 from homepot.api.serializers import StrictModelSerializer
@@ -43,21 +44,9 @@ def _iso_datetime(value, zone=None):
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-_ROW_DEVICE_COLUMNS = (
-    "id",
-    "device_id",
-    "name",
-    "device_type",
-    "status",
-    "ip_address",
-    "mac_address",
-    "firmware_version",
-    "config",
-    "push_channel",
-    "last_seen",
-    "created_at",
-    "updated_at",
-)
+# The device's own attributes of a list row (devices_app.selectors.DEVICE_PAGE_COLUMNS less the
+# site, which to_representation takes from the related object).
+_ROW_DEVICE_COLUMNS = tuple(name for name in DEVICE_PAGE_COLUMNS if not name.startswith("site"))
 
 
 def device_row_representation(row: dict, zone) -> dict:
