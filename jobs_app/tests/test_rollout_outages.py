@@ -52,8 +52,8 @@ def worker(fast_recovery):
 class Tills:
     """Four stores of three tills, each with a credential, answering through the agent API."""
 
-    def __init__(self):
-        self.stores = SiteFactory.create_batch(4)
+    def __init__(self, stores=None):
+        self.stores = stores if stores is not None else SiteFactory.create_batch(4)
         self.clients = {}
         for store in self.stores:
             for device in DeviceFactory.create_batch(3, site=store, config={"tax": 0.1}):

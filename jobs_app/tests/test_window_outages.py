@@ -13,10 +13,7 @@ import datetime
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from devices_app.services import device_credential_issue
-from devices_app.tests.factories import DeviceFactory
 from homepot.tests.celery_worker import celery_broker_away
 from jobs_app.choices import DeliveryStatus, JobStatus
 from jobs_app.models import Delivery, Job
@@ -42,14 +39,7 @@ class StoreTills(Tills):
     """Tills's three tills per store, at stores in the given time zones."""
 
     def __init__(self, *zones: str):
-        self.stores = [SiteFactory(timezone=zone) for zone in zones]
-        self.clients = {}
-        for store in self.stores:
-            for device in DeviceFactory.create_batch(3, site=store, config={"tax": 0.1}):
-                client = APIClient()
-                secret = device_credential_issue(actor=None, device=device)[1]
-                client.credentials(HTTP_AUTHORIZATION=f"Device {secret}")
-                self.clients[device.pk] = client
+        super().__init__([SiteFactory(timezone=zone) for zone in zones])
 
 
 def create_windowed_job(admin_api, stores) -> Job:
