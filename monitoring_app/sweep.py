@@ -53,6 +53,10 @@ def sweep_offline(*, now: datetime.datetime | None = None) -> SweepResult:
     """Mark online devices silent for longer than interval + grace as offline, in ONE
     UPDATE ... RETURNING whose rows are inserted as DeviceStatusChange history.
 
+    The rows are locked in device id order first (a locking subquery; an UPDATE alone locks
+    in the order its plan meets them, here last_seen order), the order every mass writer of
+    device rows keeps, so the sweep never deadlocks with a heartbeat flush on another host.
+
     After monitoring itself was stopped (no sweep for longer than the grace, or never),
     every device gets a fresh grace period from the moment it resumed, so a server outage
     does not declare the whole fleet offline. Maintenance devices are left alone.
@@ -77,9 +81,14 @@ def _sweep(now: datetime.datetime | None) -> SweepResult:
             cursor.execute(
                 """
                 WITH gone AS (
-                    UPDATE devices_app_device SET status = %(offline)s, connectivity_changed_at = %(now)s
-                    WHERE status = %(online)s AND (last_seen < %(cutoff)s OR last_seen IS NULL)
-                    RETURNING id
+                    UPDATE devices_app_device d SET status = %(offline)s, connectivity_changed_at = %(now)s
+                    FROM (
+                        SELECT id FROM devices_app_device
+                        WHERE status = %(online)s AND (last_seen < %(cutoff)s OR last_seen IS NULL)
+                        ORDER BY id FOR UPDATE
+                    ) AS silent
+                    WHERE d.id = silent.id
+                    RETURNING d.id
                 )
                 INSERT INTO monitoring_app_devicestatuschange
                     (device_id, old_status, new_status, reason, changed_at)
