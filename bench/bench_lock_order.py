@@ -52,7 +52,6 @@ def explain(cursor, sql: str, params) -> dict:
     top, node = plan[0], plan[0]["Plan"]
     return {
         "ms": round(top["Execution Time"]),
-        "rows": node.get("Actual Rows", 0),
         "buffers": sum(node.get(f"Shared {k} Blocks", 0) for k in ("Hit", "Read", "Dirtied", "Written")),
         "wal_records": node.get("WAL Records", 0),
     }
