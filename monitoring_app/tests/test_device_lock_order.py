@@ -1,6 +1,6 @@
 """Writers that update many device rows take their row locks in device id order, so the
-offline sweep and another host's heartbeat-buffer flush over the same devices never deadlock
-(issue 13: 6 monitoring_tick failures in a multi-host run).
+offline sweep and another host's heartbeat-buffer flush or health drain over the same devices
+never deadlock (issue 13: 6 monitoring_tick failures in a multi-host run).
 
 Two real database connections (threads) run the real sweep and the real flush; a third one
 holds one row for a moment so both statements are caught mid-way with their locks taken,
@@ -20,7 +20,9 @@ from django.utils import timezone
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
-from monitoring_app import seen_buffer
+from monitoring_app import health_buffer, seen_buffer
+from monitoring_app.choices import HealthStatus
+from monitoring_app.ingest import HealthReport
 from monitoring_app.models import MonitoringState
 from monitoring_app.sweep import sweep_offline
 
@@ -75,10 +77,11 @@ def hold_row(pk: int, locked: threading.Event, release: threading.Event):
     return work
 
 
-def sweep_beside_flush(held, flushed):
+def sweep_beside(held, *, buffer, writer):
     """The sweep runs until it waits for `held` (a third session holds that row); then
-    another host's flush of heartbeats of `flushed` starts and waits too; then `held` is
-    let go. Returns both writers, finished, and when the heartbeats were heard."""
+    `buffer(heard_at)` stores what another host heard from the devices, that host's
+    `writer` starts writing it to their rows and waits too; then `held` is let go. Returns
+    both, finished, and when the devices were heard."""
     locked, release = threading.Event(), threading.Event()
     holder = Worker(hold_row(held.pk, locked, release))
     holder.start()
@@ -87,15 +90,22 @@ def sweep_beside_flush(held, flushed):
     sweep.start()  # its own flush finds the buffer empty
     until_waiting(1)
     heard_at = timezone.now()
-    for device in flushed:
-        assert seen_buffer.note_seen(device.pk, heard_at, None)
-    flush = Worker(seen_buffer.flush_seen)
-    flush.start()
+    buffer(heard_at)
+    other = Worker(writer)
+    other.start()
     until_waiting(2)
     release.set()
-    for worker in (holder, sweep, flush):
+    for worker in (holder, sweep, other):
         worker.join(WAIT_SECONDS)
-    return sweep, flush, heard_at
+    return sweep, other, heard_at
+
+
+def sweep_beside_flush(held, flushed):
+    def note_heartbeats(heard_at):
+        for device in flushed:
+            assert seen_buffer.note_seen(device.pk, heard_at, None)
+
+    return sweep_beside(held, buffer=note_heartbeats, writer=seen_buffer.flush_seen)
 
 
 def sweeps_may_run():
@@ -150,6 +160,29 @@ def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(large_table_pla
     rows = {row.pk: row for row in Device.objects.filter(pk__in=[low.pk, middle.pk, high.pk])}
     assert {row.status for row in rows.values()} == {DeviceStatus.OFFLINE}
     assert rows[low.pk].last_seen == rows[middle.pk].last_seen == heard_at
+
+
+def test_the_sweep_and_a_health_drain_over_the_same_devices_both_finish(
+    large_table_plans, three_silent_devices, settings
+):
+    low, middle, high = three_silent_devices
+    settings.HOMEPOT_MONITORING_HEALTH_REDIS_DURABILITY = "assume"  # the drain is at stake here
+
+    def buffer_reports(heard_at):
+        report = HealthReport(status=HealthStatus.DEGRADED, checked_at=heard_at)
+        reports = [(low.pk, report), (middle.pk, report)]
+        assert health_buffer.append(received_at=heard_at, device_reports=reports)
+
+    sweep, drain, _heard_at = sweep_beside(
+        high, buffer=buffer_reports, writer=lambda: health_buffer.drain(wait=True)
+    )
+
+    assert sweep.error is None, sweep.error
+    assert drain.error is None, drain.error
+    assert sweep.result.marked_offline == 3
+    assert drain.result == 2
+    health = dict(Device.objects.filter(pk__in=[low.pk, middle.pk]).values_list("pk", "health_status"))
+    assert health == {low.pk: HealthStatus.DEGRADED, middle.pk: HealthStatus.DEGRADED}
 
 
 def plan_by_hash_join(connection, **kwargs):
