@@ -154,7 +154,8 @@ def _compare_batch(
 ) -> None:
     named = Device.objects.filter(device_id__in=[values["device_id"] for _, values in chunk])
     if lock:
-        named = named.select_for_update(of=("self",))
+        # In id order within the batch, as every writer that locks many device rows.
+        named = named.select_for_update(of=("self",)).order_by("pk")
     existing = {
         row["device_id"]: row
         for row in named.values("device_id", "site_id", *[name for name in COMPARED if name != "site"])

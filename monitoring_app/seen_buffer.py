@@ -117,7 +117,8 @@ def _take_batches() -> list[tuple[str, dict]]:
 def _apply(entries: dict) -> int:
     """Write the entries in chunks of FLUSH_CHUNK rows, each its own UPDATE and transaction,
     in device id order: row locks are held for a fraction of a second, not for the whole
-    flush (100,000 rows take about 5 s here), and two flushes never lock crosswise."""
+    flush (100,000 rows take about 5 s here), and neither two flushes nor a flush and the
+    sweep lock crosswise (the chunks ascend, and each locks its rows in id order)."""
     rows = sorted(
         (int(device_pk), *value.decode().partition("|")[::2]) for device_pk, value in entries.items()
     )
@@ -132,19 +133,24 @@ def _apply(entries: dict) -> int:
     return written
 
 
+# The locking subquery fixes the lock order: the UPDATE's join alone locks rows in the order
+# its plan meets them (heap order under a hash join), whatever order the ids are in.
+FLUSH_SQL = """
+UPDATE devices_app_device d SET
+    last_seen = GREATEST(d.last_seen, to_timestamp(v.seen)),
+    reported_at = CASE
+        WHEN v.reported IS NOT NULL
+             AND (d.reported_at IS NULL OR to_timestamp(v.reported) >= d.reported_at)
+        THEN to_timestamp(v.reported) ELSE d.reported_at END
+FROM (
+    SELECT id FROM devices_app_device WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
+) AS locked,
+unnest(%s::bigint[], %s::float8[], %s::float8[]) AS v (id, seen, reported)
+WHERE d.id = locked.id AND v.id = locked.id
+"""
+
+
 def _update_chunk(*, ids, seen, reported) -> int:
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE devices_app_device d SET
-                last_seen = GREATEST(d.last_seen, to_timestamp(v.seen)),
-                reported_at = CASE
-                    WHEN v.reported IS NOT NULL
-                         AND (d.reported_at IS NULL OR to_timestamp(v.reported) >= d.reported_at)
-                    THEN to_timestamp(v.reported) ELSE d.reported_at END
-            FROM unnest(%s::bigint[], %s::float8[], %s::float8[]) AS v (id, seen, reported)
-            WHERE d.id = v.id
-            """,
-            [ids, seen, reported],
-        )
+        cursor.execute(FLUSH_SQL, [ids, ids, seen, reported])
         return cursor.rowcount

@@ -83,7 +83,7 @@ def site_import_preview(*, data: str | bytes, lock: bool = False) -> ImportPrevi
         chunk = checked[start : start + BATCH]
         named = Site.objects.filter(site_id__in=[values["site_id"] for _, values in chunk])
         if lock:
-            named = named.select_for_update()
+            named = named.select_for_update().order_by("pk")  # id order: see docs/architecture.md
         existing = {row["site_id"]: row for row in named.values("site_id", *COMPARED)}
         for line, values in chunk:
             current = existing.get(values["site_id"])

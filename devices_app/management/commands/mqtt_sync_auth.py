@@ -113,7 +113,9 @@ class Command(BaseCommand):
         rows locked so that a credential issued meanwhile waits for us (and then sets its
         login again)."""
         with transaction.atomic():
-            list(Device.objects.select_for_update().filter(device_id__in=device_ids).values_list("pk"))
+            # In id order, as every writer that locks many device rows (docs/architecture.md).
+            locking = Device.objects.select_for_update().filter(device_id__in=device_ids).order_by("pk")
+            list(locking.values_list("pk"))
             usable = set(
                 DeviceCredential.objects.filter(
                     device__device_id__in=device_ids, revoked_at__isnull=True
