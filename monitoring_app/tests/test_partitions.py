@@ -224,7 +224,7 @@ def test_partition_history_moves_a_plain_tables_rows_resumably_with_ingest_betwe
         for m in (1, 2)
     ]
     api_before = admin_api.get("/api/v1/health-checks?page_size=50").json()["results"]
-    admin_before = admin_browser.get("/admin/monitoring_app/healthcheck/").content.decode()
+    admin_before = admin_browser.get("/admin/monitoring_app/healthcheck/?window=all").content.decode()
     timeline_before = admin_api.get(f"/api/v1/fleet/devices/{device.device_id}/timeline").json()
 
     # Interrupted after the swap and one batch; a report arrives meanwhile; then run again.
@@ -246,7 +246,7 @@ def test_partition_history_moves_a_plain_tables_rows_resumably_with_ingest_betwe
     health_events = [e for e in timeline_after["events"] if e["type"] == "health"]
     assert len(health_events) == len(old) + 1
     assert [e for e in timeline_before["events"] if e["type"] == "health"] == health_events[1:]
-    admin_after = admin_browser.get("/admin/monitoring_app/healthcheck/").content.decode()
+    admin_after = admin_browser.get("/admin/monitoring_app/healthcheck/?window=all").content.decode()
     for check in old:
         assert f"/admin/monitoring_app/healthcheck/{check.pk}/change/" in admin_before
         assert f"/admin/monitoring_app/healthcheck/{check.pk}/change/" in admin_after
