@@ -41,7 +41,7 @@ def test_failed_publishes_leave_no_network_thread_behind(settings):
     assert not paho_threads() - before
 
 
-def test_a_publish_unacknowledged_on_a_live_connection_counts_as_sent(settings):
+def test_a_publish_unacknowledged_on_a_live_connection_counts_as_sent(settings, caplog):
     """The broker may have delivered it (issue 13): retrying would push it twice. The
     connection is kept, so paho goes on handing the message over."""
     before = paho_threads()
@@ -53,6 +53,7 @@ def test_a_publish_unacknowledged_on_a_live_connection_counts_as_sent(settings):
         wait_for(client.is_connected)  # CONNACK through: the broker is slow, not away
         proxy.hold_replies()
         channel.push([WORK, WORK])  # no PushError
+        assert "2 of 2 pushes not acknowledged" in caplog.text
         proxy.release_replies()
         assert channel._connected() is client
         assert len(paho_threads() - before) == 1
