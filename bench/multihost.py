@@ -1271,10 +1271,13 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
         "poll": _last_json(workdir / "logs" / "load-poll-terminals.log"),
         "mqtt": _simulator_stats(workdir / "logs" / "load-mqtt-terminals.log"),
     }
-    # An MQTT terminal given the same push twice would acknowledge it twice: its count of
-    # acknowledgements must equal the MQTT deliveries stored as acknowledged. (A polling
-    # terminal asks again for work whose result did not get through; that is by design.)
+    # The MQTT terminals count every deliver message (`received`) and the deliveries they
+    # took (`acknowledged`; a repeat is acknowledged again but not taken: `repeated`). Pushed
+    # once: received = taken = stored as acknowledged; acted on once: taken = stored, even
+    # when a repeat got through. (A polling terminal asks again for work whose result did not
+    # get through; that is by design.)
     mqtt_acks = answered["mqtt"].get("acknowledged", -1)
+    mqtt_received = answered["mqtt"].get("received", mqtt_acks)
     result = {
         "job_status": final,
         "deliveries": deliveries,
@@ -1301,8 +1304,9 @@ def checks(state, final, heartbeat_log, workdir, killed_at, revived_at, devices,
         # Final is not enough: a delivery timed out or failed is work a terminal never did.
         "every_delivery_completed": deliveries.get("completed", 0) == devices,
         "job_completed": final == "completed",
-        "each_push_received_once": mqtt_acks == state["mqtt_acknowledged"]
+        "each_push_received_once": mqtt_received == mqtt_acks == state["mqtt_acknowledged"]
         and answered["poll"].get("sent_again", -1) == 0,
+        "each_delivery_acted_on_once": mqtt_acks == state["mqtt_acknowledged"],
         # A dependency away is a 503 (or a connection error), never a 500.
         "no_500_answers": not by_status.get(500),
         "no_acknowledged_heartbeat_lost": not lost and ok > 0,

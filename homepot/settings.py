@@ -290,7 +290,9 @@ HOMEPOT_JOBS_WINDOW_RECHECK_SECONDS = env.float("HOMEPOT_JOBS_WINDOW_RECHECK_SEC
 HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS = env.float("HOMEPOT_JOBS_WINDOW_REFRESH_SECONDS", default=10.0)
 # Most commands one poll of GET /api/v1/agent/commands returns.
 HOMEPOT_JOBS_POLL_LIMIT = 50
-# The MQTT push channel's broker (Mosquitto), and how long a publish may wait for its PUBACK.
+# The MQTT push channel's broker (Mosquitto), and how long a batch's publishing may wait for
+# its PUBACKs (inside the dispatcher's transaction: keep it below the pooler's
+# idle_transaction_timeout). Unacknowledged then on a live connection counts as sent.
 HOMEPOT_JOBS_MQTT_HOST = env.str("HOMEPOT_JOBS_MQTT_HOST", default="127.0.0.1")
 HOMEPOT_JOBS_MQTT_PORT = env.int("HOMEPOT_JOBS_MQTT_PORT", default=1883)
 HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = env.float(

@@ -8,7 +8,9 @@ Who owns a batch is decided by the database: each batch is claimed with
 with one conditional UPDATE before the transaction commits. A worker that dies mid-batch
 rolls back, leaving the batch pending for the next pass. So each delivery is marked sent
 exactly once; a device may be offered the same delivery twice after such a crash and
-recognises it by its id.
+recognises it by its id and attempt (docs/jobs.md). A push that may have reached the devices
+(a late broker acknowledgement) is marked sent, never retried: only what a channel knows it
+did not hand over goes back to pending (channels.PartialPush).
 
 One dispatcher per job at a time: each batch transaction first takes the job's
 transaction-scoped advisory lock (`pg_try_advisory_xact_lock`). Counting what a site has
@@ -222,25 +224,19 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
                 priority=job.priority,
                 deadline=row["deadline"].isoformat() if row["deadline"] else None,
                 force=row["forced"],
+                attempt=row["attempts"] + 1,
             )
             for row in channel_rows
         ]
-        ids = [row["id"] for row in channel_rows]
         try:
             get_channel(channel_name).push(batch)
         except PushError as exc:
-            attempts = max(row["attempts"] for row in channel_rows) + 1
-            retry_at = timezone.now() + datetime.timedelta(seconds=push_backoff(attempts))
-            retry, failed = services.deliveries_push_failed(
-                ids, f"Push failed: {exc}", max_push_attempts(), retry_at
-            )
-            result.push_failures += retry
-            result.failed += failed
-            metrics.deliveries_deferred.labels(action=job.action, channel=channel_name).inc(retry)
-            metrics.deliveries_failed.labels(action=job.action, channel=channel_name, reason="push").inc(
-                failed
-            )
-            continue
+            unsent = set(getattr(exc, "unsent", None) or [row["id"] for row in channel_rows])
+            _push_failed(job, channel_name, [row for row in channel_rows if row["id"] in unsent], exc, result)
+            channel_rows = [row for row in channel_rows if row["id"] not in unsent]
+            if not channel_rows:
+                continue
+        ids = [row["id"] for row in channel_rows]
         sent = services.deliveries_mark_sent(ids, ttl=job.ttl if services.deadline_when_sent(job) else None)
         result.sent += sent
         if sent == len(ids):
@@ -252,3 +248,17 @@ def _dispatch_batch(job: Job, rows: list[dict], result: PassResult) -> None:
             )
             for row in channel_rows:
                 stage.observe((now - row["created_at"]).total_seconds())
+
+
+def _push_failed(job: Job, channel_name: str, rows: list[dict], exc: PushError, result: PassResult) -> None:
+    """Leave `rows` pending after a push that certainly did not reach them, until a backoff
+    has passed (or failed, out of attempts)."""
+    attempts = max(row["attempts"] for row in rows) + 1
+    retry_at = timezone.now() + datetime.timedelta(seconds=push_backoff(attempts))
+    retry, failed = services.deliveries_push_failed(
+        [row["id"] for row in rows], f"Push failed: {exc}", max_push_attempts(), retry_at
+    )
+    result.push_failures += retry
+    result.failed += failed
+    metrics.deliveries_deferred.labels(action=job.action, channel=channel_name).inc(retry)
+    metrics.deliveries_failed.labels(action=job.action, channel=channel_name, reason="push").inc(failed)

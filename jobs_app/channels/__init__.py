@@ -2,8 +2,13 @@
 device (`Device.push_channel`); the names map to classes in HOMEPOT_JOBS_CHANNELS.
 
 A channel's `push` either succeeds for the whole batch or raises `PushError`; the
-dispatcher then leaves the batch pending and retries it with backoff. A channel never
-changes delivery rows itself: the dispatcher marks the batch `sent` in one UPDATE.
+dispatcher then leaves the batch pending and retries it with backoff (`PartialPush`: only
+the deliveries it names, known not to have gone out; the rest count as sent). A channel
+never changes delivery rows itself: the dispatcher marks the batch `sent` in one UPDATE.
+
+A push that may have reached the device must not be raised as a plain PushError: the retry
+would push it again. The device contract (docs/jobs.md) still asks devices to act on a
+delivery id once, because a dispatcher that dies between its push and its commit repeats it.
 """
 
 from dataclasses import dataclass
@@ -19,7 +24,16 @@ DEFAULT_CHANNELS = {
 
 
 class PushError(Exception):
-    """The channel could not hand the batch over (broker down, timeout): worth a retry."""
+    """The channel could not hand the batch over (broker down): worth a retry."""
+
+
+class PartialPush(PushError):
+    """Some of the batch went out, the deliveries in `unsent` certainly did not: retry only
+    those."""
+
+    def __init__(self, message: str, unsent: list[int]):
+        super().__init__(message)
+        self.unsent = unsent
 
 
 @dataclass(frozen=True)
@@ -36,11 +50,15 @@ class Outgoing:
     # Offered again after the job's deferral limit: the device must not defer it again
     # (a deferral would be ignored).
     force: bool = False
+    attempt: int = 1
 
     def message(self) -> dict:
         return {
             "type": "deliver",
             "delivery_id": self.delivery_id,
+            # Which offer of the delivery this is (1 = the first); the same attempt twice is
+            # a repeated push, for the device to ignore (docs/jobs.md).
+            "attempt": self.attempt,
             "job_id": self.job_id,
             "action": self.action,
             "payload": self.payload,

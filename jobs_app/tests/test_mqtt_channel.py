@@ -8,6 +8,7 @@ import pytest
 from homepot.tests.tcp_proxy import TcpProxy
 from jobs_app.channels import Outgoing, PushError
 from jobs_app.channels.mqtt import MqttChannel
+from jobs_app.tests.test_worker import wait_for
 
 WORK = Outgoing(
     delivery_id=1, device_id="mqtt-lifecycle-test", job_id=1, action="reboot", payload={}, priority="normal"
@@ -26,19 +27,35 @@ def test_failed_publishes_leave_no_network_thread_behind(settings):
         settings.HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = 0.2  # the PUBACK never comes anyway
         channel = MqttChannel()
         channel.push([WORK])  # a working connection first
-        for failure in ("no answer", "cut", "no answer", "cut", "no answer", "cut"):
+        for _ in range(3):
             channel._connected()  # connected (CONNACK through), then the broker goes away
-            if failure == "cut":
-                proxy.cut()
-            else:
-                proxy.hold_replies()
+            proxy.cut()
             with pytest.raises(PushError):
                 channel.push([WORK])
             proxy.restore()
-            proxy.release_replies()
             leaked = paho_threads() - before
-            assert not leaked, f"after a failed publish ({failure}): {sorted(t.name for t in leaked)}"
+            assert not leaked, f"after a failed publish: {sorted(t.name for t in leaked)}"
         channel.push([WORK])  # and the channel connects afresh and works again
+        assert len(paho_threads() - before) == 1
+        channel._drop(channel._client)
+    assert not paho_threads() - before
+
+
+def test_a_publish_unacknowledged_on_a_live_connection_counts_as_sent(settings, caplog):
+    """The broker may have delivered it (issue 13): retrying would push it twice. The
+    connection is kept, so paho goes on handing the message over."""
+    before = paho_threads()
+    with TcpProxy("127.0.0.1", settings.HOMEPOT_JOBS_MQTT_PORT) as proxy:
+        settings.HOMEPOT_JOBS_MQTT_PORT = proxy.port
+        settings.HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = 0.2
+        channel = MqttChannel()
+        client = channel._connected()
+        wait_for(client.is_connected)  # CONNACK through: the broker is slow, not away
+        proxy.hold_replies()
+        channel.push([WORK, WORK])  # no PushError
+        assert "2 of 2 pushes not acknowledged" in caplog.text
+        proxy.release_replies()
+        assert channel._connected() is client
         assert len(paho_threads() - before) == 1
         channel._drop(channel._client)
     assert not paho_threads() - before
