@@ -13,17 +13,16 @@ import json
 import socket
 import threading
 import time
-import uuid
 
 import pytest
 from django.core.management import call_command
 
-from devices_app.tests.factories import DeviceFactory
 from homepot.tests.served import mosquitto_running
 from jobs_app import dispatch, services
 from jobs_app.channels import get_channel
 from jobs_app.channels.mqtt import connect
 from jobs_app.models import Delivery
+from jobs_app.tests.test_mqtt import listen, mqtt_device
 from jobs_app.tests.test_worker import wait_for
 from sites_app.tests.factories import SiteFactory
 
@@ -92,27 +91,12 @@ class SlowAcks:
                 sock.close()
 
 
-def _mqtt_device(site):
-    # A fresh id per test: other brokers' clients do not matter here, but ids stay unique.
-    return DeviceFactory(site=site, device_id=f"mqtt-{uuid.uuid4().hex[:12]}", push_channel="mqtt")
-
-
-def _listen(device_ids):
-    received = []
-    subscribed = threading.Event()
-    listener = connect(on_message=lambda _client, _data, msg: received.append(json.loads(msg.payload)))
-    listener.on_subscribe = lambda *args: subscribed.set()
-    listener.subscribe([(f"homepot/devices/{device_id}/commands", 1) for device_id in device_ids])
-    assert subscribed.wait(10)
-    return listener, received
-
-
 def test_a_push_acknowledged_late_by_the_broker_reaches_each_device_once(broker, admin_user, settings):
     settings.HOMEPOT_JOBS_MQTT_PUBLISH_TIMEOUT_SECONDS = 0.5
     settings.HOMEPOT_JOBS_PUSH_BACKOFF_SECONDS = 0.01  # a retry, if any, is due at once
     site = SiteFactory()
-    devices = [_mqtt_device(site) for _ in range(3)]
-    listener, received = _listen([device.device_id for device in devices])
+    devices = [mqtt_device(site=site) for _ in range(3)]
+    listener, received = listen([device.device_id for device in devices])
     job = services.job_create(actor=admin_user, site=site, action="update_config", payload={"tax": 0.2})
     channel = get_channel("mqtt")
     wait_for(channel._connected().is_connected)  # before the slowdown: the broker is slow, not down
@@ -124,11 +108,11 @@ def test_a_push_acknowledged_late_by_the_broker_reaches_each_device_once(broker,
     # Everything the dispatcher published is behind this marker on the same connection.
     topic = f"homepot/devices/{devices[0].device_id}/commands"
     channel._connected().publish(topic, '{"marker": 1}', qos=1).wait_for_publish(10)
-    wait_for(lambda: {"marker": 1} in received)
+    wait_for(lambda: any(message == {"marker": 1} for _device, message in received))
     listener.loop_stop()
     listener.disconnect()
 
-    pushes = [message for message in received if "marker" not in message]
+    pushes = [message for _device, message in received if "marker" not in message]
     # Before the fix: each delivery id twice (the late-acknowledged push, then its retry).
     assert sorted(message["delivery_id"] for message in pushes) == sorted(
         Delivery.objects.filter(job=job).values_list("pk", flat=True)
@@ -140,7 +124,7 @@ def test_a_push_acknowledged_late_by_the_broker_reaches_each_device_once(broker,
 
 def test_a_simulated_terminal_given_the_same_push_twice_acts_once(broker, admin_user):
     site = SiteFactory()
-    device = _mqtt_device(site)
+    device = mqtt_device(site=site)
     job = services.job_create(actor=admin_user, site=site, action="update_config", payload={"tax": 0.2})
     services.deliveries_materialise(job.pk)
     delivery = Delivery.objects.get(job=job)
@@ -152,7 +136,7 @@ def test_a_simulated_terminal_given_the_same_push_twice_acts_once(broker, admin_
         daemon=True,
     )
     simulator.start()
-    listener, received = _listen([device.device_id])  # sees what the terminal is sent
+    listener, received = listen([device.device_id])  # sees what the terminal is sent
     push = json.dumps({"type": "deliver", "delivery_id": delivery.pk, "attempt": 1, "job_id": job.pk, **WORK})
     publisher = connect()
     try:
