@@ -8,6 +8,7 @@ which made the old lock orders (the sweep's by last_seen or heap position, the f
 its id list) deadlock every time.
 """
 
+import contextlib
 import datetime
 import threading
 import time
@@ -115,19 +116,28 @@ def sweeps_may_run():
     )
 
 
-def plan_as_at_a_million_devices(connection, **kwargs):
-    """At three rows the planner reads the heap; a fleet's tables are read through their
-    indexes: the sweep through (last_seen, status), the flush by primary key in a nested loop."""
-    with connection.cursor() as cursor:
-        for method in ("seqscan", "bitmapscan", "hashjoin", "mergejoin"):
-            cursor.execute(f"SET enable_{method} = off")
+@contextlib.contextmanager
+def planner_without(*methods):
+    """Every connection opened meanwhile plans with these methods off (SET enable_<method>)."""
+
+    def turn_off(connection, **kwargs):
+        with connection.cursor() as cursor:
+            for method in methods:
+                cursor.execute(f"SET enable_{method} = off")
+
+    connection_created.connect(turn_off, weak=False)
+    try:
+        yield
+    finally:
+        connection_created.disconnect(turn_off)
 
 
 @pytest.fixture
 def large_table_plans():
-    connection_created.connect(plan_as_at_a_million_devices)
-    yield
-    connection_created.disconnect(plan_as_at_a_million_devices)
+    """At three rows the planner reads the heap; a fleet's tables are read through their
+    indexes: the sweep through (last_seen, status), the flush by primary key in a nested loop."""
+    with planner_without("seqscan", "bitmapscan", "hashjoin", "mergejoin"):
+        yield
 
 
 @pytest.fixture
@@ -185,18 +195,11 @@ def test_the_sweep_and_a_health_drain_over_the_same_devices_both_finish(
     assert health == {low.pk: HealthStatus.DEGRADED, middle.pk: HealthStatus.DEGRADED}
 
 
-def plan_by_hash_join(connection, **kwargs):
-    """A flush of 5,000 ids over a large table may hash them and scan the heap."""
-    with connection.cursor() as cursor:
-        for method in ("nestloop", "mergejoin", "indexscan", "bitmapscan"):
-            cursor.execute(f"SET enable_{method} = off")
-
-
 @pytest.fixture
 def hash_join_plans():
-    connection_created.connect(plan_by_hash_join)
-    yield
-    connection_created.disconnect(plan_by_hash_join)
+    """A flush of 5,000 ids over a large table may hash them and scan the heap."""
+    with planner_without("nestloop", "mergejoin", "indexscan", "bitmapscan"):
+        yield
 
 
 def test_a_flush_planned_as_a_hash_join_still_locks_in_id_order(hash_join_plans):
