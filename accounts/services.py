@@ -8,7 +8,7 @@ import secrets
 
 from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
-from django.contrib.auth.hashers import identify_hasher
+from django.contrib.auth.hashers import identify_hasher, make_password
 from django.contrib.auth.models import update_last_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q
@@ -166,13 +166,15 @@ def _validate_user(user: User, *, password: str | None) -> None:
 def _user_insert(*, password: str | None, password_hash: str | None = None, **fields) -> User:
     """Validate and save a new user (not audited: each door records its own user.created).
     `password` is checked by the validators and hashed; `password_hash` is stored as given."""
+    # Hashed before the first query: bcrypt's quarter second must not hold a transaction
+    # open (PgBouncer ends one idle for idle_transaction_timeout).
+    if password is not None:
+        password_hash = make_password(password)
     user = User(**fields)
     user.email = _normalize_email(user.email)
     user.username = (user.username or "").strip()
     _validate_user(user, password=password)
-    if password is not None:
-        user.set_password(password)
-    elif password_hash is not None:
+    if password_hash is not None:
         user.password = password_hash
     else:
         user.set_unusable_password()
@@ -315,6 +317,8 @@ def user_update(*, actor, user: User, **fields) -> User:
     unknown = set(fields) - USER_UPDATABLE_FIELDS
     if unknown:
         raise ValueError(f"user_update cannot change {sorted(unknown)}")
+    # Hashed before the row lock, the transaction's first query (see _user_insert).
+    password_hash = make_password(fields["password"]) if fields.get("password") is not None else None
     user = lock_for_change(User, user.pk)
     if actor is not None and actor.pk == user.pk:
         for field, value in (("is_active", fields.get("is_active")), ("is_admin", fields.get("is_admin"))):
@@ -337,7 +341,7 @@ def user_update(*, actor, user: User, **fields) -> User:
     _validate_user(user, password=password)
     old, new = changes(before, snapshot(user, USER_AUDITED_FIELDS))
     if password is not None:
-        user.set_password(password)
+        user.password = password_hash
         old["password"], new["password"] = "(previous)", "(changed)"
     if not new:
         return user

@@ -26,14 +26,14 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.harness import children_cpu_seconds, start_gunicorn, stop  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,12 +52,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="NAME")
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def create_database(name: str, devices: int) -> None:
@@ -142,21 +136,6 @@ def request_bytes(method: str, path: str, token: str | None, body: dict | None =
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
 
 
-def workers_cpu_seconds(master_pid: int) -> float:
-    """User + system CPU of the gunicorn master's children (the workers), from /proc."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master_pid:  # ppid
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def drive(port: int, connections: int, duration: float, make_request, master_pid: int) -> dict:
     from bench.bench_ingest import _one
 
@@ -176,11 +155,11 @@ def drive(port: int, connections: int, duration: float, make_request, master_pid
     async def run():
         await asyncio.gather(*(worker() for _ in range(connections)))
 
-    cpu_before = workers_cpu_seconds(master_pid)
+    cpu_before = children_cpu_seconds(master_pid)
     start = time.perf_counter()
     asyncio.run(run())
     elapsed = time.perf_counter() - start
-    cpu = workers_cpu_seconds(master_pid) - cpu_before
+    cpu = children_cpu_seconds(master_pid) - cpu_before
     ok = sorted(latency for latency in latencies if latency)
     return {
         "requests": len(latencies),
@@ -190,35 +169,6 @@ def drive(port: int, connections: int, duration: float, make_request, master_pid
         "errors": sum(n for status, n in statuses.items() if not 200 <= status < 300),
         "worker_cpu_ms_per_request": round(cpu * 1000 / max(len(latencies), 1), 2),
     }
-
-
-def start_server(code_root: Path, app: str, port: int, workers: int, env: dict) -> subprocess.Popen:
-    from bench.bench_ingest import _one
-
-    server = subprocess.Popen(  # noqa: S603 (fixed arguments)
-        [
-            str(Path(sys.executable).with_name("gunicorn")),
-            app,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--backlog",
-            "2048",
-            "--log-level",
-            "warning",
-        ],
-        cwd=code_root,
-        env={**env, "PYTHONPATH": str(code_root)},
-    )
-    for _ in range(300):
-        try:
-            asyncio.run(_one("127.0.0.1", port, request_bytes("GET", "/healthz", None)))
-            return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError(f"gunicorn {app} did not start")
 
 
 def main() -> None:
@@ -249,8 +199,7 @@ def main() -> None:
             for name, (app, make_request) in scenarios.items():
                 if args.only and name != "hello" and name not in args.only:
                     continue
-                port = free_port()
-                server = start_server(code_root, app, port, args.workers, env)
+                server, port = start_gunicorn(app, cwd=code_root, workers=args.workers, env=env)
                 try:
                     # Each worker's first requests import and build what later ones reuse.
                     drive(port, args.workers, args.warmup, make_request, server.pid)
@@ -260,8 +209,7 @@ def main() -> None:
                         label = f"round {round_number} {name:20} c={connections_count:<3}"
                         print(label, json.dumps(outcome), flush=True)
                 finally:
-                    server.terminate()
-                    server.wait(timeout=60)
+                    stop(server)
     finally:
         import redis
 

@@ -27,7 +27,6 @@ Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ from bench.bench_create_fleet import (  # noqa: E402
     manage,
     recreate_database,
 )
+from bench.harness import django_setup  # noqa: E402
 
 FLEET_PAGE = "/admin/monitoring_app/alert/fleet/"
 # The landing page (the admin index with the fleet at a glance) and its refresh fragment.
@@ -268,11 +268,9 @@ def main() -> None:
         "bench",
     )
     created_s = time.perf_counter() - start
-    os.environ.update(env)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "homepot.settings"
-    import django
-
-    django.setup()
+    if args.json:
+        args.json = args.json.resolve()  # before django_setup changes the working directory
+    django_setup(ROOT, args.database)
     try:
         results = {"devices": args.devices, "create_fleet_s": round(created_s, 1), **measure(args)}
     finally:

@@ -35,7 +35,6 @@ import datetime
 import json
 import os
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.harness import start_gunicorn, stop  # noqa: E402
 
 
 def hello_app(environ, start_response):
@@ -262,38 +263,6 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def start_gunicorn(app: str, port: int, workers: int, env: dict) -> subprocess.Popen:
-    server = subprocess.Popen(  # noqa: S603 (fixed arguments)
-        [
-            str(Path(sys.executable).with_name("gunicorn")),
-            app,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--backlog",
-            "2048",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    for _ in range(100):
-        try:
-            asyncio.run(_one("127.0.0.1", port, _request("/healthz", None, None)))
-            return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError(f"gunicorn {app} did not start")
-
-
-def stop(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=30)
-
-
 def start_health_redis(port: int, directory: str) -> subprocess.Popen:
     """The health buffer's own Redis, as docs/operations.md asks for it (every write fsynced
     before the answer): the buffer refuses a Redis that keeps nothing on disk."""
@@ -406,7 +375,9 @@ def main() -> None:
                 continue
             if prepare:
                 prepare()
-            server = start_gunicorn(app, args.port, args.workers, {**env, **extra_env})
+            server, _ = start_gunicorn(
+                app, cwd=ROOT, workers=args.workers, env={**env, **extra_env}, port=args.port
+            )
             try:
                 for connections_count in args.connections:
                     # A short warm-up: every worker imports, connects and fills what it keeps.

@@ -19,6 +19,10 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import django_setup  # noqa: E402
 
 URLS = {
     "changelist": ("browser", "/admin/devices_app/device/"),
@@ -41,18 +45,7 @@ def main() -> None:
     parser.add_argument("--database", required=True)
     parser.add_argument("--code-root", default=".")
     args = parser.parse_args()
-    root = os.path.abspath(args.code_root)
-    sys.path.insert(0, root)
-    os.chdir(root)
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{args.database}",
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
-        HOMEPOT_ENV_FILE="",
-        DJANGO_SETTINGS_MODULE="homepot.settings",
-    )
-    import django
-
-    django.setup()
+    django_setup(os.path.abspath(args.code_root), args.database)
     from django.conf import settings
     from django.db import connection
     from django.test import Client

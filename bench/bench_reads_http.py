@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.harness import child_pids, cpu_seconds, start_gunicorn, stop  # noqa: E402
 
 PAGES = {
     "changelist": ("session", "/admin/devices_app/device/"),
@@ -46,6 +47,7 @@ PAGES = {
     "fleet_summary_api": ("token", "/api/v1/fleet/summary"),
 }
 APPLICATION_NAME = "bench-reads-http"
+TIMEOUT = ("--timeout", "120")  # a cold 1,000,000-device page may take longer than the default 30 s
 WARM_UP_REQUESTS = 3
 
 
@@ -149,19 +151,6 @@ def _percentile(ordered: list[float], share: float) -> float:
 # --- server-side CPU, from /proc -----------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
 def _backends(database: str) -> list[int]:
     """The PostgreSQL backends of the served code (their application_name)."""
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname=database) as conn:
@@ -174,51 +163,12 @@ def _backends(database: str) -> list[int]:
 def _server_cpu(server: subprocess.Popen, database: str | None) -> tuple[float, float]:
     """CPU seconds so far of gunicorn's workers and of their PostgreSQL backends (kept open
     for the whole run: CONN_MAX_AGE is raised, so no backend's time is lost)."""
-    workers = sum(_cpu_seconds(pid) for pid in _children(server.pid))
-    backends = sum(_cpu_seconds(pid) for pid in _backends(database)) if database else 0.0
+    workers = sum(cpu_seconds(pid) for pid in child_pids(server.pid))
+    backends = sum(cpu_seconds(pid) for pid in _backends(database)) if database else 0.0
     return workers, backends
 
 
 # --- gunicorn -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_gunicorn(app: str, cwd: Path, workers: int, env: dict) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    server = subprocess.Popen(  # noqa: S603 (fixed arguments)
-        [
-            str(Path(sys.executable).with_name("gunicorn")),
-            app,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--timeout",
-            "120",
-            "--log-level",
-            "warning",
-        ],
-        cwd=cwd,
-        env=env,
-    )
-    for _ in range(300):
-        try:
-            asyncio.run(_one(port, _request("/healthz", None)))
-            return server, port
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError(f"gunicorn {app} in {cwd} did not start")
-
-
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    server.wait(timeout=60)
 
 
 def measure(server, port, database, clients, duration, request) -> dict:
@@ -266,7 +216,9 @@ def main() -> None:
         print(f"{key:40} {json.dumps(outcome)}", flush=True)
 
     for round_number in range(1, args.rounds + 1):
-        hello, port = start_gunicorn("bench.bench_ingest:hello_app", ROOT, args.workers, env)
+        hello, port = start_gunicorn(
+            "bench.bench_ingest:hello_app", cwd=ROOT, workers=args.workers, env=env, extra_args=TIMEOUT
+        )
         try:
             for clients in args.clients:
                 outcome = measure(hello, port, None, clients, args.duration, _request("/", None))
@@ -279,7 +231,9 @@ def main() -> None:
         if round_number % 2 == 0:
             order.reverse()
         for label, root in order:
-            server, port = start_gunicorn("homepot.wsgi", root, args.workers, env)
+            server, port = start_gunicorn(
+                "homepot.wsgi", cwd=root, workers=args.workers, env=env, extra_args=TIMEOUT
+            )
             try:
                 for page in pages:
                     kind, path = PAGES[page]

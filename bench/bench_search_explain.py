@@ -11,22 +11,12 @@ buffers touched (hit + read), the load-independent figure.
 import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import django_setup  # noqa: E402
 
 TERMS = ["bench-12345-pos", "12345", "Printer", "10.7.161"]
-
-
-def setup(root: str, database: str) -> None:
-    sys.path.insert(0, root)
-    os.chdir(root)
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
-        HOMEPOT_ENV_FILE="",
-        DJANGO_SETTINGS_MODULE="homepot.settings",
-    )
-    import django
-
-    django.setup()
 
 
 def explain(queryset, wrap: str = "{}") -> dict:
@@ -46,7 +36,7 @@ def explain(queryset, wrap: str = "{}") -> dict:
 
 def main() -> None:
     root, database, *terms = sys.argv[1:]
-    setup(os.path.abspath(root), database)
+    django_setup(os.path.abspath(root), database)
     from devices_app.models import Device
     from devices_app.selectors import device_search
 

@@ -22,6 +22,10 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import django_setup  # noqa: E402
 
 T0 = (
     datetime.datetime.fromisoformat(os.environ["SWEEP_T0"])
@@ -43,17 +47,7 @@ RESET_SQL = [
 
 
 def setup(root: str, database: str) -> None:
-    sys.path.insert(0, root)
-    os.chdir(root)
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
-        HOMEPOT_ENV_FILE="",
-        DJANGO_SETTINGS_MODULE="homepot.settings",
-    )
-    import django
-
-    django.setup()
+    django_setup(root, database)
     from django.conf import settings
 
     settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX = f"bench-sweep-{uuid.uuid4().hex}:"

@@ -18,12 +18,14 @@ same database.
 import argparse
 import cProfile
 import io
-import os
 import pstats
 import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import django_setup  # noqa: E402
 
 PAGES = {
     "changelist": "/admin/devices_app/device/",
@@ -47,21 +49,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=0, help="Print the N heaviest functions per page.")
     parser.add_argument("--save", type=Path, help="Also write each profile to SAVE-<page>.prof (pstats).")
     return parser.parse_args()
-
-
-def setup(root: Path, database: str) -> None:
-    sys.path.insert(0, str(root))
-    os.chdir(root)
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
-        HOMEPOT_ENV_FILE="",
-        DJANGO_SETTINGS_MODULE="homepot.settings",
-        CONN_MAX_AGE="600",
-    )
-    import django
-
-    django.setup()
 
 
 def cpu_per_request(client, path: str, repeat: int) -> list[float]:
@@ -102,7 +89,7 @@ def profile(client, path: str, repeat: int, top: int, save: Path | None = None) 
 
 def main() -> None:
     args = parse_args()
-    setup(Path(args.code_root).resolve(), args.database)
+    django_setup(Path(args.code_root).resolve(), args.database, CONN_MAX_AGE="600")
     from django.test import Client
 
     from accounts.models import User

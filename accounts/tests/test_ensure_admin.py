@@ -206,3 +206,33 @@ def test_the_password_is_stored_with_bcrypt_cost_12(credentials_file):
     # Django's bcrypt_sha256 is bcrypt over the hex SHA-256 of the password.
     prehashed = binascii.hexlify(hashlib.sha256(password.encode()).digest())
     assert bcrypt.checkpw(prehashed, bcrypt_hash.encode())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("args", [(), ("--password", STRONG_PASSWORD)], ids=["create", "set-password"])
+@override_settings(PASSWORD_HASHERS=production_settings.PASSWORD_HASHERS)
+def test_bcrypt_runs_outside_any_transaction_so_a_poolers_idle_timeout_cannot_end_it(credentials_file, args):
+    """PgBouncer (deploy/pgbouncer) ends a transaction idle for longer than its
+    idle_transaction_timeout; PostgreSQL's own idle_in_transaction_session_timeout stands in for
+    it here, shorter than one bcrypt hash or check (a quarter second at the default cost)."""
+    from django.db import connection
+
+    if args:
+        UserFactory(username="admin", is_superuser=True, is_staff=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SET idle_in_transaction_session_timeout = '100ms'")
+    try:
+        ensure_admin(credentials_file, *args)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    finally:
+        connection.close()  # the setting is not to outlive this test
+
+    admin = User.objects.get(username="admin")
+    assert admin.check_password(args[1] if args else printed_password(credentials_file))
+
+
+def printed_password(credentials_file) -> str:
+    return dict(line.split("=", 1) for line in credentials_file.read_text().splitlines() if "=" in line)[
+        "password"
+    ]

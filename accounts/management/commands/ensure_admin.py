@@ -21,7 +21,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import IntegrityError
 
 from accounts.models import ApiToken, User
 from accounts.services import api_token_issue, user_create, user_update
@@ -130,18 +130,23 @@ class Command(BaseCommand):
             stored.write(path)
             given_password = stored.password
 
-        with transaction.atomic():
-            user = User.objects.filter(username__iexact=username).first()
+        # No transaction around these steps: each service call is its own, and bcrypt (a
+        # quarter second per hash or check) runs outside any, so a pooler's idle-in-transaction
+        # timeout cannot end one on a loaded host. A concurrent run that creates the account
+        # first makes this one keep it.
+        user = User.objects.filter(username__iexact=username).first()
+        if user is None:
+            password = given_password or stored.password or self._generate_password()
+            if given_password is None:
+                # Kept before the account exists, so a failure later cannot lose it.
+                stored.password = password
+                stored.write(path)
+            user, outcome = self._create_admin(username, options["email"], password), "created"
             if user is None:
-                password = given_password or stored.password or self._generate_password()
-                if given_password is None:
-                    # Kept before the account exists, so a failure later cannot lose it.
-                    stored.password = password
-                    stored.write(path)
-                user = self._create_admin(username, options["email"], password)
-                outcome = "created"
-            else:
+                user = User.objects.get(username__iexact=username)
                 outcome = self._keep_admin(user, given_password)
+        else:
+            outcome = self._keep_admin(user, given_password)
 
         # Show only a password this command generated, and only while it still opens the
         # account (someone may have changed it in the admin since).
@@ -175,12 +180,21 @@ class Command(BaseCommand):
         problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
         return CommandError(f"The admin account was not saved: {problems}")
 
-    def _create_admin(self, username: str, email: str, password: str) -> User:
-        """A new active superuser (audited as user.created by the accounts service)."""
+    def _create_admin(self, username: str, email: str, password: str) -> User | None:
+        """A new active superuser (audited as user.created by the accounts service), or None
+        when another run created the account meanwhile."""
         try:
             return user_create(actor=None, username=username, email=email, password=password, is_admin=True)
         except ValidationError as exc:
+            taken = [e.code for e in exc.error_dict.get("username", [])] == ["unique"]
+            if taken and User.objects.filter(username__iexact=username).exists():
+                return None
             raise self._refusal(exc) from None
+        except IntegrityError:
+            # Both runs passed the uniqueness check; the database let only one in.
+            if User.objects.filter(username__iexact=username).exists():
+                return None
+            raise
 
     def _keep_admin(self, user: User, password: str | None) -> str:
         """Keep an existing account usable as the admin: active superuser staff, with the
