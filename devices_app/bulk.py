@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.models import Device
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import HealthCheck
 from monitoring_app.services import audit_record
@@ -595,5 +596,7 @@ def _insert_checks_orm(plan: FleetPlan, rng: random.Random, site_pks: list[int],
                     checked_at=last_seen - c * HEALTH_CHECK_INTERVAL,
                 )
             )
-    HealthCheck.objects.using(using).bulk_create(checks, batch_size=2_000)
+    # Days the scheduler has not created yet (a fleet whose devices were last seen days ago)
+    # get their partitions.
+    partitions.history_write(lambda: HealthCheck.objects.using(using).bulk_create(checks, batch_size=2_000))
     return len(checks)
