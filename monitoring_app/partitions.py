@@ -388,6 +388,23 @@ def history_days_ensure(history: HistoryTable, days) -> list[str]:
     ]
 
 
+def history_day_ensure_on_load(sender, instance, raw=False, **kwargs) -> None:
+    """pre_save receiver of the history models: a row saved raw (`loaddata`, whose rows go
+    straight to INSERT, past history_write) gets its day partition first. One catalog
+    lookup a fixture row; nothing for the app's own saves."""
+    if not raw or not supported():
+        return
+    history = next(h for h in HISTORY_TABLES if h.table == sender._meta.db_table)
+    when = getattr(instance, history.time_column)
+    if when is None or not is_partitioned(history.table):
+        return
+    day = when.astimezone(datetime.UTC).date()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [history.day_partition(day)])
+        if not cursor.fetchone()[0]:
+            history_partition_ensure(history, day)
+
+
 @dataclass
 class DroppedPartition:
     name: str
