@@ -13,6 +13,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 BASE_TREE=${BASE_TREE:?}
 SOURCE_DB=${SOURCE_DB:?}
 ROUNDS=${ROUNDS:-3}
+INGEST_THREADS=${INGEST_THREADS:-2}  # threads sending single health reports throughout
 OUT=${OUT:-/tmp/retention_ab}
 PY=${PY:-$HERE/.venv/bin/python}
 PSQL="psql -h ${PGHOST:-127.0.0.1} -U ${PGUSER:-postgres} -X -q -At"
@@ -43,7 +44,8 @@ side() {  # side before|after ROUND
     fi
     echo "round $round $name: $(uptime)" | tee -a "$OUT/load.log"
     (cd "$tree" && "$PY" bench/bench_history_soak.py --database "$db" --reuse --no-fill --days 3 \
-        --size-rounds 0 --skip-write-cost --delete-budget 5 --keep --json "$OUT/${name}_$round.json") \
+        --size-rounds 0 --skip-write-cost --delete-budget 5 --ingest-threads "${INGEST_THREADS:-2}" --keep \
+        --json "$OUT/${name}_$round.json") \
         > "$OUT/${name}_$round.log" 2>&1
     echo "round $round $name done: $(uptime)" | tee -a "$OUT/load.log"
     $PSQL -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
