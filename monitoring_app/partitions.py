@@ -452,7 +452,8 @@ def history_partitions_detach_before(
     """
     concurrent = not connection.in_atomic_block and not has_default_partition(history)
     detached = []
-    for part in partitions(history):
+    # A detach a previous run left pending first: it holds the parent's detach slot.
+    for part in sorted(partitions(history), key=lambda p: not p.detach_pending):
         if part.upper is None or (part.upper > cutoff and not part.detach_pending):
             continue
         rows = _detach_concurrently(history, part) if concurrent else _detach_with_retries(history, part.name)
