@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.models import Device
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import HealthCheck
 from monitoring_app.services import audit_record
@@ -293,6 +294,8 @@ def create_fleet(
             using=using,
         )
         insert_batch = _insert_batch_sql if connections[using].vendor == "postgresql" else _insert_batch_orm
+        if plan.health_checks_per_device:
+            _history_days_ensure(plan)
         sites_per_batch = max(1, batch_size // devices_per_site)
         for first in range(1, sites + 1, sites_per_batch):
             last = min(sites, first + sites_per_batch - 1)
@@ -570,6 +573,16 @@ def _device(plan: FleetPlan, rng: random.Random, site_id: str, site_pk: int, n: 
         created_at=plan.now,
         updated_at=plan.now,
     )
+
+
+def _history_days_ensure(plan: FleetPlan) -> None:
+    """The history has no DEFAULT partition: the days the generated checks fall in (back to
+    the longest LAST_SEEN_AGO and the checks before it) get theirs first."""
+    oldest_seen = max(low + spread for low, spread in LAST_SEEN_AGO.values())
+    oldest = plan.now - timedelta(seconds=oldest_seen) - plan.health_checks_per_device * HEALTH_CHECK_INTERVAL
+    first, last = oldest.astimezone(UTC).date(), plan.now.astimezone(UTC).date()
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    partitions.history_days_ensure(partitions.HEALTH, days)
 
 
 def _insert_checks_orm(plan: FleetPlan, rng: random.Random, site_pks: list[int], using: str) -> int:

@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.scoping import require_site_access
 from devices_app import credential_cache, mqtt_auth
 from devices_app.models import Device, DeviceCredential
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, ConnectivityReason
 from monitoring_app.models import DeviceStatusChange
 from monitoring_app.services import audit_record, audited_atomic, lock_for_change, snapshot, update_audited
@@ -90,12 +91,14 @@ def _status_set_by_operator(device: Device, old_status: str) -> None:
     now = timezone.now()
     Device.objects.filter(pk=device.pk).update(connectivity_changed_at=now)
     device.connectivity_changed_at = now
-    DeviceStatusChange.objects.create(
-        device=device,
-        old_status=old_status,
-        new_status=device.status,
-        reason=ConnectivityReason.OPERATOR,
-        changed_at=now,
+    partitions.history_write(
+        lambda: DeviceStatusChange.objects.create(
+            device=device,
+            old_status=old_status,
+            new_status=device.status,
+            reason=ConnectivityReason.OPERATOR,
+            changed_at=now,
+        )
     )
 
 

@@ -454,6 +454,12 @@ HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS = env.int(
     "HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS", default=200
 )
 HOMEPOT_MONITORING_RETENTION_ATTEMPTS = env.int("HOMEPOT_MONITORING_RETENTION_ATTEMPTS", default=20)
+# DETACH ... CONCURRENTLY's waits (the parent's SHARE UPDATE EXCLUSIVE, then the transactions
+# already using the history): nobody queues behind them, so they may be long; a detach that
+# times out in its second wait is left pending and finished by the next run.
+HOMEPOT_MONITORING_RETENTION_CONCURRENT_TIMEOUT_MS = env.int(
+    "HOMEPOT_MONITORING_RETENTION_CONCURRENT_TIMEOUT_MS", default=60_000
+)
 # Device health and site health each have a `status`: name their OpenAPI enums apart.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {

@@ -45,6 +45,7 @@ from devices_app.choices import DeviceStatus, DeviceType
 from devices_app.validators import normalize_mac
 from homepot.db import stream
 from jobs_app.choices import JobAction, JobPriority, JobStatus
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import AuditLog
 from monitoring_app.services import _canonical_ip, append_batch_to_chain, audit_record
@@ -934,6 +935,12 @@ class _Importer:
             if future:
                 report.notes["checked_at in the future (clock skew), taken as the import time"] += future
             mapping = " ".join(f"WHEN '{w}' THEN '{s}'" for w, s in _HEALTH_WORDS.items())
+            # The history has no DEFAULT partition: the imported days get theirs first.
+            cursor.execute(
+                "SELECT DISTINCT (LEAST(checked_at, now()) AT TIME ZONE 'UTC')::date FROM legacy_health "
+                "WHERE checked_at IS NOT NULL"
+            )
+            partitions.history_days_ensure(partitions.HEALTH, [row[0] for row in cursor.fetchall()])
             cursor.execute(
                 f"""
                 INSERT INTO monitoring_app_healthcheck

@@ -20,7 +20,7 @@ from django.utils import timezone
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from homepot import metrics
-from monitoring_app import health_buffer, seen_buffer
+from monitoring_app import health_buffer, partitions, seen_buffer
 from monitoring_app.choices import ConnectivityReason
 
 # Statuses a report does not override: an operator's maintenance window, and `error`, which
@@ -77,13 +77,17 @@ def _touch_device(
     }
     # `newer`: this health report was measured no earlier than the one the row holds
     # (last_health_at), so a catch-up batch arriving late never hides the current health.
+    # The history row is inserted from `prev`, the device row this statement locks: nothing
+    # is written for a device deleted meanwhile (the history has no foreign key; see
+    # monitoring_app.partitions).
     history = ""
     if store_history:
         history = """
         inserted AS (
             INSERT INTO monitoring_app_healthcheck
                 (device_id, status, response_time_ms, metrics, error_message, checked_at)
-            VALUES (%(id)s, %(health)s, %(response_time)s, %(metrics)s::jsonb, %(error)s, %(health_at)s)
+            SELECT prev.id, %(health)s, %(response_time)s, %(metrics)s::jsonb, %(error)s, %(health_at)s
+            FROM prev
         ),"""
         params.update(
             response_time=health.response_time_ms,
@@ -91,11 +95,11 @@ def _touch_device(
             error=health.error_message,
         )
     sql = f"""
-        WITH {history} prev AS (
+        WITH prev AS (
             SELECT id, status, health_status, app_version, firmware_version, last_seen, reported_at,
                    last_health_at
             FROM devices_app_device WHERE id = %(id)s FOR UPDATE
-        ),
+        ),{history}
         decided AS (
             SELECT prev.*,
                    (%(health)s::text IS NOT NULL
@@ -149,6 +153,17 @@ def _touch_device(
         return row[0] if row else None
 
 
+def _touch_device_atomic(**kwargs) -> str | None:
+    """_touch_device in a transaction of its own (or the caller's, by a savepoint), run
+    again after creating a missing day partition (partitions.history_write)."""
+
+    def touch():
+        with transaction.atomic():
+            return _touch_device(**kwargs)
+
+    return partitions.history_write(touch)
+
+
 def _stays_as_it_is(device) -> bool:
     """Whether a report leaves the device's status alone: it is online, or an operator's
     maintenance window keeps it."""
@@ -180,8 +195,7 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     if _stays_as_it_is(device) and seen_buffer.note_seen(device.pk, now, reported_at):
         device.last_seen = now  # a cached copy (the heartbeat's) then skips the touch window
         return device.status  # only last_seen moves: it reaches the row with the next flush
-    with transaction.atomic():
-        written = _touch_device(device_id=device.pk, now=now, reported_at=reported_at)
+    written = _touch_device_atomic(device_id=device.pk, now=now, reported_at=reported_at)
     if written:
         device.status, device.last_seen = written, now
     return device.status
@@ -206,13 +220,20 @@ def health_reports_record(
         return len(device_reports)
     if len(device_reports) == 1:
         # The common case (a terminal's own report): history and latest state in one statement.
+        # In autocommit the statement is its own transaction: no BEGIN/COMMIT round trips.
         device_pk, report = device_reports[0]
-        _touch_device(
-            device_id=device_pk, now=now, reported_at=report.checked_at, health=report, store_history=True
+        partitions.history_write(
+            lambda: _touch_device(
+                device_id=device_pk, now=now, reported_at=report.checked_at, health=report, store_history=True
+            )
         )
         return 1
-    with transaction.atomic():
-        health_reports_store(device_reports=[(pk, now, report) for pk, report in device_reports])
+
+    def store():
+        with transaction.atomic():
+            health_reports_store(device_reports=[(pk, now, report) for pk, report in device_reports])
+
+    partitions.history_write(store)
     return len(device_reports)
 
 
@@ -230,8 +251,7 @@ def _buffered(*, now: datetime.datetime, device_reports: list, devices: dict[int
             continue
         # The report is buffered but the sighting could not be: write the row now, so the
         # sweep cannot take the device for silent before the drain.
-        with transaction.atomic():
-            _touch_device(device_id=pk, now=now, reported_at=report.checked_at)
+        _touch_device_atomic(device_id=pk, now=now, reported_at=report.checked_at)
     return True
 
 
@@ -252,16 +272,33 @@ def health_reports_store(*, device_reports: list[tuple[int, datetime.datetime, H
     INSERT of their history and ONE set-based UPDATE of the devices with each one's newest
     report (the rule of _touch_device, for many devices). A device found offline comes back
     online only if it was heard from within the offline threshold (a report drained late
-    does not revive a device that has gone silent since). Appends history: not idempotent."""
+    does not revive a device that has gone silent since). Appends history: not idempotent.
+
+    A missing day partition is created and the two statements run again (in a savepoint of
+    the caller's transaction: partitions.history_write). Reports of a device deleted
+    meanwhile are dropped: the INSERT takes the lock on each device row that the history's
+    foreign key check took (FOR KEY SHARE, in id order) and writes only rows whose device
+    is there."""
     if not device_reports:
         return
+    partitions.history_write(lambda: _store(device_reports))
+
+
+def _store(device_reports: list[tuple[int, datetime.datetime, HealthReport]]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             """
+            WITH v (device_id, status, response_time_ms, metrics, error_message, checked_at) AS (
+                SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::jsonb[], %s::text[],
+                                     %s::timestamptz[])
+            ),
+            present AS (
+                SELECT id FROM devices_app_device WHERE id IN (SELECT device_id FROM v)
+                ORDER BY id FOR KEY SHARE
+            )
             INSERT INTO monitoring_app_healthcheck
                 (device_id, status, response_time_ms, metrics, error_message, checked_at)
-            SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::jsonb[], %s::text[],
-                                 %s::timestamptz[])
+            SELECT v.* FROM v JOIN present ON present.id = v.device_id
             """,
             [
                 [pk for pk, _at, _r in device_reports],

@@ -27,8 +27,16 @@ class HealthCheck(models.Model):
     """One report a device made about itself (history; the device row carries the latest)."""
 
     # No index of its own: (device, -checked_at) below leads with it (one index less to write).
+    # No foreign key in the database (db_constraint=False, migration 0021): a partition's key
+    # locks the device table whenever a day is created, detached or dropped, which every
+    # report's UPDATE conflicts with. The writers lock the device row instead and the cascade
+    # is Django's plus a trigger (monitoring_app.partitions, docs/operations.md).
     device = models.ForeignKey(
-        "devices_app.Device", on_delete=models.CASCADE, related_name="health_checks", db_index=False
+        "devices_app.Device",
+        on_delete=models.CASCADE,
+        related_name="health_checks",
+        db_index=False,
+        db_constraint=False,
     )
     status = models.CharField(max_length=16, choices=HealthStatus.choices)
     response_time_ms = models.PositiveIntegerField("response time (ms)", null=True, blank=True)
@@ -208,9 +216,14 @@ class DeviceStatusChange(models.Model):
     rows: a site outage moves hundreds of devices at once, and the audit chain serialises
     its writers."""
 
-    # No index of its own: (device, -changed_at) below leads with it.
+    # No index of its own: (device, -changed_at) below leads with it. No foreign key in the
+    # database, for the reason given on HealthCheck.device.
     device = models.ForeignKey(
-        "devices_app.Device", on_delete=models.CASCADE, related_name="status_changes", db_index=False
+        "devices_app.Device",
+        on_delete=models.CASCADE,
+        related_name="status_changes",
+        db_index=False,
+        db_constraint=False,
     )
     old_status = models.CharField(max_length=16)
     new_status = models.CharField(max_length=16)

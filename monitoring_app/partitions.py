@@ -1,13 +1,25 @@
-"""Health history by day: PostgreSQL declarative partitioning of the tables that grow with the
+"""History by day: PostgreSQL declarative partitioning of the tables that grow with the
 fleet times time (health checks, connectivity transitions).
 
 Each table is `PARTITION BY RANGE` on its time column, one partition per UTC day
-(`<table>_p20261204`), plus a DEFAULT partition (`<table>_default`) so that an INSERT never
-fails for want of a partition: a report stamped just past midnight, a device clock at the
-allowed skew, a catch-up batch from three days ago, or a scheduler that was down longer than
-the days created ahead all land somewhere. The beat task (`history_partitions_maintain`, hourly)
-creates the days ahead and moves whatever the DEFAULT partition caught into a day partition of
-its own, so the DEFAULT partition stays (nearly) empty and retention can drop whole days.
+(`<table>_p20261204`), and no DEFAULT partition: `DETACH PARTITION ... CONCURRENTLY`, which
+retention uses so that it never waits for (nor makes wait) the ingest, is refused while one
+exists. An INSERT still never fails for want of a partition: the beat task
+(`history_partitions_maintain`, hourly) creates the days ahead, and a write that finds no
+partition for its row (a report stamped just past midnight, a device clock at the allowed
+skew, a catch-up batch from three days ago, a scheduler down for longer than the days created
+ahead) creates that day's partition and runs again (`history_write`). A database made before
+migration 0021 had a DEFAULT partition; 0021 moves what it caught into day partitions and
+drops it (`history_default_partition_retire`).
+
+The history has no foreign key to the device table (migration 0021): a partition's foreign
+key puts triggers of its own on the device table, so creating, detaching or dropping a day
+took a SHARE ROW EXCLUSIVE lock there, which every heartbeat and report UPDATE conflicts
+with. What the key guaranteed is kept by the writers and a trigger instead (docs/operations.md
+"History partitions"): every INSERT of history locks the device row it names (FOR KEY SHARE,
+the lock the key's check took, or FOR UPDATE) and writes nothing for a device that is gone,
+and deleting devices deletes their history (Django's cascade, plus the trigger
+`monitoring_history_device_deleted` for rows a concurrent report committed meanwhile).
 
 The database's primary key is (id, time) because PostgreSQL requires the partition key in
 every unique index; ids still come from one sequence, so they stay unique in practice and
@@ -21,11 +33,14 @@ what they did before (retention deletes in batches).
 
 import datetime
 import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from django.conf import settings
-from django.db import OperationalError, ProgrammingError, connection, transaction
+from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
 DAY = datetime.timedelta(days=1)
 # What leaves partition DDL to the next run: lock_timeout (OperationalError), or another run
@@ -62,6 +77,9 @@ class Partition:
     name: str
     lower: datetime.datetime | None  # None: the DEFAULT partition
     upper: datetime.datetime | None
+    # A DETACH ... CONCURRENTLY interrupted after its first transaction: invisible to new
+    # queries, still a partition until `DETACH ... FINALIZE` (history_partitions_detach_before).
+    detach_pending: bool = False
 
 
 def _utc_day_start(day: datetime.date) -> datetime.datetime:
@@ -102,7 +120,7 @@ def partitions(history: HistoryTable, cursor=None) -> list[Partition]:
     with _cursor(cursor) as cur:
         cur.execute(
             """
-            SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+            SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending
             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
             WHERE i.inhparent = to_regclass(%s)
             """,
@@ -110,9 +128,9 @@ def partitions(history: HistoryTable, cursor=None) -> list[Partition]:
         )
         rows = cur.fetchall()
     found = []
-    for name, bound in rows:
+    for name, bound, pending in rows:
         if bound == "DEFAULT":
-            found.append(Partition(name, None, None))
+            found.append(Partition(name, None, None, pending))
             continue
         # "FOR VALUES FROM ('2026-12-04 00:00:00+00') TO ('2026-12-05 00:00:00+00')"
         lower_text, upper_text = bound.split("'")[1], bound.split("'")[3]
@@ -121,6 +139,7 @@ def partitions(history: HistoryTable, cursor=None) -> list[Partition]:
                 name,
                 datetime.datetime.fromisoformat(lower_text),
                 datetime.datetime.fromisoformat(upper_text),
+                pending,
             )
         )
     return sorted(found, key=lambda p: (p.lower is None, p.lower or datetime.datetime.min))
@@ -138,37 +157,56 @@ def _set_lock_timeout(cursor) -> None:
     )
 
 
-def _day_partition_add(history: HistoryTable, day: datetime.date, cursor) -> str:
-    """Create `day`'s partition and attach it (inside the caller's transaction), moving the
-    rows of that day the DEFAULT partition holds into it first.
+def has_default_partition(history: HistoryTable, cursor=None) -> bool:
+    """Whether `history` still has its DEFAULT partition (a database before migration 0021)."""
+    with _cursor(cursor) as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", [history.default_partition])
+        return cur.fetchone()[0]
 
+
+def _day_partition_add(history: HistoryTable, day: datetime.date, cursor) -> str | None:
+    """Create `day`'s partition and attach it (inside the caller's transaction); None if it
+    exists already. Where a DEFAULT partition is left (before migration 0021), the rows of
+    that day it holds are moved into the new partition first.
+
+    Serialised per table by a transaction-level advisory lock and a re-check of the name, so
+    several processes that miss the same day at once create it once, and the others find it.
     Created detached, with a CHECK that proves its range, then ATTACHed: ATTACH takes only
-    SHARE UPDATE EXCLUSIVE on the parent (the ingest keeps writing) and skips the scan the
-    CHECK already proves; the DEFAULT partition is locked and scanned, which is cheap as long
-    as it only holds strays.
+    SHARE UPDATE EXCLUSIVE on the parent, which no INSERT, UPDATE or read conflicts with,
+    and skips the scan the CHECK already proves. Without a DEFAULT partition and without a
+    foreign key (migration 0021) nothing else is locked.
     """
     name = history.day_partition(day)
+    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [history.table])
+    cursor.execute("SELECT relispartition FROM pg_class WHERE oid = to_regclass(%s)", [name])
+    found = cursor.fetchone()
+    if found and found[0]:
+        return None
+    if found:
+        # A day retention detached and reclaim has not dropped yet: its rows are past the
+        # retention, and a late row of that day needs the name back.
+        cursor.execute(f"DROP TABLE {_quote(name)}")
     lower, upper = _utc_day_start(day), _utc_day_start(day + DAY)
-    table, col, default = (
-        _quote(history.table),
-        _quote(history.time_column),
-        _quote(history.default_partition),
-    )
+    table, col = _quote(history.table), _quote(history.time_column)
     part = _quote(name)
     check = _quote(f"{name}_range")
-    # First, so that no stray of that day reaches the DEFAULT partition between the move and
-    # the ATTACH (which would then refuse); ATTACH takes this lock on it anyway.
-    cursor.execute(f"LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE")
+    with_default = has_default_partition(history, cursor)
+    if with_default:
+        # First, so that no stray of that day reaches the DEFAULT partition between the move
+        # and the ATTACH (which would then refuse); ATTACH takes this lock on it anyway.
+        cursor.execute(f"LOCK TABLE {_quote(history.default_partition)} IN ACCESS EXCLUSIVE MODE")
     cursor.execute(f"CREATE TABLE {part} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     cursor.execute(
         f"ALTER TABLE {part} ADD CONSTRAINT {check} CHECK ({col} IS NOT NULL AND {col} >= %s AND {col} < %s)",
         [lower, upper],
     )
-    cursor.execute(
-        f"""WITH moved AS (DELETE FROM {default} WHERE {col} >= %s AND {col} < %s RETURNING *)
-            INSERT INTO {part} SELECT * FROM moved""",  # noqa: S608 (fixed names)
-        [lower, upper],
-    )
+    if with_default:
+        cursor.execute(
+            f"""WITH moved AS (DELETE FROM {_quote(history.default_partition)}
+                               WHERE {col} >= %s AND {col} < %s RETURNING *)
+                INSERT INTO {part} SELECT * FROM moved""",  # noqa: S608 (fixed names)
+            [lower, upper],
+        )
     cursor.execute(
         f"ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM (%s) TO (%s)", [lower, upper]
     )
@@ -188,7 +226,8 @@ def history_partitions_maintain(
     *, now: datetime.datetime | None = None, days_ahead: int | None = None
 ) -> MaintainReport:
     """Create the day partitions from yesterday to `days_ahead` days ahead that are missing,
-    and give every day the DEFAULT partition caught a partition of its own (its rows moved).
+    and (on a database before migration 0021) give every day the DEFAULT partition caught a
+    partition of its own (its rows moved).
 
     Each partition in its own short transaction with a lock timeout; a run that times out
     leaves the rest to the next run (hourly). Safe to repeat and to run twice at once (the
@@ -228,20 +267,142 @@ def history_partitions_create(history: HistoryTable, *, days) -> list[str]:
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 _set_lock_timeout(cursor)
-                created.append(_day_partition_add(history, day, cursor))
+                if name := _day_partition_add(history, day, cursor):
+                    created.append(name)
         except _RETRY_LATER as exc:
             logger.warning("partition %s of %s not created this time: %s", day, history.table, exc)
     return created
 
 
 def _default_partition_days(history: HistoryTable) -> list[datetime.date]:
-    """The UTC days of the rows in the DEFAULT partition (it only holds strays)."""
+    """The UTC days of the rows in the DEFAULT partition (it only holds strays); none when
+    there is no DEFAULT partition (since migration 0021)."""
+    if not has_default_partition(history):
+        return []
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT DISTINCT (({_quote(history.time_column)}) AT TIME ZONE 'UTC')::date "  # noqa: S608
             f"FROM {_quote(history.default_partition)}"
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+# --- writes that find no partition for their row ---------------------------------------------
+
+# PostgreSQL's message when an INSERT's row falls in no partition (SQLSTATE 23514), and the
+# DETAIL naming the row's partition key, in the session's time zone (UTC under Django).
+_NO_PARTITION = re.compile(r'no partition of relation "(?P<table>[^"]+)" found for row')
+_PARTITION_KEY = re.compile(r"Partition key of the failing row contains \([^)]*\) = \((?P<value>[^)]*)\)")
+# Each retry creates one day; a multi-row INSERT spanning more missing days than this fails.
+MISSING_PARTITION_RETRIES = 8
+
+T = TypeVar("T")
+
+
+def missing_partition(exc: BaseException) -> tuple[HistoryTable, datetime.date] | None:
+    """(history, UTC day) that `exc` says had no partition for a row, or None if `exc` is
+    something else."""
+    cause = exc.__cause__ or exc
+    diag = getattr(cause, "diag", None)
+    message = (getattr(diag, "message_primary", None) or str(cause)) if diag else str(cause)
+    found = _NO_PARTITION.search(message or "")
+    if not found:
+        return None
+    history = next((h for h in HISTORY_TABLES if h.table == found["table"]), None)
+    detail = _PARTITION_KEY.search((getattr(diag, "message_detail", None) or str(cause)) or "")
+    if history is None or not detail:
+        return None
+    value = datetime.datetime.fromisoformat(detail["value"])
+    if value.tzinfo is None:  # a session not in UTC would print local time without offset
+        return None
+    return history, value.astimezone(datetime.UTC).date()
+
+
+def history_write(write: Callable[[], T]) -> T:
+    """Run `write` (statements that INSERT history) and return its result; if an INSERT
+    finds no partition for its row, create that day's partition (history_partition_ensure)
+    and run `write` again, up to MISSING_PARTITION_RETRIES times.
+
+    Inside a transaction, `write` runs in a savepoint so that the failed INSERT can be rolled
+    back alone; in autocommit it runs as it is (a single statement is its own transaction,
+    and one that opens its own atomic block is rolled back whole). `write` must therefore be
+    safe to run again after a rollback of its own statements, which every caller's is (it
+    only writes). The usual case costs nothing more than `write` (no savepoint in autocommit).
+    """
+    for attempt in range(MISSING_PARTITION_RETRIES + 1):
+        try:
+            if connection.in_atomic_block:
+                with transaction.atomic():
+                    return write()
+            return write()
+        except IntegrityError as exc:
+            missing = missing_partition(exc)
+            if missing is None or attempt == MISSING_PARTITION_RETRIES:
+                raise
+            history, day = missing
+            logger.warning("no partition of %s for %s: creating it", history.table, day)
+            history_partition_ensure(history, day)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def history_partition_ensure(history: HistoryTable, day: datetime.date) -> bool:
+    """Make sure `day`'s partition of `history` exists; True if this call created it.
+
+    On the caller's connection: in autocommit a transaction of its own, committed at once;
+    inside the caller's transaction a savepoint, so the new day commits (or rolls back)
+    with the caller's rows, and PostgreSQL sees every lock this waits for (a DETACH ...
+    CONCURRENTLY waiting for the caller's transaction while this waits for the DETACH is a
+    deadlock it detects and breaks, instead of one only a timeout would end). Waits at most
+    HOMEPOT_MONITORING_PARTITION_LOCK_TIMEOUT_MS for a lock (the advisory lock of another
+    process creating a day, the parent's SHARE UPDATE EXCLUSIVE): then OperationalError, and
+    the caller's write fails as it would have (a drain keeps its entries for the next run).
+    A day another process created in the same instant counts as there (False).
+    """
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('lock_timeout')")
+            previous = cursor.fetchone()[0]
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true)",
+                [f"{settings.HOMEPOT_MONITORING_PARTITION_LOCK_TIMEOUT_MS}ms"],
+            )
+            created = _day_partition_add(history, day, cursor) is not None
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+            return created
+    except (ProgrammingError, IntegrityError) as exc:  # the name taken meanwhile
+        logger.info("partition %s of %s created by another process: %s", day, history.table, exc)
+        return False
+
+
+def history_days_ensure(history: HistoryTable, days) -> list[str]:
+    """history_partition_ensure for each of `days` that `history` lacks (a bulk load of old
+    days, where one retry per missing day would not do); the names created. Nothing on a
+    table that is not partitioned."""
+    if not is_partitioned(history.table):
+        return []
+    existing = {p.name for p in partitions(history)}
+    return [
+        history.day_partition(day)
+        for day in sorted(set(days))
+        if history.day_partition(day) not in existing and history_partition_ensure(history, day)
+    ]
+
+
+def history_day_ensure_on_load(sender, instance, raw=False, **kwargs) -> None:
+    """pre_save receiver of the history models: a row saved raw (`loaddata`, whose rows go
+    straight to INSERT, past history_write) gets its day partition first. One catalog
+    lookup a fixture row; nothing for the app's own saves."""
+    if not raw or not supported():
+        return
+    history = next(h for h in HISTORY_TABLES if h.table == sender._meta.db_table)
+    when = getattr(instance, history.time_column)
+    if when is None or not is_partitioned(history.table):
+        return
+    day = when.astimezone(datetime.UTC).date()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [history.day_partition(day)])
+        if not cursor.fetchone()[0]:
+            history_partition_ensure(history, day)
 
 
 @dataclass
@@ -268,28 +429,63 @@ def history_partitions_detach_before(
     """Take every day partition of `history` wholly before `cutoff` (its upper bound <=
     cutoff) out of the history: from then on no query sees its rows. A day only partly past
     the cutoff is kept until it is wholly past, so up to one day more than the retention is
-    kept. Milliseconds whatever the day holds: the files stay (history_partitions_reclaim
-    removes them later; removing them is what takes seconds, about 1 s a GB on a disk that
-    discards freed blocks).
+    kept. The files stay (history_partitions_reclaim removes them later; removing them is
+    what takes seconds, about 1 s a GB on a disk that discards freed blocks).
 
-    Each DETACH is its own transaction, so the ACCESS EXCLUSIVE lock it needs on the parent is
-    held for milliseconds. Its wait for that lock is bounded by
-    HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS, because while it waits every ingest INSERT
-    queues behind it; it is retried up to HOMEPOT_MONITORING_RETENTION_ATTEMPTS times (a
-    long read of the history holds the lock it needs), then left for the next run.
+    In autocommit and without a DEFAULT partition (since migration 0021), each day goes by
+    `DETACH PARTITION ... CONCURRENTLY`: SHARE UPDATE EXCLUSIVE on the parent, which no
+    INSERT, UPDATE or read conflicts with, then a wait for the transactions already using
+    the history to end (milliseconds for the ingest's), then ACCESS EXCLUSIVE on the old day
+    alone, which nobody writes. A detach interrupted after its first step (its wait timed
+    out, the worker was killed) leaves the day "detach pending": invisible to new queries,
+    finished here by `DETACH ... FINALIZE`, first thing, by the next run. Its wait is bounded
+    by HOMEPOT_MONITORING_RETENTION_CONCURRENT_TIMEOUT_MS.
+
+    Inside a transaction block (CONCURRENTLY refuses to run there) or with a DEFAULT
+    partition left, a plain DETACH (ACCESS EXCLUSIVE on the parent, which the ingest's
+    writes conflict with) under the short lock timeout and retries of
+    _with_retention_retries.
 
     The row count recorded is the statistics collector's live-row count of the partition
     (exact for an append-only day; see _analyzed_row_count), since counting 72 million rows
     would cost what dropping them saves.
     """
+    concurrent = not connection.in_atomic_block and not has_default_partition(history)
     detached = []
-    for part in partitions(history):
-        if part.upper is None or part.upper > cutoff:
+    # A detach a previous run left pending first: it holds the parent's detach slot.
+    for part in sorted(partitions(history), key=lambda p: not p.detach_pending):
+        if part.upper is None or (part.upper > cutoff and not part.detach_pending):
             continue
-        rows = _detach_with_retries(history, part.name)
+        rows = _detach_concurrently(history, part) if concurrent else _detach_with_retries(history, part.name)
         if rows is not None:
             detached.append(DroppedPartition(part.name, rows))
     return detached
+
+
+def _detach_concurrently(history: HistoryTable, part: Partition) -> int | None:
+    """DETACH `part` CONCURRENTLY (or FINALIZE it if a previous run was interrupted), in
+    autocommit; its row count, or None if it did not finish (logged: a day left pending is
+    finished by the next run, one never started is detached by it)."""
+    table, name = _quote(history.table), _quote(part.name)
+    with connection.cursor() as cursor:
+        rows = _analyzed_row_count(part.name, cursor)
+        cursor.execute("SHOW lock_timeout")
+        previous = cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT set_config('lock_timeout', %s, false)",
+            [f"{settings.HOMEPOT_MONITORING_RETENTION_CONCURRENT_TIMEOUT_MS}ms"],
+        )
+        try:
+            if part.detach_pending:
+                cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name} FINALIZE")
+            else:
+                cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY")
+        except _RETRY_LATER as exc:
+            logger.warning("detach %s: not finished this run (%s)", part.name, exc)
+            return None
+        finally:
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", [previous])
+    return rows
 
 
 def _detach_with_retries(history: HistoryTable, name: str) -> int | None:
@@ -310,9 +506,10 @@ def _with_retention_retries(step, *, what: str):
     timed out on a lock.
 
     The timeout is short because while the step waits, whatever wants a conflicting lock
-    queues behind it: both DETACH and DROP of a day also lock the device table (the day's
-    foreign key gets, or loses, triggers of its own there), which every heartbeat and health
-    report UPDATEs. The pause between attempts lets that queue drain."""
+    queues behind it: a plain DETACH wants ACCESS EXCLUSIVE on the history, which every
+    report's INSERT conflicts with (and, while the history still had its foreign key, DETACH
+    and DROP also locked the device table, which every heartbeat and report UPDATEs). The
+    pause between attempts lets that queue drain."""
     attempts = max(1, settings.HOMEPOT_MONITORING_RETENTION_ATTEMPTS)
     for attempt in range(1, attempts + 1):
         try:
@@ -336,9 +533,10 @@ def history_partitions_reclaim(
     before `cutoff`), each in its own transaction: this is where the disk space comes back.
 
     The file removal holds no lock: PostgreSQL removes the files after the commit has
-    released the locks ("since this may take many seconds", xact.c). The DROP itself locks
-    the device table briefly (the foreign key's triggers there go with the table), so it
-    runs under the retention's lock timeout and retries (_with_retention_retries); a table
+    released the locks ("since this may take many seconds", xact.c). The DROP locks only the
+    detached table (before migration 0021 also the device table, for the foreign key's
+    triggers there); it runs under the retention's lock timeout and retries
+    (_with_retention_retries) for a reader still holding the detached table; a table
     that never gets its locks is left for the next run (the hourly maintenance runs this
     too). Returns the names dropped."""
     dropped = []
@@ -400,6 +598,36 @@ def history_sizes(history: HistoryTable) -> list[tuple[str, int, int]]:
     return result
 
 
+# --- the DEFAULT partition of a database made before migration 0021 -------------------------
+
+
+def history_default_partition_retire(history: HistoryTable) -> list[str]:
+    """Move every row the DEFAULT partition of `history` holds into a day partition of its
+    own, then detach and drop the DEFAULT partition: what migration 0021 does, online.
+
+    First every day it holds gets its partition (history_partitions_create: one short
+    transaction per day, each moving that day's rows; the ingest writes on meanwhile into the
+    days that exist). Then one short transaction locks the DEFAULT partition, moves whatever
+    arrived since (a day that got no partition of its own during the first pass), detaches
+    and drops it. From then on a row with no partition fails its INSERT, which history_write
+    answers by creating the day. Returns the partitions created. Safe to repeat (nothing to
+    do without a DEFAULT partition) and to interrupt (each transaction is whole).
+    """
+    if not is_partitioned(history.table) or not has_default_partition(history):
+        return []
+    created = history_partitions_create(history, days=_default_partition_days(history))
+    with transaction.atomic(), connection.cursor() as cursor:
+        _set_lock_timeout(cursor)
+        default = _quote(history.default_partition)
+        cursor.execute(f"LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE")
+        for day in _default_partition_days(history):
+            if name := _day_partition_add(history, day, cursor):
+                created.append(name)
+        cursor.execute(f"ALTER TABLE {_quote(history.table)} DETACH PARTITION {default}")
+        cursor.execute(f"DROP TABLE {default}")
+    return created
+
+
 # --- converting a plain table (migration 0016 for small tables; manage.py partition_history) ---
 
 
@@ -413,7 +641,8 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
     sequence too), and an empty partitioned table takes its name, with the same columns,
     CHECK and foreign key constraints, the same indexes (pg_get_indexdef of the old ones),
     primary key (id, time), ids continuing from the old sequence, day partitions from
-    yesterday to `days_ahead` days ahead, and the DEFAULT partition. The partitions of the
+    yesterday to `days_ahead` days ahead (no DEFAULT partition: history_write creates a
+    missing day when a row needs it). The partitions of the
     old rows' days are attached after that transaction, without stopping the ingest.
 
     From the commit on, the ingest writes into the new table; the old rows are copied over
@@ -480,9 +709,6 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
                     FOR VALUES FROM (%s) TO (%s)""",
                 [_utc_day_start(day), _utc_day_start(day + DAY)],
             )
-        cursor.execute(
-            f"CREATE TABLE {_quote(history.default_partition)} PARTITION OF {_quote(table)} DEFAULT"
-        )
     if oldest:
         # Attached one by one (SHARE UPDATE EXCLUSIVE: the ingest goes on), before the copy
         # fills them.

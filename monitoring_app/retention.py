@@ -1,10 +1,12 @@
 """Retention: health history older than HOMEPOT_MONITORING_RETENTION_DAYS is removed.
 
 On PostgreSQL the history tables are partitioned by day (monitoring_app.partitions): every
-day partition wholly before the cutoff is detached (milliseconds, whatever it holds; no dead
-rows for autovacuum), a day only partly past the cutoff is kept until it is wholly past (so
-up to one day more than the retention is kept), and the few rows the DEFAULT partition holds
-are deleted in batches. The detached days' files are removed afterwards by
+day partition wholly before the cutoff is detached, CONCURRENTLY when the task runs it (in
+autocommit): the ingest's INSERTs and device UPDATEs neither wait for it nor make it wait,
+and a detach interrupted half-way is finished by the next run. A day only partly past the
+cutoff is kept until it is wholly past (so up to one day more than the retention is kept).
+On a database that still has a DEFAULT partition (before migration 0021) its few rows are
+deleted in batches. The detached days' files are removed afterwards by
 history_partitions_reclaim (the task runs it right after; the hourly maintenance catches up),
 which takes seconds per day on a disk that discards freed blocks but blocks nobody. A plain
 table (SQLite, or PostgreSQL not yet converted) is deleted from in small batches, each its
@@ -38,6 +40,8 @@ def _prune_history(
         for part in partitions.history_partitions_detach_before(history, cutoff=cutoff):
             dropped.append(part.name)
             total += part.rows
+        if not partitions.has_default_partition(history):
+            return total  # every row is in a day partition (since migration 0021)
         table = history.default_partition
     return total + _prune_batches(table, history.time_column, cutoff, batch_size)
 

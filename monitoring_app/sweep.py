@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
 from homepot import metrics
-from monitoring_app import seen_buffer
+from monitoring_app import partitions, seen_buffer
 from monitoring_app.choices import ConnectivityReason
 from monitoring_app.models import MonitoringState
 
@@ -97,16 +97,16 @@ def _sweep(now: datetime.datetime | None) -> SweepResult:
         if state.resumed_at and now - state.resumed_at < offline_after():
             return SweepResult(marked_offline=0, resumed=resumed)
         with connection.cursor() as cursor:
-            cursor.execute(
-                SWEEP_SQL,
-                {
-                    "offline": DeviceStatus.OFFLINE,
-                    "online": DeviceStatus.ONLINE,
-                    "now": now,
-                    "cutoff": now - offline_after(),
-                    "reason": ConnectivityReason.SWEEP,
-                },
-            )
+            params = {
+                "offline": DeviceStatus.OFFLINE,
+                "online": DeviceStatus.ONLINE,
+                "now": now,
+                "cutoff": now - offline_after(),
+                "reason": ConnectivityReason.SWEEP,
+            }
+            # A savepoint, so that a missing day partition of the transitions is created and
+            # the statement run again (the sweep runs even when the scheduler did not).
+            partitions.history_write(lambda: cursor.execute(SWEEP_SQL, params))
             marked = cursor.rowcount
             if marked >= ANALYZE_AFTER_CHANGES:
                 refresh_statistics(cursor)

@@ -1,6 +1,7 @@
 import factory
 from django.utils import timezone
 
+from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import AuditLog, HealthCheck
 from monitoring_app.services import append_to_chain
@@ -15,6 +16,14 @@ class HealthCheckFactory(factory.django.DjangoModelFactory):
     response_time_ms = 120
     metrics = factory.LazyFunction(lambda: {"cpu_percent": 12.5, "memory_percent": 40.0})
     checked_at = factory.LazyFunction(timezone.now)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # Any day, as the ingest writes it: a missing day partition is created (in the test's
+        # transaction, so it goes with it).
+        return partitions.history_write(
+            lambda: super(HealthCheckFactory, cls)._create(model_class, *args, **kwargs)
+        )
 
 
 class AuditLogFactory(factory.django.DjangoModelFactory):

@@ -242,6 +242,9 @@ def test_a_health_report_is_stored_as_history_and_as_the_latest_state(agent, dev
     assert device.last_health_at and device.health_changed_at
 
 
+# Transactional: inside the test's transaction the write would run in a savepoint (so that a
+# missing day partition can be created and the statement retried); a request is in autocommit.
+@pytest.mark.django_db(transaction=True)
 def test_a_single_health_report_is_one_statement_after_the_lookup(
     agent, device, django_assert_num_queries, health_path
 ):

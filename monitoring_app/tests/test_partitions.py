@@ -1,6 +1,8 @@
-"""Health history by day (PostgreSQL partitions): the ingest lands at any time, the hourly
-maintenance creates days ahead and moves strays, retention drops whole days (audited), and
-`partition_history` moves a plain table's rows across online with the reads unchanged."""
+"""Health history by day (PostgreSQL partitions): the ingest lands at any time (a missing day
+is created by the write that needs it), the hourly maintenance creates days ahead, retention
+detaches whole days concurrently with the ingest (audited, resumable), migration 0021 retires
+the DEFAULT partition, and `partition_history` moves a plain table's rows across online with
+the reads unchanged."""
 
 import datetime
 import importlib
@@ -16,11 +18,13 @@ from django.utils import timezone
 from devices_app.choices import DeviceStatus
 from devices_app.tests.factories import DeviceFactory
 from monitoring_app import partitions
-from monitoring_app.models import AuditLog, DeviceStatusChange, HealthCheck
+from monitoring_app.ingest import HealthReport, health_reports_record, health_reports_store
+from monitoring_app.models import AuditLog, DeviceStatusChange, HealthCheck, MonitoringState
 from monitoring_app.retention import health_history_prune
-from monitoring_app.tasks import maintain_history_partitions, prune_health_history
+from monitoring_app.tasks import drain_health_reports, maintain_history_partitions, prune_health_history
 from monitoring_app.tests.factories import HealthCheckFactory
-from monitoring_app.tests.test_ingest import HEALTH, device_client
+from monitoring_app.tests.test_health_buffer import own_redis, reporting_device  # noqa: F401 (fixture)
+from monitoring_app.tests.test_ingest import BATCH, HEALTH, device_client
 
 pytestmark = pytest.mark.django_db
 
@@ -73,11 +77,12 @@ def agent(device):
     return device_client(device)
 
 
-def test_the_history_tables_are_partitioned_by_day_with_days_ahead_and_a_default():
+def test_the_history_tables_are_partitioned_by_day_with_days_ahead_and_no_default():
     for history in partitions.HISTORY_TABLES:
         assert partitions.is_partitioned(history.table)
         found = {p.name for p in partitions.partitions(history)}
-        assert history.default_partition in found
+        assert not partitions.has_default_partition(history)
+        assert history.default_partition not in found
         assert history.day_partition(utc_today()) in found
         assert history.day_partition(utc_today() + datetime.timedelta(days=1)) in found
 
@@ -89,27 +94,25 @@ def test_reports_either_side_of_midnight_go_to_their_own_day(agent):
 
     assert rows_in(partition_of(today - datetime.timedelta(days=1))) == 1
     assert rows_in(partition_of(today)) == 1
-    assert rows_in(partitions.HEALTH.default_partition) == 0
 
 
-def test_with_the_scheduler_down_reports_land_in_the_default_and_maintenance_moves_them(
-    agent, device, admin_api, settings
-):
+def test_with_the_scheduler_down_the_ingest_creates_the_days_it_needs(agent, device, admin_api, settings):
     # Nothing created from today on: the scheduler has been down for more than the days ahead.
     today = utc_today()
     drop_partitions_from(today)
     skewed = timezone.now() + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS - 5)
     report(agent, timezone.now(), status="degraded")
     report(agent, skewed)  # a device clock at the allowed skew
-    assert rows_in(partitions.HEALTH.default_partition) == 2
+
+    skewed_day = skewed.astimezone(datetime.UTC).date()  # tomorrow when just before midnight
+    assert partition_of(today) in names() and partition_of(skewed_day) in names()
+    stored = rows_in(partition_of(today)) + (rows_in(partition_of(skewed_day)) if skewed_day != today else 0)
+    assert stored == 2
     listed_before = admin_api.get("/api/v1/health-checks").json()["results"]
+    assert len(listed_before) == 2
 
     maintain_history_partitions()
 
-    assert rows_in(partitions.HEALTH.default_partition) == 0
-    skewed_day = skewed.astimezone(datetime.UTC).date()  # tomorrow, just before midnight
-    moved = rows_in(partition_of(today)) + (rows_in(partition_of(skewed_day)) if skewed_day != today else 0)
-    assert moved == 2
     assert HealthCheck.objects.filter(device=device).count() == 2
     assert admin_api.get("/api/v1/health-checks").json()["results"] == listed_before
     ahead = today + datetime.timedelta(days=settings.HOMEPOT_MONITORING_PARTITION_DAYS_AHEAD)
@@ -123,14 +126,49 @@ def test_a_catch_up_report_from_days_ago_is_kept(agent, device):
 
     report(agent, three_days_ago, status="unhealthy")
     report(agent, timezone.now())
-    partitions.history_partitions_maintain()
 
     assert sorted(HealthCheck.objects.filter(device=device).values_list("status", flat=True)) == [
         "healthy",
         "unhealthy",
     ]
     assert rows_in(partition_of(three_days_ago.astimezone(datetime.UTC).date())) == 1
-    assert rows_in(partitions.HEALTH.default_partition) == 0
+
+
+def test_a_batch_spanning_missing_days_is_stored_whole(agent, device):
+    drop_partitions_from(utc_today() - datetime.timedelta(days=2))
+    stamps = [timezone.now() - datetime.timedelta(days=d) for d in (2, 1, 0)]
+    response = agent.post(
+        BATCH,
+        {"reports": [{"status": "healthy", "timestamp": t.isoformat()} for t in stamps]},
+        format="json",
+    )
+
+    assert response.status_code == 201, response.content
+    assert HealthCheck.objects.filter(device=device).count() == 3
+    for stamp in stamps:
+        assert rows_in(partition_of(stamp.astimezone(datetime.UTC).date())) == 1
+
+
+def test_the_sweep_creates_the_day_of_its_transitions(device, settings):
+    from monitoring_app.sweep import sweep_offline
+
+    drop_partitions_from(utc_today())
+    with connection.cursor() as cursor:
+        for part in partitions.partitions(partitions.STATUS_CHANGES, cursor):
+            if part.lower is not None and part.lower.date() >= utc_today():
+                cursor.execute(f"DROP TABLE {part.name}")
+    DeviceStatusChange.objects.all().delete()
+    device.last_seen = timezone.now() - datetime.timedelta(hours=2)
+    device.save(update_fields=["last_seen"])
+    # Monitoring has been running: no fresh grace period after a resume.
+    MonitoringState.objects.update_or_create(
+        pk=1,
+        defaults={"last_sweep_at": timezone.now(), "resumed_at": timezone.now() - datetime.timedelta(days=1)},
+    )
+    result = sweep_offline()
+
+    assert result.marked_offline == 1
+    assert DeviceStatusChange.objects.filter(device=device, new_status="offline").count() == 1
 
 
 def test_maintenance_twice_creates_nothing_more(settings):
@@ -152,15 +190,15 @@ def test_retention_drops_whole_days_keeps_a_day_partly_past_and_audits(settings)
         2, device=device, checked_at=cutoff - datetime.timedelta(hours=6)
     )
     kept = HealthCheckFactory.create_batch(3, device=device, checked_at=cutoff + datetime.timedelta(hours=13))
-    DeviceStatusChange.objects.create(
-        device=device,
-        old_status="online",
-        new_status="offline",
-        reason="silent",
-        changed_at=cutoff - datetime.timedelta(days=2),
+    partitions.history_write(
+        lambda: DeviceStatusChange.objects.create(
+            device=device,
+            old_status="online",
+            new_status="offline",
+            reason="silent",
+            changed_at=cutoff - datetime.timedelta(days=2),
+        )
     )
-    partitions.history_partitions_maintain()  # the strays get their own days
-    assert rows_in(partitions.HEALTH.default_partition) == 0
     old_day = partition_of((cutoff - datetime.timedelta(days=1)).date())
     assert old_day in names()
 
@@ -182,9 +220,23 @@ def test_retention_drops_whole_days_keeps_a_day_partly_past_and_audits(settings)
     assert set(HealthCheck.objects.values_list("pk", flat=True)) == {c.pk for c in kept}
 
 
-def test_retention_deletes_old_strays_in_the_default_partition():
+def add_default_partition() -> None:
+    """As a database made before migration 0021: a DEFAULT partition, catching the rows of
+    days that have no partition."""
+    with connection.cursor() as cursor:
+        for history in partitions.HISTORY_TABLES:
+            cursor.execute(f"CREATE TABLE {history.default_partition} PARTITION OF {history.table} DEFAULT")
+
+
+def test_retention_deletes_old_strays_in_a_default_partition_left_from_before_0021():
+    add_default_partition()
     device = DeviceFactory()
-    HealthCheckFactory(device=device, checked_at=timezone.now() - datetime.timedelta(days=45))
+    with connection.cursor() as cursor:  # a stray, as the ingest wrote them before 0021
+        cursor.execute(
+            f"INSERT INTO {HEALTH_TABLE} (device_id, status, metrics, error_message, checked_at) "  # noqa: S608
+            "VALUES (%s, 'healthy', '{}', '', %s)",
+            [device.pk, timezone.now() - datetime.timedelta(days=45)],
+        )
     assert rows_in(partitions.HEALTH.default_partition) == 1
 
     assert health_history_prune() == 1
@@ -314,9 +366,11 @@ def old_day_with_rows(device, days: int = 40) -> tuple[str, list]:
     """A day partition `days` days back holding a few checks of `device`."""
     when = timezone.now() - datetime.timedelta(days=days)
     rows = HealthCheckFactory.create_batch(3, device=device, checked_at=when)
-    partitions.history_partitions_maintain()  # the day gets its own partition
     name = partition_of(when.astimezone(datetime.UTC).date())
     assert name in names() and rows_in(name) == 3
+    with connection.cursor() as cursor:  # the insert counts reach the statistics retention reads
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        cursor.execute("SELECT 1")
     return name, rows
 
 
@@ -375,41 +429,230 @@ def test_retention_while_reports_arrive_loses_none_and_removes_the_old_day():
     assert audit.new_values["partitions_dropped"] == [name]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_day_whose_lock_is_held_by_a_long_read_is_left_for_the_next_run(settings):
-    settings.HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS = 20
-    settings.HOMEPOT_MONITORING_RETENTION_ATTEMPTS = 2
-    device = DeviceFactory()
-    name, old = old_day_with_rows(device)
-    reader_holds, release = threading.Event(), threading.Event()
+def hold_history_open(device, holding: threading.Event, release: threading.Event) -> None:
+    """A transaction that read the history and wrote a report, left open until `release`:
+    what a slow reader or a report's transaction holds (ACCESS SHARE and ROW EXCLUSIVE on
+    the history, the device row locked)."""
+    try:
+        with transaction.atomic():
+            list(HealthCheck.objects.filter(device=device).values_list("pk", flat=True))
+            health_reports_record(device_reports=[(device.pk, HealthReport("healthy", timezone.now()))])
+            holding.set()
+            release.wait(30)
+    finally:
+        connections.close_all()
 
-    def long_read():
+
+@pytest.mark.django_db(transaction=True)
+def test_the_concurrent_detach_waits_for_open_transactions_without_blocking_writers(settings):
+    device, writer = DeviceFactory(status=DeviceStatus.ONLINE), DeviceFactory(status=DeviceStatus.ONLINE)
+    name, old = old_day_with_rows(device)
+    holding, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold_history_open, args=(device, holding, release))
+    holder.start()
+    result = {}
+
+    def retention():
         try:
-            with transaction.atomic():
-                list(HealthCheck.objects.filter(device=device).values_list("pk", flat=True))
-                reader_holds.set()
-                release.wait(30)
+            result["removed"] = health_history_prune()
         finally:
             connections.close_all()
 
-    reader = threading.Thread(target=long_read)
-    reader.start()
+    pruner = threading.Thread(target=retention)
     try:
-        reader_holds.wait(30)
-        first = health_history_prune()
-        kept = HealthCheck.objects.filter(pk__in=[c.pk for c in old]).count()
+        holding.wait(30)
+        pruner.start()
+        time.sleep(0.5)  # the DETACH has committed its first step and waits for the holder
+        assert pruner.is_alive()
+        assert name not in {p.name for p in partitions.partitions(partitions.HEALTH) if not p.detach_pending}
+        # Writers go on meanwhile: a plain DETACH (ACCESS EXCLUSIVE) would queue them all.
+        started = time.perf_counter()
+        for _ in range(5):
+            health_reports_record(device_reports=[(writer.pk, HealthReport("healthy", timezone.now()))])
+        writes_took = time.perf_counter() - started
+        assert not HealthCheck.objects.filter(pk__in=[c.pk for c in old]).exists()  # gone from reads
     finally:
         release.set()
-        reader.join()
+        holder.join()
+        pruner.join(30)
 
-    assert (first, kept) == (0, 3)  # nothing waited on the reader; the day is still whole
-    assert name in names()
-    # The next run, with the reader gone (a timeout autovacuum cannot outlast: it yields to a
-    # waiting lock after deadlock_timeout).
-    settings.HOMEPOT_MONITORING_RETENTION_LOCK_TIMEOUT_MS = 3000
-    assert prune_health_history() == 3
+    assert writes_took < 2.0
+    assert result["removed"] == 3
+    assert name not in names() and partitions._exists(name)  # detached, files left for reclaim
+    assert HealthCheck.objects.filter(device=writer).count() == 5
+    assert HealthCheck.objects.filter(device=device).count() == 1  # the holder's report
+    audit = AuditLog.objects.get(event_type="health.pruned")
+    assert audit.new_values["partitions_dropped"] == [name] and audit.new_values["deleted"] == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_detach_interrupted_by_a_long_transaction_is_finished_by_the_next_run(settings):
+    settings.HOMEPOT_MONITORING_RETENTION_CONCURRENT_TIMEOUT_MS = 200
+    device = DeviceFactory(status=DeviceStatus.ONLINE)
+    name, old = old_day_with_rows(device)
+    holding, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold_history_open, args=(device, holding, release))
+    holder.start()
+    try:
+        holding.wait(30)
+        first = health_history_prune()  # its wait for the holder times out: left pending
+        pending = [p for p in partitions.partitions(partitions.HEALTH) if p.detach_pending]
+        hidden = not HealthCheck.objects.filter(pk__in=[c.pk for c in old]).exists()
+    finally:
+        release.set()
+        holder.join()
+
+    assert first == 0
+    assert [p.name for p in pending] == [name]
+    assert hidden  # new queries no longer see a day whose detach is pending
+
+    assert prune_health_history() == 3  # FINALIZE, then the files go
+
     assert name not in names() and not partitions._exists(name)
     dropped = [
         a.new_values["partitions_dropped"] for a in AuditLog.objects.filter(event_type="health.pruned")
     ]
     assert sorted(dropped, key=len) == [[], [name]]
+
+
+# --- a missing day created by the write that needs it, under concurrency ----------------------
+
+
+def drop_day(history: partitions.HistoryTable, day: datetime.date) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {history.day_partition(day)}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reports_from_several_processes_at_once_create_a_missing_day_once():
+    today = utc_today()
+    drop_day(partitions.HEALTH, today)
+    devices = [DeviceFactory(status=DeviceStatus.OFFLINE) for _ in range(6)]  # written at once
+    agents = [device_client(d) for d in devices]
+    start, answers = threading.Barrier(len(agents)), []
+
+    def send(agent):
+        try:
+            start.wait(10)
+            answers.append(agent.post(HEALTH, {"status": "healthy"}, format="json").status_code)
+        finally:
+            connections.close_all()
+
+    senders = [threading.Thread(target=send, args=(a,)) for a in agents]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(30)
+
+    assert answers == [201] * len(agents)
+    assert rows_in(partition_of(today)) == len(agents)
+    covering = [p for p in partitions.partitions(partitions.HEALTH) if p.lower == midnight(today)]
+    assert [p.name for p in covering] == [partition_of(today)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("own_redis")
+def test_the_drain_creates_a_missing_day_and_stores_every_buffered_report():
+    device = reporting_device()
+    stamps = [timezone.now() - datetime.timedelta(seconds=s) for s in (3, 2, 1)]
+    for stamp in stamps:
+        response = device.agent.post(
+            HEALTH, {"status": "healthy", "timestamp": stamp.isoformat()}, format="json"
+        )
+        assert response.status_code == 201
+    assert not HealthCheck.objects.exists()  # in Redis
+    drop_day(partitions.HEALTH, utc_today())
+    for stamp in stamps:  # the scheduler was down: none of their days exists
+        drop_day(partitions.HEALTH, stamp.astimezone(datetime.UTC).date())
+
+    drain_health_reports()
+
+    assert HealthCheck.objects.filter(device=device).count() == 3
+    assert partition_of(utc_today()) in names()
+
+
+# --- the device's history without a foreign key ------------------------------------------------
+
+
+def test_deleting_a_device_deletes_its_history_through_the_api_and_in_sql(admin_api):
+    kept, gone, raw = DeviceFactory(), DeviceFactory(), DeviceFactory()
+    for device in (kept, gone, raw):
+        HealthCheckFactory.create_batch(2, device=device)
+        HealthCheckFactory(device=device, checked_at=timezone.now() - datetime.timedelta(days=3))
+    health_reports_record(device_reports=[(raw.pk, HealthReport("healthy", timezone.now()))])
+
+    assert admin_api.delete(f"/devices/{gone.device_id}").status_code == 204
+    with connection.cursor() as cursor:  # a delete Django's cascade does not see: the trigger
+        cursor.execute("DELETE FROM devices_app_device WHERE id = %s", [raw.pk])
+
+    assert set(HealthCheck.objects.values_list("device_id", flat=True)) == {kept.pk}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {HEALTH_TABLE} WHERE device_id IN (%s, %s)", [gone.pk, raw.pk])  # noqa: S608
+        assert cursor.fetchone()[0] == 0
+
+
+def test_a_report_of_a_device_deleted_meanwhile_is_dropped_not_an_error():
+    device, other = DeviceFactory(), DeviceFactory()
+    deleted_pk = device.pk
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM devices_app_device WHERE id = %s", [deleted_pk])
+    now = timezone.now()
+
+    health_reports_record(device_reports=[(deleted_pk, HealthReport("healthy", now))])
+    health_reports_store(
+        device_reports=[
+            (deleted_pk, now, HealthReport("healthy", now)),
+            (other.pk, now, HealthReport("healthy", now)),
+        ]
+    )
+
+    assert list(HealthCheck.objects.values_list("device_id", flat=True)) == [other.pk]
+
+
+def test_the_history_has_no_foreign_key_to_the_device_table():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT conrelid::regclass::text FROM pg_constraint
+               WHERE contype = 'f' AND confrelid = 'devices_app_device'::regclass"""
+        )
+        referencing = [row[0] for row in cursor.fetchall()]
+    assert not [t for t in referencing if t.startswith(tuple(h.table for h in partitions.HISTORY_TABLES))]
+    assert referencing  # the query does find the other tables' keys
+
+
+# --- migration 0021: a database made before it --------------------------------------------------
+
+
+def run_migration_0021() -> None:
+    migration = importlib.import_module("monitoring_app.migrations.0021_history_without_default_partition")
+    with connection.schema_editor(atomic=False) as editor:
+        migration.history_detach_from_devices(None, editor)
+
+
+def test_migration_0021_moves_the_default_partitions_rows_into_days_and_drops_it(admin_api):
+    add_default_partition()
+    device = DeviceFactory()
+    stray_days = [utc_today() - datetime.timedelta(days=n) for n in (12, 11, 11)]
+    with connection.cursor() as cursor:
+        for day in sorted(set(stray_days)):
+            drop_day(partitions.HEALTH, day)
+        for day in stray_days:
+            cursor.execute(
+                f"INSERT INTO {HEALTH_TABLE} (device_id, status, metrics, error_message, checked_at) "  # noqa: S608
+                "VALUES (%s, 'degraded', '{}', '', %s)",
+                [device.pk, midnight(day) + datetime.timedelta(hours=3)],
+            )
+    HealthCheckFactory(device=device)
+    assert rows_in(partitions.HEALTH.default_partition) == 3
+    listed_before = admin_api.get("/api/v1/health-checks?page_size=50").json()["results"]
+
+    run_migration_0021()
+    run_migration_0021()  # a repeat (a migration resumed) finds nothing to do
+
+    assert not partitions.has_default_partition(partitions.HEALTH)
+    assert not partitions.has_default_partition(partitions.STATUS_CHANGES)
+    assert rows_in(partition_of(stray_days[0])) == 1 and rows_in(partition_of(stray_days[1])) == 2
+    assert admin_api.get("/api/v1/health-checks?page_size=50").json()["results"] == listed_before
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'monitoring_history_device_deleted'")
+        assert cursor.fetchone()[0] == 1

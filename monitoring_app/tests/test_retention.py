@@ -8,6 +8,7 @@ from django.utils import timezone
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
+from monitoring_app import partitions
 from monitoring_app.models import Alert, AuditLog, DeviceStatusChange, HealthCheck
 from monitoring_app.retention import health_history_prune
 from monitoring_app.tasks import prune_health_history
@@ -59,12 +60,14 @@ def test_the_task_body_prunes_with_the_settings(settings):
     HealthCheckFactory(checked_at=days_ago(8))
     recent = HealthCheckFactory(checked_at=days_ago(6))
     for age in (8, 6):
-        DeviceStatusChange.objects.create(
-            device=recent.device,
-            old_status="online",
-            new_status="offline",
-            reason="sweep",
-            changed_at=days_ago(age),
+        partitions.history_write(  # the day may have no partition yet: created as the ingest does
+            lambda age=age: DeviceStatusChange.objects.create(
+                device=recent.device,
+                old_status="online",
+                new_status="offline",
+                reason="sweep",
+                changed_at=days_ago(age),
+            )
         )
 
     assert prune_health_history() == 1
