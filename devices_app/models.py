@@ -16,7 +16,22 @@ class DeviceQuerySet(ScopedQuerySet):
     scope_path = "site"
 
     def online(self):
-        return self.filter(status=DeviceStatus.ONLINE)
+        return self.with_status(DeviceStatus.ONLINE)
+
+    def with_status(self, status: str):
+        """The devices in `status`, found without an index on status (there is none: see
+        Device.Meta.indexes). On PostgreSQL the per-site rollup (SiteDeviceCount, exact in
+        every transaction) names the sites that have such devices, and only those sites' rows
+        are read, through the (site, ...) index, with the status checked on the row: a status
+        held by a few thousand devices costs the rows of their sites, not a walk of the fleet.
+        The rows are exactly those of `filter(status=status)`."""
+        from django.db import connection
+
+        matching = self.filter(status=status)
+        if connection.vendor != "postgresql":
+            return matching  # no rollup trigger on SQLite
+        sites = SiteDeviceCount.objects.filter(status=status, devices__gt=0).values("site_id")
+        return matching.filter(site_id__in=sites)
 
 
 class Device(models.Model):
@@ -105,18 +120,21 @@ class Device(models.Model):
             ),
         ]
         # Each list filter has an index; the trailing id serves the cursor pagination order.
-        # Every index here gets an entry for each device the sweep moves (a status change is
-        # not a HOT update), so none is kept that another one's leading columns already serve:
-        # a site's own filter (status, type, health) reads the site's few hundred rows at most
-        # through any (site, ...) index.
+        # None is kept that another one's leading columns already serve: a site's own filter
+        # (status, type, health) reads the site's few hundred rows at most through any
+        # (site, ...) index.
+        # `status` and `connectivity_changed_at` are in NO index (nor in an index's WHERE),
+        # so the sweep's mass status change is a HOT update: the new row version goes on the
+        # same page (the table's fillfactor leaves room, migration 0011) and no index gets an
+        # entry (5.2 WAL records per moved device instead of 14.1, docs/performance.md).
+        # Readers by status go through DeviceQuerySet.with_status (the per-site rollup names
+        # the sites, then those sites' rows through (site, device_type, id)).
         indexes = [
             models.Index(fields=["site", "device_type", "id"], name="devices_site_type"),
-            models.Index(fields=["status", "id"], name="devices_status"),
             models.Index(fields=["device_type", "id"], name="devices_type"),
-            # The last_seen filter and ordering (its leading column), and the sweep: online
-            # devices last seen before the cutoff, status compared inside the index, so a
-            # steady sweep reads the silent devices' entries and no heap row.
-            models.Index(fields=["last_seen", "status"], name="devices_last_seen_status"),
+            # The last_seen filter and ordering, and the sweep's candidates (online devices
+            # last seen before the cutoff; the status is read from the row).
+            models.Index(fields=["last_seen"], name="devices_last_seen"),
             # "Which terminals are unhealthy", fleet-wide and per site.
             models.Index(fields=["health_status", "id"], name="devices_health"),
             # No search index here: the search reads DeviceSearch (below), so the sweep's and

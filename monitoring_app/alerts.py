@@ -138,13 +138,18 @@ _OPEN_SQL = [
        WHERE c.monitored >= %(min_devices)s AND c.offline_long >= %(fraction)s * c.monitored
        ON CONFLICT (site_id, kind) WHERE resolved_at IS NULL AND device_id IS NULL DO NOTHING
        RETURNING id""",
+    # No index has the device's status (the sweep's mass change stays a HOT update): the
+    # device-count rollup names the sites with offline devices, then only their rows are read
+    # through the (site, ...) index, the status checked on the row.
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        SELECT d.site_id, d.id, %(k_offline)s, %(warning)s,
               format('%%s (%%s) offline since %%s.', d.name, d.device_id,
                      to_char(d.connectivity_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
+       WHERE d.site_id IN (SELECT site_id FROM devices_app_sitedevicecount
+                           WHERE status = %(offline)s AND devices > 0)
+         AND d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_offline)s AND a.resolved_at IS NULL)
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = d.site_id
@@ -163,8 +168,8 @@ _OPEN_SQL = [
                          AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL)
        ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
        RETURNING id""",
-    # Devices in error past the threshold (the (status, id) index finds them; a device whose
-    # status changed before changes were stamped counts as in error for long enough).
+    # Devices in error past the threshold (a device whose status changed before changes were
+    # stamped counts as in error for long enough). Found like the offline ones above.
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        SELECT d.site_id, d.id, %(k_error)s, %(warning)s,
               format('%%s (%%s) in error since %%s.', d.name, d.device_id,
@@ -172,7 +177,9 @@ _OPEN_SQL = [
                                       'YYYY-MM-DD HH24:MI "UTC"'), 'an unknown time')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.status = %(error)s
+       WHERE d.site_id IN (SELECT site_id FROM devices_app_sitedevicecount
+                           WHERE status = %(error)s AND devices > 0)
+         AND d.status = %(error)s
          AND (d.connectivity_changed_at IS NULL OR d.connectivity_changed_at <= %(error_cut)s)
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_error)s AND a.resolved_at IS NULL)
