@@ -139,21 +139,24 @@ _OPEN_SQL = [
        ON CONFLICT (site_id, kind) WHERE resolved_at IS NULL AND device_id IS NULL DO NOTHING
        RETURNING id""",
     # No index has the device's status (the sweep's mass change stays a HOT update): the
-    # device-count rollup names the sites with offline devices, then only their rows are read
-    # through the (site, ...) index, the status checked on the row.
+    # device-count rollup names the sites with offline devices, minus those with an open site
+    # alert (checked once per site, not per device), then only their rows are read through
+    # the (site, ...) index, the status checked on the row.
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        SELECT d.site_id, d.id, %(k_offline)s, %(warning)s,
               format('%%s (%%s) offline since %%s.', d.name, d.device_id,
                      to_char(d.connectivity_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.site_id IN (SELECT site_id FROM devices_app_sitedevicecount
-                           WHERE status = %(offline)s AND devices > 0)
+       WHERE d.site_id IN (
+               SELECT r.site_id FROM devices_app_sitedevicecount r
+               WHERE r.status = %(offline)s AND r.devices > 0
+                 AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
+                                 AND a.kind = %(k_site)s AND a.resolved_at IS NULL
+                                 AND a.device_id IS NULL))
          AND d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_offline)s AND a.resolved_at IS NULL)
-         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = d.site_id
-                         AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
        ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
        RETURNING id""",
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)

@@ -11,8 +11,12 @@ has room). Measured at 1,000,000 devices: 5.2 WAL records per moved device inste
   (DeviceQuerySet.with_status).
 - (last_seen, status) becomes (last_seen): the last_seen filter and ordering, and the sweep's
   candidates (the status is read from the row).
-- fillfactor FILLFACTOR: a store's devices lie on a few neighbouring pages and go dark together,
-  so a page needs room for the new versions of many of its rows at once. ALTER TABLE ... SET
+- fillfactor 50: a page needs room for the new versions of all of its rows that go dark at
+  once. Where a store's devices lie together (registered store by store) a whole page goes
+  dark with its store: measured at 1,000,000 devices, 16 % of the sweep's updates were HOT at
+  fillfactor 90, 33 % at 80, 52 % at 70, 80 % at 60, 99.8 % at 50; where the stores' devices
+  are interleaved (create_fleet's order) 90 was enough. The heap doubles (271 -> 557 MB at
+  1,000,000). ALTER TABLE ... SET
   (fillfactor) only applies to pages written from now on: an existing table fills in over
   time (docs/operations.md says what else an operator may do: VACUUM FULL in a window, or
   pg_repack).
@@ -24,7 +28,7 @@ lets reads and writes through.
 
 from django.db import migrations, models
 
-FILLFACTOR = 80
+FILLFACTOR = 50
 ADDED = {"devices_last_seen": "(last_seen)"}
 DROPPED = {"devices_status": "(status, id)", "devices_last_seen_status": "(last_seen, status)"}
 
