@@ -199,6 +199,13 @@ class SiteDeviceCount(models.Model):
     status = models.CharField(max_length=16)
     health_status = models.CharField(max_length=16, blank=True)
     devices = models.BigIntegerField()
+    # "Since when": of the devices counted here, how many have no connectivity_changed_at
+    # (exact), and a time no later than which every other one's connectivity_changed_at lies
+    # (an upper bound: raised as devices arrive, never lowered as they leave). The alert
+    # evaluation's site-outage rule reads them to know that all of a store's offline devices
+    # went dark before the threshold without reading the store's devices (migration 0012).
+    undated = models.BigIntegerField(db_default=0)
+    changed_max = models.DateTimeField(null=True, blank=True)
 
     objects = SiteDeviceCountQuerySet.as_manager()
 
