@@ -63,7 +63,8 @@ def measure(client, url: str) -> dict:
 
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
-    assert response.status_code == 200, (url, response.status_code)
+    if response.status_code != 200:  # e.g. the admin's page 100 of a status with 100 devices
+        return {"http": response.status_code}
     sql = page_statement(captured.captured_queries)
     figures = explain(sql)
     figures["statements"] = len(captured.captured_queries)
