@@ -267,8 +267,8 @@ DEVICE_ACTIONS = (
 
 class DeviceStatusListFilter(ChoicesFieldListFilter):
     """The status filter (same parameter, `status__exact`, and choices as Django's), read as
-    DeviceQuerySet.with_status reads it: no index has the status, so the per-site rollup names
-    the sites with devices in that status and only their rows are read."""
+    DeviceQuerySet.with_status reads it: no index has the status (a common one is checked on
+    the rows in list order, a rare one on the rows of the sites the per-site rollup names)."""
 
     def queryset(self, request, queryset):
         queryset = super().queryset(request, queryset)

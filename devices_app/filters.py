@@ -2,7 +2,7 @@
 
 Every filter here is backed by an index on the devices table (see Device.Meta.indexes),
 so a filtered page of a million-device fleet stays an index range scan; the status, which is
-in no index, by the per-site rollup and the (site, ...) index (DeviceQuerySet.with_status).
+in no index, through DeviceQuerySet.with_status (list order, or the rollup's sites).
 """
 
 import django_filters
@@ -42,6 +42,7 @@ class DeviceFilterSet(django_filters.FilterSet):
         return queryset.filter(site=Subquery(site_pk))
 
     def filter_status(self, queryset, name, value):
-        # No index has the status (the sweep's mass change stays a HOT update): the per-site
-        # rollup names the sites with devices in it, then those sites' rows are read.
+        # No index has the status (the sweep's mass change stays a HOT update): a common status
+        # is checked on the rows in list order, a rare one on the rows of the sites the
+        # per-site rollup names (DeviceQuerySet.with_status).
         return queryset.with_status(value)

@@ -20,11 +20,13 @@ class DeviceQuerySet(ScopedQuerySet):
 
     def with_status(self, status: str):
         """The devices in `status`, found without an index on status (there is none: see
-        Device.Meta.indexes). On PostgreSQL the per-site rollup (SiteDeviceCount, exact in
-        every transaction) names the sites that have such devices, and only those sites' rows
-        are read, through the (site, ...) index, with the status checked on the row: a status
-        held by a few thousand devices costs the rows of their sites, not a walk of the fleet.
-        The rows are exactly those of `filter(status=status)`."""
+        Device.Meta.indexes). The rows are exactly those of `filter(status=status)`; only
+        the way PostgreSQL finds them differs. A status held by at least COMMON_STATUS_SHARE
+        of the fleet is checked on the rows in the list's own order (a page finds its rows
+        soon). A rarer one: the per-site rollup (SiteDeviceCount, exact in every
+        transaction) names the sites that have such devices, and only those sites' rows are
+        read, through the (site, ...) index: a few hundred devices in error cost the rows of
+        their sites, not a walk of the fleet."""
         from django.db import connection
 
         matching = self.filter(status=status)
@@ -154,7 +156,7 @@ class Device(models.Model):
         # `status` and `connectivity_changed_at` are in NO index (nor in an index's WHERE),
         # so the sweep's mass status change is a HOT update: the new row version goes on the
         # same page (the table's fillfactor leaves room, migration 0011) and no index gets an
-        # entry (5.2 WAL records per moved device instead of 14.1, docs/performance.md).
+        # entry (6.05 WAL records per moved device instead of 15.1, docs/performance.md, "hot").
         # Readers by status go through DeviceQuerySet.with_status (the per-site rollup names
         # the sites, then those sites' rows through (site, device_type, id)).
         indexes = [
