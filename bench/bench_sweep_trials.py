@@ -11,6 +11,9 @@ the devices back and deletes the alerts, notifications and status changes it mad
 rows stay: the trail is append-only). Buffered heartbeats use a key prefix of their own, so
 no one else's buffer is flushed. The database is not dropped.
 
+Each step prints its wall-clock ms, `<step>_db_cpu_ms` (CPU time of the PostgreSQL backend,
+read from /proc: a local server only) and `<step>_py_cpu_ms` (this process's CPU time).
+
 `SWEEP_T0=<ISO time>` makes the trials pretend it is that moment: for a database kept by
 `bench_sweep.py --keep`, whose devices were last seen at its own "now" (its max(last_seen)),
 so no second `prepare` (an UPDATE of every device) is needed.
@@ -59,6 +62,36 @@ def timed_ms(function, **kwargs):
     return result, round((time.perf_counter() - start) * 1000)
 
 
+def backend_cpu_ms() -> int | None:
+    """CPU time (user + system) of this connection's PostgreSQL backend so far, from
+    /proc/<pid>/stat (a local server only; None elsewhere): what a statement costs the
+    server, much less sensitive to the machine's load than the wall clock."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of the line
+    return round(ticks * 1000 / os.sysconf("SC_CLK_TCK"))
+
+
+def timed(out: dict, name: str, function, **kwargs):
+    """Run `function`, noting its wall-clock ms, the backend's CPU ms and this process's CPU
+    ms (the Python side: the evaluation's audit records) in `out`."""
+    cpu_before, own_before = backend_cpu_ms(), time.process_time()
+    result, out[f"{name}_ms"] = timed_ms(function, **kwargs)
+    cpu_after = backend_cpu_ms()
+    if cpu_before is not None and cpu_after is not None:
+        out[f"{name}_db_cpu_ms"] = cpu_after - cpu_before
+    out[f"{name}_py_cpu_ms"] = round((time.process_time() - own_before) * 1000)
+    return result
+
+
 def trial() -> dict:
     from django.conf import settings
     from django.db import connection
@@ -75,13 +108,13 @@ def trial() -> dict:
         },
     )
     out = {}
-    swept, out["sweep_ms"] = timed_ms(sweep_offline, now=T0)
+    swept = timed(out, "sweep", sweep_offline, now=T0)
     out["marked"] = swept.marked_offline
-    _, out["sweep_again_ms"] = timed_ms(sweep_offline, now=T0 + datetime.timedelta(seconds=30))
+    timed(out, "sweep_again", sweep_offline, now=T0 + datetime.timedelta(seconds=30))
     later = T0 + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS + 60)
-    evaluated, out["evaluate_ms"] = timed_ms(alerts_evaluate, now=later)
+    evaluated = timed(out, "evaluate", alerts_evaluate, now=later)
     out["opened"] = len(evaluated.opened)
-    _, out["evaluate_again_ms"] = timed_ms(alerts_evaluate, now=later + datetime.timedelta(seconds=30))
+    timed(out, "evaluate_again", alerts_evaluate, now=later + datetime.timedelta(seconds=30))
     with connection.cursor() as cursor:
         for sql in RESET_SQL:
             cursor.execute(sql)

@@ -16,7 +16,52 @@ class DeviceQuerySet(ScopedQuerySet):
     scope_path = "site"
 
     def online(self):
-        return self.filter(status=DeviceStatus.ONLINE)
+        return self.with_status(DeviceStatus.ONLINE)
+
+    def with_status(self, status: str):
+        """The devices in `status`, found without an index on status (there is none: see
+        Device.Meta.indexes). The rows are exactly those of `filter(status=status)`; only
+        the way PostgreSQL finds them differs. A status held by at least COMMON_STATUS_SHARE
+        of the fleet is checked on the rows in the list's own order (a page finds its rows
+        soon). A rarer one: the per-site rollup (SiteDeviceCount, exact in every
+        transaction) names the sites that have such devices, and only those sites' rows are
+        read, through the (site, ...) index: a few hundred devices in error cost the rows of
+        their sites, not a walk of the fleet."""
+        from django.db import connection
+
+        matching = self.filter(status=status)
+        if connection.vendor != "postgresql":
+            return matching  # no rollup trigger on SQLite
+        if _status_share(status) >= COMMON_STATUS_SHARE:
+            return matching
+        sites = SiteDeviceCount.objects.filter(status=status, devices__gt=0).values("site_id")
+        return matching.filter(site_id__in=sites)
+
+
+# A status held by at least this share of the fleet is filtered on the rows as they come in
+# the list's order (id, device ID): a page of 50 finds its rows within 50 / share rows
+# (50,000 at 0.1 %) when they are spread out. Naming the sites costs the rows of every site
+# named: the admin's page 100 of `online` at 1,000,000 devices read 1,127,540 buffers in
+# 22 s that way, `offline` at 5 % (1,020 stores) 58,586 buffers against 158-989 in list order
+# (docs/performance.md, "hot"). Below it (a few hundred devices in error) the sites are few.
+COMMON_STATUS_SHARE = 0.001
+
+
+def _status_share(status: str) -> float:
+    """The planner statistics' share of devices in `status` (ANALYZE's sample; the sweep
+    refreshes it after a mass change), 0 when unknown. Only chooses how the rows are found,
+    never which: both ways answer the same devices."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT most_common_freqs[array_position(most_common_vals::text::text[], %s)]
+               FROM pg_stats WHERE tablename = 'devices_app_device' AND attname = 'status'
+                 AND schemaname = current_schema()""",
+            [status],
+        )
+        row = cursor.fetchone()
+    return (row and row[0]) or 0.0
 
 
 class Device(models.Model):
@@ -105,18 +150,21 @@ class Device(models.Model):
             ),
         ]
         # Each list filter has an index; the trailing id serves the cursor pagination order.
-        # Every index here gets an entry for each device the sweep moves (a status change is
-        # not a HOT update), so none is kept that another one's leading columns already serve:
-        # a site's own filter (status, type, health) reads the site's few hundred rows at most
-        # through any (site, ...) index.
+        # None is kept that another one's leading columns already serve: a site's own filter
+        # (status, type, health) reads the site's few hundred rows at most through any
+        # (site, ...) index.
+        # `status` and `connectivity_changed_at` are in NO index (nor in an index's WHERE),
+        # so the sweep's mass status change is a HOT update: the new row version goes on the
+        # same page (the table's fillfactor leaves room, migration 0011) and no index gets an
+        # entry (6.05 WAL records per moved device instead of 15.1, docs/performance.md, "hot").
+        # Readers by status go through DeviceQuerySet.with_status (the per-site rollup names
+        # the sites, then those sites' rows through (site, device_type, id)).
         indexes = [
             models.Index(fields=["site", "device_type", "id"], name="devices_site_type"),
-            models.Index(fields=["status", "id"], name="devices_status"),
             models.Index(fields=["device_type", "id"], name="devices_type"),
-            # The last_seen filter and ordering (its leading column), and the sweep: online
-            # devices last seen before the cutoff, status compared inside the index, so a
-            # steady sweep reads the silent devices' entries and no heap row.
-            models.Index(fields=["last_seen", "status"], name="devices_last_seen_status"),
+            # The last_seen filter and ordering, and the sweep's candidates (online devices
+            # last seen before the cutoff; the status is read from the row).
+            models.Index(fields=["last_seen"], name="devices_last_seen"),
             # "Which terminals are unhealthy", fleet-wide and per site.
             models.Index(fields=["health_status", "id"], name="devices_health"),
             # No search index here: the search reads DeviceSearch (below), so the sweep's and
@@ -181,6 +229,13 @@ class SiteDeviceCount(models.Model):
     status = models.CharField(max_length=16)
     health_status = models.CharField(max_length=16, blank=True)
     devices = models.BigIntegerField()
+    # "Since when": of the devices counted here, how many have no connectivity_changed_at
+    # (exact), and a time no later than which every other one's connectivity_changed_at lies
+    # (an upper bound: raised as devices arrive, never lowered as they leave). The alert
+    # evaluation's site-outage rule reads them to know that all of a store's offline devices
+    # went dark before the threshold without reading the store's devices (migration 0012).
+    undated = models.BigIntegerField(db_default=0)
+    changed_max = models.DateTimeField(null=True, blank=True)
 
     objects = SiteDeviceCountQuerySet.as_manager()
 
@@ -188,6 +243,15 @@ class SiteDeviceCount(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["site", "status", "health_status"], name="devices_count_one_per_state"
+            ),
+        ]
+        # The sites with devices in a status (DeviceQuerySet.with_status, the alert rules),
+        # without scanning every site's rows (1,361 buffers at 20,000 sites).
+        indexes = [
+            models.Index(
+                fields=["status", "site"],
+                condition=models.Q(devices__gt=0),
+                name="devices_count_status_sites",
             ),
         ]
 

@@ -108,11 +108,20 @@ _RESOLVE_SQL = [
 _OPEN_SQL = [
     # Site outages first, so their devices get no alert of their own. The device-count
     # rollup names the candidates (enough devices offline now; "for long enough" is a subset),
-    # minus the sites already alerted: only their devices are counted, so a steady outage of
-    # 1,000 stores costs a scan of the rollup, not of their 50,000 devices.
+    # minus the sites already alerted, and says since when: a candidate whose offline devices
+    # all have a connectivity_changed_at no later than the rollup's bound, itself before the
+    # threshold, is counted from the rollup alone; only the other candidates' devices are read.
+    # So neither a steady outage of 1,000 stores nor the burst that opens it reads their
+    # 50,000 devices (unless some went dark within the threshold).
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        WITH candidates AS (
-           SELECT r.site_id FROM devices_app_sitedevicecount r
+           SELECT r.site_id,
+                  sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s)) AS monitored,
+                  sum(r.devices) FILTER (WHERE r.status = %(offline)s) AS offline,
+                  CASE WHEN sum(r.undated) FILTER (WHERE r.status = %(offline)s AND r.devices > 0) = 0
+                       THEN max(r.changed_max) FILTER (WHERE r.status = %(offline)s AND r.devices > 0)
+                  END AS offline_since_at_most
+           FROM devices_app_sitedevicecount r
            WHERE NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
                              AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
            GROUP BY r.site_id
@@ -120,35 +129,48 @@ _OPEN_SQL = [
               AND sum(r.devices) FILTER (WHERE r.status = %(offline)s) > 0
               AND sum(r.devices) FILTER (WHERE r.status = %(offline)s)
                   >= %(fraction)s * sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s))
+       ),
+       counted AS (
+           SELECT site_id, monitored, offline AS offline_long FROM candidates
+           WHERE offline_since_at_most <= %(offline_cut)s
+           UNION ALL
+           SELECT d.site_id,
+                  count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)),
+                  count(*) FILTER (WHERE d.status = %(offline)s
+                                   AND d.connectivity_changed_at <= %(offline_cut)s)
+           FROM devices_app_device d
+           WHERE d.site_id IN (SELECT site_id FROM candidates
+                               WHERE offline_since_at_most IS NULL
+                                  OR offline_since_at_most > %(offline_cut)s)
+           GROUP BY d.site_id
        )
        SELECT c.site_id, NULL, %(k_site)s, %(critical)s,
               format('%%s of %%s devices offline at %%s: the store is probably offline (network or power).',
                      c.offline_long, c.monitored, s.site_id),
               %(now)s, %(now)s
-       FROM (
-           SELECT d.site_id,
-                  count(*) FILTER (WHERE d.status <> ALL(%(not_monitored)s)) AS monitored,
-                  count(*) FILTER (WHERE d.status = %(offline)s
-                                   AND d.connectivity_changed_at <= %(offline_cut)s)
-                      AS offline_long
-           FROM devices_app_device d
-           WHERE d.site_id IN (SELECT site_id FROM candidates)
-           GROUP BY d.site_id
-       ) c JOIN sites_app_site s ON s.id = c.site_id
+       FROM counted c JOIN sites_app_site s ON s.id = c.site_id
        WHERE c.monitored >= %(min_devices)s AND c.offline_long >= %(fraction)s * c.monitored
        ON CONFLICT (site_id, kind) WHERE resolved_at IS NULL AND device_id IS NULL DO NOTHING
        RETURNING id""",
+    # No index has the device's status (the sweep's mass change stays a HOT update): the
+    # device-count rollup names the sites with offline devices, minus those with an open site
+    # alert (checked once per site, not per device), then only their rows are read through
+    # the (site, ...) index, the status checked on the row.
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        SELECT d.site_id, d.id, %(k_offline)s, %(warning)s,
               format('%%s (%%s) offline since %%s.', d.name, d.device_id,
                      to_char(d.connectivity_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
+       WHERE d.site_id IN (
+               SELECT r.site_id FROM devices_app_sitedevicecount r
+               WHERE r.status = %(offline)s AND r.devices > 0
+                 AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
+                                 AND a.kind = %(k_site)s AND a.resolved_at IS NULL
+                                 AND a.device_id IS NULL))
+         AND d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_offline)s AND a.resolved_at IS NULL)
-         AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = d.site_id
-                         AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
        ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
        RETURNING id""",
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
@@ -163,8 +185,8 @@ _OPEN_SQL = [
                          AND a.kind = %(k_unhealthy)s AND a.resolved_at IS NULL)
        ON CONFLICT (device_id, kind) WHERE resolved_at IS NULL AND device_id IS NOT NULL DO NOTHING
        RETURNING id""",
-    # Devices in error past the threshold (the (status, id) index finds them; a device whose
-    # status changed before changes were stamped counts as in error for long enough).
+    # Devices in error past the threshold (a device whose status changed before changes were
+    # stamped counts as in error for long enough). Found like the offline ones above.
     """INSERT INTO monitoring_app_alert (site_id, device_id, kind, severity, message, opened_at, last_seen_at)
        SELECT d.site_id, d.id, %(k_error)s, %(warning)s,
               format('%%s (%%s) in error since %%s.', d.name, d.device_id,
@@ -172,7 +194,9 @@ _OPEN_SQL = [
                                       'YYYY-MM-DD HH24:MI "UTC"'), 'an unknown time')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.status = %(error)s
+       WHERE d.site_id IN (SELECT site_id FROM devices_app_sitedevicecount
+                           WHERE status = %(error)s AND devices > 0)
+         AND d.status = %(error)s
          AND (d.connectivity_changed_at IS NULL OR d.connectivity_changed_at <= %(error_cut)s)
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_error)s AND a.resolved_at IS NULL)

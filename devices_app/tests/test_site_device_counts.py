@@ -7,7 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db.models import Count, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -40,6 +40,27 @@ def rollup() -> dict:
 
 def assert_rollup_is_exact():
     assert rollup() == fresh_count()
+    assert_since_when_holds()
+
+
+def assert_since_when_holds():
+    """Each rollup row's `undated` is the exact number of its devices without a
+    connectivity_changed_at, and its `changed_max` is no earlier than any other's (an upper
+    bound: the site-outage alert trusts it to skip reading a store's devices)."""
+    rows = (
+        Device.objects.order_by()
+        .values_list("site_id", "status", "health_status")
+        .annotate(
+            undated=Count("pk", filter=Q(connectivity_changed_at__isnull=True)),
+            newest=Max("connectivity_changed_at"),
+        )
+    )
+    kept = {(r.site_id, r.status, r.health_status): r for r in SiteDeviceCount.objects.filter(devices__gt=0)}
+    for site, status, health, undated, newest in rows:
+        row = kept[(site, status, health)]
+        assert row.undated == undated, (site, status, health)
+        if newest is not None:
+            assert row.changed_max is not None and row.changed_max >= newest, (site, status, health)
 
 
 @pytest.fixture

@@ -36,7 +36,10 @@ def ago(seconds):
 
 def offline(site, seconds=600, **kwargs):
     return DeviceFactory(
-        site=site, status=DeviceStatus.OFFLINE, connectivity_changed_at=ago(seconds), **kwargs
+        site=site,
+        status=DeviceStatus.OFFLINE,
+        connectivity_changed_at=None if seconds is None else ago(seconds),
+        **kwargs,
     )
 
 
@@ -160,6 +163,43 @@ def test_a_site_alert_waits_until_enough_devices_have_been_offline_for_the_thres
     Device.objects.filter(pk__in=[d.pk for d in recent]).update(connectivity_changed_at=ago(600))
     alerts_evaluate()
     assert Alert.objects.open().filter(kind="site_offline", site=site).count() == 1
+
+
+def test_an_offline_device_with_no_connectivity_time_is_not_counted_as_offline_for_long(site):
+    # The rollup knows "since when" only for devices with a connectivity_changed_at; one
+    # without (a status set before changes were stamped) sends the rule to the site's rows,
+    # which count it as not offline for long enough, as they always did.
+    for _ in range(3):
+        offline(site)
+    offline(site, seconds=None)
+    online(site)
+
+    alerts_evaluate()
+
+    assert "3 of 5" in Alert.objects.get(kind="site_offline").message
+
+
+def test_a_site_counted_from_the_rollup_and_one_counted_from_its_devices_read_alike():
+    # Same shape, two sites: at `dark` every offline device went dark before the threshold
+    # (the rollup's bound says so); at `mixed` the bound is recent (one device went dark a
+    # minute ago, then its time was put back), so its rows are read. Same messages.
+    dark, mixed = SiteFactory(site_id="site-dark"), SiteFactory(site_id="site-mixed")
+    for site in (dark, mixed):
+        for _ in range(3):
+            offline(site)
+        online(site)
+    late = offline(mixed, seconds=60)
+    Device.objects.filter(pk=late.pk).update(connectivity_changed_at=ago(600))
+    offline(dark)
+
+    alerts_evaluate()
+
+    messages = dict(Alert.objects.filter(kind="site_offline").values_list("site__site_id", "message"))
+    assert set(messages) == {"site-dark", "site-mixed"}
+    assert messages["site-dark"].replace("site-dark", "x") == messages["site-mixed"].replace(
+        "site-mixed", "x"
+    )
+    assert "4 of 5" in messages["site-dark"]
 
 
 def test_more_devices_dropping_at_an_alerted_site_open_nothing_new(site):
