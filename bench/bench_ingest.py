@@ -16,7 +16,8 @@ What it does:
      and the credential are written), and with HOMEPOT_MONITORING_TOUCH_SECONDS=0; a
      heartbeat in the steady state (device online, last seen 60 s ago, credential used a
      minute ago: the fleet's normal minute), buffered in Redis (the default), without the
-     credential cache (HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS=0) and unbuffered
+     credential cache (HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS=0), without the Redis identities
+     (`*_identity_off`: HOMEPOT_DEVICES_IDENTITY_SECONDS=0, every credential read in SQL) and unbuffered
      (HOMEPOT_MONITORING_BUFFER_HEARTBEATS=false: each writes the device row);
      a health report and a batch of `--batch` reports from one device (reports per second),
      both in the steady state, buffered in the Redis Stream (the default; the drain of what
