@@ -25,11 +25,13 @@ from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
+from homepot.tests.served import free_port
 from monitoring_app import seen_buffer
 from monitoring_app.models import DeviceStatusChange, MonitoringState
 from monitoring_app.sweep import sweep_offline
 from monitoring_app.tasks import flush_heartbeats
 from monitoring_app.tests.test_heartbeat_fast_path import wsgi_post
+from monitoring_app.tests.test_heartbeat_served import _start_redis, _stop
 
 pytestmark = pytest.mark.django_db
 
@@ -230,19 +232,26 @@ def test_with_redis_away_heartbeats_and_reports_are_answered_from_postgresql(set
     assert device.health_status == "degraded"
 
 
-def test_after_a_redis_restart_the_script_is_loaded_again_and_entries_refilled(settings):
-    """A restarted Redis knows no script and no entry: the next heartbeat still succeeds
-    (through PostgreSQL), and the one after is answered from Redis again."""
-    device = _terminal()
-    assert _beat(device).status_code == 200 and _beat(device).status_code == 200
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    client.script_flush()  # what a restart leaves: no cached script...
-    client.delete(identity_store.device_key(device.pk))  # ...and no entry
+def test_after_a_redis_restart_the_script_is_loaded_again_and_entries_refilled(settings, monkeypatch):
+    """A restarted Redis (of this test's own, keeping nothing on disk) knows no script and no
+    entry: the next heartbeat still succeeds (through PostgreSQL), and the one after is
+    answered from Redis again."""
+    monkeypatch.setattr(seen_buffer, "_down_until", 0.0)
+    port = free_port()
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    own = _start_redis(port)
+    try:
+        device = _terminal()
+        assert _beat(device).status_code == 200 and _beat(device).status_code == 200
+        _stop(own)
+        own = _start_redis(port)  # empty
 
-    assert _beat(device).status_code == 200
-    with CaptureQueriesContext(connection) as queries:
         assert _beat(device).status_code == 200
-    assert len(queries) == 0
+        with CaptureQueriesContext(connection) as queries:
+            assert _beat(device).status_code == 200
+        assert len(queries) == 0
+    finally:
+        _stop(own)
 
 
 def test_an_import_that_moves_a_device_reaches_its_entry(admin_user, django_capture_on_commit_callbacks):
