@@ -211,11 +211,12 @@ def heartbeat_by_credential(*, raw_key: str, reported_at: datetime.datetime | No
     return device
 
 
-def reporting_identity(raw_key: str):
+def reporting_identity(raw_key: str, *, reported_at: datetime.datetime | None = None):
     """The device behind `raw_key` for a health report (its fast path): from Redis and noted
-    as seen when it can be (noted_identity), else read from PostgreSQL and stored in Redis
-    for the next request. None for an unusable credential."""
-    identity = noted_identity(raw_key)
+    as seen (with the device's own clock, `reported_at`, when one report carries it) when it
+    can be (noted_identity), else read from PostgreSQL and stored in Redis for the next
+    request. None for an unusable credential."""
+    identity = noted_identity(raw_key, reported_at=reported_at)
     return identity if identity is not None else device_identity_stored(raw_key)
 
 

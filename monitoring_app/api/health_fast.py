@@ -67,7 +67,7 @@ def _handle(request, parse):
     reports = parse(data)
     if reports is _NOT_HANDLED:
         return _NOT_HANDLED
-    device = reporting_identity(key)
+    device = reporting_identity(key, reported_at=reports[0].get("timestamp") if len(reports) == 1 else None)
     if device is None:
         return _NOT_HANDLED
     try:
