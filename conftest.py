@@ -71,6 +71,23 @@ def isolated_heartbeat_buffer(settings):
 
 
 @pytest.fixture(autouse=True)
+def isolated_identity_store(settings, monkeypatch):
+    """Credential identities stored in Redis by this test only (a key prefix of its own,
+    deleted after): test databases reuse device pks. The process's memory that Redis was
+    away starts afresh too."""
+    from devices_app import identity_store
+
+    monkeypatch.setattr(identity_store, "_down_until", 0.0)
+    prefix = f"homepot:identity:test-{uuid.uuid4().hex}:"
+    settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX = prefix
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
 def isolated_health_buffer(settings, monkeypatch):
     """Buffered health reports of this test only (a stream key prefix of its own, deleted
     after): a leftover entry would be drained onto another test's device with the same id.

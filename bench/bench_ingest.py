@@ -16,7 +16,8 @@ What it does:
      and the credential are written), and with HOMEPOT_MONITORING_TOUCH_SECONDS=0; a
      heartbeat in the steady state (device online, last seen 60 s ago, credential used a
      minute ago: the fleet's normal minute), buffered in Redis (the default), without the
-     credential cache (HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS=0) and unbuffered
+     credential cache (HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS=0), without the Redis identities
+     (`*_identity_off`: HOMEPOT_DEVICES_IDENTITY_SECONDS=0, every credential read in SQL) and unbuffered
      (HOMEPOT_MONITORING_BUFFER_HEARTBEATS=false: each writes the device row);
      a health report and a batch of `--batch` reports from one device (reports per second),
      both in the steady state, buffered in the Redis Stream (the default; the drain of what
@@ -31,6 +32,7 @@ request; Redis not included), which other load on the machine does not inflate.
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -71,6 +73,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="Run only these scenarios (hello always runs)."
+    )
+    parser.add_argument(
+        "--warm-every-device",
+        action="store_true",
+        help="After the 1 s warm-up, one request per device (identities stored in Redis are then "
+        "all there, as in a fleet reporting every minute with a bound of minutes).",
     )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -166,6 +174,19 @@ def _request(path: str, secret: str | None, body: dict | None) -> bytes:
     if secret:
         headers.append(f"Authorization: Device {secret}")
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
+
+
+async def _drive_count(port, connections, total, make_request) -> None:
+    """Requests 1..total (devices in order), over `connections` connections; no figures."""
+    counter = [0]
+
+    async def worker():
+        while counter[0] < total:
+            counter[0] += 1
+            with contextlib.suppress(OSError):
+                await _one("127.0.0.1", port, make_request(counter[0]))
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
 
 
 async def _drive(port, connections, duration, make_request, server_pids=(), postgres_pids=()) -> dict:
@@ -322,6 +343,22 @@ def main() -> None:
         ),
         # The fleet's normal minute: online, last seen 60 s ago, credential used recently.
         ("heartbeat_steady", "homepot.wsgi", {}, steady_state, heartbeat),
+        # Credential identities not kept in Redis (devices_app.identity_store off): read from
+        # PostgreSQL (with the per-process memory), as before they were; what a miss costs.
+        (
+            "heartbeat_steady_identity_off",
+            "homepot.wsgi",
+            {"HOMEPOT_DEVICES_IDENTITY_SECONDS": "0"},
+            steady_state,
+            heartbeat,
+        ),
+        (
+            "health_identity_off",
+            "homepot.wsgi",
+            {"HOMEPOT_DEVICES_IDENTITY_SECONDS": "0"},
+            steady_state,
+            lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
+        ),
         # The same without the credential cache: every heartbeat reads its credential in SQL.
         (
             "heartbeat_steady_uncached",
@@ -382,6 +419,10 @@ def main() -> None:
                 for connections_count in args.connections:
                     # A short warm-up: every worker imports, connects and fills what it keeps.
                     asyncio.run(_drive(args.port, connections_count, 1.0, make_request))
+                    if name != "hello" and args.warm_every_device:
+                        # Every device asked once: what each process or Redis keeps of a
+                        # credential is there, as in a fleet reporting every minute.
+                        asyncio.run(_drive_count(args.port, connections_count, n, make_request))
                     pids, backends = _worker_pids(server), _postgres_backend_pids()
                     outcome = asyncio.run(
                         _drive(args.port, connections_count, args.duration, make_request, pids, backends)

@@ -23,6 +23,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 
 from accounts.scoping import scoped_site_ids
+from devices_app import identity_store
 from devices_app.choices import DeviceType, PushChannel
 from devices_app.models import Device
 from devices_app.selectors import DEVICE_EXPORT_COLUMNS
@@ -283,6 +284,9 @@ def _write(rows: list[tuple]) -> None:
                 ip_address = EXCLUDED.ip_address, mac_address = EXCLUDED.mac_address,
                 firmware_version = EXCLUDED.firmware_version, push_channel = EXCLUDED.push_channel,
                 updated_at = now()
+            RETURNING id
             """  # noqa: S608
         )
+        # Site and type are read by the ingest from Redis (devices_app.identity_store).
+        identity_store.forget_devices_on_commit(device_pk for (device_pk,) in cursor.fetchall())
         cursor.execute("DROP TABLE device_import")

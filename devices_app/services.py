@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.scoping import require_site_access
-from devices_app import credential_cache, mqtt_auth
+from devices_app import credential_cache, identity_store, mqtt_auth
 from devices_app.models import Device, DeviceCredential
 from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, ConnectivityReason
@@ -71,6 +71,8 @@ def device_update(*, actor, device: Device, **fields) -> Device:
     if new_site is not None and new_site.pk != device.site_id:
         require_site_access(actor, new_site, "change")
     old_status = device.status
+    # Status, site, type and id are what a heartbeat reads from Redis (devices_app.identity_store).
+    identity_store.forget_devices_on_commit([device.pk])
     update_audited(
         device,
         fields,
@@ -112,6 +114,10 @@ def device_delete(*, actor, device: Device) -> None:
     device = lock_for_change(Device.objects.select_related("site"), device.pk)
     require_site_access(actor, device.site, "change")
     mqtt_auth.device_login_remove_later(device_id=device.device_id)
+    identity_store.forget_credentials_on_commit(
+        DeviceCredential.objects.filter(device=device).values_list("key_hash", flat=True)
+    )
+    identity_store.forget_devices_on_commit([device.pk])
     audit_record(
         event_type=AuditEvent.DEVICE_DELETED,
         actor=actor,
@@ -188,12 +194,16 @@ def _new_credential(*, actor, device: Device) -> tuple[DeviceCredential, str]:
 
 
 def _revoke_active(device: Device) -> int:
-    revoked = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
+    # The device row is locked (callers): the set of active credentials cannot change here.
+    active = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True)
+    key_hashes = list(active.values_list("key_hash", flat=True))
+    revoked = active.update(revoked_at=timezone.now())
     if revoked:
-        # This process refuses the old credential from the commit on; others within the
-        # cache's bound (devices_app.credential_cache).
+        # Every host refuses the old credential from the commit on (its Redis entry becomes a
+        # tombstone), or within HOMEPOT_DEVICES_IDENTITY_SECONDS if Redis cannot be reached
+        # then; this process's own memory (used while Redis is away) forgets at once, others'
+        # within HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS (devices_app.credential_cache).
+        identity_store.forget_credentials_on_commit(key_hashes)
         transaction.on_commit(credential_cache.clear)
     return revoked
 
@@ -353,26 +363,78 @@ class DeviceIdentity:
 
 
 def device_identity(raw_key: str) -> DeviceIdentity | None:
-    """The heartbeat's lookup: the same rule and columns as device_identify, remembered for
-    HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS (devices_app.credential_cache explains the
-    bound), so a terminal's repeated heartbeats usually need no query. Use is recorded as
-    device_identify does. The object is shared by this process's requests for the bound:
+    """The heartbeat's lookup in PostgreSQL: the same rule and columns as device_identify.
+    Use is recorded as device_identify does.
+
+    While the Redis identities are in use (devices_app.identity_store), every call reads
+    PostgreSQL and the caller stores the result there. Otherwise (Redis off or away) the
+    result is remembered in this process for HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
+    (devices_app.credential_cache explains the bound), shared by this process's requests:
     heartbeat_record keeps its status and last_seen current."""
     if not raw_key.startswith(CREDENTIAL_PREFIX):
         return None
     key_hash = DeviceCredential.hash_key(raw_key)
-    identity = credential_cache.get(key_hash)
+    shared = identity_store.available()
+    identity = None if shared else credential_cache.get(key_hash)
     if identity is None:
         since = credential_cache.generation()
-        with connection.cursor() as cursor:
-            cursor.execute(_IDENTIFY_SQL, [key_hash])
-            row = cursor.fetchone()
-        if row is None:
+        identity = _identity_from_db(key_hash)
+        if identity is None:
             return None
-        identity = DeviceIdentity(row)
-        identity.last_used_at = _db_datetime(identity.last_used_at)
-        identity.last_seen = _db_datetime(identity.last_seen)
-        seconds = settings.HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
-        credential_cache.put(key_hash, identity, seconds=seconds, since_generation=since)
+        if not shared:
+            seconds = settings.HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
+            credential_cache.put(key_hash, identity, seconds=seconds, since_generation=since)
     identity.last_used_at = _record_use(identity.credential_pk, identity.last_used_at)
+    return identity
+
+
+def _identity_from_db(key_hash: str) -> DeviceIdentity | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_IDENTIFY_SQL, [key_hash])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    identity = DeviceIdentity(row)
+    identity.last_used_at = _db_datetime(identity.last_used_at)
+    identity.last_seen = _db_datetime(identity.last_seen)
+    return identity
+
+
+def device_identity_shared(raw_key: str) -> DeviceIdentity | None:
+    """The device behind a usable credential, as the ingest endpoints need it: from Redis
+    when stored there (devices_app.identity_store: no PostgreSQL query, `last_seen` None),
+    else from PostgreSQL (its row's `last_seen`), then stored in Redis. Use is recorded as
+    device_identify does. None for an unusable credential."""
+    identity = device_identity_shared_hit(raw_key)
+    return identity if identity is not None else device_identity_stored(raw_key)
+
+
+def device_identity_stored(raw_key: str) -> DeviceIdentity | None:
+    """The device behind a usable credential read from PostgreSQL (never from this
+    process's memory, which is the fast heartbeat's alone), use recorded, and stored in Redis
+    for the next request (devices_app.identity_store). None for an unusable credential."""
+    if not raw_key.startswith(CREDENTIAL_PREFIX):
+        return None
+    key_hash = DeviceCredential.hash_key(raw_key)
+    identity = _identity_from_db(key_hash)
+    if identity is not None:
+        identity.last_used_at = _record_use(identity.credential_pk, identity.last_used_at)
+        identity_store.fill(key_hash, identity)
+    return identity
+
+
+def device_identity_shared_hit(
+    raw_key: str, *, note_key: str = "", note_value: str = ""
+) -> DeviceIdentity | None:
+    """The Redis half of device_identity_shared: the identity if Redis has it (noted as
+    asked), else None, without asking PostgreSQL."""
+    if not raw_key.startswith(CREDENTIAL_PREFIX):
+        return None
+    key_hash = DeviceCredential.hash_key(raw_key)
+    identity = identity_store.lookup(key_hash, note_key=note_key, note_value=note_value)
+    if identity is not None:
+        used_at = identity.last_used_at
+        identity.last_used_at = _record_use(identity.credential_pk, used_at)
+        if identity.last_used_at is not used_at:
+            identity_store.fill(key_hash, identity)  # the new last use, or every hit would write
     return identity

@@ -337,6 +337,15 @@ HOMEPOT_AUDIT_CHECKPOINT_MINUTES = env.int("HOMEPOT_AUDIT_CHECKPOINT_MINUTES", d
 # asking PostgreSQL: a credential revoked elsewhere still works for at most this long
 # (devices_app.credential_cache). Keep it below HOMEPOT_MONITORING_GRACE_SECONDS; 0: off.
 HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS = env.float("HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS", default=5.0)
+# Heartbeats and health reports read the credential's identity (device, site, type, status)
+# from Redis, shared by every host (devices_app.identity_store); revocations and status
+# changes reach it on commit. An entry lives this long after the PostgreSQL read that wrote
+# it: the bound for a change made while Redis could not be reached. 0: off (the per-process
+# memory above is then used; it is also the fallback while Redis is away).
+HOMEPOT_DEVICES_IDENTITY_SECONDS = env.int("HOMEPOT_DEVICES_IDENTITY_SECONDS", default=300)
+HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX = env.str(
+    "HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX", default="homepot:identity:"
+)
 
 # --- Monitoring (read by monitoring_app: ingest, sweep, alerts, retention) ---------------
 # A device is online while seen within its expected report interval plus the grace period.

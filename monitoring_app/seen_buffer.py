@@ -55,15 +55,32 @@ def enabled() -> bool:
     )
 
 
+def key() -> str:
+    """The buffer's hash in Redis (devices_app.identity_store's script writes to it too)."""
+    return _key()
+
+
+def usable() -> bool:
+    """Whether a heartbeat may be noted here now (enabled, and Redis not known to be away)."""
+    return enabled() and time.monotonic() >= _down_until
+
+
+def entry(seen_at, reported_at) -> str:
+    """The buffered value of one heartbeat (also written by devices_app.identity_store's
+    script, in the same call as the credential lookup)."""
+    return f"{seen_at.timestamp():.6f}|" + (f"{reported_at.timestamp():.6f}" if reported_at else "")
+
+
 def note_seen(device_pk: int, seen_at, reported_at) -> bool:
     """Buffer "device `device_pk` was heard from at `seen_at`" (and its own clock, if sent).
     False when the buffer is off or Redis cannot take it: the caller writes the row itself."""
     global _down_until
-    if not enabled() or time.monotonic() < _down_until:
+    if not usable():
         return False
-    value = f"{seen_at.timestamp():.6f}|" + (f"{reported_at.timestamp():.6f}" if reported_at else "")
     try:
-        send_one(settings.REDIS_URL, _TIMEOUT, pack("HSET", _key(), str(device_pk), value))
+        send_one(
+            settings.REDIS_URL, _TIMEOUT, pack("HSET", _key(), str(device_pk), entry(seen_at, reported_at))
+        )
     except redis.RedisError as exc:
         # Leave Redis alone for a while: a heartbeat must not wait on a timeout each time,
         # nor the log repeat the same line for every terminal.

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from devices_app import identity_store
 from devices_app.choices import DeviceStatus
 from homepot import metrics
 from monitoring_app import partitions, seen_buffer
@@ -40,6 +41,7 @@ WITH gone AS (
 INSERT INTO monitoring_app_devicestatuschange
     (device_id, old_status, new_status, reason, changed_at)
 SELECT id, %(online)s, %(offline)s, %(reason)s, %(now)s FROM gone
+RETURNING device_id
 """
 
 # Above this many transitions in one sweep, the planner statistics are refreshed.
@@ -110,6 +112,8 @@ def _sweep(now: datetime.datetime | None) -> SweepResult:
             # the statement run again (the sweep runs even when the scheduler did not).
             partitions.history_write(lambda: cursor.execute(SWEEP_SQL, params))
             marked = cursor.rowcount
+            # Their heartbeats must come back through PostgreSQL, which sets them online.
+            identity_store.forget_devices_on_commit(device_pk for (device_pk,) in cursor.fetchall())
             if marked >= ANALYZE_AFTER_CHANGES:
                 refresh_statistics(cursor)
             return SweepResult(marked_offline=marked, resumed=resumed)

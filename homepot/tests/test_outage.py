@@ -93,6 +93,8 @@ def served(request, settings, isolated_heartbeat_buffer, isolated_throttle):
                 # Without the credential memory: a remembered device's buffered heartbeat needs
                 # no PostgreSQL and would be acknowledged (kept in Redis) during the cut.
                 "HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS": "0",
+                # Nor the Redis identities, for the same reason (that case is tested below).
+                "HOMEPOT_DEVICES_IDENTITY_SECONDS": "0",
                 "HOMEPOT_ACCOUNTS_THROTTLE_KEY_PREFIX": isolated_throttle,
                 "HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_IP": "",
                 "HOMEPOT_ACCOUNTS_LOGIN_RATE_PER_ACCOUNT": "",
@@ -210,6 +212,42 @@ def test_postgresql_outage_answers_503_then_recovers_and_loses_no_acknowledged_h
     assert set(latest_ok) == set(fleet.secrets)
     for device in Device.objects.filter(pk__in=latest_ok):
         assert device.last_seen.timestamp() >= latest_ok[device.pk], device.device_id
+
+
+def test_a_heartbeat_whose_identity_is_in_redis_is_kept_through_a_postgresql_outage(
+    settings, isolated_heartbeat_buffer, isolated_identity_store
+):
+    """By design (docs/operations.md, "When PostgreSQL or Redis is away"): a steady heartbeat
+    read from Redis needs no PostgreSQL, so it is answered 200 during the cut; it waits in the
+    buffer and reaches the row with the first flush after the database is back."""
+    db = connection.settings_dict
+    device = DeviceFactory(status=DeviceStatus.ONLINE)
+    secret = device_credential_issue(actor=None, device=device)[1]
+    headers = {"Authorization": f"Device {secret}"}
+    with TcpProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)) as proxy:
+        server = Gunicorn(
+            {
+                "DJANGO_SETTINGS_MODULE": "homepot.test_settings",
+                "DATABASE_URL": database_url(proxy.port),
+                "REDIS_URL": settings.REDIS_URL,
+                "HOMEPOT_MONITORING_SEEN_KEY_PREFIX": isolated_heartbeat_buffer,
+                "HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX": isolated_identity_store,
+                "LOG_LEVEL": "ERROR",
+            },
+            workers=1,
+            threads=1,
+        )
+        try:
+            server.wait_until_up()
+            assert call(server.port, "POST", HEARTBEAT, {}, headers).status == 200  # stored in Redis
+            proxy.cut()
+            sent = time.time()
+            assert call(server.port, "POST", HEARTBEAT, {}, headers).status == 200
+            proxy.restore()
+        finally:
+            server.stop()
+    seen_buffer.flush_seen()
+    assert Device.objects.get(pk=device.pk).last_seen.timestamp() >= sent
 
 
 # --- the middleware door ---------------------------------------------------------------

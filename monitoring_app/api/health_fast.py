@@ -22,7 +22,6 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.utils import json as strict_json
 
-from devices_app.services import device_identify
 from homepot.api.parsers import SUSPECT_ESCAPE
 from monitoring_app.api.agent import (
     HealthBatchView,
@@ -32,6 +31,7 @@ from monitoring_app.api.agent import (
     validate_device_clock,
 )
 from monitoring_app.choices import HealthStatus
+from monitoring_app.ingest import reporting_identity
 
 _NOT_HANDLED = object()
 _STATUSES = frozenset(HealthStatus.values)
@@ -67,7 +67,7 @@ def _handle(request, parse):
     reports = parse(data)
     if reports is _NOT_HANDLED:
         return _NOT_HANDLED
-    device = device_identify(key)
+    device = reporting_identity(key, reported_at=reports[0].get("timestamp") if len(reports) == 1 else None)
     if device is None:
         return _NOT_HANDLED
     try:

@@ -5,7 +5,8 @@ A well-formed heartbeat from a device with a usable credential is answered here,
 Django's handler (homepot.wsgi wraps the application in HeartbeatFastPath): no request object,
 no middleware stack, no URL resolution, no DRF machinery, which together cost several times
 the work itself. What a heartbeat must still do is done here: the same credential rule
-(devices_app.services.device_identity), the same service call and JSON answer, Django's
+and the same services (monitoring_app.ingest.heartbeat_by_credential: in the steady case
+one Redis call and no PostgreSQL query) and JSON answer, Django's
 request signals (database connections kept and closed as for any request), the request
 metrics under the view's route, the request id and the security headers of the middleware
 stack.
@@ -31,7 +32,6 @@ from django.middleware.security import SecurityMiddleware
 from django.test import RequestFactory
 from django.urls import resolve
 
-from devices_app.services import device_identity
 from homepot import metrics
 from monitoring_app import ingest
 from monitoring_app.api.agent import HeartbeatSerializer, heartbeat_answer
@@ -143,10 +143,9 @@ class HeartbeatFastPath:
 
 def _heartbeat(key: str, reported_at):
     """The answer's bytes, or _NOT_HANDLED when the credential is not usable."""
-    device = device_identity(key)
+    device = ingest.heartbeat_by_credential(raw_key=key, reported_at=reported_at)
     if device is None:
         return _NOT_HANDLED
-    ingest.heartbeat_record(device=device, reported_at=reported_at)
     body = heartbeat_answer(device)
     # DRF's rendering of a datetime (ISO 8601, microseconds kept, UTC as "Z").
     body["server_time"] = body["server_time"].isoformat().replace("+00:00", "Z")

@@ -70,6 +70,7 @@ def _server(**env):
             "DJANGO_SETTINGS_MODULE": "homepot.test_settings",
             "DATABASE_URL": _database_url(),
             "HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS": "0",  # every heartbeat asks PostgreSQL
+            "HOMEPOT_DEVICES_IDENTITY_SECONDS": "0",  # (these tests are about its connection)
             "LOG_LEVEL": "ERROR",
             **env,
         },
