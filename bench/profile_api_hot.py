@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", metavar="NAME", help="jobs_create or devices_first_page")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--dump", type=Path, help="Also write the profile's raw stats here.")
     parser.add_argument("--redis-db", type=int, default=11)
     return parser.parse_args()
 
@@ -74,6 +75,8 @@ def main() -> None:
                 cpu_ms_per_request(call, args.requests)
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+                if args.dump:
+                    profiler.dump_stats(args.dump)
             results["cpu_ms"][name] = round(cpu_ms_per_request(call, args.requests), 2)
     finally:
         import redis

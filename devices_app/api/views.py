@@ -15,6 +15,7 @@ from devices_app.api.serializers import (
 )
 from devices_app.filters import DeviceFilterSet
 from devices_app.imports import devices_import
+from devices_app.models import Device
 from devices_app.selectors import (
     DEVICE_EXPORT_COLUMNS,
     device_export_rows,
@@ -58,6 +59,7 @@ class DeviceViewSet(ServiceModelViewSet):
     ordering_fields = ["id", "device_id"]
     ordering = ["id"]
     lookup_field = "device_id"
+    permission_model = Device  # the model of device_page and device_list, for ModelPermissions
 
     def get_queryset(self):
         if self.action == "list":
