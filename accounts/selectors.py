@@ -3,6 +3,7 @@
 from django.db.models import QuerySet
 
 from accounts.models import ApiToken, SiteMembership, User
+from homepot.rows import column_converter
 
 
 def _is_admin(user) -> bool:
@@ -148,20 +149,5 @@ def _build_token_plan(connection) -> _TokenPlan:
     )
     plan.token_names = [f.attname for f in token_fields]
     plan.user_names = [f.attname for f in user_fields]
-    plan.converters = [_converter(field, connection) for field in (*token_fields, *user_fields)]
+    plan.converters = [column_converter(field, connection) for field in (*token_fields, *user_fields)]
     return plan
-
-
-def _converter(field, connection):
-    """The ORM's conversion of a column's raw value (backend's, then the field's)."""
-    column = field.get_col(field.model._meta.db_table)
-    steps = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-    if not steps:
-        return lambda value: value
-
-    def convert(value):
-        for step in steps:
-            value = step(value, column, connection)
-        return value
-
-    return convert

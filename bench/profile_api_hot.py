@@ -31,6 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", metavar="NAME", help="jobs_create or devices_first_page")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--dump", type=Path, help="Also write the profile's raw stats here.")
+    parser.add_argument("--redis-db", type=int, default=11)
     return parser.parse_args()
 
 
@@ -48,7 +50,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from bench.bench_api_hot import django_setup, job_body, server_env, statements_per_request
 
-    env = server_env(argparse.Namespace(database=args.database, redis_db=11), "profile_api_hot")
+    env = server_env(argparse.Namespace(database=args.database, redis_db=args.redis_db), "profile_api_hot")
     env["CELERY_TASK_DEFAULT_QUEUE"] = "profile_api_hot"
     token, site_ids = django_setup(code_root, env)
     from django.conf import settings
@@ -73,6 +75,8 @@ def main() -> None:
                 cpu_ms_per_request(call, args.requests)
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+                if args.dump:
+                    profiler.dump_stats(args.dump)
             results["cpu_ms"][name] = round(cpu_ms_per_request(call, args.requests), 2)
     finally:
         import redis

@@ -5,6 +5,7 @@ import contextlib
 from django.db.models import QuerySet
 
 from devices_app.models import Device
+from homepot.db_functions import UtcIsoText
 
 
 def device_list(*, user) -> QuerySet[Device]:
@@ -41,10 +42,21 @@ def device_page(*, user) -> QuerySet[Device]:
     return device_list(user=user).only(*DEVICE_PAGE_COLUMNS)
 
 
-def device_page_rows(queryset: QuerySet[Device]) -> QuerySet:
+def device_page_rows(queryset: QuerySet[Device], *, times_as_utc_text: bool = False) -> QuerySet:
     """`queryset` (scoped, filtered, ordered) as plain rows of the page's columns, keyed as
-    in DEVICE_PAGE_COLUMNS: no model instance per device (a fifth of a page's CPU)."""
-    return queryset.values(*(name for name in DEVICE_PAGE_COLUMNS if name != "site__id"))
+    in DEVICE_PAGE_COLUMNS: no model instance per device (a fifth of a page's CPU).
+
+    With `times_as_utc_text`, the page's times come as `<name>_utc_text` instead: the API's
+    ISO 8601 text of the time in UTC, written by PostgreSQL. Parsing three timestamps per
+    device into datetimes only to format them back was a fifth of a page's CPU."""
+    names = [name for name in DEVICE_PAGE_COLUMNS if name != "site__id"]
+    if not times_as_utc_text:
+        return queryset.values(*names)
+    plain = [name for name in names if name not in DEVICE_PAGE_TIMES]
+    return queryset.values(*plain, **{f"{name}_utc_text": UtcIsoText(name) for name in DEVICE_PAGE_TIMES})
+
+
+DEVICE_PAGE_TIMES = ("last_seen", "created_at", "updated_at")
 
 
 # The columns of a device export, in order; the import reads the same file back (it uses

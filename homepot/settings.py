@@ -237,6 +237,10 @@ HOMEPOT_ACCOUNTS_THROTTLE_FAIL_OPEN = env.bool("HOMEPOT_ACCOUNTS_THROTTLE_FAIL_O
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+# kombu's Redis transport with a kept client for publishes (homepot/broker.py); other
+# schemes (rediss://, sentinel://) keep kombu's own transport.
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "homepot.broker:Transport"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from homepot import request_context
 from homepot.errors import NotFound
+from homepot.rows import insert_one
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog
 
@@ -162,16 +163,37 @@ def _append_all(entries: list[AuditLog]) -> None:
     # writers by itself.
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-    prev_hash = AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first() or GENESIS_HASH
+        prev_hash = _lock_chain_and_read_head(connection)
+    else:
+        prev_hash = AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first()
+    prev_hash = prev_hash or GENESIS_HASH
     now = timezone.now()
     for entry in entries:
         entry.created_at = now
         entry.prev_hash = prev_hash
         entry.row_hash = prev_hash = entry.compute_hash()
     # One INSERT for the block's rows: ids are taken in list order, which is chain order.
-    AuditLog.objects.bulk_create(entries)
+    if len(entries) == 1:
+        insert_one(entries[0], send_signals=False)  # bulk_create of one, compiled once
+    else:
+        AuditLog.objects.bulk_create(entries)
+
+
+def _chain_head_sql() -> str:
+    table = AuditLog._meta.db_table
+    return f'SELECT "row_hash" FROM "{table}" ORDER BY "id" DESC LIMIT 1'  # noqa: S608 (model's own table name)
+
+
+def _lock_chain_and_read_head(connection) -> str | None:
+    """Take the chain lock, then read the newest row's hash: two statements in one round
+    trip (a simple-protocol query, hence no parameters). Correct only because PostgreSQL
+    gives each statement of such a query its own snapshot under READ COMMITTED, so the
+    SELECT sees the row the previous lock holder committed while this one waited."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d}); {_chain_head_sql()}")
+        cursor.nextset()
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 # --- Lock order ----------------------------------------------------------------------------

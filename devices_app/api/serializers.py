@@ -66,10 +66,18 @@ def device_row_representation(row: dict, zone) -> dict:
         "firmware_version": row["firmware_version"],
         "config": row["config"],
         "push_channel": row["push_channel"],
-        "last_seen": _iso_datetime(row["last_seen"], zone),
-        "created_at": _iso_datetime(row["created_at"], zone),
-        "updated_at": _iso_datetime(row["updated_at"], zone),
+        "last_seen": _row_time(row, "last_seen", zone),
+        "created_at": _row_time(row, "created_at", zone),
+        "updated_at": _row_time(row, "updated_at", zone),
     }
+
+
+def _row_time(row: dict, name: str, zone):
+    # A row of device_page_rows(times_as_utc_text=True) carries the text already written.
+    text_name = f"{name}_utc_text"
+    if text_name in row:
+        return row[text_name]
+    return _iso_datetime(row[name], zone)
 
 
 class DeviceCredentialSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ from devices_app.api.serializers import (
 )
 from devices_app.filters import DeviceFilterSet
 from devices_app.imports import devices_import
+from devices_app.models import Device
 from devices_app.selectors import (
     DEVICE_EXPORT_COLUMNS,
     device_export_rows,
@@ -58,6 +59,7 @@ class DeviceViewSet(ServiceModelViewSet):
     ordering_fields = ["id", "device_id"]
     ordering = ["id"]
     lookup_field = "device_id"
+    permission_model = Device  # the model of device_page and device_list, for ModelPermissions
 
     def get_queryset(self):
         if self.action == "list":
@@ -71,8 +73,12 @@ class DeviceViewSet(ServiceModelViewSet):
         # Plain rows, not model instances, then the serializer's own answer for each
         # (devices_app.api.serializers.device_row_representation); the cursor reads its
         # position from the row as it would from an instance.
-        rows = self.paginate_queryset(device_page_rows(self.filter_queryset(self.get_queryset())))
         zone = timezone.get_current_timezone()
+        # In UTC (the setting; nothing activates another zone per request) PostgreSQL writes
+        # the times' text; in any other zone they are formatted here as before.
+        utc = getattr(zone, "key", None) == "UTC"
+        queryset = self.filter_queryset(self.get_queryset())
+        rows = self.paginate_queryset(device_page_rows(queryset, times_as_utc_text=utc))
         return self.get_paginated_response([device_row_representation(row, zone) for row in rows])
 
     @extend_schema(

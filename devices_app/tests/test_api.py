@@ -705,6 +705,10 @@ def test_a_failure_after_the_service_ran_leaves_nothing_behind(admin_api, site, 
         {"ip_address": None, "mac_address": None, "last_seen": None, "config": {}},
         {"ip_address": "2001:db8::1", "config": {"a": [1, {"b": None}], "c": "ü"}},
         {"status": DeviceStatus.MAINTENANCE, "firmware_version": "", "push_channel": "mqtt"},
+        # Times written by PostgreSQL (UtcIsoText): whole seconds have no fraction; a small
+        # fraction keeps its leading zeros.
+        {"last_seen": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)},
+        {"last_seen": datetime.datetime(1999, 12, 31, 23, 59, 59, 7, tzinfo=datetime.UTC)},
     ],
 )
 def test_the_written_out_representation_is_what_drf_would_answer(admin_api, site, values):
@@ -725,3 +729,27 @@ def test_the_written_out_representation_is_what_drf_would_answer(admin_api, site
     assert list(serializer.to_representation(fresh)) == list(generic)  # same key order
     listed = admin_api.get("/api/v1/devices").json()["results"]
     assert listed == [json.loads(json.dumps(generic))]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/St_Johns"])
+def test_the_list_writes_times_as_drf_does_in_any_current_time_zone(admin_api, site, zone):
+    """In UTC the list's times are PostgreSQL's text (UtcIsoText); in another zone (none is
+    activated today, but nothing forbids it) they are formatted in Python: both as DRF."""
+    from rest_framework import serializers as drf
+
+    from devices_app.api.serializers import DeviceSerializer
+
+    times = [
+        datetime.datetime(2026, 7, 1, 12, 0, 0, tzinfo=datetime.UTC),
+        datetime.datetime(2026, 1, 1, 0, 0, 0, 500, tzinfo=datetime.UTC),
+    ]
+    for i, last_seen in enumerate(times):
+        DeviceFactory(site=site, device_id=f"zone-{i}", last_seen=last_seen)
+    with timezone.override(zone):
+        listed = admin_api.get("/api/v1/devices").json()["results"]
+        fresh = Device.objects.select_related("site").order_by("id")
+        generic = [drf.ModelSerializer.to_representation(DeviceSerializer(), d) for d in fresh]
+    assert listed == json.loads(json.dumps(generic))
+    assert {row["last_seen"] for row in listed} >= (
+        {"2026-07-01T12:00:00Z", "2026-01-01T00:00:00.000500Z"} if zone == "UTC" else set()
+    )

@@ -15,6 +15,15 @@ class ModelPermissions(permissions.DjangoModelPermissions):
         "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
     }
 
+    def _queryset(self, view):
+        # DRF builds the view's whole queryset (a selector with its joins and annotations)
+        # only to read its model; a view naming `permission_model` spares that on its hot
+        # requests. homepot/tests/test_api_permissions_model.py holds the two equal.
+        model = getattr(view, "permission_model", None)
+        if model is not None:
+            return model._default_manager.none()
+        return super()._queryset(view)
+
 
 class IsAuthenticatedSiteReader(permissions.BasePermission):
     """Holds `sites_app.view_site` (every role does), whatever the method: for the few site

@@ -42,10 +42,28 @@ class PrebuiltFieldsMixin:
 
 
 def _fresh_copy(field):
+    if isinstance(field, (serializers.ListField, serializers.DictField)) and not isinstance(
+        field.child, serializers.BaseSerializer
+    ):
+        # A list or dict of plain values: a copy of it holding a copy of its child, the
+        # child's parent pointed at the copy (the state ListField.__init__'s bind leaves),
+        # rather than deepcopy re-running both constructors.
+        fresh = _shallow(field)
+        fresh.child = _fresh_copy(field.child)
+        fresh.child.parent = fresh
+        return fresh
     if (
         isinstance(field, serializers.BaseSerializer)
         or hasattr(field, "child")
         or hasattr(field, "child_relation")
     ):
         return copy.deepcopy(field)
-    return copy.copy(field)
+    return _shallow(field)
+
+
+def _shallow(field):
+    # What copy.copy does for a field (a new instance sharing the same attribute values),
+    # without its __reduce_ex__ round trip, which cost three times as much per field.
+    fresh = object.__new__(type(field))
+    fresh.__dict__.update(field.__dict__)
+    return fresh

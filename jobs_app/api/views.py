@@ -31,7 +31,7 @@ from jobs_app.api.serializers import (
 )
 from jobs_app.choices import DeliveryStatus
 from jobs_app.filters import DeliveryFilterSet, JobFilterSet
-from jobs_app.models import SavedSegment
+from jobs_app.models import Job, SavedSegment
 from jobs_app.selectors import job_as_created, job_deliveries, job_list
 from monitoring_app.services import audited_atomic
 
@@ -80,6 +80,8 @@ class JobViewSet(ServiceModelViewSet):
     ordering = ["-id"]
     lookup_value_regex = "[0-9]+"
     http_method_names = ["get", "post", "patch", "head", "options"]
+
+    permission_model = Job  # the model of job_list, for ModelPermissions
 
     def get_queryset(self):
         return job_list(user=self.request.user)
@@ -359,6 +361,8 @@ class DeviceJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = JobSerializer
     pagination_class = JobPagination
     filter_backends = []
+
+    permission_model = Job  # the model of job_list, for ModelPermissions
 
     def get_queryset(self):
         return job_list(user=self.request.user)

@@ -200,3 +200,28 @@ def test_a_push_backoff_longer_than_the_tick_is_honoured(
 
     assert counts(job) == {"pending": 2}
     assert FlakyChannel.pushes == 1
+
+
+def test_jobs_created_through_the_api_reach_a_real_worker_over_homepot_broker(worker, admin_api, settings):
+    """The enqueue's transport (homepot.broker: kombu's Redis transport with a kept client)
+    carries a job created through the API to a real worker, publish after publish on one
+    client; the worker consumes with the same transport."""
+    from homepot.broker import Channel
+    from homepot.celery import app
+
+    assert settings.CELERY_BROKER_TRANSPORT == "homepot.broker:Transport"
+    site = SiteFactory()
+    DeviceFactory.create_batch(3, site=site)
+    ids = []
+    for _ in range(3):
+        response = admin_api.post(
+            "/api/v1/jobs", {"site_id": site.site_id, "action": "update_config"}, format="json"
+        )
+        assert response.status_code == 201, response.content
+        ids.append(response.json()["id"])
+    for job_id in ids:
+        wait_for(lambda job_id=job_id: Job.objects.get(pk=job_id).status == JobStatus.SENT)
+    with app.producer_or_acquire() as producer:
+        channel = producer.channel
+        assert isinstance(channel, Channel)
+        assert channel._create_client() is channel._create_client()  # kept, not rebuilt
