@@ -27,6 +27,7 @@ from homepot.admin import (
     status_badge,
 )
 from jobs_app.models import Job
+from monitoring_app.admin_dashboard import alert_rows, job_rows
 from monitoring_app.alerts import alert_acknowledge, alert_resolve
 from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck, Notification
 from monitoring_app.notifications import notification_retry
@@ -290,12 +291,16 @@ class AlertAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.M
         if not self.has_view_permission(request):
             raise PermissionDenied
         summary = fleet_summary(user=request.user)
+        alerts = open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS)
+        jobs = jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS)
         context = {
             **self.admin_site.each_context(request),
             "title": "Fleet health",
             "summary": summary,
-            "alerts": open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS),
-            "jobs": jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS),
+            "alerts": alerts,
+            "alert_rows": alert_rows(alerts),
+            "jobs": jobs,
+            "job_rows": job_rows(jobs),
             "jobs_total": jobs_in_progress_count(user=request.user),
             "charts": self._charts(request.user, summary),
         }
