@@ -11,8 +11,9 @@ so the machine's other load slows it but does not add to it; it includes the dri
 work, not PostgreSQL's), the SQL statements of one request and their wall time, the
 response size, and with `--top N` the N functions of most cumulative and own time
 (cProfile over the repeats; the profiler's overhead inflates the absolute figures, not the
-ranking). `--code-root` serves an older checkout (exported with `git archive`) against the
-same database.
+ranking). `--calls` counts the Python function calls per request, which the machine's
+load does not change (a before/after figure for a busy machine). `--code-root` serves an
+older checkout (exported with `git archive`) against the same database.
 """
 
 import argparse
@@ -48,6 +49,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warm-up", type=int, default=3)
     parser.add_argument("--top", type=int, default=0, help="Print the N heaviest functions per page.")
     parser.add_argument("--save", type=Path, help="Also write each profile to SAVE-<page>.prof (pstats).")
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="Also count the Python function calls per request (cProfile over --repeat requests): "
+        "a figure the machine's load does not move.",
+    )
     return parser.parse_args()
 
 
@@ -69,6 +76,15 @@ def sql_of_one(client, path: str) -> tuple[int, float, int]:
         response = client.get(path)
     seconds = sum(float(query["time"]) for query in queries.captured_queries)
     return len(queries.captured_queries), seconds * 1000, len(response.content)
+
+
+def calls_per_request(client, path: str, repeat: int) -> float:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(repeat):
+        client.get(path)
+    profiler.disable()
+    return pstats.Stats(profiler).total_calls / repeat
 
 
 def profile(client, path: str, repeat: int, top: int, save: Path | None = None) -> str:
@@ -107,6 +123,9 @@ def main() -> None:
             f"{statements} SQL statements, {sql_ms:.1f} ms of SQL wall time; {size:,} bytes",
             flush=True,
         )
+        if args.calls:
+            calls = calls_per_request(client, path, args.repeat)
+            print(f"{page:16} Python function calls/request {calls:,.0f}")
         if args.top or args.save:
             save = args.save and args.save.with_name(f"{args.save.name}-{page}.prof")
             print(profile(client, path, args.repeat, args.top, save), flush=True)

@@ -30,9 +30,10 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_urlconf, path, reverse
 from django.utils import timezone
-from django.utils.functional import cached_property
+from django.utils.functional import Promise, cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
+from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
@@ -207,8 +208,24 @@ def status_badge(value, label=None):
     value = getattr(value, "value", value)  # a TextChoices member counts as its value
     if label is None:
         label = str(value).replace("_", " ").capitalize()
+    if isinstance(label, Promise):
+        label = str(label)  # the active language's text, which then keys the cache
+    if type(value) not in (str, int) or type(label) not in (str, SafeString):
+        return _badge(value, label)
+    # A console page draws a few kinds of badge hundreds of times (every row of a list).
+    return _cached_badge(value, label, isinstance(label, SafeString))
+
+
+def _badge(value, label):
     tone = BADGE_TONES.get(value, "muted")
     return format_html('<span class="hp-badge hp-badge--{}">{}</span>', tone, label)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_badge(value, label, label_is_safe: bool):
+    # label_is_safe keys the cache apart: a safe "<b>" and a plain "<b>" are equal strings
+    # but are written differently.
+    return _badge(value, label)
 
 
 def format_percent(value, *, digits: int = 0) -> str:
@@ -540,12 +557,17 @@ def adopt_saved(target: Model, saved: Model) -> None:
 
 
 class ConsoleChangeList(ChangeList):
-    """Django's ChangeList with each row's link built from one reversed URL (reverse_change_url)."""
+    """Django's ChangeList with each row's link built from one reversed URL (reverse_change_url),
+    and its rows from a plan of its columns made once (homepot.admin_rows.ConsoleRows,
+    through `{% console_result_list %}` in admin/change_list.html)."""
 
     def url_for_result(self, result):
-        pk = getattr(result, self.pk_attname)
+        return self.url_for_slot(quote(getattr(result, self.pk_attname)))
+
+    def url_for_slot(self, pk) -> str:
+        """The change page's URL for the (quoted) key `pk`."""
         viewname = f"admin:{self.opts.app_label}_{self.opts.model_name}_change"
-        url = reverse_change_url(viewname, quote(pk), current_app=self.model_admin.admin_site.name)
+        url = reverse_change_url(viewname, pk, current_app=self.model_admin.admin_site.name)
         if url is None:
             raise NoReverseMatch(viewname)
         return url

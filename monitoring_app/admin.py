@@ -1,3 +1,5 @@
+import functools
+
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter
 from django.contrib.auth import get_user_model
@@ -27,6 +29,7 @@ from homepot.admin import (
     status_badge,
 )
 from jobs_app.models import Job
+from monitoring_app.admin_dashboard import alert_rows, chart_figure, job_rows
 from monitoring_app.alerts import alert_acknowledge, alert_resolve
 from monitoring_app.models import Alert, AlertNote, AuditLog, HealthCheck, Notification
 from monitoring_app.notifications import notification_retry
@@ -290,12 +293,16 @@ class AlertAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.M
         if not self.has_view_permission(request):
             raise PermissionDenied
         summary = fleet_summary(user=request.user)
+        alerts = open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS)
+        jobs = jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS)
         context = {
             **self.admin_site.each_context(request),
             "title": "Fleet health",
             "summary": summary,
-            "alerts": open_alerts(user=request.user, limit=self.DASHBOARD_ALERTS),
-            "jobs": jobs_in_progress(user=request.user, limit=self.DASHBOARD_JOBS),
+            "alerts": alerts,
+            "alert_rows": alert_rows(alerts),
+            "jobs": jobs,
+            "job_rows": job_rows(jobs),
             "jobs_total": jobs_in_progress_count(user=request.user),
             "charts": self._charts(request.user, summary),
         }
@@ -312,15 +319,22 @@ class AlertAdmin(ReadOnlyAdminMixin, ConsoleListMixin, ScopedAdminMixin, admin.M
             ("24h", "last 24 hours", fleet_history(user=user, hours=24, now=now)),
             ("7d", "last 7 days", fleet_history(user=user, hours=24 * 7, hourly=True, now=now)),
         )
-        return [
-            {
-                "key": key,
-                "window": window,
-                "online": chart(history, ONLINE_SERIES, current=summary, now=now),
-                "health": chart(history, HEALTH_SERIES, current=summary, now=now),
-            }
-            for key, window, history in windows
-        ]
+        charts = []
+        for key, window, history in windows:
+            online = chart(history, ONLINE_SERIES, current=summary, now=now)
+            health = chart(history, HEALTH_SERIES, current=summary, now=now)
+            figure = functools.partial(chart_figure, key=key, window=window)
+            charts.append(
+                {
+                    "key": key,
+                    "window": window,
+                    "online": online,
+                    "health": health,
+                    "online_figure": figure(online, caption="Devices online", kind="online"),
+                    "health_figure": figure(health, caption="Health of online devices", kind="health"),
+                }
+            )
+        return charts
 
 
 @admin.register(Notification)

@@ -91,6 +91,8 @@ def fleet_history(*, user, hours: int, hourly: bool = False, now: datetime.datet
     end = bucket_start(now or timezone.now())
     start = end - datetime.timedelta(hours=hours)
     whole_chain = scoped_site_ids(user) is None
+    if whole_chain and connection.vendor == "postgresql":
+        return {"start": start, "end": end, "points": _chain_points(start, end, hours if hourly else None)}
     snapshots = FleetTotalSnapshot.objects.all() if whole_chain else FleetSnapshot.objects.for_user(user)
     if hourly:
         # The hours named one by one: the indexes find exactly those rows, where a filter on
@@ -106,6 +108,27 @@ def fleet_history(*, user, hours: int, hourly: bool = False, now: datetime.datet
         sums = {name: Sum(name) for name in COUNTS}
         points = list(snapshots.order_by("bucket_at").values("bucket_at").annotate(**sums))
     return {"start": start, "end": end, "points": points}
+
+
+def _chain_points(start, end, hours: int | None) -> list[dict]:
+    """fleet_history's points for the whole chain (FleetTotalSnapshot, one row per point) in
+    one statement written here rather than built by the ORM per request: the hourly window
+    names its hours as ONE array parameter (`= ANY`, the same index lookups as `IN` with
+    168 parameters, which Django compiled one by one)."""
+    columns = ", ".join(("bucket_at", *COUNTS))
+    table = connection.ops.quote_name(FleetTotalSnapshot._meta.db_table)
+    if hours is None:
+        where, params = "bucket_at > %s AND bucket_at <= %s", [start, end]
+    else:
+        first_hour = end.replace(minute=0)
+        where, params = (
+            "bucket_at = ANY(%s)",
+            [[first_hour - datetime.timedelta(hours=n) for n in range(hours)]],
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {table} WHERE {where} ORDER BY bucket_at", params)  # noqa: S608 (fixed names)
+        names = ("bucket_at", *COUNTS)
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 ONLINE_SERIES = (("online", "#2e7d32"), ("offline", "#c62828"))

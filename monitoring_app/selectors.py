@@ -4,7 +4,9 @@ from dataclasses import dataclass
 
 from django.db.models import Q
 
+from accounts.scoping import scoped_site_ids
 from homepot.db import stream
+from homepot.prebuilt_sql import fetch_prebuilt, prebuilt
 from monitoring_app.models import AuditLog
 from monitoring_app.services import GENESIS_HASH
 
@@ -259,16 +261,97 @@ _COUNT_NAMES = ("total", "online", "offline", "maintenance", "healthy", "degrade
 _SHARE_SLACK = 1e-9
 
 
-def _site_down_rule() -> Q:
+def _site_down_rule(fraction: float) -> Q:
     """health_summary's "down" over SiteHealthCount columns: something is monitored and
     nothing is online, or the offline share reaches the outage fraction. The first term is
     the range of the (offline_share) index; the second is the rule itself."""
-    from django.conf import settings
     from django.db.models import ExpressionWrapper, F, FloatField, Value
 
-    fraction = settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION
     outage = ExpressionWrapper(Value(fraction) * (F("online") + F("offline")), output_field=FloatField())
     return Q(offline_share__gte=min(fraction, 1.0) - _SHARE_SLACK) & (Q(online=0) | Q(offline__gte=outage))
+
+
+_TROUBLE_ORDER = ("-offline", "-unhealthy", "-degraded", "site_id")
+
+
+def _rollup_totals(rows, fraction: float) -> dict:
+    """The totals and the number of sites down over `rows` (SiteHealthCount): ONE aggregate."""
+    from django.db.models import Count, Sum
+    from django.db.models.functions import Coalesce
+
+    from devices_app.models import SITE_HEALTH_COUNTS
+
+    return rows.aggregate(
+        **{_TOTAL_NAMES[name]: Coalesce(Sum(name), 0) for name in SITE_HEALTH_COUNTS},
+        sites_down=Count("pk", filter=_site_down_rule(fraction)),
+    )
+
+
+def _rollup_down_sites(rows, fraction: float, limit: int):
+    """The worst `limit` down sites of `rows` (the top of the offline-share index)."""
+    from devices_app.models import SITE_HEALTH_COUNTS
+
+    down = rows.filter(_site_down_rule(fraction)).order_by(*_TROUBLE_ORDER)
+    return down.values("site_id", *SITE_HEALTH_COUNTS)[:limit]
+
+
+def _rollup_other_troubled_sites(rows, fraction: float, limit: int):
+    """The worst `limit` sites of `rows` in trouble but not down (the trouble index)."""
+    from devices_app.models import SITE_HEALTH_COUNTS
+
+    in_trouble = Q(offline__gt=0) | Q(degraded__gt=0) | Q(unhealthy__gt=0)
+    others = rows.filter(in_trouble).exclude(_site_down_rule(fraction)).order_by(*_TROUBLE_ORDER)
+    return others.values("site_id", *SITE_HEALTH_COUNTS)[:limit]
+
+
+def _open_alert_counts(alerts) -> dict:
+    from django.db.models import Count
+
+    from monitoring_app.choices import AlertSeverity
+
+    return alerts.open().aggregate(
+        total=Count("pk"),
+        critical=Count("pk", filter=Q(severity=AlertSeverity.CRITICAL)),
+        warning=Count("pk", filter=Q(severity=AlertSeverity.WARNING)),
+        unacknowledged=Count("pk", filter=Q(acknowledged_at__isnull=True)),
+    )
+
+
+# The whole chain's fleet reads (an admin's: no user in them), compiled once per process
+# (homepot.prebuilt_sql): the key names every value the statement depends on.
+@prebuilt("fleet.totals")
+def _whole_chain_totals(fraction: float):
+    from devices_app.models import SiteHealthCount
+
+    return lambda: _rollup_totals(SiteHealthCount.objects.all(), fraction)
+
+
+@prebuilt("fleet.down_sites")
+def _whole_chain_down_sites(fraction: float, limit: int):
+    from devices_app.models import SiteHealthCount
+
+    return lambda: list(_rollup_down_sites(SiteHealthCount.objects.all(), fraction, limit))
+
+
+@prebuilt("fleet.other_troubled_sites")
+def _whole_chain_other_troubled_sites(fraction: float, limit: int):
+    from devices_app.models import SiteHealthCount
+
+    return lambda: list(_rollup_other_troubled_sites(SiteHealthCount.objects.all(), fraction, limit))
+
+
+@prebuilt("fleet.open_alert_counts")
+def _whole_chain_open_alert_counts():
+    from monitoring_app.models import Alert
+
+    return lambda: _open_alert_counts(Alert.objects.all())
+
+
+@prebuilt("fleet.sites")
+def _whole_chain_sites():
+    from sites_app.models import Site
+
+    return lambda: Site.objects.count()
 
 
 def _fleet_counts_from_rollup(user) -> tuple[dict, int, list[dict]]:
@@ -277,27 +360,26 @@ def _fleet_counts_from_rollup(user) -> tuple[dict, int, list[dict]]:
     in ONE aggregate over the user's rows (scoped by for_user, the one rule), then the worst
     sites from its indexes: the down sites first (the top of the offline-share index), then
     the others in trouble (the trouble index, worst first), at most TROUBLED_SITES rows each.
-    No GROUP BY and nothing per device, whatever the fleet's size."""
-    from django.db.models import Count, Sum
-    from django.db.models.functions import Coalesce
+    No GROUP BY and nothing per device, whatever the fleet's size. For an admin of the whole
+    chain the same statements, compiled once per process (fetch_prebuilt)."""
+    from django.conf import settings
 
     from devices_app.models import SITE_HEALTH_COUNTS, SiteHealthCount
 
-    rows = SiteHealthCount.objects.for_user(user)
-    down = _site_down_rule()
-    aggregated = rows.aggregate(
-        **{_TOTAL_NAMES[name]: Coalesce(Sum(name), 0) for name in SITE_HEALTH_COUNTS},
-        sites_down=Count("pk", filter=down),
-    )
+    fraction = settings.HOMEPOT_MONITORING_SITE_OUTAGE_FRACTION
+    if scoped_site_ids(user) is None:
+        aggregated = fetch_prebuilt("fleet.totals", fraction)[0]
+        troubled = fetch_prebuilt("fleet.down_sites", fraction, TROUBLED_SITES)
+        if len(troubled) < TROUBLED_SITES:
+            troubled += fetch_prebuilt("fleet.other_troubled_sites", fraction, TROUBLED_SITES - len(troubled))
+    else:
+        rows = SiteHealthCount.objects.for_user(user)
+        aggregated = _rollup_totals(rows, fraction)
+        troubled = list(_rollup_down_sites(rows, fraction, TROUBLED_SITES))
+        if len(troubled) < TROUBLED_SITES:
+            troubled += _rollup_other_troubled_sites(rows, fraction, TROUBLED_SITES - len(troubled))
     sites_down = aggregated.pop("sites_down")
     totals = {name: int(value) for name, value in aggregated.items()}
-    order = ("-offline", "-unhealthy", "-degraded", "site_id")
-    columns = ("site_id", *SITE_HEALTH_COUNTS)
-    troubled = list(rows.filter(down).order_by(*order).values(*columns)[:TROUBLED_SITES])
-    if len(troubled) < TROUBLED_SITES:
-        in_trouble = Q(offline__gt=0) | Q(degraded__gt=0) | Q(unhealthy__gt=0)
-        others = rows.filter(in_trouble).exclude(down).order_by(*order)
-        troubled += others.values(*columns)[: TROUBLED_SITES - len(troubled)]
     return (
         totals,
         sites_down,
@@ -344,10 +426,8 @@ def fleet_summary(*, user) -> dict:
     error, maintenance, unknown: the five add up to `total`), where `offline` above counts
     every monitored device that is not online (errors too), as site health does."""
     from django.db import connection
-    from django.db.models import Count, Q
 
     from devices_app.choices import DeviceStatus
-    from monitoring_app.choices import AlertSeverity
     from monitoring_app.models import Alert
     from sites_app.models import Site
     from sites_app.selectors import health_summary
@@ -366,20 +446,16 @@ def fleet_summary(*, user) -> dict:
     }
     by_status[DeviceStatus.UNKNOWN.value] = totals["health_total"] - sum(by_status.values())
     labels = Site.objects.in_bulk([row["site_id"] for row in troubled])
-    alerts = (
-        Alert.objects.for_user(user)
-        .open()
-        .aggregate(
-            total=Count("pk"),
-            critical=Count("pk", filter=Q(severity=AlertSeverity.CRITICAL)),
-            warning=Count("pk", filter=Q(severity=AlertSeverity.WARNING)),
-            unacknowledged=Count("pk", filter=Q(acknowledged_at__isnull=True)),
-        )
-    )
+    if scoped_site_ids(user) is None and connection.vendor == "postgresql":
+        alerts = fetch_prebuilt("fleet.open_alert_counts")[0]
+        sites = fetch_prebuilt("fleet.sites")[0]["__count"]
+    else:
+        alerts = _open_alert_counts(Alert.objects.for_user(user))
+        sites = Site.objects.for_user(user).count()
     return {
         **health_summary(totals),
         "by_status": by_status,
-        "sites": Site.objects.for_user(user).count(),
+        "sites": sites,
         "sites_down": sites_down,
         "sites_in_trouble": [
             {

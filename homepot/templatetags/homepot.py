@@ -5,17 +5,22 @@
   optional), so a template colours a status exactly as a changelist column does.
 - `{{ number|percent }}`, `{{ per_second|rate }}`: shares and rates written for people.
 - `{{ moment|zoned }}` / `{{ moment|zoned:site.timezone }}`: a time with its zone named.
+- `{% console_result_list cl %}`: Django's `{% result_list cl %}` (same template and headers)
+  with a console list's rows written by homepot.admin_rows.ConsoleRows.
 """
 
 import contextlib
 import zoneinfo
 
 from django import template
+from django.contrib.admin.templatetags import admin_list
+from django.contrib.admin.templatetags.base import InclusionAdminNode
 from django.urls import NoReverseMatch
 from django.utils import timezone
 
 from homepot.admin import format_percent, format_rate, reverse_change_url
 from homepot.admin import status_badge as badge
+from homepot.admin_rows import ConsoleRows
 
 register = template.Library()
 
@@ -68,3 +73,25 @@ def app_crumb(opts) -> bool:
     """Whether breadcrumbs should name the model's app: not when the app is named like the
     model's list (the Sites app holds only Sites), which read "Home › Sites › Sites"."""
     return str(opts.app_config.verbose_name).lower() != str(opts.verbose_name_plural).lower()
+
+
+def console_result_list(cl) -> dict:
+    """admin_list.result_list's context; a ConsoleChangeList without editable columns gets
+    its rows from ConsoleRows (a formset's cells are form fields: Django's own rows)."""
+    if not hasattr(cl, "url_for_slot") or cl.formset:
+        return admin_list.result_list(cl)
+    headers = list(admin_list.result_headers(cl))
+    return {
+        "cl": cl,
+        "result_hidden_fields": [],
+        "result_headers": headers,
+        "num_sorted_fields": sum(1 for h in headers if h["sortable"] and h["sorted"]),
+        "results": list(ConsoleRows(cl)),
+    }
+
+
+@register.tag(name="console_result_list")
+def console_result_list_tag(parser, token):
+    return InclusionAdminNode(
+        parser, token, func=console_result_list, template_name="change_list_results.html", takes_context=False
+    )
