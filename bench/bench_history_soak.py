@@ -235,7 +235,9 @@ def fill_to(days: int, per_day: int, filled: set, *, jobs: int = 1) -> dict:
     wanted = [today_utc() - datetime.timedelta(days=n) for n in range(1, days + 1)]
     partitions.history_partitions_create(partitions.HEALTH, days=wanted)
     partitions.history_partitions_create(partitions.STATUS_CHANGES, days=wanted)
-    queue = [day for day in wanted if day not in filled]
+    # Oldest day first: ids then grow with time, as the ingest's do (the API's lists are
+    # ordered by id; days filled newest first would number the oldest rows highest).
+    queue = sorted(day for day in wanted if day not in filled)
     _detach_and_drop(queue)
     lock = threading.Lock()
     workers = [
