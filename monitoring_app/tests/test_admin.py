@@ -241,6 +241,9 @@ def test_a_filtered_health_list_counts_at_most_a_thousand_rows_exactly(admin_bro
 # --- Pages read from the newest window that holds them (NewestWindowPaginator) ----------------
 
 
+PER_PAGE = 10
+
+
 def history_rows(device, *, now, recent: int, day: int, older: int) -> None:
     """`recent` checks 1 to 56 minutes ago, `day` more 65 minutes to 23 hours ago, `older` 3
     to 40 days ago, evenly spread; every fifth shares its predecessor's time, so the id
@@ -262,13 +265,19 @@ def history_rows(device, *, now, recent: int, day: int, older: int) -> None:
 
 
 @pytest.fixture
-def two_stores_history():
-    """Two sites of two devices; 1,300 checks per site over 40 days (300 in the past hour)."""
+def two_stores_history(monkeypatch):
+    """Two sites of two devices; 130 checks per site over 40 days (30 in the past hour). The
+    list is scaled down tenfold so that this stays small: pages of 10, counted exactly up to
+    100 (production: 100 and 1,000)."""
+    from monitoring_app.admin import HealthCheckAdmin
+
+    monkeypatch.setattr(HistoryCountPaginator, "count_at_most", 100)
+    monkeypatch.setattr(HealthCheckAdmin, "list_per_page", PER_PAGE)
     now = timezone.now()
     sites = [SiteFactory(), SiteFactory()]
     for site in sites:
         for _ in range(2):
-            history_rows(DeviceFactory(site=site), now=now, recent=150, day=400, older=100)
+            history_rows(DeviceFactory(site=site), now=now, recent=15, day=40, older=10)
     manager = UserFactory(is_staff=True)
     grant_perms(manager, "monitoring_app.view_healthcheck")
     SiteMembershipFactory(user=manager, site=sites[0], role=MembershipRole.MANAGER)
@@ -277,7 +286,7 @@ def two_stores_history():
 
 def expected_page(queryset, page: int) -> list[int]:
     """The page as the list's previous paginator cut it from the whole ordered list."""
-    return [check.pk for check in HistoryCountPaginator(queryset, 100).page(page).object_list]
+    return [check.pk for check in HistoryCountPaginator(queryset, PER_PAGE).page(page).object_list]
 
 
 def page_statement(queries) -> str:
@@ -299,9 +308,9 @@ def page_statement(queries) -> str:
         ("admin", {"window": "7d"}, 4, True),
         ("manager", {"window": "all"}, 1, True),
         ("manager", {"window": "all"}, 4, True),
-        ("manager", {"window": "all"}, 11, True),  # rows 1,001-1,100: all of the past day's
+        ("manager", {"window": "all"}, 11, True),  # rows 101-110: all of the past day's
         ("manager", {}, 2, True),  # the default window (past day), the past hour's rows first
-        ("manager", {"window": "all", "status__exact": "unhealthy"}, 2, False),  # 186: too few recent
+        ("manager", {"window": "all", "status__exact": "unhealthy"}, 2, False),  # 20, 18 in the past month
         ("admin", {"window": "all", "o": "1"}, 3, False),  # ordered by device: never narrowed
     ],
 )
@@ -319,7 +328,7 @@ def test_every_page_is_the_same_rows_in_the_same_order_as_the_whole_lists_slice(
     whole = cl.queryset  # the list's own filtered, scoped, ordered queryset, unbounded
     assert len(listed(response)) > 0
     assert listed(response) == expected_page(whole, page)
-    assert cl.result_count == HistoryCountPaginator(whole, 100).count
+    assert cl.result_count == HistoryCountPaginator(whole, PER_PAGE).count
     # Narrowed: the page's statement carries a lower bound of its own on the check time.
     bounds = page_statement(queries).count('"checked_at" >=')
     assert bounds == (params.get("window", "24h") != "all") + narrowed
@@ -335,7 +344,7 @@ def test_a_narrowed_page_leaves_the_older_days_partitions_out_of_its_plan(client
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url(HEALTH, "changelist"), {"window": "all"})
 
-    assert len(listed(response)) == 100
+    assert len(listed(response)) == PER_PAGE
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + page_statement(queries))
         plan = "\n".join(row[0] for row in cursor.fetchall())
