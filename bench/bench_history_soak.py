@@ -20,7 +20,8 @@ What it does:
      set-based: INSERT ... SELECT over generate_series, in time order, into the day's table
      created detached and WAL-logged, one statement a day (`--fill-jobs` days at once, the
      generator's session with synchronous_commit off), then ATTACHed (its indexes built in one
-     pass each), then VACUUM ANALYZE; `--fill-only` stops there;
+     pass each), then VACUUM ANALYZE; each device row is then given its newest filled
+     report's time (`last_health_at`, as the ingest keeps it); `--fill-only` stops there;
   4. `--size-rounds` rounds, each measuring every size of `--days` in turn (the history made
      to hold exactly that many days by detaching and re-attaching whole filled days, which
      keep their indexes and a CHECK of their range, so that takes milliseconds): the sizes
@@ -234,7 +235,9 @@ def fill_to(days: int, per_day: int, filled: set, *, jobs: int = 1) -> dict:
     wanted = [today_utc() - datetime.timedelta(days=n) for n in range(1, days + 1)]
     partitions.history_partitions_create(partitions.HEALTH, days=wanted)
     partitions.history_partitions_create(partitions.STATUS_CHANGES, days=wanted)
-    queue = [day for day in wanted if day not in filled]
+    # Oldest day first: ids then grow with time, as the ingest's do (the API's lists are
+    # ordered by id; days filled newest first would number the oldest rows highest).
+    queue = sorted(day for day in wanted if day not in filled)
     _detach_and_drop(queue)
     lock = threading.Lock()
     workers = [
@@ -282,6 +285,25 @@ def attach_only(days: int, filled: set) -> None:
                 )
             elif day not in wanted and name in attached:
                 cursor.execute(f'ALTER TABLE {HEALTH} DETACH PARTITION "{name}"')
+
+
+def note_last_reports(newest: datetime.date, per_day: int) -> int:
+    """Give each device row the time of its newest filled report (`last_health_at`), as the
+    ingest keeps it: the fill writes history only, and a device's timeline reads its history
+    back from that time (monitoring_app.selectors.newest_first). Set-based, by the fill's own
+    formula for the last report of the day `newest` (no scan of the history); a row that
+    already knows a later report keeps it. Returns the rows updated."""
+    from django.db import connection
+
+    step = datetime.timedelta(days=1) / per_day
+    last = midnight(newest) + step * (per_day - 1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """UPDATE devices_app_device SET last_health_at = %s::timestamptz + mod(id, 1000) * %s::interval
+               WHERE last_health_at IS NULL OR last_health_at < %s::timestamptz""",
+            [last, step / 1000, last],
+        )
+        return cursor.rowcount
 
 
 def vacuum(table: str) -> None:
@@ -510,12 +532,21 @@ def measure_reads(args, admin, window_day: datetime.date | None) -> dict:
 
 
 # The history's queries behind those reads, timed by EXPLAIN ANALYZE (planning counts: it grows
-# with the number of partitions). {device} and {site} are filled in with random ones.
+# with the number of partitions). {device} and {site} are filled in with random ones, {anchor}
+# with the device row's last_health_at.
 SQL_READS = {
+    # "Latest" by report time (what the soaks before issue 11's `reads` measured under this name).
     "device_latest": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
     "ORDER BY checked_at DESC, id DESC LIMIT 1",
+    # What GET /api/v1/health-checks?device=..&page_size=1 runs: newest by id (arrival order).
+    "device_latest_api": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "ORDER BY id DESC LIMIT 2",
+    # The timeline's health reports as they were read (every day's index), and as they are now
+    # (monitoring_app.selectors.newest_first: the day before the device's last report first).
     "device_timeline_health": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
     "ORDER BY checked_at DESC, id DESC LIMIT 50",
+    "device_timeline_health_window": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "AND checked_at >= '{anchor}'::timestamptz - interval '1 day' ORDER BY checked_at DESC, id DESC LIMIT 50",
     "site_hour": "SELECT h.* FROM monitoring_app_healthcheck h "
     "JOIN devices_app_device d ON d.id = h.device_id "
     "WHERE d.site_id = {site} AND h.checked_at >= (now() AT TIME ZONE 'UTC')::date - interval '12 hours' "
@@ -541,13 +572,17 @@ def measure_sql(repeat: int) -> dict:
         cursor.execute("SELECT id FROM sites_app_site ORDER BY id")
         sites = [row[0] for row in cursor.fetchall()]
         picks = [(rng.choice(devices), rng.choice(sites)) for _ in range(repeat)]
+        cursor.execute(
+            "SELECT id, coalesce(last_health_at, now()) FROM devices_app_device WHERE id = ANY(%s)",
+            [[device for device, _ in picks]],
+        )
+        anchors = {pk: at.isoformat() for pk, at in cursor.fetchall()}
         results = {}
         for name, template in SQL_READS.items():
             planning, execution, hit, read, rows = [], [], [], [], []
             for device, site in picks:
-                cursor.execute(
-                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + template.format(device=device, site=site)
-                )
+                sql = template.format(device=device, site=site, anchor=anchors[device])
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
                 explained = cursor.fetchone()[0]
                 explained = (json.loads(explained) if isinstance(explained, str) else explained)[0]
                 plan = explained["Plan"]
@@ -817,6 +852,8 @@ def run(args) -> dict:
     biggest = max(args.days)
     if not args.no_fill:
         results["fill_seconds"] = fill_to(biggest, args.rows_per_device_day, filled, jobs=args.fill_jobs)
+    if filled:
+        results["device_rows_given_last_report"] = note_last_reports(max(filled), args.rows_per_device_day)
     if args.fill_only:
         attach_only(biggest, filled)
         results["partitions"] = sizes()

@@ -387,6 +387,99 @@ class HistoryCountPaginator(EstimatedCountPaginator):
     count_at_most = 1_000
 
 
+class NewestWindowPaginator(HistoryCountPaginator):
+    """For a history partitioned by day and listed newest first: each page and the count are
+    read from the most recent window (past hour, day, week, month) that holds enough rows,
+    so that PostgreSQL prunes the older days instead of opening every day kept.
+
+    Without a bound on the time column, "newest first" over day partitions with a DEFAULT
+    partition is a Merge Append of every day's index, and a filtered list (a store manager's
+    site, a status) reads its rows from every day before it can sort: its cost grows with the
+    days retained (docs/performance.md, issue 11, reads). A lower bound is pruned at plan time.
+
+    Exact, not an approximation: when the list is ordered by `-time_field` first, every row
+    inside a window sorts before every row outside it, so if the window holds the first
+    `top` rows of the page they are the list's first `top` rows. Which window holds enough
+    is counted (`SELECT count(*) FROM (... LIMIT n)`, the narrowest window first, each count
+    bounded), and rows arriving meanwhile only land inside the window. A list ordered
+    otherwise (a column header clicked), or one with too few recent rows, is read as before.
+
+    `spans`: the windows tried, narrowest first; the admin drops those not narrower than the
+    window its list filter already applies (`spans_within`).
+    """
+
+    time_field = "checked_at"
+    spans = (
+        datetime.timedelta(hours=1),
+        datetime.timedelta(days=1),
+        datetime.timedelta(days=7),
+        datetime.timedelta(days=30),
+    )
+
+    def __init__(self, *args, spans=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if spans is not None:
+            self.spans = tuple(spans)
+        self._now = timezone.now()
+        self._counted: dict = {}  # span -> (limit counted up to, rows found)
+
+    @classmethod
+    def spans_within(cls, window: datetime.timedelta | None) -> tuple:
+        """The spans narrower than a window the list is already limited to (None: none)."""
+        return tuple(span for span in cls.spans if window is None or span < window)
+
+    def _newest_first(self) -> bool:
+        queryset = self.object_list
+        if not isinstance(queryset, QuerySet) or connections[queryset.db].vendor != "postgresql":
+            return False
+        order = queryset.query.order_by
+        return bool(order) and order[0] == f"-{self.time_field}"
+
+    def _since(self, span):
+        return self.object_list.filter(**{f"{self.time_field}__gte": self._now - span})
+
+    def _rows_in(self, span, needed: int) -> int:
+        """The rows of the window `span`, counted up to at least `needed` (bounded)."""
+        limit, found = self._counted.get(span, (0, 0))
+        if found >= needed or (limit and found < limit):  # enough, or counted exactly
+            return found
+        limit = max(needed, self.count_at_most + 1)
+        found = self._since(span).order_by()[:limit].count()
+        self._counted[span] = (limit, found)
+        return found
+
+    def window_for(self, needed: int):
+        """The narrowest span whose window holds at least `needed` rows, or None."""
+        if not self._newest_first():
+            return None
+        for span in self.spans:
+            if self._rows_in(span, needed) >= needed:
+                return span
+        return None
+
+    @cached_property
+    def count(self):
+        queryset = self.object_list
+        # A window holding more than count_at_most rows: the whole list holds more too, so
+        # the count is what the bounded count would have said (the estimate beyond it).
+        filtered = self._newest_first() and queryset.query.where
+        if filtered and self.window_for(self.count_at_most + 1) is not None:
+            return max(self.count_at_most + 1, self._planner_estimate(queryset))
+        return super().count
+
+    def page(self, number):
+        """Django's Paginator.page, with the rows read from the narrowest window holding
+        them all."""
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        span = self.window_for(top) if top > 0 else None
+        rows = self.object_list if span is None else self._since(span)
+        return self._get_page(rows[bottom:top], number, self)
+
+
 # --- Scoped list filter ----------------------------------------------------------------------
 
 
@@ -486,6 +579,13 @@ class RecentWindowListFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         return [(key, label) for key, (label, _) in self.windows.items()]
+
+    @classmethod
+    def span_in(cls, request) -> datetime.timedelta | None:
+        """The span the list is limited to by this filter in `request` (None: any date, or a
+        value the filter refuses with ?e=1 before any row is read)."""
+        key = request.GET.get(cls.parameter_name) or cls.default
+        return cls.windows.get(key, (None, None))[1]
 
     def value(self):
         return super().value() or self.default

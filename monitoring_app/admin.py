@@ -15,7 +15,7 @@ from homepot.admin import (
     DeviceSiteListFilter,
     EstimatedCountPaginator,
     HistoryChangelistMixin,
-    HistoryCountPaginator,
+    NewestWindowPaginator,
     ReadOnlyAdminMixin,
     RecentWindowListFilter,
     ScopedAdminMixin,
@@ -55,7 +55,9 @@ class HealthCheckAdmin(
     autocomplete_fields = ("device",)
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan the table
-    paginator = HistoryCountPaginator
+    # Each page from the newest window that holds it: the cost of "any date" (and of a store
+    # manager's few devices) stays that of the recent days, not of the days kept.
+    paginator = NewestWindowPaginator
     fields = (
         "device_link",
         "site_link",
@@ -70,6 +72,11 @@ class HealthCheckAdmin(
     def get_queryset(self, request):
         # The view page shows the device and its site too: one query, not three.
         return super().get_queryset(request).select_related("device__site")
+
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        # Only windows narrower than the one the list filter already applies can prune more.
+        spans = self.paginator.spans_within(RecentWindowListFilter.span_in(request))
+        return self.paginator(queryset, per_page, orphans, allow_empty_first_page, spans=spans)
 
     @admin.display(description="device", ordering="device__device_id")
     def device_link(self, check):

@@ -1,5 +1,6 @@
 """Reads of the monitoring app."""
 
+import datetime
 from dataclasses import dataclass
 
 from django.db.models import Q
@@ -108,10 +109,40 @@ def _audit_events(entries) -> list[dict]:
     ]
 
 
+# --- Newest first over a history partitioned by day -------------------------------------------
+
+# How far back from its anchor a newest-first read of one device's history looks first.
+DEVICE_HISTORY_SPANS = (datetime.timedelta(days=1), datetime.timedelta(days=7))
+
+
+def newest_first(queryset, *, field: str, limit: int, anchor, spans=DEVICE_HISTORY_SPANS) -> list:
+    """The first `limit` rows of `queryset`, which must be ordered by `-field` first, read from
+    the days that hold them: first only the rows with `field` >= `anchor` - span for each span
+    in turn, then (when none of those windows holds `limit` rows) the whole history.
+
+    Why: with a DEFAULT partition PostgreSQL cannot read day partitions as an ordered Append,
+    so an unbounded "newest first, LIMIT n" opens the index of every day kept (a Merge
+    Append): its cost grows with the retention. A lower bound on `field` is pruned at plan
+    time, so a window costs the days it covers. Exact whatever the anchor: rows inside the
+    window all sort before every row outside it, so once the window holds `limit` rows they
+    are the first `limit` rows of the whole history (later rows only land inside it). A wrong
+    or stale anchor costs a query, never a row. `anchor` None: the whole history at once.
+    """
+    if anchor is not None:
+        for span in spans:
+            rows = list(queryset.filter(**{f"{field}__gte": anchor - span})[:limit])
+            if len(rows) == limit:
+                return rows
+    return list(queryset[:limit])
+
+
 def device_timeline(*, device, limit: int = 50) -> list[dict]:
     """One device's history, newest first: health reports, connectivity changes, alerts,
     jobs and audited actions. One bounded query per source (each served by a (device, time)
-    index), merged in Python: at most 5 × `limit` rows read."""
+    index), merged in Python: at most 5 × `limit` rows read. The health reports and
+    connectivity changes (histories partitioned by day) are read newest_first from what the
+    device row knows (its latest health's time, its last connectivity change), so their cost
+    does not grow with the days kept."""
     from devices_app.models import Device  # noqa: F401 (documentation: `device` is a Device)
     from jobs_app.models import Delivery
     from monitoring_app.models import Alert, DeviceStatusChange, HealthCheck
@@ -122,11 +153,21 @@ def device_timeline(*, device, limit: int = 50) -> list[dict]:
             "health",
             c.get_status_display() + (f": {c.error_message}" if c.error_message else ""),
         )
-        for c in HealthCheck.objects.filter(device=device).order_by("-checked_at", "-id")[:limit]
+        for c in newest_first(
+            HealthCheck.objects.filter(device=device).order_by("-checked_at", "-id"),
+            field="checked_at",
+            limit=limit,
+            anchor=device.last_health_at,
+        )
     ]
     events += [
         _event(c.changed_at, "connectivity", f"{c.old_status} → {c.new_status} ({c.get_reason_display()})")
-        for c in DeviceStatusChange.objects.filter(device=device).order_by("-changed_at", "-id")[:limit]
+        for c in newest_first(
+            DeviceStatusChange.objects.filter(device=device).order_by("-changed_at", "-id"),
+            field="changed_at",
+            limit=limit,
+            anchor=device.connectivity_changed_at,
+        )
     ]
     events += _alert_events(Alert.objects.filter(device=device).order_by("-opened_at", "-id")[:limit])
     events += _job_events(

@@ -1,6 +1,9 @@
+import datetime
 import json
 
+from django.db import connections
 from django.db.models import Prefetch
+from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -150,9 +153,52 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class HealthCheckCursorPagination(CursorPagination):
-    # Newest first. Ids, not checked_at: a cursor needs a unique order, and ids follow the
-    # order reports arrived in (checked_at is the device's own clock, and may tie).
+    """Newest first. Ids, not checked_at: a cursor needs a unique order, and ids follow the
+    order reports arrived in (checked_at is the device's own clock, and may tie).
+
+    A forward page is read from the newest days first (today, then since yesterday) when
+    that provably gives the same rows: unbounded, "newest ids first" over day partitions
+    reads every row of the list's devices in every day kept (a device's latest check, a store
+    manager's list: docs/performance.md, issue 11, reads). A bound on checked_at prunes the
+    older days, but ids are not ordered by checked_at (a report may arrive up to
+    HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS late, a buffered one later, an import any time),
+    so the window's page is kept only when no row of the list from before the window has an
+    id above the smallest one fetched: one EXISTS on the older days, each answered from the
+    top of its primary key index (the window starts at a UTC midnight, so no day is split).
+    Otherwise the page is read as before. Backward pages are always read as before.
+    """
+
     ordering = "-id"
+    window_days = (0, 1)  # windows tried: since today's UTC midnight, then yesterday's
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self._model = queryset.model
+        if connections[queryset.db].vendor == "postgresql":
+            self.ordering = self.get_ordering(request, queryset, view)  # what decode_cursor checks
+            cursor = self.decode_cursor(request)
+            if cursor is None or not (cursor.reverse or cursor.offset):
+                for days in self.window_days:
+                    page = self._newest_days_page(queryset, request, view, cursor, days)
+                    if page is not None:
+                        return page
+        return super().paginate_queryset(queryset, request, view)
+
+    def _newest_days_page(self, queryset, request, view, cursor, days: int):
+        """The page read from the days since the UTC midnight `days` ago, or None when those
+        days do not provably hold all of it (then nothing of this attempt is kept)."""
+        today = timezone.now().astimezone(datetime.UTC).date()
+        since = datetime.datetime.combine(
+            today - datetime.timedelta(days=days), datetime.time(), datetime.UTC
+        )
+        page = super().paginate_queryset(queryset.filter(checked_at__gte=since), request, view)
+        if not self.has_next:  # fewer rows than a page and its successor: look further back
+            return None
+        # The smallest id fetched is the next page's position; rows of the list older than the
+        # window with an id between it and this page's own position would belong here.
+        older = queryset.filter(checked_at__lt=since, id__gt=self.next_position)
+        if cursor is not None and cursor.position is not None:
+            older = older.filter(id__lt=cursor.position)
+        return None if older.exists() else page
 
 
 @extend_schema_view(list=extend_schema(summary="List health checks (the health history)"))

@@ -11,9 +11,10 @@ from django.utils import timezone
 from accounts.choices import MembershipRole
 from accounts.tests.factories import SiteMembershipFactory, UserFactory, grant_perms
 from devices_app.tests.factories import DeviceFactory
+from homepot.admin import HistoryCountPaginator
 from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
-from monitoring_app.models import AuditLog
+from monitoring_app.models import AuditLog, HealthCheck
 from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory
 from sites_app.services import site_delete
 from sites_app.tests.factories import SiteFactory
@@ -231,8 +232,124 @@ def test_a_filtered_health_list_counts_at_most_a_thousand_rows_exactly(admin_bro
         response = admin_browser.get(url(HEALTH, "changelist"), {"status__exact": "unhealthy"})
 
     assert response.context["cl"].result_count == 3
+    # The past hour's window first (too few rows in it), then the past day's (the list's own
+    # window): each count bounded.
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
-    assert len(counts) == 1 and "LIMIT 1001" in counts[0]
+    assert len(counts) == 2 and all("LIMIT 1001" in count for count in counts)
+
+
+# --- Pages read from the newest window that holds them (NewestWindowPaginator) ----------------
+
+
+PER_PAGE = 10
+
+
+def history_rows(device, *, now, recent: int, day: int, older: int) -> None:
+    """`recent` checks 1 to 56 minutes ago, `day` more 65 minutes to 23 hours ago, `older` 3
+    to 40 days ago, evenly spread; every fifth shares its predecessor's time, so the id
+    decides their order. Every seventh is unhealthy."""
+    minutes = datetime.timedelta(minutes=1)
+    rows = []
+    for first, last, n in ((1 * minutes, 56 * minutes, recent), (65 * minutes, 23 * 60 * minutes, day)):
+        rows += [first + (last - first) * (i - (i % 5 == 4)) / n for i in range(n)]
+    first, last = datetime.timedelta(days=3), datetime.timedelta(days=40)
+    rows += [first + (last - first) * (i - (i % 5 == 4)) / older for i in range(older)]
+    HealthCheck.objects.bulk_create(
+        HealthCheck(
+            device=device,
+            status=HealthStatus.UNHEALTHY if i % 7 == 0 else HealthStatus.HEALTHY,
+            checked_at=now - ago,
+        )
+        for i, ago in enumerate(rows)
+    )
+
+
+@pytest.fixture
+def two_stores_history(monkeypatch):
+    """Two sites of two devices; 130 checks per site over 40 days (30 in the past hour). The
+    list is scaled down tenfold so that this stays small: pages of 10, counted exactly up to
+    100 (production: 100 and 1,000)."""
+    from monitoring_app.admin import HealthCheckAdmin
+
+    monkeypatch.setattr(HistoryCountPaginator, "count_at_most", 100)
+    monkeypatch.setattr(HealthCheckAdmin, "list_per_page", PER_PAGE)
+    now = timezone.now()
+    sites = [SiteFactory(), SiteFactory()]
+    for site in sites:
+        for _ in range(2):
+            history_rows(DeviceFactory(site=site), now=now, recent=15, day=40, older=10)
+    manager = UserFactory(is_staff=True)
+    grant_perms(manager, "monitoring_app.view_healthcheck")
+    SiteMembershipFactory(user=manager, site=sites[0], role=MembershipRole.MANAGER)
+    return sites, manager
+
+
+def expected_page(queryset, page: int) -> list[int]:
+    """The page as the list's previous paginator cut it from the whole ordered list."""
+    return [check.pk for check in HistoryCountPaginator(queryset, PER_PAGE).page(page).object_list]
+
+
+def page_statement(queries) -> str:
+    pages = [
+        q["sql"]
+        for q in queries.captured_queries
+        if "ORDER BY" in q["sql"] and f'FROM "{HEALTH}"' in q["sql"]
+    ]
+    assert len(pages) == 1, pages
+    return pages[0]
+
+
+@pytest.mark.parametrize(
+    ("who", "params", "page", "narrowed"),
+    [
+        ("admin", {"window": "all"}, 1, True),  # the past hour holds it
+        ("admin", {"window": "all"}, 9, True),  # the past day does
+        ("admin", {"window": "all", "status__exact": "unhealthy"}, 2, True),
+        ("admin", {"window": "7d"}, 4, True),
+        ("manager", {"window": "all"}, 1, True),
+        ("manager", {"window": "all"}, 4, True),
+        ("manager", {"window": "all"}, 11, True),  # rows 101-110: all of the past day's
+        ("manager", {}, 2, True),  # the default window (past day), the past hour's rows first
+        ("manager", {"window": "all", "status__exact": "unhealthy"}, 2, False),  # 20, 18 in the past month
+        ("admin", {"window": "all", "o": "1"}, 3, False),  # ordered by device: never narrowed
+    ],
+)
+def test_every_page_is_the_same_rows_in_the_same_order_as_the_whole_lists_slice(
+    client, admin_user, two_stores_history, who, params, page, narrowed
+):
+    sites, manager = two_stores_history
+    client.force_login(admin_user if who == "admin" else manager)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url(HEALTH, "changelist"), {**params, "p": page})
+
+    cl = response.context["cl"]
+    assert cl.page_num == page
+    whole = cl.queryset  # the list's own filtered, scoped, ordered queryset, unbounded
+    assert len(listed(response)) > 0
+    assert listed(response) == expected_page(whole, page)
+    assert cl.result_count == HistoryCountPaginator(whole, PER_PAGE).count
+    # Narrowed: the page's statement carries a lower bound of its own on the check time.
+    bounds = page_statement(queries).count('"checked_at" >=')
+    assert bounds == (params.get("window", "24h") != "all") + narrowed
+
+
+def test_a_narrowed_page_leaves_the_older_days_partitions_out_of_its_plan(client, two_stores_history):
+    sites, manager = two_stores_history
+    today = timezone.now().astimezone(datetime.UTC).date()
+    old_day = today - datetime.timedelta(days=20)
+    partitions.history_partitions_create(partitions.HEALTH, days=[old_day])  # its rows move in
+    client.force_login(manager)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url(HEALTH, "changelist"), {"window": "all"})
+
+    assert len(listed(response)) == PER_PAGE
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + page_statement(queries))
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert partitions.HEALTH.day_partition(today) in plan
+    assert partitions.HEALTH.day_partition(old_day) not in plan
 
 
 # --- Audit trail -----------------------------------------------------------------------------

@@ -80,3 +80,97 @@ def test_the_history_is_read_only(admin_api, two_sites):
     check = HealthCheckFactory(device=two_sites[0])
     assert_error(admin_api.post(URL, {"status": "healthy"}, format="json"), 405)
     assert_error(admin_api.delete(f"{URL}/{check.pk}"), 404)
+
+
+# --- Forward pages read from the newest days when that gives the same rows ---------------------
+
+
+def utc_midnight(days_ago: int = 0) -> datetime.datetime:
+    day = timezone.now().astimezone(datetime.UTC).date() - datetime.timedelta(days=days_ago)
+    return datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+
+
+def write_in_arrival_order(rows) -> None:
+    """(device, checked_at) pairs, written in the given order: their ids follow it."""
+    from monitoring_app.models import HealthCheck
+
+    HealthCheck.objects.bulk_create(
+        HealthCheck(device=device, status="healthy", checked_at=at) for device, at in rows
+    )
+
+
+@pytest.fixture
+def history_by_day(two_sites):
+    """Per device (two per site): 4 reports 3 to 6 days ago, 4 yesterday, 4 today, written in
+    time order (ids follow time, as the ingest's do)."""
+    today = timezone.now() - utc_midnight()
+    times = [utc_midnight(6 - n) for n in range(4)]
+    times += [utc_midnight(1) + datetime.timedelta(hours=5 * n + 1) for n in range(4)]
+    times += [utc_midnight() + today * (n + 1) / 5 for n in range(4)]
+    devices = (*two_sites, DeviceFactory(site=two_sites[0].site), DeviceFactory(site=two_sites[1].site))
+    write_in_arrival_order(sorted(((d, at) for d in devices for at in times), key=lambda row: row[1]))
+    return two_sites
+
+
+def walk(client, params: dict) -> tuple[list[int], list[str], list[int]]:
+    """Every page forward through `next`, then back through `previous`: the ids forward, each
+    page's SQL, and the ids read backwards."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    forward, pages, url, body = [], [], URL, None
+    query = {**params, "page_size": 3}
+    while url:
+        with CaptureQueriesContext(connection) as queries:
+            body = client.get(url, query).json()
+        forward += [row["id"] for row in body["results"]]
+        pages.append([q["sql"] for q in queries.captured_queries if "ORDER BY" in q["sql"]][-1])
+        url, query = body["next"], None
+    backward, url = [], body["previous"]
+    while url:
+        body = client.get(url).json()
+        backward = [row["id"] for row in body["results"]] + backward
+        url = body["previous"]
+    return forward, pages, backward
+
+
+@pytest.mark.parametrize("params", [{}, {"device": "dev-a"}, {"status": "healthy"}, {"site": "site-b"}])
+def test_every_page_forward_and_back_is_the_whole_lists_order_by_id(admin_api, history_by_day, params):
+    from monitoring_app.models import HealthCheck
+
+    expected = HealthCheck.objects.all()
+    if "device" in params:
+        expected = expected.filter(device__device_id=params["device"])
+    if "site" in params:
+        expected = expected.filter(device__site__site_id=params["site"])
+    expected = list(expected.order_by("-id").values_list("id", flat=True))
+
+    forward, pages, backward = walk(admin_api, params)
+
+    assert forward == expected
+    last_page = len(expected) % 3 or 3
+    assert backward == expected[: len(expected) - last_page]
+    # The first page came from today's rows alone; the last from the whole history.
+    assert '"checked_at" >=' in pages[0]
+    assert '"checked_at" >=' not in pages[-1]
+
+
+def test_a_report_arriving_late_for_an_older_day_keeps_its_place_by_id(history_by_day):
+    """Written last (the highest id) but checked three days ago: it is the device's newest
+    by id, so the page may not come from today's rows alone."""
+    from monitoring_app.models import HealthCheck
+
+    dev_a, _ = history_by_day
+    write_in_arrival_order([(dev_a, utc_midnight(3) + datetime.timedelta(hours=7))])
+    late = HealthCheck.objects.latest("id")
+    membership = SiteMembershipFactory(site=dev_a.site, role="manager")
+    expected = list(
+        HealthCheck.objects.filter(device__site=dev_a.site).order_by("-id").values_list("id", flat=True)
+    )
+
+    forward, pages, _ = walk(token_client(membership.user), {})
+    latest = token_client(membership.user).get(URL, {"device": "dev-a", "page_size": 1}).json()["results"]
+
+    assert forward == expected and forward[0] == late.pk
+    assert latest[0]["id"] == late.pk
+    assert '"checked_at" >=' not in pages[0]  # the proof failed: read as before

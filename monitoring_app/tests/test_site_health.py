@@ -1,5 +1,7 @@
 """Site health (/sites/{id}/health, the site list) and the fleet summary, scoped."""
 
+import datetime
+
 import pytest
 from django.utils import timezone
 
@@ -195,3 +197,88 @@ def test_timelines_of_another_site_are_404_like_missing_ones(store):
     ):
         assert client.get(hidden).status_code == client.get(missing).status_code == 404
         assert client.get(hidden).json() == client.get(missing).json()
+
+
+# --- A device's timeline read from its newest days (selectors.newest_first) -------------------
+
+
+def health_history(device, now):
+    """60 reports over the past 20 hours and 30 more 3 to 10 days back, newest last; every
+    fifth shares its predecessor's time, so the id decides their order."""
+    from monitoring_app.models import HealthCheck
+
+    spans = [(datetime.timedelta(minutes=5), datetime.timedelta(hours=20), 60)]
+    spans.append((datetime.timedelta(days=3), datetime.timedelta(days=10), 30))
+    times = [first + (last - first) * (i - (i % 5 == 4)) / n for first, last, n in spans for i in range(n)]
+    HealthCheck.objects.bulk_create(
+        HealthCheck(device=device, status="healthy", error_message=f"r{n}", checked_at=now - ago)
+        for n, ago in enumerate(reversed(times))
+    )
+
+
+@pytest.mark.parametrize(
+    ("anchor_ago", "narrowed"),
+    [
+        (datetime.timedelta(minutes=10), True),  # the device row's last report time
+        (datetime.timedelta(days=3), True),  # stale: older reports since, still all found
+        (-datetime.timedelta(days=30), False),  # a clock far ahead: nothing in the windows
+        (None, False),  # never reported (as the device row says)
+    ],
+)
+def test_a_device_timeline_shows_its_newest_fifty_reports_whatever_its_row_says(store, anchor_ago, narrowed):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from monitoring_app.models import HealthCheck
+
+    till = store.devices.first()
+    now = timezone.now()
+    health_history(till, now)
+    till.last_health_at = None if anchor_ago is None else now - anchor_ago
+    till.save(update_fields=["last_health_at"])
+    newest = HealthCheck.objects.filter(device=till).order_by("-checked_at", "-id")[:50]
+
+    with CaptureQueriesContext(connection) as queries:
+        events = member(store).get(f"/api/v1/fleet/devices/{till.device_id}/timeline").json()["events"]
+
+    assert [e["summary"] for e in events if e["type"] == "health"] == [
+        f"Healthy: {c.error_message}" for c in newest
+    ]
+    table = 'FROM "monitoring_app_healthcheck"'
+    health_reads = [q["sql"] for q in queries.captured_queries if table in q["sql"]]
+    # Narrowed: one read, bounded. Otherwise both windows are tried, then the whole history.
+    assert ('"checked_at" >=' in health_reads[-1]) == narrowed
+    assert len(health_reads) == (1 if narrowed or anchor_ago is None else 3)
+
+
+def test_a_device_timeline_reads_its_connectivity_changes_from_its_last_change_back(store):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from monitoring_app.models import DeviceStatusChange
+
+    till = store.devices.first()
+    now = timezone.now()
+    DeviceStatusChange.objects.bulk_create(
+        DeviceStatusChange(
+            device=till,
+            old_status="online",
+            new_status="offline",
+            reason="sweep",
+            changed_at=now - datetime.timedelta(minutes=20 * n if n < 55 else 60 * 24 * n),
+        )
+        for n in range(60)
+    )
+    till.connectivity_changed_at = now
+    till.save(update_fields=["connectivity_changed_at"])
+    newest = list(DeviceStatusChange.objects.filter(device=till).order_by("-changed_at", "-id")[:50])
+
+    with CaptureQueriesContext(connection) as queries:
+        events = member(store).get(f"/api/v1/fleet/devices/{till.device_id}/timeline").json()["events"]
+
+    changes = [e for e in events if e["type"] == "connectivity"]
+    assert [e["at"] for e in changes] == [c.changed_at.isoformat().replace("+00:00", "Z") for c in newest]
+    reads = [
+        q["sql"] for q in queries.captured_queries if 'FROM "monitoring_app_devicestatuschange"' in q["sql"]
+    ]
+    assert len(reads) == 1 and '"changed_at" >=' in reads[0]
