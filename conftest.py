@@ -63,11 +63,8 @@ def isolated_heartbeat_buffer(settings):
     leftover entry would be flushed onto another test's device with the same id."""
     prefix = f"homepot:seen:test-{uuid.uuid4().hex}:"
     settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX = prefix
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
     yield prefix
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
+    _delete_redis_keys(prefix)
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +77,12 @@ def isolated_identity_store(settings, monkeypatch):
     monkeypatch.setattr(identity_store, "_down_until", 0.0)
     prefix = f"homepot:identity:test-{uuid.uuid4().hex}:"
     settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX = prefix
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
     yield prefix
+    _delete_redis_keys(prefix)
+
+
+def _delete_redis_keys(prefix: str) -> None:
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
