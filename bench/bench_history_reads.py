@@ -66,8 +66,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def default_partition(attached: bool) -> None:
-    """Detach or re-attach the health history's DEFAULT partition (it must be empty to detach
-    it safely: nothing here writes)."""
+    """Detach or re-attach the health history's DEFAULT partition, on a database that still has
+    one (it must be empty to detach it safely: nothing here writes)."""
     from django.db import connection
 
     from monitoring_app import partitions
@@ -75,7 +75,10 @@ def default_partition(attached: bool) -> None:
     name = partitions.HEALTH.default_partition
     present = any(p.lower is None for p in partitions.partitions(partitions.HEALTH))
     with connection.cursor() as cursor:
-        if attached and not present:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        (exists,) = cursor.fetchone()
+        # Since monitoring_app 0021 the history has none: there is nothing to re-attach.
+        if attached and not present and exists:
             cursor.execute(f'ALTER TABLE {partitions.HEALTH.table} ATTACH PARTITION "{name}" DEFAULT')
         elif not attached and present:
             cursor.execute(f'SELECT count(*) FROM "{name}"')  # noqa: S608 (fixed name)

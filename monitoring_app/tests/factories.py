@@ -1,9 +1,11 @@
+import datetime
+
 import factory
 from django.utils import timezone
 
 from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
-from monitoring_app.models import AuditLog, HealthCheck
+from monitoring_app.models import AuditLog, DeviceStatusChange, HealthCheck
 from monitoring_app.services import append_to_chain
 
 
@@ -41,3 +43,15 @@ class AuditLogFactory(factory.django.DjangoModelFactory):
     def _create(cls, model_class, *args, **kwargs):
         # Rows join the hash chain exactly as the application's writers add them.
         return append_to_chain(model_class(*args, **kwargs))
+
+
+def history_bulk_create(rows) -> list:
+    """bulk_create history rows (HealthCheck or DeviceStatusChange) of any days, as a bulk load
+    writes them: their day partitions are made first, since the history has no DEFAULT
+    partition to catch a row of a day that has none."""
+    rows = list(rows)
+    model = type(rows[0])
+    history = {HealthCheck: partitions.HEALTH, DeviceStatusChange: partitions.STATUS_CHANGES}[model]
+    days = {getattr(row, history.time_column).astimezone(datetime.UTC).date() for row in rows}
+    partitions.history_days_ensure(history, days)
+    return model.objects.bulk_create(rows)

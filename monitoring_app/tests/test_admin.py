@@ -15,7 +15,7 @@ from homepot.admin import HistoryCountPaginator
 from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, HealthStatus
 from monitoring_app.models import AuditLog, HealthCheck
-from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory
+from monitoring_app.tests.factories import AuditLogFactory, HealthCheckFactory, history_bulk_create
 from sites_app.services import site_delete
 from sites_app.tests.factories import SiteFactory
 
@@ -254,7 +254,7 @@ def history_rows(device, *, now, recent: int, day: int, older: int) -> None:
         rows += [first + (last - first) * (i - (i % 5 == 4)) / n for i in range(n)]
     first, last = datetime.timedelta(days=3), datetime.timedelta(days=40)
     rows += [first + (last - first) * (i - (i % 5 == 4)) / older for i in range(older)]
-    HealthCheck.objects.bulk_create(
+    history_bulk_create(
         HealthCheck(
             device=device,
             status=HealthStatus.UNHEALTHY if i % 7 == 0 else HealthStatus.HEALTHY,

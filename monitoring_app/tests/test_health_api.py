@@ -8,7 +8,7 @@ from django.utils import timezone
 from accounts.tests.factories import SiteMembershipFactory
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import assert_error, token_client
-from monitoring_app.tests.factories import HealthCheckFactory
+from monitoring_app.tests.factories import HealthCheckFactory, history_bulk_create
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -94,9 +94,7 @@ def write_in_arrival_order(rows) -> None:
     """(device, checked_at) pairs, written in the given order: their ids follow it."""
     from monitoring_app.models import HealthCheck
 
-    HealthCheck.objects.bulk_create(
-        HealthCheck(device=device, status="healthy", checked_at=at) for device, at in rows
-    )
+    history_bulk_create(HealthCheck(device=device, status="healthy", checked_at=at) for device, at in rows)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from devices_app.choices import DeviceStatus
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import token_client
 from monitoring_app.alerts import alerts_evaluate
+from monitoring_app.tests.factories import history_bulk_create
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -210,7 +211,7 @@ def health_history(device, now):
     spans = [(datetime.timedelta(minutes=5), datetime.timedelta(hours=20), 60)]
     spans.append((datetime.timedelta(days=3), datetime.timedelta(days=10), 30))
     times = [first + (last - first) * (i - (i % 5 == 4)) / n for first, last, n in spans for i in range(n)]
-    HealthCheck.objects.bulk_create(
+    history_bulk_create(
         HealthCheck(device=device, status="healthy", error_message=f"r{n}", checked_at=now - ago)
         for n, ago in enumerate(reversed(times))
     )
@@ -259,7 +260,7 @@ def test_a_device_timeline_reads_its_connectivity_changes_from_its_last_change_b
 
     till = store.devices.first()
     now = timezone.now()
-    DeviceStatusChange.objects.bulk_create(
+    history_bulk_create(
         DeviceStatusChange(
             device=till,
             old_status="online",
