@@ -63,8 +63,9 @@ def isolated_heartbeat_buffer(settings):
     leftover entry would be flushed onto another test's device with the same id."""
     prefix = f"homepot:seen:test-{uuid.uuid4().hex}:"
     settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX = prefix
+    client = redis.Redis.from_url(django_settings.REDIS_URL)  # before a test points it elsewhere
     yield prefix
-    _delete_redis_keys(prefix)
+    _delete_keys(client, prefix)
 
 
 @pytest.fixture(autouse=True)
@@ -77,12 +78,12 @@ def isolated_identity_store(settings, monkeypatch):
     monkeypatch.setattr(identity_store, "_down_until", 0.0)
     prefix = f"homepot:identity:test-{uuid.uuid4().hex}:"
     settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX = prefix
+    client = redis.Redis.from_url(django_settings.REDIS_URL)  # before a test points it elsewhere
     yield prefix
-    _delete_redis_keys(prefix)
+    _delete_keys(client, prefix)
 
 
-def _delete_redis_keys(prefix: str) -> None:
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+def _delete_keys(client: redis.Redis, prefix: str) -> None:
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
