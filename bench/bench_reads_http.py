@@ -21,7 +21,9 @@ machine's load of that minute; every other round in the opposite order):
 
 The user's session and token are created here (this checkout's code, the same database).
 The pages: the device changelist (no search), the fleet dashboard, the landing page, the
-fleet summary API. `--pages` picks some. Connection: 127.0.0.1:5432, user postgres.
+fleet summary API; `--pages` picks some, or the changelist searched for a device ID
+substring, a number, a common name word and an IP prefix (`search_device_id`,
+`search_number`, `search_name_common`, `search_ip_prefix`). Connection: 127.0.0.1:5432, user postgres.
 """
 
 import argparse
@@ -45,7 +47,16 @@ PAGES = {
     "fleet_dashboard": ("session", "/admin/monitoring_app/alert/fleet/"),
     "landing": ("session", "/admin/"),
     "fleet_summary_api": ("token", "/api/v1/fleet/summary"),
+    # The changelist's search box (devices_app.selectors.device_search), the terms of
+    # bench_reads.py: a device ID substring (40 matches at 1,000,000), a number (50), a name
+    # word matching a tenth of the fleet, an IP prefix.
+    "search_device_id": ("session", "/admin/devices_app/device/?q=bench-12345-pos"),
+    "search_number": ("session", "/admin/devices_app/device/?q=12345"),
+    "search_name_common": ("session", "/admin/devices_app/device/?q=Printer"),
+    "search_ip_prefix": ("session", "/admin/devices_app/device/?q=10.7.161"),
 }
+# Served unless --pages names them: the pages before the search ones were added.
+DEFAULT_PAGES = ("changelist", "fleet_dashboard", "landing", "fleet_summary_api")
 APPLICATION_NAME = "bench-reads-http"
 TIMEOUT = ("--timeout", "120")  # a cold 1,000,000-device page may take longer than the default 30 s
 WARM_UP_REQUESTS = 3
@@ -63,7 +74,7 @@ def parse_args() -> argparse.Namespace:
         help="A checkout to serve (repeatable); default: this one, labelled 'this'.",
     )
     parser.add_argument("--user", default="bench-admin", help="bench-admin: an admin of the whole chain.")
-    parser.add_argument("--pages", default=",".join(PAGES))
+    parser.add_argument("--pages", default=",".join(DEFAULT_PAGES))
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per page and client count.")
     parser.add_argument("--rounds", type=int, default=3)

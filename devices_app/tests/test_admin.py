@@ -152,6 +152,34 @@ def test_search_matches_ids_names_addresses_and_site(admin_browser, term, found)
     assert listed(admin_browser.get(CHANGELIST, {"q": term})) == ([device.pk] if found else [])
 
 
+def test_a_searched_list_is_counted_exactly_up_to_its_own_bound(admin_browser, monkeypatch):
+    site = SiteFactory()
+    for n in range(5):
+        DeviceFactory(device_id=f"printer-{n}", site=site, status="online")
+    DeviceFactory(device_id="till-1", site=site, status="online")
+    model_admin = admin.site._registry[Device]
+
+    exact = admin_browser.get(CHANGELIST, {"q": "printer"})
+    monkeypatch.setattr(model_admin, "search_count_at_most", 2)
+    with CaptureQueriesContext(connection) as searched:
+        big = admin_browser.get(CHANGELIST, {"q": "printer"})
+    with CaptureQueriesContext(connection) as filtered:
+        unsearched = admin_browser.get(CHANGELIST, {"status__exact": "online"})
+
+    def count_sql(queries):
+        return [q["sql"] for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
+
+    assert exact.context["cl"].result_count == 5  # under the bound: exact
+    # Over the search's bound: the count stopped at 3 rows and showed the planner's estimate
+    # (at least 3); the five matches are all listed.
+    assert big.context["cl"].result_count >= 3
+    assert sorted(d.device_id for d in big.context["cl"].result_list) == [f"printer-{n}" for n in range(5)]
+    assert len(count_sql(searched)) == 1 and "LIMIT 3" in count_sql(searched)[0]
+    # A list filtered without a search keeps the paginator's own bound, and its exact count.
+    assert unsearched.context["cl"].result_count == 6
+    assert len(count_sql(filtered)) == 1 and "LIMIT 10001" in count_sql(filtered)[0]
+
+
 def test_search_finds_only_the_managers_own_devices(manager_of_a):
     mine = DeviceFactory(device_id="pos-terminal-1", site=manager_of_a.site_a)
     DeviceFactory(device_id="pos-terminal-2", site=manager_of_a.site_b)
