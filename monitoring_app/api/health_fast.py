@@ -18,10 +18,12 @@ import math
 from django.conf import settings
 from django.http import HttpResponse
 from django.utils.dateparse import parse_datetime
+from django.utils.http import parse_header_parameters
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.utils import json as strict_json
 
+from devices_app.services import device_identity_from_postgres
 from homepot.api.parsers import SUSPECT_ESCAPE
 from monitoring_app.api.agent import (
     HealthBatchView,
@@ -31,9 +33,9 @@ from monitoring_app.api.agent import (
     validate_device_clock,
 )
 from monitoring_app.choices import HealthStatus
-from monitoring_app.ingest import reporting_identity
+from monitoring_app.ingest import reported_identity
 
-_NOT_HANDLED = object()
+NOT_HANDLED = _NOT_HANDLED = object()
 _STATUSES = frozenset(HealthStatus.values)
 _PERCENTS = ("cpu_percent", "memory_percent", "disk_percent")
 # Strings of the serializer: name -> (max length, blank allowed)
@@ -61,33 +63,53 @@ def _handle(request, parse):
     scheme, _, key = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "device" or not key or " " in key:
         return _NOT_HANDLED
-    data = _json_body(request)
+    if "HTTP_TRANSFER_ENCODING" in request.META:
+        return _NOT_HANDLED
+    if not body_may_be_handled(request.META.get("CONTENT_TYPE", ""), request.META.get("CONTENT_LENGTH")):
+        return _NOT_HANDLED
+    body = answer(key, request.body, parse)
+    if body is _NOT_HANDLED:
+        return _NOT_HANDLED
+    return HttpResponse(body, status=201, content_type="application/json")
+
+
+def body_may_be_handled(content_type: str, content_length: str | None) -> bool:
+    """Whether the headers announce a body this path reads: JSON in UTF-8, of a length
+    Django's own limit lets through. Judged before reading the body (the WSGI fast path,
+    monitoring_app.api.heartbeat_fast, reads it only then)."""
+    media_type, params = parse_header_parameters(content_type)
+    if media_type != "application/json" or params.get("charset", "utf-8").lower() not in ("utf-8", "utf8"):
+        return False
+    try:
+        length = int(content_length or 0)
+    except ValueError:
+        return False
+    return 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def answer(key: str, body: bytes, parse):
+    """The 201's body (bytes) for reports `parse` accepts from the device behind `key`, once
+    stored (monitoring_app.api.agent.health_store); _NOT_HANDLED for anything the DRF view
+    must decide (nothing is stored then)."""
+    data = _json(body)
     if data is _NOT_HANDLED:
         return _NOT_HANDLED
     reports = parse(data)
     if reports is _NOT_HANDLED:
         return _NOT_HANDLED
-    device = reporting_identity(key, reported_at=reports[0].get("timestamp") if len(reports) == 1 else None)
+    device = reported_identity(key, reported_at=reports[0].get("timestamp") if len(reports) == 1 else None)
+    if device is None:
+        device = device_identity_from_postgres(key)
     if device is None:
         return _NOT_HANDLED
     try:
-        body = health_store(device, reports)
+        stored = health_store(device, reports)
     except serializers.ValidationError:
         return _NOT_HANDLED  # a device it may not name: the DRF view says so
-    return HttpResponse(json.dumps(body, separators=(",", ":")), status=201, content_type="application/json")
+    return json.dumps(stored, separators=(",", ":")).encode()
 
 
-def _json_body(request):
-    if "HTTP_TRANSFER_ENCODING" in request.META or request.content_type != "application/json":
-        return _NOT_HANDLED
-    charset = request.content_params.get("charset", "utf-8").lower()
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return _NOT_HANDLED
-    if not length or length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE or charset not in ("utf-8", "utf8"):
-        return _NOT_HANDLED
-    body = request.body
+def _json(body: bytes):
     if SUSPECT_ESCAPE.search(body):
         return _NOT_HANDLED  # maybe text PostgreSQL cannot store: the parser's check words it
     try:
