@@ -14,6 +14,7 @@ bound and the touch window. Prints the process CPU (and wall) time per request.
 
 import argparse
 import cProfile
+import datetime
 import io
 import json
 import os
@@ -60,6 +61,14 @@ _BODIES = {
         {"status": "healthy", "cpu_percent": 12.5, "memory_percent": 40.1, "app_version": "7.3.0"},
     ),
 }
+# A batch of 50 (a terminal catching up), stamped when this process starts.
+_BODIES["batch"] = (
+    "/api/v1/agent/health/batch",
+    {
+        "reports": [{**_BODIES["health"][1], "timestamp": datetime.datetime.now(datetime.UTC).isoformat()}]
+        * 50
+    },
+)
 
 
 def heartbeat(key: str, kind: str = "heartbeat") -> None:

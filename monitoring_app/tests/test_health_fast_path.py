@@ -205,3 +205,39 @@ def test_several_commands_in_one_round_trip_leave_the_kept_connection_in_step():
         assert send_many(url, 0.3, [pack("GET", key), pack("STRLEN", key)]) == [b"text", 4]
     finally:
         redis.Redis.from_url(url).delete(key)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("offset", "accepted"),
+    [
+        (lambda s: s.HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS - 30, True),  # just ahead, within skew
+        (lambda s: s.HOMEPOT_MONITORING_CLOCK_SKEW_SECONDS + 30, False),  # beyond the skew
+        (lambda s: -s.HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS * 3600 + 60, True),  # old, still kept
+        (lambda s: -s.HOMEPOT_MONITORING_MAX_REPORT_AGE_HOURS * 3600 - 60, False),  # too old
+    ],
+)
+def test_the_device_clock_is_judged_at_its_edges_as_the_serializer_judges_it(
+    own_redis,  # noqa: F811
+    settings,
+    monkeypatch,
+    offset,
+    accepted,
+):
+    device = _terminal()
+    stamp = (timezone.now() + datetime.timedelta(seconds=offset(settings))).isoformat()
+    calls = _django_calls(monkeypatch)
+
+    single = _send(device, HEALTH, {"status": "healthy", "timestamp": stamp})
+    batch = _send(
+        device, BATCH, {"reports": [{"status": "healthy"}, {"status": "healthy", "timestamp": stamp}]}
+    )
+
+    if accepted:
+        assert (single.status_code, batch.status_code, calls) == (201, 201, [])
+        assert health_buffer.drain(wait=True) == 3
+    else:
+        assert (single.status_code, batch.status_code) == (400, 400)
+        assert "timestamp" in json.dumps(single.json()) and "reports.1.timestamp" in json.dumps(batch.json())
+        assert len(calls) == 2  # the DRF view words the refusal
+        assert health_buffer.drain(wait=True) == 0
