@@ -14,7 +14,9 @@ bound and the touch window. Prints the process CPU (and wall) time per request.
 
 import argparse
 import cProfile
+import datetime
 import io
+import json
 import os
 import pstats
 import secrets
@@ -52,10 +54,29 @@ def fresh_credentials(count: int) -> list[str]:
     return keys
 
 
-def heartbeat(key: str) -> None:
+_BODIES = {
+    "heartbeat": ("/api/v1/agent/heartbeat", {}),
+    "health": (
+        "/api/v1/agent/health",
+        {"status": "healthy", "cpu_percent": 12.5, "memory_percent": 40.1, "app_version": "7.3.0"},
+    ),
+}
+# A batch of 50 (a terminal catching up), stamped when this process starts.
+_BODIES["batch"] = (
+    "/api/v1/agent/health/batch",
+    {
+        "reports": [{**_BODIES["health"][1], "timestamp": datetime.datetime.now(datetime.UTC).isoformat()}]
+        * 50
+    },
+)
+
+
+def heartbeat(key: str, kind: str = "heartbeat") -> None:
+    path, data = _BODIES[kind]
+    body = json.dumps(data).encode()
     environ = {
         "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/api/v1/agent/heartbeat",
+        "PATH_INFO": path,
         "SCRIPT_NAME": "",
         "QUERY_STRING": "",
         "SERVER_NAME": "127.0.0.1",
@@ -64,9 +85,9 @@ def heartbeat(key: str) -> None:
         "REMOTE_ADDR": "127.0.0.1",
         "HTTP_HOST": "127.0.0.1",
         "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": "2",
+        "CONTENT_LENGTH": str(len(body)),
         "HTTP_AUTHORIZATION": f"Device {key}",
-        "wsgi.input": io.BytesIO(b"{}"),
+        "wsgi.input": io.BytesIO(body),
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": False,
@@ -76,8 +97,24 @@ def heartbeat(key: str) -> None:
     }
     statuses = []
     b"".join(application(environ, lambda status, headers, exc_info=None: statuses.append(status)))
-    if not statuses[0].startswith("200"):
-        raise RuntimeError(f"heartbeat answered {statuses[0]}")
+    if not statuses[0].startswith(("200", "201")):
+        raise RuntimeError(f"{kind} answered {statuses[0]}")
+
+
+def forget_identity(key: str) -> None:
+    """Delete the credential's Redis identity entries, as their expiry would: the next
+    request with `key` misses (reads PostgreSQL and stores them again)."""
+    from devices_app import identity_store
+    from devices_app.models import DeviceCredential
+    from homepot.redis_clients import redis_client
+
+    client = redis_client(identity_store._url(), 0.3)
+    credential_key = identity_store.credential_key(DeviceCredential.hash_key(key))
+    entry = client.get(credential_key)
+    names = [credential_key]
+    if entry and entry != identity_store.TOMBSTONE:
+        names.append(identity_store.device_key(int(entry.split(b"|")[1])))
+    client.delete(*names)
 
 
 def _backend_pid() -> int:
@@ -106,16 +143,30 @@ def main() -> None:
         action="store_true",
         help="Warm up with one heartbeat per device (what Redis keeps of each credential is then there).",
     )
+    parser.add_argument("--kind", choices=sorted(_BODIES), default="heartbeat")
+    parser.add_argument(
+        "--miss-every",
+        type=int,
+        default=0,
+        help="Delete the identity entries of every Nth request's credential just before it (its "
+        "expiry: 5 is a fleet reporting every 60 s with the 300 s bound). The deletions' own "
+        "CPU is measured apart and taken out.",
+    )
     args = parser.parse_args()
     keys = fresh_credentials(args.devices)
     warm = len(keys) if args.warm_every_device else min(200, args.requests)
     for i in range(warm):  # warm-up: imports, connections
-        heartbeat(keys[i % len(keys)])
+        heartbeat(keys[i % len(keys)], args.kind)
     backend = _backend_pid()
+    forgetting = 0.0
     cpu, wall, backend_cpu = time.process_time(), time.perf_counter(), _process_cpu(backend)
     for i in range(args.requests):
-        heartbeat(keys[i % len(keys)])
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        if args.miss_every and i % args.miss_every == 0:
+            started = time.process_time()
+            forget_identity(keys[i % len(keys)])
+            forgetting += time.process_time() - started
+        heartbeat(keys[i % len(keys)], args.kind)
+    cpu, wall = time.process_time() - cpu - forgetting, time.perf_counter() - wall
     backend_cpu = _process_cpu(backend) - backend_cpu
     per_request = 1000 / args.requests
     print(
@@ -126,7 +177,7 @@ def main() -> None:
         profile = cProfile.Profile(time.process_time)
         profile.enable()
         for i in range(args.requests):
-            heartbeat(keys[i % len(keys)])
+            heartbeat(keys[i % len(keys)], args.kind)
         profile.disable()
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
 

@@ -22,7 +22,14 @@ What it does:
      a health report and a batch of `--batch` reports from one device (reports per second),
      both in the steady state, buffered in the Redis Stream (the default; the drain of what
      each run buffered is then timed in this process) and unbuffered
-     (HOMEPOT_MONITORING_BUFFER_HEALTH=false: each request writes PostgreSQL).
+     (HOMEPOT_MONITORING_BUFFER_HEALTH=false: each request writes PostgreSQL); a batch for
+     each `--batch` size;
+     `heartbeat_warm` and `health_warm`: every device asked once before each measured run (every
+     identity is in Redis: the all-hit case, whatever `--warm-every-device` says), and
+     `heartbeat_mix` and `health_mix`: the same, then every MISS_EVERY-th request's identity
+     entries are deleted from Redis just before it is sent (what their expiry does: a terminal
+     reporting every 60 s with the 300 s bound misses about 1 request in 5). The deletions are
+     made by this process (its CPU, not the server's).
 
 The client runs on the same machine and takes CPU from the server; on a 2-CPU machine the
 numbers are a floor. Compare the ratio to "hello" rather than the absolute figures, and
@@ -69,7 +76,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers.")
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 32])
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per run.")
-    parser.add_argument("--batch", type=int, default=50, help="Reports per batch request.")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[50], help="Reports per batch request (one scenario each)."
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="Run only these scenarios (hello always runs)."
@@ -102,6 +111,36 @@ def issue_credentials() -> list[str]:
         )
     DeviceCredential.objects.bulk_create(rows, batch_size=5000)
     return secrets_by_device
+
+
+MISS_EVERY = 5  # the `*_mix` scenarios: 60 s between reports, identities kept 300 s
+
+
+def identity_keys() -> list[tuple[str, str]]:
+    """Per device (pk order, as issue_credentials), the names of its credential's identity
+    entries in Redis (devices_app.identity_store), for the `*_mix` scenarios to expire."""
+    from devices_app import identity_store
+    from devices_app.models import DeviceCredential
+
+    pairs = DeviceCredential.objects.order_by("device_id").values_list("key_hash", "device_id")
+    return [(identity_store.credential_key(hashed), identity_store.device_key(pk)) for hashed, pk in pairs]
+
+
+def expiring(make_request, keys: list[tuple[str, str]]):
+    """`make_request`, with the identity entries of every MISS_EVERY-th request's device
+    deleted first (as if they had expired): that request reads PostgreSQL and stores them."""
+    from django.conf import settings
+
+    from homepot.redis_clients import redis_client
+
+    client = redis_client(settings.REDIS_URL, 1.0)
+
+    def make(i):
+        if i % MISS_EVERY == 0:
+            client.delete(*keys[i % len(keys)])
+        return make_request(i)
+
+    return make
 
 
 def steady_state() -> None:
@@ -325,10 +364,18 @@ def main() -> None:
     n = len(device_secrets)
     now = datetime.datetime.now(datetime.UTC).isoformat()
     report = {"status": "healthy", "cpu_percent": 12.5, "memory_percent": 40.1, "app_version": "7.3.0"}
-    batch = {"reports": [{**report, "timestamp": now} for _ in range(args.batch)]}
+    batches = {size: {"reports": [{**report, "timestamp": now} for _ in range(size)]} for size in args.batch}
+    keys = identity_keys()
+    connections.close_all()
 
     def heartbeat(i):
         return _request("/api/v1/agent/heartbeat", device_secrets[i % n], {})
+
+    def health(i):
+        return _request("/api/v1/agent/health", device_secrets[i % n], report)
+
+    def batch_of(size):
+        return lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batches[size])
 
     scenarios = [
         ("hello", "bench.bench_ingest:hello_app", {}, None, lambda i: _request("/", None, {})),
@@ -390,20 +437,16 @@ def main() -> None:
             steady_state,
             lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
         ),
-        (
-            f"health_batch_{args.batch}",
-            "homepot.wsgi",
-            {},
-            steady_state,
-            lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batch),
+        *(
+            (f"health_batch_{size}{suffix}", "homepot.wsgi", extra, steady_state, batch_of(size))
+            for size in args.batch
+            for suffix, extra in (("", {}), ("_unbuffered", {"HOMEPOT_MONITORING_BUFFER_HEALTH": "false"}))
         ),
-        (
-            f"health_batch_{args.batch}_unbuffered",
-            "homepot.wsgi",
-            {"HOMEPOT_MONITORING_BUFFER_HEALTH": "false"},
-            steady_state,
-            lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batch),
-        ),
+        # Every identity in Redis (warmed), and the fleet's mix of hits and expiries.
+        ("heartbeat_warm", "homepot.wsgi", {}, steady_state, heartbeat),
+        ("heartbeat_mix", "homepot.wsgi", {}, steady_state, expiring(heartbeat, keys)),
+        ("health_warm", "homepot.wsgi", {}, steady_state, health),
+        ("health_mix", "homepot.wsgi", {}, steady_state, expiring(health, keys)),
     ]
     results = {"devices": n, "workers": args.workers, "duration_s": args.duration, "runs": {}}
     try:
@@ -419,7 +462,7 @@ def main() -> None:
                 for connections_count in args.connections:
                     # A short warm-up: every worker imports, connects and fills what it keeps.
                     asyncio.run(_drive(args.port, connections_count, 1.0, make_request))
-                    if name != "hello" and args.warm_every_device:
+                    if name != "hello" and (args.warm_every_device or name.endswith(("_warm", "_mix"))):
                         # Every device asked once: what each process or Redis keeps of a
                         # credential is there, as in a fleet reporting every minute.
                         asyncio.run(_drive_count(args.port, connections_count, n, make_request))
@@ -428,7 +471,8 @@ def main() -> None:
                         _drive(args.port, connections_count, args.duration, make_request, pids, backends)
                     )
                     if name.startswith("health_batch"):
-                        outcome["reports_per_s"] = round(outcome["rps"] * args.batch, 1)
+                        size = int(name.split("_")[2])
+                        outcome["reports_per_s"] = round(outcome["rps"] * size, 1)
                     results["runs"][f"{name}@{connections_count}"] = outcome
                     print(f"{name:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
             finally:

@@ -8,7 +8,7 @@ so every operator endpoint refuses it; agent endpoints require `IsDevice` and ac
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from devices_app.services import device_credential_authenticate, device_identity_shared
+from devices_app.services import device_credential_authenticate, device_identity
 
 
 class DevicePrincipal:
@@ -65,10 +65,10 @@ class DeviceCredentialAuthentication(authentication.BaseAuthentication):
         """(device, credential) behind the key, or (None, None). A view whose class says
         `device_lookup = "identity"` (the ingest endpoints, which every terminal calls every
         minute and which read nothing else) gets the narrower lookup of the same rule,
-        `device_identity_shared` (from Redis when stored there), and `request.auth` None."""
+        `device_identity` (from Redis when stored there), and `request.auth` None."""
         view = (getattr(request, "parser_context", None) or {}).get("view")
         if getattr(view, "device_lookup", "full") == "identity":
-            return device_identity_shared(raw_key), None
+            return device_identity(raw_key), None
         credential = device_credential_authenticate(raw_key)
         return (credential.device, credential) if credential else (None, None)
 

@@ -73,14 +73,19 @@ return {c, d}
 """.replace("STATUS_NOT_ANSWERED", " and ".join(f"status ~= '{status}'" for status in _ANSWERED))
 _LOOKUP_SHA = hashlib.sha1(_LOOKUP_LUA.encode()).hexdigest()  # noqa: S324 (Redis's script id)
 
-# KEYS[1] the credential entry, KEYS[2] the device entry; ARGV: their values and the bound.
-# Neither is written over a tombstone (a revocation or change committed since our read).
+# KEYS[1] the credential entry, KEYS[2] the device entry, KEYS[3] the seen buffer's hash;
+# ARGV: their values, the bound, the device's pk and the seen buffer's value ("" notes
+# nothing). The note is written whatever the entries (the caller read the device from
+# PostgreSQL just now); neither entry is written over a tombstone (a revocation or change
+# committed since that read).
 _FILL_LUA = """
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[4], ARGV[5]) end
 if redis.call('GET', KEYS[1]) == '-' or redis.call('GET', KEYS[2]) == '-' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1
 """
+_FILL_SHA = hashlib.sha1(_FILL_LUA.encode()).hexdigest()  # noqa: S324 (Redis's script id)
 
 
 def _url() -> str:
@@ -131,12 +136,9 @@ def lookup(key_hash: str, *, note_key: str = "", note_value: str = ""):
     Never raises for Redis."""
     if not available():
         return None
-    args = (_LOOKUP_SHA, "2", credential_key(key_hash), note_key or "-", device_key(""), note_value)
+    args = ("2", credential_key(key_hash), note_key or "-", device_key(""), note_value)
     try:
-        try:
-            reply = send_one(_url(), _TIMEOUT, pack("EVALSHA", *args))
-        except redis.exceptions.NoScriptError:  # a new or restarted Redis: load it once
-            reply = send_one(_url(), _TIMEOUT, pack("EVAL", _LOOKUP_LUA, *args[1:]))
+        reply = _run_script(_LOOKUP_SHA, _LOOKUP_LUA, args)
     except redis.RedisError as exc:
         _went_down(exc)
         return None
@@ -156,22 +158,34 @@ def _identity(credential: bytes, device: bytes):
     )
 
 
-def fill(key_hash: str, identity) -> None:
+def _run_script(sha: str, lua: str, args: tuple):
+    """EVALSHA on the kept connection; EVAL once when Redis does not know the script yet (a
+    new or restarted Redis). Raises redis.RedisError."""
+    try:
+        return send_one(_url(), _TIMEOUT, pack("EVALSHA", sha, *args))
+    except redis.exceptions.NoScriptError:
+        return send_one(_url(), _TIMEOUT, pack("EVAL", lua, *args))
+
+
+def fill(key_hash: str, identity, *, note_key: str = "", note_value: str = "") -> bool:
     """Store `identity` (just read from PostgreSQL, or just written by this request) for the
-    bound, unless a tombstone says it changed since. Never raises for Redis."""
+    bound, unless a tombstone says it changed since. With `note_value`, the same script call
+    HSETs it into `note_key` under the device's pk (the heartbeat's seen buffer) in any case.
+    True when Redis took the call (so the note is written); never raises for Redis."""
     if not available():
-        return
+        return False
     last_used = f"{identity.last_used_at.timestamp():.0f}" if identity.last_used_at else ""
     credential_value = f"{identity.credential_pk}|{identity.pk}|{last_used}"
     device_value = f"{identity.status}|{identity.site_id}|{identity.device_type}|{identity.device_id}"
     seconds = str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
-    keys = (credential_key(key_hash), device_key(identity.pk))
+    keys = (credential_key(key_hash), device_key(identity.pk), note_key or "-")
+    args = ("3", *keys, credential_value, device_value, seconds, str(identity.pk), note_value)
     try:
-        send_one(
-            _url(), _TIMEOUT, pack("EVAL", _FILL_LUA, "2", *keys, credential_value, device_value, seconds)
-        )
+        _run_script(_FILL_SHA, _FILL_LUA, args)
     except redis.RedisError as exc:
         _went_down(exc)
+        return False
+    return True
 
 
 # --- invalidation (on commit) --------------------------------------------------------------

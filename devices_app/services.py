@@ -363,28 +363,42 @@ class DeviceIdentity:
 
 
 def device_identity(raw_key: str) -> DeviceIdentity | None:
-    """The heartbeat's lookup in PostgreSQL: the same rule and columns as device_identify.
-    Use is recorded as device_identify does.
+    """The device behind a usable credential, as the agent API's authentication needs it:
+    from Redis when stored there (device_identity_from_redis: no PostgreSQL query,
+    `last_seen` None), else from PostgreSQL and stored in Redis. Use is recorded as
+    device_identify does. None for an unusable credential."""
+    identity = device_identity_from_redis(raw_key)
+    return identity if identity is not None else device_identity_from_postgres(raw_key)
 
-    While the Redis identities are in use (devices_app.identity_store), every call reads
-    PostgreSQL and the caller stores the result there. Otherwise (Redis off or away) the
-    result is remembered in this process for HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
-    (devices_app.credential_cache explains the bound), shared by this process's requests:
-    heartbeat_record keeps its status and last_seen current."""
+
+def device_identity_from_postgres(
+    raw_key: str, *, store: bool = True, process_memory: bool = False
+) -> DeviceIdentity | None:
+    """The device behind a usable credential read from PostgreSQL (the same rule and columns
+    as device_identify), use recorded as device_identify does; None for an unusable one.
+
+    With `store`, the identity is stored in Redis for the next request (devices_app
+    .identity_store); a caller that writes the device first (the heartbeat) stores it itself
+    afterwards. With `process_memory` (the fast heartbeat's alone: heartbeat_record keeps the
+    remembered status and last_seen current), while Redis is off or away the identity is
+    remembered in this process for HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
+    (devices_app.credential_cache explains the bound)."""
     if not raw_key.startswith(CREDENTIAL_PREFIX):
         return None
     key_hash = DeviceCredential.hash_key(raw_key)
-    shared = identity_store.available()
-    identity = None if shared else credential_cache.get(key_hash)
+    remember = process_memory and not identity_store.available()
+    identity = credential_cache.get(key_hash) if remember else None
     if identity is None:
         since = credential_cache.generation()
         identity = _identity_from_db(key_hash)
         if identity is None:
             return None
-        if not shared:
+        if remember:
             seconds = settings.HOMEPOT_DEVICES_CREDENTIAL_CACHE_SECONDS
             credential_cache.put(key_hash, identity, seconds=seconds, since_generation=since)
     identity.last_used_at = _record_use(identity.credential_pk, identity.last_used_at)
+    if store:
+        identity_store.fill(key_hash, identity)
     return identity
 
 
@@ -400,34 +414,12 @@ def _identity_from_db(key_hash: str) -> DeviceIdentity | None:
     return identity
 
 
-def device_identity_shared(raw_key: str) -> DeviceIdentity | None:
-    """The device behind a usable credential, as the ingest endpoints need it: from Redis
-    when stored there (devices_app.identity_store: no PostgreSQL query, `last_seen` None),
-    else from PostgreSQL (its row's `last_seen`), then stored in Redis. Use is recorded as
-    device_identify does. None for an unusable credential."""
-    identity = device_identity_shared_hit(raw_key)
-    return identity if identity is not None else device_identity_stored(raw_key)
-
-
-def device_identity_stored(raw_key: str) -> DeviceIdentity | None:
-    """The device behind a usable credential read from PostgreSQL (never from this
-    process's memory, which is the fast heartbeat's alone), use recorded, and stored in Redis
-    for the next request (devices_app.identity_store). None for an unusable credential."""
-    if not raw_key.startswith(CREDENTIAL_PREFIX):
-        return None
-    key_hash = DeviceCredential.hash_key(raw_key)
-    identity = _identity_from_db(key_hash)
-    if identity is not None:
-        identity.last_used_at = _record_use(identity.credential_pk, identity.last_used_at)
-        identity_store.fill(key_hash, identity)
-    return identity
-
-
-def device_identity_shared_hit(
+def device_identity_from_redis(
     raw_key: str, *, note_key: str = "", note_value: str = ""
 ) -> DeviceIdentity | None:
-    """The Redis half of device_identity_shared: the identity if Redis has it (noted as
-    asked), else None, without asking PostgreSQL."""
+    """The identity if Redis has it and a heartbeat would leave its status alone (noted as
+    asked, in the same script call: identity_store.lookup), else None, without asking
+    PostgreSQL. Use is recorded as device_identify does."""
     if not raw_key.startswith(CREDENTIAL_PREFIX):
         return None
     key_hash = DeviceCredential.hash_key(raw_key)

@@ -31,6 +31,14 @@ def send_one(url: str, timeout: float, packed: bytes):
     of CPU per HSET, measured). A timeout is not retried: a hung Redis must not hold the
     request, the caller decides what to do without it.
     """
+    return send_many(url, timeout, [packed])[0]
+
+
+def send_many(url: str, timeout: float, packed_commands: list[bytes]) -> list:
+    """send_one for several commands in one round trip (a pipeline without MULTI): their
+    replies in order. An error reply raises (redis.ResponseError) after every reply was read,
+    so the kept connection stays in step. The same rule of repeating on a fresh connection
+    applies: a command that is not safe to repeat may then run twice, never zero times."""
     connection = _connection(url, timeout)
     reused = connection._sock is not None
     try:
@@ -39,14 +47,25 @@ def send_one(url: str, timeout: float, packed: bytes):
         if reused and connection.can_read(timeout=0):
             connection.disconnect()
             reused = False
-        connection.send_packed_command([packed], check_health=False)
-        return connection.read_response()
+        return _exchange(connection, packed_commands)
     except redis.ConnectionError:
         if not reused:
             raise
         connection.disconnect()  # already done by redis-py on most errors; safe to repeat
-    connection.send_packed_command([packed], check_health=False)
-    return connection.read_response()
+    return _exchange(connection, packed_commands)
+
+
+def _exchange(connection: redis.Connection, packed_commands: list[bytes]) -> list:
+    connection.send_packed_command(packed_commands, check_health=False)
+    replies, error = [], None
+    for _ in packed_commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
 
 
 def pack(*parts: str | bytes) -> bytes:

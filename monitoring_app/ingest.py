@@ -20,7 +20,7 @@ from django.utils import timezone
 from devices_app import identity_store
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device, DeviceCredential
-from devices_app.services import device_identity, device_identity_shared_hit, device_identity_stored
+from devices_app.services import device_identity_from_postgres, device_identity_from_redis
 from homepot import metrics
 from monitoring_app import health_buffer, partitions, seen_buffer
 from monitoring_app.choices import ConnectivityReason
@@ -210,38 +210,52 @@ def heartbeat_by_credential(*, raw_key: str, reported_at: datetime.datetime | No
 
     The steady case is ONE Redis script call and no PostgreSQL: the credential's identity is
     read from Redis and, in the same call, the heartbeat noted in the seen buffer
-    (devices_app.identity_store). Otherwise (not stored, a status the heartbeat changes, Redis
-    away) the credential is read from PostgreSQL, heartbeat_record does its work, and the
-    identity as it stands after that is stored for the next heartbeat. Safe to repeat."""
-    identity = noted_identity(raw_key, reported_at=reported_at)
+    (devices_app.identity_store). A miss (not stored, or a status the heartbeat changes)
+    reads the credential from PostgreSQL; when only `last_seen` would move, ONE more script
+    call stores the identity and notes the heartbeat, else heartbeat_record writes the row
+    and the identity as it stands after that is stored. Safe to repeat."""
+    identity = reported_identity(raw_key, reported_at=reported_at)
     if identity is not None:
         metrics.HEARTBEAT_ACCEPTED.inc()
         return identity
-    device = device_identity(raw_key)
+    device = device_identity_from_postgres(raw_key, store=False, process_memory=True)
     if device is None:
         return None
+    if _stored_and_noted(raw_key, device, reported_at):
+        metrics.HEARTBEAT_ACCEPTED.inc()
+        return device
     heartbeat_record(device=device, reported_at=reported_at)
     identity_store.fill(DeviceCredential.hash_key(raw_key), device)
     return device
 
 
-def reporting_identity(raw_key: str, *, reported_at: datetime.datetime | None = None):
-    """The device behind `raw_key` for a health report (its fast path): from Redis and noted
-    as seen (with the device's own clock, `reported_at`, when one report carries it) when it
-    can be (noted_identity), else read from PostgreSQL and stored in Redis for the next
-    request. None for an unusable credential."""
-    identity = noted_identity(raw_key, reported_at=reported_at)
-    return identity if identity is not None else device_identity_stored(raw_key)
+def _stored_and_noted(raw_key: str, device, reported_at) -> bool:
+    """For a device read from PostgreSQL whose status a heartbeat leaves alone: store its
+    identity in Redis and note the heartbeat in the seen buffer in one script call (what
+    heartbeat_record followed by identity_store.fill would do in two). False when that
+    cannot be done (the caller then takes that longer way)."""
+    if not (_stays_as_it_is(device) and identity_store.available() and seen_buffer.usable()):
+        return False
+    now = timezone.now()
+    note = "" if _row_is_current(device, now) else seen_buffer.entry(now, reported_at)
+    key_hash = DeviceCredential.hash_key(raw_key)
+    if not identity_store.fill(key_hash, device, note_key=seen_buffer.key(), note_value=note):
+        return False
+    if note:
+        device.last_seen = now
+    return True
 
 
-def noted_identity(raw_key: str, *, reported_at: datetime.datetime | None = None):
-    """The device behind `raw_key` if Redis has it and a heartbeat would only move its
-    `last_seen`, noted as seen in the same round trip (so `last_seen` is now); else None
-    (the caller asks PostgreSQL). Records the credential's use as the lookups do."""
+def reported_identity(raw_key: str, *, reported_at: datetime.datetime | None = None):
+    """The device behind `raw_key` if Redis has it and a report would only move its
+    `last_seen`, noted as seen (with the device's own clock, `reported_at`, when given) in the
+    same round trip, so `last_seen` is now; else None (the caller asks PostgreSQL:
+    devices_app.services.device_identity_from_postgres). Records the credential's use as the
+    lookups do."""
     if not (identity_store.available() and seen_buffer.usable()):
         return None
     now = timezone.now()
-    identity = device_identity_shared_hit(
+    identity = device_identity_from_redis(
         raw_key, note_key=seen_buffer.key(), note_value=seen_buffer.entry(now, reported_at)
     )
     if identity is not None:

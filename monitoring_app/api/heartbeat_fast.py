@@ -11,6 +11,12 @@ request signals (database connections kept and closed as for any request), the r
 metrics under the view's route, the request id and the security headers of the middleware
 stack.
 
+Health reports (a single one or a batch, 201) take the same way in front of Django: their
+body is checked and stored by monitoring_app.api.health_fast.answer, the function the
+Django-side wrapper of the DRF views calls too (for requests that reach Django, and for
+Django's test client), so the middleware stack and URL resolution (about half of a buffered
+report's CPU, measured) are skipped for them as well.
+
 Everything else (another method, a missing or bad credential, a body this path does not
 recognise, a host Django would refuse, a request to redirect to HTTPS, a database error) goes
 to Django unchanged, the body already read handed on, and gets the API's usual answers and
@@ -34,9 +40,17 @@ from django.urls import resolve
 
 from homepot import metrics
 from monitoring_app import ingest
+from monitoring_app.api import health_fast
 from monitoring_app.api.agent import HeartbeatSerializer, heartbeat_answer
 
 PATHS = frozenset({"/api/v1/agent/heartbeat", "/api/v1/agent/heartbeat/"})
+# Health reports (a single one, a batch): path -> the parser of its body (health_fast).
+HEALTH_PATHS = {
+    "/api/v1/agent/health": health_fast.parse_single,
+    "/api/v1/agent/health/": health_fast.parse_single,
+    "/api/v1/agent/health/batch": health_fast.parse_batch,
+    "/api/v1/agent/health/batch/": health_fast.parse_batch,
+}
 # Larger bodies are not heartbeats this path needs to understand; Django's view bounds them.
 _MAX_BODY_BYTES = 1024
 _NOT_HANDLED = object()
@@ -49,30 +63,37 @@ class HeartbeatFastPath:
         self.django_app = django_app
         self._allowed_hosts = {}  # Host header -> whether Django would accept it
         self._headers = {}  # secure? -> the headers Django's middleware adds to a 200
-        self._metrics = None  # (counter, timer) of this route, bound on first use
+        self._metrics = {}  # path -> (counter, timer) of its route, bound on first use
 
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") not in PATHS:
+        path = environ.get("PATH_INFO")
+        if environ.get("REQUEST_METHOD") != "POST" or (path not in PATHS and path not in HEALTH_PATHS):
             return self.django_app(environ, start_response)
         started = time.perf_counter()
-        key, secure = self._precheck(environ)
+        health = HEALTH_PATHS.get(path)
+        key, secure = self._precheck(environ, health=health is not None)
         if key is None:
             return self.django_app(environ, start_response)
         body = _read_body(environ)
-        reported_at = _reported_at(environ, body)
-        if reported_at is _NOT_HANDLED:
-            return self.django_app(environ, start_response)
+        if health is None:
+            reported_at = _reported_at(environ, body)
+            if reported_at is _NOT_HANDLED:
+                return self.django_app(environ, start_response)
         signals.request_started.send(sender=self.__class__, environ=environ)
         try:
-            payload = _heartbeat(key, reported_at)
+            if health is None:
+                payload = _heartbeat(key, reported_at)
+            else:
+                payload = health_fast.answer(key, body, health)
         except DatabaseError:
             payload = _NOT_HANDLED  # Django's view answers the outage (503), as for any view
-        if payload is _NOT_HANDLED:
+        if payload is _NOT_HANDLED or payload is health_fast.NOT_HANDLED:
             return self.django_app(environ, start_response)
         request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex
         signals.request_finished.send(sender=self.__class__)
+        status = "200 OK" if health is None else "201 Created"
         start_response(
-            "200 OK",
+            status,
             [
                 ("Content-Type", "application/json"),
                 ("Content-Length", str(len(payload))),
@@ -80,10 +101,10 @@ class HeartbeatFastPath:
                 *self._security_headers(secure),
             ],
         )
-        self._count(time.perf_counter() - started)
+        self._count(path, status[:3], time.perf_counter() - started)
         return [payload]
 
-    def _precheck(self, environ) -> tuple[str | None, bool]:
+    def _precheck(self, environ, *, health: bool) -> tuple[str | None, bool]:
         """(the credential, whether the request is HTTPS) when this path may answer, judged
         from the headers alone; (None, _) hands the request to Django."""
         scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
@@ -94,6 +115,9 @@ class HeartbeatFastPath:
         secure = _is_secure(environ)
         if settings.SECURE_SSL_REDIRECT and not secure:
             return None, False
+        if health:
+            announced = environ.get("CONTENT_TYPE", ""), environ.get("CONTENT_LENGTH")
+            return (key, secure) if health_fast.body_may_be_handled(*announced) else (None, False)
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -128,15 +152,16 @@ class HeartbeatFastPath:
             headers = self._headers[secure] = [(k, v) for k, v in response.items() if k not in before]
         return headers
 
-    def _count(self, elapsed: float) -> None:
+    def _count(self, path: str, status: str, elapsed: float) -> None:
         # Under the route Django would report (homepot.metrics_middleware): one series.
-        if self._metrics is None:
-            route = resolve(next(iter(PATHS))).route
-            self._metrics = (
-                metrics.http_requests.labels(route=route, method="POST", status="200"),
+        bound = self._metrics.get(path)
+        if bound is None:
+            route = resolve(path).route
+            bound = self._metrics[path] = (
+                metrics.http_requests.labels(route=route, method="POST", status=status),
                 metrics.http_request_duration.labels(route=route, method="POST"),
             )
-        counter, timer = self._metrics
+        counter, timer = bound
         counter.inc()
         timer.observe(elapsed)
 
