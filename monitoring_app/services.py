@@ -11,8 +11,8 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from homepot import request_context
+from homepot.compiled_sql import compiled, insert_one
 from homepot.errors import NotFound
-from homepot.rows import insert_one
 from monitoring_app.choices import AuditEvent
 from monitoring_app.models import AuditLog, audit_hashed_text
 
@@ -238,7 +238,6 @@ class _OneTripAppend:
         )
 
 
-_ONE_TRIP: dict[str, _OneTripAppend] = {}
 # Not a hash, so it cannot be a row's previous hash; a row whose own text contains it takes
 # the three-trip path.
 _PREV_STAND_IN = f"prev-{uuid.uuid4().hex}"
@@ -247,9 +246,7 @@ _PREV_STAND_IN = f"prev-{uuid.uuid4().hex}"
 def _append_in_one_trip(connection, entry: AuditLog) -> bool:
     """Appends `entry` in one round trip (see _OneTripAppend); False, having done nothing,
     when its text cannot be split around the stand-in."""
-    plan = _ONE_TRIP.get(connection.alias)
-    if plan is None:
-        plan = _ONE_TRIP[connection.alias] = _OneTripAppend(connection)
+    plan = compiled(("monitoring.audit_append_one",), connection.alias, _OneTripAppend)
     entry.created_at = timezone.now()
     text = audit_hashed_text(
         entry, created_at=entry.created_at.astimezone(datetime.UTC).isoformat(), prev_hash=_PREV_STAND_IN
