@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import pytest
-from django.db import connection, transaction
+from django.db import ProgrammingError, connection, transaction
 from psycopg.pq import TransactionStatus
 
 from sites_app.models import Site
@@ -117,3 +117,12 @@ def test_outside_atomic_with_autocommit_off_each_commit_ends_one_transaction():
     finally:
         transaction.set_autocommit(True)
     assert list(Site.objects.values_list("site_id", flat=True)) == ["site-first"]
+
+
+def test_a_first_statement_postgresql_cannot_parse_leaves_the_next_one_inside_the_transaction():
+    with pytest.raises(Boom), transaction.atomic():
+        with pytest.raises(ProgrammingError), connection.cursor() as cursor:
+            cursor.execute("SELEC 1")  # nothing of the query runs, its BEGIN neither
+        SiteFactory.build(site_id="site-after-error").save()
+        raise Boom
+    assert not Site.objects.filter(site_id="site-after-error").exists()

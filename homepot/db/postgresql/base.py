@@ -151,7 +151,14 @@ class PiggybackCursor(base.Cursor):
             hand_begin_to_psycopg(connection)
             return super().execute(query, params, **kwargs)
         connection._homepot_begin_pending = False
-        super().execute("BEGIN; " + query, params)
+        try:
+            super().execute("BEGIN; " + query, params)
+        except BaseException:
+            # A statement PostgreSQL could not parse runs nothing, BEGIN included: the next
+            # statement must still open the transaction, not run in autocommit.
+            if not connection.closed and connection.info.transaction_status == TransactionStatus.IDLE:
+                connection._homepot_begin_pending = True
+            raise
         self.nextset()  # onto the statement's own result: rows, rowcount, description
         return self
 
