@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 
 from accounts.models import ApiToken, SiteMembership, User
-from homepot.rows import column_converter
+from homepot.compiled_sql import column_converter, compiled
 
 
 def _is_admin(user) -> bool:
@@ -106,9 +106,8 @@ def api_token_with_user(key_hash: str) -> ApiToken | None:
     from django.db import connections, router
 
     using = router.db_for_read(ApiToken)
-    connection = connections[using]
-    plan = _token_plan(connection)
-    with connection.cursor() as cursor:
+    plan = compiled(("accounts.api_token_with_user",), using, _build_token_plan)
+    with connections[using].cursor() as cursor:
         cursor.execute(plan.sql, [key_hash])
         row = cursor.fetchone()
     if row is None:
@@ -123,16 +122,6 @@ def api_token_with_user(key_hash: str) -> ApiToken | None:
 
 class _TokenPlan:
     __slots__ = ("converters", "sql", "token_names", "user_names")
-
-
-_TOKEN_PLANS: dict[str, _TokenPlan] = {}
-
-
-def _token_plan(connection) -> _TokenPlan:
-    plan = _TOKEN_PLANS.get(connection.alias)
-    if plan is None:
-        plan = _TOKEN_PLANS[connection.alias] = _build_token_plan(connection)
-    return plan
 
 
 def _build_token_plan(connection) -> _TokenPlan:

@@ -5,7 +5,9 @@ through Django's test client, with an optional cProfile of them.
     python bench/profile_api_hot.py --database homepot_apihot_100k --profile jobs_create
 
 Prints, per request kind, this process's CPU per request (time.process_time: Python only,
-not PostgreSQL's) and the SQL statements of one request; with `--profile NAME` the top
+not PostgreSQL's), its PostgreSQL backend's CPU per request (/proc, a second pass of the
+same requests), the SQL statements of one request (Django's log) and its round trips
+to PostgreSQL (libpq's trace, BEGIN and COMMIT included); with `--profile NAME` the top
 entries of a cProfile of that kind's requests. Load-independent enough to compare two
 checkouts run one after the other (`--code-root`), unlike the latencies of bench_api_hot.
 """
@@ -44,6 +46,43 @@ def cpu_ms_per_request(call, requests: int) -> float:
     return (time.process_time() - start) * 1000 / requests
 
 
+def round_trips(call) -> int:
+    """Queries one request sends to PostgreSQL, from libpq's protocol trace: each simple
+    Query or extended Parse message the client sends (BEGIN and COMMIT included, which
+    Django's query log leaves out)."""
+    import tempfile
+
+    from django.db import connection
+
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        try:
+            call(0)
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        return sum(1 for line in trace if "\tF\t" in line and ("\tQuery\t" in line or "\tParse\t" in line))
+
+
+def backend_cpu_ms_per_request(call, requests: int) -> float:
+    """CPU of this process's PostgreSQL backend per request (/proc: parsing, planning,
+    executing, its WAL), which a round trip or a statement less shows and the load moves
+    little. Clock ticks (10 ms): run enough requests for a few hundred ticks."""
+    from django.db import connection
+
+    from bench.harness import cpu_seconds
+
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    start = cpu_seconds(pid)
+    for i in range(requests):
+        response = call(i)
+        assert response.status_code in (200, 201), response.content
+    return (cpu_seconds(pid) - start) * 1000 / requests
+
+
 def main() -> None:
     args = parse_args()
     code_root = Path(args.code_root).resolve()
@@ -64,7 +103,12 @@ def main() -> None:
         ),
         "devices_first_page": lambda i: client.get("/api/v1/devices"),
     }
-    results = {"statements": statements_per_request(token, site_ids), "cpu_ms": {}}
+    results = {
+        "statements": statements_per_request(token, site_ids),
+        "cpu_ms": {},
+        "backend_cpu_ms": {},
+        "round_trips": {},
+    }
     try:
         for name, call in calls.items():
             cpu_ms_per_request(call, 20)  # warm-up: imports, caches
@@ -78,6 +122,8 @@ def main() -> None:
                 if args.dump:
                     profiler.dump_stats(args.dump)
             results["cpu_ms"][name] = round(cpu_ms_per_request(call, args.requests), 2)
+            results["backend_cpu_ms"][name] = round(backend_cpu_ms_per_request(call, args.requests), 2)
+            results["round_trips"][name] = round_trips(call)
     finally:
         import redis
 

@@ -108,10 +108,19 @@ def audit_row_hash(row) -> str:
     `row` is an AuditLog (or a historical model in migrations). Changing this format
     breaks every existing chain, so it is written once and never edited.
     """
+    created_at = row.created_at.astimezone(datetime.UTC).isoformat()
+    return hashlib.sha256(audit_hashed_text(row, created_at=created_at).encode()).hexdigest()
+
+
+def audit_hashed_text(row, *, created_at: str, prev_hash: str | None = None) -> str:
+    """The canonical JSON audit_row_hash hashes, with `created_at` already as text and
+    `prev_hash` (the row's own when None) given: the one-round-trip append builds it with
+    stand-ins that PostgreSQL replaces (monitoring_app.services)."""
     content = {name: getattr(row, name) for name in AUDIT_HASHED_FIELDS}
-    content["created_at"] = row.created_at.astimezone(datetime.UTC).isoformat()
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    content["created_at"] = created_at
+    if prev_hash is not None:
+        content["prev_hash"] = prev_hash
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class AppendOnlyError(Exception):

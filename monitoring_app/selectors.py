@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from django.db.models import Q
 
 from accounts.scoping import scoped_site_ids
+from homepot.compiled_sql import fetch_prebuilt, prebuilt
 from homepot.db import stream
-from homepot.prebuilt_sql import fetch_prebuilt, prebuilt
 from monitoring_app.models import AuditLog
 from monitoring_app.services import GENESIS_HASH
 
@@ -359,7 +359,7 @@ def _open_alert_counts(alerts) -> dict:
 
 
 # The whole chain's fleet reads (an admin's: no user in them), compiled once per process
-# (homepot.prebuilt_sql): the key names every value the statement depends on.
+# (homepot.compiled_sql): the key names every value the statement depends on.
 @prebuilt("fleet.totals")
 def _whole_chain_totals(fraction: float):
     from devices_app.models import SiteHealthCount

@@ -11,10 +11,10 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from homepot import request_context
+from homepot.compiled_sql import compiled, insert_one
 from homepot.errors import NotFound
-from homepot.rows import insert_one
 from monitoring_app.choices import AuditEvent
-from monitoring_app.models import AuditLog
+from monitoring_app.models import AuditLog, audit_hashed_text
 
 
 def _jsonable(value: Any) -> Any:
@@ -162,6 +162,12 @@ def _append_all(entries: list[AuditLog]) -> None:
     # row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
     # writers by itself.
     connection = transaction.get_connection()
+    if (
+        connection.vendor == "postgresql"
+        and len(entries) == 1
+        and _append_in_one_trip(connection, entries[0])
+    ):
+        return
     if connection.vendor == "postgresql":
         prev_hash = _lock_chain_and_read_head(connection)
     else:
@@ -194,6 +200,68 @@ def _lock_chain_and_read_head(connection) -> str | None:
         cursor.nextset()
         row = cursor.fetchone()
     return row[0] if row else None
+
+
+class _OneTripAppend:
+    """The chain lock, the head's hash, the row's hash and its INSERT in one round trip, for
+    a block that appends one row (every audited service but the bulk writers).
+
+    The row's canonical text (audit_hashed_text) is built in Python with a stand-in for the
+    previous hash; PostgreSQL puts the head's hash in its place and takes its SHA-256, so
+    the row is the one _append_all writes in three round trips (lock and head, INSERT, both
+    under the lock): the hash verify_audit recomputes in Python. The lock is held one round
+    trip and one Python hash less, which is what concurrent writers queue on. `created_at`
+    is taken just before the trip, so under contention a row can carry a time up to its
+    lock wait earlier than the row before it; the chain's order is the ids', drawn under
+    the lock as before.
+    """
+
+    def __init__(self, connection):
+        meta = AuditLog._meta
+        chained = {"created_at", "prev_hash", "row_hash"}
+        self.fields = [
+            f for f in meta.local_concrete_fields if f is not meta.auto_field and f.name not in chained
+        ]
+        quote = connection.ops.quote_name
+        table = quote(meta.db_table)
+        columns = ", ".join(quote(f.column) for f in self.fields)
+        chain_columns = ", ".join(quote(name) for name in ("created_at", "prev_hash", "row_hash"))
+        placeholders = ", ".join(["%s"] * len(self.fields))
+        # Model metadata, quoted; every value is a parameter.
+        self.sql = (
+            f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d}); "  # noqa: S608
+            f"INSERT INTO {table} ({columns}, {chain_columns}) "
+            f"SELECT {placeholders}, %s, head.prev, "
+            "encode(sha256(convert_to(%s || head.prev || %s, 'UTF8')), 'hex') "
+            f"FROM (SELECT coalesce(({_chain_head_sql()}), %s) AS prev) AS head "
+            f"RETURNING {quote('id')}, {quote('prev_hash')}, {quote('row_hash')}"
+        )
+
+
+# Not a hash, so it cannot be a row's previous hash; a row whose own text contains it takes
+# the three-trip path.
+_PREV_STAND_IN = f"prev-{uuid.uuid4().hex}"
+
+
+def _append_in_one_trip(connection, entry: AuditLog) -> bool:
+    """Appends `entry` in one round trip (see _OneTripAppend); False, having done nothing,
+    when its text cannot be split around the stand-in."""
+    plan = compiled(("monitoring.audit_append_one",), connection.alias, _OneTripAppend)
+    entry.created_at = timezone.now()
+    text = audit_hashed_text(
+        entry, created_at=entry.created_at.astimezone(datetime.UTC).isoformat(), prev_hash=_PREV_STAND_IN
+    )
+    before, stand_in, after = text.partition(_PREV_STAND_IN)
+    if not stand_in or _PREV_STAND_IN in after:
+        return False
+    values = [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in plan.fields]
+    with transaction.mark_for_rollback_on_error(connection.alias), connection.cursor() as cursor:
+        cursor.execute(plan.sql, [*values, entry.created_at, before, after, GENESIS_HASH])
+        cursor.nextset()
+        entry.pk, entry.prev_hash, entry.row_hash = cursor.fetchone()
+    entry._state.adding = False
+    entry._state.db = connection.alias
+    return True
 
 
 # --- Lock order ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
 from accounts.scoping import scoped_site_ids
 from devices_app.choices import DeviceStatus
-from homepot.rows import RowByUniqueColumn
+from homepot.compiled_sql import RowByUniqueColumn
 from monitoring_app.choices import HealthStatus, SiteHealthStatus
 from sites_app.models import Site
 

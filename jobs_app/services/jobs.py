@@ -9,8 +9,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.scoping import require_site_access
+from homepot.compiled_sql import insert_one
 from homepot.errors import Conflict
-from homepot.rows import insert_one
 from homepot.validation import full_clean_batched
 from jobs_app.choices import (
     DELIVERY_FAILED,
@@ -91,7 +91,7 @@ def job_create(
     # creator is the authenticated actor: their foreign keys are not looked up a second time.
     # The check constraints are asked in one query (homepot.validation), not seven.
     full_clean_batched(job, exclude=["site", "created_by"])
-    insert_one(job)  # job.save(), from an INSERT compiled once (homepot/rows.py)
+    insert_one(job)  # job.save(), from an INSERT compiled once (homepot/compiled_sql.py)
     if extra_sites:
         job.extra_sites.set(extra_sites)
     if target_devices:

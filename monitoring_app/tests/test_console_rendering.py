@@ -4,7 +4,7 @@
   `items_for_result` writes for the same changelist, filtered, sorted or not.
 - The dashboard's alert rows, job rows and charts (monitoring_app.admin_dashboard) are the
   HTML the template loops and fleet_chart.html wrote (kept here as the reference).
-- An admin of the whole chain (statements compiled once per process, homepot.prebuilt_sql)
+- An admin of the whole chain (statements compiled once per process, homepot.compiled_sql)
   sees the numbers a manager of every site sees through the ORM, and a store manager who
   opens the pages after an admin still sees only their own stores.
 """

@@ -1,4 +1,4 @@
-"""homepot.rows: a row read or written from SQL compiled once is the row the ORM reads or
+"""homepot.compiled_sql: a row read or written from SQL compiled once is the row the ORM reads or
 writes, and anything it does not reproduce goes through the ORM."""
 
 import pytest
@@ -8,9 +8,10 @@ from django.db.models.functions import Concat
 from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import UserFactory
-from homepot.rows import insert_one
+from homepot.compiled_sql import RowByUniqueColumn, compiled, fetch_prebuilt, insert_one, prebuilt
 from jobs_app.models import Job
 from monitoring_app.models import AuditLog
+from sites_app.models import Site
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -86,3 +87,56 @@ def test_an_expression_value_goes_through_the_orm():
     job = _job(site, user, description=Concat(Value("a"), Value("b")))
     insert_one(job)
     assert job.pk and _row(Job, job.pk)["description"] == "ab"
+
+
+def test_a_plan_is_built_once_per_key_and_database():
+    built = []
+
+    def build(conn):
+        built.append(conn.alias)
+        return object()
+
+    first = compiled(("test.once", 1), "default", build)
+    assert compiled(("test.once", 1), "default", build) is first
+    assert compiled(("test.once", 2), "default", build) is not first
+    assert built == ["default", "default"]
+
+
+def test_a_prebuilt_read_runs_the_statement_the_orm_compiled_and_only_that():
+    SiteFactory(site_id="site-pre-1", region="North")
+    SiteFactory(site_id="site-pre-2", region="South")
+    calls = []
+
+    @prebuilt("test.sites_in_region")
+    def sites_in_region(region):
+        calls.append(region)
+        return lambda: list(
+            Site.objects.filter(region=region).order_by("site_id").values("site_id", "region")
+        )
+
+    assert fetch_prebuilt("test.sites_in_region", "North") == [{"site_id": "site-pre-1", "region": "North"}]
+    with CaptureQueriesContext(connection) as queries:
+        assert fetch_prebuilt("test.sites_in_region", "North") == [
+            {"site_id": "site-pre-1", "region": "North"}
+        ]
+        assert fetch_prebuilt("test.sites_in_region", "South") == [
+            {"site_id": "site-pre-2", "region": "South"}
+        ]
+    # Compiled once per key (the region is part of it); each fetch is one statement.
+    assert calls == ["North", "South"]
+    assert len(queries) == 2
+
+
+def test_a_row_by_unique_column_is_the_orms_instance():
+    site = SiteFactory(site_id="site-unique")
+    lookup = RowByUniqueColumn(Site, "site_id")
+    with CaptureQueriesContext(connection) as queries:
+        found = lookup.get("site-unique")
+        missing = lookup.get("site-none")
+    assert len(queries) == 2 and missing is None
+    expected = Site.objects.get(pk=site.pk)
+    assert {f.attname: getattr(found, f.attname) for f in Site._meta.concrete_fields} == {
+        f.attname: getattr(expected, f.attname) for f in Site._meta.concrete_fields
+    }
+    with pytest.raises(ValueError, match="not unique"):
+        RowByUniqueColumn(Site, "region")
