@@ -402,7 +402,7 @@ def _identity_from_db(key_hash: str) -> DeviceIdentity | None:
 
 def device_identity_shared(raw_key: str) -> DeviceIdentity | None:
     """The device behind a usable credential, as the ingest endpoints need it: from Redis
-    when stored there (devices_app.identity_store: no PostgreSQL query, `last_seen` None),
+    when stored there (devices_app.identity_store: no PostgreSQL query, `last_seen` its sighting),
     else from PostgreSQL (its row's `last_seen`), then stored in Redis. Use is recorded as
     device_identify does. None for an unusable credential."""
     identity = device_identity_shared_hit(raw_key)

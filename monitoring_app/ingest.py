@@ -179,6 +179,18 @@ def _row_is_current(device, now: datetime.datetime) -> bool:
     return _stays_as_it_is(device) and device.last_seen is not None and device.last_seen >= stale_before
 
 
+def _sweep_may_be_judging(device, now: datetime.datetime) -> bool:
+    """Whether a sweep running now may mark `device` offline: online, and last seen longer
+    ago than a Redis sighting may be (devices_app.identity_store.sighting_fresh_for). Its
+    heartbeat is then written to the row, under the row's lock, not buffered: a sweep holding
+    the row first is waited for and its offline undone (with the transition); a sweep coming
+    after finds the device seen. Buffered, the heartbeat could miss the sweep's flush while
+    the identity stored after it let the next heartbeats be answered from Redis."""
+    if device.status != DeviceStatus.ONLINE:
+        return False
+    return device.last_seen is None or device.last_seen < now - identity_store.sighting_fresh_for()
+
+
 def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) -> str:
     """A device says it is alive. Updates its row only if needed (see _touch_device); writes
     no history. Returns the device's status afterwards. Safe to repeat.
@@ -194,7 +206,8 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     metrics.HEARTBEAT_ACCEPTED.inc()  # every path below accepts it (pre-bound: no label lookup)
     if _row_is_current(device, now):
         return device.status
-    if _stays_as_it_is(device) and seen_buffer.note_seen(device.pk, now, reported_at):
+    buffered = _stays_as_it_is(device) and not _sweep_may_be_judging(device, now)
+    if buffered and seen_buffer.note_seen(device.pk, now, reported_at):
         device.last_seen = now  # a cached copy (the heartbeat's) then skips the touch window
         return device.status  # only last_seen moves: it reaches the row with the next flush
     written = _touch_device_atomic(device_id=device.pk, now=now, reported_at=reported_at)

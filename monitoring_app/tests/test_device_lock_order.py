@@ -157,7 +157,11 @@ def three_silent_devices():
     return low, middle, high
 
 
-def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(large_table_plans, three_silent_devices):
+def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(
+    large_table_plans, three_silent_devices, sweep_plan
+):
+    """Both shapes of the sweep: one id-ordered pass, and every row locked first."""
+    chosen, expected = sweep_plan
     low, middle, high = three_silent_devices
 
     # The sweep used to lock middle then wait for high; the flush lock low then wait for middle.
@@ -170,6 +174,7 @@ def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(large_table_pla
     rows = {row.pk: row for row in Device.objects.filter(pk__in=[low.pk, middle.pk, high.pk])}
     assert {row.status for row in rows.values()} == {DeviceStatus.OFFLINE}
     assert rows[low.pk].last_seen == rows[middle.pk].last_seen == heard_at
+    assert chosen == [expected]
 
 
 def test_the_sweep_and_a_health_drain_over_the_same_devices_both_finish(
