@@ -87,7 +87,14 @@ def main() -> None:
         # SWEEP=code: the code root's own statement (rows locked in id order first, issue 13)
         # instead of the plain UPDATE this bench has always compared.
         sweep_sql = sweep.SWEEP_SQL if os.environ.get("SWEEP") == "code" else SWEEP_SQL
-        out["sweep"] = explain(cursor, sweep_sql, params)
+        if os.environ.get("SWEEP") == "code" and hasattr(sweep, "sweep_statement"):
+            # Since sweep2: the statement the code picks, under the planner settings it sets.
+            with sweep.sweep_planner(cursor):
+                sweep_sql = sweep.sweep_statement(cursor, params)
+                out["sweep_statement"] = "one pass" if sweep_sql == sweep.SWEEP_SQL else "lock first"
+                out["sweep"] = explain(cursor, sweep_sql, params)
+        else:
+            out["sweep"] = explain(cursor, sweep_sql, params)
         # This transaction's own counts so far: how many of the sweep's updates were HOT (no
         # index entry, the new row version on the same page).
         cursor.execute(
@@ -102,7 +109,11 @@ def main() -> None:
             cursor.execute("ANALYZE devices_app_device (status, connectivity_changed_at, site_id)")
         out["sweep_analyze_ms"] = round((time.perf_counter() - start) * 1000)
         again = {**params, "now": T0 + datetime.timedelta(seconds=30)}
-        out["sweep_again"] = explain(cursor, sweep_sql, again)
+        if "sweep_statement" in out:
+            with sweep.sweep_planner(cursor):
+                out["sweep_again"] = explain(cursor, sweep.sweep_statement(cursor, again), again)
+        else:
+            out["sweep_again"] = explain(cursor, sweep_sql, again)
         if os.environ.get("JIT") == "off":  # as alerts_evaluate does since issue 11's sweep work
             cursor.execute("SET LOCAL jit = off")
         later = T0 + datetime.timedelta(seconds=settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS + 60)

@@ -2,7 +2,7 @@
 steady heartbeat needs no PostgreSQL query: one Redis script call looks the credential up
 and, in the same round trip, notes the heartbeat in the seen buffer (monitoring_app.seen_buffer).
 
-Two kinds of entries, per database (a demo, a test run and production may share one Redis):
+Three kinds of entries, per database (a demo, a test run and production may share one Redis):
 
 - `<prefix><db>:c:<credential hash>` -> `"<credential pk>|<device pk>|<last use, epoch s>"`,
   what the credential is. Deleted in effect on commit of a revocation, rotation or deletion of
@@ -11,21 +11,57 @@ Two kinds of entries, per database (a demo, a test run and production may share 
   overwrite a tombstone).
 - `<prefix><db>:d:<device pk>` -> `"<status>|<site pk>|<device type>|<device_id>"`, what the
   heartbeat reads of its device. Replaced by a short tombstone (TOMBSTONE_SECONDS) on commit
-  of every change of these fields: an operator's update (status, site, type, id), a deletion,
-  a CSV import, and the sweep marking devices offline. An entry whose status the heartbeat
-  would change (offline, unknown) is never answered from: that request reads PostgreSQL and
-  writes the entry again after its own write.
+  of an operator's change of these fields (status, site, type, id), a deletion, or a CSV
+  import. An entry whose status the heartbeat would change (offline, unknown) is never
+  answered from: that request reads PostgreSQL and writes the entry again after its own write.
+- `<prefix><db>:s:<device pk>` -> the device's last sighting, in ms of Redis's clock (`TIME`:
+  one clock for every host). Advanced by the script when it notes a heartbeat; set by a fill
+  to the `last_seen` PostgreSQL holds (or this request wrote), never moved back.
+
+The sweep and the sightings. The sweep marks an online device offline when its row's
+`last_seen` is older than the offline threshold T (expected interval + grace), and it writes
+nothing to Redis. Instead the script answers a heartbeat only if the device's sighting is
+younger than T - M (M: HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS); an older or missing one
+sends the request to PostgreSQL, which sets a device it finds offline online and records
+the transition. Why a device the sweep marked cannot go on being answered as online:
+
+- Every sighting stands for a heartbeat already noted: in the seen buffer (the script HSETs
+  it in the same call), in the row (a fill writes the `last_seen` it read or wrote), or, for a
+  request's buffered note, a device whose row was seen within T - M (monitoring_app.ingest
+  ._sweep_may_be_judging: an older row gets its heartbeat written to the row, under its lock).
+- The sweep takes its moment `now` before it flushes the buffer, and marks a device only if
+  everything flushed for it is older than now - T. A heartbeat whose note missed the flush
+  comes after `now`: if the device is marked, that heartbeat's previous sighting is older than
+  T (less the clocks' skew), so the script refuses it and it goes to PostgreSQL. By induction
+  no heartbeat after the flush is answered from Redis until one went through PostgreSQL.
+- That PostgreSQL request, if it read the row before the sweep committed (still online, last
+  seen long ago), writes its heartbeat to the row rather than the buffer: its `FOR UPDATE`
+  waits for the sweep and then finds the device offline, sets it online and records the
+  transition; or it commits first, and the sweep's lock re-reads the row and leaves it.
+- A heartbeat answered from Redis while the sweep runs: its sighting is young, so the
+  previous heartbeat was flushed by this sweep or is younger than the flush, and either way
+  the row is not older than now - T: the sweep does not mark it.
+- Clocks: sightings are compared with Redis's clock only; `last_seen` and the sweep's `now`
+  come from the hosts' clocks. M must cover the largest skew between two hosts plus the time a
+  request takes from reading its clock to noting the heartbeat (default 30 s of the default
+  T = 180 s). A Redis clock stepped back by X makes sightings look X younger: X must stay
+  below M too.
+- The sweep's "resumed" grace only makes it mark fewer devices; it changes nothing above.
+- What is not covered: the sweep's flush failing to reach Redis (it then judges rows without
+  the buffered heartbeats, as before), and hosts of the previous release during a rolling
+  deploy (they answer without the sighting rule). Both are bounded by the entries' expiry.
 
 The bound: every entry expires HOMEPOT_DEVICES_IDENTITY_SECONDS after the PostgreSQL read
 that wrote it (use never extends it). That is how long a revocation or status change whose
 invalidation could not reach Redis (Redis unreachable at that moment) may go unseen by the
 heartbeat and the health report. When Redis is reachable the invalidation is at commit.
 
-Only a device whose entry says online, maintenance or error is answered from Redis (its
-heartbeat changes nothing but `last_seen`); any other status, a missing or tombstoned
-entry, or Redis away sends the request to PostgreSQL as before (devices_app.services
-.device_identity, with the per-process memory of devices_app.credential_cache as the
-fallback while Redis is away), after which the entries are written.
+Only a device whose entry says online, maintenance or error, and which was sighted within
+T - M, is answered from Redis (its heartbeat changes nothing but `last_seen`); any other
+status, an old or missing sighting, a missing or tombstoned entry, or Redis away sends the
+request to PostgreSQL as before (devices_app.services.device_identity, with the per-process
+memory of devices_app.credential_cache as the fallback while Redis is away), after which the
+entries are written.
 
 Standalone Redis only: the script reads the device entry, whose name it learns from the
 credential entry (not declared in KEYS, which Redis Cluster would refuse).
@@ -39,6 +75,7 @@ import time
 import redis
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
 from homepot.redis_clients import pack, redis_client, send_one
@@ -48,7 +85,7 @@ logger = logging.getLogger(__name__)
 _TIMEOUT = 0.3  # seconds: a request waits no longer for Redis
 RETRY_AFTER_SECONDS = 10
 TOMBSTONE_SECONDS = 10  # far longer than a request's PostgreSQL read to its fill
-FORGET_CHUNK = 1000  # keys per command when many devices change at once (the sweep)
+FORGET_CHUNK = 1000  # keys per command when many devices change at once (a CSV import)
 TOMBSTONE = b"-"
 # Statuses a heartbeat leaves as they are (monitoring_app.ingest: online, and the two an
 # operator sets): only these are answered from Redis.
@@ -56,33 +93,52 @@ _ANSWERED = (DeviceStatus.ONLINE, DeviceStatus.MAINTENANCE, DeviceStatus.ERROR)
 
 _down_until = 0.0  # monotonic time before which this process does not try Redis again
 
-# KEYS[1] the credential entry, KEYS[2] the seen buffer's hash; ARGV[1] the device entries'
-# prefix, ARGV[2] the seen buffer's value ("" notes nothing). Returns nil (ask PostgreSQL) or
-# {credential entry, device entry}.
+# KEYS[1] the credential entry, KEYS[2] the seen buffer's hash; ARGV[1] this database's key
+# prefix, ARGV[2] the seen buffer's value ("" notes nothing), ARGV[3] how old (ms) a sighting
+# may be and still be answered from, ARGV[4] the sighting's expiry (s). Returns nil (ask
+# PostgreSQL) or {credential entry, device entry, ms since the sighting}. A sighting advances
+# only with a note: it then stands for a heartbeat the next flush writes to the row.
 _LOOKUP_LUA = """
 local c = redis.call('GET', KEYS[1])
 if not c or c == '-' then return false end
 local pk = string.match(c, '^[^|]*|([^|]*)|')
 if not pk then return false end
-local d = redis.call('GET', ARGV[1] .. pk)
+local d = redis.call('GET', ARGV[1] .. 'd:' .. pk)
 if not d or d == '-' then return false end
 local status = string.match(d, '^([^|]*)|')
 if STATUS_NOT_ANSWERED then return false end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], pk, ARGV[2]) end
-return {c, d}
+local sighting = tonumber(redis.call('GET', ARGV[1] .. 's:' .. pk))
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if not sighting or now - sighting > tonumber(ARGV[3]) then return false end
+if ARGV[2] ~= '' then
+    redis.call('HSET', KEYS[2], pk, ARGV[2])
+    redis.call('SET', ARGV[1] .. 's:' .. pk, now, 'EX', ARGV[4])
+    sighting = now
+end
+return {c, d, tostring(now - sighting)}
 """.replace("STATUS_NOT_ANSWERED", " and ".join(f"status ~= '{status}'" for status in _ANSWERED))
 _LOOKUP_SHA = hashlib.sha1(_LOOKUP_LUA.encode()).hexdigest()  # noqa: S324 (Redis's script id)
 
-# KEYS[1] the credential entry, KEYS[2] the device entry, KEYS[3] the seen buffer's hash;
-# ARGV: their values, the bound, the device's pk and the seen buffer's value ("" notes
-# nothing). The note is written whatever the entries (the caller read the device from
-# PostgreSQL just now); neither entry is written over a tombstone (a revocation or change
-# committed since that read).
+# KEYS[1] the credential entry, KEYS[2] the device entry, KEYS[3] the seen buffer's hash,
+# KEYS[4] the device's sighting; ARGV: the entries' values, the bound, the device's pk, the
+# seen buffer's value ("" notes nothing), and how long ago (ms) the device was last seen as
+# far as PostgreSQL or this request's own write or note knows ("": leave the sighting as it
+# is). The note is written whatever the entries (the caller read the device from PostgreSQL
+# just now); neither entry is written over a tombstone (a revocation or change committed
+# since that read). A sighting only moves forward: the one there stands for a heartbeat
+# noted already.
 _FILL_LUA = """
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[4], ARGV[5]) end
 if redis.call('GET', KEYS[1]) == '-' or redis.call('GET', KEYS[2]) == '-' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if ARGV[6] ~= '' then
+    local clock = redis.call('TIME')
+    local seen = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - tonumber(ARGV[6])
+    local kept = tonumber(redis.call('GET', KEYS[4]))
+    if not kept or kept < seen then redis.call('SET', KEYS[4], seen, 'EX', ARGV[3]) end
+end
 return 1
 """
 _FILL_SHA = hashlib.sha1(_FILL_LUA.encode()).hexdigest()  # noqa: S324 (Redis's script id)
@@ -102,6 +158,19 @@ def credential_key(key_hash: str) -> str:
 
 def device_key(device_pk: int) -> str:
     return f"{_prefix()}d:{device_pk}"
+
+
+def sighting_key(device_pk: int) -> str:
+    return f"{_prefix()}s:{device_pk}"
+
+
+def sighting_fresh_for() -> datetime.timedelta:
+    """How long after its last sighting a device's heartbeat may still be answered from
+    Redis: the sweep's offline threshold less HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS. Older,
+    the sweep may have marked it offline, and the heartbeat goes to PostgreSQL."""
+    from monitoring_app.sweep import offline_after
+
+    return offline_after() - datetime.timedelta(seconds=settings.HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS)
 
 
 def enabled() -> bool:
@@ -130,13 +199,16 @@ def _went_down(exc: Exception) -> None:
 
 def lookup(key_hash: str, *, note_key: str = "", note_value: str = ""):
     """The identity stored for this credential hash (devices_app.services.DeviceIdentity,
-    `last_seen` None), or None: not stored, tombstoned, a status the heartbeat would change,
+    `last_seen` its sighting), or None: not stored, tombstoned, a status the heartbeat would
+    change, not sighted within sighting_fresh_for() (the sweep may have marked it offline),
     or Redis away. With `note_value`, the same script call HSETs it into `note_key` under
     the device's pk (the heartbeat's seen buffer) when, and only when, it returns an identity.
     Never raises for Redis."""
     if not available():
         return None
-    args = ("2", credential_key(key_hash), note_key or "-", device_key(""), note_value)
+    fresh_ms = str(max(0, int(sighting_fresh_for().total_seconds() * 1000)))
+    expiry = str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
+    args = ("2", credential_key(key_hash), note_key or "-", _prefix(), note_value, fresh_ms, expiry)
     try:
         reply = _run_script(_LOOKUP_SHA, _LOOKUP_LUA, args)
     except redis.RedisError as exc:
@@ -147,15 +219,16 @@ def lookup(key_hash: str, *, note_key: str = "", note_value: str = ""):
     return _identity(*reply)
 
 
-def _identity(credential: bytes, device: bytes):
+def _identity(credential: bytes, device: bytes, seen_ago: bytes):
     from devices_app.services import DeviceIdentity
 
     credential_pk, device_pk, last_used = credential.decode().split("|", 2)
     status, site_pk, device_type, device_id = device.decode().split("|", 3)
     last_used_at = datetime.datetime.fromtimestamp(float(last_used), datetime.UTC) if last_used else None
-    return DeviceIdentity(
-        (int(credential_pk), last_used_at, int(device_pk), device_id, status, None, int(site_pk), device_type)
-    )
+    # The sighting as this host's time: a heartbeat noted since, or one PostgreSQL held.
+    last_seen = timezone.now() - datetime.timedelta(milliseconds=int(seen_ago))
+    row = (int(credential_pk), last_used_at, int(device_pk), device_id, status, last_seen, int(site_pk))
+    return DeviceIdentity((*row, device_type))
 
 
 def _run_script(sha: str, lua: str, args: tuple):
@@ -167,25 +240,44 @@ def _run_script(sha: str, lua: str, args: tuple):
         return send_one(_url(), _TIMEOUT, pack("EVAL", lua, *args))
 
 
-def fill(key_hash: str, identity, *, note_key: str = "", note_value: str = "") -> bool:
+def fill(
+    key_hash: str,
+    identity,
+    *,
+    note_key: str = "",
+    note_value: str = "",
+    seen_at: datetime.datetime | None = None,
+) -> bool:
     """Store `identity` (just read from PostgreSQL, or just written by this request) for the
-    bound, unless a tombstone says it changed since. With `note_value`, the same script call
-    HSETs it into `note_key` under the device's pk (the heartbeat's seen buffer) in any case.
-    True when Redis took the call (so the note is written); never raises for Redis."""
+    bound, unless a tombstone says it changed since, with its `last_seen` (or `seen_at`, when
+    given) as the device's sighting (None: the sighting is left as it is). That time must be
+    what PostgreSQL holds, or a heartbeat this request wrote to the row, buffered, or notes
+    here for a device the sweep could not be judging (monitoring_app.ingest). With
+    `note_value`, the same script call HSETs it into `note_key` under the device's pk (the
+    heartbeat's seen buffer) in any case. True when Redis took the call (so the note is
+    written); never raises for Redis."""
     if not available():
         return False
     last_used = f"{identity.last_used_at.timestamp():.0f}" if identity.last_used_at else ""
     credential_value = f"{identity.credential_pk}|{identity.pk}|{last_used}"
     device_value = f"{identity.status}|{identity.site_id}|{identity.device_type}|{identity.device_id}"
     seconds = str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
-    keys = (credential_key(key_hash), device_key(identity.pk), note_key or "-")
-    args = ("3", *keys, credential_value, device_value, seconds, str(identity.pk), note_value)
+    keys = (credential_key(key_hash), device_key(identity.pk), note_key or "-", sighting_key(identity.pk))
+    seen_ago = _ms_since(seen_at or identity.last_seen)
+    args = ("4", *keys, credential_value, device_value, seconds, str(identity.pk), note_value, seen_ago)
     try:
         _run_script(_FILL_SHA, _FILL_LUA, args)
     except redis.RedisError as exc:
         _went_down(exc)
         return False
     return True
+
+
+def _ms_since(moment: datetime.datetime | None) -> str:
+    # An age, not a time: Redis dates the sighting by its own clock (one clock for all hosts).
+    if moment is None:
+        return ""
+    return str(max(0, int((timezone.now() - moment).total_seconds() * 1000)))
 
 
 # --- invalidation (on commit) --------------------------------------------------------------
@@ -202,8 +294,8 @@ def forget_credentials_on_commit(key_hashes) -> None:
 
 def forget_devices_on_commit(device_pks) -> None:
     """When the current transaction commits, tombstone these devices' entries for
-    TOMBSTONE_SECONDS: their next request reads PostgreSQL. Keys are built chunk by chunk
-    (the sweep may pass every device it marked offline)."""
+    TOMBSTONE_SECONDS: their next request reads PostgreSQL (an operator's change, an import).
+    The sweep needs none: see "The sweep and the sightings" above."""
     pks = list(device_pks)
     if pks:
         prefix = _prefix()

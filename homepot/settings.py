@@ -350,6 +350,11 @@ HOMEPOT_DEVICES_IDENTITY_SECONDS = env.int("HOMEPOT_DEVICES_IDENTITY_SECONDS", d
 HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX = env.str(
     "HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX", default="homepot:identity:"
 )
+# A heartbeat is answered from Redis only if the device was sighted there within the offline
+# threshold (expected interval + grace) less this margin; older, it goes to PostgreSQL, as the
+# sweep may have marked it offline. The margin covers the clock skew between hosts and a
+# request's time from reading the clock to noting the heartbeat (devices_app.identity_store).
+HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS = env.float("HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS", default=30.0)
 
 # --- Monitoring (read by monitoring_app: ingest, sweep, alerts, retention) ---------------
 # A device is online while seen within its expected report interval plus the grace period.

@@ -179,6 +179,18 @@ def _row_is_current(device, now: datetime.datetime) -> bool:
     return _stays_as_it_is(device) and device.last_seen is not None and device.last_seen >= stale_before
 
 
+def _sweep_may_be_judging(device, now: datetime.datetime) -> bool:
+    """Whether a sweep running now may mark `device` offline: online, and last seen longer
+    ago than a Redis sighting may be (devices_app.identity_store.sighting_fresh_for). Its
+    heartbeat is then written to the row, under the row's lock, not buffered: a sweep holding
+    the row first is waited for and its offline undone (with the transition); a sweep coming
+    after finds the device seen. Buffered, the heartbeat could miss the sweep's flush while
+    the identity stored after it let the next heartbeats be answered from Redis."""
+    if device.status != DeviceStatus.ONLINE:
+        return False
+    return device.last_seen is None or device.last_seen < now - identity_store.sighting_fresh_for()
+
+
 def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) -> str:
     """A device says it is alive. Updates its row only if needed (see _touch_device); writes
     no history. Returns the device's status afterwards. Safe to repeat.
@@ -194,7 +206,8 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     metrics.HEARTBEAT_ACCEPTED.inc()  # every path below accepts it (pre-bound: no label lookup)
     if _row_is_current(device, now):
         return device.status
-    if _stays_as_it_is(device) and seen_buffer.note_seen(device.pk, now, reported_at):
+    buffered = _stays_as_it_is(device) and not _sweep_may_be_judging(device, now)
+    if buffered and seen_buffer.note_seen(device.pk, now, reported_at):
         device.last_seen = now  # a cached copy (the heartbeat's) then skips the touch window
         return device.status  # only last_seen moves: it reaches the row with the next flush
     written = _touch_device_atomic(device_id=device.pk, now=now, reported_at=reported_at)
@@ -233,13 +246,19 @@ def _stored_and_noted(raw_key: str, device, reported_at) -> bool:
     """For a device read from PostgreSQL whose status a heartbeat leaves alone: store its
     identity in Redis and note the heartbeat in the seen buffer in one script call (what
     heartbeat_record followed by identity_store.fill would do in two). False when that
-    cannot be done (the caller then takes that longer way)."""
-    if not (_stays_as_it_is(device) and identity_store.available() and seen_buffer.usable()):
-        return False
+    cannot be done, or must not: a device the sweep may be judging has its heartbeat written
+    to the row (heartbeat_record), the caller's longer way."""
     now = timezone.now()
+    if not (_stays_as_it_is(device) and not _sweep_may_be_judging(device, now)):
+        return False
+    if not (identity_store.available() and seen_buffer.usable()):
+        return False
     note = "" if _row_is_current(device, now) else seen_buffer.entry(now, reported_at)
     key_hash = DeviceCredential.hash_key(raw_key)
-    if not identity_store.fill(key_hash, device, note_key=seen_buffer.key(), note_value=note):
+    noted_at = now if note else None  # the sighting: this note, else the row's last_seen
+    if not identity_store.fill(
+        key_hash, device, note_key=seen_buffer.key(), note_value=note, seen_at=noted_at
+    ):
         return False
     if note:
         device.last_seen = now

@@ -11,10 +11,10 @@ the device's state (offline → online) never goes through here: it is written a
 
 Without Redis (not configured, or down), heartbeats are written directly, as before: the
 buffer is an optimisation, never a place where a heartbeat can be lost silently. A flush
-that fails leaves its batch in Redis under a `:flushing:` key, taken again next time.
+that fails leaves its batch in Redis under a `:flushing:` key, named in the `:pending` set,
+and taken again next time.
 """
 
-import contextlib
 import logging
 import time
 import uuid
@@ -117,18 +117,35 @@ def _flush() -> int:
     written = 0
     for flushing_key, entries in batches:
         written += _apply(entries)
-        _client().delete(flushing_key)
+        _forget_batch(flushing_key)
     return written
+
+
+def _pending() -> str:
+    # The names of the batches taken and not yet written: a set, so that finding them costs
+    # the same however many other keys (100,000 devices' identities) share the Redis.
+    return f"{_key()}:pending"
 
 
 def _take_batches() -> list[tuple[str, dict]]:
     """The live hash, renamed to a private key (atomic: heartbeats arriving meanwhile start a
-    new hash), plus any batch a failed flush left behind."""
+    new hash) and named in the pending set in the same MULTI, plus any batch a failed flush
+    left behind there."""
     client, key = _client(), _key()
     flushing = f"{key}:flushing:{uuid.uuid4().hex}"
-    with contextlib.suppress(redis.ResponseError):  # no such key: nothing buffered since
-        client.rename(key, flushing)
-    return [(name.decode(), client.hgetall(name)) for name in client.scan_iter(match=f"{key}:flushing:*")]
+    taking = client.pipeline(transaction=True)
+    taking.sadd(_pending(), flushing)
+    taking.rename(key, flushing)
+    taking.execute(raise_on_error=False)  # the rename fails when nothing was buffered since
+    names = sorted(name.decode() for name in client.smembers(_pending()))
+    return [(name, client.hgetall(name)) for name in names]
+
+
+def _forget_batch(flushing_key: str) -> None:
+    forgetting = _client().pipeline(transaction=True)
+    forgetting.delete(flushing_key)
+    forgetting.srem(_pending(), flushing_key)
+    forgetting.execute()
 
 
 def _apply(entries: dict) -> int:

@@ -177,32 +177,89 @@ def test_an_operators_maintenance_reaches_the_next_heartbeat(admin_user, django_
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.MAINTENANCE
 
 
+def _identity_entries() -> dict[bytes, bytes]:
+    """Every identity key this test's database has in Redis, with its value."""
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    names = sorted(client.scan_iter(match=f"{identity_store._prefix()}*"))
+    return dict(zip(names, client.mget(names), strict=True)) if names else {}
+
+
 def test_a_device_the_sweep_marked_offline_is_set_online_by_its_next_heartbeat(
-    django_capture_on_commit_callbacks,
+    settings, django_capture_on_commit_callbacks
 ):
-    device = _terminal()
-    assert _beat(device).status_code == 200  # stored in Redis as online
-    # Then silent for longer than interval + grace: its buffered sighting is gone, its row old.
-    redis.Redis.from_url(django_settings.REDIS_URL).delete(seen_buffer.key())
-    Device.objects.filter(pk=device.pk).update(last_seen=timezone.now() - datetime.timedelta(minutes=10))
+    """The sweep writes nothing to Redis; the device's identity stays there saying online,
+    and its next heartbeat still reaches PostgreSQL, because it was not sighted within the
+    offline threshold less the margin (devices_app.identity_store, "The sweep and the
+    sightings"). A 2 s threshold, so the silence is real time, as in production."""
+    settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS = 1
+    settings.HOMEPOT_MONITORING_GRACE_SECONDS = 1
+    settings.HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS = 0.5
+    devices = [_terminal() for _ in range(3)]
+    for device in devices:
+        assert _beat(device).status_code == 200  # read from PostgreSQL, stored in Redis
+        with CaptureQueriesContext(connection) as queries:
+            assert _beat(device).json()["status"] == "online"
+        assert len(queries) == 0  # answered from Redis, noted in the seen buffer
+    time.sleep(2.2)  # silent past the threshold
     now = timezone.now()  # monitoring has been running for a day (not a resume)
     MonitoringState.objects.update_or_create(
         pk=1,
-        defaults={
-            "last_sweep_at": now - datetime.timedelta(seconds=30),
-            "resumed_at": now - datetime.timedelta(days=1),
-        },
+        defaults={"last_sweep_at": now, "resumed_at": now - datetime.timedelta(days=1)},
     )
+    stored = _identity_entries()
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert sweep_offline().marked_offline >= 1
+        assert sweep_offline().marked_offline == 3
+
+    assert _identity_entries() == stored  # no tombstone, no key of any device written
+    device = devices[0]
+    assert stored[identity_store.device_key(device.pk).encode()].startswith(b"online|")
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.OFFLINE
 
     answer = _beat(device)
 
-    assert answer.json()["status"] == "online"  # not buffered as if still online
+    assert answer.json()["status"] == "online"
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.ONLINE
-    assert DeviceStatusChange.objects.filter(device=device, new_status=DeviceStatus.ONLINE).exists()
+    came_back = DeviceStatusChange.objects.filter(device=device, new_status=DeviceStatus.ONLINE)
+    assert came_back.get().old_status == DeviceStatus.OFFLINE
+    with CaptureQueriesContext(connection) as queries:
+        assert _beat(device).json()["status"] == "online"
+    assert len(queries) == 0  # and its next heartbeat is answered from Redis again
+
+
+def test_a_heartbeat_sighted_recently_is_answered_from_redis_through_a_sweep(
+    settings, django_capture_on_commit_callbacks
+):
+    """A device that keeps reporting is neither marked by the sweep nor sent to PostgreSQL."""
+    device = _terminal()
+    assert _beat(device).status_code == 200 and _beat(device).status_code == 200
+    now = timezone.now()
+    MonitoringState.objects.update_or_create(
+        pk=1,
+        defaults={"last_sweep_at": now, "resumed_at": now - datetime.timedelta(days=1)},
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        sweep_offline()
+
+    assert Device.objects.get(pk=device.pk).status == DeviceStatus.ONLINE
+    with CaptureQueriesContext(connection) as queries:
+        assert _beat(device).json()["status"] == "online"
+    assert len(queries) == 0
+
+
+def test_a_terminal_back_from_a_silence_is_written_to_its_row_at_once():
+    """Its row says it was last seen longer ago than a sweep tolerates: the heartbeat is not
+    left in the buffer (a sweep running now could miss it) but written, under the row's lock."""
+    device = _terminal()
+    Device.objects.filter(pk=device.pk).update(last_seen=timezone.now() - datetime.timedelta(minutes=10))
+
+    assert _beat(device).json()["status"] == "online"
+
+    assert timezone.now() - Device.objects.get(pk=device.pk).last_seen < datetime.timedelta(seconds=5)
+    assert str(device.pk).encode() not in redis.Redis.from_url(django_settings.REDIS_URL).hkeys(
+        seen_buffer.key()
+    )
 
 
 def test_an_entry_that_says_offline_is_never_answered_from_redis():

@@ -25,6 +25,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.services import api_token_issue
+from devices_app import identity_store
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.services import device_credential_issue, device_credential_revoke
@@ -204,8 +205,12 @@ def test_a_device_the_sweep_marks_offline_elsewhere_is_set_online_by_its_next_he
     device = DeviceFactory(status=DeviceStatus.ONLINE)
     _, secret = device_credential_issue(actor=None, device=device)
     assert set(_answers(two_hosts, HEARTBEAT, secret, "POST")) == {200}  # in Redis as online
-    # Then silent for longer than interval + grace; monitoring has been running for a day.
-    redis.Redis.from_url(settings.REDIS_URL).delete(seen_buffer.key())
+    # Then silent for longer than interval + grace, as its row and its Redis sighting both
+    # show (the sweep writes nothing to Redis); monitoring has been running for a day.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(seen_buffer.key())
+    seconds, micros = client.time()
+    client.set(identity_store.sighting_key(device.pk), (seconds - 600) * 1000 + micros // 1000)
     now = timezone.now()
     Device.objects.filter(pk=device.pk).update(last_seen=now - datetime.timedelta(minutes=10))
     MonitoringState.objects.update_or_create(

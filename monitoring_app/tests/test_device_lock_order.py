@@ -20,12 +20,14 @@ from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
+from devices_app.services import device_credential_issue
 from devices_app.tests.factories import DeviceFactory
 from monitoring_app import health_buffer, seen_buffer
 from monitoring_app.choices import HealthStatus
 from monitoring_app.ingest import HealthReport
-from monitoring_app.models import MonitoringState
+from monitoring_app.models import DeviceStatusChange, MonitoringState
 from monitoring_app.sweep import sweep_offline
+from monitoring_app.tests.test_heartbeat_fast_path import wsgi_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,7 +159,11 @@ def three_silent_devices():
     return low, middle, high
 
 
-def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(large_table_plans, three_silent_devices):
+def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(
+    large_table_plans, three_silent_devices, sweep_plan
+):
+    """Both shapes of the sweep: one id-ordered pass, and every row locked first."""
+    chosen, expected = sweep_plan
     low, middle, high = three_silent_devices
 
     # The sweep used to lock middle then wait for high; the flush lock low then wait for middle.
@@ -170,6 +176,7 @@ def test_the_sweep_and_a_flush_over_the_same_devices_both_finish(large_table_pla
     rows = {row.pk: row for row in Device.objects.filter(pk__in=[low.pk, middle.pk, high.pk])}
     assert {row.status for row in rows.values()} == {DeviceStatus.OFFLINE}
     assert rows[low.pk].last_seen == rows[middle.pk].last_seen == heard_at
+    assert chosen == [expected]
 
 
 def test_the_sweep_and_a_health_drain_over_the_same_devices_both_finish(
@@ -218,3 +225,38 @@ def test_a_flush_planned_as_a_hash_join_still_locks_in_id_order(hash_join_plans)
     assert sweep.result.marked_offline == 3
     assert flush.result == 2
     assert Device.objects.get(pk=third.pk).last_seen == heard_at
+
+
+def test_a_heartbeat_read_before_the_sweep_committed_still_sets_its_device_online():
+    """The race of devices_app.identity_store's sighting rule: a terminal back from a silence
+    reads its row (online, last seen long ago) while the sweep is marking it. Its heartbeat
+    is written to the row, not buffered, so it waits for the sweep's lock and then finds the
+    device offline: the device ends online, with both transitions, and its identity stored in
+    Redis says what the row says."""
+    device = DeviceFactory(status=DeviceStatus.ONLINE, last_seen=ago(minutes=10))
+    secret = device_credential_issue(actor=None, device=device)[1]
+    sweeps_may_run()
+    locked, release = threading.Event(), threading.Event()
+    holder = Worker(hold_row(device.pk, locked, release))
+    holder.start()
+    assert locked.wait(WAIT_SECONDS)
+    sweep = Worker(sweep_offline)
+    sweep.start()
+    until_waiting(1)  # the sweep, at the held row
+    beat = Worker(lambda: wsgi_post(HTTP_AUTHORIZATION=f"Device {secret}"))
+    beat.start()  # reads the row as it was before the sweep, then waits for its lock
+    until_waiting(2)
+    release.set()
+    for worker in (holder, sweep, beat):
+        worker.join(WAIT_SECONDS)
+
+    assert sweep.error is None and beat.error is None, (sweep.error, beat.error)
+    assert beat.result.status_code == 200
+    assert Device.objects.get(pk=device.pk).status == DeviceStatus.ONLINE
+    moves = DeviceStatusChange.objects.filter(device=device).order_by("id")
+    assert [(m.old_status, m.new_status) for m in moves] in (
+        [("online", "offline"), ("offline", "online")],  # the sweep first, as queued
+        [],  # the heartbeat first: the sweep found the row seen and left it
+    )
+    assert wsgi_post(HTTP_AUTHORIZATION=f"Device {secret}").status_code == 200
+    assert Device.objects.get(pk=device.pk).status == DeviceStatus.ONLINE

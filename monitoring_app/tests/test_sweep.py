@@ -8,6 +8,7 @@ from django.utils import timezone
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
+from monitoring_app import sweep
 from monitoring_app.models import DeviceStatusChange, MonitoringState
 from monitoring_app.sweep import offline_after, sweep_offline
 from monitoring_app.tasks import monitoring_tick
@@ -56,7 +57,7 @@ def test_the_sweep_is_one_statement_and_records_every_transition(django_assert_m
     silent = [seen(600) for _ in range(5)]
     seen(10)
 
-    with django_assert_max_num_queries(8):  # state row + one UPDATE ... RETURNING ... INSERT
+    with django_assert_max_num_queries(11):  # state row, planner, plan check, UPDATE ... INSERT
         result = sweep_offline()
 
     assert result.marked_offline == 5
@@ -122,3 +123,38 @@ def test_the_tick_task_body_sweeps_evaluates_and_notifies():
     outcome = monitoring_tick()
     assert outcome["marked_offline"] == 1
     assert Device.objects.get().status == "offline"
+
+
+def test_either_plan_marks_the_silent_devices_and_records_each_once(sweep_plan):
+    chosen, expected = sweep_plan
+    silent = [seen(600) for _ in range(4)]
+    reporting = seen(10)
+    kept = seen(600, status=DeviceStatus.MAINTENANCE)
+
+    assert sweep_offline().marked_offline == 4
+
+    statuses = dict(Device.objects.values_list("pk", "status"))
+    assert [statuses[d.pk] for d in silent] == ["offline"] * 4
+    assert (statuses[reporting.pk], statuses[kept.pk]) == ("online", "maintenance")
+    recorded = DeviceStatusChange.objects.values_list("device_id", flat=True)
+    assert sorted(recorded) == sorted(d.pk for d in silent)
+    assert sweep_offline().marked_offline == 0
+    assert chosen == [expected, expected]
+
+
+def test_the_plan_check_knows_an_id_ordered_pass_from_another_plan():
+    """The one pass is taken only when its UPDATE meets the rows in id order."""
+    tid = {"Node Type": "Tid Scan"}
+    by_id = {
+        "Node Type": "Subquery Scan",
+        "Plans": [{"Node Type": "Sort", "Sort Key": ["devices_app_device.id"]}],
+    }
+    by_seen = {"Node Type": "Subquery Scan", "Plans": [{"Node Type": "Sort", "Sort Key": ["last_seen"]}]}
+
+    def update(join):
+        return {"Node Type": "ModifyTable", "Relation Name": "devices_app_device", "Plans": [join]}
+
+    assert sweep._locks_in_id_order(update({"Node Type": "Nested Loop", "Plans": [by_id, tid]}))
+    assert not sweep._locks_in_id_order(update({"Node Type": "Nested Loop", "Plans": [by_seen, tid]}))
+    assert not sweep._locks_in_id_order(update({"Node Type": "Hash Join", "Plans": [by_id, tid]}))
+    assert not sweep._locks_in_id_order(update({"Node Type": "Nested Loop", "Plans": [tid, by_id]}))
