@@ -191,6 +191,13 @@ def _sweep_may_be_judging(device, now: datetime.datetime) -> bool:
     return device.last_seen is None or device.last_seen < now - identity_store.sighting_fresh_for()
 
 
+def _may_buffer(device, now: datetime.datetime) -> bool:
+    """Whether this heartbeat may go to the seen buffer instead of the row: only `last_seen`
+    would move, and no sweep may be judging the device. The one rule for both ways a
+    heartbeat is buffered (heartbeat_record, and the miss's one script call)."""
+    return _stays_as_it_is(device) and not _sweep_may_be_judging(device, now)
+
+
 def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) -> str:
     """A device says it is alive. Updates its row only if needed (see _touch_device); writes
     no history. Returns the device's status afterwards. Safe to repeat.
@@ -206,8 +213,7 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     metrics.HEARTBEAT_ACCEPTED.inc()  # every path below accepts it (pre-bound: no label lookup)
     if _row_is_current(device, now):
         return device.status
-    buffered = _stays_as_it_is(device) and not _sweep_may_be_judging(device, now)
-    if buffered and seen_buffer.note_seen(device.pk, now, reported_at):
+    if _may_buffer(device, now) and seen_buffer.note_seen(device.pk, now, reported_at):
         device.last_seen = now  # a cached copy (the heartbeat's) then skips the touch window
         return device.status  # only last_seen moves: it reaches the row with the next flush
     written = _touch_device_atomic(device_id=device.pk, now=now, reported_at=reported_at)
@@ -249,9 +255,7 @@ def _stored_and_noted(raw_key: str, device, reported_at) -> bool:
     cannot be done, or must not: a device the sweep may be judging has its heartbeat written
     to the row (heartbeat_record), the caller's longer way."""
     now = timezone.now()
-    if not (_stays_as_it_is(device) and not _sweep_may_be_judging(device, now)):
-        return False
-    if not (identity_store.available() and seen_buffer.usable()):
+    if not (_may_buffer(device, now) and identity_store.available() and seen_buffer.usable()):
         return False
     note = "" if _row_is_current(device, now) else seen_buffer.entry(now, reported_at)
     key_hash = DeviceCredential.hash_key(raw_key)
