@@ -42,6 +42,8 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
+from monitoring_app import offday
+
 DAY = datetime.timedelta(days=1)
 # What leaves partition DDL to the next run: lock_timeout (OperationalError), or another run
 # that created the same name first (ProgrammingError).
@@ -699,6 +701,10 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
             cursor.execute(f"ALTER TABLE {_quote(table)} ADD CONSTRAINT {_quote(name)} {definition}")
         for _name, definition in indexes:
             cursor.execute(definition)  # names the table by its name, which is now the new one
+        if table == offday.HEALTH_TABLE and _exists(offday.SINCE_TABLE):  # after migration 0022
+            # The old rows are copied in later (history_copy_batch) with ids up to max_id: not
+            # recorded as written off their day; the read proves pages reaching them the old way.
+            offday.offday_trigger_install(cursor, table=table)
 
         # Only the days the ingest writes to under the lock; the old rows' days after it.
         today = now.astimezone(datetime.UTC).date()
