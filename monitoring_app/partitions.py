@@ -702,9 +702,10 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
         for _name, definition in indexes:
             cursor.execute(definition)  # names the table by its name, which is now the new one
         if table == offday.HEALTH_TABLE and _exists(offday.SINCE_TABLE):  # after migration 0022
-            # The old rows are copied in later (history_copy_batch) with ids up to max_id: not
-            # recorded as written off their day; the read proves pages reaching them the old way.
-            offday.offday_trigger_install(cursor, table=table)
+            # No off-day record on the new table until the old rows are copied in (they would
+            # all be recorded): meanwhile the record is trusted for no page
+            # (history_copy_finish installs it).
+            offday.offday_record_suspend(cursor)
 
         # Only the days the ingest writes to under the lock; the old rows' days after it.
         today = now.astimezone(datetime.UTC).date()
@@ -791,6 +792,9 @@ def history_copy_finish(history: HistoryTable) -> int | None:
         # a test) would refuse the DROP: run them now.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # noqa: pooler - ends with the transaction
         cursor.execute(f"DROP TABLE {_quote(old)}")
+        if history.table == offday.HEALTH_TABLE and _exists(offday.SINCE_TABLE):
+            # Recorded from here on; every row so far (copied or written meanwhile) is older.
+            offday.offday_trigger_install(cursor, table=history.table)
     return old_count
 
 
