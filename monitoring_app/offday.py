@@ -58,11 +58,15 @@ END
 $$;
 """  # noqa: S608 (fixed names)
 # On the partitioned parent: PostgreSQL clones it onto every partition, present and to come
-# (CREATE ... PARTITION OF and ATTACH PARTITION both clone it).
+# (CREATE ... PARTITION OF and ATTACH PARTITION both clone it). The UTC day's start by
+# date_bin from a UTC midnight and 24 hours (a UTC day has no DST): plain arithmetic, where
+# date_trunc(.., 'UTC') looks the zone up for every row (0.07 against 0.7 microseconds a row
+# written on time, docs/performance.md "latest3").
 TRIGGER_SQL = f"""
 CREATE TRIGGER {TRIGGER} AFTER INSERT ON {{table}} FOR EACH ROW
-WHEN (NEW.checked_at < date_trunc('day', clock_timestamp(), 'UTC')
-      OR NEW.checked_at >= date_trunc('day', statement_timestamp(), 'UTC') + interval '1 day')
+WHEN (NEW.checked_at < date_bin('1 day', clock_timestamp(), '2000-01-01 00:00:00+00')
+      OR NEW.checked_at >= date_bin('1 day', statement_timestamp(), '2000-01-01 00:00:00+00')
+                           + interval '24 hours')
 EXECUTE FUNCTION {TRIGGER}();
 """
 
