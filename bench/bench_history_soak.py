@@ -578,14 +578,15 @@ SQL_READS = {
     # A device's latest check through the API since the reads merge: its page from today's rows,
     # then the proof that no older day holds a row of the device with a higher id than the
     # page's, by a probe of every older day (reads, until latest3) or of the off-day record
-    # (latest3). A recent id (the sequence's, less 1,000) stands for the page's.
+    # (latest3). A recent id (the sequence's, less 1,000, read before the EXPLAINs) stands
+    # for the page's.
     "device_latest_api_today": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
     "AND checked_at >= date_trunc('day', now(), 'UTC') ORDER BY id DESC LIMIT 2",
     "device_latest_api_proof_by_days": "SELECT 1 FROM monitoring_app_healthcheck WHERE device_id = {device} "
     "AND checked_at < date_trunc('day', now(), 'UTC') "
-    "AND id > (SELECT last_value - 1000 FROM monitoring_app_healthcheck_id_seq) LIMIT 1",
+    "AND id > {recent_id} LIMIT 1",
     "device_latest_api_proof_by_record": "SELECT check_id, checked_at FROM monitoring_app_healthcheckoffday "
-    "WHERE check_id >= (SELECT last_value - 1000 FROM monitoring_app_healthcheck_id_seq) "
+    "WHERE check_id >= {recent_id} "
     "AND device_id = ANY(ARRAY[{device}]::bigint[]) ORDER BY check_id LIMIT 51",
 }
 
@@ -608,11 +609,13 @@ def measure_sql(repeat: int) -> dict:
             [[device for device, _ in picks]],
         )
         anchors = {pk: at.isoformat() for pk, at in cursor.fetchall()}
+        cursor.execute("SELECT last_value - 1000 FROM monitoring_app_healthcheck_id_seq")
+        recent_id = cursor.fetchone()[0]
         results = {}
         for name, template in SQL_READS.items():
             planning, execution, hit, read, rows = [], [], [], [], []
             for device, site in picks:
-                sql = template.format(device=device, site=site, anchor=anchors[device])
+                sql = template.format(device=device, site=site, anchor=anchors[device], recent_id=recent_id)
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
                 explained = cursor.fetchone()[0]
                 explained = (json.loads(explained) if isinstance(explained, str) else explained)[0]
