@@ -39,7 +39,11 @@ from bench.bench_admin_health_list import StatementTimer, bench_users, explain  
 from bench.bench_create_fleet import machine, setup_django  # noqa: E402
 from bench.bench_history_soak import attach_only, filled_days, history_rows, log  # noqa: E402
 
-HISTORY_TABLES = ('FROM "monitoring_app_healthcheck"', 'FROM "monitoring_app_devicestatuschange"')
+HISTORY_TABLES = (
+    'FROM "monitoring_app_healthcheck"',
+    'FROM "monitoring_app_devicestatuschange"',
+    "FROM monitoring_app_healthcheckoffday",  # the off-day record the API's proof reads (latest3)
+)
 READS = (
     "device_timeline",
     "device_latest_api",
@@ -62,6 +66,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-default", action="store_true", help="Detach the DEFAULT partition for the run.")
     parser.add_argument("--label", default="", help="A name for this run in the output (e.g. before/after).")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--today-reports",
+        type=int,
+        default=0,
+        help="First write this many reports checked in the past minutes for every device the run "
+        "will read (through the ingest's batch path), as a fleet reporting every 2 minutes has: "
+        "today's window then holds a device's latest check. Writes to the history.",
+    )
     return parser.parse_args()
 
 
@@ -111,7 +123,7 @@ def measure(get, url: str) -> dict:
     if response.status_code != 200:
         raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.content[:300]!r}")
     history = [sql for sql, _ in timer.statements if any(t in sql for t in HISTORY_TABLES)]
-    explained = [explain(sql) for sql in history if sql.lstrip().upper().startswith("SELECT")]
+    explained = [explain(sql) for sql in history if sql.lstrip(" \n(").upper().startswith("SELECT")]
     return {
         "wall_ms": round(wall, 1),
         "cpu_ms": round(cpu, 1),
@@ -147,6 +159,8 @@ def run(args) -> dict:
         return lambda url: client.get(url, HTTP_HOST="localhost")
 
     filled = filled_days()
+    if args.today_reports:
+        report_today(args, device_ids)
     default_partition(attached=not args.no_default)
     results = []
     try:
@@ -155,7 +169,7 @@ def run(args) -> dict:
                 attach_only(days, filled)
                 rows = history_rows()
                 for read in args.reads:
-                    rng = random.Random(round_number * 100 + days)  # the same devices at every size
+                    rng = random.Random(round_number * 100)  # the same devices at every size, before or after
                     get = getter(read)
                     get(urls(read, device_ids, rng))  # warm-up: session, plan cache, the pages read
                     for _ in range(args.repeat):
@@ -172,6 +186,33 @@ def run(args) -> dict:
         "reads": results,
         "summary": summarize(results),
     }
+
+
+def report_today(args, device_ids: list[str]) -> None:
+    """`--today-reports` reports for each device the rounds will pick (the same choices as
+    `urls` makes), written by ingest.health_reports_store, checked 1, 2, ... minutes ago."""
+    import datetime
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from devices_app.models import Device
+    from monitoring_app.ingest import HealthReport, health_reports_store
+
+    picked = set()
+    for round_number in range(args.rounds):
+        rng = random.Random(round_number * 100)
+        picked.update(rng.choice(device_ids) for _ in range(args.repeat + 1))
+    pks = list(Device.objects.filter(device_id__in=picked).values_list("pk", flat=True))
+    now = timezone.now()
+    reports = [
+        (pk, now, HealthReport(status="healthy", checked_at=now - datetime.timedelta(minutes=n + 1)))
+        for n in reversed(range(args.today_reports))
+        for pk in pks
+    ]
+    with transaction.atomic():
+        health_reports_store(device_reports=reports)
+    log(f"wrote {len(reports)} reports of today for {len(pks)} devices")
 
 
 def summarize(results: list[dict]) -> dict:

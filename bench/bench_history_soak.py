@@ -117,6 +117,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-write-cost", action="store_true")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch database afterwards.")
     parser.add_argument("--json", type=Path, help="Also write the results here as JSON.")
+    parser.add_argument(
+        "--latest-of-reporting",
+        action="store_true",
+        help="A device's latest check is asked of devices with 2 reports or more since today's "
+        "midnight (the run's own ingest writes them), as in a fleet reporting every 2 minutes; "
+        "else of any device (most of which, in a filled copy, last reported yesterday).",
+    )
     return parser.parse_args()
 
 
@@ -514,8 +521,20 @@ def measure_reads(args, admin, window_day: datetime.date | None) -> dict:
         if hour
         else ""
     )
+    latest_pool = devices
+    if args.latest_of_reporting:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """SELECT d.device_id FROM devices_app_device d WHERE d.id IN (
+                       SELECT device_id FROM monitoring_app_healthcheck WHERE checked_at >= %s
+                       GROUP BY device_id HAVING count(*) >= 2 ORDER BY device_id LIMIT 1000)""",
+                [midnight(datetime.datetime.now(datetime.UTC).date())],
+            )
+            latest_pool = [row[0] for row in cursor.fetchall()] or devices
     return {
-        "device_latest": _time(api_get, some("/api/v1/health-checks?device={}&page_size=1", devices)),
+        "device_latest": _time(api_get, some("/api/v1/health-checks?device={}&page_size=1", latest_pool)),
         "device_timeline": _time(api_get, some("/api/v1/fleet/devices/{}/timeline", devices)),
         "site_hour_of_checks": _time(api_get, some("/api/v1/health-checks?site={}" + window, sites)),
         "site_health": _time(api_get, some("/api/v1/sites/{}/health", sites)),
@@ -556,6 +575,19 @@ SQL_READS = {
     "admin_list_unhealthy": "SELECT * FROM monitoring_app_healthcheck WHERE status = 'unhealthy' "
     "ORDER BY checked_at DESC, id DESC LIMIT 100",
     "api_list_first_page": "SELECT * FROM monitoring_app_healthcheck ORDER BY id DESC LIMIT 51",
+    # A device's latest check through the API since the reads merge: its page from today's rows,
+    # then the proof that no older day holds a row of the device with a higher id than the
+    # page's, by a probe of every older day (reads, until latest3) or of the off-day record
+    # (latest3). A recent id (the sequence's, less 1,000, read before the EXPLAINs) stands
+    # for the page's.
+    "device_latest_api_today": "SELECT * FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "AND checked_at >= date_trunc('day', now(), 'UTC') ORDER BY id DESC LIMIT 2",
+    "device_latest_api_proof_by_days": "SELECT 1 FROM monitoring_app_healthcheck WHERE device_id = {device} "
+    "AND checked_at < date_trunc('day', now(), 'UTC') "
+    "AND id > {recent_id} LIMIT 1",
+    "device_latest_api_proof_by_record": "SELECT check_id, checked_at FROM monitoring_app_healthcheckoffday "
+    "WHERE check_id >= {recent_id} "
+    "AND device_id = ANY(ARRAY[{device}]::bigint[]) ORDER BY check_id LIMIT 51",
 }
 
 
@@ -577,11 +609,13 @@ def measure_sql(repeat: int) -> dict:
             [[device for device, _ in picks]],
         )
         anchors = {pk: at.isoformat() for pk, at in cursor.fetchall()}
+        cursor.execute("SELECT last_value - 1000 FROM monitoring_app_healthcheck_id_seq")
+        recent_id = cursor.fetchone()[0]
         results = {}
         for name, template in SQL_READS.items():
             planning, execution, hit, read, rows = [], [], [], [], []
             for device, site in picks:
-                sql = template.format(device=device, site=site, anchor=anchors[device])
+                sql = template.format(device=device, site=site, anchor=anchors[device], recent_id=recent_id)
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
                 explained = cursor.fetchone()[0]
                 explained = (json.loads(explained) if isinstance(explained, str) else explained)[0]

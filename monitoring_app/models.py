@@ -82,6 +82,43 @@ class HealthCheck(models.Model):
         return f"{self.get_status_display()} report of device #{self.device_id} at {when}"
 
 
+class HealthCheckOffDay(models.Model):
+    """A health report written outside its own UTC day: into a day already over (late), or
+    before its day began (early: a device clock ahead near midnight). Written only by the
+    trigger on the history, in the writer's transaction; read by the API's newest-first pages
+    (monitoring_app.offday). Not a foreign key: the history's primary key is (id, checked_at)
+    and its rows go by whole days."""
+
+    check_id = models.BigIntegerField(primary_key=True)
+    device_id = models.BigIntegerField()
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # A device's records above an id (a device's latest check): one probe.
+            models.Index(fields=["device_id", "check_id"], name="monitoring_offday_device"),
+            # Retention's clean-up of records whose days are gone.
+            models.Index(fields=["checked_at"], name="monitoring_offday_checked"),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"health check #{self.check_id} of device #{self.device_id} at {self.checked_at:%Y-%m-%d %H:%M}"
+        )
+
+
+class HealthCheckOffDaySince(models.Model):
+    """One row: the last health-check id handed out before the off-day trigger existed. Rows
+    above it are recorded when off their day; a page reaching back to it is proven without
+    the record (monitoring_app.offday)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    check_id = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"off-day health checks recorded after #{self.check_id}"
+
+
 AUDIT_HASHED_FIELDS = (
     "event_type",
     "actor_id",

@@ -42,6 +42,8 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
+from monitoring_app import offday
+
 DAY = datetime.timedelta(days=1)
 # What leaves partition DDL to the next run: lock_timeout (OperationalError), or another run
 # that created the same name first (ProgrammingError).
@@ -699,6 +701,11 @@ def history_table_swap(history: HistoryTable, *, now: datetime.datetime | None =
             cursor.execute(f"ALTER TABLE {_quote(table)} ADD CONSTRAINT {_quote(name)} {definition}")
         for _name, definition in indexes:
             cursor.execute(definition)  # names the table by its name, which is now the new one
+        if table == offday.HEALTH_TABLE and _exists(offday.SINCE_TABLE):  # after migration 0022
+            # No off-day record on the new table until the old rows are copied in (they would
+            # all be recorded): meanwhile the record is trusted for no page
+            # (history_copy_finish installs it).
+            offday.offday_record_suspend(cursor)
 
         # Only the days the ingest writes to under the lock; the old rows' days after it.
         today = now.astimezone(datetime.UTC).date()
@@ -785,6 +792,9 @@ def history_copy_finish(history: HistoryTable) -> int | None:
         # a test) would refuse the DROP: run them now.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # noqa: pooler - ends with the transaction
         cursor.execute(f"DROP TABLE {_quote(old)}")
+        if history.table == offday.HEALTH_TABLE and _exists(offday.SINCE_TABLE):
+            # Recorded from here on; every row so far (copied or written meanwhile) is older.
+            offday.offday_trigger_install(cursor, table=history.table)
     return old_count
 
 

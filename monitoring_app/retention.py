@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from monitoring_app import partitions
+from monitoring_app import offday, partitions
 from monitoring_app.choices import AuditEvent
 from monitoring_app.rollup import SNAPSHOT_KEEP_DAYS
 from monitoring_app.services import audit_record
@@ -78,6 +78,8 @@ def health_history_prune(
     cutoff = (now or timezone.now()) - datetime.timedelta(days=days)
     dropped: list[str] = []
     total = _prune_history(partitions.HEALTH, cutoff, batch_size, dropped)
+    # After the rows: a record goes only once its row has (the API's pages rely on the rest).
+    offday_records = offday.offday_records_prune(before=cutoff, batch_size=batch_size)
     transitions = _prune_history(partitions.STATUS_CHANGES, cutoff, batch_size, dropped)
     # The chart rollup has its own, shorter age: the charts show at most 7 days.
     snapshot_cutoff = (now or timezone.now()) - datetime.timedelta(days=SNAPSHOT_KEEP_DAYS)
@@ -90,6 +92,7 @@ def health_history_prune(
             "deleted": total,
             "status_changes_deleted": transitions,
             "snapshots_deleted": snapshots,
+            "offday_records_deleted": offday_records,
             "older_than": cutoff.isoformat(),
             "retention_days": days,
             "partitions_dropped": dropped,

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from homepot.api.pagination import CursorPagination
 from homepot.csv_export import csv_response
 from homepot.db import stream
-from monitoring_app import alerts
+from monitoring_app import alerts, offday
 from monitoring_app.api.serializers import (
     AlertNoteInputSerializer,
     AlertSerializer,
@@ -166,6 +166,12 @@ class HealthCheckCursorPagination(CursorPagination):
     id above the smallest one fetched: one EXISTS on the older days, each answered from the
     top of its primary key index (the window starts at a UTC midnight, so no day is split).
     Otherwise the page is read as before. Backward pages are always read as before.
+
+    The proof asks the record of reports written outside their day first
+    (monitoring_app.offday: one index probe, whatever the days kept; a device's latest check
+    is then flat in the days kept), and looks at the older days only when the record cannot
+    tell (rows older than the record, a page whose smallest row was written early, many
+    records at once).
     """
 
     ordering = "-id"
@@ -195,9 +201,21 @@ class HealthCheckCursorPagination(CursorPagination):
             return None
         # The smallest id fetched is the next page's position; rows of the list older than the
         # window with an id between it and this page's own position would belong here.
+        below = cursor.position if cursor is not None and cursor.position is not None else None
+        # A device's list: the record is probed for its rows' device alone.
+        devices = sorted({row.device_id for row in page}) if request.query_params.get("device") else None
+        proven = offday.window_page_proven(
+            queryset,
+            since=since,
+            smallest=int(self.next_position),
+            below=None if below is None else int(below),
+            device_ids=devices,
+        )
+        if proven is not None:
+            return page if proven else None
         older = queryset.filter(checked_at__lt=since, id__gt=self.next_position)
-        if cursor is not None and cursor.position is not None:
-            older = older.filter(id__lt=cursor.position)
+        if below is not None:
+            older = older.filter(id__lt=below)
         return None if older.exists() else page
 
 

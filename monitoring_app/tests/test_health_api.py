@@ -110,6 +110,10 @@ def history_by_day(two_sites):
     return two_sites
 
 
+def is_history_page(sql: str) -> bool:
+    return "ORDER BY" in sql and 'FROM "monitoring_app_healthcheck"' in sql
+
+
 def walk(client, params: dict) -> tuple[list[int], list[str], list[int]]:
     """Every page forward through `next`, then back through `previous`: the ids forward, each
     page's SQL, and the ids read backwards."""
@@ -122,7 +126,7 @@ def walk(client, params: dict) -> tuple[list[int], list[str], list[int]]:
         with CaptureQueriesContext(connection) as queries:
             body = client.get(url, query).json()
         forward += [row["id"] for row in body["results"]]
-        pages.append([q["sql"] for q in queries.captured_queries if "ORDER BY" in q["sql"]][-1])
+        pages.append([q["sql"] for q in queries.captured_queries if is_history_page(q["sql"])][-1])
         url, query = body["next"], None
     backward, url = [], body["previous"]
     while url:

@@ -19,7 +19,14 @@ from devices_app.choices import DeviceStatus
 from devices_app.tests.factories import DeviceFactory
 from monitoring_app import partitions
 from monitoring_app.ingest import HealthReport, health_reports_record, health_reports_store
-from monitoring_app.models import AuditLog, DeviceStatusChange, HealthCheck, MonitoringState
+from monitoring_app.models import (
+    AuditLog,
+    DeviceStatusChange,
+    HealthCheck,
+    HealthCheckOffDay,
+    HealthCheckOffDaySince,
+    MonitoringState,
+)
 from monitoring_app.retention import health_history_prune
 from monitoring_app.tasks import drain_health_reports, maintain_history_partitions, prune_health_history
 from monitoring_app.tests.factories import HealthCheckFactory
@@ -283,6 +290,8 @@ def test_partition_history_moves_a_plain_tables_rows_resumably_with_ingest_betwe
     assert partitions.history_table_swap(partitions.HEALTH)
     assert partitions.history_copy_batch(partitions.HEALTH, batch_size=3) == 3
     report(agent, timezone.now())
+    # Meanwhile the off-day record (not on the new table yet) is trusted for no page.
+    assert HealthCheckOffDaySince.objects.get().check_id == 2**63 - 1
     out = io.StringIO()
     call_command("partition_history", batch_size=2, table=[HEALTH_TABLE], stdout=out)
     assert "partitioned by day, old table gone" in out.getvalue()
@@ -302,6 +311,12 @@ def test_partition_history_moves_a_plain_tables_rows_resumably_with_ingest_betwe
     for check in old:
         assert f"/admin/monitoring_app/healthcheck/{check.pk}/change/" in admin_before
         assert f"/admin/monitoring_app/healthcheck/{check.pk}/change/" in admin_after
+    # The record starts after the rows moved across, none of which it holds; a late report
+    # written now is in it.
+    assert HealthCheckOffDaySince.objects.get().check_id == newest.id
+    assert not HealthCheckOffDay.objects.filter(check_id__lte=newest.id).exists()
+    late = HealthCheckFactory(device=device, checked_at=timezone.now() - datetime.timedelta(days=2))
+    assert HealthCheckOffDay.objects.filter(check_id=late.pk).exists()
 
 
 def test_partition_history_on_a_partitioned_table_changes_nothing():
