@@ -191,6 +191,7 @@ def _page(request) -> bytes | None:
         return None
     paginator = CursorPagination()
     paginator._model = Device
+    paginator.ordering = ("id",)  # the view's (DeviceViewSet.ordering), no `ordering` given
     query = _Parameters(request)
     paginator.page_size = paginator.get_page_size(query)  # a bad one raises the view's 400
     cursor = paginator.decode_cursor(query)  # a bad one raises the view's 404
@@ -212,7 +213,6 @@ def _set_page_state(paginator, request, cursor, rows) -> None:
     """What DRF's CursorPagination.paginate_queryset leaves on the paginator for a forward
     cursor (its links are then built by its own get_next_link and get_previous_link)."""
     paginator.base_url = request.build_absolute_uri()
-    paginator.ordering = ("id",)
     paginator.cursor = cursor
     paginator.page = rows[: paginator.page_size]
     paginator.has_next = len(rows) > paginator.page_size
