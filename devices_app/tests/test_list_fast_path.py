@@ -354,3 +354,21 @@ def test_a_page_served_here_is_counted_as_the_view_counts_it(fleet, django_calls
     assert len(by_view) == 1
     assert _counted(application, path, headers) == by_view
     assert django_calls == []
+
+
+def test_two_members_one_after_the_other_each_get_their_own_sites_at_the_default_page_size(
+    fleet, django_calls
+):
+    # The statement is kept per process only for users who see every site: a member's scope
+    # is compiled for their own request, never another's.
+    for site in fleet:
+        member = UserFactory()
+        SiteMembershipFactory(user=member, site=site, role=MembershipRole.VIEWER)
+        served, view = both("/api/v1/devices", **bearer(member))
+        assert_same(served, view)
+        assert {row["site"] for row in served.json()["results"]} == {site.site_id}
+    admin_pages = [both("/api/v1/devices", **bearer(AdminUserFactory())) for _ in range(2)]
+    for served, view in admin_pages:
+        assert_same(served, view)
+        assert len(served.json()["results"]) == 36
+    assert django_calls == []
