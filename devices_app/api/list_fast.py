@@ -24,8 +24,8 @@ Anything else (another method, no token or a bad one, a user who may not view de
 filter, a search, an ordering, a backward cursor or one with an offset, a bad cursor or
 page size, a cookie, another Accept, a host Django would refuse, an HTTPS redirect to make,
 a database error) goes to Django unchanged and gets the API's usual answer: this path
-never decides an error. homepot/tests and devices_app/tests/test_list_fast_path.py hold
-its answers equal to the DRF view's, byte for byte.
+never decides an error. devices_app/tests/test_list_fast_path.py holds its answers equal
+to the DRF view's, byte for byte and header for header.
 """
 
 import time
