@@ -51,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--redis-db", type=int, default=14)
     parser.add_argument("--only", nargs="+", metavar="NAME")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--port", type=int, help="gunicorn's port (default: a free one)")
+    parser.add_argument(
+        "--gunicorn-args",
+        default="",
+        help='More gunicorn options for every server, e.g. "--worker-class gthread --threads 4".',
+    )
     return parser.parse_args()
 
 
@@ -136,7 +142,20 @@ def request_bytes(method: str, path: str, token: str | None, body: dict | None =
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
 
 
-def drive(port: int, connections: int, duration: float, make_request, master_pid: int) -> dict:
+def database_backends_cpu(database: str) -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL backend connected to `database`, by pid."""
+    import psycopg
+
+    from bench.harness import cpu_seconds
+
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [database])
+        pids = [row[0] for row in rows]
+        own = conn.info.backend_pid
+    return {pid: cpu_seconds(pid) for pid in pids if pid != own}
+
+
+def drive(port: int, connections: int, duration: float, make_request, master_pid: int, database=None) -> dict:
     from bench.bench_ingest import _one
 
     latencies, statuses, counter = [], {}, [0]
@@ -156,10 +175,16 @@ def drive(port: int, connections: int, duration: float, make_request, master_pid
         await asyncio.gather(*(worker() for _ in range(connections)))
 
     cpu_before = children_cpu_seconds(master_pid)
+    db_before = database_backends_cpu(database) if database else {}
+    client_before = time.process_time()
     start = time.perf_counter()
     asyncio.run(run())
     elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - client_before
     cpu = children_cpu_seconds(master_pid) - cpu_before
+    db_after = database_backends_cpu(database) if database else {}
+    # A backend that left during the run is not counted: the servers keep theirs (CONN_MAX_AGE).
+    db_cpu = sum(seconds - db_before.get(pid, 0.0) for pid, seconds in db_after.items())
     ok = sorted(latency for latency in latencies if latency)
     return {
         "requests": len(latencies),
@@ -168,6 +193,11 @@ def drive(port: int, connections: int, duration: float, make_request, master_pid
         "p99_ms": round(ok[max(int(len(ok) * 0.99) - 1, 0)] * 1000, 1) if ok else None,
         "errors": sum(n for status, n in statuses.items() if not 200 <= status < 300),
         "worker_cpu_ms_per_request": round(cpu * 1000 / max(len(latencies), 1), 2),
+        # The load generator (this process) and PostgreSQL's backends, per request too: with
+        # the workers' CPU, what the machine spends on one request.
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / max(len(latencies), 1), 2),
+        "database_cpu_ms_per_request": round(db_cpu * 1000 / max(len(latencies), 1), 2),
+        "load_1min": os.getloadavg()[0],
     }
 
 
@@ -199,12 +229,21 @@ def main() -> None:
             for name, (app, make_request) in scenarios.items():
                 if args.only and name != "hello" and name not in args.only:
                     continue
-                server, port = start_gunicorn(app, cwd=code_root, workers=args.workers, env=env)
+                server, port = start_gunicorn(
+                    app,
+                    cwd=code_root,
+                    workers=args.workers,
+                    env=env,
+                    port=args.port,
+                    extra_args=tuple(args.gunicorn_args.split()),
+                )
                 try:
                     # Each worker's first requests import and build what later ones reuse.
                     drive(port, args.workers, args.warmup, make_request, server.pid)
                     for connections_count in args.connections:
-                        outcome = drive(port, connections_count, args.duration, make_request, server.pid)
+                        outcome = drive(
+                            port, connections_count, args.duration, make_request, server.pid, args.database
+                        )
                         results["runs"].setdefault(f"{name}@{connections_count}", []).append(outcome)
                         label = f"round {round_number} {name:20} c={connections_count:<3}"
                         print(label, json.dumps(outcome), flush=True)

@@ -1,8 +1,11 @@
 """In-process CPU of the API's hot requests (job creation, the device list's first page),
-through Django's test client, with an optional cProfile of them.
+through Django's test client, and of the device list's first page as served (the WSGI
+application gunicorn runs, called in this process: `devices_first_page_served`, which the
+fast path in front of Django's handler answers), with an optional cProfile of them.
 
     python bench/profile_api_hot.py --database homepot_apihot_100k --requests 200
     python bench/profile_api_hot.py --database homepot_apihot_100k --profile jobs_create
+    python bench/profile_api_hot.py --database homepot_apihot_100k --profile devices_first_page_served
 
 Prints, per request kind, this process's CPU per request (time.process_time: Python only,
 not PostgreSQL's), its PostgreSQL backend's CPU per request (/proc, a second pass of the
@@ -30,7 +33,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database", required=True)
     parser.add_argument("--code-root", default=".")
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--profile", metavar="NAME", help="jobs_create or devices_first_page")
+    parser.add_argument(
+        "--profile", metavar="NAME", help="jobs_create, devices_first_page or devices_first_page_served"
+    )
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--dump", type=Path, help="Also write the profile's raw stats here.")
@@ -44,6 +49,49 @@ def cpu_ms_per_request(call, requests: int) -> float:
         response = call(i)
         assert response.status_code in (200, 201), response.content
     return (time.process_time() - start) * 1000 / requests
+
+
+class _Served:
+    """A response of the WSGI application gunicorn serves (homepot.wsgi), called in this
+    process with the environ gunicorn builds: what the test client skips (WSGI wrappers in
+    front of Django's handler, such as the device list's fast path) included."""
+
+    def __init__(self, token: str):
+        from homepot.wsgi import application
+
+        self.application, self.token = application, token
+
+    def get(self, path: str):
+        import io
+
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {self.token}",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+        started = []
+        chunks = self.application(environ, lambda status, headers, exc_info=None: started.append(status))
+        try:
+            b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        response = argparse.Namespace(status_code=int(started[0][:3]), content=started[0])
+        return response
 
 
 def round_trips(call) -> int:
@@ -102,7 +150,9 @@ def main() -> None:
             "/api/v1/jobs", job_body(site_ids[i % len(site_ids)]), content_type="application/json"
         ),
         "devices_first_page": lambda i: client.get("/api/v1/devices"),
+        "devices_first_page_served": lambda i: served.get("/api/v1/devices"),
     }
+    served = _Served(token)
     results = {
         "statements": statements_per_request(token, site_ids),
         "cpu_ms": {},
