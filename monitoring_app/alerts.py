@@ -29,11 +29,13 @@ from django.utils import timezone
 
 from accounts.scoping import require_site_access
 from devices_app.choices import DeviceStatus
+from devices_app.models import Device
 from homepot.errors import ServiceError
 from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
 from monitoring_app.models import Alert, AlertNote
 from monitoring_app.notifications import notifications_create
 from monitoring_app.services import audit_record, audited_atomic
+from sites_app.models import Site
 
 logger = logging.getLogger(__name__)
 
@@ -252,14 +254,35 @@ def _hash_anti_joins(cursor):
     cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [before])
 
 
-def _audit_system(alert_ids: list[int], event_type: AuditEvent, verb: str) -> None:
-    for alert in Alert.objects.filter(pk__in=alert_ids).select_related("site", "device").order_by("pk"):
+# What an alert's audit row names, read in one statement (no model instances: 2,000 alerts
+# with their site and device rows took 90 ms of Python as objects).
+_AUDITED_SQL = """SELECT a.id, a.site_id, s.site_id, a.device_id, d.device_id, a.kind, a.severity, a.message
+                  FROM monitoring_app_alert a
+                  JOIN sites_app_site s ON s.id = a.site_id
+                  LEFT JOIN devices_app_device d ON d.id = a.device_id
+                  WHERE a.id = ANY(%s::bigint[])
+                  ORDER BY a.id"""
+
+
+def _audit_system(cursor, alert_ids: list[int], event_type: AuditEvent, verb: str) -> None:
+    """Queue one audit row per alert in `alert_ids` (system actor), in id order.
+
+    audit_record reads only the pk and business id of the site and device it is given, so
+    each is passed as an unsaved instance carrying those two (one per site, shared)."""
+    if not alert_ids:
+        return
+    cursor.execute(_AUDITED_SQL, [alert_ids])
+    sites: dict[int, Site] = {}
+    for pk, site_pk, site_ref, device_pk, device_ref, kind, severity, message in cursor.fetchall():
+        site = sites.get(site_pk)
+        if site is None:
+            site = sites[site_pk] = Site(pk=site_pk, site_id=site_ref)
         audit_record(
             event_type=event_type,
-            site=alert.site,
-            device=alert.device,
-            description=f"Alert {alert.pk} {verb}: {alert.message}",
-            new_values={"alert": alert.pk, "kind": alert.kind, "severity": alert.severity},
+            site=site,
+            device=Device(pk=device_pk, device_id=device_ref) if device_pk is not None else None,
+            description=f"Alert {pk} {verb}: {message}",
+            new_values={"alert": pk, "kind": kind, "severity": severity},
         )
 
 
@@ -286,8 +309,8 @@ def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult
             opened = _run(cursor, _OPEN_SQL, params)
         notifications_create(alert_ids=opened, now=params["now"])
         cursor.execute(_REFRESH_SQL, params)
-        _audit_system(resolved, AuditEvent.ALERT_RESOLVED, "resolved itself")
-        _audit_system(opened, AuditEvent.ALERT_OPENED, "opened")
+        _audit_system(cursor, resolved, AuditEvent.ALERT_RESOLVED, "resolved itself")
+        _audit_system(cursor, opened, AuditEvent.ALERT_OPENED, "opened")
     return EvaluationResult(opened=opened, resolved=resolved)
 
 
