@@ -39,8 +39,6 @@ from sites_app.models import Site
 
 logger = logging.getLogger(__name__)
 
-# Above this many alerts opened or closed at once, the planner statistics are refreshed.
-ANALYZE_AFTER_CHANGES = 100
 # An open alert's last_seen_at is refreshed at most this often (not on every evaluation).
 LAST_SEEN_REFRESH = datetime.timedelta(minutes=5)
 
@@ -218,22 +216,8 @@ def _run(cursor, statements, params) -> list[int]:
     ids = []
     for sql in statements:
         cursor.execute(sql, params)
-        changed = [row[0] for row in cursor.fetchall()]
-        _analyze_alerts_after_burst(cursor, len(changed))
-        ids += changed
+        ids += [row[0] for row in cursor.fetchall()]
     return ids
-
-
-def _analyze_alerts_after_burst(cursor, changed: int) -> None:
-    """Refresh the alert table's statistics right after a statement opened or closed many.
-
-    The next statement's anti-joins plan with them: planned on statistics taken before the
-    1,000 site alerts of the statement just before existed, the device-offline statement took
-    3.75 s for 25,688 buffers (CPU: the shape of a nested loop over the new alerts) where a
-    hash anti-join takes 0.16-0.45 s (docs/performance.md, sweep2). Only the statements of
-    this evaluation that follow, and the next evaluation, gain from it."""
-    if changed >= ANALYZE_AFTER_CHANGES:
-        cursor.execute("ANALYZE monitoring_app_alert")
 
 
 @contextlib.contextmanager
@@ -244,9 +228,12 @@ def _hash_anti_joins(cursor):
     whose inner side is not a lookup of the outer row's key (the planner's pick whenever the
     statistics say few open alerts, as at the start of a burst), every outer row rescans the
     index entries of the alerts inserted so far, invisible to the statement but still read:
-    499,500 heap fetches for 1,000 device alerts, quadratic in the burst. A hash anti-join
-    reads the open alerts once. The device rows themselves are reached through
-    `site_id = ANY(ARRAY(...))` index conditions, which need no join."""
+    499,500 heap fetches for 1,000 device alerts, quadratic in the burst. A hash (or merge)
+    anti-join reads the open alerts once, whatever the statistics say, so the table is not
+    ANALYZEd after a burst any more: that read a sample of up to 30,000 pages of the alert
+    table, closed alerts included (1 s at 3,000,000 closed alerts, twice per burst). The
+    device rows are reached through `site_id = ANY(ARRAY(...))` index conditions, which need
+    no join (docs/performance.md, eval3)."""
     cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
     (before, _) = cursor.fetchone()
     yield
@@ -256,10 +243,12 @@ def _hash_anti_joins(cursor):
 
 # What an alert's audit row names, read in one statement (no model instances: 2,000 alerts
 # with their site and device rows took 90 ms of Python as objects).
-_AUDITED_SQL = """SELECT a.id, a.site_id, s.site_id, a.device_id, d.device_id, a.kind, a.severity, a.message
+# The business ids are looked up by primary key, one per alert: a join planned as a hash
+# join read all 20,000 sites for it.
+_AUDITED_SQL = """SELECT a.id, a.site_id, (SELECT s.site_id FROM sites_app_site s WHERE s.id = a.site_id),
+                         a.device_id, (SELECT d.device_id FROM devices_app_device d WHERE d.id = a.device_id),
+                         a.kind, a.severity, a.message
                   FROM monitoring_app_alert a
-                  JOIN sites_app_site s ON s.id = a.site_id
-                  LEFT JOIN devices_app_device d ON d.id = a.device_id
                   WHERE a.id = ANY(%s::bigint[])
                   ORDER BY a.id"""
 
