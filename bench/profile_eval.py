@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_sweep_trials import RESET_SQL, T0, backend_cpu_ms, setup  # noqa: E402
+from bench_sweep_trials import T0, backend_cpu_ms, reset, setup  # noqa: E402
 
 
 def _backend_pid() -> int:
@@ -120,11 +120,10 @@ def main() -> None:
     if notices:
         with open(args.explain, "w") as out_file:
             out_file.write("\n\n".join(notices))
-    with connection.cursor() as cursor:
-        if args.explain:
+    if args.explain:
+        with connection.cursor() as cursor:
             cursor.execute("SET auto_explain.log_min_duration = -1")
-        for sql in RESET_SQL:
-            cursor.execute(sql)
+    reset(connection)
 
 
 if __name__ == "__main__":
