@@ -8,8 +8,9 @@ migrated by its own code). `prepare` makes every device online and seen at a fix
 except every 20th site and 1 device in 1,000 (51,000 silent for an hour); `trial` times the
 sweep, the sweep again, the alert evaluation past the offline threshold and again, then puts
 the devices back and deletes the alerts, notifications and status changes it made (audit
-rows stay: the trail is append-only). Buffered heartbeats use a key prefix of their own, so
-no one else's buffer is flushed. The database is not dropped.
+rows stay: the trail is append-only; alerts opened before T0, a database's history, stay
+too). Buffered heartbeats use a key prefix of their own, so no one else's buffer is flushed.
+The database is not dropped.
 
 Each step prints its wall-clock ms, `<step>_db_cpu_ms` (CPU time of the PostgreSQL backend,
 read from /proc: a local server only) and `<step>_py_cpu_ms` (this process's CPU time).
@@ -38,10 +39,13 @@ T0 = (
 
 PREPARE_SQL = """UPDATE devices_app_device SET status = 'online', connectivity_changed_at = NULL,
     last_seen = CASE WHEN site_id %% 20 = 0 OR id %% 1000 = 1 THEN %(silent)s ELSE %(now)s END"""
+# Only what the trial made (alerts opened, transitions from T0 on): a database given a
+# history of closed alerts before T0 keeps it.
 RESET_SQL = [
-    "DELETE FROM monitoring_app_notification",
-    "DELETE FROM monitoring_app_alert",
-    "DELETE FROM monitoring_app_devicestatuschange",
+    "DELETE FROM monitoring_app_notification WHERE alert_id IN"
+    " (SELECT id FROM monitoring_app_alert WHERE opened_at >= %(t0)s)",
+    "DELETE FROM monitoring_app_alert WHERE opened_at >= %(t0)s",
+    "DELETE FROM monitoring_app_devicestatuschange WHERE changed_at >= %(t0)s",
     "UPDATE devices_app_device SET status = 'online', connectivity_changed_at = NULL"
     " WHERE status = 'offline'",
     "VACUUM ANALYZE devices_app_device",
@@ -115,10 +119,16 @@ def trial() -> dict:
     evaluated = timed(out, "evaluate", alerts_evaluate, now=later)
     out["opened"] = len(evaluated.opened)
     timed(out, "evaluate_again", alerts_evaluate, now=later + datetime.timedelta(seconds=30))
+    reset(connection)
+    return out
+
+
+def reset(connection) -> None:
+    """Put the devices back online and delete the alerts, notifications and transitions the
+    trial made (audit rows stay)."""
     with connection.cursor() as cursor:
         for sql in RESET_SQL:
-            cursor.execute(sql)
-    return out
+            cursor.execute(sql, {"t0": T0} if "%(t0)s" in sql else None)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ Rules (settings HOMEPOT_MONITORING_*):
   site_offline alert: a device in error is a fault of its own, not the store's network.
 """
 
+import contextlib
 import datetime
 import logging
 from dataclasses import dataclass
@@ -28,16 +29,16 @@ from django.utils import timezone
 
 from accounts.scoping import require_site_access
 from devices_app.choices import DeviceStatus
+from devices_app.models import Device
 from homepot.errors import ServiceError
 from monitoring_app.choices import AlertKind, AlertSeverity, AuditEvent, HealthStatus
 from monitoring_app.models import Alert, AlertNote
 from monitoring_app.notifications import notifications_create
 from monitoring_app.services import audit_record, audited_atomic
+from sites_app.models import Site
 
 logger = logging.getLogger(__name__)
 
-# Above this many alerts opened or closed at once, the planner statistics are refreshed.
-ANALYZE_AFTER_CHANGES = 100
 # An open alert's last_seen_at is refreshed at most this often (not on every evaluation).
 LAST_SEEN_REFRESH = datetime.timedelta(minutes=5)
 
@@ -122,7 +123,9 @@ _OPEN_SQL = [
                        THEN max(r.changed_max) FILTER (WHERE r.status = %(offline)s AND r.devices > 0)
                   END AS offline_since_at_most
            FROM devices_app_sitedevicecount r
-           WHERE NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
+           WHERE r.site_id = ANY(ARRAY(SELECT site_id FROM devices_app_sitedevicecount
+                                       WHERE status = %(offline)s AND devices > 0))
+             AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
                              AND a.kind = %(k_site)s AND a.resolved_at IS NULL AND a.device_id IS NULL)
            GROUP BY r.site_id
            HAVING sum(r.devices) FILTER (WHERE r.status <> ALL(%(not_monitored)s)) >= %(min_devices)s
@@ -139,16 +142,17 @@ _OPEN_SQL = [
                   count(*) FILTER (WHERE d.status = %(offline)s
                                    AND d.connectivity_changed_at <= %(offline_cut)s)
            FROM devices_app_device d
-           WHERE d.site_id IN (SELECT site_id FROM candidates
-                               WHERE offline_since_at_most IS NULL
-                                  OR offline_since_at_most > %(offline_cut)s)
+           WHERE d.site_id = ANY(ARRAY(SELECT site_id FROM candidates
+                                       WHERE offline_since_at_most IS NULL
+                                          OR offline_since_at_most > %(offline_cut)s))
            GROUP BY d.site_id
        )
        SELECT c.site_id, NULL, %(k_site)s, %(critical)s,
               format('%%s of %%s devices offline at %%s: the store is probably offline (network or power).',
-                     c.offline_long, c.monitored, s.site_id),
+                     c.offline_long, c.monitored,
+                     (SELECT s.site_id FROM sites_app_site s WHERE s.id = c.site_id)),
               %(now)s, %(now)s
-       FROM counted c JOIN sites_app_site s ON s.id = c.site_id
+       FROM counted c
        WHERE c.monitored >= %(min_devices)s AND c.offline_long >= %(fraction)s * c.monitored
        ON CONFLICT (site_id, kind) WHERE resolved_at IS NULL AND device_id IS NULL DO NOTHING
        RETURNING id""",
@@ -162,12 +166,12 @@ _OPEN_SQL = [
                      to_char(d.connectivity_changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.site_id IN (
+       WHERE d.site_id = ANY(ARRAY(
                SELECT r.site_id FROM devices_app_sitedevicecount r
                WHERE r.status = %(offline)s AND r.devices > 0
                  AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.site_id = r.site_id
                                  AND a.kind = %(k_site)s AND a.resolved_at IS NULL
-                                 AND a.device_id IS NULL))
+                                 AND a.device_id IS NULL)))
          AND d.status = %(offline)s AND d.connectivity_changed_at <= %(offline_cut)s
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
                          AND a.kind = %(k_offline)s AND a.resolved_at IS NULL)
@@ -194,8 +198,8 @@ _OPEN_SQL = [
                                       'YYYY-MM-DD HH24:MI "UTC"'), 'an unknown time')),
               %(now)s, %(now)s
        FROM devices_app_device d
-       WHERE d.site_id IN (SELECT site_id FROM devices_app_sitedevicecount
-                           WHERE status = %(error)s AND devices > 0)
+       WHERE d.site_id = ANY(ARRAY(SELECT site_id FROM devices_app_sitedevicecount
+                                   WHERE status = %(error)s AND devices > 0))
          AND d.status = %(error)s
          AND (d.connectivity_changed_at IS NULL OR d.connectivity_changed_at <= %(error_cut)s)
          AND NOT EXISTS (SELECT 1 FROM monitoring_app_alert a WHERE a.device_id = d.id
@@ -212,32 +216,62 @@ def _run(cursor, statements, params) -> list[int]:
     ids = []
     for sql in statements:
         cursor.execute(sql, params)
-        changed = [row[0] for row in cursor.fetchall()]
-        _analyze_alerts_after_burst(cursor, len(changed))
-        ids += changed
+        ids += [row[0] for row in cursor.fetchall()]
     return ids
 
 
-def _analyze_alerts_after_burst(cursor, changed: int) -> None:
-    """Refresh the alert table's statistics right after a statement opened or closed many.
+@contextlib.contextmanager
+def _hash_anti_joins(cursor):
+    """Plan the opening statements without nested loops, then put back the setting found.
 
-    The next statement's anti-joins plan with them: planned on statistics taken before the
-    1,000 site alerts of the statement just before existed, the device-offline statement took
-    3.75 s for 25,688 buffers (CPU: the shape of a nested loop over the new alerts) where a
-    hash anti-join takes 0.16-0.45 s (docs/performance.md, sweep2). Only the statements of
-    this evaluation that follow, and the next evaluation, gain from it."""
-    if changed >= ANALYZE_AFTER_CHANGES:
-        cursor.execute("ANALYZE monitoring_app_alert")
+    Each of them anti-joins the open alerts of the table it inserts into. As a nested loop
+    whose inner side is not a lookup of the outer row's key (the planner's pick whenever the
+    statistics say few open alerts, as at the start of a burst), every outer row rescans the
+    index entries of the alerts inserted so far, invisible to the statement but still read:
+    499,500 heap fetches for 1,000 device alerts, quadratic in the burst. A hash (or merge)
+    anti-join reads the open alerts once, whatever the statistics say, so the table is not
+    ANALYZEd after a burst any more: that read a sample of up to 30,000 pages of the alert
+    table, closed alerts included (1.3 s at 3,030,000 closed alerts, twice per burst). The
+    device rows are reached through `site_id = ANY(ARRAY(...))` index conditions, which need
+    no join (docs/performance.md, eval3)."""
+    cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
+    (before, _) = cursor.fetchone()
+    yield
+    # Not on an error: the rollback of the evaluation's transaction undoes it.
+    cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [before])
 
 
-def _audit_system(alert_ids: list[int], event_type: AuditEvent, verb: str) -> None:
-    for alert in Alert.objects.filter(pk__in=alert_ids).select_related("site", "device").order_by("pk"):
+# What an alert's audit row names, read in one statement: as model instances, 2,000 alerts
+# with their sites and devices were about 30 % of the evaluation's Python (cProfile). The
+# business ids are looked up by primary key, one per alert: a join planned as a hash join
+# read all 20,000 sites for them.
+_AUDITED_SQL = """SELECT a.id, a.site_id, (SELECT s.site_id FROM sites_app_site s WHERE s.id = a.site_id),
+                         a.device_id, (SELECT d.device_id FROM devices_app_device d WHERE d.id = a.device_id),
+                         a.kind, a.severity, a.message
+                  FROM monitoring_app_alert a
+                  WHERE a.id = ANY(%s::bigint[])
+                  ORDER BY a.id"""
+
+
+def _audit_system(cursor, alert_ids: list[int], event_type: AuditEvent, verb: str) -> None:
+    """Queue one audit row per alert in `alert_ids` (system actor), in id order.
+
+    audit_record reads only the pk and business id of the site and device it is given, so
+    each is passed as an unsaved instance carrying those two (one per site, shared)."""
+    if not alert_ids:
+        return
+    cursor.execute(_AUDITED_SQL, [alert_ids])
+    sites: dict[int, Site] = {}
+    for pk, site_pk, site_ref, device_pk, device_ref, kind, severity, message in cursor.fetchall():
+        site = sites.get(site_pk)
+        if site is None:
+            site = sites[site_pk] = Site(pk=site_pk, site_id=site_ref)
         audit_record(
             event_type=event_type,
-            site=alert.site,
-            device=alert.device,
-            description=f"Alert {alert.pk} {verb}: {alert.message}",
-            new_values={"alert": alert.pk, "kind": alert.kind, "severity": alert.severity},
+            site=site,
+            device=Device(pk=device_pk, device_id=device_ref) if device_pk is not None else None,
+            description=f"Alert {pk} {verb}: {message}",
+            new_values={"alert": pk, "kind": kind, "severity": severity},
         )
 
 
@@ -260,11 +294,12 @@ def alerts_evaluate(*, now: datetime.datetime | None = None) -> EvaluationResult
         # transaction only.
         cursor.execute("SET LOCAL jit = off")
         resolved = _run(cursor, _RESOLVE_SQL, params)
-        opened = _run(cursor, _OPEN_SQL, params)
+        with _hash_anti_joins(cursor):
+            opened = _run(cursor, _OPEN_SQL, params)
         notifications_create(alert_ids=opened, now=params["now"])
         cursor.execute(_REFRESH_SQL, params)
-        _audit_system(resolved, AuditEvent.ALERT_RESOLVED, "resolved itself")
-        _audit_system(opened, AuditEvent.ALERT_OPENED, "opened")
+        _audit_system(cursor, resolved, AuditEvent.ALERT_RESOLVED, "resolved itself")
+        _audit_system(cursor, opened, AuditEvent.ALERT_OPENED, "opened")
     return EvaluationResult(opened=opened, resolved=resolved)
 
 

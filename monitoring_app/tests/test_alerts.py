@@ -4,6 +4,7 @@ test_notifications.py)."""
 import datetime
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from accounts.choices import MembershipRole
@@ -14,6 +15,7 @@ from devices_app.tests.factories import DeviceFactory
 from homepot.tests.api_helpers import assert_error, token_client
 from monitoring_app.alerts import alerts_evaluate
 from monitoring_app.models import Alert, AlertNote, AuditLog
+from monitoring_app.selectors import audit_chain_verify
 from sites_app.tests.factories import SiteFactory
 
 pytestmark = pytest.mark.django_db
@@ -220,6 +222,86 @@ def test_a_single_device_site_never_opens_a_site_alert(site):
     offline(site)
     alerts_evaluate()
     assert list(Alert.objects.values_list("kind", flat=True)) == ["device_offline"]
+
+
+def test_every_alert_opened_or_resolved_has_its_audit_row_naming_its_store_and_terminal():
+    dark, lone_site = SiteFactory(site_id="site-dark"), SiteFactory(site_id="site-lone")
+    for _ in range(3):
+        offline(dark)
+    online(dark)
+    lone = offline(lone_site, name="Till 9")
+    online(lone_site), online(lone_site)
+    back = offline(lone_site)
+    alerts_evaluate()
+    Device.objects.filter(pk=back.pk).update(status=DeviceStatus.ONLINE)
+    before = AuditLog.objects.order_by("-id").values_list("id", flat=True).first()
+
+    result = alerts_evaluate()
+    Device.objects.filter(pk=back.pk).update(status=DeviceStatus.OFFLINE, connectivity_changed_at=ago(600))
+    again = alerts_evaluate()
+
+    rows = list(AuditLog.objects.filter(id__gt=before).order_by("id"))
+    resolved = Alert.objects.get(pk=result.resolved[0])
+    reopened = Alert.objects.get(pk=again.opened[0])
+    assert [(r.event_type, r.site_ref, r.device_ref, r.site_id, r.device_id) for r in rows] == [
+        ("alert.resolved", "site-lone", back.device_id, lone_site.pk, back.pk),
+        ("alert.opened", "site-lone", back.device_id, lone_site.pk, back.pk),
+    ]
+    assert rows[0].description == f"Alert {resolved.pk} resolved itself: {resolved.message}"
+    assert rows[1].description == f"Alert {reopened.pk} opened: {reopened.message}"
+    assert rows[1].new_values == {"alert": reopened.pk, "kind": "device_offline", "severity": "warning"}
+    assert all(r.actor_id is None and r.actor_ref == "" for r in rows)
+    first = {
+        row.new_values["alert"]: row
+        for row in AuditLog.objects.filter(event_type="alert.opened", id__lte=before)
+    }
+    site_alert = Alert.objects.get(kind="site_offline")
+    lone_alert = Alert.objects.get(device=lone)
+    assert (first[site_alert.pk].site_ref, first[site_alert.pk].device_ref) == ("site-dark", "")
+    assert first[site_alert.pk].device_id is None and first[site_alert.pk].site_id == dark.pk
+    assert first[site_alert.pk].new_values == {
+        "alert": site_alert.pk,
+        "kind": "site_offline",
+        "severity": "critical",
+    }
+    assert "Till 9" in first[lone_alert.pk].description and first[lone_alert.pk].device_ref == lone.device_id
+    assert audit_chain_verify().intact
+
+
+def test_a_burst_opens_one_alert_per_long_offline_terminal_and_one_per_dark_store():
+    dark_sites = [SiteFactory() for _ in range(4)]
+    for dark in dark_sites:
+        for _ in range(3):
+            offline(dark)
+        online(dark)
+    lone_sites = [SiteFactory() for _ in range(5)]
+    lone = [offline(s) for s in lone_sites for _ in range(2)]
+    for s in lone_sites:
+        for _ in range(4):
+            online(s)
+    offline(lone_sites[0], seconds=60)  # not long enough yet
+
+    first = alerts_evaluate()
+    second = alerts_evaluate()
+
+    opened = Alert.objects.filter(pk__in=first.opened)
+    assert sorted(opened.filter(kind="site_offline").values_list("site_id", flat=True)) == sorted(
+        s.pk for s in dark_sites
+    )
+    assert sorted(opened.filter(kind="device_offline").values_list("device_id", flat=True)) == sorted(
+        d.pk for d in lone
+    )
+    assert len(first.opened) == 14 and second.opened == []
+    assert AuditLog.objects.filter(event_type="alert.opened").count() == 14
+
+
+def test_an_evaluation_inside_a_callers_transaction_leaves_its_planner_settings_as_they_were(site):
+    offline(site)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_nestloop = on")
+        assert len(alerts_evaluate().opened) == 1
+        cursor.execute("SHOW enable_nestloop")
+        assert cursor.fetchone()[0] == "on"
 
 
 # --- API ------------------------------------------------------------------------------------
