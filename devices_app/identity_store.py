@@ -63,6 +63,11 @@ request to PostgreSQL as before (devices_app.services.device_identity, with the 
 memory of devices_app.credential_cache as the fallback while Redis is away), after which the
 entries are written.
 
+A single health report whose stream lives in this Redis is appended by the same script call
+(`StreamEntry`, monitoring_app.ingest.health_report_buffered): the script reads the identity,
+moves the sighting, notes the seen buffer and XADDs the report, or, answering None, writes
+nothing at all.
+
 Standalone Redis only: the script reads the device entry, whose name it learns from the
 credential entry (not declared in KEYS, which Redis Cluster would refuse).
 """
