@@ -179,7 +179,9 @@ def main() -> None:
         for i in range(args.requests):
             heartbeat(keys[i % len(keys)], args.kind)
         profile.disable()
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        pstats.Stats(profile).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(
+            int(os.environ.get("ROWS", "40"))
+        )
 
 
 if __name__ == "__main__":

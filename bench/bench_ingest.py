@@ -89,6 +89,13 @@ def parse_args() -> argparse.Namespace:
         help="After the 1 s warm-up, one request per device (identities stored in Redis are then "
         "all there, as in a fleet reporting every minute with a bound of minutes).",
     )
+    parser.add_argument(
+        "--one-redis",
+        action="store_true",
+        help="REDIS_URL too on the health buffer's fsyncing Redis: identities, seen buffer and "
+        "stream in one server, so a steady single report is one round trip "
+        "(monitoring_app.ingest.health_report_buffered).",
+    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
@@ -352,6 +359,8 @@ def main() -> None:
     health_redis_port = args.port + 1
     health_redis = start_health_redis(health_redis_port, tempfile.mkdtemp(prefix="bench-health-redis-"))
     env["HOMEPOT_MONITORING_HEALTH_REDIS_URL"] = f"redis://127.0.0.1:{health_redis_port}/0"
+    if args.one_redis:
+        env["REDIS_URL"] = env["HOMEPOT_MONITORING_HEALTH_REDIS_URL"]
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "homepot.settings"
     import django

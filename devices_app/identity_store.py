@@ -63,6 +63,11 @@ request to PostgreSQL as before (devices_app.services.device_identity, with the 
 memory of devices_app.credential_cache as the fallback while Redis is away), after which the
 entries are written.
 
+A single health report whose stream lives in this Redis is appended by the same script call
+(`StreamEntry`, monitoring_app.ingest.health_report_buffered): the script reads the identity,
+moves the sighting, notes the seen buffer and XADDs the report, or, answering None, writes
+nothing at all.
+
 Standalone Redis only: the script reads the device entry, whose name it learns from the
 credential entry (not declared in KEYS, which Redis Cluster would refuse).
 """
@@ -71,13 +76,15 @@ import datetime
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from devices_app.choices import DeviceStatus
+from homepot import hot_path
 from homepot.redis_clients import pack, redis_client, send_one
 
 logger = logging.getLogger(__name__)
@@ -98,6 +105,11 @@ _down_until = 0.0  # monotonic time before which this process does not try Redis
 # may be and still be answered from, ARGV[4] the sighting's expiry (s). Returns nil (ask
 # PostgreSQL) or {credential entry, device entry, ms since the sighting}. A sighting advances
 # only with a note: it then stands for a heartbeat the next flush writes to the row.
+# With a health report to append (StreamEntry): KEYS[3] the health stream, ARGV[5] the oldest
+# recorded use (epoch s) that needs no new record, ARGV[6] and ARGV[7] the entry around the
+# device's pk. A credential whose use must be recorded (a PostgreSQL write) returns nil
+# before anything is written; else the note, the sighting and the XADD, and XLEN is returned
+# fourth. An error after the note (the XADD refused) leaves the note: the device was heard.
 _LOOKUP_LUA = """
 local c = redis.call('GET', KEYS[1])
 if not c or c == '-' then return false end
@@ -111,10 +123,18 @@ local sighting = tonumber(redis.call('GET', ARGV[1] .. 's:' .. pk))
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if not sighting or now - sighting > tonumber(ARGV[3]) then return false end
+if KEYS[3] then
+    local used = tonumber(string.match(c, '|([^|]*)$'))
+    if not used or used < tonumber(ARGV[5]) or ARGV[2] == '' then return false end
+end
 if ARGV[2] ~= '' then
     redis.call('HSET', KEYS[2], pk, ARGV[2])
     redis.call('SET', ARGV[1] .. 's:' .. pk, now, 'EX', ARGV[4])
     sighting = now
+end
+if KEYS[3] then
+    redis.call('XADD', KEYS[3], '*', 'd', ARGV[6] .. pk .. ARGV[7])
+    return {c, d, tostring(now - sighting), redis.call('XLEN', KEYS[3])}
 end
 return {c, d, tostring(now - sighting)}
 """.replace("STATUS_NOT_ANSWERED", " and ".join(f"status ~= '{status}'" for status in _ANSWERED))
@@ -149,7 +169,7 @@ def _url() -> str:
 
 
 def _prefix() -> str:
-    return f"{settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX}{connection.settings_dict['NAME']}:"
+    return f"{settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX}{hot_path.database_name()}:"
 
 
 def credential_key(key_hash: str) -> str:
@@ -177,9 +197,7 @@ def enabled() -> bool:
     """Whether requests read identities from Redis: a bound above 0, Redis configured, and
     PostgreSQL (the seen buffer the heartbeat notes into needs it too)."""
     return bool(
-        settings.HOMEPOT_DEVICES_IDENTITY_SECONDS > 0
-        and settings.REDIS_URL
-        and connection.vendor == "postgresql"
+        settings.HOMEPOT_DEVICES_IDENTITY_SECONDS > 0 and settings.REDIS_URL and hot_path.on_postgresql()
     )
 
 
@@ -197,25 +215,54 @@ def _went_down(exc: Exception) -> None:
     )
 
 
-def lookup(key_hash: str, *, note_key: str = "", note_value: str = ""):
+@dataclass
+class StreamEntry:
+    """A health report for lookup() to append to the health stream in its own script call
+    (the stream in the identities' Redis): the stream's key, the entry around the device's pk
+    (monitoring_app.health_buffer.encode_around_device). `depth`: the stream's length after
+    the append, set by lookup() when it appended."""
+
+    key: str
+    head: bytes
+    tail: bytes
+    depth: int | None = None
+
+
+def lookup(
+    key_hash: str,
+    *,
+    note_key: str = "",
+    note_value: str = "",
+    stream_entry: StreamEntry | None = None,
+    used_since: datetime.datetime | None = None,
+):
     """The identity stored for this credential hash (devices_app.services.DeviceIdentity,
     `last_seen` its sighting), or None: not stored, tombstoned, a status the heartbeat would
     change, not sighted within sighting_fresh_for() (the sweep may have marked it offline),
     or Redis away. With `note_value`, the same script call HSETs it into `note_key` under
     the device's pk (the heartbeat's seen buffer) when, and only when, it returns an identity.
-    Never raises for Redis."""
+    With `stream_entry` (and a note), the same call also appends the entry to its stream and
+    sets its `depth`, when, and only when, it returns an identity, which it does only for a
+    credential whose use was recorded at or after `used_since` (else None and nothing
+    written: the caller records the use the usual way). Never raises for Redis."""
     if not available():
         return None
     fresh_ms = str(max(0, int(sighting_fresh_for().total_seconds() * 1000)))
     expiry = str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
-    args = ("2", credential_key(key_hash), note_key or "-", _prefix(), note_value, fresh_ms, expiry)
+    keys = (credential_key(key_hash), note_key or "-")
+    args = (_prefix(), note_value, fresh_ms, expiry)
+    if stream_entry is not None:
+        keys = (*keys, stream_entry.key)
+        args = (*args, f"{used_since.timestamp():.0f}", stream_entry.head, stream_entry.tail)
     try:
-        reply = _run_script(_LOOKUP_SHA, _LOOKUP_LUA, args)
+        reply = _run_script(_LOOKUP_SHA, _LOOKUP_LUA, (str(len(keys)), *keys, *args))
     except redis.RedisError as exc:
         _went_down(exc)
         return None
     if reply is None:
         return None
+    if stream_entry is not None:
+        stream_entry.depth = reply.pop()
     return _identity(*reply)
 
 

@@ -415,14 +415,25 @@ def _identity_from_db(key_hash: str) -> DeviceIdentity | None:
 
 
 def device_identity_from_redis(
-    raw_key: str, *, note_key: str = "", note_value: str = ""
+    raw_key: str, *, note_key: str = "", note_value: str = "", stream_entry=None
 ) -> DeviceIdentity | None:
     """The identity if Redis has it and a heartbeat would leave its status alone (noted as
     asked, in the same script call: identity_store.lookup), else None, without asking
-    PostgreSQL. Use is recorded as device_identify does."""
+    PostgreSQL. Use is recorded as device_identify does. With `stream_entry`
+    (identity_store.StreamEntry, a health report), the same call appends the report, and
+    answers only a credential whose use needs no new record: no PostgreSQL write follows."""
     if not raw_key.startswith(CREDENTIAL_PREFIX):
         return None
     key_hash = DeviceCredential.hash_key(raw_key)
+    if stream_entry is not None:
+        used_since = timezone.now() - CREDENTIAL_USE_RESOLUTION
+        return identity_store.lookup(
+            key_hash,
+            note_key=note_key,
+            note_value=note_value,
+            stream_entry=stream_entry,
+            used_since=used_since,
+        )
     identity = identity_store.lookup(key_hash, note_key=note_key, note_value=note_value)
     if identity is not None:
         used_at = identity.last_used_at

@@ -42,27 +42,32 @@ def send_many(url: str, timeout: float, packed_commands: list[bytes]) -> list:
     connection = _connection(url, timeout)
     reused = connection._sock is not None
     try:
-        # A reply waiting before we asked, or the server's EOF after a restart: this socket
-        # is out of step or dead, so start afresh (what the pool checks at every checkout).
-        if reused and connection.can_read(timeout=0):
-            connection.disconnect()
-            reused = False
         return _exchange(connection, packed_commands)
     except redis.ConnectionError:
+        # On a kept connection: the server restarted or dropped it since (its EOF is read
+        # as the reply), so start afresh once. redis-py has disconnected it already.
         if not reused:
             raise
-        connection.disconnect()  # already done by redis-py on most errors; safe to repeat
+        connection.disconnect()  # safe to repeat
     return _exchange(connection, packed_commands)
 
 
 def _exchange(connection: redis.Connection, packed_commands: list[bytes]) -> list:
-    connection.send_packed_command(packed_commands, check_health=False)
-    replies, error = [], None
-    for _ in packed_commands:
-        try:
-            replies.append(connection.read_response())
-        except redis.ResponseError as exc:
-            error = error or exc
+    """Send the commands and read every reply. Anything that stops it half way (a timeout,
+    a signal, a broken socket) disconnects: a reply left unread would otherwise be read by the
+    next request as its own (another credential's identity). So a kept connection is always
+    in step, and needs no check before it is used (a poll per call, 4 µs, measured)."""
+    try:
+        connection.send_packed_command(packed_commands, check_health=False)
+        replies, error = [], None
+        for _ in packed_commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:  # a whole reply, read: still in step
+                error = error or exc
+    except BaseException:
+        connection.disconnect()
+        raise
     if error is not None:
         raise error
     return replies

@@ -33,9 +33,9 @@ import time
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
-from homepot import metrics
+from homepot import hot_path, metrics
 from homepot.redis_clients import pack, redis_client, send_many
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _client() -> redis.Redis:
 
 def stream_key() -> str:
     # Per database: a demo, a test run and production may share one Redis.
-    return f"{settings.HOMEPOT_MONITORING_HEALTH_KEY_PREFIX}{connection.settings_dict['NAME']}"
+    return f"{settings.HOMEPOT_MONITORING_HEALTH_KEY_PREFIX}{hot_path.database_name()}"
 
 
 def enabled() -> bool:
@@ -82,33 +82,55 @@ def encode(*, received_at: datetime.datetime, device_reports: list) -> bytes:
     return json.dumps(
         {
             "t": received_at.isoformat(),
-            "r": [
-                [
-                    device_pk,
-                    report.status,
-                    report.checked_at.isoformat(),
-                    report.response_time_ms,
-                    report.error_message,
-                    report.metrics,
-                    report.app_version,
-                    report.firmware_version,
-                ]
-                for device_pk, report in device_reports
-            ],
+            "r": [[device_pk, *_fields(report)] for device_pk, report in device_reports],
         },
         separators=(",", ":"),
     ).encode()
+
+
+def encode_around_device(*, received_at: datetime.datetime, report) -> tuple[bytes, bytes]:
+    """encode() of ONE report, cut where its device's pk goes: `head + pk + tail` is the
+    entry. For a script that learns the pk itself (devices_app.identity_store.lookup with a
+    StreamEntry) and appends the report in the same call."""
+    head = b'{"t":' + json.dumps(received_at.isoformat()).encode() + b',"r":[['
+    tail = b"," + json.dumps(_fields(report), separators=(",", ":")).encode()[1:] + b"]}"
+    return head, tail
+
+
+def _fields(report) -> list:
+    return [
+        report.status,
+        report.checked_at.isoformat(),
+        report.response_time_ms,
+        report.error_message,
+        report.metrics,
+        report.app_version,
+        report.firmware_version,
+    ]
+
+
+def accepting() -> bool:
+    """Whether a report may be appended now: the buffer is on, its Redis neither known to be
+    away nor over the bound, and durable (_redis_keeps_what_it_acknowledges). May ask Redis
+    for its configuration (once a minute); raises redis.RedisError."""
+    if not enabled() or time.monotonic() < max(_down_until, _full_until):
+        return False
+    return _redis_keeps_what_it_acknowledges()
+
+
+def shares_redis_with_identities() -> bool:
+    """Whether the stream lives in the Redis of the credential identities and the seen buffer
+    (the default: HOMEPOT_MONITORING_HEALTH_REDIS_URL is REDIS_URL), so that one script can
+    read the identity, note the sighting and append the report (ingest.health_report_buffered)."""
+    return settings.HOMEPOT_MONITORING_HEALTH_REDIS_URL == settings.REDIS_URL
 
 
 def append(*, received_at: datetime.datetime, device_reports: list) -> bool:
     """Append the reports to the stream as one entry. True once Redis has them; False when
     the buffer is off, Redis cannot take them, or the stream is over its bound: the caller
     then writes them to PostgreSQL itself. Never raises for Redis."""
-    global _down_until, _full_until
-    if not enabled() or time.monotonic() < max(_down_until, _full_until):
-        return False
     try:
-        if not _redis_keeps_what_it_acknowledges():
+        if not accepting():
             return False
         key = stream_key()
         entry = encode(received_at=received_at, device_reports=device_reports)
@@ -122,19 +144,31 @@ def append(*, received_at: datetime.datetime, device_reports: list) -> bool:
     except redis.RedisError as exc:
         # A timeout can come after Redis appended the entry; the caller then writes the
         # report directly as well, which stores it twice, never zero times (documented).
-        _down_until = time.monotonic() + RETRY_AFTER_SECONDS
-        logger.warning(
-            "Health report buffer unavailable, writing reports directly for %d s: %s",
-            RETRY_AFTER_SECONDS,
-            exc,
-        )
+        went_down(exc)
         return False
+    appended(depth)
+    return True
+
+
+def went_down(exc: Exception) -> None:
+    """Leave the buffer alone for RETRY_AFTER_SECONDS after a Redis error: reports are
+    written directly meanwhile (a request must not wait on a timeout each time)."""
+    global _down_until
+    _down_until = time.monotonic() + RETRY_AFTER_SECONDS
+    logger.warning(
+        "Health report buffer unavailable, writing reports directly for %d s: %s",
+        RETRY_AFTER_SECONDS,
+        exc,
+    )
+
+
+def appended(depth: int) -> None:
+    """An entry went in and the stream now holds `depth`: above the bound, the next reports
+    go to PostgreSQL until the drain catches up, so a stopped drain cannot fill Redis's memory."""
+    global _full_until
     if depth > settings.HOMEPOT_MONITORING_HEALTH_BUFFER_MAX_ENTRIES:
-        # This entry is in; the next ones go to PostgreSQL until the drain catches up, so a
-        # stopped drain cannot fill Redis's memory.
         _full_until = time.monotonic() + FULL_RECHECK_SECONDS
         logger.warning("Health report buffer holds %d entries, writing reports directly", depth)
-    return True
 
 
 def _redis_keeps_what_it_acknowledges() -> bool:

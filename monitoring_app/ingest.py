@@ -13,6 +13,7 @@ import datetime
 import json
 from dataclasses import dataclass, field
 
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -283,6 +284,49 @@ def reported_identity(raw_key: str, *, reported_at: datetime.datetime | None = N
     )
     if identity is not None:
         identity.last_seen = now
+    return identity
+
+
+def one_trip_reports() -> bool:
+    """Whether a single health report may take health_report_buffered now: the identities,
+    the seen buffer and the health buffer usable, and the stream in the identities' Redis.
+    May ask that Redis whether it is durable (health_buffer.accepting, once a minute)."""
+    if not (
+        identity_store.available() and seen_buffer.usable() and health_buffer.shares_redis_with_identities()
+    ):
+        return False
+    try:
+        return health_buffer.accepting()
+    except redis.RedisError as exc:
+        health_buffer.went_down(exc)
+        return False
+
+
+def health_report_buffered(*, raw_key: str, report: HealthReport, reported_at: datetime.datetime | None):
+    """ONE health report of the device behind `raw_key`, in ONE Redis round trip when the
+    health stream shares the identities' Redis (health_buffer.shares_redis_with_identities):
+    the script that reads the credential's identity notes the device as seen and appends the
+    report to the stream, as reported_identity followed by health_reports_record would in
+    two. `reported_at`: the device's own clock, when the report gave one (noted with the
+    sighting, as reported_identity notes it). Returns the device once Redis holds the
+    report (what a 201 rests on); None when nothing was written: the caller takes that
+    usual way (the buffer off, away, full or not durable; the identity not in Redis, or its
+    device's status would change; a credential whose use is to be recorded). Not
+    idempotent: each call appends a report. Only when one_trip_reports() says so."""
+    now = timezone.now()
+    head, tail = health_buffer.encode_around_device(received_at=now, report=report)
+    entry = identity_store.StreamEntry(key=health_buffer.stream_key(), head=head, tail=tail)
+    identity = device_identity_from_redis(
+        raw_key,
+        note_key=seen_buffer.key(),
+        note_value=seen_buffer.entry(now, reported_at),
+        stream_entry=entry,
+    )
+    if identity is None:
+        return None
+    metrics.HEALTH_ACCEPTED.inc()
+    health_buffer.appended(entry.depth)
+    identity.last_seen = now
     return identity
 
 

@@ -23,7 +23,7 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 
-from homepot import metrics
+from homepot import hot_path, metrics
 from homepot.redis_clients import pack, redis_client, send_one
 
 logger = logging.getLogger(__name__)
@@ -42,16 +42,14 @@ def _client() -> redis.Redis:
 
 def _key() -> str:
     # Per database: a demo, a test run and production may share one Redis.
-    return f"{settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX}{connection.settings_dict['NAME']}"
+    return f"{settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX}{hot_path.database_name()}"
 
 
 def enabled() -> bool:
     # PostgreSQL only: the flush is PostgreSQL SQL, and runs from Celery beat, which the
     # embedded SQLite demo does not start.
     return bool(
-        settings.HOMEPOT_MONITORING_BUFFER_HEARTBEATS
-        and settings.REDIS_URL
-        and connection.vendor == "postgresql"
+        settings.HOMEPOT_MONITORING_BUFFER_HEARTBEATS and settings.REDIS_URL and hot_path.on_postgresql()
     )
 
 

@@ -32,11 +32,13 @@ from monitoring_app.api.agent import (
     HealthView,
     health_store,
     metrics_problem,
+    report_from,
 )
 from monitoring_app.choices import HealthStatus
-from monitoring_app.ingest import reported_identity
+from monitoring_app.ingest import health_report_buffered, one_trip_reports, reported_identity
 
 NOT_HANDLED = _NOT_HANDLED = object()
+_STORED_ONE = json.dumps({"stored": 1}, separators=(",", ":")).encode()  # health_store's answer
 _STATUSES = frozenset(HealthStatus.values)
 _PERCENTS = ("cpu_percent", "memory_percent", "disk_percent")
 # Strings of the serializer: name -> (max length, blank allowed)
@@ -98,7 +100,13 @@ def answer(key: str, body: bytes, parse):
     reports = parse(data)
     if reports is _NOT_HANDLED:
         return _NOT_HANDLED
-    device = reported_identity(key, reported_at=reports[0].get("timestamp") if len(reports) == 1 else None)
+    reported_at = reports[0].get("timestamp") if len(reports) == 1 else None
+    if parse is parse_single and one_trip_reports():
+        if health_report_buffered(raw_key=key, report=report_from(reports[0]), reported_at=reported_at):
+            return _STORED_ONE  # identity, sighting and report in one Redis round trip
+        device = None  # not answerable from Redis: that script has just said so
+    else:
+        device = reported_identity(key, reported_at=reported_at)
     if device is None:
         device = device_identity_from_postgres(key)
     if device is None:

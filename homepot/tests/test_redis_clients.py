@@ -1,0 +1,55 @@
+"""The kept Redis connections of the request paths (homepot.redis_clients) and what those paths
+read of the database configuration (homepot.hot_path)."""
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from homepot import hot_path, redis_clients
+from homepot.redis_clients import pack, send_one
+
+
+class Interrupted(BaseException):
+    """What a worker's timeout signal or a KeyboardInterrupt raises in the middle of a call."""
+
+
+def test_a_call_stopped_before_its_reply_leaves_nothing_for_the_next_call_to_read(monkeypatch):
+    """The reply left unread would otherwise be the next request's answer (another
+    credential's identity): the connection is dropped, and the next call gets its own."""
+    url = settings.REDIS_URL
+    assert send_one(url, 0.3, pack("PING")) == b"PONG"  # the kept connection
+    kept = redis_clients._connection(url, 0.3)
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(kept, "read_response", interrupted)
+    with pytest.raises(Interrupted):
+        send_one(url, 0.3, pack("ECHO", "first"))  # sent; its reply never read
+    monkeypatch.undo()
+
+    assert send_one(url, 0.3, pack("ECHO", "second")) == b"second"
+    assert send_one(url, 0.3, pack("ECHO", "third")) == b"third"
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_and_the_command_sent_once_more():
+    url = settings.REDIS_URL
+    assert send_one(url, 0.3, pack("CLIENT", "SETNAME", "kept-by-test")) == b"OK"
+    admin = redis.Redis.from_url(url)
+    assert admin.client_kill_filter(_id=_client_id(admin, "kept-by-test"), skipme=True) == 1
+
+    assert send_one(url, 0.3, pack("ECHO", "after")) == b"after"
+
+
+def _client_id(admin: redis.Redis, name: str) -> int:
+    return next(int(client["id"]) for client in admin.client_list() if client.get("name") == name)
+
+
+@pytest.mark.django_db
+def test_the_hot_path_reads_the_connections_own_database_name_and_vendor():
+    # Under pytest the database was renamed to the test database in place: the name read
+    # without the connection lookup must follow.
+    assert hot_path.database_name() == connection.settings_dict["NAME"]
+    assert hot_path.database_name().startswith("test_")
+    assert hot_path.on_postgresql() is (connection.vendor == "postgresql")
