@@ -21,8 +21,8 @@ writer (ingest, drain, import, partition moves), in the same transaction as the 
 by statement_timestamp() before it did, so a row that races midnight is recorded whichever
 way it falls. Rows written on time, in their own day (all but the minutes around midnight
 and catch-ups), fire nothing: the trigger's WHEN, plain clock arithmetic, is evaluated per
-row (about 0.07 microseconds) and its function never runs. The read (`window_page_proven`) then asks the record, not
-the older days: one index probe whatever the days kept.
+row (about 0.07 microseconds) and its function never runs. The read (`window_page_proven`)
+then asks the record, not the older days: one index probe whatever the days kept.
 
 Rows written before the trigger existed (a database migrated with history, or the rows a
 `partition_history` conversion copies over) are not recorded: `HealthCheckOffDaySince`
