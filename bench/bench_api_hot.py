@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=5.0, help="Unmeasured seconds per server.")
     parser.add_argument("--redis-db", type=int, default=14)
+    parser.add_argument("--port", type=int, help="gunicorn's port (default: a free one).")
     parser.add_argument("--only", nargs="+", metavar="NAME")
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
@@ -199,7 +200,9 @@ def main() -> None:
             for name, (app, make_request) in scenarios.items():
                 if args.only and name != "hello" and name not in args.only:
                     continue
-                server, port = start_gunicorn(app, cwd=code_root, workers=args.workers, env=env)
+                server, port = start_gunicorn(
+                    app, cwd=code_root, workers=args.workers, env=env, port=args.port
+                )
                 try:
                     # Each worker's first requests import and build what later ones reuse.
                     drive(port, args.workers, args.warmup, make_request, server.pid)

@@ -190,13 +190,24 @@ def _chain_head_sql() -> str:
     return f'SELECT "row_hash" FROM "{table}" ORDER BY "id" DESC LIMIT 1'  # noqa: S608 (model's own table name)
 
 
+def _chain_lock_sql(connection) -> str:
+    """The statement that takes the chain lock. Where the connection can (homepot.db.postgresql,
+    inside a transaction), it also makes the transaction's COMMIT release the lock before the
+    WAL flush, and the connection's commit() waits for the flush once the lock is free (see
+    "Durability" below)."""
+    lock = f"pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d})"
+    flush_outside = getattr(connection, "commit_flush_outside_locks", None)
+    async_commit = flush_outside() if flush_outside is not None else None
+    return f"SELECT {lock}, {async_commit}" if async_commit else f"SELECT {lock}"
+
+
 def _lock_chain_and_read_head(connection) -> str | None:
     """Take the chain lock, then read the newest row's hash: two statements in one round
     trip (a simple-protocol query, hence no parameters). Correct only because PostgreSQL
     gives each statement of such a query its own snapshot under READ COMMITTED, so the
     SELECT sees the row the previous lock holder committed while this one waited."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d}); {_chain_head_sql()}")
+        cursor.execute(f"{_chain_lock_sql(connection)}; {_chain_head_sql()}")
         cursor.nextset()
         row = cursor.fetchone()
     return row[0] if row else None
@@ -216,7 +227,7 @@ class _OneTripAppend:
     the lock as before.
     """
 
-    def __init__(self, connection):
+    def __init__(self, connection, lock_sql: str):
         meta = AuditLog._meta
         chained = {"created_at", "prev_hash", "row_hash"}
         self.fields = [
@@ -229,7 +240,7 @@ class _OneTripAppend:
         placeholders = ", ".join(["%s"] * len(self.fields))
         # Model metadata, quoted; every value is a parameter.
         self.sql = (
-            f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d}); "  # noqa: S608
+            f"{lock_sql}; "  # noqa: S608
             f"INSERT INTO {table} ({columns}, {chain_columns}) "
             f"SELECT {placeholders}, %s, head.prev, "
             "encode(sha256(convert_to(%s || head.prev || %s, 'UTF8')), 'hex') "
@@ -246,7 +257,10 @@ _PREV_STAND_IN = f"prev-{uuid.uuid4().hex}"
 def _append_in_one_trip(connection, entry: AuditLog) -> bool:
     """Appends `entry` in one round trip (see _OneTripAppend); False, having done nothing,
     when its text cannot be split around the stand-in."""
-    plan = compiled(("monitoring.audit_append_one",), connection.alias, _OneTripAppend)
+    lock_sql = _chain_lock_sql(connection)
+    plan = compiled(
+        ("monitoring.audit_append_one", lock_sql), connection.alias, lambda c: _OneTripAppend(c, lock_sql)
+    )
     entry.created_at = timezone.now()
     text = audit_hashed_text(
         entry, created_at=entry.created_at.astimezone(datetime.UTC).isoformat(), prev_hash=_PREV_STAND_IN

@@ -16,6 +16,7 @@ its end.
 import select
 
 from django.db.backends.postgresql import base
+from django.db.backends.utils import debug_transaction
 from psycopg.pq import TransactionStatus
 
 
@@ -31,7 +32,68 @@ def _socket_is_quiet(connection) -> bool:
         return False
 
 
-class DatabaseWrapper(base.DatabaseWrapper):
+# --- The WAL flush of a commit, outside the locks it held ------------------------------------
+#
+# A transaction that takes a lock every writer of its kind queues on (the audit chain's, see
+# monitoring_app/services.py) holds it until its COMMIT returns, and a synchronous COMMIT
+# returns after its WAL flush (an fsync): the writers were serial through one flush each.
+# Such a transaction asks for an asynchronous COMMIT instead (set_config below, local to the
+# transaction), so PostgreSQL releases its locks as soon as the commit record is in the WAL
+# buffers; and its commit() does not return before the WAL is flushed past that record. The
+# statement sent after the COMMIT, in the same round trip, is a transaction of its own under
+# the session's synchronous_commit: it writes one WAL record (a logical message, which any
+# wal_level accepts and nothing consumes) and so flushes, on commit, the WAL up to its own
+# commit record, which comes after ours (WAL is one sequence). A transaction that writes no
+# WAL record would not flush (PostgreSQL makes a commit without one asynchronous), hence the
+# message. Concurrent flushes share one fsync (group commit), outside every lock; with a
+# synchronous standby the statement waits for it as any commit of the session would.
+#
+# So commit() still returns only once the transaction is durable, and Django runs the
+# on_commit hooks (Celery enqueues, MQTT publishes) only after commit() has returned: nothing
+# leaves for a worker or a device before the rows it names are on disk. If the flush fails
+# (the connection is lost, the server shuts down), commit() raises: the request is answered
+# 503 (homepot/outage.py) and the hooks are dropped with the transaction's state, as when a
+# synchronous COMMIT's connection is lost (whether the transaction committed is then unknown,
+# in both cases).
+ASYNC_COMMIT_EXPRESSION = "set_config('synchronous_commit', 'off', true)"
+COMMIT_THEN_FLUSH = "COMMIT; SELECT pg_logical_emit_message(true, 'homepot.flush', '')"
+
+
+class _FlushAfterCommit:
+    """Mixed into the DatabaseWrapper below (kept apart so the health check reads alone)."""
+
+    _flush_owed_by = None  # the driver connection whose open transaction owes a flush
+
+    def commit_flush_outside_locks(self) -> str | None:
+        """For a writer about to take a lock every writer of its kind queues on: an
+        expression for that statement's select list which makes this transaction's COMMIT
+        release its locks before the WAL flush; commit() then waits for the flush after it.
+        None in autocommit, where no later commit() could wait: the statement's own commit
+        stays synchronous. Repeat calls in one transaction are harmless."""
+        if self.get_autocommit():
+            return None
+        self.ensure_connection()
+        self._flush_owed_by = self.connection
+        return ASYNC_COMMIT_EXPRESSION
+
+    def _commit(self):
+        if self.connection is not None and self._flush_owed_by is self.connection:
+            self._flush_owed_by = None
+            with (
+                debug_transaction(self, COMMIT_THEN_FLUSH),
+                self.wrap_database_errors,
+                self.connection.cursor() as cursor,
+            ):
+                cursor.execute(COMMIT_THEN_FLUSH)
+            # The driver sees the connection idle: its own COMMIT below sends nothing.
+        return super()._commit()
+
+    def _rollback(self):
+        self._flush_owed_by = None
+        return super()._rollback()
+
+
+class DatabaseWrapper(_FlushAfterCommit, base.DatabaseWrapper):
     def close_if_health_check_failed(self):
         if (
             self.connection is not None
