@@ -1,4 +1,22 @@
-"""Writes of the monitoring app: the audit trail."""
+"""Writes of the monitoring app: the audit trail.
+
+Durability. Every audited write takes the chain lock (one writer at a time) and holds it to
+its COMMIT. The lock's statement also makes that COMMIT asynchronous, local to the
+transaction (`_chain_lock_sql`): PostgreSQL releases the lock once the commit record is in
+the WAL buffers, not after the fsync, so the next writer's turn does not wait for this one's
+disk. The connection's commit() (homepot/db/postgresql/base.py) then waits, outside the lock,
+until the WAL is flushed past that commit record, before it returns: before the request is
+answered and before any on_commit hook (the dispatcher's enqueue, MQTT publishes) runs. What
+a caller was told is saved is on disk, as before.
+
+Why the chain stays whole after a crash: WAL is one sequence, and recovery replays a prefix
+of it. Row n+1 is appended only once row n's writer has released the lock, i.e. after row n's
+commit record is in the WAL, so row n+1's commit record comes later in it. A crash can lose
+only the commit records after the last flush: a suffix of the chain, never a row in the
+middle; and none of those rows was acknowledged, since their commit() had not returned.
+`verify_audit` finds the chain intact (a suffix cut from the newest end is what signed
+checkpoints exist for, and no acknowledged row can be in it).
+"""
 
 import contextlib
 import datetime
@@ -194,7 +212,7 @@ def _chain_lock_sql(connection) -> str:
     """The statement that takes the chain lock. Where the connection can (homepot.db.postgresql,
     inside a transaction), it also makes the transaction's COMMIT release the lock before the
     WAL flush, and the connection's commit() waits for the flush once the lock is free (see
-    "Durability" below)."""
+    "Durability" in the module's docstring)."""
     lock = f"pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d})"
     flush_outside = getattr(connection, "commit_flush_outside_locks", None)
     async_commit = flush_outside() if flush_outside is not None else None

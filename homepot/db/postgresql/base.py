@@ -85,7 +85,8 @@ class _FlushAfterCommit:
                 self.connection.cursor() as cursor,
             ):
                 cursor.execute(COMMIT_THEN_FLUSH)
-            # The driver sees the connection idle: its own COMMIT below sends nothing.
+            # The driver sees the connection idle after it: nothing is left to commit.
+            return None
         return super()._commit()
 
     def _rollback(self):
