@@ -175,15 +175,16 @@ def append_batch_to_chain(entries: list[AuditLog]) -> list[AuditLog]:
     return entries
 
 
-def _append_all(entries: list[AuditLog]) -> None:
+def _append_all(entries: list[AuditLog], *, last_in_transaction: bool = False) -> None:
     # On PostgreSQL a transaction-scoped advisory lock orders concurrent writers, so every
     # row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
-    # writers by itself.
+    # writers by itself. `last_in_transaction`: nothing else runs in the transaction before
+    # its atomic block ends (audited_atomic's append), so the one-row append may commit it.
     connection = transaction.get_connection()
     if (
         connection.vendor == "postgresql"
         and len(entries) == 1
-        and _append_in_one_trip(connection, entries[0])
+        and _append_in_one_trip(connection, entries[0], last_in_transaction=last_in_transaction)
     ):
         return
     if connection.vendor == "postgresql":
@@ -267,14 +268,24 @@ class _OneTripAppend:
         )
 
 
+def _commit_with_append(connection) -> str | None:
+    """SQL that commits the transaction after the append, in its round trip; None where the
+    connection cannot (another backend, a nested block: commit() commits later)."""
+    commit_with = getattr(connection, "commit_with_last_statement", None)
+    return commit_with() if commit_with is not None else None
+
+
 # Not a hash, so it cannot be a row's previous hash; a row whose own text contains it takes
 # the three-trip path.
 _PREV_STAND_IN = f"prev-{uuid.uuid4().hex}"
 
 
-def _append_in_one_trip(connection, entry: AuditLog) -> bool:
+def _append_in_one_trip(connection, entry: AuditLog, *, last_in_transaction: bool = False) -> bool:
     """Appends `entry` in one round trip (see _OneTripAppend); False, having done nothing,
-    when its text cannot be split around the stand-in."""
+    when its text cannot be split around the stand-in. With `last_in_transaction`, where the
+    connection allows it (homepot.db.postgresql: the outermost atomic block, about to
+    commit), the same round trip also commits the transaction and waits for its WAL flush:
+    the chain lock is then held for no round trip to this process at all."""
     lock_sql = _chain_lock_sql(connection)
     plan = compiled(
         ("monitoring.audit_append_one", lock_sql), connection.alias, lambda c: _OneTripAppend(c, lock_sql)
@@ -287,10 +298,14 @@ def _append_in_one_trip(connection, entry: AuditLog) -> bool:
     if not stand_in or _PREV_STAND_IN in after:
         return False
     values = [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in plan.fields]
+    commit = _commit_with_append(connection) if last_in_transaction else None
+    sql = f"{plan.sql}; {commit}" if commit else plan.sql
     with transaction.mark_for_rollback_on_error(connection.alias), connection.cursor() as cursor:
-        cursor.execute(plan.sql, [*values, entry.created_at, before, after, GENESIS_HASH])
+        cursor.execute(sql, [*values, entry.created_at, before, after, GENESIS_HASH])
         cursor.nextset()
         entry.pk, entry.prev_hash, entry.row_hash = cursor.fetchone()
+    if commit:
+        connection.statement_committed()
     entry._state.adding = False
     entry._state.db = connection.alias
     return True
@@ -348,7 +363,9 @@ def audited_atomic():
             state.depth -= 1
         if state.depth == 0 and state.pending:
             entries, state.pending = state.pending, []
-            _append_all(entries)
+            # The last thing before this block ends: if it is the outermost one, its commit
+            # can go with the append (see _append_in_one_trip).
+            _append_all(entries, last_in_transaction=True)
 
 
 def lock_for_change(queryset: models.QuerySet | type[models.Model], pk, *, what: str = ""):

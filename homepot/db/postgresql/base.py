@@ -55,6 +55,13 @@ def _socket_is_quiet(connection) -> bool:
 # 503 (homepot/outage.py) and the hooks are dropped with the transaction's state, as when a
 # synchronous COMMIT's connection is lost (whether the transaction committed is then unknown,
 # in both cases).
+#
+# A writer whose locked statement is the last of its transaction (the audit chain's append at
+# the end of an outermost atomic block) goes one step further: it sends COMMIT_THEN_FLUSH in
+# the same query as that statement (commit_with_last_statement), so PostgreSQL takes the
+# lock, writes, commits and releases the lock without waiting for the client at all; the
+# lock's hold no longer includes a round trip to a Python process that the machine may not
+# schedule at once. commit() then has nothing left to send.
 ASYNC_COMMIT_EXPRESSION = "set_config('synchronous_commit', 'off', true)"
 COMMIT_THEN_FLUSH = "COMMIT; SELECT pg_logical_emit_message(true, 'homepot.flush', '')"
 
@@ -63,6 +70,7 @@ class _FlushAfterCommit:
     """Mixed into the DatabaseWrapper below (kept apart so the health check reads alone)."""
 
     _flush_owed_by = None  # the driver connection whose open transaction owes a flush
+    _committed_by_statement = None  # the driver connection whose transaction a statement ended
 
     def commit_flush_outside_locks(self) -> str | None:
         """For a writer about to take a lock every writer of its kind queues on: an
@@ -76,7 +84,33 @@ class _FlushAfterCommit:
         self._flush_owed_by = self.connection
         return ASYNC_COMMIT_EXPRESSION
 
+    def commit_with_last_statement(self) -> str | None:
+        """For the last statement of the outermost atomic block, sent when nothing else will
+        run in the transaction before the block ends: COMMIT_THEN_FLUSH, to append to that
+        statement's query (after a `;`), or None when the block's end will not commit (a
+        nested block, a transaction opened by hand, a rollback pending). Once the query has
+        succeeded, call statement_committed(); if it fails, the block rolls back as usual
+        (the transaction is gone whichever statement failed)."""
+        if (
+            len(self.atomic_blocks) != 1
+            or self.savepoint_ids
+            or not self.commit_on_exit
+            or self.needs_rollback
+            or self.closed_in_transaction
+        ):
+            return None
+        return COMMIT_THEN_FLUSH
+
+    def statement_committed(self) -> None:
+        """The query of commit_with_last_statement() has committed the transaction and
+        waited for its flush: commit() sends nothing more."""
+        self._flush_owed_by = None
+        self._committed_by_statement = self.connection
+
     def _commit(self):
+        if self.connection is not None and self._committed_by_statement is self.connection:
+            self._committed_by_statement = None
+            return None
         if self.connection is not None and self._flush_owed_by is self.connection:
             self._flush_owed_by = None
             with (
@@ -90,7 +124,7 @@ class _FlushAfterCommit:
         return super()._commit()
 
     def _rollback(self):
-        self._flush_owed_by = None
+        self._flush_owed_by = self._committed_by_statement = None
         return super()._rollback()
 
 
