@@ -7,7 +7,9 @@ the WAL buffers, not after the fsync, so the next writer's turn does not wait fo
 disk. The connection's commit() (homepot/db/postgresql/base.py) then waits, outside the lock,
 until the WAL is flushed past that commit record, before it returns: before the request is
 answered and before any on_commit hook (the dispatcher's enqueue, MQTT publishes) runs. What
-a caller was told is saved is on disk, as before.
+a caller was told is saved is on disk, as before. When the append is the last statement of
+the outermost atomic block (audited_atomic's append, the block not nested), its query also
+carries the COMMIT and the flush: the lock is then held for no round trip to this process.
 
 Why the chain stays whole after a crash: WAL is one sequence, and recovery replays a prefix
 of it. Row n+1 is appended only once row n's writer has released the lock, i.e. after row n's
