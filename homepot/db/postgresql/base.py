@@ -1,4 +1,6 @@
-"""PostgreSQL (psycopg 3) as Django ships it, with a cheaper connection health check.
+"""PostgreSQL (psycopg 3) as Django ships it, with a cheaper connection health check, and
+commits whose WAL flush waits outside the locks they held ("The WAL flush of a commit,
+outside the locks it held", below).
 
 Django's health check (CONN_HEALTH_CHECKS) sends `SELECT 1` before the first query of every
 request on a persistent connection: a full round trip, which on the heartbeat path (a
