@@ -16,7 +16,9 @@ What it does:
      median, min and max over the rounds, and the median relative to `none`.
 
 The modes differ only in how the audit row of each change is written:
-  chain     the product: audit_record, the chain's advisory lock taken last and held to commit;
+  chain     the product: audit_record, the chain's advisory lock taken last and held to commit
+            (at the end of an outermost block the append's query commits too, and waits
+            for the WAL flush after releasing the lock: its time includes the commit's);
   no-lock   the same row, hash and head read, without the lock (a chain that can fork: only a
             baseline for what the lock itself costs);
   none      no audit row at all (audit_record's insert replaced by a no-op).
@@ -86,12 +88,12 @@ def _set_mode(mode: str, spent: list[float]) -> None:
     from monitoring_app.models import AuditLog
 
     if mode == "none":
-        append = lambda entries: None  # noqa: E731
+        append = lambda entries, **kwargs: None  # noqa: E731
     elif mode == "chain":
         append = services._append_all
     else:
 
-        def append_without_lock(entries):
+        def append_without_lock(entries, **kwargs):
             prev = AuditLog.objects.order_by("-id").values_list("row_hash", flat=True).first()
             prev = prev or services.GENESIS_HASH
             now = services.timezone.now()
@@ -102,9 +104,11 @@ def _set_mode(mode: str, spent: list[float]) -> None:
 
         append = append_without_lock
 
-    def timed_append(entries):
+    def timed_append(entries, **kwargs):
+        # kwargs: `last_in_transaction`, with which the chain's one-row append also commits
+        # (and waits for its WAL flush): its time then includes the commit's.
         started = time.perf_counter()
-        append(entries)
+        append(entries, **kwargs)
         spent.append(time.perf_counter() - started)
 
     services._append_all = timed_append

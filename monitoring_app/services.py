@@ -1,4 +1,24 @@
-"""Writes of the monitoring app: the audit trail."""
+"""Writes of the monitoring app: the audit trail.
+
+Durability. Every audited write takes the chain lock (one writer at a time) and holds it to
+its COMMIT. The lock's statement also makes that COMMIT asynchronous, local to the
+transaction (`_chain_lock_sql`): PostgreSQL releases the lock once the commit record is in
+the WAL buffers, not after the fsync, so the next writer's turn does not wait for this one's
+disk. The connection's commit() (homepot/db/postgresql/base.py) then waits, outside the lock,
+until the WAL is flushed past that commit record, before it returns: before the request is
+answered and before any on_commit hook (the dispatcher's enqueue, MQTT publishes) runs. What
+a caller was told is saved is on disk, as before. When the append is the last statement of
+the outermost atomic block (audited_atomic's append, the block not nested), its query also
+carries the COMMIT and the flush: the lock is then held for no round trip to this process.
+
+Why the chain stays whole after a crash: WAL is one sequence, and recovery replays a prefix
+of it. Row n+1 is appended only once row n's writer has released the lock, i.e. after row n's
+commit record is in the WAL, so row n+1's commit record comes later in it. A crash can lose
+only the commit records after the last flush: a suffix of the chain, never a row in the
+middle; and none of those rows was acknowledged, since their commit() had not returned.
+`verify_audit` finds the chain intact (a suffix cut from the newest end is what signed
+checkpoints exist for, and no acknowledged row can be in it).
+"""
 
 import contextlib
 import datetime
@@ -157,15 +177,16 @@ def append_batch_to_chain(entries: list[AuditLog]) -> list[AuditLog]:
     return entries
 
 
-def _append_all(entries: list[AuditLog]) -> None:
+def _append_all(entries: list[AuditLog], *, last_in_transaction: bool = False) -> None:
     # On PostgreSQL a transaction-scoped advisory lock orders concurrent writers, so every
     # row's `prev_hash` is the hash of the row committed just before it. SQLite serialises
-    # writers by itself.
+    # writers by itself. `last_in_transaction`: nothing else runs in the transaction before
+    # its atomic block ends (audited_atomic's append), so the one-row append may commit it.
     connection = transaction.get_connection()
     if (
         connection.vendor == "postgresql"
         and len(entries) == 1
-        and _append_in_one_trip(connection, entries[0])
+        and _append_in_one_trip(connection, entries[0], last_in_transaction=last_in_transaction)
     ):
         return
     if connection.vendor == "postgresql":
@@ -190,13 +211,24 @@ def _chain_head_sql() -> str:
     return f'SELECT "row_hash" FROM "{table}" ORDER BY "id" DESC LIMIT 1'  # noqa: S608 (model's own table name)
 
 
+def _chain_lock_sql(connection) -> str:
+    """The statement that takes the chain lock. Where the connection can (homepot.db.postgresql,
+    inside a transaction), it also makes the transaction's COMMIT release the lock before the
+    WAL flush, and the connection's commit() waits for the flush once the lock is free (see
+    "Durability" in the module's docstring)."""
+    lock = f"pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d})"
+    flush_outside = getattr(connection, "commit_flush_outside_locks", None)
+    async_commit = flush_outside() if flush_outside is not None else None
+    return f"SELECT {lock}, {async_commit}" if async_commit else f"SELECT {lock}"
+
+
 def _lock_chain_and_read_head(connection) -> str | None:
     """Take the chain lock, then read the newest row's hash: two statements in one round
     trip (a simple-protocol query, hence no parameters). Correct only because PostgreSQL
     gives each statement of such a query its own snapshot under READ COMMITTED, so the
     SELECT sees the row the previous lock holder committed while this one waited."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d}); {_chain_head_sql()}")
+        cursor.execute(f"{_chain_lock_sql(connection)}; {_chain_head_sql()}")
         cursor.nextset()
         row = cursor.fetchone()
     return row[0] if row else None
@@ -216,7 +248,7 @@ class _OneTripAppend:
     the lock as before.
     """
 
-    def __init__(self, connection):
+    def __init__(self, connection, lock_sql: str):
         meta = AuditLog._meta
         chained = {"created_at", "prev_hash", "row_hash"}
         self.fields = [
@@ -229,7 +261,7 @@ class _OneTripAppend:
         placeholders = ", ".join(["%s"] * len(self.fields))
         # Model metadata, quoted; every value is a parameter.
         self.sql = (
-            f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY:d}); "  # noqa: S608
+            f"{lock_sql}; "  # noqa: S608
             f"INSERT INTO {table} ({columns}, {chain_columns}) "
             f"SELECT {placeholders}, %s, head.prev, "
             "encode(sha256(convert_to(%s || head.prev || %s, 'UTF8')), 'hex') "
@@ -238,15 +270,28 @@ class _OneTripAppend:
         )
 
 
+def _commit_with_append(connection) -> str | None:
+    """SQL that commits the transaction after the append, in its round trip; None where the
+    connection cannot (another backend, a nested block: commit() commits later)."""
+    commit_with = getattr(connection, "commit_with_last_statement", None)
+    return commit_with() if commit_with is not None else None
+
+
 # Not a hash, so it cannot be a row's previous hash; a row whose own text contains it takes
 # the three-trip path.
 _PREV_STAND_IN = f"prev-{uuid.uuid4().hex}"
 
 
-def _append_in_one_trip(connection, entry: AuditLog) -> bool:
+def _append_in_one_trip(connection, entry: AuditLog, *, last_in_transaction: bool = False) -> bool:
     """Appends `entry` in one round trip (see _OneTripAppend); False, having done nothing,
-    when its text cannot be split around the stand-in."""
-    plan = compiled(("monitoring.audit_append_one",), connection.alias, _OneTripAppend)
+    when its text cannot be split around the stand-in. With `last_in_transaction`, where the
+    connection allows it (homepot.db.postgresql: the outermost atomic block, about to
+    commit), the same round trip also commits the transaction and waits for its WAL flush:
+    the chain lock is then held for no round trip to this process at all."""
+    lock_sql = _chain_lock_sql(connection)
+    plan = compiled(
+        ("monitoring.audit_append_one", lock_sql), connection.alias, lambda c: _OneTripAppend(c, lock_sql)
+    )
     entry.created_at = timezone.now()
     text = audit_hashed_text(
         entry, created_at=entry.created_at.astimezone(datetime.UTC).isoformat(), prev_hash=_PREV_STAND_IN
@@ -255,10 +300,14 @@ def _append_in_one_trip(connection, entry: AuditLog) -> bool:
     if not stand_in or _PREV_STAND_IN in after:
         return False
     values = [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in plan.fields]
+    commit = _commit_with_append(connection) if last_in_transaction else None
+    sql = f"{plan.sql}; {commit}" if commit else plan.sql
     with transaction.mark_for_rollback_on_error(connection.alias), connection.cursor() as cursor:
-        cursor.execute(plan.sql, [*values, entry.created_at, before, after, GENESIS_HASH])
+        cursor.execute(sql, [*values, entry.created_at, before, after, GENESIS_HASH])
         cursor.nextset()
         entry.pk, entry.prev_hash, entry.row_hash = cursor.fetchone()
+    if commit:
+        connection.statement_committed()
     entry._state.adding = False
     entry._state.db = connection.alias
     return True
@@ -316,7 +365,9 @@ def audited_atomic():
             state.depth -= 1
         if state.depth == 0 and state.pending:
             entries, state.pending = state.pending, []
-            _append_all(entries)
+            # The last thing before this block ends: if it is the outermost one, its commit
+            # can go with the append (see _append_in_one_trip).
+            _append_all(entries, last_in_transaction=True)
 
 
 def lock_for_change(queryset: models.QuerySet | type[models.Model], pk, *, what: str = ""):
