@@ -6,14 +6,12 @@ Requests go through `homepot.wsgi.application`, the object gunicorn serves, in t
 the DRF view's answer to the same request comes from Django's own handler behind it."""
 
 import datetime
-import io
 import json
 from base64 import b64encode
 from urllib.parse import urlsplit
 
 import pytest
-from django.core import signals
-from django.db import OperationalError, close_old_connections, connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -23,6 +21,7 @@ from accounts.tests.factories import AdminUserFactory, SiteMembershipFactory, Us
 from devices_app.models import Device
 from devices_app.tests.factories import DeviceFactory
 from homepot import metrics
+from homepot.tests.wsgi_call import wsgi_call
 from homepot.wsgi import application
 from sites_app.tests.factories import SiteFactory
 
@@ -41,45 +40,10 @@ class Answer:
 
 
 def wsgi_get(app, path, **headers):
-    """One request to `app` as gunicorn would make it. Django's close_old_connections is left
-    out, as the test client does: it would close the connection holding the test's
-    transaction."""
-    path, _, query = path.partition("?")
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "testserver",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-        # A fixed request id, so the two answers can be compared whole.
-        "HTTP_X_REQUEST_ID": "list-fast-path-test",
-        **headers,
-    }
-    started = []
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    try:
-        chunks = app(environ, lambda status, headers, exc_info=None: started.append((status, headers)))
-        try:
-            content = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
-    return Answer(*started[0], content)
+    """One GET to `app` as gunicorn would make it (homepot.tests.wsgi_call), with a fixed
+    request id, so the two answers can be compared whole."""
+    headers = {"HTTP_X_REQUEST_ID": "list-fast-path-test", **headers}
+    return Answer(*wsgi_call(app, "GET", path, host="testserver", **headers))
 
 
 @pytest.fixture

@@ -5,12 +5,9 @@ Requests go through `homepot.wsgi.application`, the object gunicorn serves, in t
 (so they share the test's transaction); Django's test client would bypass the fast path."""
 
 import datetime
-import io
 import json
 
 import pytest
-from django.core import signals
-from django.db import close_old_connections
 from django.utils import timezone
 from rest_framework.test import APIRequestFactory
 
@@ -19,6 +16,7 @@ from devices_app.choices import DeviceStatus
 from devices_app.services import device_credential_issue, device_credential_revoke
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.test_metrics import HEARTBEAT_ROUTE, delta, scrape, token  # noqa: F401 (fixture)
+from homepot.tests.wsgi_call import wsgi_call
 from homepot.wsgi import application
 from monitoring_app.api.agent import HeartbeatView
 from monitoring_app.models import DeviceStatusChange
@@ -39,46 +37,10 @@ class Answer:
 
 
 def wsgi_post(path=HEARTBEAT, body=b"", *, content_type="application/json", method="POST", **headers):
-    """One request to the WSGI application as gunicorn would make it. Django's
-    close_old_connections is left out, as the test client does: it would close the
-    connection holding the test's transaction."""
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1",
-        "CONTENT_TYPE": content_type,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-        **headers,
-    }
-    started = []
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    try:
-        chunks = application(
-            environ, lambda status, headers, exc_info=None: started.append((status, headers))
-        )
-        try:
-            content = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
-    return Answer(*started[0], content)
+    """One request to the WSGI application as gunicorn would make it
+    (homepot.tests.wsgi_call)."""
+    headers = {"CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body)), **headers}
+    return Answer(*wsgi_call(application, method, path, body, **headers))
 
 
 @pytest.fixture(autouse=True)
