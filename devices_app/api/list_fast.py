@@ -36,10 +36,6 @@ from django.core import signals
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import Error as DatabaseError
-from django.http import HttpResponse
-from django.middleware.clickjacking import XFrameOptionsMiddleware
-from django.middleware.security import SecurityMiddleware
-from django.test import RequestFactory
 from django.urls import resolve
 from django.utils import timezone
 from rest_framework.exceptions import APIException
@@ -49,9 +45,9 @@ from accounts.services import api_token_authenticate
 from devices_app.api.serializers import device_row_representation
 from devices_app.models import Device
 from devices_app.selectors import device_page_after
-from homepot import metrics
 from homepot.api.pagination import CursorPagination
 from homepot.api.permissions import ModelPermissions
+from homepot.fast_path import RouteMetrics, middleware_headers
 
 PATHS = frozenset({"/devices", "/devices/", "/api/v1/devices", "/api/v1/devices/"})
 # The only query parameters this path reads; any other (a filter, `search`, `ordering`,
@@ -70,7 +66,7 @@ class DeviceListFastPath:
     def __init__(self, django_app):
         self.django_app = django_app
         self._headers = {}  # secure? -> the headers of a 200 besides type, length and request id
-        self._metrics = {}  # path -> the counter and timer of its route, bound on first use
+        self._metrics = RouteMetrics("GET")
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO")
@@ -100,7 +96,7 @@ class DeviceListFastPath:
                 *self._response_headers(request.is_secure()),
             ],
         )
-        self._count(path, time.perf_counter() - started)
+        self._metrics.observe(path, "200", time.perf_counter() - started)
         return [body]
 
     def _response_headers(self, secure: bool) -> list[tuple[str, str]]:
@@ -115,27 +111,9 @@ class DeviceListFastPath:
                 setattr(view, method, getattr(view, action))
             if hasattr(view, "get") and not hasattr(view, "head"):
                 view.head = view.get  # as DRF's ViewSetMixin.as_view binds it
-            request = RequestFactory().get("/api/v1/devices", secure=secure)
-            response = HttpResponse(content_type="application/json")
-            before = set(response.headers)
-            response = SecurityMiddleware(lambda _request: response)(request)
-            response = XFrameOptionsMiddleware(lambda _request: response)(request)
-            added = [(k, v) for k, v in response.items() if k not in before]
+            added = middleware_headers("GET", "/api/v1/devices", secure=secure)
             headers = self._headers[secure] = [*view.default_response_headers.items(), *added]
         return headers
-
-    def _count(self, path: str, elapsed: float) -> None:
-        # Under the route Django would report (homepot.metrics_middleware): one series.
-        bound = self._metrics.get(path)
-        if bound is None:
-            route = resolve(path).route
-            bound = self._metrics[path] = (
-                metrics.http_requests.labels(route=route, method="GET", status="200"),
-                metrics.http_request_duration.labels(route=route, method="GET"),
-            )
-        counter, timer = bound
-        counter.inc()
-        timer.observe(elapsed)
 
 
 def _may_answer(environ) -> bool:

@@ -31,14 +31,9 @@ import uuid
 from django.conf import settings
 from django.core import signals
 from django.db import Error as DatabaseError
-from django.http import HttpResponse
 from django.http.request import split_domain_port, validate_host
-from django.middleware.clickjacking import XFrameOptionsMiddleware
-from django.middleware.security import SecurityMiddleware
-from django.test import RequestFactory
-from django.urls import resolve
 
-from homepot import metrics
+from homepot.fast_path import RouteMetrics, middleware_headers
 from monitoring_app import ingest
 from monitoring_app.api import health_fast
 from monitoring_app.api.agent import HeartbeatSerializer, heartbeat_answer
@@ -63,7 +58,7 @@ class HeartbeatFastPath:
         self.django_app = django_app
         self._allowed_hosts = {}  # Host header -> whether Django would accept it
         self._headers = {}  # secure? -> the headers Django's middleware adds to a 200
-        self._metrics = {}  # path -> (counter, timer) of its route, bound on first use
+        self._metrics = RouteMetrics("POST")
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO")
@@ -101,7 +96,7 @@ class HeartbeatFastPath:
                 *self._security_headers(secure),
             ],
         )
-        self._count(path, status[:3], time.perf_counter() - started)
+        self._metrics.observe(path, status[:3], time.perf_counter() - started)
         return [payload]
 
     def _precheck(self, environ, *, health: bool) -> tuple[str | None, bool]:
@@ -139,31 +134,11 @@ class HeartbeatFastPath:
         return allowed
 
     def _security_headers(self, secure: bool) -> list[tuple[str, str]]:
-        """The headers Django's SecurityMiddleware and XFrameOptionsMiddleware add to this
-        answer, taken from those middlewares themselves once (they depend on settings and on
-        HTTPS only)."""
+        """The headers Django's middleware adds to this answer, built once per `secure`."""
         headers = self._headers.get(secure)
         if headers is None:
-            request = RequestFactory().post(next(iter(PATHS)), secure=secure)
-            response = HttpResponse(content_type="application/json")
-            before = set(response.headers)
-            response = SecurityMiddleware(lambda _request: response)(request)
-            response = XFrameOptionsMiddleware(lambda _request: response)(request)
-            headers = self._headers[secure] = [(k, v) for k, v in response.items() if k not in before]
+            headers = self._headers[secure] = middleware_headers("POST", next(iter(PATHS)), secure=secure)
         return headers
-
-    def _count(self, path: str, status: str, elapsed: float) -> None:
-        # Under the route Django would report (homepot.metrics_middleware): one series.
-        bound = self._metrics.get(path)
-        if bound is None:
-            route = resolve(path).route
-            bound = self._metrics[path] = (
-                metrics.http_requests.labels(route=route, method="POST", status=status),
-                metrics.http_request_duration.labels(route=route, method="POST"),
-            )
-        counter, timer = bound
-        counter.inc()
-        timer.observe(elapsed)
 
 
 def _heartbeat(key: str, reported_at):
