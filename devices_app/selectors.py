@@ -2,8 +2,11 @@
 
 import contextlib
 
+from django.conf import settings
+from django.db import connections
 from django.db.models import QuerySet
 
+from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
 from homepot.compiled_sql import compiled
 from homepot.db_functions import UtcIsoText
@@ -70,10 +73,6 @@ def device_page_after(*, user, after: int | None, limit: int) -> list[dict]:
     it is compiled once per process and only executed afterwards: building and compiling it
     was a fifth of the list's first page's CPU (docs/performance.md, list3). Anyone else's
     is compiled for their request, as the DRF view's is."""
-    from django.conf import settings
-
-    from accounts.scoping import scoped_site_ids
-
     cacheable = limit == settings.REST_FRAMEWORK["PAGE_SIZE"] + 1 and scoped_site_ids(user, "view") is None
     if cacheable:
         key = ("devices_app.device_page_after", "every site", after is None, limit)
@@ -112,8 +111,6 @@ class _PagePlan:
         self.converters = list(compiler.get_converters(selected).items())
 
     def rows(self, after) -> list[dict]:
-        from django.db import connections
-
         params = self.params
         if self.position_index is not None:
             params = list(params)
