@@ -34,7 +34,9 @@ import datetime
 from functools import reduce
 from operator import or_
 
-from django.db import connection, connections, models, transaction
+from django.db import connections, models
+
+from homepot.db.batches import delete_in_batches
 
 # Fixed names (models HealthCheck, HealthCheckOffDay, HealthCheckOffDaySince): migrations
 # import this module.
@@ -163,19 +165,13 @@ def offday_records_prune(*, before: datetime.datetime, batch_size: int) -> int:
     (their day detached or deleted by retention), `batch_size` at a time, each batch its own
     transaction. A record whose row is still there is kept, whatever its age: the read relies
     on it. Returns how many were deleted. Safe to repeat."""
-    total = 0
-    while True:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                f"""DELETE FROM {RECORD_TABLE} WHERE check_id IN (
-                        SELECT o.check_id FROM {RECORD_TABLE} o
-                        WHERE o.checked_at < %s
-                          AND NOT EXISTS (SELECT 1 FROM {HEALTH_TABLE} h
-                                          WHERE h.id = o.check_id AND h.checked_at = o.checked_at)
-                        LIMIT %s)""",  # noqa: S608 (fixed names)
-                [before, batch_size],
-            )
-            deleted = cursor.rowcount
-        total += deleted
-        if deleted < batch_size:
-            return total
+    return delete_in_batches(
+        f"""DELETE FROM {RECORD_TABLE} WHERE check_id IN (
+                SELECT o.check_id FROM {RECORD_TABLE} o
+                WHERE o.checked_at < %s
+                  AND NOT EXISTS (SELECT 1 FROM {HEALTH_TABLE} h
+                                  WHERE h.id = o.check_id AND h.checked_at = o.checked_at)
+                LIMIT %s)""",  # noqa: S608 (fixed names)
+        [before],
+        batch_size,
+    )

@@ -18,9 +18,9 @@ Device rows (the latest state) and alerts are never touched. The dashboard's rol
 import datetime
 
 from django.conf import settings
-from django.db import connection, transaction
 from django.utils import timezone
 
+from homepot.db.batches import delete_in_batches
 from monitoring_app import offday, partitions
 from monitoring_app.choices import AuditEvent
 from monitoring_app.rollup import SNAPSHOT_KEEP_DAYS
@@ -49,18 +49,12 @@ def _prune_history(
 def _prune_batches(table: str, column: str, cutoff: datetime.datetime, batch_size: int) -> int:
     """Delete rows of `table` whose `column` is before `cutoff`, `batch_size` at a time, each
     batch its own short transaction. Returns how many were deleted."""
-    total = 0
-    while True:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                f"""DELETE FROM {table} WHERE id IN (
-                        SELECT id FROM {table} WHERE {column} < %s LIMIT %s)""",  # noqa: S608 (fixed names)
-                [cutoff, batch_size],
-            )
-            deleted = cursor.rowcount
-        total += deleted
-        if deleted < batch_size:
-            return total
+    return delete_in_batches(
+        f"""DELETE FROM {table} WHERE id IN (
+                SELECT id FROM {table} WHERE {column} < %s LIMIT %s)""",  # noqa: S608 (fixed names)
+        [cutoff],
+        batch_size,
+    )
 
 
 def health_history_prune(
