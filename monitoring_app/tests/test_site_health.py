@@ -283,3 +283,51 @@ def test_a_device_timeline_reads_its_connectivity_changes_from_its_last_change_b
         q["sql"] for q in queries.captured_queries if 'FROM "monitoring_app_devicestatuschange"' in q["sql"]
     ]
     assert len(reads) == 1 and '"changed_at" >=' in reads[0]
+
+
+def test_a_device_timeline_reads_no_connectivity_change_older_than_its_fifty_reports(store):
+    """A device that reports often and rarely changes status (most of a fleet): the reports
+    fill the timeline, so its connectivity changes are read from the oldest report shown on,
+    not from every day kept; the events are those of a read of everything."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from monitoring_app.models import DeviceStatusChange, HealthCheck
+
+    till = store.devices.first()
+    now = timezone.now()
+    health_history(till, now)
+    till.last_health_at = now - datetime.timedelta(minutes=5)
+    till.save(update_fields=["last_health_at"])
+    fiftieth = HealthCheck.objects.filter(device=till).order_by("-checked_at", "-id")[49].checked_at
+    history_bulk_create(
+        DeviceStatusChange(
+            device=till, old_status="online", new_status="offline", reason="sweep", changed_at=at
+        )
+        for at in (
+            now - datetime.timedelta(minutes=7),  # among the reports: shown
+            fiftieth,  # as old as the oldest report shown: read, cut by the merge's order
+            fiftieth - datetime.timedelta(seconds=1),  # older than all fifty: never shown
+            now - datetime.timedelta(days=6),
+        )
+    )
+    every_event = sorted(
+        [(c.checked_at, "health") for c in HealthCheck.objects.filter(device=till)]
+        + [(c.changed_at, "connectivity") for c in DeviceStatusChange.objects.filter(device=till)],
+        key=lambda event: event[0],
+        reverse=True,
+    )[:50]
+
+    with CaptureQueriesContext(connection) as queries:
+        events = member(store).get(f"/api/v1/fleet/devices/{till.device_id}/timeline").json()["events"]
+
+    assert [(e["at"], e["type"]) for e in events] == [
+        (at.isoformat().replace("+00:00", "Z"), kind) for at, kind in every_event
+    ]
+    assert [e["type"] for e in events].count("connectivity") == 1
+    reads = [
+        q["sql"] for q in queries.captured_queries if 'FROM "monitoring_app_devicestatuschange"' in q["sql"]
+    ]
+    # The device row knows no connectivity change: without the reports' bound, the whole history.
+    assert till.connectivity_changed_at is None
+    assert len(reads) == 1 and '"changed_at" >=' in reads[0]
