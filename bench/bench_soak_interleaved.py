@@ -38,8 +38,13 @@ rows), removed the retention's way while single reports arrive from 2 threads (d
 then the files), with the ingest's errors and worst latency; the spare day is then filled
 again (`--no-refill` to skip: 2-3 minutes), so the command can be run again.
 
-Nothing else is written to the history but the ingest trials' reports (today's partition,
-ANALYZEd before the trials and after each round: this PostgreSQL runs without autovacuum).
+Today's partition is emptied at the start and given the same rows in every database (50
+reports of today for each device read, one in today's first hour for each device of the sites
+read: Worker._seed_today), so a read of recent rows finds the same rows at every size and only
+the history kept differs; "site_hour_yesterday" (the older soak's figure) reads yesterday's
+noon, which holds nothing at 0. Nothing else is written to the history but the ingest trials'
+reports (today's partition, ANALYZEd after the seed and every 5 trials: this PostgreSQL runs
+without autovacuum).
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
 
@@ -65,6 +70,7 @@ READS = (
     "device_latest",
     "device_timeline",
     "site_hour_of_checks",
+    "site_hour_yesterday",
     "site_health",
     "fleet_dashboard",
     "admin_health_list",
@@ -160,8 +166,8 @@ class Worker:
 
     def setup(self, window_day: str, seed: int, trials: int, requests: int, ops: int) -> dict:
         """The devices and sites every trial uses (the same at every size: the fleets were
-        made alike), today's partition made and ANALYZEd, and `--today-reports` like the
-        fleet's: three reports of today for each device whose latest check is read."""
+        made alike), and today's partition made, emptied and given the same rows at every
+        size (_seed_today), then ANALYZEd."""
         from django.db import connection
 
         from devices_app.models import Device
@@ -181,12 +187,13 @@ class Worker:
         self.sites = [rng.choice(site_ids) for _ in range(count)]
         self.ingest_pks = [pk_of[rng.choice(device_ids)] for _ in range((trials + 1) * ops)]
         self.requests = requests
-        window = datetime.datetime.combine(
-            datetime.date.fromisoformat(window_day), datetime.time(12), tzinfo=datetime.UTC
+        self.hour_today = _hour_query(datetime.datetime.combine(today, datetime.time(), tzinfo=datetime.UTC))
+        self.hour_yesterday = _hour_query(
+            datetime.datetime.combine(
+                datetime.date.fromisoformat(window_day), datetime.time(12), tzinfo=datetime.UTC
+            )
         )
-        until = window + datetime.timedelta(hours=1)
-        self.window = f"&since={window:%Y-%m-%dT%H:%M:%SZ}&until={until:%Y-%m-%dT%H:%M:%SZ}"
-        self._report_today(sorted({pk_of[d] for d in self.devices}))
+        self._seed_today(sorted({pk_of[d] for d in self.devices}), sorted(set(self.sites)))
         fleet_snapshot_take()
         self.analyze_today()
         with connection.cursor() as cursor:
@@ -199,32 +206,47 @@ class Worker:
             rows = cursor.fetchone()[0]
         return {"database": self.database, "health_rows": rows, "backend_pid": self.backend}
 
-    def _report_today(self, pks: list[int]) -> None:
-        """Three reports of today, 3, 2 and 1 minutes ago, for each device read (as a fleet
-        reporting every minute has), unless it already has some."""
+    def _seed_today(self, pks: list[int], sites: list[str]) -> None:
+        """Today's partition emptied (earlier runs' ingest), then the same rows written at
+        every size, so that a read finds the same rows of today whatever the history holds:
+        50 reports, one a minute up to a minute ago (closer together just after midnight), of
+        each device whose latest check and timeline are read (a fleet reporting every minute:
+        the timeline's 50 events are today's at every size); one report in today's first hour of every
+        device of the sites read (their hour of checks), every fourth unhealthy (the admin
+        list's unhealthy filter). Written by the ingest's health_reports_store."""
         from django.db import connection, transaction
         from django.utils import timezone
 
+        from devices_app.models import Device
+        from monitoring_app import partitions
         from monitoring_app.ingest import HealthReport, health_reports_store
 
         now = timezone.now()
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT DISTINCT device_id FROM monitoring_app_healthcheck "
-                "WHERE checked_at >= %s AND device_id = ANY(%s)",
-                [midnight, pks],
-            )
-            have = {row[0] for row in cursor.fetchall()}
+            cursor.execute(f'TRUNCATE "{partitions.HEALTH.day_partition(midnight.date())}"')
+        step = min(datetime.timedelta(minutes=1), (now - midnight) / 52)
         reports = [
-            (pk, now, HealthReport(status="healthy", checked_at=now - datetime.timedelta(minutes=n)))
-            for n in (3, 2, 1)
+            (pk, now, HealthReport(status="healthy", checked_at=now - n * step))
+            for n in range(50, 0, -1)
             for pk in pks
-            if pk not in have
         ]
-        if reports:
-            with transaction.atomic():
-                health_reports_store(device_reports=reports)
+        site_devices = (
+            Device.objects.filter(site__site_id__in=sites).order_by("pk").values_list("pk", flat=True)
+        )
+        reports += [
+            (
+                pk,
+                now,
+                HealthReport(
+                    status="unhealthy" if n % 4 == 0 else "healthy",
+                    checked_at=midnight + datetime.timedelta(seconds=n % 3600),
+                ),
+            )
+            for n, pk in enumerate(site_devices)
+        ]
+        with transaction.atomic():
+            health_reports_store(device_reports=reports)
 
     def analyze_today(self) -> dict:
         from django.db import connection
@@ -247,7 +269,12 @@ class Worker:
             {
                 "device_latest": lambda i: f"/api/v1/health-checks?device={self.devices[i]}&page_size=1",
                 "device_timeline": lambda i: f"/api/v1/fleet/devices/{self.devices[i]}/timeline",
-                "site_hour_of_checks": lambda i: f"/api/v1/health-checks?site={self.sites[i]}{self.window}",
+                "site_hour_of_checks": lambda i: (
+                    f"/api/v1/health-checks?site={self.sites[i]}{self.hour_today}"
+                ),
+                "site_hour_yesterday": lambda i: (
+                    f"/api/v1/health-checks?site={self.sites[i]}{self.hour_yesterday}"
+                ),
                 "site_health": lambda i: f"/api/v1/sites/{self.sites[i]}/health",
                 "fleet_dashboard": lambda i: "/admin/monitoring_app/alert/fleet/",
                 "admin_health_list": lambda i: "/admin/monitoring_app/healthcheck/",
@@ -360,6 +387,11 @@ class Worker:
 
     def retention(self, refill: bool) -> dict:
         return retention_of_spare(refill=refill)
+
+
+def _hour_query(start: datetime.datetime) -> str:
+    until = start + datetime.timedelta(hours=1)
+    return f"&since={start:%Y-%m-%dT%H:%M:%SZ}&until={until:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _shape(node: dict) -> str:
