@@ -374,6 +374,28 @@ def _device_pks() -> list[int]:
     return list(Device.objects.values_list("pk", flat=True))
 
 
+def ingest_once(kind: str, device: int) -> int:
+    """One call of the ingest's service for `device`: a heartbeat that writes the device row
+    (`heartbeat`), a single health report (`health`) or a batch of 50 (`health_batch`), all
+    checked now, written directly (no Redis buffer). Returns the reports or heartbeats done."""
+    from django.utils import timezone
+
+    from monitoring_app.ingest import HealthReport, _touch_device, health_reports_record
+
+    now = timezone.now()
+    if kind == "heartbeat":
+        _touch_device(device_id=device, now=now, reported_at=None)
+        return 1
+    size = 50 if kind == "health_batch" else 1
+    report = HealthReport(
+        status="healthy",
+        checked_at=now,
+        response_time_ms=120,
+        metrics={"cpu_percent": 12.5, "memory_percent": 40.0},
+    )
+    return health_reports_record(device_reports=[(device, report)] * size)
+
+
 class IngestLoad:
     """`threads` threads calling `kind`'s service until stopped; counts, errors, latencies."""
 
@@ -400,34 +422,12 @@ class IngestLoad:
 
     def _run(self, n: int) -> None:
         from django.db import connection
-        from django.utils import timezone
-
-        from monitoring_app.ingest import HealthReport, _touch_device, health_reports_record
 
         rng = random.Random(n)
         while not self.stop.is_set():
             start = time.perf_counter()
             try:
-                if self.kind == "heartbeat":
-                    _touch_device(device_id=rng.choice(self.pks), now=timezone.now(), reported_at=None)
-                    done = 1
-                else:
-                    size = 50 if self.kind == "health_batch" else 1
-                    device = rng.choice(self.pks)
-                    now = timezone.now()
-                    reports = [
-                        (
-                            device,
-                            HealthReport(
-                                status="healthy",
-                                checked_at=now,
-                                response_time_ms=120,
-                                metrics={"cpu_percent": 12.5, "memory_percent": 40.0},
-                            ),
-                        )
-                        for _ in range(size)
-                    ]
-                    done = health_reports_record(device_reports=reports)
+                done = ingest_once(self.kind, rng.choice(self.pks))
             except Exception as exc:  # noqa: BLE001 - counted and reported, the load goes on
                 with self.lock:
                     self.errors.append(repr(exc)[:200])

@@ -3,6 +3,7 @@
 import datetime
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Q
 
 from accounts.scoping import scoped_site_ids
@@ -136,38 +137,58 @@ def newest_first(queryset, *, field: str, limit: int, anchor, spans=DEVICE_HISTO
     return list(queryset[:limit])
 
 
+def recent_reports_span(limit: int) -> datetime.timedelta | None:
+    """The span in which a device reporting at the expected interval sends twice `limit`
+    health reports (100 minutes for 50 at one a minute): the first window of a device's
+    timeline, which then reads today's day alone instead of yesterday's rows too. None when
+    that is a day or more (the day's window comes first anyway)."""
+    span = datetime.timedelta(seconds=2 * limit * settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS)
+    return span if span < DEVICE_HISTORY_SPANS[0] else None
+
+
 def device_timeline(*, device, limit: int = 50) -> list[dict]:
     """One device's history, newest first: health reports, connectivity changes, alerts,
     jobs and audited actions. One bounded query per source (each served by a (device, time)
     index), merged in Python: at most 5 × `limit` rows read. The health reports and
     connectivity changes (histories partitioned by day) are read newest_first from what the
-    device row knows (its latest health's time, its last connectivity change), so their cost
-    does not grow with the days kept."""
+    device row knows (its latest health's time, first the span of twice `limit` reports at
+    the expected interval; its last connectivity change), and the changes
+    no further back than the oldest report shown when the reports fill the timeline, so their
+    cost does not grow with the days kept (a device silent for days still reads them all)."""
     from devices_app.models import Device  # noqa: F401 (documentation: `device` is a Device)
     from jobs_app.models import Delivery
     from monitoring_app.models import Alert, DeviceStatusChange, HealthCheck
 
+    recent = recent_reports_span(limit)
+    reports = newest_first(
+        HealthCheck.objects.filter(device=device).order_by("-checked_at", "-id"),
+        field="checked_at",
+        limit=limit,
+        anchor=device.last_health_at,
+        spans=DEVICE_HISTORY_SPANS if recent is None else (recent, *DEVICE_HISTORY_SPANS),
+    )
     events = [
         _event(
             c.checked_at,
             "health",
             c.get_status_display() + (f": {c.error_message}" if c.error_message else ""),
         )
-        for c in newest_first(
-            HealthCheck.objects.filter(device=device).order_by("-checked_at", "-id"),
-            field="checked_at",
-            limit=limit,
-            anchor=device.last_health_at,
-        )
+        for c in reports
     ]
+    changes = DeviceStatusChange.objects.filter(device=device).order_by("-changed_at", "-id")
+    if len(reports) == limit:
+        # The reports alone fill the timeline: a change older than the oldest of them cannot
+        # make the cut, so the changes are read from its time on, one statement over the days
+        # since (pruned at plan time). Without it a device with few changes (most of them)
+        # read every day kept: the windows of newest_first hold fewer than `limit` rows.
+        changes = list(changes.filter(changed_at__gte=reports[-1].checked_at)[:limit])
+    else:
+        changes = newest_first(
+            changes, field="changed_at", limit=limit, anchor=device.connectivity_changed_at
+        )
     events += [
         _event(c.changed_at, "connectivity", f"{c.old_status} → {c.new_status} ({c.get_reason_display()})")
-        for c in newest_first(
-            DeviceStatusChange.objects.filter(device=device).order_by("-changed_at", "-id"),
-            field="changed_at",
-            limit=limit,
-            anchor=device.connectivity_changed_at,
-        )
+        for c in changes
     ]
     events += _alert_events(Alert.objects.filter(device=device).order_by("-opened_at", "-id")[:limit])
     events += _job_events(

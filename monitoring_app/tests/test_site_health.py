@@ -218,15 +218,19 @@ def health_history(device, now):
 
 
 @pytest.mark.parametrize(
-    ("anchor_ago", "narrowed"),
+    ("anchor_ago", "narrowed", "reads"),
     [
-        (datetime.timedelta(minutes=10), True),  # the device row's last report time
-        (datetime.timedelta(days=3), True),  # stale: older reports since, still all found
-        (-datetime.timedelta(days=30), False),  # a clock far ahead: nothing in the windows
-        (None, False),  # never reported (as the device row says)
+        # the device row's last report time: the recent window (100 minutes at one report a
+        # minute) holds 5 of these reports 20 minutes apart, the day's window all 50
+        (datetime.timedelta(minutes=10), True, 2),
+        (datetime.timedelta(days=3), True, 1),  # stale: older reports since, still all found
+        (-datetime.timedelta(days=30), False, 4),  # a clock far ahead: nothing in the windows
+        (None, False, 1),  # never reported (as the device row says)
     ],
 )
-def test_a_device_timeline_shows_its_newest_fifty_reports_whatever_its_row_says(store, anchor_ago, narrowed):
+def test_a_device_timeline_shows_its_newest_fifty_reports_whatever_its_row_says(
+    store, anchor_ago, narrowed, reads
+):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -247,9 +251,38 @@ def test_a_device_timeline_shows_its_newest_fifty_reports_whatever_its_row_says(
     ]
     table = 'FROM "monitoring_app_healthcheck"'
     health_reads = [q["sql"] for q in queries.captured_queries if table in q["sql"]]
-    # Narrowed: one read, bounded. Otherwise both windows are tried, then the whole history.
+    # Narrowed: the last read bounded. Otherwise every window is tried, then the whole history.
     assert ('"checked_at" >=' in health_reads[-1]) == narrowed
-    assert len(health_reads) == (1 if narrowed or anchor_ago is None else 3)
+    assert len(health_reads) == reads
+
+
+def test_a_device_reporting_every_minute_has_its_timeline_read_from_its_last_100_minutes(store):
+    """At the expected interval (one report a minute), the 50 newest reports are in the last
+    100 minutes: one read from there, not from the day before (which holds 100 more here)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from monitoring_app.models import HealthCheck
+
+    till = store.devices.first()
+    now = timezone.now()
+    history_bulk_create(
+        HealthCheck(device=till, status="healthy", error_message=f"r{n}", checked_at=now - n * step)
+        for n, step in [(n, datetime.timedelta(minutes=1)) for n in range(1, 71)]
+        + [(n, datetime.timedelta(minutes=10)) for n in range(8, 150)]
+    )
+    till.last_health_at = now - datetime.timedelta(minutes=1)
+    till.save(update_fields=["last_health_at"])
+
+    with CaptureQueriesContext(connection) as queries:
+        events = member(store).get(f"/api/v1/fleet/devices/{till.device_id}/timeline").json()["events"]
+
+    assert [e["summary"] for e in events] == [f"Healthy: r{n}" for n in range(1, 51)]
+    health_reads = [
+        q["sql"] for q in queries.captured_queries if 'FROM "monitoring_app_healthcheck"' in q["sql"]
+    ]
+    bound = (till.last_health_at - datetime.timedelta(minutes=100)).isoformat(sep=" ")
+    assert len(health_reads) == 1 and f"\"checked_at\" >= '{bound}'" in health_reads[0]
 
 
 def test_a_device_timeline_reads_its_connectivity_changes_from_its_last_change_back(store):
@@ -282,4 +315,52 @@ def test_a_device_timeline_reads_its_connectivity_changes_from_its_last_change_b
     reads = [
         q["sql"] for q in queries.captured_queries if 'FROM "monitoring_app_devicestatuschange"' in q["sql"]
     ]
+    assert len(reads) == 1 and '"changed_at" >=' in reads[0]
+
+
+def test_a_device_timeline_reads_no_connectivity_change_older_than_its_fifty_reports(store):
+    """A device that reports often and rarely changes status (most of a fleet): the reports
+    fill the timeline, so its connectivity changes are read from the oldest report shown on,
+    not from every day kept; the events are those of a read of everything."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from monitoring_app.models import DeviceStatusChange, HealthCheck
+
+    till = store.devices.first()
+    now = timezone.now()
+    health_history(till, now)
+    till.last_health_at = now - datetime.timedelta(minutes=5)
+    till.save(update_fields=["last_health_at"])
+    fiftieth = HealthCheck.objects.filter(device=till).order_by("-checked_at", "-id")[49].checked_at
+    history_bulk_create(
+        DeviceStatusChange(
+            device=till, old_status="online", new_status="offline", reason="sweep", changed_at=at
+        )
+        for at in (
+            now - datetime.timedelta(minutes=7),  # among the reports: shown
+            fiftieth,  # as old as the oldest report shown: read, cut by the merge's order
+            fiftieth - datetime.timedelta(seconds=1),  # older than all fifty: never shown
+            now - datetime.timedelta(days=6),
+        )
+    )
+    every_event = sorted(
+        [(c.checked_at, "health") for c in HealthCheck.objects.filter(device=till)]
+        + [(c.changed_at, "connectivity") for c in DeviceStatusChange.objects.filter(device=till)],
+        key=lambda event: event[0],
+        reverse=True,
+    )[:50]
+
+    with CaptureQueriesContext(connection) as queries:
+        events = member(store).get(f"/api/v1/fleet/devices/{till.device_id}/timeline").json()["events"]
+
+    assert [(e["at"], e["type"]) for e in events] == [
+        (at.isoformat().replace("+00:00", "Z"), kind) for at, kind in every_event
+    ]
+    assert [e["type"] for e in events].count("connectivity") == 1
+    reads = [
+        q["sql"] for q in queries.captured_queries if 'FROM "monitoring_app_devicestatuschange"' in q["sql"]
+    ]
+    # The device row knows no connectivity change: without the reports' bound, the whole history.
+    assert till.connectivity_changed_at is None
     assert len(reads) == 1 and '"changed_at" >=' in reads[0]
