@@ -55,6 +55,38 @@ The bound: every entry expires HOMEPOT_DEVICES_IDENTITY_SECONDS after the Postgr
 that wrote it (use never extends it). That is how long a revocation or status change whose
 invalidation could not reach Redis (Redis unreachable at that moment) may go unseen by the
 heartbeat and the health report. When Redis is reachable the invalidation is at commit.
+(A request's fill counts the bound from its write, a few ms after its read; the refresh
+below counts it from before its read.)
+
+The refresh. Without it a steady terminal misses once per bound (every 5th heartbeat at 60 s
+and 300 s), each miss a PostgreSQL read in the request. Every
+HOMEPOT_DEVICES_IDENTITY_REFRESH_SECONDS beat rewrites the credential and device entries of
+the devices seen within the offline threshold (devices_app.services
+.device_identities_refresh: pages of devices by pk, one statement each, one pipelined round
+trip of script calls each). Why the bound and the invalidations hold as above:
+
+- The bound. Before each page's PostgreSQL read the refresh takes Redis's clock, r (`TIME`);
+  the read begins after that answer, so r <= read. The script gives each entry the expiry
+  r + bound (`PX r + bound - now`, Redis's clock), hence no later than the read + the bound;
+  an entry that would outlive that (written by a later read) is left as it is. Use still
+  extends nothing.
+- Tombstones win. A revocation, rotation, deletion or operator's change committing after the
+  read writes its tombstone on commit. If it comes before the script call, the script finds
+  it and writes neither entry; if after, it replaces what the script wrote. The script
+  writes nothing later than r + TOMBSTONE_SECONDS / 2, so a device's tombstone (which lives
+  TOMBSTONE_SECONDS from a commit after r) is still there when it runs; a credential's lives
+  the whole bound.
+- Nothing is resurrected. The read returns usable credentials only: the entry of a credential
+  PostgreSQL shows revoked, rotated or deleted is never written by the refresh and expires
+  within its own bound; one revoked within the bound gets its tombstone again (a
+  revocation whose tombstone could not reach Redis at commit is then refused from the next
+  refresh on). A device whose fields changed gets what PostgreSQL holds now.
+- Sightings. The refresh writes no sighting and notes nothing in the seen buffer: "The sweep
+  and the sightings" reasons with sightings only, so it holds unchanged. A refreshed entry of
+  a device the sweep marked is not answered from (its sighting is old).
+- Redis away or failing: the run stops (logged); the entries keep the expiry they had, and
+  the next beat does the whole work again. A Redis clock stepped back by X during a run makes
+  that page's entries live X longer: X must stay below M, as for the sightings.
 
 Only a device whose entry says online, maintenance or error, and which was sighted within
 T - M, is answered from Redis (its heartbeat changes nothing but `last_seen`); any other
@@ -305,9 +337,7 @@ def fill(
     written); never raises for Redis."""
     if not available():
         return False
-    last_used = f"{identity.last_used_at.timestamp():.0f}" if identity.last_used_at else ""
-    credential_value = f"{identity.credential_pk}|{identity.pk}|{last_used}"
-    device_value = f"{identity.status}|{identity.site_id}|{identity.device_type}|{identity.device_id}"
+    credential_value, device_value = credential_entry(identity), device_entry(identity)
     seconds = str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
     keys = (credential_key(key_hash), device_key(identity.pk), note_key or "-", sighting_key(identity.pk))
     seen_ago = _ms_since(seen_at or identity.last_seen)
@@ -318,6 +348,17 @@ def fill(
         _went_down(exc)
         return False
     return True
+
+
+def credential_entry(identity) -> str:
+    """The credential entry's value for `identity` (devices_app.services.DeviceIdentity)."""
+    last_used = f"{identity.last_used_at.timestamp():.0f}" if identity.last_used_at else ""
+    return f"{identity.credential_pk}|{identity.pk}|{last_used}"
+
+
+def device_entry(identity) -> str:
+    """The device entry's value for `identity`."""
+    return f"{identity.status}|{identity.site_id}|{identity.device_type}|{identity.device_id}"
 
 
 def _ms_since(moment: datetime.datetime | None) -> str:
@@ -368,3 +409,110 @@ def _tombstone(prefix: str, names: list, seconds: float, *, kind: str = "") -> N
             settings.HOMEPOT_DEVICES_IDENTITY_SECONDS,
             exc,
         )
+
+
+# --- the refresh (beat: devices_app.tasks.refresh_identities) -------------------------------
+
+# How long after the Redis time taken before its PostgreSQL read a refresh may still write
+# what it read: half a device tombstone's life, so a change that committed after the read
+# finds its tombstone still there when the write comes (see "The refresh" above).
+REFRESH_WRITE_WITHIN_MS = TOMBSTONE_SECONDS * 1000 // 2
+REFRESH_TIMEOUT = 5.0  # seconds: a beat task, not a request, may wait longer for Redis
+
+# KEYS[1] the credential entry, KEYS[2] the device entry; ARGV[1] and ARGV[2] their values,
+# ARGV[3] Redis's time (ms) taken before the PostgreSQL read the values come from, ARGV[4]
+# the bound (ms), ARGV[5] the latest Redis time (ms) at which they may still be written.
+# Returns 1 (written, or an entry from a later read kept), 0 (a tombstone: nothing written)
+# or -1 (too late: nothing written). Each entry expires at ARGV[3] + ARGV[4], which is no
+# later than its read + the bound; an entry that would outlive that (written by a later
+# read) is left as it is, so a refresh never replaces a fresher read with an older one.
+_REFRESH_LUA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if now > tonumber(ARGV[5]) then return -1 end
+if redis.call('GET', KEYS[1]) == '-' or redis.call('GET', KEYS[2]) == '-' then return 0 end
+local left = tonumber(ARGV[3]) + tonumber(ARGV[4]) - now
+if left < 1 then return -1 end
+if redis.call('PTTL', KEYS[1]) < left then redis.call('SET', KEYS[1], ARGV[1], 'PX', left) end
+if redis.call('PTTL', KEYS[2]) < left then redis.call('SET', KEYS[2], ARGV[2], 'PX', left) end
+return 1
+"""
+_REFRESH_SHA = hashlib.sha1(_REFRESH_LUA.encode()).hexdigest()  # noqa: S324 (Redis's script id)
+
+
+@dataclass
+class RefreshPage:
+    """What one PostgreSQL read of the refresh found, ready for refresh_write(): `read_at_ms`,
+    Redis's clock (ms) taken before that read began; `identities`, (credential hash,
+    services.DeviceIdentity) of the usable credentials; `revoked`, the hashes of credentials
+    of the same devices revoked within the bound."""
+
+    read_at_ms: int
+    identities: list
+    revoked: list
+
+
+@dataclass
+class RefreshCounts:
+    """What refresh_write() did: entries rewritten (or found fresher), skipped for a
+    tombstone, skipped as too late, and revoked credentials tombstoned."""
+
+    written: int = 0
+    tombstoned: int = 0
+    late: int = 0
+    revoked: int = 0
+
+    def add(self, other: "RefreshCounts") -> None:
+        self.written += other.written
+        self.tombstoned += other.tombstoned
+        self.late += other.late
+        self.revoked += other.revoked
+
+
+def refresh_client() -> redis.Redis:
+    return redis_client(_url(), REFRESH_TIMEOUT)
+
+
+def redis_time_ms(client: redis.Redis) -> int:
+    """Redis's clock (ms): the one clock every entry's expiry and every sighting is read by.
+    Raises redis.RedisError."""
+    seconds, microseconds = client.time()
+    return seconds * 1000 + microseconds // 1000
+
+
+def refresh_prepare(client: redis.Redis) -> None:
+    """Load the refresh's script (once per run: a pipeline cannot fall back to EVAL)."""
+    client.script_load(_REFRESH_LUA)
+
+
+def refresh_write(client: redis.Redis, page: RefreshPage) -> RefreshCounts:
+    """Rewrite the page's entries in one pipelined round trip of script calls, each expiring
+    the bound after `page.read_at_ms` (never over a tombstone, never later than
+    REFRESH_WRITE_WITHIN_MS after it), and tombstone its revoked credentials for the bound.
+    Writes no sighting and no note. A repeat is safe. Raises redis.RedisError."""
+    counts = RefreshCounts()
+    if not page.identities and not page.revoked:
+        return counts
+    bound_ms = int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS) * 1000
+    deadline_ms = page.read_at_ms + REFRESH_WRITE_WITHIN_MS
+    pipe = client.pipeline(transaction=False)
+    for key_hash, identity in page.identities:
+        keys = (credential_key(key_hash), device_key(identity.pk))
+        values = (credential_entry(identity), device_entry(identity))
+        pipe.evalsha(_REFRESH_SHA, 2, *keys, *values, page.read_at_ms, bound_ms, deadline_ms)
+    # A revocation whose tombstone could not reach Redis at commit is caught here, a refresh
+    # interval later, instead of when the entry expires. A tombstone is always safe to write.
+    for key_hash in page.revoked:
+        pipe.set(
+            credential_key(key_hash), TOMBSTONE, ex=max(1, int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
+        )
+    replies = pipe.execute()
+    for reply in replies[: len(page.identities)]:
+        if reply == 1:
+            counts.written += 1
+        elif reply == 0:
+            counts.tombstoned += 1
+        else:
+            counts.late += 1
+    counts.revoked = len(page.revoked)
+    return counts

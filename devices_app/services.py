@@ -1,9 +1,12 @@
 """Writes of the devices app. Every change is validated, scoped and audited in one transaction."""
 
+import dataclasses
 import datetime
 import functools
+import logging
 import secrets
 
+import redis
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
@@ -16,7 +19,10 @@ from monitoring_app import partitions
 from monitoring_app.choices import AuditEvent, ConnectivityReason
 from monitoring_app.models import DeviceStatusChange
 from monitoring_app.services import audit_record, audited_atomic, lock_for_change, snapshot, update_audited
+from monitoring_app.sweep import offline_after
 from sites_app.models import Site
+
+logger = logging.getLogger(__name__)
 
 AUDITED_FIELDS = (
     "device_id",
@@ -441,3 +447,103 @@ def device_identity_from_redis(
         if identity.last_used_at is not used_at:
             identity_store.fill(key_hash, identity)  # the new last use, or every hit would write
     return identity
+
+
+# --- the identities' refresh (beat: devices_app.tasks.refresh_identities) -----------------
+
+# One page of the devices in use (seen within the offline threshold), in pk order after a
+# cursor, with their usable credentials and those revoked within the bound: the same columns
+# as _IDENTIFY_SQL, one statement (one snapshot), walked by the device pk index.
+_IN_USE_SQL = (
+    f"WITH page AS (SELECT id, device_id, status, last_seen, site_id, device_type "  # noqa: S608
+    f"FROM {Device._meta.db_table} WHERE id > %s AND last_seen >= %s ORDER BY id LIMIT %s) "
+    "SELECT c.id, c.last_used_at, p.id, p.device_id, p.status, p.last_seen, p.site_id, p.device_type, "
+    "c.key_hash, c.revoked_at IS NOT NULL "
+    f"FROM page p LEFT JOIN {DeviceCredential._meta.db_table} c "
+    "ON c.device_id = p.id AND (c.revoked_at IS NULL OR c.revoked_at >= %s) ORDER BY p.id"
+)
+
+
+@dataclasses.dataclass
+class IdentityRefreshResult:
+    """What one refresh did: devices read, entries written, skipped (tombstone, too late),
+    revoked credentials tombstoned, pages, and whether Redis failed it (`failed`)."""
+
+    devices: int = 0
+    pages: int = 0
+    failed: bool = False
+    counts: identity_store.RefreshCounts = dataclasses.field(default_factory=identity_store.RefreshCounts)
+
+    def as_dict(self) -> dict:
+        return {
+            "devices": self.devices,
+            "pages": self.pages,
+            "failed": self.failed,
+            **dataclasses.asdict(self.counts),
+        }
+
+
+def device_identities_in_use_page(*, after_pk: int, batch_size: int, read_at_ms: int):
+    """(identity_store.RefreshPage, its last device pk or None at the end, devices read): the
+    next `batch_size` devices after `after_pk` seen within the sweep's offline threshold
+    (the only ones a heartbeat may be answered for from Redis), read now from PostgreSQL.
+    `read_at_ms`: Redis's clock taken before this call, which the entries' expiry counts from."""
+    now = timezone.now()
+    seen_since = now - offline_after()
+    revoked_since = now - datetime.timedelta(seconds=settings.HOMEPOT_DEVICES_IDENTITY_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(_IN_USE_SQL, [after_pk, seen_since, batch_size, revoked_since])
+        rows = cursor.fetchall()
+    page = identity_store.RefreshPage(read_at_ms=read_at_ms, identities=[], revoked=[])
+    device_pks = set()
+    for row in rows:
+        device_pks.add(row[2])
+        key_hash, revoked = row[8], row[9]
+        if key_hash is None:
+            continue  # a device without a usable credential: nothing to keep warm
+        if revoked:
+            page.revoked.append(key_hash)
+            continue
+        identity = DeviceIdentity(row[:8])
+        identity.last_used_at = _db_datetime(identity.last_used_at)
+        identity.last_seen = _db_datetime(identity.last_seen)
+        page.identities.append((key_hash, identity))
+    last_pk = rows[-1][2] if len(device_pks) == batch_size else None
+    return page, last_pk, len(device_pks)
+
+
+def device_identities_refresh(*, batch_size: int | None = None) -> IdentityRefreshResult:
+    """Rewrite the Redis identity entries (devices_app.identity_store) of every device in use
+    from fresh PostgreSQL reads, page by page (keyset on the device pk, `batch_size` devices,
+    default HOMEPOT_DEVICES_IDENTITY_REFRESH_BATCH), so a terminal that reports steadily is
+    answered from Redis instead of missing every HOMEPOT_DEVICES_IDENTITY_SECONDS. Each entry
+    still expires the bound after the PostgreSQL read it carries; tombstones win; sightings
+    are not touched (identity_store, "The refresh"). Credentials revoked within the bound get
+    their tombstone again. Changes nothing in PostgreSQL; a repeat is safe. Redis failing
+    stops the run (logged, `failed`); the next beat starts afresh. Does nothing when the
+    identities are off."""
+    result = IdentityRefreshResult()
+    if not identity_store.enabled():
+        return result
+    size = batch_size or settings.HOMEPOT_DEVICES_IDENTITY_REFRESH_BATCH
+    client = identity_store.refresh_client()
+    after_pk = 0
+    try:
+        identity_store.refresh_prepare(client)
+        while after_pk is not None:
+            # Redis's clock before the read: the entries' expiry counts from here.
+            read_at_ms = identity_store.redis_time_ms(client)
+            page, after_pk, devices = device_identities_in_use_page(
+                after_pk=after_pk, batch_size=size, read_at_ms=read_at_ms
+            )
+            result.counts.add(identity_store.refresh_write(client, page))
+            result.devices += devices
+            result.pages += 1
+    except redis.RedisError as exc:
+        result.failed = True
+        logger.warning(
+            "Identity refresh stopped after %d devices, Redis failed; the next beat retries: %s",
+            result.devices,
+            exc,
+        )
+    return result

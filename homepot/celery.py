@@ -25,10 +25,11 @@ app.autodiscover_tasks()
 @app.on_after_configure.connect
 def _merge_app_schedules(sender, **kwargs):
     # Each app keeps its periodic tasks beside its tasks (<app>/schedule.py).
+    from devices_app.schedule import BEAT_SCHEDULE as devices_schedule
     from jobs_app.schedule import BEAT_SCHEDULE as jobs_schedule
     from monitoring_app.schedule import BEAT_SCHEDULE as monitoring_schedule
 
-    sender.conf.beat_schedule = {**jobs_schedule, **monitoring_schedule}
+    sender.conf.beat_schedule = {**devices_schedule, **jobs_schedule, **monitoring_schedule}
 
 
 # Logger names of Celery's per-task lines: "Task ... received" and "Task ... succeeded", and

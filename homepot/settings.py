@@ -350,6 +350,15 @@ HOMEPOT_DEVICES_IDENTITY_SECONDS = env.int("HOMEPOT_DEVICES_IDENTITY_SECONDS", d
 HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX = env.str(
     "HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX", default="homepot:identity:"
 )
+# Every this many seconds beat rewrites the entries of the devices in use (seen within the
+# offline threshold) from fresh PostgreSQL reads, so a steady terminal is not sent to
+# PostgreSQL each time its entry expires; the bound above is unchanged (each entry still
+# expires that long after the read it carries). Keep it well below the bound; 0: off.
+HOMEPOT_DEVICES_IDENTITY_REFRESH_SECONDS = env.float(
+    "HOMEPOT_DEVICES_IDENTITY_REFRESH_SECONDS", default=120.0
+)
+# Devices per PostgreSQL read and pipelined Redis round trip of the refresh.
+HOMEPOT_DEVICES_IDENTITY_REFRESH_BATCH = env.int("HOMEPOT_DEVICES_IDENTITY_REFRESH_BATCH", default=1000)
 # A heartbeat is answered from Redis only if the device was sighted there within the offline
 # threshold (expected interval + grace) less this margin; older, it goes to PostgreSQL, as the
 # sweep may have marked it offline. The margin covers the clock skew between hosts and a
