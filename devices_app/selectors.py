@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
 from homepot.compiled_sql import compiled
+from homepot.db import prepared
 from homepot.db_functions import UtcIsoText
 
 
@@ -71,14 +72,16 @@ def device_page_after(*, user, after: int | None, limit: int) -> list[dict]:
     The statement is the ORM's own, compiled from that queryset. For a user who sees every
     site (`scoped_site_ids` answers None: the SQL names no user) and the default page size,
     it is compiled once per process and only executed afterwards: building and compiling it
-    was a fifth of the list's first page's CPU (docs/performance.md, list3). Anyone else's
-    is compiled for their request, as the DRF view's is."""
+    was a fifth of the list's first page's CPU (docs/performance.md, list3); and it runs as a
+    statement prepared once per database connection (homepot.db.prepared), which spares
+    PostgreSQL its planning (docs/performance.md, list4). Anyone else's is compiled for
+    their request, as the DRF view's is (its text names their sites)."""
     cacheable = limit == settings.REST_FRAMEWORK["PAGE_SIZE"] + 1 and scoped_site_ids(user, "view") is None
     if cacheable:
         key = ("devices_app.device_page_after", "every site", after is None, limit)
-        plan = compiled(key, Device.objects.db, lambda _connection: _PagePlan(user, after, limit))
+        plan = compiled(key, Device.objects.db, lambda _connection: _PagePlan(user, after, limit, fixed=True))
     else:
-        plan = _PagePlan(user, after, limit)
+        plan = _PagePlan(user, after, limit, fixed=False)
     return plan.rows(after)
 
 
@@ -88,9 +91,11 @@ _POSITION_STAND_IN = -(2**63) + 12345  # a bigint no real cursor names, to find 
 class _PagePlan:
     """The compiled statement of one device_page_after, its column names and the ORM's
     converters; `rows(after)` executes it with another position, on the calling thread's
-    connection (a plan is shared by the threads of a process)."""
+    connection (a plan is shared by the threads of a process). A `fixed` plan (its text the
+    same for every user it serves) is executed as a prepared statement."""
 
-    def __init__(self, user, after, limit):
+    def __init__(self, user, after, limit, *, fixed: bool):
+        self.fixed = fixed
         queryset = device_page(user=user).order_by("id")
         if after is not None:
             queryset = queryset.filter(id__gt=_POSITION_STAND_IN)
@@ -117,7 +122,10 @@ class _PagePlan:
             params[self.position_index] = after
         connection = connections[self.using]
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, params)
+            if self.fixed:
+                prepared.execute(cursor, self.sql, params)  # planned once per connection
+            else:
+                cursor.execute(self.sql, params)
             raw_rows = cursor.fetchall()
         names, converters = self.names, self.converters
         rows = []
