@@ -60,9 +60,8 @@ class _Statement:
         prepared_text = _PLACEHOLDER.sub(numbered, sql)
         arguments = f"({', '.join(['%s'] * count)})" if count else ""
         self.execute_sql = f"EXECUTE {self.name}{arguments}"
-        self.prepare_then_execute_sql = (
-            f"PREPARE {self.name} AS {prepared_text}; {self.execute_sql}"  # noqa: pooler - see the module docstring
-        )
+        prepare = f"PREPARE {self.name} AS {prepared_text}"  # noqa: pooler - HOMEPOT_DB_PREPARED_STATEMENTS
+        self.prepare_then_execute_sql = f"{prepare}; {self.execute_sql}"
 
 
 def enabled(connection) -> bool:
