@@ -82,6 +82,9 @@ def fleet():
                 "gateway": "https://p.example.com",
                 "ünï": "çødé \u2028",
                 "n": [1, 2.5, None, {"x": True}],
+                # what the page's JSON reading must read as json.loads does
+                "numbers": [0.00001, 1e300, -0.0, 12345678901234567890123, 10.10],
+                "escapes": 'quote " back \\ tab \t line \n \u0001 /',
             }
             if number % 2
             else {},
