@@ -145,9 +145,9 @@ _JSON_SCAN = json.JSONDecoder().scan_once  # what json.loads runs, without its w
 def _column_conversion(steps, expression):
     """`convert(value, connection)`: the ORM's converters of one column, in order. A JSON
     column with the default decoder (the page's `config`) is read by json's own scanner, as
-    json.loads reads it minus its Python wrappers (a third of the conversion's time, which
-    was a fifth of the page's CPU); anything that scanner does not consume whole goes
-    through the ORM's converter."""
+    json.loads reads it, minus the Python around it (five sixths of the conversion's time,
+    which was a fifth of the page's CPU: docs/performance.md, list4); anything that scanner
+    does not consume whole goes through the ORM's converter."""
     field = getattr(expression, "output_field", None)
     if isinstance(field, JSONField) and field.decoder is None and steps == [field.from_db_value]:
 

@@ -2,7 +2,7 @@
 
 PostgreSQL plans every statement it is sent (Django sends each as plain text). For the
 hottest reads, whose text never changes (the device list's first page, the API token's
-lookup), planning was a third to four fifths of the backend's CPU per execution
+lookup), planning was two fifths to four fifths of the backend's CPU per execution
 (docs/performance.md, "issue 11, list4"). `execute(cursor, sql, params)` runs such a
 statement as `EXECUTE` of a statement prepared on that connection the first time (the
 `PREPARE` and the first `EXECUTE` travel in one query): PostgreSQL keeps the plan (a
