@@ -4,6 +4,7 @@ from django.db.models import QuerySet
 
 from accounts.models import ApiToken, SiteMembership, User
 from homepot.compiled_sql import column_converter, compiled
+from homepot.db import prepared
 
 
 def _is_admin(user) -> bool:
@@ -108,7 +109,7 @@ def api_token_with_user(key_hash: str) -> ApiToken | None:
     using = router.db_for_read(ApiToken)
     plan = compiled(("accounts.api_token_with_user",), using, _build_token_plan)
     with connections[using].cursor() as cursor:
-        cursor.execute(plan.sql, [key_hash])
+        prepared.execute(cursor, plan.sql, [key_hash])  # planned once per connection
         row = cursor.fetchone()
     if row is None:
         return None

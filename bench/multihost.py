@@ -351,6 +351,8 @@ def app_env(args, database_port: int = 6432) -> dict[str, str]:
         "DEBUG": "false",
         "ALLOWED_HOSTS": "*",
         "DATABASE_URL": f"postgres://postgres@{DB_IP}:{database_port}/homepot",
+        # Through PgBouncer in transaction mode (6432): no prepared statements (homepot/db/prepared.py).
+        "HOMEPOT_DB_PREPARED_STATEMENTS": "false" if database_port == 6432 else "true",
         "REDIS_URL": f"redis://{DB_IP}:6379/0",
         "HOMEPOT_JOBS_MQTT_HOST": DB_IP,
         "HOMEPOT_BEAT_LOCK_SECONDS": str(args.beat_lock_seconds),

@@ -1,14 +1,16 @@
 """Reads of the devices app. Every read is scoped with the one rule, `for_user`."""
 
 import contextlib
+import json
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import JSONField, QuerySet
 
 from accounts.scoping import scoped_site_ids
 from devices_app.models import Device
 from homepot.compiled_sql import compiled
+from homepot.db import prepared
 from homepot.db_functions import UtcIsoText
 
 
@@ -71,14 +73,16 @@ def device_page_after(*, user, after: int | None, limit: int) -> list[dict]:
     The statement is the ORM's own, compiled from that queryset. For a user who sees every
     site (`scoped_site_ids` answers None: the SQL names no user) and the default page size,
     it is compiled once per process and only executed afterwards: building and compiling it
-    was a fifth of the list's first page's CPU (docs/performance.md, list3). Anyone else's
-    is compiled for their request, as the DRF view's is."""
+    was a fifth of the list's first page's CPU (docs/performance.md, list3); and it runs as a
+    statement prepared once per database connection (homepot.db.prepared), which spares
+    PostgreSQL its planning (docs/performance.md, list4). Anyone else's is compiled for
+    their request, as the DRF view's is (its text names their sites)."""
     cacheable = limit == settings.REST_FRAMEWORK["PAGE_SIZE"] + 1 and scoped_site_ids(user, "view") is None
     if cacheable:
         key = ("devices_app.device_page_after", "every site", after is None, limit)
-        plan = compiled(key, Device.objects.db, lambda _connection: _PagePlan(user, after, limit))
+        plan = compiled(key, Device.objects.db, lambda _connection: _PagePlan(user, after, limit, fixed=True))
     else:
-        plan = _PagePlan(user, after, limit)
+        plan = _PagePlan(user, after, limit, fixed=False)
     return plan.rows(after)
 
 
@@ -88,9 +92,11 @@ _POSITION_STAND_IN = -(2**63) + 12345  # a bigint no real cursor names, to find 
 class _PagePlan:
     """The compiled statement of one device_page_after, its column names and the ORM's
     converters; `rows(after)` executes it with another position, on the calling thread's
-    connection (a plan is shared by the threads of a process)."""
+    connection (a plan is shared by the threads of a process). A `fixed` plan (its text the
+    same for every user it serves) is executed as a prepared statement."""
 
-    def __init__(self, user, after, limit):
+    def __init__(self, user, after, limit, *, fixed: bool):
+        self.fixed = fixed
         queryset = device_page(user=user).order_by("id")
         if after is not None:
             queryset = queryset.filter(id__gt=_POSITION_STAND_IN)
@@ -108,7 +114,10 @@ class _PagePlan:
         # ValuesIterable's names for the columns, in order.
         self.names = list(query.selected or [*query.values_select, *query.annotation_select])
         selected = [column[0] for column in compiler.select[: compiler.col_count]]
-        self.converters = list(compiler.get_converters(selected).items())
+        self.converters = [
+            (self.names[position], _column_conversion(steps, expression))
+            for position, (steps, expression) in compiler.get_converters(selected).items()
+        ]
 
     def rows(self, after) -> list[dict]:
         params = self.params
@@ -117,19 +126,48 @@ class _PagePlan:
             params[self.position_index] = after
         connection = connections[self.using]
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, params)
+            if self.fixed:
+                prepared.execute(cursor, self.sql, params)  # planned once per connection
+            else:
+                cursor.execute(self.sql, params)
             raw_rows = cursor.fetchall()
-        names, converters = self.names, self.converters
-        rows = []
-        for raw in raw_rows:
-            row = list(raw)
-            for position, (steps, expression) in converters:
-                value = row[position]
-                for step in steps:
-                    value = step(value, expression, connection)
-                row[position] = value
-            rows.append(dict(zip(names, row, strict=True)))
+        names = self.names
+        rows = [dict(zip(names, raw, strict=True)) for raw in raw_rows]
+        for name, convert in self.converters:
+            for row in rows:
+                row[name] = convert(row[name], connection)
         return rows
+
+
+_JSON_SCAN = json.JSONDecoder().scan_once  # what json.loads runs, without its wrappers
+
+
+def _column_conversion(steps, expression):
+    """`convert(value, connection)`: the ORM's converters of one column, in order. A JSON
+    column with the default decoder (the page's `config`) is read by json's own scanner, as
+    json.loads reads it, minus the Python around it (five sixths of the conversion's time,
+    which was a fifth of the page's CPU: docs/performance.md, list4); anything that scanner
+    does not consume whole goes through the ORM's converter."""
+    field = getattr(expression, "output_field", None)
+    if isinstance(field, JSONField) and field.decoder is None and steps == [field.from_db_value]:
+
+        def json_value(value, connection):
+            if value is None:
+                return None
+            try:
+                parsed, end = _JSON_SCAN(value, 0)
+            except (StopIteration, ValueError, TypeError):
+                end = -1
+            return parsed if end == len(value) else field.from_db_value(value, expression, connection)
+
+        return json_value
+
+    def converted(value, connection):
+        for step in steps:
+            value = step(value, expression, connection)
+        return value
+
+    return converted
 
 
 # The columns of a device export, in order; the import reads the same file back (it uses

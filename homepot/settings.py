@@ -130,6 +130,11 @@ if DATABASES["default"]["ENGINE"] in (
     )
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The hottest fixed reads (the API token's lookup, the device list's first page) run as
+# statements prepared once per connection (homepot/db/prepared.py). Turn off behind a pooler
+# in transaction mode (PgBouncer's pool_mode = transaction), where a client's statements may
+# reach another server connection each time: docker-compose.yml does.
+HOMEPOT_DB_PREPARED_STATEMENTS = env.bool("HOMEPOT_DB_PREPARED_STATEMENTS", default=True)
 # Requests that cannot reach PostgreSQL answer 503 with this Retry-After (homepot.outage).
 HOMEPOT_OUTAGE_RETRY_AFTER_SECONDS = env.int("HOMEPOT_OUTAGE_RETRY_AFTER_SECONDS", default=5)
 DATABASES["default"].setdefault("TEST", {})

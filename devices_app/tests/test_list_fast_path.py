@@ -82,6 +82,9 @@ def fleet():
                 "gateway": "https://p.example.com",
                 "ünï": "çødé \u2028",
                 "n": [1, 2.5, None, {"x": True}],
+                # what the page's JSON reading must read as json.loads does
+                "numbers": [0.00001, 1e300, -0.0, 12345678901234567890123, 10.10],
+                "escapes": 'quote " back \\ tab \t line \n \u0001 /',
             }
             if number % 2
             else {},
@@ -335,4 +338,65 @@ def test_two_members_one_after_the_other_each_get_their_own_sites_at_the_default
     for served, view in admin_pages:
         assert_same(served, view)
         assert len(served.json()["results"]) == 36
+    assert django_calls == []
+
+
+def _prepared_statements() -> set[str]:
+    """The statements homepot.db.prepared has prepared on this test's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE name LIKE 'homepot%%'")
+        return {row[0] for row in cursor.fetchall()}
+
+
+def test_the_token_and_the_page_are_planned_once_per_connection(fleet, django_calls):
+    headers = bearer(AdminUserFactory())
+    wsgi_get(application, "/api/v1/devices", **headers)  # prepares both (the token's use recorded)
+    prepared = _prepared_statements()
+    assert any('FROM "accounts_apitoken"' in text for text in prepared)
+    assert any('FROM "devices_app_device"' in text for text in prepared)
+    with CaptureQueriesContext(connection) as queries:
+        served, view = both("/api/v1/devices?page_size=50", **headers)
+    assert_same(served, view)
+    executed = [query["sql"] for query in queries.captured_queries]
+    assert executed[0].startswith("EXECUTE homepot_") and executed[1].startswith("EXECUTE homepot_")
+    assert executed[2].startswith("EXECUTE homepot_")  # the view's token lookup is the same statement
+    assert _prepared_statements() == prepared  # nothing prepared twice
+    assert django_calls == []
+
+
+def test_with_prepared_statements_off_nothing_is_prepared_and_the_pages_are_the_same(
+    fleet, django_calls, settings
+):
+    settings.HOMEPOT_DB_PREPARED_STATEMENTS = False  # behind a pooler in transaction mode
+    before = _prepared_statements()  # an earlier test's, on the same connection
+    headers = bearer(AdminUserFactory())
+    with CaptureQueriesContext(connection) as queries:
+        pages = walk("/api/v1/devices?page_size=50", headers)
+    for served, view in pages:
+        assert_same(served, view)
+    assert _prepared_statements() == before
+    assert not [query for query in queries.captured_queries if "EXECUTE" in query["sql"]]
+    assert django_calls == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_missing_on_the_server_are_prepared_again_and_the_page_is_still_answered(
+    fleet, django_calls
+):
+    # What a pooler's server reset (DISCARD ALL) or another server connection looks like:
+    # the server has none of the statements this process prepared. Outside a transaction,
+    # the plain statement answers and the next request prepares them again.
+    headers = bearer(AdminUserFactory())
+    first = wsgi_get(application, "/api/v1/devices", **headers)
+    assert len(_prepared_statements()) == 2
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    served, view = both("/api/v1/devices", **headers)
+    assert_same(served, view)
+    assert served.content == first.content
+    assert_same(*both("/api/v1/devices", **headers))
+    assert len(_prepared_statements()) == 2
+    # And the other way round: prepared on the server, forgotten by this process.
+    connection._homepot_prepared = None
+    assert_same(*both("/api/v1/devices", **headers))
     assert django_calls == []

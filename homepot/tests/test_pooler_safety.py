@@ -22,12 +22,16 @@ SESSION_LOCK = r"pg_(try_)?advisory_lock(_shared)?\("
 # importer's two SETs are on its own connection to the older database.)
 SESSION_SET = r"""["']SET (?!LOCAL|TIME ZONE 'UTC'|default_transaction_read_only)"""
 LISTEN = r"\bLISTEN\b"
+# A prepared statement stays with the server connection; homepot.db.prepared's (the one
+# place) is turned off behind a transaction pooler by HOMEPOT_DB_PREPARED_STATEMENTS.
+PREPARE = r"""["']PREPARE\b"""
 # What would keep server state past the transaction, and what to use instead.
 FORBIDDEN = {
     ITERATOR: "homepot.db.stream (the cursor inside one transaction)",
     SESSION_LOCK: "pg_advisory_xact_lock / pg_try_advisory_xact_lock",
     SESSION_SET: "SET LOCAL inside the transaction",
     LISTEN: "a Redis channel or a table polled by the worker",
+    PREPARE: "homepot.db.prepared (HOMEPOT_DB_PREPARED_STATEMENTS)",
 }
 
 
@@ -58,6 +62,7 @@ def test_the_guard_sees_the_patterns_it_forbids():
         SESSION_LOCK: 'cursor.execute("SELECT pg_advisory_lock(1)")',
         SESSION_SET: 'execute("SET statement_timeout = 5")',
         LISTEN: 'cursor.execute("LISTEN jobs")',
+        PREPARE: 'cursor.execute("PREPARE page AS SELECT 1")',
     }
     for pattern, sample in samples.items():
         assert re.search(pattern, sample), pattern
