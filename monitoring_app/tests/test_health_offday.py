@@ -48,16 +48,6 @@ def newest_by_id(device) -> int:
     return HealthCheck.objects.filter(device=device).latest("id").pk
 
 
-@pytest.fixture(autouse=True)
-def record_started():
-    """The record's start as migration 0022 sets it. A transactional test's flush empties the
-    table, and a reused test database keeps it empty: every page would then be proven the old
-    way, and these tests would fail for a reason that is not theirs."""
-    if not HealthCheckOffDaySince.objects.exists():
-        with connection.cursor() as cursor:
-            offday.offday_trigger_install(cursor)
-
-
 @pytest.fixture
 def device():
     return DeviceFactory(device_id="dev-offday")
