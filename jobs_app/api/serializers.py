@@ -2,7 +2,8 @@
 
 import datetime
 
-from rest_framework import serializers
+from rest_framework import relations, serializers
+from rest_framework.fields import SkipField
 
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
@@ -14,8 +15,84 @@ from jobs_app.payloads import payload_errors, schema_markdown
 from jobs_app.services.deferral import MAX_DELAY_SECONDS, MAX_REASON
 from sites_app.api.fields import SiteReferenceField
 
+# --- A job's representation, planned once per serializer class --------------------------------
+#
+# DRF's Serializer.to_representation binds a fresh copy of each of a job's 44 fields to the
+# serializer and reads each attribute through the generic `get_attribute` (a Mapping check and
+# a callable check per field), about half of rendering a created job (docs/performance.md,
+# issue 11, jobs4). The plan below does the same steps per field, in the same order, with the
+# same field objects' own `to_representation`: method fields call the serializer's method; a
+# field reading a concrete column of the model reads the attribute itself (a model instance is
+# not a Mapping and a column's value is not called, so DRF's result is the same); the other
+# fields (relations, dotted sources) use DRF's own get_attribute. Only field classes whose two
+# methods read nothing but the instance and the field's settings (not the serializer, the
+# context or the request) are shared this way; a serializer with any other field keeps DRF's
+# loop.
 
-class JobSerializer(PrebuiltFieldsMixin, serializers.ModelSerializer):
+_SELF_CONTAINED_FIELDS = (
+    serializers.IntegerField,
+    serializers.BigIntegerField,
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.BooleanField,
+    serializers.DateTimeField,
+    serializers.JSONField,
+)
+_SELF_CONTAINED_RELATIONS = (relations.PrimaryKeyRelatedField, relations.SlugRelatedField)
+_COLUMN, _METHOD, _FIELD = "column", "method", "field"
+
+
+def representation_plan(serializer_class) -> list[tuple] | None:
+    """[(name, kind, field or method name)] for each readable field of `serializer_class`,
+    built once (from an instance without context); None when a field is of a class not known
+    to be self-contained."""
+    if "_representation_plan" in serializer_class.__dict__:
+        return serializer_class._representation_plan
+    columns = {field.attname for field in serializer_class.Meta.model._meta.concrete_fields}
+    plan = []
+    for name, field in serializer_class().fields.items():
+        if field.write_only:
+            continue
+        reads_a_column = field.source_attrs == [field.source] and field.source in columns
+        if isinstance(field, serializers.SerializerMethodField):
+            plan.append((name, _METHOD, field.method_name))
+        elif type(field) in _SELF_CONTAINED_FIELDS and reads_a_column:
+            plan.append((name, _COLUMN, field))
+        elif type(field) in (*_SELF_CONTAINED_FIELDS, *_SELF_CONTAINED_RELATIONS):
+            plan.append((name, _FIELD, field))
+        else:
+            plan = None
+            break
+    serializer_class._representation_plan = plan
+    return plan
+
+
+class PlannedRepresentationMixin:
+    """A ModelSerializer's to_representation through representation_plan(): DRF's result,
+    for the serializer's own model's instances."""
+
+    def to_representation(self, instance):
+        plan = representation_plan(type(self))
+        if plan is None or not isinstance(instance, self.Meta.model):
+            return super().to_representation(instance)
+        answer = {}
+        for name, kind, item in plan:
+            if kind is _COLUMN:
+                value = getattr(instance, item.source)
+                answer[name] = None if value is None else item.to_representation(value)
+            elif kind is _METHOD:
+                answer[name] = getattr(self, item)(instance)
+            else:
+                try:
+                    attribute = item.get_attribute(instance)
+                except SkipField:
+                    continue
+                present = attribute.pk if isinstance(attribute, relations.PKOnlyObject) else attribute
+                answer[name] = None if present is None else item.to_representation(attribute)
+        return answer
+
+
+class JobSerializer(PlannedRepresentationMixin, PrebuiltFieldsMixin, serializers.ModelSerializer):
     """A job as the API shows it; `progress` only on a single job (detail and actions)."""
 
     site_id = serializers.IntegerField(read_only=True)
