@@ -3,7 +3,7 @@
 import datetime
 
 from rest_framework import relations, serializers
-from rest_framework.fields import SkipField
+from rest_framework.fields import SkipField, empty
 
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
@@ -246,7 +246,51 @@ class JobDetailSerializer(JobSerializer):
         return job_waves(job)
 
 
-class TargetsSerializer(PrebuiltFieldsMixin, serializers.Serializer):
+def fields_skipped_when_absent(serializer_class) -> frozenset[str]:
+    """The writable fields of `serializer_class` that DRF skips when their key is absent from
+    the body: those whose run_validation of an absent value raises SkipField (neither
+    required nor defaulted). Asked of DRF itself, once per class."""
+    if "_skipped_when_absent" in serializer_class.__dict__:
+        return serializer_class._skipped_when_absent
+    skipped = set()
+    for name, field in serializer_class().fields.items():
+        if field.read_only:
+            continue
+        try:
+            field.run_validation(empty)
+        except SkipField:
+            skipped.add(name)
+        except Exception:  # noqa: BLE001, S110 - required (ValidationError) or anything else: not skipped
+            pass
+    serializer_class._skipped_when_absent = frozenset(skipped)
+    return serializer_class._skipped_when_absent
+
+
+class AbsentFieldsSkippedMixin:
+    """DRF's validation loop without the fields DRF would skip anyway.
+
+    Serializer.to_internal_value walks every writable field, and for one whose key a JSON
+    body leaves out and that has neither a default nor `required`, it reads the missing
+    value, runs the field's validation and catches the SkipField that comes back: most of the
+    create serializer's 25 fields on a typical body, about a third of validating it
+    (docs/performance.md, issue 11, jobs4). For a JSON object body (a dict; not a form, not a
+    partial update), those fields are left out of the walk; every other field, and every
+    error, is DRF's, in DRF's order."""
+
+    @property
+    def _writable_fields(self):
+        data = getattr(self, "initial_data", None)
+        if type(data) is not dict or self.partial:
+            yield from super()._writable_fields
+            return
+        skipped = fields_skipped_when_absent(type(self))
+        for field in super()._writable_fields:
+            if field.field_name in skipped and field.field_name not in data:
+                continue
+            yield field
+
+
+class TargetsSerializer(AbsentFieldsSkippedMixin, PrebuiltFieldsMixin, serializers.Serializer):
     """Targets and rollout policy, shared by create and preview."""
 
     site_id = SiteReferenceField(help_text="The primary site: internal id (3) or business id (site-003).")
