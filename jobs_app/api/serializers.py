@@ -19,7 +19,7 @@ from sites_app.api.fields import SiteReferenceField
 #
 # DRF's Serializer.to_representation binds a fresh copy of each of a job's 44 fields to the
 # serializer and reads each attribute through the generic `get_attribute` (a Mapping check and
-# a callable check per field), about half of rendering a created job (docs/performance.md,
+# a callable check per field): two thirds of rendering a created job (docs/performance.md,
 # issue 11, jobs4). The plan below does the same steps per field, in the same order, with the
 # same field objects' own `to_representation`: method fields call the serializer's method; a
 # field reading a concrete column of the model reads the attribute itself (a model instance is
@@ -272,8 +272,8 @@ class AbsentFieldsSkippedMixin:
     Serializer.to_internal_value walks every writable field, and for one whose key a JSON
     body leaves out and that has neither a default nor `required`, it reads the missing
     value, runs the field's validation and catches the SkipField that comes back: most of the
-    create serializer's 25 fields on a typical body, about a third of validating it
-    (docs/performance.md, issue 11, jobs4). For a JSON object body (a dict; not a form, not a
+    create serializer's 25 fields on a typical body, a sixth of validating it besides the
+    site's lookup (docs/performance.md, issue 11, jobs4). For a JSON object body (a dict; not a form, not a
     partial update), those fields are left out of the walk; every other field, and every
     error, is DRF's, in DRF's order."""
 
