@@ -2,7 +2,8 @@
 
 import datetime
 
-from rest_framework import serializers
+from rest_framework import relations, serializers
+from rest_framework.fields import SkipField, empty
 
 from devices_app.api.serializers import _check_json_value
 from devices_app.models import Device
@@ -14,8 +15,84 @@ from jobs_app.payloads import payload_errors, schema_markdown
 from jobs_app.services.deferral import MAX_DELAY_SECONDS, MAX_REASON
 from sites_app.api.fields import SiteReferenceField
 
+# --- A job's representation, planned once per serializer class --------------------------------
+#
+# DRF's Serializer.to_representation binds a fresh copy of each of a job's 44 fields to the
+# serializer and reads each attribute through the generic `get_attribute` (a Mapping check and
+# a callable check per field): two thirds of rendering a created job (docs/performance.md,
+# issue 11, jobs4). The plan below does the same steps per field, in the same order, with the
+# same field objects' own `to_representation`: method fields call the serializer's method; a
+# field reading a concrete column of the model reads the attribute itself (a model instance is
+# not a Mapping and a column's value is not called, so DRF's result is the same); the other
+# fields (relations, dotted sources) use DRF's own get_attribute. Only field classes whose two
+# methods read nothing but the instance and the field's settings (not the serializer, the
+# context or the request) are shared this way; a serializer with any other field keeps DRF's
+# loop.
 
-class JobSerializer(PrebuiltFieldsMixin, serializers.ModelSerializer):
+_SELF_CONTAINED_FIELDS = (
+    serializers.IntegerField,
+    serializers.BigIntegerField,
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.BooleanField,
+    serializers.DateTimeField,
+    serializers.JSONField,
+)
+_SELF_CONTAINED_RELATIONS = (relations.PrimaryKeyRelatedField, relations.SlugRelatedField)
+_COLUMN, _METHOD, _FIELD = "column", "method", "field"
+
+
+def representation_plan(serializer_class) -> list[tuple] | None:
+    """[(name, kind, field or method name)] for each readable field of `serializer_class`,
+    built once (from an instance without context); None when a field is of a class not known
+    to be self-contained."""
+    if "_representation_plan" in serializer_class.__dict__:
+        return serializer_class._representation_plan
+    columns = {field.attname for field in serializer_class.Meta.model._meta.concrete_fields}
+    plan = []
+    for name, field in serializer_class().fields.items():
+        if field.write_only:
+            continue
+        reads_a_column = field.source_attrs == [field.source] and field.source in columns
+        if isinstance(field, serializers.SerializerMethodField):
+            plan.append((name, _METHOD, field.method_name))
+        elif type(field) in _SELF_CONTAINED_FIELDS and reads_a_column:
+            plan.append((name, _COLUMN, field))
+        elif type(field) in (*_SELF_CONTAINED_FIELDS, *_SELF_CONTAINED_RELATIONS):
+            plan.append((name, _FIELD, field))
+        else:
+            plan = None
+            break
+    serializer_class._representation_plan = plan
+    return plan
+
+
+class PlannedRepresentationMixin:
+    """A ModelSerializer's to_representation through representation_plan(): DRF's result,
+    for the serializer's own model's instances."""
+
+    def to_representation(self, instance):
+        plan = representation_plan(type(self))
+        if plan is None or not isinstance(instance, self.Meta.model):
+            return super().to_representation(instance)
+        answer = {}
+        for name, kind, item in plan:
+            if kind is _COLUMN:
+                value = getattr(instance, item.source)
+                answer[name] = None if value is None else item.to_representation(value)
+            elif kind is _METHOD:
+                answer[name] = getattr(self, item)(instance)
+            else:
+                try:
+                    attribute = item.get_attribute(instance)
+                except SkipField:
+                    continue
+                present = attribute.pk if isinstance(attribute, relations.PKOnlyObject) else attribute
+                answer[name] = None if present is None else item.to_representation(attribute)
+        return answer
+
+
+class JobSerializer(PlannedRepresentationMixin, PrebuiltFieldsMixin, serializers.ModelSerializer):
     """A job as the API shows it; `progress` only on a single job (detail and actions)."""
 
     site_id = serializers.IntegerField(read_only=True)
@@ -169,7 +246,51 @@ class JobDetailSerializer(JobSerializer):
         return job_waves(job)
 
 
-class TargetsSerializer(PrebuiltFieldsMixin, serializers.Serializer):
+def fields_skipped_when_absent(serializer_class) -> frozenset[str]:
+    """The writable fields of `serializer_class` that DRF skips when their key is absent from
+    the body: those whose run_validation of an absent value raises SkipField (neither
+    required nor defaulted). Asked of DRF itself, once per class."""
+    if "_skipped_when_absent" in serializer_class.__dict__:
+        return serializer_class._skipped_when_absent
+    skipped = set()
+    for name, field in serializer_class().fields.items():
+        if field.read_only:
+            continue
+        try:
+            field.run_validation(empty)
+        except SkipField:
+            skipped.add(name)
+        except Exception:  # noqa: BLE001, S110 - required (ValidationError) or anything else: not skipped
+            pass
+    serializer_class._skipped_when_absent = frozenset(skipped)
+    return serializer_class._skipped_when_absent
+
+
+class AbsentFieldsSkippedMixin:
+    """DRF's validation loop without the fields DRF would skip anyway.
+
+    Serializer.to_internal_value walks every writable field, and for one whose key a JSON
+    body leaves out and that has neither a default nor `required`, it reads the missing
+    value, runs the field's validation and catches the SkipField that comes back: most of the
+    create serializer's 25 fields on a typical body, a sixth of validating it besides the
+    site's lookup (docs/performance.md, issue 11, jobs4). For a JSON object body (a dict; not a form, not a
+    partial update), those fields are left out of the walk; every other field, and every
+    error, is DRF's, in DRF's order."""
+
+    @property
+    def _writable_fields(self):
+        data = getattr(self, "initial_data", None)
+        if type(data) is not dict or self.partial:
+            yield from super()._writable_fields
+            return
+        skipped = fields_skipped_when_absent(type(self))
+        for field in super()._writable_fields:
+            if field.field_name in skipped and field.field_name not in data:
+                continue
+            yield field
+
+
+class TargetsSerializer(AbsentFieldsSkippedMixin, PrebuiltFieldsMixin, serializers.Serializer):
     """Targets and rollout policy, shared by create and preview."""
 
     site_id = SiteReferenceField(help_text="The primary site: internal id (3) or business id (site-003).")

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from homepot.broker import publish_task
 from homepot.celery import app as celery_app
 from jobs_app.choices import JOB_RUNNING_STATUSES
 from jobs_app.models import Job
@@ -85,8 +86,12 @@ def enqueue_dispatch_new(job: Job) -> None:
 def _send_after_commit(job_id: int, at: datetime.datetime) -> None:
     def send():
         delay = (at - timezone.now()).total_seconds()
+        args = (job_id, at.isoformat())
         try:
-            _dispatch_task().apply_async((job_id, at.isoformat()), countdown=delay if delay > 0 else None)
+            # apply_async's message from a kept producer (homepot.broker); the header's view of
+            # the arguments is their repr, which is what Celery's saferepr gives for an int
+            # and a short text.
+            publish_task(_dispatch_task(), args, countdown=delay if delay > 0 else None, argsrepr=repr(args))
         except Exception:  # noqa: BLE001 - any broker failure; the tick retries
             logger.exception("Could not enqueue the dispatcher for job %s; the beat tick will retry", job_id)
 

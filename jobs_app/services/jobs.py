@@ -17,6 +17,7 @@ from jobs_app.choices import (
     JOB_ACTIVE_STATUSES,
     JOB_RUNNING_STATUSES,
     DeliveryStatus,
+    JobAction,
     JobStatus,
 )
 from jobs_app.models import Delivery, Job, SavedSegment
@@ -100,7 +101,9 @@ def job_create(
         event_type=AuditEvent.JOB_CREATED,
         actor=actor,
         job=job,
-        description=f"Job #{job.pk} ({job.get_action_display()}) {job.get_status_display().lower()} "
+        # The choices' labels, as get_action_display() gives them (that rebuilds a dict of every
+        # choice per call); both values were validated by full_clean above.
+        description=f"Job #{job.pk} ({JobAction(job.action).label}) {JobStatus(job.status).label.lower()} "
         f"for {site.site_id}" + (f" and {len(extra_sites)} more site(s)" if extra_sites else ""),
         new_values={
             **job_snapshot(job),

@@ -18,7 +18,27 @@ def test_job_create_queues_and_audits(admin_user):
     site = SiteFactory()
     job = job_create(actor=admin_user, site=site, action="update_config", payload={"tax_rate": 0.2})
     assert (job.status, job.created_by) == (JobStatus.QUEUED, admin_user)
-    assert AuditLog.objects.get().new_values["payload"] == {"tax_rate": 0.2}
+    entry = AuditLog.objects.get()
+    assert entry.new_values["payload"] == {"tax_rate": 0.2}
+    assert entry.description == f"Job #{job.pk} (Update configuration) queued for {site.site_id}"
+
+
+def test_a_scheduled_job_for_several_sites_is_audited_in_words(admin_user):
+    import datetime
+
+    from django.utils import timezone
+
+    site, other = SiteFactory(), SiteFactory()
+    job = job_create(
+        actor=admin_user,
+        site=site,
+        extra_sites=[other],
+        action="restart_pos_app",
+        scheduled_at=timezone.now() + datetime.timedelta(hours=1),
+    )
+    assert AuditLog.objects.get(job=job).description == (
+        f"Job #{job.pk} (Restart POS application) scheduled for {site.site_id} and 1 more site(s)"
+    )
 
 
 def test_job_create_refuses_an_unknown_action_and_stores_nothing(admin_user):
