@@ -790,7 +790,7 @@ def history_copy_finish(history: HistoryTable) -> int | None:
         _set_lock_timeout(cursor)
         # Deferred foreign key checks of rows written in this same transaction (a migration,
         # a test) would refuse the DROP: run them now.
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # noqa: pooler - ends with the transaction
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # pooler-safe: ends with the transaction
         cursor.execute(f"DROP TABLE {_quote(old)}")
         if history.table == offday.HEALTH_TABLE and _exists(offday.SINCE_TABLE):
             # Recorded from here on; every row so far (copied or written meanwhile) is older.

@@ -60,7 +60,7 @@ class _Statement:
         prepared_text = _PLACEHOLDER.sub(numbered, sql)
         arguments = f"({', '.join(['%s'] * count)})" if count else ""
         self.execute_sql = f"EXECUTE {self.name}{arguments}"
-        prepare = f"PREPARE {self.name} AS {prepared_text}"  # noqa: pooler - HOMEPOT_DB_PREPARED_STATEMENTS
+        prepare = f"PREPARE {self.name} AS {prepared_text}"  # pooler-safe: HOMEPOT_DB_PREPARED_STATEMENTS
         self.prepare_then_execute_sql = f"{prepare}; {self.execute_sql}"
 
 
