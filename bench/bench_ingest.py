@@ -74,7 +74,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--database", default="homepot_bench_ingest", help="Scratch database (dropped!).")
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers.")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[4], help="gunicorn sync workers (several: each in turn)."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Repeat everything, hello included, this many times in turn."
+    )
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 32])
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per run.")
     parser.add_argument(
@@ -320,12 +325,17 @@ def _drive_count(client, port, connections, total, make_request) -> None:
             pass
 
 
-def _drive(client, port, connections, duration, make_request, server_pids=(), postgres_pids=()) -> dict:
+def _drive(
+    client, port, connections, duration, make_request, server_pids=(), postgres_pids=(), redis_pids=()
+) -> dict:
     """`server_pids` and `postgres_pids`: the processes whose CPU counts as the server's
-    (app_cpu_ms_per_request), the latter also reported alone."""
+    (app_cpu_ms_per_request), the latter also reported alone; `redis_pids`: Redis servers of
+    this bench's own (the health Redis), reported apart."""
     pids = [*server_pids, *postgres_pids]
     busy_before, own_before = _machine_busy_seconds(), _own_cpu_seconds()
     processes_before = _processes_cpu_seconds(pids)
+    system_before = _processes_cpu_seconds(server_pids, system_only=True)
+    redis_before = _processes_cpu_seconds(redis_pids)
     start = time.perf_counter()
     if client == "asyncio":
         outcomes = asyncio.run(_asyncio_requests(port, connections, duration, make_request))
@@ -335,6 +345,8 @@ def _drive(client, port, connections, duration, make_request, server_pids=(), po
     client_cpu = _own_cpu_seconds() - own_before
     server_cpu = (_machine_busy_seconds() - busy_before) - client_cpu
     processes_cpu = _processes_cpu_seconds(pids)
+    system_cpu = _processes_cpu_seconds(server_pids, system_only=True)
+    redis_cpu = _processes_cpu_seconds(redis_pids)
     # CPU of this server's own processes (gunicorn workers, this database's backends) per
     # request: unlike the machine's, not inflated by whatever else runs on the machine.
     app_cpu = sum(processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu)
@@ -365,6 +377,13 @@ def _drive(client, port, connections, duration, make_request, server_pids=(), po
         # This load generator's own CPU per request: its share of the same two cores.
         "client_cpu_ms_per_request": round(client_cpu * 1000 / count, 3),
         "postgres_cpu_ms_per_request": round(postgres_cpu * 1000 / count, 3),
+        # Of the gunicorn processes' CPU, the kernel's share (sockets: the client's, Redis's).
+        "app_system_cpu_ms_per_request": round(
+            sum(system_cpu[pid] - system_before.get(pid, 0.0) for pid in system_cpu) * 1000 / count, 3
+        ),
+        "own_redis_cpu_ms_per_request": round(
+            sum(redis_cpu[pid] - redis_before.get(pid, 0.0) for pid in redis_cpu) * 1000 / count, 3
+        ),
         "load_average": os.getloadavg()[0],
     }
 
@@ -389,15 +408,16 @@ def _postgres_backend_pids() -> list[int]:
     return pids
 
 
-def _processes_cpu_seconds(pids) -> dict[int, float]:
-    """utime + stime of each process still alive (from /proc/<pid>/stat)."""
+def _processes_cpu_seconds(pids, *, system_only: bool = False) -> dict[int, float]:
+    """utime + stime (or stime alone) of each process still alive (from /proc/<pid>/stat)."""
     seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
+        seconds[pid] = ticks / os.sysconf("SC_CLK_TCK")
     return seconds
 
 
@@ -552,36 +572,15 @@ def main() -> None:
         ("health_mix", "homepot.wsgi", {}, steady_state, expiring(health, keys)),
     ]
     results = {"devices": n, "workers": args.workers, "duration_s": args.duration, "runs": {}}
+    chosen = [scenario for scenario in scenarios if not args.only or scenario[0] in ("hello", *args.only)]
     try:
-        for name, app, extra_env, prepare, make_request in scenarios:
-            if args.only and name != "hello" and name not in args.only:
-                continue
-            if prepare:
-                prepare()
-            server, _ = start_gunicorn(
-                app, cwd=ROOT, workers=args.workers, env={**env, **extra_env}, port=args.port
-            )
-            try:
-                for connections_count in args.connections:
-                    # A short warm-up: every worker imports, connects and fills what it keeps.
-                    _drive(args.client, args.port, connections_count, 1.0, make_request)
-                    if name != "hello" and (args.warm_every_device or name.endswith(("_warm", "_mix"))):
-                        # Every device asked once: what each process or Redis keeps of a
-                        # credential is there, as in a fleet reporting every minute.
-                        _drive_count(args.client, args.port, connections_count, n, make_request)
-                    pids, backends = _worker_pids(server), _postgres_backend_pids()
-                    outcome = _drive(
-                        args.client, args.port, connections_count, args.duration, make_request, pids, backends
+        for round_number in range(1, args.rounds + 1):
+            for workers in args.workers:
+                for scenario in chosen:
+                    suffix = (f"@w{workers}" if len(args.workers) > 1 else "") + (
+                        f"#{round_number}" if args.rounds > 1 else ""
                     )
-                    if name.startswith("health_batch"):
-                        size = int(name.split("_")[2])
-                        outcome["reports_per_s"] = round(outcome["rps"] * size, 1)
-                    results["runs"][f"{name}@{connections_count}"] = outcome
-                    print(f"{name:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
-            finally:
-                stop(server)
-            if name.startswith("health"):
-                results["runs"][f"{name}@drain"] = timed_drain()
+                    _run_scenario(args, env, n, scenario, workers, suffix, health_redis, results["runs"])
     finally:
         from monitoring_app import health_buffer, seen_buffer
 
@@ -590,15 +589,54 @@ def main() -> None:
         stop(health_redis)
         if not args.keep:
             drop_database(args.database)
-    for connections_count in args.connections:
-        hello = results["runs"][f"hello@{connections_count}"]["rps"]
-        for key, outcome in results["runs"].items():
-            if key.endswith(f"@{connections_count}") and hello:
-                outcome["ratio_to_hello"] = round(outcome["rps"] / hello, 3)
+    for key, outcome in results["runs"].items():
+        hello = results["runs"].get("hello" + key[len(outcome.get("scenario", key)) :], {}).get("rps")
+        if hello and "rps" in outcome:
+            outcome["ratio_to_hello"] = round(outcome["rps"] / hello, 3)
     results["machine"] = machine()
     print(json.dumps(results, indent=2, default=str))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+def _run_scenario(args, env, n, scenario, workers, suffix, health_redis, runs) -> None:
+    """One scenario on a fresh gunicorn of `workers` sync workers, at each concurrency; its
+    outcomes go into `runs` under `<name>@<connections><suffix>`."""
+    name, app, extra_env, prepare, make_request = scenario
+    if prepare:
+        prepare()
+    server, _ = start_gunicorn(
+        app, cwd=ROOT, workers=workers, env={**env, **extra_env}, port=args.port, ready_seconds=180
+    )
+    try:
+        for connections_count in args.connections:
+            # A short warm-up: every worker imports, connects and fills what it keeps.
+            _drive(args.client, args.port, connections_count, 1.0, make_request)
+            if name != "hello" and (args.warm_every_device or name.endswith(("_warm", "_mix"))):
+                # Every device asked once: what each process or Redis keeps of a
+                # credential is there, as in a fleet reporting every minute.
+                _drive_count(args.client, args.port, connections_count, n, make_request)
+            pids, backends = _worker_pids(server), _postgres_backend_pids()
+            outcome = _drive(
+                args.client,
+                args.port,
+                connections_count,
+                args.duration,
+                make_request,
+                pids,
+                backends,
+                [health_redis.pid],
+            )
+            outcome["scenario"] = name
+            if name.startswith("health_batch"):
+                size = int(name.split("_")[2])
+                outcome["reports_per_s"] = round(outcome["rps"] * size, 1)
+            runs[f"{name}@{connections_count}{suffix}"] = outcome
+            print(f"{name + suffix:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
+    finally:
+        stop(server)
+    if name.startswith("health"):
+        runs[f"{name}@drain{suffix}"] = {"scenario": name, **timed_drain()}
 
 
 if __name__ == "__main__":
