@@ -330,6 +330,20 @@ def health_report_buffered(*, raw_key: str, report: HealthReport, reported_at: d
     return identity
 
 
+def health_report_appended(*, device, report: HealthReport) -> bool:
+    """ONE health report of `device`, just answered by reported_identity (its status one a
+    report keeps, noted as seen in that round trip), appended to the health stream: what
+    health_reports_record does for it when the buffer takes it, without its general case
+    (several devices, their newest report, their sightings: reported_identity has noted this
+    one). True once Redis holds the report (what a 201 rests on); False when the buffer did
+    not take it (off, away, full, not durable): the caller then stores it with
+    health_reports_record, which writes it to PostgreSQL. Not idempotent."""
+    if not health_buffer.append(received_at=timezone.now(), device_reports=[(device.pk, report)]):
+        return False
+    metrics.HEALTH_ACCEPTED.inc()
+    return True
+
+
 def health_reports_record(
     *, device_reports: list[tuple[int, HealthReport]], devices: dict[int, Device] | None = None
 ) -> int:

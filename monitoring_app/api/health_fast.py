@@ -35,7 +35,12 @@ from monitoring_app.api.agent import (
     report_from,
 )
 from monitoring_app.choices import HealthStatus
-from monitoring_app.ingest import health_report_buffered, one_trip_reports, reported_identity
+from monitoring_app.ingest import (
+    health_report_appended,
+    health_report_buffered,
+    one_trip_reports,
+    reported_identity,
+)
 
 NOT_HANDLED = _NOT_HANDLED = object()
 _STORED_ONE = json.dumps({"stored": 1}, separators=(",", ":")).encode()  # health_store's answer
@@ -101,12 +106,20 @@ def answer(key: str, body: bytes, parse):
     if reports is _NOT_HANDLED:
         return _NOT_HANDLED
     reported_at = reports[0].get("timestamp") if len(reports) == 1 else None
-    if parse is parse_single and one_trip_reports():
+    single = parse is parse_single
+    if single and one_trip_reports():
         if health_report_buffered(raw_key=key, report=report_from(reports[0]), reported_at=reported_at):
             return _STORED_ONE  # identity, sighting and report in one Redis round trip
         device = None  # not answerable from Redis: that script has just said so
     else:
         device = reported_identity(key, reported_at=reported_at)
+        appended = (
+            single
+            and device is not None
+            and health_report_appended(device=device, report=report_from(reports[0]))
+        )
+        if appended:
+            return _STORED_ONE  # the identity's round trip, then the stream's: nothing else
     if device is None:
         device = device_identity_from_postgres(key)
     if device is None:
