@@ -44,6 +44,7 @@ import datetime
 import json
 import os
 import secrets
+import selectors
 import socket
 import statistics
 import subprocess
@@ -73,13 +74,21 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--database", default="homepot_bench_ingest", help="Scratch database (dropped!).")
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers.")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[4], help="gunicorn sync workers (several: each in turn)."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Repeat everything, hello included, this many times in turn."
+    )
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 32])
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per run.")
     parser.add_argument(
         "--batch", type=int, nargs="+", default=[50], help="Reports per batch request (one scenario each)."
     )
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--health-redis-port", type=int, help="Port of the health buffer's own Redis (default: --port + 1)."
+    )
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="Run only these scenarios (hello always runs)."
     )
@@ -95,6 +104,13 @@ def parse_args() -> argparse.Namespace:
         help="REDIS_URL too on the health buffer's fsyncing Redis: identities, seen buffer and "
         "stream in one server, so a steady single report is one round trip "
         "(monitoring_app.ingest.health_report_buffered).",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("lean", "asyncio"),
+        default="lean",
+        help="Load generator: `lean` (one thread around epoll) or `asyncio` (streams; the "
+        "generator of the figures before ingest4). Both open one connection per request.",
     )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -222,8 +238,56 @@ def _request(path: str, secret: str | None, body: dict | None) -> bytes:
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
 
 
-async def _drive_count(port, connections, total, make_request) -> None:
-    """Requests 1..total (devices in order), over `connections` connections; no figures."""
+def _lean_requests(port, connections, make_request, *, deadline=None, total=None):
+    """The lean load generator (`--client lean`): one connection per request, as a terminal
+    reporting once a minute opens one, `connections` of them open at a time, in one thread
+    around epoll with no event-loop framework (asyncio's streams cost this process about
+    0.15-0.25 ms of CPU a request, measured, on the same two cores as the server). Yields
+    (latency in s, status) per request until `deadline` (perf_counter) or `total` requests."""
+    selector = selectors.DefaultSelector()
+    address = ("127.0.0.1", port)
+    sent = [0]
+
+    def open_one() -> bool:
+        if total is not None and sent[0] >= total:
+            return False
+        if deadline is not None and time.perf_counter() >= deadline:
+            return False
+        sent[0] += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(address)
+        state = [sock, make_request(sent[0]), time.perf_counter(), b""]  # ..., the answer's first bytes
+        selector.register(sock, selectors.EVENT_WRITE, state)
+        return True
+
+    open_now = sum(open_one() for _ in range(connections))
+    while open_now:
+        for key, events in selector.select(timeout=5):
+            state = key.data
+            sock = state[0]
+            try:
+                if events & selectors.EVENT_WRITE:
+                    sock.send(state[1])  # a few hundred bytes: the socket's buffer takes them at once
+                    selector.modify(sock, selectors.EVENT_READ, state)
+                    continue
+                chunk = sock.recv(65536)
+                if chunk:
+                    if len(state[3]) < 12:
+                        state[3] += chunk
+                    continue  # sync workers close the connection after each answer
+                status = int(state[3][9:12]) if len(state[3]) >= 12 else 0
+            except OSError:
+                status = 0
+            selector.unregister(sock)
+            sock.close()
+            open_now -= 1
+            yield time.perf_counter() - state[2], status
+            open_now += open_one()
+    selector.close()
+
+
+async def _asyncio_count(port, connections, total, make_request) -> None:
     counter = [0]
 
     async def worker():
@@ -235,53 +299,92 @@ async def _drive_count(port, connections, total, make_request) -> None:
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-async def _drive(port, connections, duration, make_request, server_pids=(), postgres_pids=()) -> dict:
-    """`server_pids` and `postgres_pids`: the processes whose CPU counts as the server's
-    (app_cpu_ms_per_request), the latter also reported alone."""
-    latencies, statuses, counter = [], {}, [0]
+async def _asyncio_requests(port, connections, duration, make_request) -> list[tuple[float, int]]:
+    """The asyncio load generator (`--client asyncio`, the one before issue 11's ingest4)."""
+    outcomes, counter = [], [0]
     deadline = time.perf_counter() + duration
 
     async def worker():
         while time.perf_counter() < deadline:
             counter[0] += 1
             try:
-                latency, status = await _one("127.0.0.1", port, make_request(counter[0]))
+                outcomes.append(await _one("127.0.0.1", port, make_request(counter[0])))
             except OSError:
-                latency, status = 0.0, 0
-            latencies.append(latency)
-            statuses[status] = statuses.get(status, 0) + 1
+                outcomes.append((0.0, 0))
 
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return outcomes
+
+
+def _drive_count(client, port, connections, total, make_request) -> None:
+    """Requests 1..total (devices in order), over `connections` connections; no figures."""
+    if client == "asyncio":
+        asyncio.run(_asyncio_count(port, connections, total, make_request))
+    else:
+        for _outcome in _lean_requests(port, connections, make_request, total=total):
+            pass
+
+
+def _drive(
+    client, port, connections, duration, make_request, server_pids=(), postgres_pids=(), redis_pids=()
+) -> dict:
+    """`server_pids` and `postgres_pids`: the processes whose CPU counts as the server's
+    (app_cpu_ms_per_request), the latter also reported alone; `redis_pids`: Redis servers of
+    this bench's own (the health Redis), reported apart."""
     pids = [*server_pids, *postgres_pids]
     busy_before, own_before = _machine_busy_seconds(), _own_cpu_seconds()
     processes_before = _processes_cpu_seconds(pids)
+    system_before = _processes_cpu_seconds(server_pids, system_only=True)
+    redis_before = _processes_cpu_seconds(redis_pids)
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    if client == "asyncio":
+        outcomes = asyncio.run(_asyncio_requests(port, connections, duration, make_request))
+    else:
+        outcomes = list(_lean_requests(port, connections, make_request, deadline=start + duration))
     elapsed = time.perf_counter() - start
-    server_cpu = (_machine_busy_seconds() - busy_before) - (_own_cpu_seconds() - own_before)
+    client_cpu = _own_cpu_seconds() - own_before
+    server_cpu = (_machine_busy_seconds() - busy_before) - client_cpu
     processes_cpu = _processes_cpu_seconds(pids)
+    system_cpu = _processes_cpu_seconds(server_pids, system_only=True)
+    redis_cpu = _processes_cpu_seconds(redis_pids)
     # CPU of this server's own processes (gunicorn workers, this database's backends) per
     # request: unlike the machine's, not inflated by whatever else runs on the machine.
     app_cpu = sum(processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu)
     postgres_cpu = sum(
         processes_cpu[pid] - processes_before.get(pid, 0.0) for pid in processes_cpu if pid in postgres_pids
     )
-    ok = sorted(latency for latency in latencies if latency)
+    statuses = {}
+    for _latency, status in outcomes:
+        statuses[status] = statuses.get(status, 0) + 1
+    ok = sorted(latency for latency, status in outcomes if latency)
     errors = sum(count for status, count in statuses.items() if not 200 <= status < 300)
+    count = max(len(outcomes), 1)
     return {
-        "requests": len(latencies),
-        "rps": round(len(latencies) / elapsed, 1),
+        "requests": len(outcomes),
+        "rps": round(len(outcomes) / elapsed, 1),
         "p50_ms": round(statistics.median(ok) * 1000, 2) if ok else None,
         "p99_ms": round(ok[int(len(ok) * 0.99) - 1] * 1000, 2) if ok else None,
         "errors": errors,
         "statuses": statuses,
         # CPU the machine spent on everything but this load generator (gunicorn, PostgreSQL,
-        # Redis), per request: what a server with the clients elsewhere would spend.
-        "server_cpu_ms_per_request": round(server_cpu * 1000 / max(len(latencies), 1), 3),
-        "capacity_rps_on_this_machine": round(len(latencies) * os.cpu_count() / server_cpu)
-        if server_cpu
-        else None,
-        "app_cpu_ms_per_request": round(app_cpu * 1000 / max(len(latencies), 1), 3),
-        "postgres_cpu_ms_per_request": round(postgres_cpu * 1000 / max(len(latencies), 1), 3),
+        # Redis, the kernel's loopback TCP), per request: what a server with the clients
+        # elsewhere would spend (other programs on the machine inflate it).
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / count, 3),
+        "capacity_rps_on_this_machine": (
+            round(len(outcomes) * os.cpu_count() / server_cpu) if server_cpu else None
+        ),
+        "app_cpu_ms_per_request": round(app_cpu * 1000 / count, 3),
+        # This load generator's own CPU per request: its share of the same two cores.
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / count, 3),
+        "postgres_cpu_ms_per_request": round(postgres_cpu * 1000 / count, 3),
+        # Of the gunicorn processes' CPU, the kernel's share (sockets: the client's, Redis's).
+        "app_system_cpu_ms_per_request": round(
+            sum(system_cpu[pid] - system_before.get(pid, 0.0) for pid in system_cpu) * 1000 / count, 3
+        ),
+        "own_redis_cpu_ms_per_request": round(
+            sum(redis_cpu[pid] - redis_before.get(pid, 0.0) for pid in redis_cpu) * 1000 / count, 3
+        ),
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -305,15 +408,16 @@ def _postgres_backend_pids() -> list[int]:
     return pids
 
 
-def _processes_cpu_seconds(pids) -> dict[int, float]:
-    """utime + stime of each process still alive (from /proc/<pid>/stat)."""
+def _processes_cpu_seconds(pids, *, system_only: bool = False) -> dict[int, float]:
+    """utime + stime (or stime alone) of each process still alive (from /proc/<pid>/stat)."""
     seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
+        seconds[pid] = ticks / os.sysconf("SC_CLK_TCK")
     return seconds
 
 
@@ -356,7 +460,7 @@ def main() -> None:
     env = command_env(args.database)
     manage(env, "migrate", "--noinput")
     manage(env, "create_fleet", "--sites", str(max(1, args.devices // 50)), "--devices-per-site", "50")
-    health_redis_port = args.port + 1
+    health_redis_port = args.health_redis_port or args.port + 1
     health_redis = start_health_redis(health_redis_port, tempfile.mkdtemp(prefix="bench-health-redis-"))
     env["HOMEPOT_MONITORING_HEALTH_REDIS_URL"] = f"redis://127.0.0.1:{health_redis_port}/0"
     if args.one_redis:
@@ -377,17 +481,27 @@ def main() -> None:
     keys = identity_keys()
     connections.close_all()
 
-    def heartbeat(i):
-        return _request("/api/v1/agent/heartbeat", device_secrets[i % n], {})
+    def per_device(build):
+        """make_request from `build(device index)`, each device's request built once (what
+        the generator does per request stays its sending and reading)."""
+        built = {}
 
-    def health(i):
-        return _request("/api/v1/agent/health", device_secrets[i % n], report)
+        def make(i):
+            request = built.get(i % n)
+            if request is None:
+                request = built[i % n] = build(i % n)
+            return request
+
+        return make
+
+    heartbeat = per_device(lambda k: _request("/api/v1/agent/heartbeat", device_secrets[k], {}))
+    health = per_device(lambda k: _request("/api/v1/agent/health", device_secrets[k], report))
 
     def batch_of(size):
-        return lambda i: _request("/api/v1/agent/health/batch", device_secrets[i % n], batches[size])
+        return per_device(lambda k: _request("/api/v1/agent/health/batch", device_secrets[k], batches[size]))
 
     scenarios = [
-        ("hello", "bench.bench_ingest:hello_app", {}, None, lambda i: _request("/", None, {})),
+        ("hello", "bench.bench_ingest:hello_app", {}, None, per_device(lambda k: _request("/", None, {}))),
         # First contact: every device is offline, its credential never used.
         ("heartbeat_first_contact", "homepot.wsgi", {}, None, heartbeat),
         (
@@ -413,7 +527,7 @@ def main() -> None:
             "homepot.wsgi",
             {"HOMEPOT_DEVICES_IDENTITY_SECONDS": "0"},
             steady_state,
-            lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
+            health,
         ),
         # The same without the credential cache: every heartbeat reads its credential in SQL.
         (
@@ -437,14 +551,14 @@ def main() -> None:
             "homepot.wsgi",
             {},
             steady_state,
-            lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
+            health,
         ),
         (
             "health_unbuffered",
             "homepot.wsgi",
             {"HOMEPOT_MONITORING_BUFFER_HEALTH": "false"},
             steady_state,
-            lambda i: _request("/api/v1/agent/health", device_secrets[i % n], report),
+            health,
         ),
         *(
             (f"health_batch_{size}{suffix}", "homepot.wsgi", extra, steady_state, batch_of(size))
@@ -458,36 +572,15 @@ def main() -> None:
         ("health_mix", "homepot.wsgi", {}, steady_state, expiring(health, keys)),
     ]
     results = {"devices": n, "workers": args.workers, "duration_s": args.duration, "runs": {}}
+    chosen = [scenario for scenario in scenarios if not args.only or scenario[0] in ("hello", *args.only)]
     try:
-        for name, app, extra_env, prepare, make_request in scenarios:
-            if args.only and name != "hello" and name not in args.only:
-                continue
-            if prepare:
-                prepare()
-            server, _ = start_gunicorn(
-                app, cwd=ROOT, workers=args.workers, env={**env, **extra_env}, port=args.port
-            )
-            try:
-                for connections_count in args.connections:
-                    # A short warm-up: every worker imports, connects and fills what it keeps.
-                    asyncio.run(_drive(args.port, connections_count, 1.0, make_request))
-                    if name != "hello" and (args.warm_every_device or name.endswith(("_warm", "_mix"))):
-                        # Every device asked once: what each process or Redis keeps of a
-                        # credential is there, as in a fleet reporting every minute.
-                        asyncio.run(_drive_count(args.port, connections_count, n, make_request))
-                    pids, backends = _worker_pids(server), _postgres_backend_pids()
-                    outcome = asyncio.run(
-                        _drive(args.port, connections_count, args.duration, make_request, pids, backends)
+        for round_number in range(1, args.rounds + 1):
+            for workers in args.workers:
+                for scenario in chosen:
+                    suffix = (f"@w{workers}" if len(args.workers) > 1 else "") + (
+                        f"#{round_number}" if args.rounds > 1 else ""
                     )
-                    if name.startswith("health_batch"):
-                        size = int(name.split("_")[2])
-                        outcome["reports_per_s"] = round(outcome["rps"] * size, 1)
-                    results["runs"][f"{name}@{connections_count}"] = outcome
-                    print(f"{name:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
-            finally:
-                stop(server)
-            if name.startswith("health"):
-                results["runs"][f"{name}@drain"] = timed_drain()
+                    _run_scenario(args, env, n, scenario, workers, suffix, health_redis, results["runs"])
     finally:
         from monitoring_app import health_buffer, seen_buffer
 
@@ -496,15 +589,54 @@ def main() -> None:
         stop(health_redis)
         if not args.keep:
             drop_database(args.database)
-    for connections_count in args.connections:
-        hello = results["runs"][f"hello@{connections_count}"]["rps"]
-        for key, outcome in results["runs"].items():
-            if key.endswith(f"@{connections_count}") and hello:
-                outcome["ratio_to_hello"] = round(outcome["rps"] / hello, 3)
+    for key, outcome in results["runs"].items():
+        hello = results["runs"].get("hello" + key[len(outcome.get("scenario", key)) :], {}).get("rps")
+        if hello and "rps" in outcome:
+            outcome["ratio_to_hello"] = round(outcome["rps"] / hello, 3)
     results["machine"] = machine()
     print(json.dumps(results, indent=2, default=str))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+def _run_scenario(args, env, n, scenario, workers, suffix, health_redis, runs) -> None:
+    """One scenario on a fresh gunicorn of `workers` sync workers, at each concurrency; its
+    outcomes go into `runs` under `<name>@<connections><suffix>`."""
+    name, app, extra_env, prepare, make_request = scenario
+    if prepare:
+        prepare()
+    server, _ = start_gunicorn(
+        app, cwd=ROOT, workers=workers, env={**env, **extra_env}, port=args.port, ready_seconds=180
+    )
+    try:
+        for connections_count in args.connections:
+            # A short warm-up: every worker imports, connects and fills what it keeps.
+            _drive(args.client, args.port, connections_count, 1.0, make_request)
+            if name != "hello" and (args.warm_every_device or name.endswith(("_warm", "_mix"))):
+                # Every device asked once: what each process or Redis keeps of a
+                # credential is there, as in a fleet reporting every minute.
+                _drive_count(args.client, args.port, connections_count, n, make_request)
+            pids, backends = _worker_pids(server), _postgres_backend_pids()
+            outcome = _drive(
+                args.client,
+                args.port,
+                connections_count,
+                args.duration,
+                make_request,
+                pids,
+                backends,
+                [health_redis.pid],
+            )
+            outcome["scenario"] = name
+            if name.startswith("health_batch"):
+                size = int(name.split("_")[2])
+                outcome["reports_per_s"] = round(outcome["rps"] * size, 1)
+            runs[f"{name}@{connections_count}{suffix}"] = outcome
+            print(f"{name + suffix:24} c={connections_count:<3} {json.dumps(outcome)}", flush=True)
+    finally:
+        stop(server)
+    if name.startswith("health"):
+        runs[f"{name}@drain{suffix}"] = {"scenario": name, **timed_drain()}
 
 
 if __name__ == "__main__":

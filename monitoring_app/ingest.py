@@ -223,21 +223,23 @@ def heartbeat_record(*, device, reported_at: datetime.datetime | None = None) ->
     return device.status
 
 
-def heartbeat_by_credential(*, raw_key: str, reported_at: datetime.datetime | None = None):
+def heartbeat_by_credential(
+    *, raw_key: str, reported_at: datetime.datetime | None = None, redis_asked: bool = False
+):
     """A heartbeat authenticated by `raw_key` (the fast path's whole work): the device as the
     answer shows it, or None for an unusable credential. Same effect as the credential rule
     followed by heartbeat_record.
 
-    The steady case is ONE Redis script call and no PostgreSQL: the credential's identity is
-    read from Redis and, in the same call, the heartbeat noted in the seen buffer
-    (devices_app.identity_store). A miss (not stored, or a status the heartbeat changes)
-    reads the credential from PostgreSQL; when only `last_seen` would move, ONE more script
-    call stores the identity and notes the heartbeat, else heartbeat_record writes the row
-    and the identity as it stands after that is stored. Safe to repeat."""
-    identity = reported_identity(raw_key, reported_at=reported_at)
-    if identity is not None:
-        metrics.HEARTBEAT_ACCEPTED.inc()
-        return identity
+    The steady case is ONE Redis script call and no PostgreSQL (heartbeat_from_redis). A
+    miss (not stored, or a status the heartbeat changes) reads the credential from
+    PostgreSQL; when only `last_seen` would move, ONE more script call stores the identity
+    and notes the heartbeat, else heartbeat_record writes the row and the identity as it
+    stands after that is stored. `redis_asked`: the caller has just had None from
+    heartbeat_from_redis, so Redis is not asked again. Safe to repeat."""
+    if not redis_asked:
+        identity = heartbeat_from_redis(raw_key=raw_key, reported_at=reported_at)
+        if identity is not None:
+            return identity
     device = device_identity_from_postgres(raw_key, store=False, process_memory=True)
     if device is None:
         return None
@@ -247,6 +249,17 @@ def heartbeat_by_credential(*, raw_key: str, reported_at: datetime.datetime | No
     heartbeat_record(device=device, reported_at=reported_at)
     identity_store.fill(DeviceCredential.hash_key(raw_key), device)
     return device
+
+
+def heartbeat_from_redis(*, raw_key: str, reported_at: datetime.datetime | None = None):
+    """The steady heartbeat, from Redis alone: ONE script call reads the credential's identity
+    and notes the heartbeat in the seen buffer (devices_app.identity_store). The device as
+    the answer shows it, or None: ask PostgreSQL (heartbeat_by_credential with
+    `redis_asked`). Touches no database connection. Safe to repeat."""
+    identity = reported_identity(raw_key, reported_at=reported_at)
+    if identity is not None:
+        metrics.HEARTBEAT_ACCEPTED.inc()
+    return identity
 
 
 def _stored_and_noted(raw_key: str, device, reported_at) -> bool:
@@ -328,6 +341,20 @@ def health_report_buffered(*, raw_key: str, report: HealthReport, reported_at: d
     health_buffer.appended(entry.depth)
     identity.last_seen = now
     return identity
+
+
+def health_report_appended(*, device, report: HealthReport) -> bool:
+    """ONE health report of `device`, just answered by reported_identity (its status one a
+    report keeps, noted as seen in that round trip), appended to the health stream: what
+    health_reports_record does for it when the buffer takes it, without its general case
+    (several devices, their newest report, their sightings: reported_identity has noted this
+    one). True once Redis holds the report (what a 201 rests on); False when the buffer did
+    not take it (off, away, full, not durable): the caller then stores it with
+    health_reports_record, which writes it to PostgreSQL. Not idempotent."""
+    if not health_buffer.append(received_at=timezone.now(), device_reports=[(device.pk, report)]):
+        return False
+    metrics.HEALTH_ACCEPTED.inc()
+    return True
 
 
 def health_reports_record(

@@ -19,12 +19,11 @@ def test_a_call_stopped_before_its_reply_leaves_nothing_for_the_next_call_to_rea
     credential's identity): the connection is dropped, and the next call gets its own."""
     url = settings.REDIS_URL
     assert send_one(url, 0.3, pack("PING")) == b"PONG"  # the kept connection
-    kept = redis_clients._connection(url, 0.3)
 
     def interrupted(*args, **kwargs):
         raise Interrupted
 
-    monkeypatch.setattr(kept, "read_response", interrupted)
+    monkeypatch.setattr(redis_clients, "_receive", interrupted)
     with pytest.raises(Interrupted):
         send_one(url, 0.3, pack("ECHO", "first"))  # sent; its reply never read
     monkeypatch.undo()
@@ -53,3 +52,34 @@ def test_the_hot_path_reads_the_connections_own_database_name_and_vendor():
     assert hot_path.database_name() == connection.settings_dict["NAME"]
     assert hot_path.database_name().startswith("test_")
     assert hot_path.on_postgresql() is (connection.vendor == "postgresql")
+
+
+def test_replies_are_read_as_redis_py_reads_them():
+    """The kept connections parse replies themselves (redis_clients._read_replies): every
+    shape the request paths meet comes back as redis-py gives it."""
+    url = settings.REDIS_URL
+    admin = redis.Redis.from_url(url)
+    admin.delete("redis-clients-test:stream", "redis-clients-test:big")
+    script = "return {KEYS[1], 7, false, {ARGV[1]}}"
+    assert send_one(url, 0.3, pack("EVAL", script, "1", "k", "v")) == [b"k", 7, None, [b"v"]]
+    assert send_one(url, 0.3, pack("EVAL", "return false", "0")) is None
+    assert send_one(url, 0.3, pack("EVAL", "return redis.status_reply('FINE')", "0")) == b"FINE"
+    entry_id, depth = redis_clients.send_many(
+        url,
+        0.3,
+        [pack("XADD", "redis-clients-test:stream", "*", "d", "x"), pack("XLEN", "redis-clients-test:stream")],
+    )
+    assert entry_id.count(b"-") == 1 and depth == 1
+    big = b"\xff" * 300_000  # several reads of the socket for one reply
+    assert send_one(url, 0.3, pack("SET", "redis-clients-test:big", big)) == b"OK"
+    assert send_one(url, 0.3, pack("GET", "redis-clients-test:big")) == big
+    admin.delete("redis-clients-test:stream", "redis-clients-test:big")
+
+
+def test_an_error_reply_is_raised_as_redis_py_raises_it_and_the_connection_stays_in_step():
+    url = settings.REDIS_URL
+    with pytest.raises(redis.exceptions.NoScriptError):
+        send_one(url, 0.3, pack("EVALSHA", "0" * 40, "0"))
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        redis_clients.send_many(url, 0.3, [pack("ECHO", "before"), pack("ECHO"), pack("ECHO", "after")])
+    assert send_one(url, 0.3, pack("ECHO", "next")) == b"next"

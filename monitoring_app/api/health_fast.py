@@ -35,7 +35,12 @@ from monitoring_app.api.agent import (
     report_from,
 )
 from monitoring_app.choices import HealthStatus
-from monitoring_app.ingest import health_report_buffered, one_trip_reports, reported_identity
+from monitoring_app.ingest import (
+    health_report_appended,
+    health_report_buffered,
+    one_trip_reports,
+    reported_identity,
+)
 
 NOT_HANDLED = _NOT_HANDLED = object()
 _STORED_ONE = json.dumps({"stored": 1}, separators=(",", ":")).encode()  # health_store's answer
@@ -94,19 +99,47 @@ def answer(key: str, body: bytes, parse):
     """The 201's body (bytes) for reports `parse` accepts from the device behind `key`, once
     stored (monitoring_app.api.agent.health_store); _NOT_HANDLED for anything the DRF view
     must decide (nothing is stored then)."""
+    reports = parsed(body, parse)
+    if reports is _NOT_HANDLED:
+        return _NOT_HANDLED
+    stored, device = answer_from_redis(key, reports, parse)
+    if stored is not None:
+        return stored
+    return answer_from_database(key, reports, device)
+
+
+def parsed(body: bytes, parse):
+    """The validated reports `parse` finds in `body`, or _NOT_HANDLED. No I/O."""
     data = _json(body)
     if data is _NOT_HANDLED:
         return _NOT_HANDLED
-    reports = parse(data)
-    if reports is _NOT_HANDLED:
-        return _NOT_HANDLED
+    return parse(data)
+
+
+def answer_from_redis(key: str, reports: list, parse) -> tuple[bytes | None, object]:
+    """(the 201's body, None) when Redis alone took a single report: the credential's
+    identity, the sighting and the report in one or two round trips, no database connection
+    touched. Else (None, the device if Redis knew it): answer_from_database goes on from
+    there, without asking Redis for the identity again."""
     reported_at = reports[0].get("timestamp") if len(reports) == 1 else None
-    if parse is parse_single and one_trip_reports():
+    single = parse is parse_single
+    if single and one_trip_reports():
         if health_report_buffered(raw_key=key, report=report_from(reports[0]), reported_at=reported_at):
-            return _STORED_ONE  # identity, sighting and report in one Redis round trip
-        device = None  # not answerable from Redis: that script has just said so
-    else:
-        device = reported_identity(key, reported_at=reported_at)
+            return _STORED_ONE, None  # identity, sighting and report in one Redis round trip
+        return None, None  # not answerable from Redis: that script has just said so
+    device = reported_identity(key, reported_at=reported_at)
+    if (
+        single
+        and device is not None
+        and health_report_appended(device=device, report=report_from(reports[0]))
+    ):
+        return _STORED_ONE, None  # the identity's round trip, then the stream's: nothing else
+    return None, device
+
+
+def answer_from_database(key: str, reports: list, device):
+    """The 201's body once the reports are stored, the device read from PostgreSQL when Redis
+    did not know it (`device` None); _NOT_HANDLED for the DRF view to decide."""
     if device is None:
         device = device_identity_from_postgres(key)
     if device is None:

@@ -90,6 +90,53 @@ def test_with_the_stream_on_its_own_redis_a_report_takes_two_round_trips(own_red
 
 
 @pytest.mark.django_db
+def test_with_the_stream_on_its_own_redis_a_steady_report_asks_nothing_of_postgresql_or_django(
+    own_redis,  # noqa: F811
+    monkeypatch,
+):
+    device = _terminal()
+    assert _send(device, HEALTH, {"status": "healthy", "cpu_percent": 1}).status_code == 201
+    stamp = timezone.now()  # newer than the first report's (the server's time of it)
+    calls = _django_calls(monkeypatch)
+
+    with CaptureQueriesContext(connection) as queries:
+        answer = _send(
+            device, HEALTH, {"status": "degraded", "timestamp": stamp.isoformat(), "cpu_percent": 2}
+        )
+
+    assert (answer.status_code, answer.content) == (201, b'{"stored":1}')
+    assert calls == [] and len(queries) == 0
+    assert redis.Redis.from_url(identity_store._url()).hexists(seen_buffer.key(), str(device.pk))
+    assert health_buffer.drain(wait=True) == 2
+    assert stored_per_device([device]) == {device.pk: [1, 2]}
+    device.refresh_from_db()
+    assert (device.health_status, device.last_health_at) == ("degraded", stamp)
+
+
+@pytest.mark.django_db
+def test_with_the_stream_on_its_own_redis_a_report_it_cannot_take_is_written_before_the_answer(
+    own_redis,  # noqa: F811
+    settings,
+    monkeypatch,
+):
+    device = _terminal()
+    assert _send(device, HEALTH, {"status": "healthy", "cpu_percent": 1}).status_code == 201
+    monkeypatch.setattr(health_buffer, "_full_until", 0.0)
+    settings.HOMEPOT_MONITORING_HEALTH_BUFFER_MAX_ENTRIES = 1
+    assert _send(device, HEALTH, {"status": "healthy", "cpu_percent": 2}).status_code == 201  # over it now
+    monkeypatch.setattr(health_buffer, "_full_until", 0.0)  # then drained, say, but away:
+    settings.HOMEPOT_MONITORING_HEALTH_REDIS_URL = "redis://127.0.0.1:1/0"
+
+    for cpu in (3, 4):
+        assert _send(device, HEALTH, {"status": "healthy", "cpu_percent": cpu}).status_code == 201
+
+    assert stored_per_device([device]) == {device.pk: [3, 4]}  # in PostgreSQL before the 201s
+    settings.HOMEPOT_MONITORING_HEALTH_REDIS_URL = own_redis.url
+    assert health_buffer.drain(wait=True) == 2
+    assert stored_per_device([device]) == {device.pk: [1, 2, 3, 4]}  # each once
+
+
+@pytest.mark.django_db
 def test_a_credential_whose_use_is_due_gets_it_recorded_and_its_report_kept_once(one_redis):
     device = _terminal()
     assert _send(device, HEALTH, {"status": "healthy", "cpu_percent": 1}).status_code == 201
