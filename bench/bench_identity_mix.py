@@ -24,7 +24,6 @@ Recreates `--database` (DROPPED) and runs its own Redis on `--redis-port` (no pe
 """
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -61,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument(
+        "--client",
+        choices=("lean", "asyncio"),
+        default="lean",
+        help="bench_ingest's load generator (the lean one by default, as there).",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8210)
     parser.add_argument("--redis-port", type=int, default=6411)
@@ -124,17 +129,17 @@ def run_one(name, args, env, make_request, device_count) -> dict:
                 stdout=subprocess.PIPE,
                 text=True,
             )
-        asyncio.run(_drive(args.port, args.connections, 1.0, make_request))
+        _drive(args.client, args.port, args.connections, 1.0, make_request)
         if name != "hello":
-            asyncio.run(_drive_count(args.port, args.connections, device_count, make_request))
+            _drive_count(args.client, args.port, args.connections, device_count, make_request)
             # A bound's worth of load first: the entries the warm pass wrote expire during it,
             # so the measured run meets the fleet's steady mix, not the warm pass's aftermath.
-            asyncio.run(_drive(args.port, args.connections, args.bound, make_request))
+            _drive(args.client, args.port, args.connections, args.bound, make_request)
         pids, backends = _worker_pids(server), _postgres_backend_pids()
         lookups = _lookups() if name != "hello" else 0
         helper_cpu = _processes_cpu_seconds([helper.pid]) if helper else {}
-        outcome = asyncio.run(
-            _drive(args.port, args.connections, args.duration, make_request, pids, backends)
+        outcome = _drive(
+            args.client, args.port, args.connections, args.duration, make_request, pids, backends
         )
         if name != "hello":
             outcome["misses_per_request"] = round((_lookups() - lookups) / outcome["requests"], 4)
