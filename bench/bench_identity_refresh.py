@@ -21,15 +21,14 @@ What it does:
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.harness import cpu_seconds, start_redis  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,24 +45,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _start_redis(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(  # noqa: S603 - fixed arguments
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", tempfile.mkdtemp(prefix="bench-refresh-redis-")],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("Redis did not start")
+    return start_redis(port, "--save", "", "--appendonly", "no", purpose="refresh")
 
 
 def _backend():
@@ -88,11 +71,15 @@ def _blocks():
 def measure(run, redis_pid: int) -> dict:
     backend = _backend()
     blocks_before = _blocks()
-    cpu_before, pg_before, redis_before = time.process_time(), _cpu(backend), _cpu(redis_pid)
+    cpu_before, pg_before, redis_before = time.process_time(), cpu_seconds(backend), cpu_seconds(redis_pid)
     start = time.perf_counter()
     outcome = run()
     wall = time.perf_counter() - start
-    cpu, pg, rd = time.process_time() - cpu_before, _cpu(backend) - pg_before, _cpu(redis_pid) - redis_before
+    cpu, pg, rd = (
+        time.process_time() - cpu_before,
+        cpu_seconds(backend) - pg_before,
+        cpu_seconds(redis_pid) - redis_before,
+    )
     time.sleep(1.1)  # the backend reports its block counts at most every second
     blocks_after = _blocks()
     written = outcome.get("written", 0)

@@ -49,13 +49,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.harness import start_gunicorn, stop  # noqa: E402
+from bench.harness import start_gunicorn, start_redis, stop  # noqa: E402
 
 
 def hello_app(environ, start_response):
@@ -434,21 +433,10 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def start_health_redis(port: int, directory: str) -> subprocess.Popen:
+def start_health_redis(port: int) -> subprocess.Popen:
     """The health buffer's own Redis, as docs/operations.md asks for it (every write fsynced
     before the answer): the buffer refuses a Redis that keeps nothing on disk."""
-    process = subprocess.Popen(  # noqa: S603 - fixed arguments
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
-        + ["--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the health Redis did not start")
+    return start_redis(port, "--appendonly", "yes", "--appendfsync", "always", "--save", "", purpose="health")
 
 
 def main() -> None:
@@ -461,7 +449,7 @@ def main() -> None:
     manage(env, "migrate", "--noinput")
     manage(env, "create_fleet", "--sites", str(max(1, args.devices // 50)), "--devices-per-site", "50")
     health_redis_port = args.health_redis_port or args.port + 1
-    health_redis = start_health_redis(health_redis_port, tempfile.mkdtemp(prefix="bench-health-redis-"))
+    health_redis = start_health_redis(health_redis_port)
     env["HOMEPOT_MONITORING_HEALTH_REDIS_URL"] = f"redis://127.0.0.1:{health_redis_port}/0"
     if args.one_redis:
         env["REDIS_URL"] = env["HOMEPOT_MONITORING_HEALTH_REDIS_URL"]

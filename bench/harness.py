@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,3 +135,20 @@ def stop(server: subprocess.Popen, timeout: float = 60) -> None:
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
+
+
+def start_redis(port: int, *options: str, purpose: str = "bench") -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:`port` with `options` (persistence and the like),
+    its files in a fresh temporary directory; returned once it accepts connections."""
+    directory = tempfile.mkdtemp(prefix=f"bench-{purpose}-redis-")
+    process = subprocess.Popen(  # noqa: S603 - fixed arguments
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, *options],  # noqa: S607
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the {purpose} Redis on port {port} did not start")
