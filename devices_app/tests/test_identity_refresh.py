@@ -22,7 +22,13 @@ from devices_app import identity_store
 from devices_app.models import Device, DeviceCredential
 from devices_app.services import device_identities_in_use_page, device_identities_refresh
 from devices_app.tasks import refresh_identities
-from devices_app.tests.test_identity_store import NOWHERE, _beat, _operator, _terminal
+from devices_app.tests.test_identity_store import (
+    NOWHERE,
+    _beat,
+    _operator,
+    _revoke_with_redis_away,
+    _terminal,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -218,14 +224,7 @@ def test_a_revocation_that_could_not_reach_redis_is_refused_after_the_next_refre
 ):
     device = _terminal()
     assert _beat(device).status_code == 200 and _beat(device).status_code == 200
-    reachable = settings.REDIS_URL
-    settings.REDIS_URL = NOWHERE
-    with django_capture_on_commit_callbacks(execute=True):
-        from devices_app.services import device_credential_revoke
-
-        device_credential_revoke(actor=None, device=device)
-    settings.REDIS_URL = reachable
-    assert "Could not invalidate 1 identity entries" in caplog.text
+    _revoke_with_redis_away(device, settings, django_capture_on_commit_callbacks, caplog)
     assert _beat(device).status_code == 200  # the documented staleness, until ...
 
     assert refresh_identities()["revoked"] == 1

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 from devices_app import identity_store
 from devices_app.choices import DeviceStatus
 from devices_app.models import Device
-from devices_app.services import device_credential_issue
+from devices_app.services import device_credential_issue, device_credential_revoke
 from devices_app.tests.factories import DeviceFactory
 from homepot.tests.served import free_port
 from monitoring_app import seen_buffer
@@ -57,6 +57,17 @@ def _agent(device) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Device {device.secret}")
     return client
+
+
+def _revoke_with_redis_away(device, settings, django_capture_on_commit_callbacks, caplog) -> None:
+    """The device's credential revoked while Redis is unreachable from the revoking process:
+    its entry stays in Redis (the failure is logged), as the documented bound allows."""
+    reachable = settings.REDIS_URL
+    settings.REDIS_URL = NOWHERE
+    with django_capture_on_commit_callbacks(execute=True):
+        device_credential_revoke(actor=None, device=device)
+    settings.REDIS_URL = reachable
+    assert "Could not invalidate 1 identity entries" in caplog.text
 
 
 def _operator(admin_user) -> APIClient:
@@ -147,14 +158,7 @@ def test_a_revocation_that_could_not_reach_redis_holds_until_the_bound_then_refu
     assert _beat(device).status_code == 200
     stored_at = time.monotonic()
 
-    reachable = settings.REDIS_URL
-    settings.REDIS_URL = NOWHERE
-    with django_capture_on_commit_callbacks(execute=True):
-        from devices_app.services import device_credential_revoke
-
-        device_credential_revoke(actor=None, device=device)
-    settings.REDIS_URL = reachable
-    assert "Could not invalidate 1 identity entries" in caplog.text
+    _revoke_with_redis_away(device, settings, django_capture_on_commit_callbacks, caplog)
 
     answer = _beat(device).status_code
     if time.monotonic() < stored_at + 1:  # a slow machine may already be past the bound
