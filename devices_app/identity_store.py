@@ -105,6 +105,7 @@ credential entry (not declared in KEYS, which Redis Cluster would refuse).
 """
 
 import datetime
+import functools
 import hashlib
 import logging
 import time
@@ -196,12 +197,18 @@ return 1
 _FILL_SHA = hashlib.sha1(_FILL_LUA.encode()).hexdigest()  # noqa: S324 (Redis's script id)
 
 
+@hot_path.setting_derived
 def _url() -> str:
     return settings.REDIS_URL
 
 
+@hot_path.setting_derived
+def _key_prefix() -> str:
+    return settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX
+
+
 def _prefix() -> str:
-    return f"{settings.HOMEPOT_DEVICES_IDENTITY_KEY_PREFIX}{hot_path.database_name()}:"
+    return f"{_key_prefix()}{hot_path.database_name()}:"
 
 
 def credential_key(key_hash: str) -> str:
@@ -216,6 +223,7 @@ def sighting_key(device_pk: int) -> str:
     return f"{_prefix()}s:{device_pk}"
 
 
+@hot_path.setting_derived
 def sighting_fresh_for() -> datetime.timedelta:
     """How long after its last sighting a device's heartbeat may still be answered from
     Redis: the sweep's offline threshold less HOMEPOT_DEVICES_SIGHTING_MARGIN_SECONDS. Older,
@@ -228,9 +236,19 @@ def sighting_fresh_for() -> datetime.timedelta:
 def enabled() -> bool:
     """Whether requests read identities from Redis: a bound above 0, Redis configured, and
     PostgreSQL (the seen buffer the heartbeat notes into needs it too)."""
-    return bool(
-        settings.HOMEPOT_DEVICES_IDENTITY_SECONDS > 0 and settings.REDIS_URL and hot_path.on_postgresql()
-    )
+    return _enabled_by_settings() and hot_path.on_postgresql()
+
+
+@hot_path.setting_derived
+def _enabled_by_settings() -> bool:
+    return bool(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS > 0 and settings.REDIS_URL)
+
+
+@hot_path.setting_derived
+def _lookup_limits() -> tuple[str, str]:
+    """lookup()'s ARGV[3] and ARGV[4]: how old (ms) a sighting may be, the sighting's expiry (s)."""
+    fresh_ms = str(max(0, int(sighting_fresh_for().total_seconds() * 1000)))
+    return fresh_ms, str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
 
 
 def available() -> bool:
@@ -279,10 +297,10 @@ def lookup(
     written: the caller records the use the usual way). Never raises for Redis."""
     if not available():
         return None
-    fresh_ms = str(max(0, int(sighting_fresh_for().total_seconds() * 1000)))
-    expiry = str(int(settings.HOMEPOT_DEVICES_IDENTITY_SECONDS))
-    keys = (credential_key(key_hash), note_key or "-")
-    args = (_prefix(), note_value, fresh_ms, expiry)
+    fresh_ms, expiry = _lookup_limits()
+    prefix = _prefix()
+    keys = (f"{prefix}c:{key_hash}", note_key or "-")
+    args = (prefix, note_value, fresh_ms, expiry)
     if stream_entry is not None:
         keys = (*keys, stream_entry.key)
         args = (*args, f"{used_since.timestamp():.0f}", stream_entry.head, stream_entry.tail)
@@ -299,15 +317,22 @@ def lookup(
 
 
 def _identity(credential: bytes, device: bytes, seen_ago: bytes):
-    from devices_app.services import DeviceIdentity
-
-    credential_pk, device_pk, last_used = credential.decode().split("|", 2)
+    credential_pk, device_pk, last_used = credential.split(b"|", 2)
     status, site_pk, device_type, device_id = device.decode().split("|", 3)
     last_used_at = datetime.datetime.fromtimestamp(float(last_used), datetime.UTC) if last_used else None
     # The sighting as this host's time: a heartbeat noted since, or one PostgreSQL held.
     last_seen = timezone.now() - datetime.timedelta(milliseconds=int(seen_ago))
     row = (int(credential_pk), last_used_at, int(device_pk), device_id, status, last_seen, int(site_pk))
-    return DeviceIdentity((*row, device_type))
+    return _device_identity_class()((*row, device_type))
+
+
+@functools.cache
+def _device_identity_class():
+    # Imported on first use (devices_app.services imports this module); kept, because an
+    # import statement in the function cost a microsecond on every heartbeat.
+    from devices_app.services import DeviceIdentity
+
+    return DeviceIdentity
 
 
 def _run_script(sha: str, lua: str, args: tuple):

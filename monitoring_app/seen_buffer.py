@@ -42,15 +42,23 @@ def _client() -> redis.Redis:
 
 def _key() -> str:
     # Per database: a demo, a test run and production may share one Redis.
-    return f"{settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX}{hot_path.database_name()}"
+    return f"{_key_prefix()}{hot_path.database_name()}"
+
+
+@hot_path.setting_derived
+def _key_prefix() -> str:
+    return settings.HOMEPOT_MONITORING_SEEN_KEY_PREFIX
 
 
 def enabled() -> bool:
     # PostgreSQL only: the flush is PostgreSQL SQL, and runs from Celery beat, which the
     # embedded SQLite demo does not start.
-    return bool(
-        settings.HOMEPOT_MONITORING_BUFFER_HEARTBEATS and settings.REDIS_URL and hot_path.on_postgresql()
-    )
+    return _enabled_by_settings() and hot_path.on_postgresql()
+
+
+@hot_path.setting_derived
+def _enabled_by_settings() -> bool:
+    return bool(settings.HOMEPOT_MONITORING_BUFFER_HEARTBEATS and settings.REDIS_URL)
 
 
 def key() -> str:

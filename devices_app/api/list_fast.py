@@ -29,7 +29,6 @@ to the DRF view's, byte for byte and header for header.
 """
 
 import time
-import uuid
 
 from django.conf import settings
 from django.core import signals
@@ -48,6 +47,7 @@ from devices_app.selectors import device_page_after
 from homepot.api.pagination import CursorPagination
 from homepot.api.permissions import ModelPermissions
 from homepot.fast_path import RouteMetrics, middleware_headers
+from homepot.request_context import new_request_id
 
 PATHS = frozenset({"/devices", "/devices/", "/api/v1/devices", "/api/v1/devices/"})
 # The only query parameters this path reads; any other (a filter, `search`, `ordering`,
@@ -85,7 +85,7 @@ class DeviceListFastPath:
             body = None  # Django's view answers it (503 for an outage, the API's 4xx)
         if body is None:
             return self.django_app(environ, start_response)
-        request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex
+        request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or new_request_id()
         signals.request_finished.send(sender=self.__class__)
         start_response(
             "200 OK",

@@ -144,12 +144,18 @@ class StoredAnswerSerializer(serializers.Serializer):
 
 
 def heartbeat_answer(device) -> dict:
+    # monitoring_app.api.heartbeat_fast writes the same answer out itself: keep them alike.
     return {
         "device_id": device.device_id,
         "status": device.status,
         "server_time": timezone.now(),
-        "next_report_in": settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS,
+        "next_report_in": next_report_in(),
     }
+
+
+def next_report_in() -> int:
+    """When the terminal should report again (seconds): the interval the sweep expects."""
+    return settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS
 
 
 class IngestView(AgentView):

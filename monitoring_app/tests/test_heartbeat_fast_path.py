@@ -6,6 +6,7 @@ Requests go through `homepot.wsgi.application`, the object gunicorn serves, in t
 
 import datetime
 import json
+import uuid
 
 import pytest
 from django.utils import timezone
@@ -121,7 +122,32 @@ def test_the_answer_carries_the_headers_of_djangos_middleware(secret):
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.headers["referrer-policy"] == "same-origin"
     assert answer.headers["content-length"] == str(len(answer.content))
-    assert len(post(secret).headers["x-request-id"]) == 32  # one made up when none is sent
+    # One made up when none is sent: a random UUID's 32 hex digits, as Django's side makes them.
+    made_up = {post(secret).headers["x-request-id"] for _ in range(3)}
+    assert len(made_up) == 3
+    assert all(len(rid) == 32 and uuid.UUID(hex=rid).version == 4 for rid in made_up)
+    assert all(uuid.UUID(hex=rid).variant == uuid.RFC_4122 for rid in made_up)
+
+
+def test_a_steady_heartbeat_answers_the_views_bytes_and_follows_a_changed_setting(
+    secret, device, settings, monkeypatch
+):
+    post(secret)  # first contact: online, the identity stored in Redis
+    settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS = 90
+    calls = drf_calls(monkeypatch)
+
+    fast = post(secret)
+    assert calls == []
+    slow = through_drf(secret)
+
+    assert fast.status_code == slow.status_code == 200
+    fast_body, slow_body = fast.json(), json.loads(slow.content)
+    assert fast_body["next_report_in"] == slow_body["next_report_in"] == 90
+    # Byte for byte the view's rendering, but for the moment each was made.
+    assert fast.content.replace(fast_body["server_time"].encode(), b"T") == slow.content.replace(
+        slow_body["server_time"].encode(), b"T"
+    )
+    assert abs(datetime.datetime.fromisoformat(fast_body["server_time"]) - timezone.now()).total_seconds() < 5
 
 
 def test_over_https_behind_the_proxy_it_adds_hsts_as_django_would(secret, settings):
