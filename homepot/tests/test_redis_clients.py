@@ -1,6 +1,9 @@
 """The kept Redis connections of the request paths (homepot.redis_clients) and what those paths
 read of the database configuration (homepot.hot_path)."""
 
+import signal
+import time
+
 import pytest
 import redis
 from django.conf import settings
@@ -8,6 +11,7 @@ from django.db import connection
 
 from homepot import hot_path, redis_clients
 from homepot.redis_clients import pack, send_one
+from monitoring_app.tests.test_health_buffer import OwnRedis
 
 
 class Interrupted(BaseException):
@@ -39,6 +43,28 @@ def test_a_kept_connection_the_server_closed_is_replaced_and_the_command_sent_on
     assert admin.client_kill_filter(_id=_client_id(admin, "kept-by-test"), skipme=True) == 1
 
     assert send_one(url, 0.3, pack("ECHO", "after")) == b"after"
+
+
+def test_a_hung_redis_costs_a_call_its_timeout_and_its_late_reply_is_never_read(tmp_path):
+    """The kept connections time out in the kernel (SO_RCVTIMEO): a stopped server makes the
+    call fail within its timeout, and once the server runs again the next call gets its own
+    reply, not the one the server owed the call that gave up."""
+    server = OwnRedis(tmp_path, durable=False)
+    server.start()
+    try:
+        assert send_one(server.url, 0.3, pack("PING")) == b"PONG"  # the connection is kept
+        server.process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            send_one(server.url, 0.3, pack("ECHO", "owed"))
+        assert 0.25 <= time.monotonic() - started < 1.5
+        server.process.send_signal(signal.SIGCONT)
+
+        assert send_one(server.url, 0.3, pack("ECHO", "next")) == b"next"
+        assert send_one(server.url, 0.3, pack("ECHO", "after")) == b"after"
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.kill()
 
 
 def _client_id(admin: redis.Redis, name: str) -> int:
