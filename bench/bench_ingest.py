@@ -67,6 +67,18 @@ def hello_app(environ, start_response):
     return [body]
 
 
+def hello_redis_app(environ, start_response):
+    """hello and one Redis round trip (PING on a kept connection, as the heartbeat sends its
+    script): the floor under a heartbeat, which cannot answer without asking Redis."""
+    from homepot.redis_clients import send_one
+
+    send_one(os.environ["REDIS_URL"], 0.3, _PING)
+    return hello_app(environ, start_response)
+
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -490,6 +502,14 @@ def main() -> None:
 
     scenarios = [
         ("hello", "bench.bench_ingest:hello_app", {}, None, per_device(lambda k: _request("/", None, {}))),
+        # hello and a Redis round trip: what no heartbeat can go below.
+        (
+            "hello_redis",
+            "bench.bench_ingest:hello_redis_app",
+            {},
+            None,
+            per_device(lambda k: _request("/", None, {})),
+        ),
         # First contact: every device is offline, its credential never used.
         ("heartbeat_first_contact", "homepot.wsgi", {}, None, heartbeat),
         (
