@@ -1,14 +1,14 @@
 """The history soak measured so that a shared machine's load cannot decide it (issue 11).
 
     # three databases prepared once (0, 10 and 50 million rows; see docs/performance.md):
-    python bench/bench_history_soak.py --database homepot_soak4_0 --fill-only --days 0 --skip-write-cost
-    python bench/bench_history_soak.py --database homepot_soak4_10m --fill-only --days 0 1 --skip-write-cost
-    python bench/bench_history_soak.py --database homepot_soak4_50m --fill-only --days 0 1 5 \\
+    python bench/bench_history_soak.py --database homepot_soak5_0 --fill-only --days 0 --skip-write-cost
+    python bench/bench_history_soak.py --database homepot_soak5_10m --fill-only --days 0 1 --skip-write-cost
+    python bench/bench_history_soak.py --database homepot_soak5_50m --fill-only --days 0 1 5 \\
         --skip-write-cost --fill-jobs 2
-    python bench/bench_soak_interleaved.py --prepare-spare homepot_soak4_50m   # retention's spare day
-    # the figures (about 10 minutes on 2 quiet cores; 200 calls a trial in 20 slices):
-    python bench/bench_soak_interleaved.py --databases homepot_soak4_0 homepot_soak4_10m \\
-        homepot_soak4_50m --trials 21 --retention --json soak.json
+    python bench/bench_soak_interleaved.py --prepare-spare homepot_soak5_50m   # retention's spare day
+    # the figures (4-5 minutes with retention; 200 calls a trial in 20 slices):
+    python bench/bench_soak_interleaved.py --databases homepot_soak5_0 homepot_soak5_10m \\
+        homepot_soak5_50m --trials 21 --retention --json soak.json
 
 One worker process per database (its own Django, its own PostgreSQL backend); this process
 asks them in turn, figure by figure, for one trial each, so the three sizes of a figure are
