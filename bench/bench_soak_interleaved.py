@@ -1,27 +1,37 @@
 """The history soak measured so that a shared machine's load cannot decide it (issue 11).
 
     # three databases prepared once (0, 10 and 50 million rows; see docs/performance.md):
-    python bench/bench_history_soak.py --database homepot_soak4_0 --fill-only --days 0 --skip-write-cost
-    python bench/bench_history_soak.py --database homepot_soak4_10m --fill-only --days 0 1 --skip-write-cost
-    python bench/bench_history_soak.py --database homepot_soak4_50m --fill-only --days 0 1 5 \\
+    python bench/bench_history_soak.py --database homepot_soak5_0 --fill-only --days 0 --skip-write-cost
+    python bench/bench_history_soak.py --database homepot_soak5_10m --fill-only --days 0 1 --skip-write-cost
+    python bench/bench_history_soak.py --database homepot_soak5_50m --fill-only --days 0 1 5 \\
         --skip-write-cost --fill-jobs 2
-    python bench/bench_soak_interleaved.py --prepare-spare homepot_soak4_50m   # retention's spare day
-    # the figures (about 10 minutes on 2 quiet cores):
-    python bench/bench_soak_interleaved.py --databases homepot_soak4_0 homepot_soak4_10m \\
-        homepot_soak4_50m --trials 21 --retention --json soak.json
+    python bench/bench_soak_interleaved.py --prepare-spare homepot_soak5_50m   # retention's spare day
+    # the figures (4-5 minutes with retention; 200 calls a trial in 20 slices):
+    python bench/bench_soak_interleaved.py --databases homepot_soak5_0 homepot_soak5_10m \\
+        homepot_soak5_50m --trials 21 --retention --json soak.json
 
 One worker process per database (its own Django, its own PostgreSQL backend); this process
-asks them in turn, figure by figure, for one short trial each, so the three sizes of a figure
-are measured within a second or two of each other (0 / 10 M / 50 M, then the next figure; the
-order of the sizes rotates from trial to trial, so none is always first). Only one worker runs
-at a time. A trial is `--requests` requests of a read (the same devices and sites at every
-size) or `--ops` calls of an ingest service; per trial and size:
+asks them in turn, figure by figure, for one trial each, so the three sizes of a figure are
+measured side by side (0 / 10 M / 50 M, then the next figure). Only one worker runs at a time.
+A trial is `--requests` requests of a read (the same devices and sites at every size) or
+`--ops` calls of an ingest service (batches of 50: a fifth as many), cut into `--slices`
+slices (no more than the trial has requests or calls) that the sizes take in turns: slice 1
+at 0, 10 M, 50 M, slice 2 at 10 M, 50 M, 0, and so on (the order rotating by trial and slice,
+so none is always first). The sizes of a trial thus alternate every slice (by default 10
+calls, 15-20 ms): a burst of load on the shared machine, or a slow WAL flush, falls on them
+alike instead of on whichever size was running (soak5: with 40 calls in one piece, the
+single report's and the heartbeat's per-trial ratios spread 0.65-1.5). Per trial and size,
+summed over its slices:
 
 - wall time per operation;
 - the worker's CPU per operation (the measuring thread's: Django, DRF, psycopg);
 - its PostgreSQL backend's CPU per operation, from /proc/<pid>/schedstat (nanoseconds; the
   backend runs on this machine);
-- the SQL statements per operation.
+- the time the worker thread and the backend waited for a core (schedstat's second field):
+  the machine's load, which the history does not change;
+- the SQL statements, the worker's garbage collection and the cluster's WAL bytes per
+  operation (the WAL is every database's: it tells a trial after a checkpoint, whose first
+  change of each page logs the whole page).
 
 Each figure's ratio is taken per trial, between sizes measured seconds apart (50 M ÷ 0, 10 M
 ÷ 0, 50 M ÷ 10 M), and summarised by its median with a distribution-free 95 % confidence
@@ -44,12 +54,14 @@ read: Worker._seed_today), so a read of recent rows finds the same rows at every
 the history kept differs; "site_hour_yesterday" (the older soak's figure) reads yesterday's
 noon, which holds nothing at 0. Nothing else is written to the history but the ingest trials'
 reports (today's partition, ANALYZEd after the seed and every 5 trials: this PostgreSQL runs
-without autovacuum).
+without autovacuum). The device table is VACUUMed first in every database (the fill's UPDATE
+of every row leaves 100,000 dead versions at 10 M and 50 M, none at 0).
 Connection: PGHOST/PGPORT/PGUSER/PGPASSWORD (defaults: 127.0.0.1, 5432, postgres, none).
 """
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -57,6 +69,7 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,7 +101,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--databases", nargs="+", help="The sizes, smallest first (the first is the base).")
     parser.add_argument("--trials", type=int, default=21, help="Trials per figure and size.")
     parser.add_argument("--requests", type=int, default=4, help="Requests per read trial.")
-    parser.add_argument("--ops", type=int, default=40, help="Ingest calls per trial (batches: a fifth).")
+    parser.add_argument("--ops", type=int, default=200, help="Ingest calls per trial (batches: a fifth).")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=20,
+        help="Each trial in this many slices, the sizes taking turns slice by slice "
+        "(at most one request or call each).",
+    )
     parser.add_argument("--figures", nargs="+", default=[*INGEST, *READS], choices=[*INGEST, *READS])
     parser.add_argument("--no-explain", action="store_true")
     parser.add_argument(
@@ -161,6 +181,8 @@ class Worker:
         self.api.force_authenticate(admin)
         self.browser = Client()
         self.browser.force_login(admin)
+        self.gc_seconds = 0.0
+        gc.callbacks.append(self._gc_timer)
 
     # -- set-up
 
@@ -193,6 +215,7 @@ class Worker:
                 datetime.date.fromisoformat(window_day), datetime.time(12), tzinfo=datetime.UTC
             )
         )
+        self._vacuum_devices()
         self._seed_today(sorted({pk_of[d] for d in self.devices}), sorted(set(self.sites)))
         fleet_snapshot_take()
         self.analyze_today()
@@ -205,6 +228,16 @@ class Worker:
             )
             rows = cursor.fetchone()[0]
         return {"database": self.database, "health_rows": rows, "backend_pid": self.backend}
+
+    def _vacuum_devices(self) -> None:
+        """The device table vacuumed, so that every size starts with the same one: the fill
+        gives the devices of the 10 M and 50 M databases their newest report's time (one
+        UPDATE of every row) and this PostgreSQL runs without autovacuum, so their tables
+        otherwise carry 100,000 dead row versions that the 0 database's has not."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM devices_app_device")
 
     def _seed_today(self, pks: list[int], sites: list[str]) -> None:
         """Today's partition emptied (earlier runs' ingest), then the same rows written at
@@ -293,11 +326,32 @@ class Worker:
             raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.content[:300]!r}")
         return response
 
-    def _backend_ns(self) -> int:
-        """The backend's time on a CPU so far, in nanoseconds (schedstat's first field)."""
-        return int(Path(f"/proc/{self.backend}/schedstat").read_text().split()[0])
+    def _backend_ns(self) -> tuple[int, int]:
+        """The backend's time on a CPU and waiting for one so far, in nanoseconds."""
+        return _schedstat(f"/proc/{self.backend}/schedstat")
 
-    def trial(self, figure: str, trial: int, ops: int) -> dict:
+    def _wal_position(self) -> int:
+        """The cluster's WAL insert position in bytes: a slice's WAL per operation, which
+        includes every database's writes (and the other helpers'), and jumps after a
+        checkpoint (the first change of a page after one logs the whole page)."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_insert_lsn() - '0/0'")
+            return int(cursor.fetchone()[0])
+
+    def _gc_timer(self, phase: str, _info: dict) -> None:
+        """gc.callbacks: the time this process spends collecting garbage, which lands in
+        whichever slice a collection happens to start in."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_started
+
+    def trial(self, figure: str, trial: int, ops: int, part: int = 0, parts: int = 1) -> dict:
+        """Slice `part` of `parts` of a trial: its share of the trial's ingest calls or
+        requests, timed. Totals in milliseconds, with the operations they cover (the
+        coordinator adds up a trial's slices)."""
         from django.db import connection
         from django.test.utils import CaptureQueriesContext
 
@@ -305,32 +359,45 @@ class Worker:
 
         if figure in INGEST:
             count = max(1, ops // 5) if figure == "health_batch" else ops
-            pks = self.ingest_pks[trial * ops : trial * ops + count]
-
-            def work():
-                return sum(ingest_once(figure, pk) for pk in pks)
-
-            operations = count
+            items = self.ingest_pks[trial * ops : trial * ops + count]
         else:
-            urls = self._urls(figure, trial)
+            items = self._urls(figure, trial)
+        items = _share(items, part, parts)
+        if figure in INGEST:
 
             def work():
-                for url in urls:
+                for pk in items:
+                    ingest_once(figure, pk)
+        else:
+
+            def work():
+                for url in items:
                     self._get(figure, url)
 
-            operations = len(urls)
+        wal = self._wal_position()
+        me = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        # The capture counts statements by the growth of Django's query log, which stops
+        # growing at 9,000 entries: after that every slice would count none.
+        connection.queries_log.clear()
         with CaptureQueriesContext(connection) as captured:
-            backend, cpu, wall = self._backend_ns(), time.thread_time(), time.perf_counter()
+            gc_before, backend, mine = self.gc_seconds, self._backend_ns(), _schedstat(me)
+            cpu, wall = time.thread_time(), time.perf_counter()
             work()
             wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-            backend = self._backend_ns() - backend
+            mine_after, backend_after = _schedstat(me), self._backend_ns()
+        wal = self._wal_position() - wal
         if connection.connection.info.backend_pid != self.backend:
             raise RuntimeError("the worker's PostgreSQL connection changed during a trial")
         return {
-            "wall_ms": wall * 1000 / operations,
-            "cpu_ms": cpu * 1000 / operations,
-            "backend_ms": backend / 1e6 / operations,
-            "statements": len(captured.captured_queries) / operations,
+            "operations": len(items),
+            "wall_ms": wall * 1000,
+            "cpu_ms": cpu * 1000,
+            "backend_ms": (backend_after[0] - backend[0]) / 1e6,
+            "statements": len(captured.captured_queries),
+            "worker_wait_ms": (mine_after[1] - mine[1]) / 1e6,
+            "backend_wait_ms": (backend_after[1] - backend[1]) / 1e6,
+            "gc_ms": (self.gc_seconds - gc_before) * 1000,
+            "wal_bytes": wal,
         }
 
     # -- plans
@@ -387,6 +454,29 @@ class Worker:
 
     def retention(self, refill: bool) -> dict:
         return retention_of_spare(refill=refill)
+
+
+def _share(items: list, part: int, parts: int) -> list:
+    """The `part`-th of `parts` contiguous, near-equal pieces of `items`."""
+    size, extra = divmod(len(items), parts)
+    start = part * size + min(part, extra)
+    return items[start : start + size + (part < extra)]
+
+
+def per_operation(slices: list[dict]) -> dict:
+    """A trial's figures per operation from its slices' totals."""
+    operations = sum(s["operations"] for s in slices)
+    return {key: sum(s[key] for s in slices) / operations for key in slices[0] if key != "operations"} | {
+        "slices": len(slices)
+    }
+
+
+def _schedstat(path: str) -> tuple[int, int]:
+    """A task's time on a CPU and time waiting in a run queue for one, in nanoseconds (the
+    first two fields of /proc/.../schedstat): the wait is the shared machine's share of the
+    wall time."""
+    on_cpu, waiting, _slices = Path(path).read_text().split()
+    return int(on_cpu), int(waiting)
 
 
 def _hour_query(start: datetime.datetime) -> str:
@@ -589,7 +679,16 @@ def summarize(trials: dict, labels: list[str]) -> dict:
                     "min": round(min(r[key] for r in runs), 3),
                     "max": round(max(r[key] for r in runs), 3),
                 }
-                for key in ("wall_ms", "cpu_ms", "backend_ms", "statements")
+                for key in (
+                    "wall_ms",
+                    "cpu_ms",
+                    "backend_ms",
+                    "statements",
+                    "worker_wait_ms",
+                    "backend_wait_ms",
+                    "gc_ms",
+                    "wal_bytes",
+                )
             }
         for upper, lower in pairs:
             ratios = {}
@@ -646,6 +745,26 @@ def print_table(summary: dict, explains: dict, labels: list[str], load: list) ->
             print(f"{figure} | " + " | ".join(cells) + f" | plans {'alike' if same else 'DIFFER'}")
 
 
+def one_trial(remotes: list, labels: list[str], figure: str, trial: int, args) -> dict[str, list]:
+    """One trial of a figure at every size, in `--slices` slices: slice after slice, each
+    size in turn (the order rotating by trial and slice, so none is always first), so that a
+    burst of load on the shared machine falls on the sizes alike instead of on the one that
+    happened to be running. Returns each size's slices."""
+    if figure not in INGEST:
+        items = args.requests
+    else:
+        items = max(1, args.ops // 5) if figure == "health_batch" else args.ops
+    parts = max(1, min(args.slices, items))
+    slices: dict[str, list] = {label: [] for label in labels}
+    for part in range(parts):
+        shift = (trial + part) % len(remotes)
+        for index in [*range(shift, len(remotes)), *range(shift)]:
+            slices[labels[index]].append(
+                remotes[index].ask("trial", figure=figure, trial=trial, ops=args.ops, part=part, parts=parts)
+            )
+    return slices
+
+
 def coordinate(args) -> dict:
     labels = [db.rsplit("_", 1)[-1] for db in args.databases]
     remotes = [Remote(db) for db in args.databases]
@@ -669,13 +788,9 @@ def coordinate(args) -> dict:
                 remote.ask("trial", figure=figure, trial=args.trials, ops=args.ops)
         trials: dict = {figure: {label: [] for label in labels} for figure in args.figures}
         for trial in range(args.trials):
-            order = list(range(len(remotes)))
-            order = order[trial % len(order) :] + order[: trial % len(order)]
             for figure in args.figures:
-                for index in order:
-                    trials[figure][labels[index]].append(
-                        remotes[index].ask("trial", figure=figure, trial=trial, ops=args.ops)
-                    )
+                for label, slices in one_trial(remotes, labels, figure, trial, args).items():
+                    trials[figure][label].append(per_operation(slices))
             if trial % 5 == 4:
                 for remote in remotes:  # the ingest's rows of today, as autovacuum would
                     remote.ask("analyze_today")
