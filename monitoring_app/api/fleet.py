@@ -1,5 +1,6 @@
 """GET /api/v1/fleet/summary: the health of every device of the caller's sites at once."""
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
@@ -54,6 +55,26 @@ class TimelineSerializer(serializers.Serializer):
     events = TimelineEventSerializer(many=True, help_text="Newest first, at most 50.")
 
 
+def timeline_data(events: list[dict]) -> dict:
+    """What TimelineSerializer({"events": events}).data gives (the serializer documents the
+    answer; test_site_health holds the two equal for every kind of event), built directly:
+    DRF's fields took a fifth of a device timeline's CPU for 50 plain dicts (measured)."""
+    return {"events": [_event_data(event) for event in events]}
+
+
+def _event_data(event: dict) -> dict:
+    data = {"at": _drf_datetime(event["at"]), "type": event["type"], "summary": str(event["summary"])}
+    if "actor" in event:
+        data["actor"] = None if event["actor"] is None else str(event["actor"])
+    return data
+
+
+def _drf_datetime(value) -> str:
+    # serializers.DateTimeField: in the current time zone, ISO 8601, UTC written "Z".
+    text = timezone.localtime(value).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 class DeviceTimelineView(APIView):
     """GET /api/v1/fleet/devices/{device_id}/timeline: health reports, connectivity changes,
     alerts, jobs and operator actions of one device, newest first. Another site's device is a
@@ -66,7 +87,7 @@ class DeviceTimelineView(APIView):
         device = Device.objects.for_user(request.user).filter(device_id=device_id).first()
         if device is None:
             raise NotFound()
-        return Response(TimelineSerializer({"events": device_timeline(device=device)}).data)
+        return Response(timeline_data(device_timeline(device=device)))
 
 
 class SiteTimelineView(APIView):
@@ -80,7 +101,7 @@ class SiteTimelineView(APIView):
         site = Site.objects.for_user(request.user).filter(site_id=site_id).first()
         if site is None:
             raise NotFound()
-        return Response(TimelineSerializer({"events": site_timeline(site=site)}).data)
+        return Response(timeline_data(site_timeline(site=site)))
 
 
 class FleetSummaryView(APIView):

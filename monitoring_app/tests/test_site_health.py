@@ -174,6 +174,39 @@ def test_a_device_timeline_merges_its_history_newest_first(store, django_assert_
     assert "online → offline" in events[0]["summary"]
 
 
+def test_timelines_answer_what_their_serializer_documents_for_every_kind_of_event(store, settings):
+    """The timelines are rendered without DRF's fields (monitoring_app.api.fleet.timeline_data):
+    the answer must stay what TimelineSerializer gives, for every kind of event."""
+    from accounts.tests.factories import AdminUserFactory
+    from devices_app.services import device_update
+    from jobs_app.tests.factories import JobFactory
+    from monitoring_app.api.fleet import TimelineSerializer, timeline_data
+    from monitoring_app.models import DeviceStatusChange
+    from monitoring_app.selectors import device_timeline, site_timeline
+    from monitoring_app.tests.factories import HealthCheckFactory
+
+    settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = 0
+    till = store.devices.filter(status=DeviceStatus.OFFLINE).first()
+    now = timezone.now()
+    HealthCheckFactory(device=till, checked_at=now - datetime.timedelta(minutes=3), status="unhealthy")
+    HealthCheckFactory(
+        device=till, checked_at=now - datetime.timedelta(minutes=2), error_message="Drawer «jam»"
+    )
+    DeviceStatusChange.objects.create(
+        device=till, old_status="online", new_status="offline", reason="sweep", changed_at=now
+    )
+    till.connectivity_changed_at = now - datetime.timedelta(hours=1)
+    till.save(update_fields=["connectivity_changed_at"])
+    alerts_evaluate()  # "system" events and alerts
+    device_update(actor=AdminUserFactory(), device=till, name="Front till")  # an "operator" event
+    JobFactory(site=store)
+
+    for events in (device_timeline(device=till), site_timeline(site=store)):
+        assert timeline_data(events) == TimelineSerializer({"events": events}).data
+    kinds = {e["type"] for e in device_timeline(device=till) + site_timeline(site=store)}
+    assert kinds >= {"health", "connectivity", "alert", "system", "operator", "job"}
+
+
 def test_a_site_timeline_shows_alerts_and_transitions(store, settings):
     settings.HOMEPOT_MONITORING_ALERT_OFFLINE_SECONDS = 0
     from devices_app.models import Device
