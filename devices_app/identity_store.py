@@ -298,9 +298,8 @@ def lookup(
     if not available():
         return None
     fresh_ms, expiry = _lookup_limits()
-    prefix = _prefix()
-    keys = (f"{prefix}c:{key_hash}", note_key or "-")
-    args = (prefix, note_value, fresh_ms, expiry)
+    keys = (credential_key(key_hash), note_key or "-")
+    args = (_prefix(), note_value, fresh_ms, expiry)
     if stream_entry is not None:
         keys = (*keys, stream_entry.key)
         args = (*args, f"{used_since.timestamp():.0f}", stream_entry.head, stream_entry.tail)

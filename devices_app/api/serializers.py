@@ -6,7 +6,7 @@ from rest_framework import serializers
 from devices_app.models import Device
 from devices_app.selectors import DEVICE_PAGE_COLUMNS
 from devices_app.validators import normalize_mac
-from homepot.api.fields import StrictCharField
+from homepot.api.fields import StrictCharField, iso_datetime
 from homepot.api.serializers import StrictModelSerializer
 from sites_app.api.fields import SiteReferenceField
 
@@ -31,15 +31,6 @@ def _check_json_value(value) -> None:
             raise serializers.ValidationError("Numbers in config must be finite.")
 
 
-def _iso_datetime(value, zone=None):
-    """DRF's DateTimeField output: ISO 8601 in the current time zone (`zone`, when the
-    caller has already asked for it), UTC written `Z`."""
-    if not value:
-        return None
-    text = value.astimezone(zone or timezone.get_current_timezone()).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
 # The device's own attributes of a list row (devices_app.selectors.DEVICE_PAGE_COLUMNS less the
 # site, which to_representation takes from the related object).
 _ROW_DEVICE_COLUMNS = tuple(name for name in DEVICE_PAGE_COLUMNS if not name.startswith("site"))
@@ -57,9 +48,9 @@ def device_row_representation(row: dict, zone) -> dict:
         )
     else:
         last_seen, created_at, updated_at = (
-            _iso_datetime(row["last_seen"], zone),
-            _iso_datetime(row["created_at"], zone),
-            _iso_datetime(row["updated_at"], zone),
+            iso_datetime(row["last_seen"], zone),
+            iso_datetime(row["created_at"], zone),
+            iso_datetime(row["updated_at"], zone),
         )
     ip_address, mac_address = row["ip_address"], row["mac_address"]
     return {

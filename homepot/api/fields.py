@@ -5,7 +5,19 @@ DRF's stock fields coerce: `CharField` turns `42` into `"42"` and `BooleanField`
 type is a client bug worth reporting (400 naming the field) rather than guessing.
 """
 
+from django.utils import timezone
 from rest_framework import serializers
+
+
+def iso_datetime(value, zone=None):
+    """What DRF's DateTimeField renders, without a field: ISO 8601 in the current time zone
+    (`zone`, when the caller has already asked for it), UTC written `Z`; None for no value.
+    For answers built directly on hot paths (the device list's rows, the timelines, the
+    heartbeat), whose tests hold them equal to the serializers'."""
+    if not value:
+        return None
+    text = value.astimezone(zone or timezone.get_current_timezone()).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class StrictCharField(serializers.CharField):

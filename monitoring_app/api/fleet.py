@@ -1,6 +1,5 @@
 """GET /api/v1/fleet/summary: the health of every device of the caller's sites at once."""
 
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
@@ -8,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices_app.models import Device
+from homepot.api.fields import iso_datetime
 from monitoring_app.selectors import device_timeline, fleet_summary, site_timeline
 from sites_app.api.serializers import HealthSummarySerializer
 from sites_app.models import Site
@@ -63,16 +63,10 @@ def timeline_data(events: list[dict]) -> dict:
 
 
 def _event_data(event: dict) -> dict:
-    data = {"at": _drf_datetime(event["at"]), "type": event["type"], "summary": str(event["summary"])}
+    data = {"at": iso_datetime(event["at"]), "type": event["type"], "summary": str(event["summary"])}
     if "actor" in event:
         data["actor"] = None if event["actor"] is None else str(event["actor"])
     return data
-
-
-def _drf_datetime(value) -> str:
-    # serializers.DateTimeField: in the current time zone, ISO 8601, UTC written "Z".
-    text = timezone.localtime(value).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class DeviceTimelineView(APIView):

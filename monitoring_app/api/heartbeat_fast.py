@@ -36,6 +36,7 @@ from django.db import Error as DatabaseError
 from django.http.request import split_domain_port, validate_host
 
 from homepot import hot_path
+from homepot.api.fields import iso_datetime
 from homepot.fast_path import RouteMetrics, middleware_headers
 from homepot.request_context import new_request_id
 from monitoring_app import ingest
@@ -173,7 +174,7 @@ def _heartbeat_answer(device) -> bytes:
     microseconds, UTC as "Z"), written out directly: building the dict and dumping it took a
     tenth of a steady heartbeat's Python (measured). test_heartbeat_fast_path holds it equal
     to the view's answer."""
-    server_time = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    server_time = iso_datetime(datetime.datetime.now(datetime.UTC), datetime.UTC)
     return (
         f'{{"device_id":{encode_basestring_ascii(device.device_id)},'
         f'"status":{encode_basestring_ascii(device.status)},"server_time":"{server_time}",'
@@ -229,8 +230,9 @@ def _proxy_ssl_header():
 
 def _is_secure(environ) -> bool:
     # HttpRequest.is_secure: a trusted proxy's header when configured, else the WSGI scheme.
-    if _proxy_ssl_header():
-        header, secure_value = _proxy_ssl_header()
+    proxy_header = _proxy_ssl_header()
+    if proxy_header:
+        header, secure_value = proxy_header
         value = environ.get(header)
         if value is not None:
             return value.split(",", 1)[0].strip() == secure_value
