@@ -1,13 +1,14 @@
 """Reads of the monitoring app."""
 
 import datetime
+import functools
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db.models import Q
 
 from accounts.scoping import scoped_site_ids
-from homepot.compiled_sql import fetch_prebuilt, prebuilt
+from homepot.compiled_sql import ParameterisedRead, fetch_prebuilt, prebuilt
 from homepot.db import stream
 from monitoring_app.models import AuditLog
 from monitoring_app.services import GENESIS_HASH
@@ -68,54 +69,67 @@ def audit_chain_verify(*, chunk_size: int = 5000, checkpoints=()) -> ChainReport
 # --- Timelines ---------------------------------------------------------------------------
 
 
-# The columns each kind of event reads (the rest, a report's metrics or an audit's old and
-# new values, is JSON the timeline would decode for nothing: about a tenth of its CPU).
-_REPORT_FIELDS = ("id", "checked_at", "status", "error_message")
-_CHANGE_FIELDS = ("id", "changed_at", "old_status", "new_status", "reason")
-_ALERT_FIELDS = ("id", "opened_at", "resolved_at", "message")
-_DELIVERY_FIELDS = ("id", "created_at", "status", "job_id", "job__id", "job__action")
-_AUDIT_FIELDS = ("id", "created_at", "actor_id", "actor_ref", "description", "event_type")
+# The columns each kind of event shows, in the order its rows are unpacked (the rest, a
+# report's metrics or an audit's old and new values, is JSON the timeline would decode for
+# nothing: about a tenth of its CPU).
+_REPORT_COLUMNS = ("checked_at", "status", "error_message")
+_CHANGE_COLUMNS = ("changed_at", "old_status", "new_status", "reason")
+_ALERT_COLUMNS = ("id", "opened_at", "resolved_at", "message")
+_JOB_COLUMNS = ("created_at", "status", "job_id", "job__action")
+_AUDIT_COLUMNS = ("created_at", "actor_id", "actor_ref", "description", "event_type")
 
 
 def _event(at, kind: str, summary: str, **extra) -> dict:
     return {"at": at, "type": kind, "summary": summary, **extra}
 
 
+@functools.cache
+def _labels(model, field_name: str) -> dict:
+    """A choice field's labels by value, as `get_FOO_display()` reads them (a value not
+    among the choices shows as itself: `_labels(...).get(value, value)`)."""
+    return dict(model._meta.get_field(field_name).flatchoices)
+
+
 def _alert_events(alerts) -> list[dict]:
+    """`alerts`: rows of _ALERT_COLUMNS."""
     events = []
-    for alert in alerts:
-        events.append(_event(alert.opened_at, "alert", f"Alert opened: {alert.message}", alert=alert.pk))
-        if alert.resolved_at:
-            events.append(
-                _event(alert.resolved_at, "alert", f"Alert resolved: {alert.message}", alert=alert.pk)
-            )
+    for pk, opened_at, resolved_at, message in alerts:
+        events.append(_event(opened_at, "alert", f"Alert opened: {message}", alert=pk))
+        if resolved_at:
+            events.append(_event(resolved_at, "alert", f"Alert resolved: {message}", alert=pk))
     return events
 
 
-def _job_events(deliveries) -> list[dict]:
+def _job_events(rows, *, status_of) -> list[dict]:
+    """Jobs, from rows of _JOB_COLUMNS: a device's deliveries (`status_of` Delivery, whose
+    status names its copy of the job) or a site's jobs (`status_of` Job)."""
+    from jobs_app.models import Job
+
+    actions, statuses = _labels(Job, "action"), _labels(status_of, "status")
     return [
         _event(
-            d.created_at,
+            created_at,
             "job",
-            f"Job #{d.job_id} {d.job.get_action_display()}: {d.get_status_display()}",
-            job=d.job_id,
+            f"Job #{job} {actions.get(action, action)}: {statuses.get(status, status)}",
+            job=job,
         )
-        for d in deliveries
+        for created_at, status, job, action in rows
     ]
 
 
 def _audit_events(entries) -> list[dict]:
-    """Audited actions: "operator" when a person did it (named in `actor`), "system" when
-    the product did (sweeps, rollouts, retention), the word the audit list uses too."""
+    """Audited actions, from rows of _AUDIT_COLUMNS: "operator" when a person did it (named
+    in `actor`), "system" when the product did (sweeps, rollouts, retention), the word the
+    audit list uses too."""
     return [
         _event(
-            e.created_at,
-            "operator" if e.actor_id else "system",
-            e.description,
-            actor=e.actor_ref if e.actor_id else "system",
-            event=e.event_type,
+            created_at,
+            "operator" if actor_id else "system",
+            description,
+            actor=actor_ref if actor_id else "system",
+            event=event_type,
         )
-        for e in entries
+        for created_at, actor_id, actor_ref, description, event_type in entries
     ]
 
 
@@ -125,14 +139,16 @@ def _audit_events(entries) -> list[dict]:
 DEVICE_HISTORY_SPANS = (datetime.timedelta(days=1), datetime.timedelta(days=7))
 
 
-def newest_first(queryset, *, field: str, limit: int, anchor, spans=DEVICE_HISTORY_SPANS) -> list:
-    """The first `limit` rows of `queryset`, which must be ordered by `-field` first, read from
-    the days that hold them: first only the rows with `field` >= `anchor` - span for each span
-    in turn, then (when none of those windows holds `limit` rows) the whole history.
+def newest_first(fetch, *, limit: int, anchor, spans=DEVICE_HISTORY_SPANS) -> list:
+    """The first `limit` rows of a history newest first, read from the days that hold them.
+    `fetch(since)` reads the first `limit` rows of the history's newest-first order whose
+    time is at or after `since` (None: of the whole history). First only the rows since
+    `anchor` - span for each span in turn, then (when none of those windows holds `limit`
+    rows) the whole history.
 
     Why: with a DEFAULT partition PostgreSQL cannot read day partitions as an ordered Append,
     so an unbounded "newest first, LIMIT n" opens the index of every day kept (a Merge
-    Append): its cost grows with the retention. A lower bound on `field` is pruned at plan
+    Append): its cost grows with the retention. A lower bound on the time is pruned at plan
     time, so a window costs the days it covers. Exact whatever the anchor: rows inside the
     window all sort before every row outside it, so once the window holds `limit` rows they
     are the first `limit` rows of the whole history (later rows only land inside it). A wrong
@@ -140,10 +156,10 @@ def newest_first(queryset, *, field: str, limit: int, anchor, spans=DEVICE_HISTO
     """
     if anchor is not None:
         for span in spans:
-            rows = list(queryset.filter(**{f"{field}__gte": anchor - span})[:limit])
+            rows = fetch(anchor - span)
             if len(rows) == limit:
                 return rows
-    return list(queryset[:limit])
+    return fetch(None)
 
 
 def recent_reports_span(limit: int) -> datetime.timedelta | None:
@@ -153,6 +169,85 @@ def recent_reports_span(limit: int) -> datetime.timedelta | None:
     that is a day or more (the day's window comes first anyway)."""
     span = datetime.timedelta(seconds=2 * limit * settings.HOMEPOT_MONITORING_EXPECTED_INTERVAL_SECONDS)
     return span if span < DEVICE_HISTORY_SPANS[0] else None
+
+
+# The timelines' reads, compiled once per process (and limit): building them again on every
+# request was a third of a device timeline's CPU (docs/performance.md, issue 11).
+def _device_reports(device, *since, limit):
+    from monitoring_app.models import HealthCheck
+
+    reports = HealthCheck.objects.filter(device_id=device)
+    if since:
+        reports = reports.filter(checked_at__gte=since[0])
+    return reports.order_by("-checked_at", "-id").values_list(*_REPORT_COLUMNS)[:limit]
+
+
+def _device_changes(device, *since, limit):
+    from monitoring_app.models import DeviceStatusChange
+
+    changes = DeviceStatusChange.objects.filter(device_id=device)
+    if since:
+        changes = changes.filter(changed_at__gte=since[0])
+    return changes.order_by("-changed_at", "-id").values_list(*_CHANGE_COLUMNS)[:limit]
+
+
+def _alerts(*, limit, **owner):
+    from monitoring_app.models import Alert
+
+    return Alert.objects.filter(**owner).order_by("-opened_at", "-id").values_list(*_ALERT_COLUMNS)[:limit]
+
+
+def _audit(*, limit, **subject):
+    return AuditLog.objects.filter(**subject).order_by("-id").values_list(*_AUDIT_COLUMNS)[:limit]
+
+
+def _device_deliveries(device, *, limit):
+    from jobs_app.models import Delivery
+
+    return Delivery.objects.filter(device_id=device).order_by("-id").values_list(*_JOB_COLUMNS)[:limit]
+
+
+def _site_changes(site, *, limit):
+    from monitoring_app.models import DeviceStatusChange
+
+    return (
+        DeviceStatusChange.objects.filter(device__site_id=site)
+        .order_by("-changed_at", "-id")
+        .values_list("device__device_id", *_CHANGE_COLUMNS)[:limit]
+    )
+
+
+def _site_jobs(site, *, limit):
+    from jobs_app.models import Job
+
+    return (
+        Job.objects.filter(site_id=site)
+        .order_by("-id")
+        .values_list("created_at", "status", "id", "action")[:limit]
+    )
+
+
+_DEVICE_REPORTS = ParameterisedRead(_device_reports, int)
+_DEVICE_REPORTS_SINCE = ParameterisedRead(_device_reports, int, datetime.datetime)
+_DEVICE_CHANGES = ParameterisedRead(_device_changes, int)
+_DEVICE_CHANGES_SINCE = ParameterisedRead(_device_changes, int, datetime.datetime)
+_DEVICE_ALERTS = ParameterisedRead(lambda device, *, limit: _alerts(device_id=device, limit=limit), int)
+_DEVICE_DELIVERIES = ParameterisedRead(_device_deliveries, int)
+_DEVICE_AUDIT = ParameterisedRead(lambda ref, *, limit: _audit(device_ref=ref, limit=limit), str)
+_SITE_CHANGES = ParameterisedRead(_site_changes, int)
+_SITE_ALERTS = ParameterisedRead(lambda site, *, limit: _alerts(site_id=site, limit=limit), int)
+_SITE_JOBS = ParameterisedRead(_site_jobs, int)
+_SITE_AUDIT = ParameterisedRead(lambda site, *, limit: _audit(site_id=site, limit=limit), int)
+
+
+def _newest_of(read, read_since, key, limit: int):
+    """`fetch(since)` of newest_first over `read` (the whole history of `key`) and
+    `read_since` (from a time on)."""
+
+    def fetch(since):
+        return read.rows(key, limit=limit) if since is None else read_since.rows(key, since, limit=limit)
+
+    return fetch
 
 
 def device_timeline(*, device, limit: int = 50) -> list[dict]:
@@ -166,53 +261,40 @@ def device_timeline(*, device, limit: int = 50) -> list[dict]:
     cost does not grow with the days kept (a device silent for days still reads them all)."""
     from devices_app.models import Device  # noqa: F401 (documentation: `device` is a Device)
     from jobs_app.models import Delivery
-    from monitoring_app.models import Alert, DeviceStatusChange, HealthCheck
+    from monitoring_app.models import DeviceStatusChange, HealthCheck
 
     recent = recent_reports_span(limit)
     reports = newest_first(
-        HealthCheck.objects.filter(device=device).only(*_REPORT_FIELDS).order_by("-checked_at", "-id"),
-        field="checked_at",
+        _newest_of(_DEVICE_REPORTS, _DEVICE_REPORTS_SINCE, device.pk, limit),
         limit=limit,
         anchor=device.last_health_at,
         spans=DEVICE_HISTORY_SPANS if recent is None else (recent, *DEVICE_HISTORY_SPANS),
     )
+    health = _labels(HealthCheck, "status")
     events = [
-        _event(
-            c.checked_at,
-            "health",
-            c.get_status_display() + (f": {c.error_message}" if c.error_message else ""),
-        )
-        for c in reports
+        _event(checked_at, "health", health.get(status, status) + (f": {error}" if error else ""))
+        for checked_at, status, error in reports
     ]
-    changes = (
-        DeviceStatusChange.objects.filter(device=device).only(*_CHANGE_FIELDS).order_by("-changed_at", "-id")
-    )
     if len(reports) == limit:
         # The reports alone fill the timeline: a change older than the oldest of them cannot
         # make the cut, so the changes are read from its time on, one statement over the days
         # since (pruned at plan time). Without it a device with few changes (most of them)
         # read every day kept: the windows of newest_first hold fewer than `limit` rows.
-        changes = list(changes.filter(changed_at__gte=reports[-1].checked_at)[:limit])
+        changes = _DEVICE_CHANGES_SINCE.rows(device.pk, reports[-1][0], limit=limit)
     else:
         changes = newest_first(
-            changes, field="changed_at", limit=limit, anchor=device.connectivity_changed_at
+            _newest_of(_DEVICE_CHANGES, _DEVICE_CHANGES_SINCE, device.pk, limit),
+            limit=limit,
+            anchor=device.connectivity_changed_at,
         )
+    reasons = _labels(DeviceStatusChange, "reason")
     events += [
-        _event(c.changed_at, "connectivity", f"{c.old_status} → {c.new_status} ({c.get_reason_display()})")
-        for c in changes
+        _event(changed_at, "connectivity", f"{old} → {new} ({reasons.get(reason, reason)})")
+        for changed_at, old, new, reason in changes
     ]
-    events += _alert_events(
-        Alert.objects.filter(device=device).only(*_ALERT_FIELDS).order_by("-opened_at", "-id")[:limit]
-    )
-    events += _job_events(
-        Delivery.objects.filter(device=device)
-        .select_related("job")
-        .only(*_DELIVERY_FIELDS)
-        .order_by("-id")[:limit]
-    )
-    events += _audit_events(
-        AuditLog.objects.filter(device_ref=device.device_id).only(*_AUDIT_FIELDS).order_by("-id")[:limit]
-    )
+    events += _alert_events(_DEVICE_ALERTS.rows(device.pk, limit=limit))
+    events += _job_events(_DEVICE_DELIVERIES.rows(device.pk, limit=limit), status_of=Delivery)
+    events += _audit_events(_DEVICE_AUDIT.rows(device.device_id, limit=limit))
     return sorted(events, key=lambda e: e["at"], reverse=True)[:limit]
 
 
@@ -220,28 +302,16 @@ def site_timeline(*, site, limit: int = 50) -> list[dict]:
     """One site's history, newest first: its devices' connectivity changes, alerts, jobs and
     audited actions (health reports stay on the device timelines: a site has thousands)."""
     from jobs_app.models import Job
-    from monitoring_app.models import Alert, DeviceStatusChange
+    from monitoring_app.models import DeviceStatusChange
 
+    reasons = _labels(DeviceStatusChange, "reason")
     events = [
-        _event(
-            c.changed_at,
-            "connectivity",
-            f"{c.device.device_id}: {c.old_status} → {c.new_status} ({c.get_reason_display()})",
-        )
-        for c in DeviceStatusChange.objects.filter(device__site=site)
-        .select_related("device")
-        .order_by("-changed_at", "-id")[:limit]
+        _event(changed_at, "connectivity", f"{device_id}: {old} → {new} ({reasons.get(reason, reason)})")
+        for device_id, changed_at, old, new, reason in _SITE_CHANGES.rows(site.pk, limit=limit)
     ]
-    events += _alert_events(
-        Alert.objects.filter(site=site).only(*_ALERT_FIELDS).order_by("-opened_at", "-id")[:limit]
-    )
-    events += [
-        _event(
-            j.created_at, "job", f"Job #{j.pk} {j.get_action_display()}: {j.get_status_display()}", job=j.pk
-        )
-        for j in Job.objects.filter(site=site).order_by("-id")[:limit]
-    ]
-    events += _audit_events(AuditLog.objects.filter(site=site).only(*_AUDIT_FIELDS).order_by("-id")[:limit])
+    events += _alert_events(_SITE_ALERTS.rows(site.pk, limit=limit))
+    events += _job_events(_SITE_JOBS.rows(site.pk, limit=limit), status_of=Job)
+    events += _audit_events(_SITE_AUDIT.rows(site.pk, limit=limit))
     return sorted(events, key=lambda e: e["at"], reverse=True)[:limit]
 
 

@@ -1,6 +1,8 @@
 """homepot.compiled_sql: a row read or written from SQL compiled once is the row the ORM reads or
 writes, and anything it does not reproduce goes through the ORM."""
 
+import datetime
+
 import pytest
 from django.db import connection
 from django.db.models import Value, signals
@@ -8,7 +10,14 @@ from django.db.models.functions import Concat
 from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import UserFactory
-from homepot.compiled_sql import RowByUniqueColumn, compiled, fetch_prebuilt, insert_one, prebuilt
+from homepot.compiled_sql import (
+    ParameterisedRead,
+    RowByUniqueColumn,
+    compiled,
+    fetch_prebuilt,
+    insert_one,
+    prebuilt,
+)
 from jobs_app.models import Job
 from monitoring_app.models import AuditLog
 from sites_app.models import Site
@@ -140,3 +149,65 @@ def test_a_row_by_unique_column_is_the_orms_instance():
     }
     with pytest.raises(ValueError, match="not unique"):
         RowByUniqueColumn(Site, "region")
+
+
+def _jobs_of(site, since, action, *, limit):
+    return (
+        Job.objects.filter(site_id=site, created_at__gte=since, action=action)
+        .order_by("-id")
+        .values_list("id", "created_at", "payload", "site__site_id")[:limit]
+    )
+
+
+def test_a_parameterised_read_gives_the_orms_rows_for_any_values_from_one_compile():
+    user = UserFactory()
+    north, south = SiteFactory(site_id="site-north"), SiteFactory(site_id="site-south")
+    for site in (north, south, north):
+        _job(site, user).save()
+    other = _job(north, user)
+    other.action = "health_check"
+    other.save()
+    built = []
+
+    def build(*args, limit):
+        built.append(args)
+        return _jobs_of(*args, limit=limit)
+
+    read = ParameterisedRead(build, int, datetime.datetime, str)
+    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cases = [
+        (north.pk, long_ago, "restart_pos_app"),
+        (south.pk, long_ago, "health_check"),
+        (north.pk, long_ago, "health_check"),
+    ]
+    later = Job.objects.order_by("id")[1].created_at
+    cases.append((north.pk, later, "restart_pos_app"))
+    with CaptureQueriesContext(connection) as queries:
+        for case in cases:
+            # Columns converted as the ORM does (the payload's JSON decoded).
+            assert read.rows(*case, limit=5) == [list(row) for row in _jobs_of(*case, limit=5)]
+    assert len(queries) == 2 * len(cases)
+    assert read.rows(north.pk, long_ago, "restart_pos_app", limit=1) == [
+        list(_jobs_of(north.pk, long_ago, "restart_pos_app", limit=1)[0])
+    ]
+    # Compiled twice (two sets of made-up values) per limit, whatever the values since.
+    assert len(built) == 4
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (
+            lambda site, *, limit: Site.objects.filter(site_id__icontains=site).values_list("id")[:limit],
+            "transformed",
+        ),
+        (lambda n, *, limit: Site.objects.values_list("id")[:n], "text"),
+        (lambda n, *, limit: Site.objects.filter(id__gte=0).values_list("id")[:limit], "do not reach"),
+    ],
+)
+def test_a_value_that_does_not_reach_the_statement_as_given_is_refused(build, reason):
+    kind = str if reason == "transformed" else int
+    with pytest.raises(ValueError, match=reason):
+        ParameterisedRead(build, kind).rows("x" if kind is str else 3, limit=2)
+    with pytest.raises(ValueError, match="no slot"):
+        ParameterisedRead(build, float)

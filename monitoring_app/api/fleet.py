@@ -1,12 +1,13 @@
 """GET /api/v1/fleet/summary: the health of every device of the caller's sites at once."""
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices_app.models import Device
+from devices_app.selectors import device_for_user
 from homepot.api.fields import iso_datetime
 from monitoring_app.selectors import device_timeline, fleet_summary, site_timeline
 from sites_app.api.serializers import HealthSummarySerializer
@@ -59,11 +60,12 @@ def timeline_data(events: list[dict]) -> dict:
     """What TimelineSerializer({"events": events}).data gives (the serializer documents the
     answer; test_site_health holds the two equal for every kind of event), built directly:
     DRF's fields took a fifth of a device timeline's CPU for 50 plain dicts (measured)."""
-    return {"events": [_event_data(event) for event in events]}
+    zone = timezone.get_current_timezone()
+    return {"events": [_event_data(event, zone) for event in events]}
 
 
-def _event_data(event: dict) -> dict:
-    data = {"at": iso_datetime(event["at"]), "type": event["type"], "summary": str(event["summary"])}
+def _event_data(event: dict, zone) -> dict:
+    data = {"at": iso_datetime(event["at"], zone), "type": event["type"], "summary": str(event["summary"])}
     if "actor" in event:
         data["actor"] = None if event["actor"] is None else str(event["actor"])
     return data
@@ -78,7 +80,7 @@ class DeviceTimelineView(APIView):
 
     @extend_schema(summary="A device's timeline", responses=TimelineSerializer)
     def get(self, request, device_id):
-        device = Device.objects.for_user(request.user).filter(device_id=device_id).first()
+        device = device_for_user(request.user, device_id)
         if device is None:
             raise NotFound()
         return Response(timeline_data(device_timeline(device=device)))
