@@ -2,22 +2,25 @@
 
 Building a statement through the ORM (a queryset, its compiler, an INSERT's field list, an
 aggregate with nine sums) costs more Python than the round trip it makes on the hot paths:
-a job's INSERT, a site looked up by its business id, the console's fleet totals
-(docs/performance.md, issue 11). Everything here keeps a statement per process and per
-database alias in one cache, `compiled(key, using, build)`, and offers three forms of it:
+a job's INSERT, a site looked up by its business id, the console's fleet totals, a device's
+timeline (docs/performance.md, issue 11). Everything here keeps a statement per process and
+per database alias in one cache, `compiled(key, using, build)`, and offers four forms of it:
 
 - `RowByUniqueColumn(model, field).get(value)`: the row whose unique column equals `value`,
   as the ORM's instance (every concrete column, Django's converters, `from_db`), or None;
 - `insert_one(instance)`: the INSERT `save()` sends (or `bulk_create([instance])`), the pk
   and the columns with a database default set back on the instance;
 - `@prebuilt(name)` and `fetch_prebuilt(name, *args)`: a fixed read the ORM compiles the
-  first time (captured before it reaches the database), its rows as `.values()` gives.
+  first time (captured before it reaches the database), its rows as `.values()` gives;
+- `ParameterisedRead(build, *kinds).rows(*values)`: a read the ORM compiles once, whose
+  values (a device's id, a time) are the statement's parameters, then run with any values.
 
 `column_converter(field, connection)` is the ORM's conversion of a raw column, for any
 hand-written read of whole rows (accounts.selectors.api_token_with_user).
 
-Only for statements whose text and parameters are fully determined by the key: never for
-anything with a user's scope in it. A key names every value its statement depends on.
+Only for statements whose text (and, but for a ParameterisedRead's values, parameters) is
+fully determined by the key: never for anything with a user's scope in it. A key names every
+value its statement depends on.
 """
 
 import contextlib
