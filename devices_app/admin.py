@@ -2,7 +2,7 @@ import zoneinfo
 
 from django.contrib import admin, messages
 from django.contrib.admin import ChoicesFieldListFilter, DateFieldListFilter
-from django.contrib.admin.views.main import SEARCH_VAR
+from django.contrib.admin.views.main import ALL_VAR, PAGE_VAR, SEARCH_VAR
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -367,6 +367,8 @@ class DeviceAdmin(
         paginator = super().get_paginator(request, queryset, per_page, orphans, allow_empty_first_page)
         if request.GET.get(SEARCH_VAR, "").strip():
             paginator.count_at_most = self.search_count_at_most
+        # The first page shown (no page number past it, no "show all"): read with the count.
+        paginator.count_from_first_page = request.GET.get(PAGE_VAR, "1") == "1" and ALL_VAR not in request.GET
         return paginator
 
     def csv_export(self, queryset):

@@ -158,6 +158,8 @@ def test_a_searched_list_is_counted_exactly_up_to_its_own_bound(admin_browser, m
         DeviceFactory(device_id=f"printer-{n}", site=site, status="online")
     DeviceFactory(device_id="till-1", site=site, status="online")
     model_admin = admin.site._registry[Device]
+    # Pages of 2: the first page is full, so the list is counted (a page or less is not).
+    monkeypatch.setattr(model_admin, "list_per_page", 2)
 
     exact = admin_browser.get(CHANGELIST, {"q": "printer"})
     monkeypatch.setattr(model_admin, "search_count_at_most", 2)
@@ -171,13 +173,45 @@ def test_a_searched_list_is_counted_exactly_up_to_its_own_bound(admin_browser, m
 
     assert exact.context["cl"].result_count == 5  # under the bound: exact
     # Over the search's bound: the count stopped at 3 rows and showed the planner's estimate
-    # (at least 3); the five matches are all listed.
+    # (at least 3); the first page lists the first two matches.
     assert big.context["cl"].result_count >= 3
-    assert sorted(d.device_id for d in big.context["cl"].result_list) == [f"printer-{n}" for n in range(5)]
+    assert [d.device_id for d in big.context["cl"].result_list] == ["printer-0", "printer-1"]
     assert len(count_sql(searched)) == 1 and "LIMIT 3" in count_sql(searched)[0]
     # A list filtered without a search keeps the paginator's own bound, and its exact count.
     assert unsearched.context["cl"].result_count == 6
     assert len(count_sql(filtered)) == 1 and "LIMIT 10001" in count_sql(filtered)[0]
+
+
+def test_a_search_that_fits_one_page_reads_the_fleet_once(admin_browser, monkeypatch):
+    """The first page is read with one row past it: when that is all there is, it is the
+    list and its count, with no second read; a fuller list is counted, its first page not
+    read again; later pages as before."""
+    site = SiteFactory()
+    for n in range(5):
+        DeviceFactory(device_id=f"printer-{n}", site=site)
+    DeviceFactory(device_id="till-1", site=site)
+    model_admin = admin.site._registry[Device]
+
+    def device_reads(queries):
+        return [q["sql"] for q in queries.captured_queries if 'FROM "devices_app_device"' in q["sql"]]
+
+    with CaptureQueriesContext(connection) as small:
+        fits = admin_browser.get(CHANGELIST, {"q": "printer"})
+    assert fits.context["cl"].result_count == 5
+    assert listed(fits) == sorted(d.pk for d in Device.objects.filter(device_id__startswith="printer"))
+    assert len(device_reads(small)) == 1 and "COUNT(" not in device_reads(small)[0].upper()
+
+    monkeypatch.setattr(model_admin, "list_per_page", 2)
+    with CaptureQueriesContext(connection) as full:
+        first = admin_browser.get(CHANGELIST, {"q": "printer"})
+    reads = device_reads(full)  # now: each request starts Django's query log afresh
+    second = admin_browser.get(CHANGELIST, {"q": "printer", "p": "2"})
+    everything = admin_browser.get(CHANGELIST, {"q": "printer", "all": ""})
+    assert first.context["cl"].result_count == second.context["cl"].result_count == 5
+    assert [d.device_id for d in first.context["cl"].result_list] == ["printer-0", "printer-1"]
+    assert [d.device_id for d in second.context["cl"].result_list] == ["printer-2", "printer-3"]
+    assert len(everything.context["cl"].result_list) == 5
+    assert len(reads) == 2 and sum("COUNT(" in sql.upper() for sql in reads) == 1
 
 
 def test_search_finds_only_the_managers_own_devices(manager_of_a):
@@ -250,7 +284,9 @@ def test_changelist_does_not_count_the_whole_table_twice(admin_browser):
         admin_browser.get(CHANGELIST, {"status": "online"})
 
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
-    assert len(counts) == 1
+    # Two devices fit the first page, which is read with one row past it: no count at all.
+    # (A fuller list is counted once: test_a_search_that_fits_one_page_reads_the_fleet_once.)
+    assert counts == []
 
 
 # --- Writes go through the services ---------------------------------------------------------
