@@ -365,10 +365,13 @@ class EstimatedCountPaginator(Paginator):
         return max(bounded, self._planner_estimate(queryset))
 
     def page(self, number):
-        """Django's Paginator.page; the first page from the rows the count read, if it did."""
+        """Django's Paginator.page; the first page from the rows the count read, if it did
+        (the same sliced queryset, holding them)."""
         number = self.validate_number(number)
         if number == 1 and self.first_page_rows is not None:
-            return self._get_page(self.first_page_rows, number, self)
+            return self._get_page(
+                evaluated(self.object_list[: self.per_page], self.first_page_rows), number, self
+            )
         return super().page(number)
 
     def _planner_estimate(self, queryset) -> int:
@@ -392,6 +395,13 @@ class EstimatedCountPaginator(Paginator):
             )
             row = cursor.fetchone()
         return row[0] if row else None
+
+
+def evaluated(queryset: QuerySet, rows: list) -> QuerySet:
+    """`queryset` holding `rows` as its result, as if it had just read them (its
+    prefetches done with them): for rows already read by an equal queryset."""
+    queryset._result_cache, queryset._prefetch_done = rows, True
+    return queryset
 
 
 class HistoryCountPaginator(EstimatedCountPaginator):
@@ -685,11 +695,8 @@ class ConsoleChangeList(ChangeList):
         if rows is not None and not self.multi_page and not self.list_editable:
             # The whole list is the rows its count read (EstimatedCountPaginator's
             # count_from_first_page): the list's queryset, as Django's would be, holding
-            # those rows as its evaluated result (its prefetches done with them), so they
-            # are not read a second time.
-            result_list = self.queryset._clone()
-            result_list._result_cache, result_list._prefetch_done = rows, True
-            self.result_list = result_list
+            # those rows, so they are not read a second time.
+            self.result_list = evaluated(self.queryset._clone(), rows)
 
     def url_for_result(self, result):
         return self.url_for_slot(quote(getattr(result, self.pk_attname)))

@@ -212,6 +212,10 @@ def test_a_search_that_fits_one_page_reads_the_fleet_once(admin_browser, monkeyp
     assert [d.device_id for d in second.context["cl"].result_list] == ["printer-2", "printer-3"]
     assert len(everything.context["cl"].result_list) == 5
     assert len(reads) == 2 and sum("COUNT(" in sql.upper() for sql in reads) == 1
+    # The rows shown are held by the list's queryset, as Django's changelist gives it.
+    for response in (fits, first):
+        shown = response.context["cl"].result_list
+        assert list(shown.values_list("pk", flat=True)) == [d.pk for d in shown]
 
 
 def test_search_finds_only_the_managers_own_devices(manager_of_a):
