@@ -10,7 +10,7 @@ from django.db.models import Q
 from accounts.scoping import scoped_site_ids
 from homepot.compiled_sql import ParameterisedRead, fetch_prebuilt, prebuilt
 from homepot.db import stream
-from monitoring_app.models import AuditLog
+from monitoring_app.models import AuditLog, DeviceStatusChange
 from monitoring_app.services import GENESIS_HASH
 
 
@@ -100,6 +100,11 @@ def _alert_events(alerts) -> list[dict]:
     return events
 
 
+def _connectivity_summary(old: str, new: str, reason: str) -> str:
+    """A connectivity change as both timelines write it: "online → offline (Sweep)"."""
+    return f"{old} → {new} ({_labels(DeviceStatusChange, 'reason').get(reason, reason)})"
+
+
 def _job_events(rows, *, status_of) -> list[dict]:
     """Jobs, from rows of _JOB_COLUMNS: a device's deliveries (`status_of` Delivery, whose
     status names its copy of the job) or a site's jobs (`status_of` Job)."""
@@ -183,8 +188,6 @@ def _device_reports(device, *since, limit):
 
 
 def _device_changes(device, *since, limit):
-    from monitoring_app.models import DeviceStatusChange
-
     changes = DeviceStatusChange.objects.filter(device_id=device)
     if since:
         changes = changes.filter(changed_at__gte=since[0])
@@ -208,8 +211,6 @@ def _device_deliveries(device, *, limit):
 
 
 def _site_changes(site, *, limit):
-    from monitoring_app.models import DeviceStatusChange
-
     return (
         DeviceStatusChange.objects.filter(device__site_id=site)
         .order_by("-changed_at", "-id")
@@ -261,7 +262,7 @@ def device_timeline(*, device, limit: int = 50) -> list[dict]:
     cost does not grow with the days kept (a device silent for days still reads them all)."""
     from devices_app.models import Device  # noqa: F401 (documentation: `device` is a Device)
     from jobs_app.models import Delivery
-    from monitoring_app.models import DeviceStatusChange, HealthCheck
+    from monitoring_app.models import HealthCheck
 
     recent = recent_reports_span(limit)
     reports = newest_first(
@@ -287,9 +288,8 @@ def device_timeline(*, device, limit: int = 50) -> list[dict]:
             limit=limit,
             anchor=device.connectivity_changed_at,
         )
-    reasons = _labels(DeviceStatusChange, "reason")
     events += [
-        _event(changed_at, "connectivity", f"{old} → {new} ({reasons.get(reason, reason)})")
+        _event(changed_at, "connectivity", _connectivity_summary(old, new, reason))
         for changed_at, old, new, reason in changes
     ]
     events += _alert_events(_DEVICE_ALERTS.rows(device.pk, limit=limit))
@@ -302,11 +302,9 @@ def site_timeline(*, site, limit: int = 50) -> list[dict]:
     """One site's history, newest first: its devices' connectivity changes, alerts, jobs and
     audited actions (health reports stay on the device timelines: a site has thousands)."""
     from jobs_app.models import Job
-    from monitoring_app.models import DeviceStatusChange
 
-    reasons = _labels(DeviceStatusChange, "reason")
     events = [
-        _event(changed_at, "connectivity", f"{device_id}: {old} → {new} ({reasons.get(reason, reason)})")
+        _event(changed_at, "connectivity", f"{device_id}: {_connectivity_summary(old, new, reason)}")
         for device_id, changed_at, old, new, reason in _SITE_CHANGES.rows(site.pk, limit=limit)
     ]
     events += _alert_events(_SITE_ALERTS.rows(site.pk, limit=limit))
